@@ -1,0 +1,482 @@
+//! Wires the roles to the listeners and runs the daemon's lifecycle.
+//!
+//! - Start: load and check the config, build every role (reading every credential), bind the
+//!   public HTTPS listener and the ops listener, then tell systemd READY=1.
+//! - SIGHUP: build a whole new configuration beside the running one; if anything is wrong it is
+//!   refused, logged, and the running one stays. Connections and in-flight pushes are untouched:
+//!   new TLS handshakes use the new certificate, new requests the new apps.
+//! - SIGTERM/SIGINT: stop accepting, tell open connections to finish (HTTP/2 GOAWAY, HTTP/1
+//!   close after the current response), wait for in-flight requests up to the grace period, exit 0.
+//!
+//! Backpressure on the public listener: at most `max_connections` connections (beyond it, new
+//! ones wait in the kernel's backlog), a TLS handshake timeout, a header read timeout, a cap on
+//! concurrent HTTP/2 streams per connection.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Problems};
+use crate::ops::{self, Health, OpsState, systemd};
+use crate::push::{self, Delivery, Provider, PushService};
+use crate::tls::{self, Peer, PeerIdentity};
+
+/// Exit status for a configuration that cannot be used (sysexits' EX_CONFIG). The unit file
+/// lists it in `RestartPreventExitStatus=`, so systemd does not restart-loop on a bad config.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Why the daemon or a command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(Problems),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl From<Problems> for StartError {
+    fn from(p: Problems) -> Self {
+        StartError::Config(p)
+    }
+}
+
+fn problem(key: &str, message: impl Into<String>) -> Problems {
+    Problems(vec![crate::config::Problem::new(key, message)])
+}
+
+/// The state directory exists (created 0750 if missing) and is a directory.
+fn ensure_state_dir(dir: &Path) -> Result<(), Problems> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| {
+            problem(
+                "server.state_dir",
+                format!(
+                    "cannot create {}: {e} (under systemd, StateDirectory= makes it)",
+                    dir.display()
+                ),
+            )
+        })
+}
+
+/// `brandgate check-config`: everything start-up checks, without binding or writing anything.
+/// Returns warnings and a summary on success.
+pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let mut problems = Problems::default();
+    let mut notes = Vec::new();
+    match tls::check_server_config(&config.server.tls) {
+        Ok(None) => notes.push(format!(
+            "server.tls: no certificate configured; a self-signed development certificate will be \
+             generated in {}/dev-tls (not for production)",
+            config.server.state_dir.display()
+        )),
+        Ok(Some(())) => {}
+        Err(e) => problems.push("server.tls", e),
+    }
+    if config.server.state_dir.exists() && !config.server.state_dir.is_dir() {
+        problems.push(
+            "server.state_dir",
+            format!("{} is not a directory", config.server.state_dir.display()),
+        );
+    }
+    let push = PushService::build(
+        &config.push,
+        None,
+        config.server.tls.client_ca.is_some(),
+        push::PushMetrics::register(&mut Registry::default()),
+        crate::clock::system(),
+    );
+    let apps = match push {
+        Ok((service, warnings)) => {
+            notes.extend(warnings);
+            service.app_count()
+        }
+        Err(p) => {
+            problems.0.extend(p.0);
+            0
+        }
+    };
+    problems.into_result((
+        notes,
+        format!(
+            "configuration OK: {apps} push app(s); public listener {}, ops listener {}",
+            config.server.listen, config.ops.listen
+        ),
+    ))
+}
+
+/// `brandgate push-test`: one push through the same pipeline the proxy uses.
+pub async fn push_test(
+    path: &Path,
+    app: &str,
+    token: &str,
+    text: Option<String>,
+    provider: Option<Provider>,
+) -> Result<Delivery, StartError> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let Some(app_cfg) = config.push.apps.iter().find(|a| a.id == app) else {
+        return Err(problem("--app", format!("no app {app:?} in push.apps")).into());
+    };
+    let provider = match (provider, app_cfg.apns.is_some(), app_cfg.fcm.is_some()) {
+        (Some(p), _, _) => p,
+        (None, true, false) => Provider::Apns,
+        (None, false, true) => Provider::Fcm,
+        (None, _, _) => {
+            return Err(problem(
+                "--provider",
+                "this app has both APNs and FCM: say which (apns or fcm)",
+            )
+            .into());
+        }
+    };
+    let (service, _) = PushService::build(
+        &config.push,
+        None,
+        config.server.tls.client_ca.is_some(),
+        push::PushMetrics::register(&mut Registry::default()),
+        crate::clock::system(),
+    )?;
+    let request = push::PushRequest::text(provider, push::DeviceToken::new(token), text);
+    service
+        .send(app, request)
+        .await
+        .map_err(|e| StartError::Runtime(e.to_string()))
+}
+
+/// What the public listener reads for every new connection; swapped on reload.
+struct Public {
+    tls: RwLock<Arc<rustls::ServerConfig>>,
+    router: Router,
+    http: auto::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+    connections: Arc<Semaphore>,
+}
+
+impl Public {
+    fn tls(&self) -> Arc<rustls::ServerConfig> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// `brandgate serve`: runs until SIGTERM/SIGINT.
+pub async fn serve(path: &Path) -> Result<(), StartError> {
+    tls::install_crypto_provider();
+    let mut config = Config::load(path)?;
+    ops::log::init(&config.log);
+    let state_dir = config.server.state_dir.clone();
+    ensure_state_dir(&state_dir)?;
+
+    let server_tls =
+        tls::server_config(&config.server.tls, &state_dir).map_err(|e| problem("server.tls", e))?;
+    announce_development_certificate(server_tls.development_certificate.as_ref());
+
+    let mut registry = Registry::default();
+    let push_metrics = push::PushMetrics::register(&mut registry);
+    let (push, warnings) = PushService::build(
+        &config.push,
+        Some(&state_dir),
+        config.server.tls.client_ca.is_some(),
+        push_metrics,
+        crate::clock::system(),
+    )?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+
+    let public_listener = bind(config.server.listen, "server.listen").await?;
+    let ops_listener = bind(config.ops.listen, "ops.listen").await?;
+    let public_addr = local_addr(&public_listener)?;
+    let ops_addr = local_addr(&ops_listener)?;
+
+    let health = Arc::new(Health::default());
+    health.add_check(Arc::new(push.clone()));
+    let public = Arc::new(Public {
+        tls: RwLock::new(server_tls.config),
+        router: push.router(),
+        http: http_builder(&config),
+        handshake_timeout: config.server.handshake_timeout.0,
+        connections: Arc::new(Semaphore::new(config.server.max_connections)),
+    });
+
+    let cancel = CancellationToken::new();
+    let accept = tokio::spawn(accept_loop(public_listener, public.clone(), cancel.clone()));
+    let ops_router = ops::router(OpsState {
+        registry: Arc::new(registry),
+        health: health.clone(),
+    });
+    let ops_cancel = cancel.clone();
+    let ops_task = tokio::spawn(async move {
+        let server = axum::serve(ops_listener, ops_router)
+            .with_graceful_shutdown(ops_cancel.cancelled_owned());
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "ops listener failed");
+        }
+    });
+
+    health.set_listening();
+    let status = format!("listening on https://{public_addr} (ops http://{ops_addr})");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        apps = push.app_count(),
+        "brandgate ready: {status}"
+    );
+    systemd::ready(&status);
+    systemd::spawn_watchdog(cancel.clone());
+
+    wait_for_signals(path, &mut config, &state_dir, &public, &push, &status).await?;
+
+    // Draining.
+    health.set_draining();
+    systemd::stopping();
+    tracing::info!(grace = ?config.server.shutdown_grace.0, "shutting down: draining in-flight requests");
+    cancel.cancel();
+    let graceful = accept
+        .await
+        .map_err(|e| StartError::Runtime(format!("accept loop failed: {e}")))?;
+    let grace = config.server.shutdown_grace.0;
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "grace period over; closing the remaining connections"
+        ),
+    }
+    let _ = ops_task.await;
+    Ok(())
+}
+
+fn announce_development_certificate(dev: Option<&tls::DevCertificate>) {
+    if let Some(dev) = dev {
+        let how = if dev.generated { "generated" } else { "using" };
+        tracing::warn!(
+            cert = %dev.cert.display(),
+            "no server.tls.cert configured: {how} a self-signed development certificate; \
+             configure server.tls.cert and server.tls.key before production"
+        );
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " (another process uses this port: pick another or stop it)"
+            }
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+            _ => "",
+        };
+        StartError::Config(problem(key, format!("cannot listen on {addr}: {e}{hint}")))
+    })
+}
+
+fn local_addr(l: &TcpListener) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_timeout.0)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.server.max_concurrent_streams)
+        .max_header_list_size(32 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.
+async fn wait_for_signals(
+    path: &Path,
+    config: &mut Config,
+    state_dir: &Path,
+    public: &Public,
+    push: &PushService,
+    status: &str,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|e| StartError::Runtime(format!("cannot listen for signals: {e}")))
+    };
+    let mut hup = listen(SignalKind::hangup())?;
+    let mut term = listen(SignalKind::terminate())?;
+    let mut int = listen(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                systemd::reloading();
+                match reload(path, config, state_dir, public, push) {
+                    Ok(()) => tracing::info!(apps = push.app_count(), "configuration reloaded"),
+                    Err(problems) => {
+                        for p in &problems.0 {
+                            tracing::error!(problem = %p, "reload refused; the running configuration stays");
+                        }
+                    }
+                }
+                systemd::ready(status);
+            }
+        }
+    }
+}
+
+/// Builds everything from the file again and swaps it in, or changes nothing.
+fn reload(
+    path: &Path,
+    config: &mut Config,
+    state_dir: &Path,
+    public: &Public,
+    push: &PushService,
+) -> Result<(), Problems> {
+    let new = Config::load(path)?;
+    let server_tls =
+        tls::server_config(&new.server.tls, state_dir).map_err(|e| problem("server.tls", e))?;
+    let warnings = push.reload(&new.push, new.server.tls.client_ca.is_some())?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    announce_development_certificate(server_tls.development_certificate.as_ref());
+    *public.tls.write().unwrap_or_else(|e| e.into_inner()) = server_tls.config;
+    for (key, changed) in restart_only_changes(config, &new) {
+        if changed {
+            tracing::warn!(key, "this setting changes only after a restart");
+        }
+    }
+    *config = new;
+    Ok(())
+}
+
+/// Settings bound at start-up (listeners, limits baked into the listener, logging).
+fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 8] {
+    let (o, n) = (&old.server, &new.server);
+    [
+        ("server.listen", o.listen != n.listen),
+        ("server.state_dir", o.state_dir != n.state_dir),
+        (
+            "server.max_connections",
+            o.max_connections != n.max_connections,
+        ),
+        (
+            "server.handshake_timeout",
+            o.handshake_timeout != n.handshake_timeout,
+        ),
+        (
+            "server.header_timeout",
+            o.header_timeout != n.header_timeout,
+        ),
+        (
+            "server.max_concurrent_streams",
+            o.max_concurrent_streams != n.max_concurrent_streams,
+        ),
+        ("ops.listen", old.ops.listen != new.ops.listen),
+        (
+            "log",
+            old.log.level != new.log.level || old.log.format != new.log.format,
+        ),
+    ]
+}
+
+/// Accepts connections until cancelled; returns the handle that drains the ones it accepted.
+async fn accept_loop(
+    listener: TcpListener,
+    public: Arc<Public>,
+    cancel: CancellationToken,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return graceful,
+            p = public.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return graceful,
+            },
+        };
+        let (tcp, addr) = tokio::select! {
+            _ = cancel.cancelled() => return graceful,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait and try again, never spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(10);
+        let _ = tcp.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let public = public.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(tcp, addr, &public, watcher).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    public: &Public,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(public.tls());
+    let stream = match tokio::time::timeout(public.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|c| PeerIdentity::from_certificate(c))
+        .map(Arc::new);
+    let peer = Peer { addr, certificate };
+    let router = public.router.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(peer.clone());
+        let mut router = router.clone();
+        tower_service::Service::call(&mut router, request)
+    });
+    let connection = public
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(%addr, error = %crate::http_client::error_chain(&*e), "connection ended with an error");
+    }
+}

@@ -1,0 +1,67 @@
+//! Injected wall-clock time, so token lifetimes, duplicate windows and retries can be tested by
+//! moving a fake clock instead of sleeping.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// The clock the daemon runs on.
+pub fn system() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// Seconds since the Unix epoch; a clock before 1970 reads as 0.
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A clock that only moves when a test says so.
+    use super::Clock;
+    use std::sync::Mutex;
+    use std::time::{Duration, SystemTime};
+
+    pub struct FakeClock(Mutex<SystemTime>);
+
+    impl Default for FakeClock {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl FakeClock {
+        pub fn new() -> Self {
+            FakeClock(Mutex::new(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            ))
+        }
+
+        pub fn advance(&self, by: Duration) {
+            let mut now = self.0.lock().unwrap();
+            *now += by;
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> SystemTime {
+            *self.0.lock().unwrap()
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! The configuration: one TOML file, overridden by `BRANDGATE_*` environment variables (`__`
+//! separates nested keys: `BRANDGATE_OPS__LISTEN=127.0.0.1:9000`), deserialized into the typed
+//! structs below. Unknown keys are errors everywhere.
+//!
+//! Loading only checks shape and syntax. Everything that needs the outside world (reading key
+//! files, parsing certificates, checking URLs against the provider's rules) is checked by the role
+//! that owns it while it builds itself, and reported as a [`Problem`] naming the key: all problems
+//! are gathered and reported at once (`brandgate check-config`).
+//!
+//! This module never holds a secret: the config names files, and the roles read them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::duration::Span;
+
+/// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one pass over the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem::new(key, message));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(value)` when nothing was found, else the problems.
+    pub fn into_result<T>(self, value: T) -> Result<T, Problems> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub ops: OpsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub push: PushConfig,
+}
+
+/// The public HTTPS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Where brandgate keeps its state (the development certificate, the dead-token record).
+    /// Defaults to `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else `/var/lib/brandgate`.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub tls: ServerTlsConfig,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::handshake_timeout")]
+    pub handshake_timeout: Span,
+    #[serde(default = "defaults::header_timeout")]
+    pub header_timeout: Span,
+    #[serde(default = "defaults::max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: Span,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: defaults::listen(),
+            state_dir: defaults::state_dir(),
+            tls: ServerTlsConfig::default(),
+            max_connections: defaults::max_connections(),
+            handshake_timeout: defaults::handshake_timeout(),
+            header_timeout: defaults::header_timeout(),
+            max_concurrent_streams: defaults::max_concurrent_streams(),
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
+}
+
+/// The public listener's certificate. Without `cert`/`key`, a self-signed development
+/// certificate is generated in the state directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// CA bundle for client certificates. When set, callers may present a certificate (apps that
+    /// require one check it); when absent, no client certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The operator's listener: `/metrics`, `/healthz`, `/readyz`. Plain HTTP, loopback by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    #[serde(default = "defaults::ops_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: defaults::ops_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, or `warn,brandgate=debug`.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: defaults::log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The push proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// A repeat of a delivered push (same app, token, conversation and sequence) within this
+    /// window answers 200 without sending again.
+    #[serde(default = "defaults::dedupe_window")]
+    pub dedupe_window: Span,
+    #[serde(default = "defaults::dedupe_capacity")]
+    pub dedupe_capacity: usize,
+    /// Everything brandgate does for one push, retries included, fits in this time. Keep it under
+    /// the platform's 10 s re-send interval.
+    #[serde(default = "defaults::deadline")]
+    pub deadline: Span,
+    /// Pushes being delivered at once; beyond it callers get 503 (and the platform re-sends).
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "defaults::body_limit")]
+    pub body_limit: usize,
+    /// Failed caller authentications allowed per source address per minute before that address
+    /// gets 429 for the rest of the minute.
+    #[serde(default = "defaults::auth_failures_per_minute")]
+    pub auth_failures_per_minute: u32,
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            dedupe_window: defaults::dedupe_window(),
+            dedupe_capacity: defaults::dedupe_capacity(),
+            deadline: defaults::deadline(),
+            max_in_flight: defaults::max_in_flight(),
+            body_limit: defaults::body_limit(),
+            auth_failures_per_minute: defaults::auth_failures_per_minute(),
+            feedback: FeedbackConfig::default(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// Where dead device tokens are reported.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// HMAC-SHA256 key for the `Brandgate-Signature` header.
+    pub secret_file: Option<PathBuf>,
+    /// Send the full device token, not only its SHA-256.
+    #[serde(default)]
+    pub include_token: bool,
+    #[serde(default)]
+    pub extra_trust_anchors: Vec<PathBuf>,
+    #[serde(default = "defaults::webhook_timeout")]
+    pub timeout: Span,
+}
+
+/// One app the platform sends pushes for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The platform's "App Name" for this app: usually the bundle id / package name
+    /// (iOS debug builds register as `<bundleId>-Dev`). Used in the URL: `POST /push/{id}`.
+    pub id: String,
+    /// When set, the notification text that leaves brandgate is this, never the real text.
+    pub mask_text: Option<String>,
+    /// Set `mutable-content: 1` on APNs alerts so the app's notification service extension can
+    /// fetch the real text itself.
+    #[serde(default)]
+    pub mutable_content: bool,
+    #[serde(default)]
+    pub auth: CallerAuthConfig,
+    pub apns: Option<ApnsConfig>,
+    pub fcm: Option<FcmConfig>,
+}
+
+/// What a caller must present to push for an app. Every configured method must pass.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerAuthConfig {
+    pub basic: Option<BasicAuthConfig>,
+    pub client_cert: Option<ClientCertAuthConfig>,
+    #[serde(default)]
+    pub headers: Vec<HeaderAuthConfig>,
+    /// Must be set explicitly to accept pushes with no caller authentication at all.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertAuthConfig {
+    /// Accepted identities: a certificate matches when its subject common name or one of its
+    /// subject alternative names (DNS, URI, e-mail) equals one of these (DNS names ignore case).
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAuthConfig {
+    pub name: String,
+    pub value_file: PathBuf,
+}
+
+/// Apple Push Notification service for one app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The `apns-topic`: the app's bundle id.
+    pub topic: String,
+    /// `production`, `sandbox`, or an https URL (a relay, or a test server).
+    #[serde(default = "defaults::apns_endpoint")]
+    pub endpoint: String,
+    /// Token auth: the `.p8` signing key, its key id and the team id.
+    pub token_key_file: Option<PathBuf>,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Certificate auth, PEM: the certificate (chain) and its private key.
+    pub certificate_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    /// Certificate auth, PKCS#12: the `.p12` bundle and the file holding its password.
+    pub pkcs12_file: Option<PathBuf>,
+    pub pkcs12_password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for this endpoint, besides the system's.
+    #[serde(default)]
+    pub extra_trust_anchors: Vec<PathBuf>,
+    /// HTTP/2 connections kept open to APNs for this app.
+    #[serde(default = "defaults::connections")]
+    pub connections: usize,
+    /// How long APNs keeps trying to reach an offline device (`apns-expiration`).
+    #[serde(default = "defaults::apns_expiration")]
+    pub expiration: Span,
+    /// Collapse notifications of one conversation on the device (`apns-collapse-id`).
+    #[serde(default = "defaults::yes")]
+    pub collapse_by_conversation: bool,
+    /// Provider token age after which a new one is signed (Apple: between 20 and 60 minutes).
+    #[serde(default = "defaults::apns_token_refresh")]
+    pub token_refresh: Span,
+}
+
+/// Firebase Cloud Messaging (HTTP v1) for one app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The Google service-account JSON key file.
+    pub service_account_file: PathBuf,
+    /// Defaults to the `project_id` in the service-account file.
+    pub project_id: Option<String>,
+    #[serde(default = "defaults::fcm_endpoint")]
+    pub endpoint: String,
+    #[serde(default)]
+    pub extra_trust_anchors: Vec<PathBuf>,
+    #[serde(default = "defaults::connections")]
+    pub connections: usize,
+    /// Android delivery priority: `high` (wakes the device) or `normal`.
+    #[serde(default = "defaults::fcm_priority")]
+    pub android_priority: String,
+    #[serde(default = "defaults::yes")]
+    pub collapse_by_conversation: bool,
+}
+
+mod defaults {
+    use super::*;
+    use std::time::Duration;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8443))
+    }
+    pub fn ops_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9464))
+    }
+    pub fn state_dir() -> PathBuf {
+        // systemd's StateDirectory= may hold several paths separated by ':'; ours is the first.
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| {
+                v.to_string_lossy()
+                    .split(':')
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from("/var/lib/brandgate"))
+    }
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn handshake_timeout() -> Span {
+        Span(Duration::from_secs(10))
+    }
+    pub fn header_timeout() -> Span {
+        Span(Duration::from_secs(10))
+    }
+    pub fn max_concurrent_streams() -> u32 {
+        256
+    }
+    pub fn shutdown_grace() -> Span {
+        Span(Duration::from_secs(20))
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn dedupe_window() -> Span {
+        Span(Duration::from_secs(600))
+    }
+    pub fn dedupe_capacity() -> usize {
+        1_000_000
+    }
+    pub fn deadline() -> Span {
+        Span(Duration::from_secs(8))
+    }
+    pub fn max_in_flight() -> usize {
+        8192
+    }
+    pub fn body_limit() -> usize {
+        64 * 1024
+    }
+    pub fn auth_failures_per_minute() -> u32 {
+        30
+    }
+    pub fn webhook_timeout() -> Span {
+        Span(Duration::from_secs(5))
+    }
+    pub fn apns_endpoint() -> String {
+        "production".into()
+    }
+    pub fn fcm_endpoint() -> String {
+        "https://fcm.googleapis.com".into()
+    }
+    pub fn connections() -> usize {
+        2
+    }
+    pub fn apns_expiration() -> Span {
+        Span(Duration::from_secs(86_400))
+    }
+    pub fn apns_token_refresh() -> Span {
+        Span(Duration::from_secs(50 * 60))
+    }
+    pub fn fcm_priority() -> String {
+        "high".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+impl Config {
+    /// Reads the file and the environment. Fails with every syntax or shape problem found.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        Self::load_with_env(path, Env::prefixed("BRANDGATE_").split("__"))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Config, Problems> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(Problems(vec![Problem::new(
+                    "",
+                    format!("config file {} is not a regular file", path.display()),
+                )]));
+            }
+            Err(e) => {
+                return Err(Problems(vec![Problem::new(
+                    "",
+                    format!("cannot read config file {}: {e}", path.display()),
+                )]));
+            }
+        }
+        let config: Config = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env)
+            .extract()
+            .map_err(|e| Problems(e.into_iter().map(figment_problem).collect()))?;
+        config.check_shape().into_result(config)
+    }
+
+    /// Checks that need no file: ranges, duplicates, and combinations that make no sense.
+    fn check_shape(&self) -> Problems {
+        let mut p = Problems::default();
+        if self.server.listen == self.ops.listen {
+            p.push("ops.listen", "must differ from server.listen");
+        }
+        if self.server.max_connections == 0 {
+            p.push("server.max_connections", "must be at least 1");
+        }
+        if self.server.max_concurrent_streams == 0 {
+            p.push("server.max_concurrent_streams", "must be at least 1");
+        }
+        if self.server.tls.cert.is_some() != self.server.tls.key.is_some() {
+            p.push(
+                "server.tls",
+                "cert and key go together: set both, or neither for a development certificate",
+            );
+        }
+        if crate::ops::log::parse_filter(&self.log.level).is_err() {
+            p.push(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter like \"info\" or \"warn,brandgate=debug\"",
+                    self.log.level
+                ),
+            );
+        }
+        let push = &self.push;
+        if push.deadline.0.is_zero() || push.deadline.0 >= std::time::Duration::from_secs(10) {
+            p.push(
+                "push.deadline",
+                "must be above 0 and below 10s, the platform's re-send interval",
+            );
+        }
+        if push.max_in_flight == 0 {
+            p.push("push.max_in_flight", "must be at least 1");
+        }
+        if push.body_limit < 1024 {
+            p.push("push.body_limit", "must be at least 1024 bytes");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, app) in push.apps.iter().enumerate() {
+            if !seen.insert(app.id.as_str()) {
+                p.push(
+                    format!("push.apps[{i}].id"),
+                    format!("{:?} is configured twice", app.id),
+                );
+            }
+        }
+        p
+    }
+}
+
+/// Turns one figment error into a problem naming the key (`server.listen`) and, where known, the
+/// source (the file or the environment variable).
+fn figment_problem(e: figment::Error) -> Problem {
+    let mut key = e.path.join(".");
+    if key.is_empty()
+        && let figment::error::Kind::UnknownField(field, _) = &e.kind
+    {
+        key = field.clone();
+    }
+    let mut message = e.kind.to_string();
+    if let Some(meta) = &e.metadata
+        && let Some(source) = &meta.source
+    {
+        message = format!("{message} (in {source})");
+    }
+    Problem { key, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, Problems> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // A private prefix keeps the test independent of the process environment.
+        let prefix = format!("BGTEST{}_", std::process::id());
+        for (k, v) in &vars {
+            // SAFETY: unit tests in this module set variables under a per-process prefix that
+            // nothing else reads.
+            unsafe { std::env::set_var(format!("{prefix}{k}"), v) };
+        }
+        let r = Config::load_with_env(&path, Env::prefixed(&prefix).split("__"));
+        for (k, _) in &vars {
+            unsafe { std::env::remove_var(format!("{prefix}{k}")) };
+        }
+        r
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load_str("", &[]).unwrap();
+        assert_eq!(c.server.listen.port(), 8443);
+        assert_eq!(c.ops.listen.ip().to_string(), "127.0.0.1");
+        assert_eq!(c.push.dedupe_window.0.as_secs(), 600);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n", &[]).unwrap_err();
+        assert!(e.0.iter().any(|p| p.key.contains("listen_port")), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let c = load_str(
+            "[ops]\nlisten = \"127.0.0.1:1000\"\n",
+            &[("OPS__LISTEN", "127.0.0.1:2000")],
+        )
+        .unwrap();
+        assert_eq!(c.ops.listen.port(), 2000);
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_key() {
+        let e = load_str("[push]\ndeadline = \"12s\"\n", &[]).unwrap_err();
+        assert_eq!(e.0[0].key, "push.deadline");
+        let e = load_str("[server]\nlisten = \"nowhere\"\n", &[]).unwrap_err();
+        assert_eq!(e.0[0].key, "server.listen");
+    }
+}

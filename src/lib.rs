@@ -1,0 +1,23 @@
+//! brandgate: a daemon a brand runs on its own servers between a customer-messaging platform,
+//! the brand's apps and login, and Apple/Google push. It holds every brand secret itself; the
+//! platform only ever talks to it.
+//!
+//! # Layout
+//! - [`config`]: the one TOML file plus `BRANDGATE_*` environment overrides, typed and validated.
+//! - [`app`]: wires the roles to the listeners; reload on SIGHUP, drain on SIGTERM.
+//! - [`tls`]: every rustls configuration in the process (TLS 1.2 and 1.3 only).
+//! - [`ops`]: the operator's side: metrics, health and readiness, systemd notifications, logging.
+//! - [`push`]: the push proxy role. Its door is [`push::PushService`].
+//!
+//! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
+//! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS).
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod http_client;
+pub mod ops;
+pub mod push;
+pub mod secret;
+pub mod tls;

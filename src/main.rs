@@ -1,0 +1,153 @@
+//! The command line: parses arguments and calls `brandgate::app`. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use brandgate::app::{self, EXIT_CONFIG, StartError};
+use brandgate::push::{Attempt, Provider};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// brandgate: the brand's own gateway to the messaging platform (push proxy, identity bridge,
+/// self-hosted relay). One binary, one config file.
+#[derive(Parser)]
+#[command(name = "brandgate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (under systemd: Type=notify; SIGHUP reloads, SIGTERM drains and stops).
+    Serve {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check the configuration and every file it names, then exit: 0 when usable, 78 when not.
+    CheckConfig {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Send one push through the same pipeline the proxy uses and print the provider's answer.
+    PushTest {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+        /// The app id, as in [[push.apps]].
+        #[arg(long)]
+        app: String,
+        /// The device token (APNs hex token or FCM registration token).
+        #[arg(long)]
+        token: String,
+        /// Notification text (the app's mask text replaces it if configured).
+        #[arg(long)]
+        text: Option<String>,
+        /// Which provider, when the app has both.
+        #[arg(long, value_enum)]
+        provider: Option<ProviderArg>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProviderArg {
+    Apns,
+    Fcm,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/brandgate/brandgate.toml";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("brandgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve { config } => match app::serve(&config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::CheckConfig { config } => match app::check_config(&config).await {
+            Ok((notes, summary)) => {
+                for note in notes {
+                    println!("note: {note}");
+                }
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(problems) => fail(StartError::Config(problems)),
+        },
+        Command::PushTest {
+            config,
+            app: app_id,
+            token,
+            text,
+            provider,
+        } => {
+            let provider = provider.map(|p| match p {
+                ProviderArg::Apns => Provider::Apns,
+                ProviderArg::Fcm => Provider::Fcm,
+            });
+            match app::push_test(&config, &app_id, &token, text, provider).await {
+                Ok(d) => {
+                    let status = d
+                        .last
+                        .status()
+                        .map_or("no answer".to_string(), |s| format!("HTTP {s}"));
+                    let provider = d.provider;
+                    match &d.last {
+                        Attempt::Delivered { id, .. } => {
+                            println!(
+                                "{provider} answered {status}: delivered (id {})",
+                                id.as_deref().unwrap_or("-")
+                            );
+                            return ExitCode::SUCCESS;
+                        }
+                        Attempt::DeadToken { reason, .. } => {
+                            println!(
+                                "{provider} answered {status} {reason}: this device token cannot receive pushes"
+                            )
+                        }
+                        Attempt::Transient { reason, .. } => {
+                            println!(
+                                "{provider}: not delivered after {} attempt(s), last {status} {reason}; try again later",
+                                d.attempts
+                            )
+                        }
+                        Attempt::Permanent { reason, .. } => {
+                            println!(
+                                "{provider} answered {status} {reason}: the credential or request is refused; check the app's configuration"
+                            )
+                        }
+                    }
+                    ExitCode::FAILURE
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn fail(e: StartError) -> ExitCode {
+    match e {
+        StartError::Config(problems) => {
+            for p in &problems.0 {
+                eprintln!("brandgate: {p}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
+        StartError::Runtime(message) => {
+            eprintln!("brandgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! A fixed set of long-lived HTTP/2 connections to one provider origin, for one credential.
+//!
+//! APNs and FCM want few, long-lived HTTP/2 connections with many concurrent streams. The pool
+//! keeps `N` of them, spreads requests round-robin, opens a slot's connection on first use, and
+//! replaces it when it closes (GOAWAY, reset, idle timeout). Each slot connects at most once at a
+//! time; concurrent requests for a connecting slot wait for that one attempt. The peer's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` is honoured by hyper, which queues requests beyond it.
+//!
+//! Only `h2` is offered in ALPN: a server that does not speak HTTP/2 is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::metrics::PoolMetrics;
+
+/// Largest provider answer body read (APNs and FCM error bodies are a few hundred bytes).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot connect to {origin}: {reason}")]
+    Connect { origin: String, reason: String },
+    #[error("connection to {origin} lost: {reason}")]
+    Lost { origin: String, reason: String },
+}
+
+/// A provider's answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+struct Slot {
+    live: std::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// The pool. Dropping it closes its connections once in-flight requests finish.
+pub struct H2Pool {
+    host: String,
+    port: u16,
+    origin: String,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    metrics: PoolMetrics,
+}
+
+impl H2Pool {
+    /// `base` is `https://host[:port]`; `tls` must offer `h2` in ALPN.
+    pub fn new(
+        base: &Uri,
+        tls: Arc<rustls::ClientConfig>,
+        connections: usize,
+        metrics: PoolMetrics,
+    ) -> Result<H2Pool, String> {
+        if base.scheme_str() != Some("https") {
+            return Err(format!("{base} must be an https:// URL"));
+        }
+        let host = base
+            .host()
+            .ok_or_else(|| format!("{base} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = base.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|_| format!("{host:?} is not a valid server name"))?;
+        let slots = (0..connections.max(1))
+            .map(|_| Slot {
+                live: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        Ok(H2Pool {
+            origin: format!("{host}:{port}"),
+            host,
+            port,
+            server_name,
+            connector: TlsConnector::from(tls),
+            slots,
+            next: AtomicUsize::new(0),
+            metrics,
+        })
+    }
+
+    /// Sends one request on the next connection and reads the whole answer.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, PoolError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut sender = self.sender(index).await?;
+        let response: Response<hyper::body::Incoming> =
+            sender.send_request(request).await.map_err(|e| {
+                self.forget(index, &sender);
+                PoolError::Lost {
+                    origin: self.origin.clone(),
+                    reason: crate::http_client::error_chain(&e),
+                }
+            })?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| PoolError::Lost {
+                origin: self.origin.clone(),
+                reason: format!("reading the answer: {e}"),
+            })?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// The slot's connection, opening it if it is missing or closed.
+    async fn sender(&self, index: usize) -> Result<SendRequest<Full<Bytes>>, PoolError> {
+        let slot = &self.slots[index];
+        if let Some(s) = self.usable(slot) {
+            return Ok(s);
+        }
+        let _one_connect = slot.connecting.lock().await;
+        if let Some(s) = self.usable(slot) {
+            return Ok(s);
+        }
+        let sender = self.connect().await.inspect_err(|_| {
+            self.metrics.connect_failures.inc();
+        })?;
+        self.metrics.connects.inc();
+        *lock(&slot.live) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    fn usable(&self, slot: &Slot) -> Option<SendRequest<Full<Bytes>>> {
+        let guard = lock(&slot.live);
+        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Drops a slot's connection after it failed, unless it was already replaced.
+    fn forget(&self, index: usize, failed: &SendRequest<Full<Bytes>>) {
+        let mut guard = lock(&self.slots[index].live);
+        if guard.as_ref().is_some_and(|s| s.is_closed()) || failed.is_closed() {
+            *guard = None;
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, PoolError> {
+        let fail = |reason: String| PoolError::Connect {
+            origin: self.origin.clone(),
+            reason,
+        };
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let tls = self
+                .connector
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| fail(format!("TLS: {e}")))?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(fail("the server does not speak HTTP/2".into()));
+            }
+            let (sender, connection) =
+                hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(60))
+                    .keep_alive_timeout(Duration::from_secs(20))
+                    .keep_alive_while_idle(true)
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| fail(crate::http_client::error_chain(&e)))?;
+            Ok(sender).map(|s| (s, connection))
+        };
+        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| fail(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
+        let open = self.metrics.open.clone();
+        let origin = self.origin.clone();
+        open.inc();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%origin, error = %crate::http_client::error_chain(&e), "provider connection closed");
+            }
+            open.dec();
+        });
+        Ok(sender)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the Option inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,231 @@
+//! `POST /push/{app}`: the platform's door into the push proxy. Checks the caller (rate limit on
+//! failures, then the app's auth), reads and parses the body within limits, hands the push to
+//! [`PushService`], and maps the result to the codes the platform understands. Every refusal is a
+//! JSON `{"error": ...}` that says what the caller did wrong, never our internals.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use super::metrics::{RequestLabels, ResultLabels};
+use super::outcome::{Attempt, Delivery};
+use super::{PushError, PushService};
+use crate::tls::Peer;
+
+/// Time allowed to receive the whole body once the headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn router(service: PushService) -> Router {
+    Router::new()
+        .route("/push/{app}", post(handle))
+        .with_state(service)
+}
+
+/// Everything the endpoint can answer besides a delivery result.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Push(#[from] PushError),
+    #[error("caller authentication failed")]
+    Unauthenticated { basic: bool },
+    #[error("too many failed authentications from this address")]
+    RateLimited { retry_after: Duration },
+    #[error("body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("body must be application/json")]
+    NotJson,
+    #[error("body not received in time")]
+    BodyTimeout,
+    #[error("body could not be read")]
+    BodyUnreadable,
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl Refusal {
+    /// The one place refusals become HTTP statuses; no catch-all arm, so a new refusal must be
+    /// placed here deliberately.
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Push(PushError::UnknownApp(_)) => StatusCode::NOT_FOUND,
+            Refusal::Push(PushError::NoProvider { .. }) => StatusCode::BAD_REQUEST,
+            Refusal::Push(PushError::Unsupported) => StatusCode::NOT_IMPLEMENTED,
+            Refusal::Push(PushError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Push(PushError::Payload(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response =
+            (status, axum::Json(json!({ "error": self.to_string() }))).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Refusal::Unauthenticated { basic: true } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"brandgate\", charset=\"UTF-8\""),
+                );
+            }
+            Refusal::RateLimited { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            Refusal::Push(PushError::Overloaded) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+async fn handle(
+    State(service): State<PushService>,
+    Path(app_id): Path<String>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let generation = service.generation();
+    let app = generation.apps.get(&app_id).cloned();
+    // Only configured ids become metric labels.
+    let label = app
+        .as_ref()
+        .map_or_else(|| "unknown".to_string(), |a| a.id.clone());
+    let response = match receive(
+        &service,
+        &generation,
+        &app_id,
+        app,
+        peer.map(|p| p.0),
+        &headers,
+        body,
+    )
+    .await
+    {
+        Ok(delivery) => answer(&delivery),
+        Err(refusal) => {
+            if let Refusal::RateLimited { .. } = &refusal {
+                service
+                    .metrics()
+                    .refused
+                    .get_or_create(&ResultLabels {
+                        result: "rate_limited",
+                    })
+                    .inc();
+            }
+            refusal.into_response()
+        }
+    };
+    service
+        .metrics()
+        .requests
+        .get_or_create(&RequestLabels {
+            app: label,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn receive(
+    service: &PushService,
+    generation: &super::Generation,
+    app_id: &str,
+    app: Option<std::sync::Arc<super::App>>,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Delivery, Refusal> {
+    let ip = peer.as_ref().map(|p| p.addr.ip());
+    let limit = generation.settings.auth_failures_per_minute;
+    if let Some(ip) = ip
+        && let Some(retry_after) = service.shared.limiter.blocked(ip, limit)
+    {
+        return Err(Refusal::RateLimited { retry_after });
+    }
+    // An unknown app counts as a failed authentication too: it is how app ids get guessed.
+    let Some(app) = app else {
+        if let Some(ip) = ip {
+            service.shared.limiter.failed(ip);
+        }
+        return Err(PushError::UnknownApp(app_id.to_string()).into());
+    };
+    let certificate = peer.as_ref().and_then(|p| p.certificate.as_deref());
+    if let Err(failure) = app.auth.check(headers, certificate) {
+        if let Some(ip) = ip {
+            service.shared.limiter.failed(ip);
+        }
+        tracing::warn!(app = %app.id, peer = ?ip, %failure, "caller authentication failed");
+        return Err(Refusal::Unauthenticated {
+            basic: app.auth.uses_basic(),
+        });
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(Refusal::NotJson);
+        }
+    }
+    let limit = generation.settings.body_limit;
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => return Err(Refusal::BodyTimeout),
+        Ok(Err(e)) => {
+            // axum reports an exceeded limit as a length-limit error in the source chain.
+            let text = crate::http_client::error_chain(&e);
+            return Err(if text.contains("length limit") {
+                Refusal::TooLarge(limit)
+            } else {
+                Refusal::BodyUnreadable
+            });
+        }
+        Ok(Ok(b)) => b,
+    };
+    let request = super::request::parse(&bytes).map_err(|m| Refusal::Malformed(m.0))?;
+    Ok(service.send_on(generation, &app, request).await?)
+}
+
+/// Maps a finished push to the platform's codes. Exhaustive over [`Attempt`].
+fn answer(d: &Delivery) -> Response {
+    let provider = d.provider.as_str();
+    let (status, body) = match &d.last {
+        Attempt::Delivered { id, .. } => (
+            StatusCode::OK,
+            json!({
+                "status": if d.duplicate { "duplicate" } else { "delivered" },
+                "provider": provider,
+                "id": id,
+            }),
+        ),
+        Attempt::DeadToken { reason, .. } => (
+            StatusCode::FORBIDDEN,
+            json!({ "error": "the device token cannot receive pushes", "provider": provider, "reason": reason }),
+        ),
+        Attempt::Transient { reason, .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": "not delivered in time; a retry may succeed", "provider": provider, "reason": reason }),
+        ),
+        Attempt::Permanent { reason, .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": "the provider refused the push; the app's configuration needs a look", "provider": provider, "reason": reason }),
+        ),
+    };
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,174 @@
+//! The push proxy's metrics. Label values are bounded: apps are the configured ids (anything
+//! else is `unknown`), reasons are provider codes or brandgate's own short codes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub app: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub app: String,
+    pub provider: &'static str,
+    pub outcome: &'static str,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub app: String,
+    pub provider: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~8 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+/// Every push metric, registered once at start-up and shared by all generations of the config.
+#[derive(Clone)]
+pub struct PushMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub provider_latency: HistogramFamily,
+    pub retries: Family<ProviderLabels, Counter>,
+    pub in_flight: Gauge,
+    pub duplicates: Counter,
+    pub dead_tokens: Family<ProviderLabels, Counter>,
+    pub webhook: Family<ResultLabels, Counter>,
+    pub refused: Family<ResultLabels, Counter>,
+    pub pool_open: Family<ProviderLabels, Gauge>,
+    pub pool_connects: Family<ProviderLabels, Counter>,
+    pub pool_connect_failures: Family<ProviderLabels, Counter>,
+}
+
+/// The metrics of one connection pool.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub open: Gauge,
+    pub connects: Counter,
+    pub connect_failures: Counter,
+}
+
+impl PushMetrics {
+    pub fn register(registry: &mut Registry) -> PushMetrics {
+        let m = PushMetrics {
+            requests: Family::default(),
+            deliveries: Family::default(),
+            provider_latency: Family::new_with_constructor(latency_histogram),
+            retries: Family::default(),
+            in_flight: Gauge::default(),
+            duplicates: Counter::default(),
+            dead_tokens: Family::default(),
+            webhook: Family::default(),
+            refused: Family::default(),
+            pool_open: Family::default(),
+            pool_connects: Family::default(),
+            pool_connect_failures: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("brandgate_push");
+        r.register(
+            "requests",
+            "Push requests received, by app and HTTP status answered",
+            m.requests.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Pushes finished, by app, provider, outcome and provider reason",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "provider_latency_seconds",
+            "Time for one provider call, by app and provider",
+            m.provider_latency.clone(),
+        );
+        r.register(
+            "retries",
+            "Provider calls retried after a transient failure",
+            m.retries.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Pushes being delivered right now",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Repeats of an already delivered push answered without sending",
+            m.duplicates.clone(),
+        );
+        r.register(
+            "dead_tokens",
+            "Device tokens the provider declared dead",
+            m.dead_tokens.clone(),
+        );
+        r.register(
+            "feedback_webhook",
+            "Dead-token webhook calls, by result",
+            m.webhook.clone(),
+        );
+        r.register(
+            "refused",
+            "Requests refused before delivery (overload, rate limit), by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "pool_connections_open",
+            "Open HTTP/2 connections to providers",
+            m.pool_open.clone(),
+        );
+        r.register(
+            "pool_connects",
+            "Provider connections opened",
+            m.pool_connects.clone(),
+        );
+        r.register(
+            "pool_connect_failures",
+            "Provider connections that failed to open",
+            m.pool_connect_failures.clone(),
+        );
+        m
+    }
+
+    pub fn pool(&self, app: &str, provider: &'static str) -> PoolMetrics {
+        let labels = ProviderLabels {
+            app: app.to_string(),
+            provider,
+        };
+        PoolMetrics {
+            open: self.pool_open.get_or_create_owned(&labels),
+            connects: self.pool_connects.get_or_create_owned(&labels),
+            connect_failures: self.pool_connect_failures.get_or_create_owned(&labels),
+        }
+    }
+}
+
+/// A provider reason as a label value: provider codes are short identifiers; anything else
+/// (which only a misbehaving server would send) is `unrecognized`.
+pub fn reason_label(reason: &str) -> String {
+    let ok = !reason.is_empty()
+        && reason.len() <= 48
+        && reason
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        reason.to_string()
+    } else {
+        "unrecognized".to_string()
+    }
+}

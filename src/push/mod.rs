@@ -1,0 +1,597 @@
+//! The push proxy role. The platform POSTs its push request to `/push/{app}`; brandgate
+//! authenticates the caller, masks the text where the app says so, adds the APNs/FCM credential
+//! only it holds, delivers, and answers in the codes the platform understands (200 delivered,
+//! 401 caller refused, 403 dead device token, 500 failed).
+//!
+//! The door is [`PushService`]: [`PushService::router`] for the listener, [`PushService::send`]
+//! for everything else in the process (`brandgate push-test`, the relay). The provider clients
+//! (`apns`, `fcm`) are private to this module.
+//!
+//! A configuration generation (apps, credentials, clients) is swapped whole on reload; requests
+//! in flight finish on the generation they started with. Provider clients whose configuration
+//! and credential files did not change are carried over, connections and tokens included.
+//!
+//! Never logged: the notification text, full device tokens, credentials.
+
+mod apns;
+mod auth;
+mod dedupe;
+mod fcm;
+mod feedback;
+mod h2pool;
+mod ingress;
+mod limiter;
+mod metrics;
+mod outcome;
+mod payload;
+mod request;
+mod retry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+
+pub use feedback::RECORD_FILE as DEAD_TOKEN_FILE;
+pub use metrics::PushMetrics;
+pub use outcome::{Attempt, Delivery};
+pub use request::{Alert, DeviceToken, Provider, PushMeta, PushRequest};
+
+use crate::clock::Clock;
+use crate::config::{AppConfig, Problems, PushConfig};
+use apns::ApnsClient;
+use auth::CallerAuth;
+use dedupe::{Claim, Dedupe};
+use fcm::FcmClient;
+use feedback::{DeadToken, FeedbackSink};
+use limiter::AuthFailureLimiter;
+use metrics::{DeliveryLabels, ProviderLabels, ResultLabels};
+use payload::{PayloadError, Presentation};
+
+/// Why a push was not attempted. Each maps to one HTTP status in `ingress`.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("unknown app {0:?}")]
+    UnknownApp(String),
+    #[error("app {app:?} has no {provider} provider configured")]
+    NoProvider { app: String, provider: Provider },
+    #[error("Huawei push (push-service 3) is not supported yet")]
+    Unsupported,
+    #[error("too many pushes in flight; retry shortly")]
+    Overloaded,
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+/// The push proxy. Cheap to clone; every clone is the same service.
+#[derive(Clone)]
+pub struct PushService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    generation: RwLock<Arc<Generation>>,
+    builder: Builder,
+    dedupe: Arc<Dedupe>,
+    limiter: AuthFailureLimiter,
+    in_flight: AtomicUsize,
+    /// `app/provider` whose last push the provider refused for good, and the reason: an
+    /// operator must look (shown in `/readyz`); cleared by the next delivery.
+    degraded: Mutex<BTreeMap<String, String>>,
+}
+
+/// What every generation is built with.
+struct Builder {
+    metrics: PushMetrics,
+    clock: Arc<dyn Clock>,
+    record_dir: Option<PathBuf>,
+}
+
+/// One configuration's worth of apps and clients.
+struct Generation {
+    settings: PushConfig,
+    apps: HashMap<String, Arc<App>>,
+    feedback: FeedbackSink,
+}
+
+struct App {
+    id: String,
+    auth: CallerAuth,
+    mask_text: Option<String>,
+    mutable_content: bool,
+    apns: Option<(Fingerprint, Arc<ApnsClient>)>,
+    fcm: Option<(Fingerprint, Arc<FcmClient>)>,
+}
+
+/// A digest of a provider's configuration and the content of every file it reads: equal
+/// fingerprints mean the client can be carried over a reload unchanged.
+type Fingerprint = [u8; 32];
+
+/// What building a generation found that is worth a warning but not a refusal.
+pub type Warnings = Vec<String>;
+
+impl PushService {
+    /// Builds the service from the config, reading every credential. Fails with every problem.
+    /// Dead tokens are recorded in `record_dir` when given. Must run inside a tokio runtime (the
+    /// feedback task starts here).
+    pub fn build(
+        cfg: &PushConfig,
+        record_dir: Option<&Path>,
+        client_ca_configured: bool,
+        metrics: PushMetrics,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(PushService, Warnings), Problems> {
+        let builder = Builder {
+            metrics,
+            clock: clock.clone(),
+            record_dir: record_dir.map(Path::to_path_buf),
+        };
+        let (generation, warnings) = builder.generation(cfg, client_ca_configured, None)?;
+        let shared = Shared {
+            generation: RwLock::new(Arc::new(generation)),
+            builder,
+            dedupe: Dedupe::new(clock),
+            limiter: AuthFailureLimiter::default(),
+            in_flight: AtomicUsize::new(0),
+            degraded: Mutex::new(BTreeMap::new()),
+        };
+        Ok((
+            PushService {
+                shared: Arc::new(shared),
+            },
+            warnings,
+        ))
+    }
+
+    /// Replaces the configuration. On any problem nothing changes.
+    pub fn reload(
+        &self,
+        cfg: &PushConfig,
+        client_ca_configured: bool,
+    ) -> Result<Warnings, Problems> {
+        let previous = self.generation();
+        let (generation, warnings) =
+            self.shared
+                .builder
+                .generation(cfg, client_ca_configured, Some(&previous))?;
+        *self
+            .shared
+            .generation
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(generation);
+        Ok(warnings)
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        self.shared
+            .generation
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn metrics(&self) -> &PushMetrics {
+        &self.shared.builder.metrics
+    }
+
+    /// The HTTP routes of the push proxy (`POST /push/{app}`).
+    pub fn router(&self) -> axum::Router {
+        ingress::router(self.clone())
+    }
+
+    /// How many apps the current configuration serves.
+    pub fn app_count(&self) -> usize {
+        self.generation().apps.len()
+    }
+
+    /// Sends one push for `app` through the whole pipeline (masking, duplicates, retries,
+    /// feedback, metrics), as the proxy endpoint does after authenticating the caller.
+    pub async fn send(&self, app: &str, request: PushRequest) -> Result<Delivery, PushError> {
+        let generation = self.generation();
+        let Some(app) = generation.apps.get(app).cloned() else {
+            return Err(PushError::UnknownApp(app.to_string()));
+        };
+        self.send_on(&generation, &app, request).await
+    }
+
+    async fn send_on(
+        &self,
+        generation: &Generation,
+        app: &App,
+        request: PushRequest,
+    ) -> Result<Delivery, PushError> {
+        let provider = request.provider;
+        let no_provider = || PushError::NoProvider {
+            app: app.id.clone(),
+            provider,
+        };
+        match provider {
+            Provider::Apns if app.apns.is_none() => return Err(no_provider()),
+            Provider::Fcm if app.fcm.is_none() => return Err(no_provider()),
+            Provider::Huawei => return Err(PushError::Unsupported),
+            Provider::Apns | Provider::Fcm => {}
+        }
+        let presentation = Presentation {
+            mask_text: app.mask_text.as_deref(),
+            mutable_content: app.mutable_content,
+        };
+        let body = match provider {
+            Provider::Apns => payload::apns_body(&request, presentation)?,
+            Provider::Fcm | Provider::Huawei => {
+                let (android_priority, collapse) =
+                    app.fcm.as_ref().map_or(("high", false), |(_, c)| {
+                        (c.android_priority.as_str(), c.collapse_by_conversation)
+                    });
+                payload::fcm_body(&request, presentation, android_priority, collapse)?
+            }
+        };
+        let body = Bytes::from(body);
+
+        let settings = &generation.settings;
+        let dedupe_key = dedupe::key(
+            &app.id,
+            request.device_token.as_str(),
+            request.meta.conversation_id.as_deref(),
+            request.meta.sequence,
+        );
+        let guard = match dedupe_key {
+            None => None,
+            Some(k) => match self
+                .shared
+                .dedupe
+                .claim(k, settings.dedupe_window.0, settings.dedupe_capacity)
+                .await
+            {
+                Claim::AlreadyDelivered => {
+                    self.metrics().duplicates.inc();
+                    tracing::info!(app = %app.id, %provider, token = %request.device_token, "repeat of a delivered push: not sent again");
+                    return Ok(Delivery {
+                        provider,
+                        last: Attempt::Delivered {
+                            status: 200,
+                            id: None,
+                        },
+                        attempts: 0,
+                        duplicate: true,
+                    });
+                }
+                Claim::Fresh(g) => Some(g),
+            },
+        };
+
+        let _in_flight = InFlight::enter(self, settings.max_in_flight).ok_or_else(|| {
+            self.metrics()
+                .refused
+                .get_or_create(&ResultLabels {
+                    result: "overloaded",
+                })
+                .inc();
+            PushError::Overloaded
+        })?;
+
+        let labels = ProviderLabels {
+            app: app.id.clone(),
+            provider: provider.as_str(),
+        };
+        let deadline = tokio::time::Instant::now() + settings.deadline.0;
+        let apns_id = uuid::Uuid::new_v4().to_string();
+        let collapse = request.meta.conversation_id.as_deref();
+        let device = &request.device_token;
+        let metrics = self.metrics();
+        let latency = metrics.provider_latency.get_or_create_owned(&labels);
+        let retries = metrics.retries.get_or_create_owned(&labels);
+        let (last, attempts) = retry::run(
+            deadline,
+            retry::Backoff::default(),
+            |_| {
+                retries.inc();
+            },
+            || {
+                let body = body.clone();
+                let apns_id = apns_id.as_str();
+                let latency = latency.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let answer = match (&app.apns, &app.fcm, provider) {
+                        (Some((_, c)), _, Provider::Apns) => {
+                            let collapse = collapse.filter(|_| c.collapse_by_conversation);
+                            c.attempt(device, body, collapse, apns_id).await
+                        }
+                        (_, Some((_, c)), Provider::Fcm) => c.attempt(body).await,
+                        _ => Attempt::Permanent {
+                            status: None,
+                            reason: "no_provider".into(),
+                        },
+                    };
+                    latency.observe(started.elapsed().as_secs_f64());
+                    answer
+                }
+            },
+        )
+        .await;
+
+        let delivery = Delivery {
+            provider,
+            last,
+            attempts,
+            duplicate: false,
+        };
+        if let Some(g) = guard
+            && delivery.delivered()
+        {
+            g.delivered();
+        }
+        self.record(generation, app, &request.device_token, &delivery);
+        Ok(delivery)
+    }
+
+    /// Metrics, the log line and dead-token feedback for a finished push.
+    fn record(&self, generation: &Generation, app: &App, token: &DeviceToken, d: &Delivery) {
+        let metrics = self.metrics();
+        metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                app: app.id.clone(),
+                provider: d.provider.as_str(),
+                outcome: d.last.label(),
+                reason: metrics::reason_label(d.last.reason()),
+            })
+            .inc();
+        let (app_id, provider, reason, attempts) =
+            (&app.id, d.provider, d.last.reason(), d.attempts);
+        {
+            let mut degraded = self
+                .shared
+                .degraded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let key = format!("{app_id}/{provider}");
+            match &d.last {
+                Attempt::Delivered { .. } => {
+                    degraded.remove(&key);
+                }
+                Attempt::Permanent { .. } => {
+                    degraded.insert(key, reason.to_string());
+                }
+                Attempt::DeadToken { .. } | Attempt::Transient { .. } => {}
+            }
+        }
+        match &d.last {
+            Attempt::Delivered { .. } => {
+                tracing::debug!(app = %app_id, %provider, %token, attempts, "push delivered");
+            }
+            Attempt::DeadToken { since, .. } => {
+                tracing::info!(app = %app_id, %provider, %token, reason, "device token is dead");
+                metrics
+                    .dead_tokens
+                    .get_or_create(&ProviderLabels {
+                        app: app.id.clone(),
+                        provider: provider.as_str(),
+                    })
+                    .inc();
+                generation.feedback.report(DeadToken::new(
+                    app_id,
+                    provider.as_str(),
+                    token,
+                    reason,
+                    *since,
+                ));
+            }
+            Attempt::Transient { status, .. } => {
+                tracing::warn!(app = %app_id, %provider, %token, reason, status, attempts, "push not delivered before the deadline");
+            }
+            Attempt::Permanent { status, .. } => {
+                tracing::error!(app = %app_id, %provider, %token, reason, status, "provider refused the push: check this app's configuration");
+            }
+        }
+    }
+}
+
+impl Builder {
+    /// Builds a generation from `cfg`, carrying over unchanged provider clients of `previous`.
+    fn generation(
+        &self,
+        cfg: &PushConfig,
+        client_ca_configured: bool,
+        previous: Option<&Generation>,
+    ) -> Result<(Generation, Warnings), Problems> {
+        let mut problems = Problems::default();
+        let mut warnings = Vec::new();
+        let feedback = FeedbackSink::build(
+            &cfg.feedback,
+            self.record_dir.as_deref(),
+            &self.metrics,
+            &mut problems,
+        );
+        let mut apps = HashMap::new();
+        for (i, app_cfg) in cfg.apps.iter().enumerate() {
+            let key = format!("push.apps[{i}]");
+            let old = previous
+                .and_then(|p| p.apps.get(&app_cfg.id))
+                .map(Arc::as_ref);
+            let app = self.app(
+                &key,
+                app_cfg,
+                client_ca_configured,
+                old,
+                &mut problems,
+                &mut warnings,
+            );
+            apps.insert(app_cfg.id.clone(), Arc::new(app));
+        }
+        let feedback = match feedback {
+            Some(f) if problems.is_empty() => f,
+            _ => return Err(problems),
+        };
+        Ok((
+            Generation {
+                settings: cfg.clone(),
+                apps,
+                feedback,
+            },
+            warnings,
+        ))
+    }
+
+    fn app(
+        &self,
+        key: &str,
+        cfg: &AppConfig,
+        client_ca_configured: bool,
+        old: Option<&App>,
+        problems: &mut Problems,
+        warnings: &mut Warnings,
+    ) -> App {
+        if cfg.id.is_empty()
+            || cfg.id.len() > 255
+            || cfg.id.contains('/')
+            || cfg.id.chars().any(char::is_control)
+        {
+            problems.push(
+                format!("{key}.id"),
+                "must be 1-255 characters, without '/' or control characters",
+            );
+        }
+        if cfg.apns.is_none() && cfg.fcm.is_none() {
+            problems.push(key, "configure apns, fcm or both");
+        }
+        if let Some(mask) = &cfg.mask_text
+            && (mask.is_empty() || mask.len() > 1024)
+        {
+            problems.push(format!("{key}.mask_text"), "must be 1-1024 bytes");
+        }
+        let auth = CallerAuth::build(
+            &format!("{key}.auth"),
+            &cfg.auth,
+            client_ca_configured,
+            problems,
+            warnings,
+        );
+        let apns = cfg.apns.as_ref().and_then(|c| {
+            let fp = fingerprint(&cfg.id, &format!("{c:?}"), apns_files(c));
+            if let Some((old_fp, client)) = old.and_then(|a| a.apns.as_ref())
+                && *old_fp == fp
+            {
+                return Some((fp, client.clone()));
+            }
+            ApnsClient::build(
+                &format!("{key}.apns"),
+                &cfg.id,
+                c,
+                &self.metrics,
+                self.clock.clone(),
+                problems,
+            )
+            .map(|client| (fp, Arc::new(client)))
+        });
+        let fcm = cfg.fcm.as_ref().and_then(|c| {
+            let files = std::iter::once(c.service_account_file.as_path())
+                .chain(c.extra_trust_anchors.iter().map(PathBuf::as_path));
+            let fp = fingerprint(&cfg.id, &format!("{c:?}"), files);
+            if let Some((old_fp, client)) = old.and_then(|a| a.fcm.as_ref())
+                && *old_fp == fp
+            {
+                return Some((fp, client.clone()));
+            }
+            FcmClient::build(
+                &format!("{key}.fcm"),
+                &cfg.id,
+                c,
+                &self.metrics,
+                self.clock.clone(),
+                problems,
+            )
+            .map(|client| (fp, Arc::new(client)))
+        });
+        App {
+            id: cfg.id.clone(),
+            auth,
+            mask_text: cfg.mask_text.clone(),
+            mutable_content: cfg.mutable_content,
+            apns,
+            fcm,
+        }
+    }
+}
+
+impl crate::ops::health::ReadinessCheck for PushService {
+    fn name(&self) -> &'static str {
+        "push"
+    }
+
+    /// Every app's credentials were loaded when its generation was built, so the proxy is ready
+    /// whenever it exists; refused credentials show as `degraded`.
+    fn check(&self) -> crate::ops::health::Check {
+        let degraded = self
+            .shared
+            .degraded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        crate::ops::health::Check {
+            ready: true,
+            detail: serde_json::json!({
+                "apps": self.app_count(),
+                "degraded": degraded,
+            }),
+        }
+    }
+}
+
+/// A slot among the pushes in flight; released on drop.
+struct InFlight<'a>(&'a PushService);
+
+impl<'a> InFlight<'a> {
+    fn enter(service: &'a PushService, limit: usize) -> Option<InFlight<'a>> {
+        let shared = &service.shared;
+        if shared.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        shared.builder.metrics.in_flight.inc();
+        Some(InFlight(service))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.shared.builder.metrics.in_flight.dec();
+    }
+}
+
+fn apns_files(c: &crate::config::ApnsConfig) -> impl Iterator<Item = &Path> {
+    [
+        &c.token_key_file,
+        &c.certificate_file,
+        &c.private_key_file,
+        &c.pkcs12_file,
+        &c.pkcs12_password_file,
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::as_path)
+    .chain(c.extra_trust_anchors.iter().map(PathBuf::as_path))
+}
+
+fn fingerprint<'a>(app: &str, config: &str, files: impl Iterator<Item = &'a Path>) -> Fingerprint {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(app.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(config.as_bytes());
+    for path in files {
+        ctx.update(&[0]);
+        match crate::secret::resolve_path(path)
+            .ok()
+            .and_then(|p| std::fs::read(p).ok())
+        {
+            Some(content) => ctx.update(&content),
+            None => ctx.update(b"<unreadable>"),
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}

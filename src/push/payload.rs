@@ -1,0 +1,359 @@
+//! What leaves brandgate for the provider: masking and the 4096-byte limit.
+//!
+//! When an app has a mask text, the notification text sent to APNs/FCM is the mask text and
+//! nothing of the real text (title, body, localisation arguments) leaves the premises. Badge,
+//! sound and the conversation fields pass through. A text too long for the provider's 4096-byte
+//! payload is cut on a character boundary and ends with `…`; it is never refused for length.
+
+use serde_json::{Map, Value, json};
+
+use super::request::{Alert, PushMeta, PushRequest};
+
+/// APNs and FCM both refuse payloads above 4096 bytes (APNs: the whole JSON body; FCM: the data).
+pub const PAYLOAD_LIMIT: usize = 4096;
+
+const ELLIPSIS: &str = "…";
+
+/// How an app wants its notifications presented.
+#[derive(Debug, Clone, Copy)]
+pub struct Presentation<'a> {
+    pub mask_text: Option<&'a str>,
+    pub mutable_content: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error(
+        "the push is {size} bytes even with its text emptied; the provider limit is {PAYLOAD_LIMIT}"
+    )]
+    TooLarge { size: usize },
+}
+
+/// The APNs request body: `aps` plus the conversation fields as custom keys.
+pub fn apns_body(req: &PushRequest, p: Presentation<'_>) -> Result<Vec<u8>, PayloadError> {
+    let build = |alert: &Alert| {
+        let mut aps = req.aps.clone();
+        match alert {
+            Alert::None => {}
+            Alert::Text(t) => {
+                aps.insert("alert".into(), Value::from(t.as_str()));
+            }
+            Alert::Fields(m) => {
+                aps.insert("alert".into(), Value::Object(m.clone()));
+            }
+        }
+        if let Some(badge) = req.meta.badge {
+            aps.entry("badge").or_insert(Value::from(badge));
+        }
+        if p.mutable_content && !matches!(alert, Alert::None) {
+            aps.insert("mutable-content".into(), Value::from(1));
+        }
+        let mut body = Map::new();
+        body.insert("aps".into(), Value::Object(aps));
+        insert_meta(&mut body, &req.meta, false);
+        serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+    };
+    fit(&presented_alert(&req.alert, p.mask_text), build, |b| {
+        b.len()
+    })
+}
+
+/// The FCM v1 `message` for one token: a data message carrying `message` (the text) and
+/// `payload` (the conversation fields as a JSON string), as the platform's Android SDK reads it.
+pub fn fcm_body(
+    req: &PushRequest,
+    p: Presentation<'_>,
+    android_priority: &str,
+    collapse: bool,
+) -> Result<Vec<u8>, PayloadError> {
+    let data_of = |alert: &Alert| {
+        let mut payload = Map::new();
+        insert_meta(&mut payload, &req.meta, true);
+        let mut data = Map::new();
+        if let Some(text) = alert_text(alert) {
+            data.insert("message".into(), Value::from(text));
+        }
+        data.insert(
+            "payload".into(),
+            Value::from(Value::Object(payload).to_string()),
+        );
+        data
+    };
+    // FCM counts the data keys and values against its limit; the rest of the request is ours.
+    let data_size = |alert: &Alert| {
+        data_of(alert)
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum::<usize>()
+    };
+    let alert = presented_alert(&req.alert, p.mask_text);
+    let fitted = fit_alert(&alert, |a| data_size(a))?;
+    let mut android = Map::new();
+    android.insert("priority".into(), Value::from(android_priority));
+    if collapse && let Some(c) = &req.meta.conversation_id {
+        android.insert("collapse_key".into(), Value::from(c.as_str()));
+    }
+    let message = json!({
+        "message": {
+            "token": req.device_token.as_str(),
+            "data": Value::Object(data_of(&fitted)),
+            "android": Value::Object(android),
+        }
+    });
+    Ok(serde_json::to_vec(&message).unwrap_or_default())
+}
+
+/// The alert that may leave the premises: the mask text when the app has one.
+fn presented_alert(alert: &Alert, mask: Option<&str>) -> Alert {
+    match (mask, alert) {
+        (Some(mask), _) => Alert::Text(mask.to_string()),
+        (None, a) => a.clone(),
+    }
+}
+
+/// The text of an alert for providers that take one string (FCM data).
+fn alert_text(alert: &Alert) -> Option<String> {
+    match alert {
+        Alert::None => None,
+        Alert::Text(t) => Some(t.clone()),
+        Alert::Fields(m) => {
+            let title = m.get("title").and_then(Value::as_str);
+            let body = m.get("body").and_then(Value::as_str);
+            match (title, body) {
+                (Some(t), Some(b)) => Some(format!("{t}: {b}")),
+                (Some(t), None) => Some(t.to_string()),
+                (None, Some(b)) => Some(b.to_string()),
+                (None, None) => None,
+            }
+        }
+    }
+}
+
+fn insert_meta(target: &mut Map<String, Value>, meta: &PushMeta, with_badge: bool) {
+    let fields = [
+        ("backendService", &meta.backend_service),
+        ("conversationId", &meta.conversation_id),
+        ("dialogId", &meta.dialog_id),
+        ("originatorId", &meta.originator_id),
+        ("brandId", &meta.brand_id),
+    ];
+    for (key, value) in fields {
+        if let Some(v) = value {
+            target.insert(key.into(), Value::from(v.as_str()));
+        }
+    }
+    if let Some(seq) = meta.sequence {
+        target.insert("sequence".into(), Value::from(seq));
+    }
+    if with_badge && let Some(b) = meta.badge {
+        target.insert("badge".into(), Value::from(b));
+    }
+}
+
+/// Builds with the full alert, or with the alert shortened just enough to fit.
+fn fit<T>(
+    alert: &Alert,
+    build: impl Fn(&Alert) -> T,
+    size: impl Fn(&T) -> usize,
+) -> Result<T, PayloadError> {
+    let fitted = fit_alert(alert, |a| size(&build(a)))?;
+    Ok(build(&fitted))
+}
+
+/// The longest version of `alert` whose payload size is within the limit. The body is shortened
+/// first; the title only if the payload is still too large with an empty body.
+fn fit_alert(alert: &Alert, size_of: impl Fn(&Alert) -> usize) -> Result<Alert, PayloadError> {
+    if size_of(alert) <= PAYLOAD_LIMIT {
+        return Ok(alert.clone());
+    }
+    match alert {
+        Alert::None => Err(PayloadError::TooLarge {
+            size: size_of(alert),
+        }),
+        Alert::Text(text) => {
+            let cut = longest_fitting(text, |t| size_of(&Alert::Text(t)))?;
+            Ok(Alert::Text(cut))
+        }
+        Alert::Fields(fields) => {
+            let mut fields = fields.clone();
+            // Localisation arguments can carry the text too; they go first.
+            fields.remove("loc-args");
+            fields.remove("title-loc-args");
+            fields.remove("subtitle");
+            for key in ["body", "title"] {
+                let Some(Value::String(text)) = fields.get(key).cloned() else {
+                    continue;
+                };
+                let with = |t: String| {
+                    let mut f = fields.clone();
+                    f.insert(key.into(), Value::from(t));
+                    Alert::Fields(f)
+                };
+                if size_of(&with(String::new())) <= PAYLOAD_LIMIT {
+                    let cut = longest_fitting(&text, |t| size_of(&with(t)))?;
+                    return Ok(with(cut));
+                }
+                fields.insert(key.into(), Value::from(""));
+            }
+            let a = Alert::Fields(fields);
+            match size_of(&a) {
+                s if s <= PAYLOAD_LIMIT => Ok(a),
+                size => Err(PayloadError::TooLarge { size }),
+            }
+        }
+    }
+}
+
+/// The longest prefix of `text` (on a character boundary, followed by `…`) whose payload fits.
+/// Binary search over character positions: about 12 builds for the longest allowed body.
+fn longest_fitting(
+    text: &str,
+    size_with: impl Fn(String) -> usize,
+) -> Result<String, PayloadError> {
+    let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    let candidate = |n: usize| -> String {
+        let end = boundaries.get(n).copied().unwrap_or(text.len());
+        format!("{}{ELLIPSIS}", &text[..end])
+    };
+    // Invariant: `lo` characters fit (0 is checked first), `hi` characters do not.
+    let mut lo = 0usize;
+    let mut hi = boundaries.len();
+    let empty = size_with(candidate(0));
+    if empty > PAYLOAD_LIMIT {
+        return Err(PayloadError::TooLarge { size: empty });
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if size_with(candidate(mid)) <= PAYLOAD_LIMIT {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(candidate(lo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::request::{DeviceToken, Provider};
+
+    fn request(alert: Alert) -> PushRequest {
+        PushRequest {
+            provider: Provider::Apns,
+            device_token: DeviceToken::new("aabbcc"),
+            alert,
+            aps: Map::from_iter([("sound".to_string(), Value::from("default"))]),
+            meta: PushMeta {
+                conversation_id: Some("conv-1".into()),
+                badge: Some(3),
+                sequence: Some(9),
+                ..Default::default()
+            },
+        }
+    }
+
+    const PLAIN: Presentation = Presentation {
+        mask_text: None,
+        mutable_content: false,
+    };
+
+    fn parse(b: &[u8]) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn mask_replaces_every_text_field() {
+        let mut fields = Map::new();
+        fields.insert("title".into(), Value::from("Agent Smith"));
+        fields.insert("body".into(), Value::from("your PIN is 1234"));
+        fields.insert("loc-args".into(), Value::from(vec!["1234"]));
+        let req = request(Alert::Fields(fields));
+        let p = Presentation {
+            mask_text: Some("You have a new message"),
+            mutable_content: true,
+        };
+        let body = apns_body(&req, p).unwrap();
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(!text.contains("1234") && !text.contains("Smith"), "{text}");
+        let v = parse(&body);
+        assert_eq!(v["aps"]["alert"], "You have a new message");
+        assert_eq!(v["aps"]["mutable-content"], 1);
+        assert_eq!(v["aps"]["badge"], 3);
+        assert_eq!(v["aps"]["sound"], "default");
+        assert_eq!(v["conversationId"], "conv-1");
+        assert_eq!(v["sequence"], 9);
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_to_fit() {
+        // Multi-byte characters and characters JSON must escape, so bytes != characters.
+        let long: String = "é\"ab\n€".repeat(2000);
+        for body in [
+            apns_body(&request(Alert::Text(long.clone())), PLAIN).unwrap(),
+            fcm_body(&request(Alert::Text(long.clone())), PLAIN, "high", true).unwrap(),
+        ] {
+            let v = parse(&body);
+            let sent = v["aps"]["alert"]
+                .as_str()
+                .or(v["message"]["data"]["message"].as_str())
+                .unwrap();
+            assert!(sent.ends_with(ELLIPSIS));
+            let kept = sent.trim_end_matches(ELLIPSIS);
+            assert!(long.starts_with(kept));
+            assert!(
+                kept.len() > 2000,
+                "cut far more than needed: {}",
+                kept.len()
+            );
+        }
+        let apns = apns_body(&request(Alert::Text(long.clone())), PLAIN).unwrap();
+        assert!(apns.len() <= PAYLOAD_LIMIT);
+        // One more character would not have fitted.
+        let v = parse(&apns);
+        let kept = v["aps"]["alert"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches(ELLIPSIS);
+        let next = long[kept.len()..].chars().next().unwrap();
+        let mut one_more = v.clone();
+        one_more["aps"]["alert"] = Value::from(format!("{kept}{next}{ELLIPSIS}"));
+        let b = serde_json::to_vec(&one_more).unwrap();
+        assert!(b.len() > PAYLOAD_LIMIT);
+    }
+
+    #[test]
+    fn short_text_is_untouched() {
+        let body = apns_body(&request(Alert::Text("hello".into())), PLAIN).unwrap();
+        assert_eq!(parse(&body)["aps"]["alert"], "hello");
+    }
+
+    #[test]
+    fn fcm_carries_text_and_payload_as_data() {
+        let req = request(Alert::Text("hi there".into()));
+        let masked = Presentation {
+            mask_text: Some("New message"),
+            mutable_content: false,
+        };
+        let v = parse(&fcm_body(&req, masked, "high", true).unwrap());
+        assert_eq!(v["message"]["token"], "aabbcc");
+        assert_eq!(v["message"]["data"]["message"], "New message");
+        let payload: Value =
+            serde_json::from_str(v["message"]["data"]["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(payload["conversationId"], "conv-1");
+        assert_eq!(payload["badge"], 3);
+        assert_eq!(v["message"]["android"]["collapse_key"], "conv-1");
+    }
+
+    #[test]
+    fn long_title_and_body_both_shrink() {
+        let mut fields = Map::new();
+        fields.insert("title".into(), Value::from("t".repeat(5000)));
+        fields.insert("body".into(), Value::from("b".repeat(5000)));
+        let body = apns_body(&request(Alert::Fields(fields)), PLAIN).unwrap();
+        assert!(body.len() <= PAYLOAD_LIMIT);
+        let v = parse(&body);
+        assert_eq!(v["aps"]["alert"]["body"], "");
+        assert!(v["aps"]["alert"]["title"].as_str().unwrap().len() > 3000);
+    }
+}

@@ -1,0 +1,396 @@
+//! The platform's push proxy request, in both its shapes, parsed into one [`PushRequest`].
+//!
+//! iOS shape: `push-service: 1`, `device-token`, `notificationType: "apn"` and the conversation
+//! fields at the top level, with the APNs object in `aps`. Android/Huawei shape: `push-service`,
+//! `device-token` and `notificationType` at the top level, the text in `data.message`, the rest in
+//! `data.payload`. Every field is type-checked and a malformed request is refused with a reason
+//! that names the field. Unknown fields are ignored (the platform may add some) and never forwarded.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Which push service the platform asks for (`push-service`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// 1: Apple Push Notification service.
+    Apns,
+    /// 2: Firebase Cloud Messaging.
+    Fcm,
+    /// 3: Huawei Push Kit (not supported yet).
+    Huawei,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Apns => "apns",
+            Provider::Fcm => "fcm",
+            Provider::Huawei => "huawei",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device token. Shown in logs only as its first 8 characters and a short hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceToken(String);
+
+impl DeviceToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        DeviceToken(token.into())
+    }
+
+    /// The full token, for the provider request only.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Hex SHA-256 of the token: how dead tokens are recorded and reported.
+    pub fn sha256_hex(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
+        hex(digest.as_ref())
+    }
+}
+
+/// Logs and errors see `01408800…#3f9a1c`: enough to correlate, not enough to push.
+impl fmt::Display for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix: String = self.0.chars().take(8).collect();
+        let hash = self.sha256_hex();
+        write!(f, "{prefix}…#{}", &hash[..6])
+    }
+}
+
+impl fmt::Debug for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceToken({self})")
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The notification text as the platform sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Alert {
+    None,
+    /// `aps.alert` as a string, or `data.message`.
+    Text(String),
+    /// `aps.alert` as an object (`title`, `body`, `loc-key`, ...).
+    Fields(Map<String, Value>),
+}
+
+/// The conversation fields the platform sends with every push; they pass through to the app.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushMeta {
+    pub backend_service: Option<String>,
+    pub conversation_id: Option<String>,
+    pub dialog_id: Option<String>,
+    pub originator_id: Option<String>,
+    pub brand_id: Option<String>,
+    pub badge: Option<u32>,
+    pub sequence: Option<i64>,
+}
+
+/// One push, whichever shape it arrived in.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    pub provider: Provider,
+    pub device_token: DeviceToken,
+    pub alert: Alert,
+    /// The other members of `aps` (sound, badge, category, thread-id, ...), iOS shape only.
+    pub aps: Map<String, Value>,
+    pub meta: PushMeta,
+}
+
+impl PushRequest {
+    /// A plain text push, as `brandgate push-test` and the relay send.
+    pub fn text(provider: Provider, token: DeviceToken, text: Option<String>) -> Self {
+        PushRequest {
+            provider,
+            device_token: token,
+            alert: text.map_or(Alert::None, Alert::Text),
+            aps: Map::new(),
+            meta: PushMeta::default(),
+        }
+    }
+}
+
+/// Why a request body was refused. The text is for the caller: it names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+fn bad(msg: impl Into<String>) -> Malformed {
+    Malformed(msg.into())
+}
+
+/// Longest identifier accepted in a conversation field.
+const MAX_ID_LEN: usize = 256;
+/// Longest device token accepted (FCM tokens are around 160 characters, APNs 64 hex digits).
+const MAX_TOKEN_LEN: usize = 4096;
+
+/// Parses a request body.
+pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(top) = value else {
+        return Err(bad("body must be a JSON object"));
+    };
+    let provider = provider_of(&top)?;
+    let device_token = match top.get("device-token") {
+        Some(Value::String(s)) if !s.is_empty() => {
+            if s.len() > MAX_TOKEN_LEN {
+                return Err(bad(format!(
+                    "device-token is longer than {MAX_TOKEN_LEN} characters"
+                )));
+            }
+            if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(bad(
+                    "device-token contains whitespace or control characters",
+                ));
+            }
+            DeviceToken::new(s.clone())
+        }
+        Some(Value::String(_)) | None => return Err(bad("device-token is missing or empty")),
+        Some(_) => return Err(bad("device-token must be a string")),
+    };
+
+    if let Some(data) = top.get("data") {
+        // Android/Huawei shape.
+        let Value::Object(data) = data else {
+            return Err(bad("data must be an object"));
+        };
+        let alert = match data.get("message") {
+            None | Some(Value::Null) => Alert::None,
+            Some(Value::String(s)) => Alert::Text(s.clone()),
+            Some(_) => return Err(bad("data.message must be a string")),
+        };
+        let payload = match data.get("payload") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            // Some senders put the payload object in a JSON string.
+            Some(Value::String(s)) => match serde_json::from_str(s) {
+                Ok(Value::Object(m)) => m,
+                _ => return Err(bad("data.payload must be an object")),
+            },
+            Some(_) => return Err(bad("data.payload must be an object")),
+        };
+        Ok(PushRequest {
+            provider,
+            device_token,
+            alert,
+            aps: Map::new(),
+            meta: meta_from(&payload, "data.payload.")?,
+        })
+    } else {
+        // iOS shape.
+        let mut aps = match top.get("aps") {
+            None => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return Err(bad("aps must be an object")),
+        };
+        let alert = match aps.remove("alert") {
+            None | Some(Value::Null) => Alert::None,
+            Some(Value::String(s)) => Alert::Text(s),
+            Some(Value::Object(m)) => Alert::Fields(m),
+            Some(_) => return Err(bad("aps.alert must be a string or an object")),
+        };
+        if let Some(badge) = aps.get("badge")
+            && badge.as_u64().is_none_or(|b| b > u32::MAX as u64)
+        {
+            return Err(bad("aps.badge must be a non-negative integer"));
+        }
+        Ok(PushRequest {
+            provider,
+            device_token,
+            alert,
+            aps,
+            meta: meta_from(&top, "")?,
+        })
+    }
+}
+
+/// `push-service` decides; `notificationType` must agree with it when both are present.
+fn provider_of(top: &Map<String, Value>) -> Result<Provider, Malformed> {
+    let by_service = match top.get("push-service") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(match integer(v) {
+            Some(1) => Provider::Apns,
+            Some(2) => Provider::Fcm,
+            Some(3) => Provider::Huawei,
+            _ => return Err(bad("push-service must be 1 (APNs), 2 (FCM) or 3 (Huawei)")),
+        }),
+    };
+    let by_type = match top.get("notificationType") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(match s.as_str() {
+            "apn" | "apns" => Provider::Apns,
+            "gcm" | "fcm" => Provider::Fcm,
+            "huawei" => Provider::Huawei,
+            _ => {
+                return Err(bad(
+                    "notificationType must be \"apn\", \"gcm\" or \"huawei\"",
+                ));
+            }
+        }),
+        Some(_) => return Err(bad("notificationType must be a string")),
+    };
+    match (by_service, by_type) {
+        (Some(a), Some(b)) if a != b => Err(bad(format!(
+            "push-service says {a} but notificationType says {b}"
+        ))),
+        (Some(p), _) | (None, Some(p)) => Ok(p),
+        (None, None) => Err(bad("push-service is missing")),
+    }
+}
+
+/// Reads an integer written as a JSON number or a numeric string.
+fn integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn meta_from(m: &Map<String, Value>, prefix: &str) -> Result<PushMeta, Malformed> {
+    let id = |key: &str| -> Result<Option<String>, Malformed> {
+        match m.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Ok(Some(s.clone())),
+            Some(Value::String(_)) => Err(bad(format!(
+                "{prefix}{key} is longer than {MAX_ID_LEN} characters"
+            ))),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(bad(format!("{prefix}{key} must be a string"))),
+        }
+    };
+    let badge = match m.get("badge") {
+        None | Some(Value::Null) => None,
+        Some(v) => match integer(v) {
+            Some(b) if (0..=u32::MAX as i64).contains(&b) => Some(b as u32),
+            _ => return Err(bad(format!("{prefix}badge must be a non-negative integer"))),
+        },
+    };
+    let sequence = match m.get("sequence") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            Some(integer(v).ok_or_else(|| bad(format!("{prefix}sequence must be an integer")))?)
+        }
+    };
+    Ok(PushMeta {
+        backend_service: id("backendService")?,
+        conversation_id: id("conversationId")?,
+        dialog_id: id("dialogId")?,
+        originator_id: id("originatorId")?,
+        brand_id: id("brandId")?,
+        badge,
+        sequence,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The two examples from the platform's documentation (REFERENCE.md).
+    const IOS: &str = r#"{"aps":{"alert":"My Test: 123","sound":"default"},"push-service":1,
+        "device-token":"01408800000259","backendService":"ams","conversationId":"13a1",
+        "dialogId":"13a1","originatorId":"90588718.2333061110","brandId":"90588711","badge":1,
+        "sequence":8,"notificationType":"apn"}"#;
+    const ANDROID: &str = r#"{"data":{"message":"My Test: 456","payload":{"backendService":"ams",
+        "conversationId":"ff81","dialogId":"13a1","originatorId":"90588718.2333061110",
+        "brandId":"90588711","badge":4,"sequence":6}},"push-service":2,
+        "device-token":"01408800000259","notificationType":"gcm"}"#;
+
+    #[test]
+    fn ios_shape() {
+        let r = parse(IOS.as_bytes()).unwrap();
+        assert_eq!(r.provider, Provider::Apns);
+        assert_eq!(r.device_token.as_str(), "01408800000259");
+        assert_eq!(r.alert, Alert::Text("My Test: 123".into()));
+        assert_eq!(r.aps.get("sound"), Some(&Value::from("default")));
+        assert_eq!(r.meta.conversation_id.as_deref(), Some("13a1"));
+        assert_eq!(r.meta.badge, Some(1));
+        assert_eq!(r.meta.sequence, Some(8));
+    }
+
+    #[test]
+    fn android_shape() {
+        let r = parse(ANDROID.as_bytes()).unwrap();
+        assert_eq!(r.provider, Provider::Fcm);
+        assert_eq!(r.alert, Alert::Text("My Test: 456".into()));
+        assert_eq!(r.meta.conversation_id.as_deref(), Some("ff81"));
+        assert_eq!(r.meta.badge, Some(4));
+        assert_eq!(r.meta.sequence, Some(6));
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let cases = [
+            ("[]", "JSON object"),
+            ("{", "not valid JSON"),
+            (r#"{"device-token":"ab"}"#, "push-service is missing"),
+            (
+                r#"{"push-service":7,"device-token":"ab"}"#,
+                "push-service must be",
+            ),
+            (r#"{"push-service":1}"#, "device-token is missing"),
+            (
+                r#"{"push-service":1,"device-token":5}"#,
+                "device-token must be a string",
+            ),
+            (
+                r#"{"push-service":1,"device-token":"ab","aps":3}"#,
+                "aps must be an object",
+            ),
+            (
+                r#"{"push-service":1,"device-token":"ab","aps":{"alert":1}}"#,
+                "aps.alert",
+            ),
+            (
+                r#"{"push-service":1,"device-token":"ab","badge":-1}"#,
+                "badge",
+            ),
+            (
+                r#"{"push-service":2,"device-token":"ab","data":{"message":1}}"#,
+                "data.message",
+            ),
+            (
+                r#"{"push-service":2,"device-token":"ab","data":{"payload":{"sequence":"x"}}}"#,
+                "data.payload.sequence",
+            ),
+            (
+                r#"{"push-service":1,"notificationType":"gcm","device-token":"ab"}"#,
+                "notificationType says fcm",
+            ),
+            (r#"{"push-service":1,"device-token":"a b"}"#, "whitespace"),
+        ];
+        for (body, expected) in cases {
+            let e = parse(body.as_bytes()).unwrap_err();
+            assert!(e.0.contains(expected), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn token_is_shortened_in_display() {
+        let t = DeviceToken::new("0123456789abcdef0123456789abcdef");
+        let shown = format!("{t} {t:?}");
+        assert!(!shown.contains("0123456789abcdef0123"));
+        assert!(shown.starts_with("01234567…#"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Retrying transient provider failures inside brandgate: exponential backoff with jitter,
+//! `Retry-After` honoured, everything within the push's deadline. The deadline is shorter than
+//! the platform's own 10 s re-send, so brandgate gives up (500) before the platform tries again,
+//! never racing it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::outcome::Attempt;
+
+/// Backoff between attempts: `base * 2^(n-1)` capped at `max`, then "equal jitter" (a random
+/// point in the upper half), so a burst of failures does not come back in lockstep.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            max_attempts: 6,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after the `attempt`-th failure (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max);
+        let half = exp / 2;
+        half + half.mul_f64(random_unit())
+    }
+}
+
+/// A random number in [0, 1).
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs `attempt` until it is not transient, the attempts run out, or the next try could not
+/// finish before `deadline`. Returns the last answer and how many attempts were made;
+/// `on_retry` is told about each retry (for the metric).
+pub async fn run<F, Fut>(
+    deadline: Instant,
+    backoff: Backoff,
+    mut on_retry: impl FnMut(&Attempt),
+    mut attempt: F,
+) -> (Attempt, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let mut made = 0;
+    loop {
+        made += 1;
+        let answer = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return (
+                    Attempt::transient("deadline reached waiting for the provider"),
+                    made,
+                );
+            }
+        };
+        let Attempt::Transient { retry_after, .. } = &answer else {
+            return (answer, made);
+        };
+        if made >= backoff.max_attempts {
+            return (answer, made);
+        }
+        let wait = retry_after.unwrap_or_else(|| backoff.delay(made));
+        // A wait that would end past the deadline is pointless: the platform re-sends anyway.
+        if Instant::now() + wait >= deadline {
+            return (answer, made);
+        }
+        on_retry(&answer);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    fn transient(after: Option<u64>) -> Attempt {
+        Attempt::Transient {
+            status: Some(503),
+            reason: "ServiceUnavailable".into(),
+            retry_after: after.map(Duration::from_secs),
+        }
+    }
+
+    fn delivered() -> Attempt {
+        Attempt::Delivered {
+            status: 200,
+            id: None,
+        }
+    }
+
+    async fn scripted(script: Vec<Attempt>, deadline: Duration) -> (Attempt, u32, u32, Duration) {
+        let script = Mutex::new(VecDeque::from(script));
+        let start = Instant::now();
+        let mut retries = 0;
+        let (last, n) = run(
+            start + deadline,
+            Backoff::default(),
+            |_| retries += 1,
+            || {
+                let next = script.lock().unwrap().pop_front().unwrap();
+                async move { next }
+            },
+        )
+        .await;
+        (last, n, retries, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_answers_until_delivered() {
+        let (last, n, retries, elapsed) = scripted(
+            vec![transient(None), transient(Some(1)), delivered()],
+            Duration::from_secs(8),
+        )
+        .await;
+        assert_eq!(last, delivered());
+        assert_eq!((n, retries), (3, 2));
+        // The second wait is the provider's Retry-After.
+        assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_beyond_the_deadline_gives_up_at_once() {
+        let (last, n, _, elapsed) = scripted(
+            vec![transient(Some(30)), delivered()],
+            Duration::from_secs(8),
+        )
+        .await;
+        assert_eq!(last.label(), "transient");
+        assert_eq!(n, 1);
+        assert!(elapsed < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_and_dead_token_answers_are_not_retried() {
+        let dead = Attempt::DeadToken {
+            status: 410,
+            reason: "Unregistered".into(),
+            since: None,
+        };
+        let (last, n, _, _) =
+            scripted(vec![dead.clone(), delivered()], Duration::from_secs(8)).await;
+        assert_eq!((last, n), (dead, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_provider_is_cut_off_at_the_deadline() {
+        let start = Instant::now();
+        let (last, n) = run(
+            start + Duration::from_secs(3),
+            Backoff::default(),
+            |_| {},
+            std::future::pending::<Attempt>,
+        )
+        .await;
+        assert_eq!((last.label(), n), ("transient", 1));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff::default();
+        for n in 1..10 {
+            let d = b.delay(n);
+            let exp = (b.base * (1 << (n - 1))).min(b.max);
+            assert!(d >= exp / 2 && d <= exp, "attempt {n}: {d:?} vs {exp:?}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Secrets: values that must never reach a log line, an error message or an API answer.
+//!
+//! A [`Secret`] prints as `[redacted]` whatever formatting asks for it, and compares in constant
+//! time. Secrets only enter the process through [`read_secret_file`]: the config names files, never
+//! values, so systemd's `LoadCredential=` can hand them over (`%d/name` in a path means the
+//! credentials directory systemd gives the service).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A value that is never formatted. Use [`Secret::expose`] at the single place that needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    /// The wrapped value. Call sites are the places to review for leaks.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<T: AsRef<[u8]>> Secret<T> {
+    /// Constant-time comparison with a candidate the caller presented. Both sides are hashed
+    /// first, so neither the content nor the length of the secret shows in the timing.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        constant_time_eq(self.0.as_ref(), candidate)
+    }
+}
+
+/// Compares two byte strings without a timing difference that depends on where they differ or
+/// on their lengths: both are reduced to SHA-256 digests, which are then compared in constant time.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use aws_lc_rs::{constant_time, digest};
+    let da = digest::digest(&digest::SHA256, a);
+    let db = digest::digest(&digest::SHA256, b);
+    constant_time::verify_slices_are_equal(da.as_ref(), db.as_ref()).is_ok()
+}
+
+/// Why a secret file could not be used. The message names the file, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error(
+        "{path} uses %d (the systemd credentials directory) but $CREDENTIALS_DIRECTORY is not set; \
+         run under systemd with LoadCredential= or give a full path"
+    )]
+    NoCredentialsDirectory { path: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// Expands a leading `%d/` to `$CREDENTIALS_DIRECTORY/`, as systemd does in unit files, so one
+/// config works with `LoadCredential=`.
+pub fn resolve_path(path: &Path) -> Result<PathBuf, SecretFileError> {
+    let text = path.to_string_lossy();
+    match text.strip_prefix("%d/") {
+        None => Ok(path.to_path_buf()),
+        Some(rest) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Ok(Path::new(&dir).join(rest)),
+            None => Err(SecretFileError::NoCredentialsDirectory {
+                path: text.into_owned(),
+            }),
+        },
+    }
+}
+
+/// Reads a whole secret file. A single trailing newline is removed (editors and `echo` add one;
+/// it is never part of a password).
+pub fn read_secret_file(path: &Path) -> Result<Secret<Vec<u8>>, SecretFileError> {
+    let resolved = resolve_path(path)?;
+    let mut bytes = std::fs::read(&resolved).map_err(|source| SecretFileError::Unreadable {
+        path: resolved.clone(),
+        source,
+    })?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(SecretFileError::Empty { path: resolved });
+    }
+    Ok(Secret(bytes))
+}
+
+/// Whether a file that holds a secret can be read by every user on the machine.
+pub fn world_readable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    resolve_path(path)
+        .ok()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .is_some_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::new("hunter2".to_string());
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert!(!format!("{:#?}", Some(s)).contains("hunter2"));
+    }
+
+    #[test]
+    fn comparison_is_exact() {
+        let s = Secret::new(b"correct horse".to_vec());
+        assert!(s.matches(b"correct horse"));
+        assert!(!s.matches(b"correct hors"));
+        assert!(!s.matches(b"correct horse "));
+        assert!(!s.matches(b""));
+    }
+
+    #[test]
+    fn trailing_newline_is_not_part_of_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\r\n").unwrap();
+        assert!(read_secret_file(&path).unwrap().matches(b"s3cret"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(SecretFileError::Empty { .. })
+        ));
+    }
+}

@@ -1,0 +1,337 @@
+//! Every rustls configuration in the process: the public listener (TLS 1.2 and 1.3 only, optional
+//! client certificates), outbound clients (system roots plus extra trust anchors from the config,
+//! optional client certificate), the self-signed development certificate, and reading the
+//! identity out of a caller's certificate.
+//!
+//! One crypto provider (aws-lc-rs) serves the whole binary; [`install_crypto_provider`] runs
+//! before any configuration is built. Private keys read here are never logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::ServerTlsConfig;
+use crate::secret::read_secret_file;
+
+/// The only protocol versions brandgate speaks, on every connection, in and out.
+pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let resolved = crate::secret::resolve_path(path).map_err(|e| e.to_string())?;
+    let bytes =
+        std::fs::read(&resolved).map_err(|e| format!("cannot read {}: {e}", resolved.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", resolved.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+            resolved.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1). It is a secret: read through
+/// [`read_secret_file`] and never shown.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = read_secret_file(path).map_err(|e| e.to_string())?;
+    PrivateKeyDer::from_pem_slice(bytes.expose()).map_err(|_| {
+        format!(
+            "{} holds no PEM private key (expected -----BEGIN PRIVATE KEY-----)",
+            path.display()
+        )
+    })
+}
+
+/// The public listener's TLS configuration, and where its certificate came from.
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    /// Set when brandgate generated (or reused) its own development certificate.
+    pub development_certificate: Option<DevCertificate>,
+}
+
+/// Builds the listener's TLS configuration: the configured certificate, or the development one.
+pub fn server_config(cfg: &ServerTlsConfig, state_dir: &Path) -> Result<ServerTls, String> {
+    let (cert_path, key_path, development_certificate) = match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), None),
+        _ => {
+            let dev = ensure_development_certificate(state_dir)?;
+            (dev.cert.clone(), dev.key.clone(), Some(dev))
+        }
+    };
+    Ok(ServerTls {
+        config: Arc::new(build_server_config(
+            &cert_path,
+            &key_path,
+            cfg.client_ca.as_deref(),
+        )?),
+        development_certificate,
+    })
+}
+
+/// Checks the configured certificate, key and client CA without touching the state directory.
+/// `Ok(None)`: no certificate is configured (a development one would be made).
+pub fn check_server_config(cfg: &ServerTlsConfig) -> Result<Option<()>, String> {
+    match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) => build_server_config(c, k, cfg.client_ca.as_deref()).map(|_| Some(())),
+        _ => {
+            if let Some(ca) = &cfg.client_ca {
+                client_verifier(ca)?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn client_verifier(
+    ca: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(ca).map_err(|e| format!("client_ca: {e}"))? {
+        roots.add(cert).map_err(|e| format!("client_ca: {e}"))?;
+    }
+    // Callers without a certificate still connect: each app decides whether it needs one.
+    WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client_ca: {e}"))
+}
+
+fn build_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, String> {
+    let chain = load_certificates(cert).map_err(|e| format!("cert: {e}"))?;
+    let key = load_private_key(key).map_err(|e| format!("key: {e}"))?;
+    let builder = ServerConfig::builder_with_protocol_versions(PROTOCOL_VERSIONS);
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca)?),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key do not go together: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The self-signed certificate brandgate makes for itself when none is configured.
+#[derive(Debug, Clone)]
+pub struct DevCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// True when it was made by this start, false when an earlier one was reused.
+    pub generated: bool,
+}
+
+/// Reuses the development certificate in `state_dir/dev-tls/`, or makes one (valid for a year,
+/// for localhost, the loopback addresses and the host name) when there is none or it expired.
+pub fn ensure_development_certificate(state_dir: &Path) -> Result<DevCertificate, String> {
+    let dir = state_dir.join("dev-tls");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if cert.exists() && key.exists() && !development_certificate_expired(&cert) {
+        return Ok(DevCertificate {
+            cert,
+            key,
+            generated: false,
+        });
+    }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && host != "localhost" {
+            names.push(host.to_string());
+        }
+    }
+    let mut params = rcgen::CertificateParams::new(names)
+        .map_err(|e| format!("development certificate: {e}"))?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "brandgate development certificate",
+    );
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(365);
+    let key_pair = rcgen::KeyPair::generate().map_err(|e| format!("development key: {e}"))?;
+    let certificate = params
+        .self_signed(&key_pair)
+        .map_err(|e| format!("development certificate: {e}"))?;
+    create_private_dir(&dir)?;
+    write_private_file(&key, key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, certificate.pem())
+        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    Ok(DevCertificate {
+        cert,
+        key,
+        generated: true,
+    })
+}
+
+fn development_certificate_expired(path: &Path) -> bool {
+    let Ok(certs) = load_certificates(path) else {
+        return true;
+    };
+    let Some(first) = certs.first() else {
+        return true;
+    };
+    match x509_parser::parse_x509_certificate(first) {
+        Ok((_, cert)) => !cert.validity().is_valid(),
+        Err(_) => true,
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private_file(path: &Path, content: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(content)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The system's trust store, read once.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
+
+/// A client certificate and key an outbound connection authenticates with.
+pub struct ClientIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Builds an outbound TLS configuration trusting the system's roots plus `extra_trust_anchors`.
+/// `alpn` lists the protocols offered (`h2` alone for the APNs/FCM pools).
+pub fn client_config(
+    extra_trust_anchors: &[PathBuf],
+    identity: Option<ClientIdentity>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(system_roots().iter().cloned());
+    for path in extra_trust_anchors {
+        for cert in load_certificates(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "no trusted CA certificates: install the system's ca-certificates or configure \
+             extra_trust_anchors"
+                .into(),
+        );
+    }
+    let builder = ClientConfig::builder_with_protocol_versions(PROTOCOL_VERSIONS)
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder
+            .with_client_auth_cert(id.chain, id.key)
+            .map_err(|e| format!("client certificate and key do not go together: {e}"))?,
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The connection a request arrived on; the listener attaches it to every request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The verified client certificate's identity, when the caller presented one.
+    pub certificate: Option<Arc<PeerIdentity>>,
+}
+
+/// Who a caller is, by the certificate it presented on the TLS connection.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity {
+    /// The subject common names and subject alternative names (DNS, URI, e-mail).
+    pub names: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// Reads the names out of a DER certificate the TLS layer already verified.
+    pub fn from_certificate(der: &[u8]) -> Option<PeerIdentity> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut names: Vec<String> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+            .collect();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) => {
+                        names.push(s.to_string())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(PeerIdentity { names })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_certificate_is_made_once_and_reused() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_development_certificate(dir.path()).unwrap();
+        assert!(first.generated);
+        let again = ensure_development_certificate(dir.path()).unwrap();
+        assert!(!again.generated);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&first.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the development key must be private");
+        let tls = server_config(&ServerTlsConfig::default(), dir.path()).unwrap();
+        assert!(tls.development_certificate.is_some());
+    }
+
+    #[test]
+    fn peer_identity_reads_common_name_and_alt_names() {
+        let mut params = rcgen::CertificateParams::new(vec!["push.example.com".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "platform-client");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let id = PeerIdentity::from_certificate(cert.der()).unwrap();
+        assert_eq!(id.names, vec!["platform-client", "push.example.com"]);
+    }
+}
