@@ -482,7 +482,8 @@ impl Config {
     /// Checks that need no file: ranges, duplicates, and combinations that make no sense.
     fn check_shape(&self) -> Problems {
         let mut p = Problems::default();
-        if self.server.listen == self.ops.listen {
+        // Port 0 means "any free port", which never collides.
+        if self.server.listen == self.ops.listen && self.ops.listen.port() != 0 {
             p.push("ops.listen", "must differ from server.listen");
         }
         if self.server.max_connections == 0 {

@@ -1,0 +1,8 @@
+//! Integration tests: the real `brandgate` binary on ephemeral loopback ports, talked to over
+//! TLS and HTTP/2 as the platform would, with fake APNs and FCM servers speaking the real
+//! protocols. One test binary (one link) with a module per area.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod push_apns;

@@ -1,0 +1,210 @@
+//! Runs the real `brandgate serve` binary for a test: its own config and state directory, a
+//! `NOTIFY_SOCKET` the test reads (READY=1 tells when it listens, and on which ports, through
+//! its STATUS line), its log captured, and signals sent as systemd would.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixDatagram;
+
+/// Longest wait for the daemon to become ready (a debug build starting on a loaded machine).
+const READY_LIMIT: Duration = Duration::from_secs(60);
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_brandgate"))
+}
+
+pub struct Daemon {
+    child: Child,
+    pub public: SocketAddr,
+    pub ops: SocketAddr,
+    pub config_path: PathBuf,
+    notify: UnixDatagram,
+    /// Every notification received so far, in order.
+    notifications: Vec<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub async fn start(dir: &Path, config: &str) -> Daemon {
+        Self::start_with_env(dir, config, &[]).await
+    }
+
+    pub async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
+        let config_path = dir.join("brandgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let socket_path = dir.join(format!("notify-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket_path);
+        let notify = UnixDatagram::bind(&socket_path).unwrap();
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start brandgate");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[brandgate] {line}");
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            public: "0.0.0.0:0".parse().unwrap(),
+            ops: "0.0.0.0:0".parse().unwrap(),
+            config_path,
+            notify,
+            notifications: Vec::new(),
+            log,
+        };
+        let ready = daemon.wait_notification("READY=1").await;
+        let (public, ops) =
+            parse_status(&ready).unwrap_or_else(|| panic!("no addresses in {ready:?}"));
+        daemon.public = public;
+        daemon.ops = ops;
+        daemon
+    }
+
+    /// Waits for the next notification containing `needle` (after the ones already seen).
+    pub async fn wait_notification(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + READY_LIMIT;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "brandgate exited ({status}) waiting for {needle}; log:\n{}",
+                    self.logs()
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "no {needle} from brandgate within {READY_LIMIT:?}; log:\n{}",
+                    self.logs()
+                );
+            }
+            // Short slices so an early exit is noticed; the datagram itself ends the wait.
+            let slice = left.min(Duration::from_millis(200));
+            if let Ok(Ok(n)) = tokio::time::timeout(slice, self.notify.recv(&mut buf)).await {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.notifications.push(msg.clone());
+                if msg.contains(needle) {
+                    return msg;
+                }
+            }
+        }
+    }
+
+    pub fn notifications(&self) -> &[String] {
+        &self.notifications
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Sends SIGHUP and waits for the reload to finish (RELOADING=1, then READY=1).
+    pub async fn reload(&mut self) {
+        self.signal(libc::SIGHUP);
+        self.wait_notification("RELOADING=1").await;
+        self.wait_notification("READY=1").await;
+    }
+
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config_path, config).unwrap();
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "brandgate did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.public.port())
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ops.port())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `STATUS=listening on https://A (ops http://B)`.
+fn parse_status(msg: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let status = msg.lines().find_map(|l| l.strip_prefix("STATUS="))?;
+    let public = status.split("https://").nth(1)?.split_whitespace().next()?;
+    let ops = status.split("http://").nth(1)?.trim_end_matches(')');
+    Some((public.parse().ok()?, ops.parse().ok()?))
+}
+
+/// Runs a brandgate command to completion (bounded) and returns its exit code, stdout, stderr.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(binary());
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run brandgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The exit status's code, or the signal that ended it.
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "unknown".into(),
+    }
+}

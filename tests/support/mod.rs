@@ -1,0 +1,221 @@
+//! Test support: the fakes for what is outside (APNs, FCM), test keys and certificates, the
+//! real brandgate binary run as a child process, and an HTTPS client. Shared by the integration
+//! tests and the benchmarks.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod daemon;
+pub mod fake;
+pub mod fake_apns;
+pub mod fake_fcm;
+pub mod pki;
+
+use std::path::{Path, PathBuf};
+
+use fake_apns::{ApnsAuth, FakeApns};
+use fake_fcm::FakeFcm;
+use pki::{ApnsKey, Leaf, TestCa};
+
+pub const KEY_ID: &str = "KEYID12345";
+pub const TEAM_ID: &str = "TEAMID1234";
+pub const PLATFORM_USER: &str = "platform";
+pub const PLATFORM_PASSWORD: &str = "pl@tform-s3cret";
+
+/// One test's world: a directory for config, secrets and state, and a CA whose server
+/// certificate brandgate presents.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    server: (PathBuf, PathBuf),
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("brandgate test CA");
+        let server = ca.server().write(dir.path(), "server");
+        TestEnv { dir, ca, server }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a secret file (mode 0600) and returns its path.
+    pub fn secret(&self, name: &str, content: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// The server and ops sections: loopback, ephemeral ports, the test certificate, debug logs.
+    pub fn base_config(&self) -> String {
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+state_dir = "{state}"
+[server.tls]
+cert = "{cert}"
+key = "{key}"
+[ops]
+listen = "127.0.0.1:0"
+[log]
+level = "debug"
+"#,
+            state = self.dir.path().join("state").display(),
+            cert = self.server.0.display(),
+            key = self.server.1.display(),
+        )
+    }
+
+    /// The base config plus `rest`.
+    pub fn config(&self, rest: &str) -> String {
+        format!("{}{rest}", self.base_config())
+    }
+
+    /// The default caller auth: HTTP Basic with the platform's password.
+    pub fn basic_auth(&self) -> String {
+        let pw = self.secret("platform-password", &format!("{PLATFORM_PASSWORD}\n"));
+        format!(
+            "basic = {{ username = \"{PLATFORM_USER}\", password_file = \"{}\" }}\n",
+            pw.display()
+        )
+    }
+
+    /// An `[[push.apps]]` for a fake APNs with token auth. `app_extra` goes in the app's own
+    /// table, `auth` is the `[push.apps.auth]` body, `apns_extra` goes in its `apns` table.
+    pub fn apns_app(
+        &self,
+        id: &str,
+        fake: &FakeApns,
+        key: &ApnsKey,
+        app_extra: &str,
+        auth: &str,
+        apns_extra: &str,
+    ) -> String {
+        let p8 = self.secret(&format!("apns-{id}.p8"), &key.p8_pem);
+        let ca = fake.ca.write(self.dir.path(), &format!("apns-ca-{id}"));
+        format!(
+            r#"
+[[push.apps]]
+id = "{id}"
+{app_extra}
+[push.apps.auth]
+{auth}
+[push.apps.apns]
+topic = "{id}"
+endpoint = "{url}"
+token_key_file = "{p8}"
+key_id = "{KEY_ID}"
+team_id = "{TEAM_ID}"
+extra_trust_anchors = ["{ca}"]
+{apns_extra}
+"#,
+            url = fake.url(),
+            p8 = p8.display(),
+            ca = ca.display(),
+        )
+    }
+
+    /// An `[[push.apps]]` for a fake FCM.
+    pub fn fcm_app(&self, id: &str, fake: &FakeFcm, app_extra: &str, auth: &str) -> String {
+        let sa = self.secret(&format!("fcm-{id}.json"), &fake.account.json);
+        let ca = fake.ca.write(self.dir.path(), &format!("fcm-ca-{id}"));
+        format!(
+            r#"
+[[push.apps]]
+id = "{id}"
+{app_extra}
+[push.apps.auth]
+{auth}
+[push.apps.fcm]
+service_account_file = "{sa}"
+endpoint = "{url}"
+extra_trust_anchors = ["{ca}"]
+"#,
+            url = fake.url(),
+            sa = sa.display(),
+            ca = ca.display(),
+        )
+    }
+
+    /// A client that trusts this environment's CA.
+    pub fn client(&self) -> client::Client {
+        client::Client::new(&self.ca.cert_pem)
+    }
+
+    pub fn client_with(&self, identity: &Leaf) -> client::Client {
+        client::Client::with_identity(&self.ca.cert_pem, identity)
+    }
+}
+
+/// A fake APNs with token auth for `topic`, and the key brandgate signs with.
+pub async fn apns(topic: &str) -> (FakeApns, ApnsKey) {
+    let key = ApnsKey::new();
+    let fake = FakeApns::start(
+        topic,
+        ApnsAuth::Token {
+            public_pem: key.public_pem.clone(),
+            key_id: KEY_ID.into(),
+            team_id: TEAM_ID.into(),
+        },
+    )
+    .await;
+    (fake, key)
+}
+
+/// The platform's iOS-shaped push request.
+pub fn ios_push(token: &str, text: &str, conversation: &str, sequence: i64) -> serde_json::Value {
+    serde_json::json!({
+        "aps": {"alert": text, "sound": "default"},
+        "push-service": 1,
+        "device-token": token,
+        "backendService": "ams",
+        "conversationId": conversation,
+        "dialogId": conversation,
+        "originatorId": "90588718.2333061110",
+        "brandId": "90588711",
+        "badge": 3,
+        "sequence": sequence,
+        "notificationType": "apn"
+    })
+}
+
+/// The platform's Android-shaped push request.
+pub fn android_push(
+    token: &str,
+    text: &str,
+    conversation: &str,
+    sequence: i64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "data": {
+            "message": text,
+            "payload": {
+                "backendService": "ams",
+                "conversationId": conversation,
+                "dialogId": conversation,
+                "originatorId": "90588718.2333061110",
+                "brandId": "90588711",
+                "badge": 4,
+                "sequence": sequence
+            }
+        },
+        "push-service": 2,
+        "device-token": token,
+        "notificationType": "gcm"
+    })
+}
+
+/// The `Authorization` header for the default platform credentials.
+pub fn platform_auth() -> String {
+    client::basic(PLATFORM_USER, PLATFORM_PASSWORD)
+}
