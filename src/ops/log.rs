@@ -12,9 +12,28 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Parses a filter such as `info` or `warn,brandgate=debug`.
+/// Parses a filter such as `info` or `debug,h2=trace`. The bare level applies to brandgate;
+/// libraries log warnings and errors only, unless named: their debug output is noisy and some
+/// of it (frames, headers) is not ours to vet for secrets.
 pub fn parse_filter(text: &str) -> Result<Targets, String> {
-    text.parse::<Targets>().map_err(|e| e.to_string())
+    use tracing_subscriber::filter::LevelFilter;
+    // `Targets` would take a bare misspelt level ("debgu") as a module name; refuse it instead.
+    for directive in text.split(',').map(str::trim).filter(|d| !d.contains('=')) {
+        if directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{directive:?} is not a level (error, warn, info, debug, trace, off)"
+            ));
+        }
+    }
+    let asked = text.parse::<Targets>().map_err(|e| e.to_string())?;
+    let level = asked.default_level().unwrap_or(LevelFilter::INFO);
+    let mut filter = Targets::new()
+        .with_default(level.min(LevelFilter::WARN))
+        .with_target("brandgate", level);
+    for (target, target_level) in asked.iter() {
+        filter = filter.with_target(target, target_level);
+    }
+    Ok(filter)
 }
 
 /// Installs the process's log subscriber. Later calls do nothing.
@@ -39,4 +58,22 @@ pub fn init(cfg: &LogConfig) {
     };
     // Already installed (tests, or a second call): keep the first.
     let _ = result;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn a_bare_level_is_for_brandgate_and_libraries_stay_at_warn() {
+        let f = parse_filter("debug").unwrap();
+        assert!(f.would_enable("brandgate::push", &Level::DEBUG));
+        assert!(!f.would_enable("h2::codec", &Level::DEBUG));
+        assert!(f.would_enable("h2::codec", &Level::WARN));
+        let f = parse_filter("info,h2=trace").unwrap();
+        assert!(f.would_enable("h2::codec", &Level::TRACE));
+        assert!(!f.would_enable("brandgate", &Level::DEBUG));
+        assert!(parse_filter("loud").is_err());
+    }
 }

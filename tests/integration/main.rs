@@ -5,4 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod caller_auth;
+mod config_check;
+mod lifecycle;
 mod push_apns;
+mod push_fcm;

@@ -185,13 +185,16 @@ fn parse_status(msg: &str) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 /// Runs a brandgate command to completion (bounded) and returns its exit code, stdout, stderr.
-pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = Command::new(binary());
-    command.args(args);
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(binary());
+    command.args(args).kill_on_drop(true);
     for (k, v) in env {
         command.env(k, v);
     }
-    let out = command.output().expect("run brandgate");
+    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("brandgate command did not finish within 60s")
+        .expect("run brandgate");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -58,6 +58,11 @@ impl TestEnv {
 
     /// The server and ops sections: loopback, ephemeral ports, the test certificate, debug logs.
     pub fn base_config(&self) -> String {
+        self.base_config_with_tls("")
+    }
+
+    /// The base config with `tls_extra` added to `[server.tls]` (such as `client_ca`).
+    pub fn base_config_with_tls(&self, tls_extra: &str) -> String {
         format!(
             r#"[server]
 listen = "127.0.0.1:0"
@@ -65,6 +70,7 @@ state_dir = "{state}"
 [server.tls]
 cert = "{cert}"
 key = "{key}"
+{tls_extra}
 [ops]
 listen = "127.0.0.1:0"
 [log]

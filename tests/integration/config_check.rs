@@ -1,0 +1,265 @@
+//! `brandgate check-config` and start-up refusals: every problem named by its key, all at once,
+//! exit status 78; environment overrides; `%d/` credential paths; `push-test`.
+
+use crate::support::daemon::run;
+use crate::support::{TestEnv, apns};
+
+const APP: &str = "com.brand.app";
+
+async fn check(env: &TestEnv, config: &str, vars: &[(&str, &str)]) -> (i32, String, String) {
+    let path = env.file("check.toml", config);
+    run(&["check-config", "--config", path.to_str().unwrap()], vars).await
+}
+
+#[tokio::test]
+async fn the_shipped_config_passes_as_shipped() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/brandgate.toml");
+    let (code, out, err) = run(&["check-config", "--config", shipped], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(
+        out.contains("development certificate"),
+        "it says a development certificate will be made: {out}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_config_file_is_named() {
+    let (code, _, err) = run(
+        &["check-config", "--config", "/nonexistent/brandgate.toml"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 78);
+    assert!(
+        err.contains("/nonexistent/brandgate.toml") && err.contains("No such file"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_fields_are_refused_with_their_key() {
+    let env = TestEnv::new();
+    let (code, _, err) = check(&env, &env.config("[push]\ndedup_window = \"1m\"\n"), &[]).await;
+    assert_eq!(code, 78);
+    assert!(
+        err.contains("push") && err.contains("dedup_window"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn every_file_and_url_problem_is_reported_at_once() {
+    let env = TestEnv::new();
+    let not_a_key = env.secret("not-a-key.p8", "this is not a key\n");
+    let config = env.config(&format!(
+        r#"
+[push.feedback.webhook]
+url = "ftp://hooks.example/dead"
+
+[[push.apps]]
+id = "{APP}"
+[push.apps.auth]
+basic = {{ username = "platform", password_file = "/nonexistent/password" }}
+[push.apps.apns]
+topic = "{APP}"
+endpoint = "http://api.push.apple.com"
+token_key_file = "{}"
+key_id = "ABC123DEFG"
+team_id = "DEF123GHIJ"
+
+[[push.apps]]
+id = "com.brand.android"
+[push.apps.auth]
+allow_unauthenticated = true
+[push.apps.fcm]
+service_account_file = "/nonexistent/sa.json"
+"#,
+        not_a_key.display()
+    ));
+    let (code, _, err) = check(&env, &config, &[]).await;
+    assert_eq!(code, 78, "{err}");
+    for expected in [
+        "push.feedback.webhook.url",
+        "push.apps[0].auth.basic.password_file: cannot read /nonexistent/password",
+        "push.apps[0].apns.endpoint",
+        "push.apps[0].apns.token_key_file",
+        "is not an APNs signing key",
+        "push.apps[1].fcm.service_account_file: cannot read /nonexistent/sa.json",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // One line per problem.
+    assert_eq!(err.lines().count(), 5, "{err}");
+    assert!(err.lines().all(|l| l.starts_with("brandgate: ")), "{err}");
+}
+
+#[tokio::test]
+async fn environment_overrides_are_checked_like_the_file() {
+    let env = TestEnv::new();
+    let config = env.config("");
+    let (code, _, err) = check(&env, &config, &[("BRANDGATE_PUSH__DEADLINE", "20s")]).await;
+    assert_eq!(code, 78);
+    assert!(err.contains("push.deadline"), "{err}");
+    let (code, _, err) = check(
+        &env,
+        &config,
+        &[("BRANDGATE_SERVER__LISTEN", "not-an-address")],
+    )
+    .await;
+    assert_eq!(code, 78);
+    assert!(err.contains("server.listen"), "{err}");
+    let (code, out, err) = check(
+        &env,
+        &config,
+        &[("BRANDGATE_OPS__LISTEN", "127.0.0.1:19999")],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ops listener 127.0.0.1:19999"), "{out}");
+}
+
+#[tokio::test]
+async fn credentials_directory_paths() {
+    let env = TestEnv::new();
+    let creds = env.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("push-password"), "pw\n").unwrap();
+    let config = env.config(&format!(
+        "[[push.apps]]\nid = \"{APP}\"\n[push.apps.auth]\nbasic = {{ username = \"p\", password_file = \"%d/push-password\" }}\n[push.apps.fcm]\nservice_account_file = \"%d/sa.json\"\n"
+    ));
+    let (code, _, err) = check(&env, &config, &[]).await;
+    assert_eq!(code, 78);
+    assert!(err.contains("$CREDENTIALS_DIRECTORY is not set"), "{err}");
+    let fake = crate::support::fake_fcm::FakeFcm::start("p1").await;
+    std::fs::write(creds.join("sa.json"), &fake.account.json).unwrap();
+    let (code, out, err) = check(
+        &env,
+        &config,
+        &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 push app"), "{out}");
+}
+
+#[tokio::test]
+async fn secrets_readable_by_everyone_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let pw = env.file("open-password", "pw");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (fake, key) = apns(APP).await;
+    let auth = format!(
+        "basic = {{ username = \"p\", password_file = \"{}\" }}\n",
+        pw.display()
+    );
+    let (code, out, err) = check(
+        &env,
+        &env.config(&env.apns_app(APP, &fake, &key, "", &auth, "")),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("readable by every user"), "{out}");
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_one_clear_line() {
+    let env = TestEnv::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = env.config("").replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let path = env.file("serve.toml", &config);
+    let (code, _, err) = run(&["serve", "--config", path.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 78);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("brandgate: "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("server.listen") && line.contains("another process uses this port"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn push_test_sends_through_the_pipeline_and_prints_the_answer() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let config = env.config(&env.apns_app(
+        APP,
+        &fake,
+        &key,
+        "mask_text = \"New message\"",
+        &env.basic_auth(),
+        "",
+    ));
+    let path = env.file("pt.toml", &config);
+    let path = path.to_str().unwrap();
+    let (code, out, err) = run(
+        &[
+            "push-test",
+            "--config",
+            path,
+            "--app",
+            APP,
+            "--token",
+            "00aa11bb",
+            "--text",
+            "real text",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("apns answered HTTP 200: delivered"), "{out}");
+    let sent = &fake.delivered_to("00aa11bb")[0];
+    assert_eq!(
+        sent.body["aps"]["alert"], "New message",
+        "the mask applies to push-test too"
+    );
+
+    fake.script(
+        "00aa11cc",
+        vec![crate::support::fake_apns::gone(
+            "Unregistered",
+            1_700_000_000_000,
+        )],
+    );
+    let (code, out, _) = run(
+        &[
+            "push-test",
+            "--config",
+            path,
+            "--app",
+            APP,
+            "--token",
+            "00aa11cc",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(out.contains("HTTP 410 Unregistered"), "{out}");
+
+    let (code, _, err) = run(
+        &[
+            "push-test",
+            "--config",
+            path,
+            "--app",
+            "com.nope",
+            "--token",
+            "00",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 78);
+    assert!(err.contains("com.nope"), "{err}");
+}

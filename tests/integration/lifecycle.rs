@@ -1,0 +1,498 @@
+//! The daemon's life under systemd: notifications and the watchdog, reload on SIGHUP (also under
+//! load, also with a bad config), draining on SIGTERM, the TLS versions it speaks, the
+//! development certificate, the ops endpoints, and what its logs must never contain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::client::Client;
+use crate::support::daemon::{Daemon, describe};
+use crate::support::fake::Behaviour;
+use crate::support::fake_apns::FakeApns;
+use crate::support::pki::ApnsKey;
+use crate::support::{TestEnv, apns, ios_push, platform_auth};
+
+const APP: &str = "com.brand.app";
+
+fn app_config(
+    env: &TestEnv,
+    fake: &FakeApns,
+    key: &ApnsKey,
+    mask: &str,
+    push_extra: &str,
+) -> String {
+    env.config(&format!(
+        "[push]\n{push_extra}\n{}",
+        env.apns_app(
+            APP,
+            fake,
+            key,
+            &format!("mask_text = \"{mask}\""),
+            &env.basic_auth(),
+            ""
+        )
+    ))
+}
+
+async fn push(env: &TestEnv, daemon: &Daemon, token: &str, seq: i64) -> u16 {
+    env.client()
+        .post_json(
+            &daemon.url(&format!("/push/{APP}")),
+            &[("authorization", &platform_auth())],
+            &ios_push(token, "secret text", "c", seq),
+        )
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn systemd_notifications_and_watchdog() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon = Daemon::start_with_env(
+        env.path(),
+        &app_config(&env, &fake, &key, "m", ""),
+        &[("WATCHDOG_USEC", "200000")],
+    )
+    .await;
+    let ready = &daemon.notifications()[0];
+    assert!(
+        ready.contains("READY=1") && ready.contains("STATUS=listening on https://"),
+        "{ready}"
+    );
+    // Pinged at half the interval: several pings arrive (each wait is bounded by the daemon helper).
+    for _ in 0..3 {
+        daemon.wait_notification("WATCHDOG=1").await;
+    }
+    daemon.signal(libc::SIGHUP);
+    let reloading = daemon.wait_notification("RELOADING=1").await;
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    daemon.wait_notification("READY=1").await;
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_notification("STOPPING=1").await;
+    let status = daemon.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", describe(status));
+}
+
+#[tokio::test]
+async fn reload_applies_a_new_config_and_refuses_a_bad_one() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon =
+        Daemon::start(env.path(), &app_config(&env, &fake, &key, "First mask", "")).await;
+    assert_eq!(push(&env, &daemon, "aa01", 1).await, 200);
+    assert_eq!(
+        fake.delivered_to("aa01")[0].body["aps"]["alert"],
+        "First mask"
+    );
+
+    daemon.rewrite_config(&app_config(&env, &fake, &key, "Second mask", ""));
+    daemon.reload().await;
+    assert_eq!(push(&env, &daemon, "aa02", 2).await, 200);
+    assert_eq!(
+        fake.delivered_to("aa02")[0].body["aps"]["alert"],
+        "Second mask"
+    );
+    // The APNs client was carried over, provider token included (re-signing on every reload
+    // could trip Apple's TooManyProviderTokenUpdates).
+    let bearer = |token: &str| fake.delivered_to(token)[0].headers["authorization"].clone();
+    assert_eq!(bearer("aa01"), bearer("aa02"));
+
+    // A config naming a key file that does not exist is refused; the running one stays.
+    let broken = app_config(&env, &fake, &key, "Third mask", "")
+        .replace("apns-com.brand.app.p8", "missing.p8");
+    daemon.rewrite_config(&broken);
+    daemon.reload().await;
+    assert!(
+        daemon.logs().contains("reload refused"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(daemon.logs().contains("missing.p8"));
+    assert_eq!(push(&env, &daemon, "aa03", 3).await, 200);
+    assert_eq!(
+        fake.delivered_to("aa03")[0].body["aps"]["alert"],
+        "Second mask"
+    );
+    let ready = env.client().get(&daemon.ops_url("/readyz")).await;
+    assert_eq!(ready.status, 200);
+}
+
+#[tokio::test]
+async fn reload_under_load_drops_nothing() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &key, "mask 0", "")).await;
+    // Some pushes take long enough to be in flight across a reload.
+    for i in 0..10 {
+        fake.script(
+            &format!("bb{i:02}"),
+            vec![Behaviour::Delay(
+                Duration::from_millis(300),
+                Box::new(Behaviour::Ok),
+            )],
+        );
+    }
+    let url = daemon.url(&format!("/push/{APP}"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        // Two workers on HTTP/2, two on HTTP/1.1 keep-alive connections.
+        let client = if w % 2 == 0 {
+            env.client()
+        } else {
+            Client::http1(&env.ca.cert_pem)
+        };
+        let (url, stop, sent) = (url.clone(), stop.clone(), sent.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut i = 0i64;
+            // Bounded: at most 400 pushes per worker.
+            while !stop.load(Ordering::SeqCst) && i < 400 {
+                let token = format!("bb{:02}", (w as i64 * 1000 + i) % 50);
+                let body = ios_push(&token, "x", &format!("w{w}"), i);
+                match client
+                    .try_send(
+                        http::Method::POST,
+                        &url,
+                        &[
+                            ("authorization", &platform_auth()),
+                            ("content-type", "application/json"),
+                        ],
+                        bytes::Bytes::from(body.to_string()),
+                    )
+                    .await
+                {
+                    Ok(a) if a.status == 200 => {}
+                    Ok(a) => failures.push(format!("{} {}", a.status, a.body)),
+                    Err(e) => failures.push(e),
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+            failures
+        }));
+    }
+    for r in 1..=5 {
+        // Let load build up between reloads (bounded wait).
+        let target = sent.load(Ordering::SeqCst) + 30;
+        for _ in 0..500 {
+            if sent.load(Ordering::SeqCst) >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        daemon.rewrite_config(&app_config(&env, &fake, &key, &format!("mask {r}"), ""));
+        daemon.reload().await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    let total = sent.load(Ordering::SeqCst);
+    assert!(total >= 150, "too little load: {total}");
+    assert_eq!(
+        fake.received().iter().filter(|r| r.answered == 200).count(),
+        total
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_pushes_then_exits_cleanly() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &key, "m", "")).await;
+    fake.script(
+        "cc01",
+        vec![Behaviour::Delay(
+            Duration::from_millis(1500),
+            Box::new(Behaviour::Ok),
+        )],
+    );
+    let client = env.client();
+    let url = daemon.url(&format!("/push/{APP}"));
+    let in_flight = tokio::spawn(async move {
+        client
+            .post_json(
+                &url,
+                &[("authorization", &platform_auth())],
+                &ios_push("cc01", "x", "c", 1),
+            )
+            .await
+    });
+    wait_in_flight(&env, &daemon, 1).await;
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_notification("STOPPING=1").await;
+    let answer = in_flight.await.unwrap();
+    assert_eq!(
+        answer.status, 200,
+        "the in-flight push completes: {}",
+        answer.body
+    );
+    let status = daemon.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", describe(status));
+    assert_eq!(fake.delivered_to("cc01").len(), 1);
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(daemon.public).await.is_err());
+}
+
+#[tokio::test]
+async fn the_grace_period_bounds_the_drain() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    // Set through the environment, as an operator's drop-in would.
+    let config = app_config(&env, &fake, &key, "m", "");
+    let mut daemon = Daemon::start_with_env(
+        env.path(),
+        &config,
+        &[("BRANDGATE_SERVER__SHUTDOWN_GRACE", "500ms")],
+    )
+    .await;
+    fake.script(
+        "cd01",
+        vec![Behaviour::Delay(
+            Duration::from_secs(6),
+            Box::new(Behaviour::Ok),
+        )],
+    );
+    let client = env.client();
+    let url = daemon.url(&format!("/push/{APP}"));
+    let _stuck = tokio::spawn(async move {
+        client
+            .post_json(
+                &url,
+                &[("authorization", &platform_auth())],
+                &ios_push("cd01", "x", "c", 1),
+            )
+            .await
+    });
+    wait_in_flight(&env, &daemon, 1).await;
+    let started = std::time::Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", describe(status));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(daemon.logs().contains("grace period over"));
+}
+
+/// Waits (bounded) until the daemon reports `n` pushes in flight.
+async fn wait_in_flight(env: &TestEnv, daemon: &Daemon, n: usize) {
+    let needle = format!("brandgate_push_in_flight {n}");
+    for _ in 0..400 {
+        if env
+            .client()
+            .get(&daemon.ops_url("/metrics"))
+            .await
+            .body
+            .contains(&needle)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never saw {needle}");
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_only() {
+    let env = TestEnv::new();
+    let daemon = Daemon::start(env.path(), &env.config("")).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        brandgate::tls::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(env.ca.cert_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_protocol_versions(&[version])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = Client::build(tls, crate::support::client::Protocols::Negotiated);
+        let a = client.get(&daemon.url("/push/x")).await;
+        assert_eq!(a.status, 405, "{version:?}");
+        assert_eq!(a.version, http::Version::HTTP_2, "h2 by ALPN");
+    }
+    // HTTP/1.1 clients are served too.
+    let a = Client::http1(&env.ca.cert_pem)
+        .get(&daemon.url("/push/x"))
+        .await;
+    assert_eq!(a.version, http::Version::HTTP_11);
+
+    // A TLS 1.1 ClientHello is answered with a protocol_version alert.
+    let mut tcp = tokio::net::TcpStream::connect(daemon.public).await.unwrap();
+    tcp.write_all(&tls11_client_hello()).await.unwrap();
+    let mut answer = [0u8; 7];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], 0x15, "an alert record: {answer:?}");
+    assert_eq!(&answer[5..], &[2, 70], "fatal protocol_version: {answer:?}");
+}
+
+/// A ClientHello offering only TLS 1.1, otherwise acceptable to rustls (shared cipher suites,
+/// signature algorithms and groups), so nothing but the version can be refused.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0); // session id
+    // ECDHE-ECDSA/RSA-AES128-GCM-SHA256.
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]);
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let extensions: Vec<u8> = [
+        // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
+        &[
+            0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01,
+        ][..],
+        // supported_groups: x25519, secp256r1
+        &[0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17],
+        // ec_point_formats: uncompressed
+        &[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00],
+    ]
+    .concat();
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend_from_slice(&extensions);
+    let mut handshake = vec![0x01, 0, 0, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01, 0, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[tokio::test]
+async fn a_development_certificate_is_generated_when_none_is_configured() {
+    let env = TestEnv::new();
+    let state = env.path().join("state");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
+        state.display()
+    );
+    let daemon = Daemon::start(env.path(), &config).await;
+    assert!(
+        daemon
+            .logs()
+            .contains("generated a self-signed development certificate"),
+        "{}",
+        daemon.logs()
+    );
+    let cert = std::fs::read_to_string(state.join("dev-tls/cert.pem")).unwrap();
+    // The certificate served is the one on disk: trusting exactly it, the handshake succeeds.
+    let a = Client::new(&cert).get(&daemon.url("/push/x")).await;
+    assert_eq!(a.status, 405);
+    drop(daemon);
+    let again = Daemon::start(env.path(), &config).await;
+    assert!(
+        again
+            .logs()
+            .contains("using a self-signed development certificate")
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("dev-tls/cert.pem")).unwrap(),
+        cert
+    );
+}
+
+#[tokio::test]
+async fn ops_endpoints() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let daemon = Daemon::start(env.path(), &app_config(&env, &fake, &key, "m", "")).await;
+    assert_eq!(push(&env, &daemon, "dd01", 1).await, 200);
+    let client = env.client();
+    let h = client.get(&daemon.ops_url("/healthz")).await;
+    assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+    let r = client.get(&daemon.ops_url("/readyz")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["ready"], true);
+    assert_eq!(r.json()["checks"]["push"]["apps"], 1);
+    let m = client.get(&daemon.ops_url("/metrics")).await;
+    assert!(
+        m.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    for family in [
+        "brandgate_push_requests_total{app=\"com.brand.app\",status=\"200\"} 1",
+        "brandgate_push_deliveries_total{app=\"com.brand.app\",provider=\"apns\",outcome=\"delivered\",reason=\"ok\"} 1",
+        "brandgate_push_provider_latency_seconds_bucket",
+        "brandgate_push_in_flight 0",
+        "brandgate_push_pool_connections_open{app=\"com.brand.app\",provider=\"apns\"} 1",
+        "brandgate_push_pool_connects_total{app=\"com.brand.app\",provider=\"apns\"} 1",
+    ] {
+        assert!(m.body.contains(family), "missing {family} in\n{}", m.body);
+    }
+    // Requests for unknown apps are counted under one label, whatever the path says.
+    let _ = client
+        .post_json(
+            &daemon.url("/push/random-1"),
+            &[],
+            &ios_push("dd02", "x", "c", 1),
+        )
+        .await;
+    let m = client.get(&daemon.ops_url("/metrics")).await.body;
+    assert!(m.contains("app=\"unknown\",status=\"404\""), "{m}");
+    assert!(!m.contains("random-1"));
+}
+
+#[tokio::test]
+async fn logs_never_hold_text_tokens_or_secrets() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let config = env.config(&env.apns_app(APP, &fake, &key, "", &env.basic_auth(), ""));
+    let daemon = Daemon::start(env.path(), &config).await;
+    let token = "feedfacecafebeef0123456789abcdef";
+    let text = "The-Real-Message-Text-4711";
+    fake.script(
+        "deadbeef99887766",
+        vec![crate::support::fake_apns::gone("Unregistered", 1)],
+    );
+    let client = env.client();
+    let url = daemon.url(&format!("/push/{APP}"));
+    for (t, s) in [(token, 1), ("deadbeef99887766", 2)] {
+        client
+            .post_json(
+                &url,
+                &[("authorization", &platform_auth())],
+                &ios_push(t, text, "c", s),
+            )
+            .await;
+    }
+    client
+        .post_json(
+            &url,
+            &[("authorization", "Basic cGxhdGZvcm06bm9wZQ==")],
+            &ios_push(token, text, "c", 3),
+        )
+        .await;
+    let logs = daemon.logs();
+    let jwt_seen = fake.received()[0].headers["authorization"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("bearer ")
+        .to_string();
+    for secret in [
+        text,
+        token,
+        "deadbeef99887766",
+        crate::support::PLATFORM_PASSWORD,
+        "cGxhdGZvcm06bm9wZQ",
+        jwt_seen.as_str(),
+        key.p8_pem.lines().nth(1).unwrap(),
+    ] {
+        assert!(!logs.contains(secret), "the log holds {secret:?}:\n{logs}");
+    }
+    // What the log does say: a shortened token and the reason.
+    assert!(
+        logs.contains("deadbeef…#") && logs.contains("Unregistered"),
+        "{logs}"
+    );
+    assert!(logs.lines().all(|l| !l.is_empty()), "one event per line");
+}
