@@ -393,10 +393,13 @@ impl ProviderToken {
     /// old. The lock is held while signing (tens of microseconds), so one caller signs and the
     /// others reuse its token.
     fn current(&self) -> Issued {
-        let now = self.clock.now();
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        // Read the time under the lock: a token another thread just signed is never "from the
+        // future" for us. A wall clock stepped backwards reads as a fresh token; should APNs
+        // then call it expired, `discard` makes the next call sign anew.
+        let now = self.clock.now();
         if let Some(issued) = current.as_ref() {
-            let age = now.duration_since(issued.at).unwrap_or(Duration::MAX);
+            let age = now.duration_since(issued.at).unwrap_or(Duration::ZERO);
             if age < self.refresh {
                 return issued.clone();
             }

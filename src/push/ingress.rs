@@ -104,15 +104,11 @@ async fn handle(
 ) -> Response {
     let generation = service.generation();
     let app = generation.apps.get(&app_id).cloned();
-    // Only configured ids become metric labels.
-    let label = app
-        .as_ref()
-        .map_or_else(|| "unknown".to_string(), |a| a.id.clone());
     let response = match receive(
         &service,
         &generation,
         &app_id,
-        app,
+        app.clone(),
         peer.map(|p| p.0),
         &headers,
         body,
@@ -133,14 +129,21 @@ async fn handle(
             refusal.into_response()
         }
     };
-    service
-        .metrics()
-        .requests
-        .get_or_create(&RequestLabels {
-            app: label,
-            status: response.status().as_u16(),
-        })
-        .inc();
+    let status = response.status().as_u16();
+    match &app {
+        Some(app) if status == 200 => app.metrics.ok_requests.inc(),
+        // Only configured ids become metric labels.
+        _ => service
+            .metrics()
+            .requests
+            .get_or_create(&RequestLabels {
+                app: app
+                    .as_ref()
+                    .map_or_else(|| "unknown".to_string(), |a| a.id.clone()),
+                status,
+            })
+            .inc(),
+    };
     response
 }
 

@@ -57,6 +57,29 @@ pub struct PushMetrics {
     pub pool_connect_failures: Family<ProviderLabels, Counter>,
 }
 
+/// One app's busiest series, resolved once when the app is built so the hot path does not hash
+/// label sets for every push.
+pub struct AppMetrics {
+    pub ok_requests: Counter,
+    pub apns: ProviderSeries,
+    pub fcm: ProviderSeries,
+}
+
+pub struct ProviderSeries {
+    pub latency: Histogram,
+    pub retries: Counter,
+    pub delivered: Counter,
+}
+
+impl AppMetrics {
+    pub fn provider(&self, provider: super::Provider) -> &ProviderSeries {
+        match provider {
+            super::Provider::Apns => &self.apns,
+            super::Provider::Fcm | super::Provider::Huawei => &self.fcm,
+        }
+    }
+}
+
 /// The metrics of one connection pool.
 #[derive(Clone)]
 pub struct PoolMetrics {
@@ -143,6 +166,33 @@ impl PushMetrics {
             m.pool_connect_failures.clone(),
         );
         m
+    }
+
+    pub fn app(&self, app: &str) -> AppMetrics {
+        let series = |provider: &'static str| {
+            let labels = ProviderLabels {
+                app: app.to_string(),
+                provider,
+            };
+            ProviderSeries {
+                latency: self.provider_latency.get_or_create_owned(&labels),
+                retries: self.retries.get_or_create_owned(&labels),
+                delivered: self.deliveries.get_or_create_owned(&DeliveryLabels {
+                    app: app.to_string(),
+                    provider,
+                    outcome: "delivered",
+                    reason: "ok".into(),
+                }),
+            }
+        };
+        AppMetrics {
+            ok_requests: self.requests.get_or_create_owned(&RequestLabels {
+                app: app.to_string(),
+                status: 200,
+            }),
+            apns: series("apns"),
+            fcm: series("fcm"),
+        }
     }
 
     pub fn pool(&self, app: &str, provider: &'static str) -> PoolMetrics {

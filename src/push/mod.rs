@@ -103,6 +103,7 @@ struct App {
     mutable_content: bool,
     apns: Option<(Fingerprint, Arc<ApnsClient>)>,
     fcm: Option<(Fingerprint, Arc<FcmClient>)>,
+    metrics: metrics::AppMetrics,
 }
 
 /// A digest of a provider's configuration and the content of every file it reads: equal
@@ -271,17 +272,12 @@ impl PushService {
             PushError::Overloaded
         })?;
 
-        let labels = ProviderLabels {
-            app: app.id.clone(),
-            provider: provider.as_str(),
-        };
         let deadline = tokio::time::Instant::now() + settings.deadline.0;
-        let apns_id = uuid::Uuid::new_v4().to_string();
+        let apns_id = next_apns_id();
         let collapse = request.meta.conversation_id.as_deref();
         let device = &request.device_token;
-        let metrics = self.metrics();
-        let latency = metrics.provider_latency.get_or_create_owned(&labels);
-        let retries = metrics.retries.get_or_create_owned(&labels);
+        let series = app.metrics.provider(provider);
+        let (latency, retries) = (&series.latency, &series.retries);
         let (last, attempts) = retry::run(
             deadline,
             retry::Backoff::default(),
@@ -291,7 +287,6 @@ impl PushService {
             || {
                 let body = body.clone();
                 let apns_id = apns_id.as_str();
-                let latency = latency.clone();
                 async move {
                     let started = std::time::Instant::now();
                     let answer = match (&app.apns, &app.fcm, provider) {
@@ -330,15 +325,18 @@ impl PushService {
     /// Metrics, the log line and dead-token feedback for a finished push.
     fn record(&self, generation: &Generation, app: &App, token: &DeviceToken, d: &Delivery) {
         let metrics = self.metrics();
-        metrics
-            .deliveries
-            .get_or_create(&DeliveryLabels {
-                app: app.id.clone(),
-                provider: d.provider.as_str(),
-                outcome: d.last.label(),
-                reason: metrics::reason_label(d.last.reason()),
-            })
-            .inc();
+        match &d.last {
+            Attempt::Delivered { .. } => app.metrics.provider(d.provider).delivered.inc(),
+            other => metrics
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    app: app.id.clone(),
+                    provider: d.provider.as_str(),
+                    outcome: other.label(),
+                    reason: metrics::reason_label(other.reason()),
+                })
+                .inc(),
+        };
         let (app_id, provider, reason, attempts) =
             (&app.id, d.provider, d.last.reason(), d.attempts);
         {
@@ -507,6 +505,7 @@ impl Builder {
         });
         App {
             id: cfg.id.clone(),
+            metrics: self.metrics.app(&cfg.id),
             auth,
             mask_text: cfg.mask_text.clone(),
             mutable_content: cfg.mutable_content,
@@ -538,6 +537,27 @@ impl crate::ops::health::ReadinessCheck for PushService {
             }),
         }
     }
+}
+
+/// An `apns-id` (a UUID, echoed back by APNs for correlation): a random prefix chosen once and
+/// a counter. Unique per process without a system call per push.
+fn next_apns_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PREFIX: OnceLock<[u8; 8]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        *uuid::Uuid::new_v4()
+            .as_bytes()
+            .first_chunk()
+            .unwrap_or(&[0; 8])
+    });
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(prefix);
+    bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// A slot among the pushes in flight; released on drop.

@@ -80,14 +80,12 @@ pub fn fcm_body(
         data
     };
     // FCM counts the data keys and values against its limit; the rest of the request is ours.
-    let data_size = |alert: &Alert| {
-        data_of(alert)
-            .iter()
+    let alert = presented_alert(&req.alert, p.mask_text);
+    let data = fit(&alert, data_of, |d| {
+        d.iter()
             .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
             .sum::<usize>()
-    };
-    let alert = presented_alert(&req.alert, p.mask_text);
-    let fitted = fit_alert(&alert, |a| data_size(a))?;
+    })?;
     let mut android = Map::new();
     android.insert("priority".into(), Value::from(android_priority));
     if collapse && let Some(c) = &req.meta.conversation_id {
@@ -96,7 +94,7 @@ pub fn fcm_body(
     let message = json!({
         "message": {
             "token": req.device_token.as_str(),
-            "data": Value::Object(data_of(&fitted)),
+            "data": Value::Object(data),
             "android": Value::Object(android),
         }
     });
@@ -150,12 +148,17 @@ fn insert_meta(target: &mut Map<String, Value>, meta: &PushMeta, with_badge: boo
     }
 }
 
-/// Builds with the full alert, or with the alert shortened just enough to fit.
+/// Builds with the full alert, or with the alert shortened just enough to fit. The common case
+/// (it fits) builds once.
 fn fit<T>(
     alert: &Alert,
     build: impl Fn(&Alert) -> T,
     size: impl Fn(&T) -> usize,
 ) -> Result<T, PayloadError> {
+    let full = build(alert);
+    if size(&full) <= PAYLOAD_LIMIT {
+        return Ok(full);
+    }
     let fitted = fit_alert(alert, |a| size(&build(a)))?;
     Ok(build(&fitted))
 }

@@ -147,11 +147,11 @@ const MAX_TOKEN_LEN: usize = 4096;
 pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(top) = value else {
+    let Value::Object(mut top) = value else {
         return Err(bad("body must be a JSON object"));
     };
     let provider = provider_of(&top)?;
-    let device_token = match top.get("device-token") {
+    let device_token = match top.remove("device-token") {
         Some(Value::String(s)) if !s.is_empty() => {
             if s.len() > MAX_TOKEN_LEN {
                 return Err(bad(format!(
@@ -163,27 +163,27 @@ pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
                     "device-token contains whitespace or control characters",
                 ));
             }
-            DeviceToken::new(s.clone())
+            DeviceToken::new(s)
         }
         Some(Value::String(_)) | None => return Err(bad("device-token is missing or empty")),
         Some(_) => return Err(bad("device-token must be a string")),
     };
 
-    if let Some(data) = top.get("data") {
+    if let Some(data) = top.remove("data") {
         // Android/Huawei shape.
-        let Value::Object(data) = data else {
+        let Value::Object(mut data) = data else {
             return Err(bad("data must be an object"));
         };
-        let alert = match data.get("message") {
+        let alert = match data.remove("message") {
             None | Some(Value::Null) => Alert::None,
-            Some(Value::String(s)) => Alert::Text(s.clone()),
+            Some(Value::String(s)) => Alert::Text(s),
             Some(_) => return Err(bad("data.message must be a string")),
         };
-        let payload = match data.get("payload") {
+        let payload = match data.remove("payload") {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
+            Some(Value::Object(m)) => m,
             // Some senders put the payload object in a JSON string.
-            Some(Value::String(s)) => match serde_json::from_str(s) {
+            Some(Value::String(s)) => match serde_json::from_str(&s) {
                 Ok(Value::Object(m)) => m,
                 _ => return Err(bad("data.payload must be an object")),
             },
@@ -194,13 +194,13 @@ pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
             device_token,
             alert,
             aps: Map::new(),
-            meta: meta_from(&payload, "data.payload.")?,
+            meta: meta_from(payload, "data.payload.")?,
         })
     } else {
         // iOS shape.
-        let mut aps = match top.get("aps") {
+        let mut aps = match top.remove("aps") {
             None => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
+            Some(Value::Object(m)) => m,
             Some(_) => return Err(bad("aps must be an object")),
         };
         let alert = match aps.remove("alert") {
@@ -219,7 +219,7 @@ pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
             device_token,
             alert,
             aps,
-            meta: meta_from(&top, "")?,
+            meta: meta_from(top, "")?,
         })
     }
 }
@@ -267,18 +267,7 @@ fn integer(v: &Value) -> Option<i64> {
     }
 }
 
-fn meta_from(m: &Map<String, Value>, prefix: &str) -> Result<PushMeta, Malformed> {
-    let id = |key: &str| -> Result<Option<String>, Malformed> {
-        match m.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Ok(Some(s.clone())),
-            Some(Value::String(_)) => Err(bad(format!(
-                "{prefix}{key} is longer than {MAX_ID_LEN} characters"
-            ))),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(_) => Err(bad(format!("{prefix}{key} must be a string"))),
-        }
-    };
+fn meta_from(mut m: Map<String, Value>, prefix: &str) -> Result<PushMeta, Malformed> {
     let badge = match m.get("badge") {
         None | Some(Value::Null) => None,
         Some(v) => match integer(v) {
@@ -290,6 +279,17 @@ fn meta_from(m: &Map<String, Value>, prefix: &str) -> Result<PushMeta, Malformed
         None | Some(Value::Null) => None,
         Some(v) => {
             Some(integer(v).ok_or_else(|| bad(format!("{prefix}sequence must be an integer")))?)
+        }
+    };
+    let mut id = |key: &str| -> Result<Option<String>, Malformed> {
+        match m.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Ok(Some(s)),
+            Some(Value::String(_)) => Err(bad(format!(
+                "{prefix}{key} is longer than {MAX_ID_LEN} characters"
+            ))),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(bad(format!("{prefix}{key} must be a string"))),
         }
     };
     Ok(PushMeta {

@@ -46,6 +46,12 @@ struct State {
     auth: ApnsAuth,
     script: Script,
     received: Mutex<Vec<ApnsRequest>>,
+    /// Off for benchmarks: only count.
+    recording: std::sync::atomic::AtomicBool,
+    delivered: std::sync::atomic::AtomicU64,
+    /// Provider tokens already verified. APNs too checks a token once per connection, not per
+    /// request; re-verifying ES256 on every request would make the fake the bottleneck.
+    verified: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 pub struct FakeApns {
@@ -67,6 +73,9 @@ impl FakeApns {
             auth,
             script: Script::default(),
             received: Mutex::new(Vec::new()),
+            recording: std::sync::atomic::AtomicBool::new(true),
+            delivered: std::sync::atomic::AtomicU64::new(0),
+            verified: Mutex::new(std::collections::HashMap::new()),
         });
         let s = state.clone();
         let listening = fake::serve(
@@ -91,6 +100,20 @@ impl FakeApns {
     /// Scripts the answers for one device token.
     pub fn script(&self, token: &str, answers: Vec<Behaviour>) {
         self.state.script.set(token, answers);
+    }
+
+    /// Stops keeping requests (benchmarks); only the count of 200 answers goes on.
+    pub fn stop_recording(&self) {
+        self.state
+            .recording
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many requests were answered 200.
+    pub fn delivered_count(&self) -> u64 {
+        self.state
+            .delivered
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<ApnsRequest> {
@@ -185,10 +208,20 @@ async fn handle(state: &State, req: Request<Bytes>, ctl: &ConnControl) -> Respon
     if body.len() > 4096 {
         return error(413, "PayloadTooLarge");
     }
-    let Ok(json) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "BadPayload");
+    let recording = state.recording.load(std::sync::atomic::Ordering::Relaxed);
+    let json = if recording {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => v,
+            Err(_) => return error(400, "BadPayload"),
+        }
+    } else {
+        Value::Null
     };
-    let behaviour = state.script.next(token);
+    let behaviour = if recording {
+        state.script.next(token)
+    } else {
+        Behaviour::Ok
+    };
     let answer = fake::act(behaviour, ctl).await;
     let (response, answered) = match answer {
         None | Some(Behaviour::Ok) => {
@@ -210,6 +243,14 @@ async fn handle(state: &State, req: Request<Bytes>, ctl: &ConnControl) -> Respon
         }) => (fake::json(status, &body, retry_after), status),
         Some(other) => unreachable!("act resolves {other:?}"),
     };
+    if answered == 200 {
+        state
+            .delivered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if !recording {
+        return response;
+    }
     state.received.lock().unwrap().push(ApnsRequest {
         token: token.to_string(),
         headers: parts.headers.clone(),
@@ -263,6 +304,7 @@ fn check_auth(state: &State, headers: &HeaderMap, ctl: &ConnControl) -> Result<(
             if now.saturating_sub(iat) > 3600 {
                 return Err("ExpiredProviderToken");
             }
+            state.verified.lock().unwrap().insert(jwt.to_string(), iat);
             Ok(())
         }
     }
