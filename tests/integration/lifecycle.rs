@@ -496,3 +496,35 @@ async fn logs_never_hold_text_tokens_or_secrets() {
     );
     assert!(logs.lines().all(|l| !l.is_empty()), "one event per line");
 }
+
+#[tokio::test]
+async fn reload_picks_up_a_new_certificate_for_new_connections() {
+    let env = TestEnv::new();
+    let mut daemon = Daemon::start(env.path(), &env.config("")).await;
+    let old_client = env.client();
+    assert_eq!(old_client.get(&daemon.url("/push/x")).await.status, 405);
+
+    // The operator renews the certificate in place (another CA, to tell them apart) and reloads.
+    let renewed = crate::support::pki::TestCa::new("renewed CA");
+    renewed.server().write(env.path(), "server");
+    daemon.reload().await;
+
+    let a = Client::new(&renewed.cert_pem)
+        .get(&daemon.url("/push/x"))
+        .await;
+    assert_eq!(a.status, 405, "new connections get the new certificate");
+    let stale = Client::new(&env.ca.cert_pem)
+        .try_send(
+            http::Method::GET,
+            &daemon.url("/push/x"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert!(
+        stale.is_err(),
+        "the old certificate is no longer served: {stale:?}"
+    );
+    // The connection opened before the reload still works.
+    assert_eq!(old_client.get(&daemon.url("/push/y")).await.status, 405);
+}

@@ -7,6 +7,7 @@ mod support;
 
 mod caller_auth;
 mod config_check;
+mod feedback;
 mod lifecycle;
 mod push_apns;
 mod push_fcm;

@@ -1,0 +1,165 @@
+//! Dead-token feedback to the brand's webhook: signed, retried, token only on request.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::support::daemon::Daemon;
+use crate::support::fake_apns;
+use crate::support::{TestEnv, apns, ios_push, platform_auth};
+
+const APP: &str = "com.brand.app";
+
+#[derive(Clone, Default)]
+struct Receiver {
+    calls: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    /// Answers to give, in order; 200 once they run out.
+    answers: Arc<Mutex<Vec<u16>>>,
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
+    r.calls.lock().unwrap().push((headers, body));
+    let mut answers = r.answers.lock().unwrap();
+    let status = if answers.is_empty() {
+        200
+    } else {
+        answers.remove(0)
+    };
+    StatusCode::from_u16(status).unwrap()
+}
+
+/// A webhook receiver on loopback (plain HTTP is allowed to loopback only).
+async fn start_receiver(answers: Vec<u16>) -> (String, Receiver) {
+    let r = Receiver {
+        answers: Arc::new(Mutex::new(answers)),
+        ..Default::default()
+    };
+    let app = axum::Router::new()
+        .route("/dead", axum::routing::post(receive))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/dead",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, r)
+}
+
+async fn wait_calls(r: &Receiver, n: usize) -> Vec<(HeaderMap, String)> {
+    for _ in 0..800 {
+        let calls = r.calls.lock().unwrap().clone();
+        if calls.len() >= n {
+            return calls;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the webhook never got {n} calls");
+}
+
+fn hmac_hex(secret: &[u8], message: &[u8]) -> String {
+    use aws_lc_rs::hmac;
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), message);
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn dead_tokens_are_posted_signed_and_retried() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    // The receiver fails once; brandgate retries.
+    let (url, receiver) = start_receiver(vec![503]).await;
+    let secret = env.secret("hook-secret", "whsec-0123456789\n");
+    let config = env.config(&format!(
+        "[push.feedback.webhook]\nurl = \"{url}\"\nsecret_file = \"{}\"\n{}",
+        secret.display(),
+        env.apns_app(APP, &fake, &key, "", &env.basic_auth(), "")
+    ));
+    let daemon = Daemon::start(env.path(), &config).await;
+    let token = "0badbad0";
+    fake.script(
+        token,
+        vec![fake_apns::gone("Unregistered", 1_765_000_000_000)],
+    );
+    let a = env
+        .client()
+        .post_json(
+            &daemon.url(&format!("/push/{APP}")),
+            &[("authorization", &platform_auth())],
+            &ios_push(token, "x", "c", 1),
+        )
+        .await;
+    assert_eq!(a.status, 403);
+
+    let calls = wait_calls(&receiver, 2).await;
+    let (headers, body) = &calls[1];
+    let record: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(record["app"], APP);
+    assert_eq!(record["provider"], "apns");
+    assert_eq!(record["reason"], "Unregistered");
+    assert_eq!(record["provider_timestamp"], 1_765_000_000);
+    let expected_hash: String =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    assert_eq!(record["token_sha256"], expected_hash);
+    assert!(
+        record.get("token").is_none(),
+        "the token itself only goes out with include_token"
+    );
+
+    // Brandgate-Signature: t=<unix>,v1=hex(HMAC-SHA256(secret, "<t>.<body>")).
+    let signature = headers["brandgate-signature"].to_str().unwrap();
+    let (t, v1) = signature.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    assert_eq!(
+        v1,
+        hmac_hex(b"whsec-0123456789", format!("{t}.{body}").as_bytes())
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(t.parse::<u64>().unwrap()) < 60);
+
+    let metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
+    assert!(
+        metrics.contains("brandgate_push_feedback_webhook_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_full_token_goes_out_only_when_asked() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let (url, receiver) = start_receiver(vec![]).await;
+    let config = env.config(&format!(
+        "[push.feedback.webhook]\nurl = \"{url}\"\ninclude_token = true\n{}",
+        env.apns_app(APP, &fake, &key, "", &env.basic_auth(), "")
+    ));
+    let daemon = Daemon::start(env.path(), &config).await;
+    fake.script("0badbad1", vec![fake_apns::reason(400, "BadDeviceToken")]);
+    env.client()
+        .post_json(
+            &daemon.url(&format!("/push/{APP}")),
+            &[("authorization", &platform_auth())],
+            &ios_push("0badbad1", "x", "c", 1),
+        )
+        .await;
+    let calls = wait_calls(&receiver, 1).await;
+    let record: Value = serde_json::from_str(&calls[0].1).unwrap();
+    assert_eq!(record["token"], "0badbad1");
+    assert!(
+        calls[0].0.get("brandgate-signature").is_none(),
+        "no secret, no signature"
+    );
+    // The record file never holds the token, whatever the webhook gets.
+    let file = std::fs::read_to_string(env.path().join("state/dead-tokens.jsonl")).unwrap();
+    assert!(!file.contains("0badbad1"), "{file}");
+}
