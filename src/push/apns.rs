@@ -180,18 +180,13 @@ impl ApnsClient {
         if let Some(b) = &bearer {
             request = request.header(http::header::AUTHORIZATION, b.header.clone());
         }
-        let Ok(request) = request.body(Full::new(payload)) else {
-            return Attempt::Permanent {
-                status: None,
-                reason: "BadRequestHeaders".into(),
-            };
-        };
-        let answer = match self.pool.send(request).await {
+        let answer = match self
+            .pool
+            .call("apns", request.body(Full::new(payload)))
+            .await
+        {
             Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(provider = "apns", error = %e, "APNs call failed");
-                return Attempt::transient("connection");
-            }
+            Err(attempt) => return attempt,
         };
         let status = answer.status.as_u16();
         let id = answer
@@ -199,12 +194,7 @@ impl ApnsClient {
             .get("apns-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let retry_after = answer
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = answer.retry_after();
         let body: ErrorBody = if answer.body.is_empty() {
             ErrorBody::default()
         } else {

@@ -179,30 +179,16 @@ impl FcmClient {
             Ok(b) => b,
             Err(a) => return a,
         };
-        let Ok(request) = Request::post(self.send_uri.clone())
+        let request = Request::post(self.send_uri.clone())
             .header(http::header::AUTHORIZATION, bearer.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-        else {
-            return Attempt::Permanent {
-                status: None,
-                reason: "BadRequestHeaders".into(),
-            };
-        };
-        let answer = match self.pool.send(request).await {
+            .body(Full::new(body));
+        let answer = match self.pool.call("fcm", request).await {
             Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(provider = "fcm", error = %e, "FCM call failed");
-                return Attempt::transient("connection");
-            }
+            Err(attempt) => return attempt,
         };
         let status = answer.status.as_u16();
-        let retry_after = answer
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = answer.retry_after();
         let attempt = classify(status, &answer.body, retry_after);
         if attempt.reason() == "UNAUTHENTICATED" {
             self.tokens.discard(&bearer);

@@ -21,6 +21,7 @@ use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::metrics::PoolMetrics;
+use super::outcome::Attempt;
 
 /// Largest provider answer body read (APNs and FCM error bodies are a few hundred bytes).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -40,6 +41,17 @@ pub struct Answer {
     pub status: http::StatusCode,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+}
+
+impl Answer {
+    /// `Retry-After`, when the provider sent one in seconds.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
 }
 
 struct Slot {
@@ -94,6 +106,25 @@ impl H2Pool {
             slots,
             next: AtomicUsize::new(0),
             metrics,
+        })
+    }
+
+    /// Sends a request built by a provider client; a request that could not be built or a
+    /// connection that failed becomes the [`Attempt`] to report.
+    pub async fn call(
+        &self,
+        provider: &'static str,
+        request: Result<Request<Full<Bytes>>, http::Error>,
+    ) -> Result<Answer, Attempt> {
+        let Ok(request) = request else {
+            return Err(Attempt::Permanent {
+                status: None,
+                reason: "BadRequestHeaders".into(),
+            });
+        };
+        self.send(request).await.map_err(|e| {
+            tracing::warn!(provider, error = %e, "provider call failed");
+            Attempt::transient("connection")
         })
     }
 
