@@ -32,7 +32,7 @@ async fn start(
 #[tokio::test]
 async fn basic_auth_is_required_and_checked() {
     let env = TestEnv::new();
-    let (fake, _k, daemon) = start(&env, "", "", &env.basic_auth()).await;
+    let (fake, _k, mut daemon) = start(&env, "", "", &env.basic_auth()).await;
     let url = daemon.url(&format!("/push/{APP}"));
     let client = env.client();
     let body = ios_push(TOKEN, "x", "c", 1);
@@ -65,8 +65,12 @@ async fn basic_auth_is_required_and_checked() {
         );
     }
     assert_eq!(fake.received().len(), 1, "refused callers never reach APNs");
-    let logs = daemon.logs();
-    assert!(logs.contains("caller authentication failed"));
+    let logs = daemon.stop().await;
+    assert_eq!(
+        logs.matches("caller authentication failed").count(),
+        4,
+        "{logs}"
+    );
     assert!(
         !logs.contains("guess-Zq81") && !logs.contains(crate::support::PLATFORM_PASSWORD),
         "passwords are never logged"

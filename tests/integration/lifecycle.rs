@@ -106,12 +106,8 @@ async fn reload_applies_a_new_config_and_refuses_a_bad_one() {
         .replace("apns-com.brand.app.p8", "missing.p8");
     daemon.rewrite_config(&broken);
     daemon.reload().await;
-    assert!(
-        daemon.logs().contains("reload refused"),
-        "{}",
-        daemon.logs()
-    );
-    assert!(daemon.logs().contains("missing.p8"));
+    let logs = daemon.wait_log("reload refused").await;
+    assert!(logs.contains("missing.p8"), "{logs}");
     assert_eq!(push(&env, &daemon, "aa03", 3).await, 200);
     assert_eq!(
         fake.delivered_to("aa03")[0].body["aps"]["alert"],
@@ -282,7 +278,7 @@ async fn the_grace_period_bounds_the_drain() {
         "took {:?}",
         started.elapsed()
     );
-    assert!(daemon.logs().contains("grace period over"));
+    daemon.wait_log("grace period over").await;
 }
 
 /// Waits (bounded) until the daemon reports `n` pushes in flight.
@@ -375,24 +371,18 @@ async fn a_development_certificate_is_generated_when_none_is_configured() {
         state.display()
     );
     let daemon = Daemon::start(env.path(), &config).await;
-    assert!(
-        daemon
-            .logs()
-            .contains("generated a self-signed development certificate"),
-        "{}",
-        daemon.logs()
-    );
+    daemon
+        .wait_log("generated a self-signed development certificate")
+        .await;
     let cert = std::fs::read_to_string(state.join("dev-tls/cert.pem")).unwrap();
     // The certificate served is the one on disk: trusting exactly it, the handshake succeeds.
     let a = Client::new(&cert).get(&daemon.url("/push/x")).await;
     assert_eq!(a.status, 405);
     drop(daemon);
     let again = Daemon::start(env.path(), &config).await;
-    assert!(
-        again
-            .logs()
-            .contains("using a self-signed development certificate")
-    );
+    again
+        .wait_log("using a self-signed development certificate")
+        .await;
     assert_eq!(
         std::fs::read_to_string(state.join("dev-tls/cert.pem")).unwrap(),
         cert
@@ -447,7 +437,7 @@ async fn logs_never_hold_text_tokens_or_secrets() {
     let env = TestEnv::new();
     let (fake, key) = apns(APP).await;
     let config = env.config(&env.apns_app(APP, &fake, &key, "", &env.basic_auth(), ""));
-    let daemon = Daemon::start(env.path(), &config).await;
+    let mut daemon = Daemon::start(env.path(), &config).await;
     let token = "feedfacecafebeef0123456789abcdef";
     let text = "The-Real-Message-Text-4711";
     fake.script(
@@ -472,7 +462,7 @@ async fn logs_never_hold_text_tokens_or_secrets() {
             &ios_push(token, text, "c", 3),
         )
         .await;
-    let logs = daemon.logs();
+    let logs = daemon.stop().await;
     let jwt_seen = fake.received()[0].headers["authorization"]
         .to_str()
         .unwrap()

@@ -27,6 +27,8 @@ pub struct Daemon {
     /// Every notification received so far, in order.
     notifications: Vec<String>,
     log: Arc<Mutex<String>>,
+    /// Set when the log pipe closed (the process is gone and every line was read).
+    log_closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Daemon {
@@ -58,6 +60,8 @@ impl Daemon {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
+        let log_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = log_closed.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -68,6 +72,7 @@ impl Daemon {
                 l.push_str(&line);
                 l.push('\n');
             }
+            closed.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let mut daemon = Daemon {
             child,
@@ -77,6 +82,7 @@ impl Daemon {
             notify,
             notifications: Vec::new(),
             log,
+            log_closed,
         };
         let ready = daemon.wait_notification("READY=1").await;
         let (public, ops) =
@@ -141,8 +147,37 @@ impl Daemon {
         std::fs::write(&self.config_path, config).unwrap();
     }
 
+    /// Everything logged so far. The log is read by a thread, so a line written just now may
+    /// not be here yet: to check that a line exists, use [`Daemon::wait_log`].
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Stops the daemon (SIGTERM), waits for it to exit and for its last log line to be read,
+    /// and returns the whole log: for checking what it never logged.
+    pub async fn stop(&mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "{}", describe(status));
+        for _ in 0..1000 {
+            if self.log_closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return self.logs();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the log pipe never closed");
+    }
+
+    /// Waits (bounded) until the log contains `needle`; returns the whole log.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..1000 {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the log never said {needle:?}:\n{}", self.logs());
     }
 
     /// Waits (bounded) for the process to exit.
