@@ -55,10 +55,22 @@ pub enum SecretFileError {
          run under systemd with LoadCredential= or give a full path"
     )]
     NoCredentialsDirectory { path: String },
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {source}{}", path.display(), unreadable_hint(source))]
     Unreadable { path: PathBuf, source: io::Error },
     #[error("{} is empty", path.display())]
     Empty { path: PathBuf },
+}
+
+/// What an operator can do about an unreadable file.
+fn unreadable_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::NotFound => " (put the file there, or fix the path in the config)",
+        io::ErrorKind::PermissionDenied => {
+            " (the service runs as user brandgate: chown root:brandgate and chmod 0640 the file, \
+             or hand it over with LoadCredential=)"
+        }
+        _ => "",
+    }
 }
 
 /// Expands a leading `%d/` to `$CREDENTIALS_DIRECTORY/`, as systemd does in unit files, so one
@@ -76,14 +88,20 @@ pub fn resolve_path(path: &Path) -> Result<PathBuf, SecretFileError> {
     }
 }
 
+/// Reads a whole file named in the config (certificates: not secret, but found and reported
+/// the same way).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
+    let resolved = resolve_path(path)?;
+    std::fs::read(&resolved).map_err(|source| SecretFileError::Unreadable {
+        path: resolved,
+        source,
+    })
+}
+
 /// Reads a whole secret file. A single trailing newline is removed (editors and `echo` add one;
 /// it is never part of a password).
 pub fn read_secret_file(path: &Path) -> Result<Secret<Vec<u8>>, SecretFileError> {
-    let resolved = resolve_path(path)?;
-    let mut bytes = std::fs::read(&resolved).map_err(|source| SecretFileError::Unreadable {
-        path: resolved.clone(),
-        source,
-    })?;
+    let mut bytes = read_file(path)?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
@@ -91,7 +109,9 @@ pub fn read_secret_file(path: &Path) -> Result<Secret<Vec<u8>>, SecretFileError>
         }
     }
     if bytes.is_empty() {
-        return Err(SecretFileError::Empty { path: resolved });
+        return Err(SecretFileError::Empty {
+            path: resolve_path(path)?,
+        });
     }
     Ok(Secret(bytes))
 }

@@ -28,16 +28,14 @@ pub fn install_crypto_provider() {
 
 /// Reads every certificate in a PEM file.
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let resolved = crate::secret::resolve_path(path).map_err(|e| e.to_string())?;
-    let bytes =
-        std::fs::read(&resolved).map_err(|e| format!("cannot read {}: {e}", resolved.display()))?;
+    let bytes = crate::secret::read_file(path).map_err(|e| e.to_string())?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", resolved.display()))?;
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!(
             "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-            resolved.display()
+            path.display()
         ));
     }
     Ok(certs)
@@ -151,12 +149,18 @@ pub fn ensure_development_certificate(state_dir: &Path) -> Result<DevCertificate
         });
     }
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let host = host.trim();
-        if !host.is_empty() && host != "localhost" {
-            names.push(host.to_string());
-        }
-    }
+    // /etc/hostname first: under systemd's ProcSubset=pid, /proc/sys is hidden.
+    let host = ["/etc/hostname", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| {
+            !h.is_empty()
+                && h != "localhost"
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        });
+    names.extend(host);
     let mut params = rcgen::CertificateParams::new(names)
         .map_err(|e| format!("development certificate: {e}"))?;
     params.distinguished_name.push(

@@ -263,3 +263,46 @@ async fn push_test_sends_through_the_pipeline_and_prints_the_answer() {
     assert_eq!(code, 78);
     assert!(err.contains("com.nope"), "{err}");
 }
+
+/// A secret the service user cannot read is named with the fix. As root, the check runs as an
+/// unprivileged user (root reads everything); otherwise the file's mode alone locks it.
+#[tokio::test]
+async fn an_unreadable_secret_says_how_to_fix_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new();
+    std::fs::set_permissions(env.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = env.secret("locked-password", "pw");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let config = env.config(&format!(
+        "[[push.apps]]\nid = \"{APP}\"\n[push.apps.auth]\nbasic = {{ username = \"p\", password_file = \"{}\" }}\n[push.apps.apns]\ntopic = \"{APP}\"\ncertificate_file = \"/nonexistent/c.pem\"\nprivate_key_file = \"/nonexistent/k.pem\"\n",
+        locked.display()
+    ));
+    let path = env.file("locked.toml", &config);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = std::process::Command::new(crate::support::daemon::binary());
+    command.args(["check-config", "--config", path.to_str().unwrap()]);
+    if root {
+        command.uid(65534).gid(65534);
+    }
+    let out = command.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("push.apps[0].auth.basic.password_file")
+            && err.contains("Permission denied")
+            && err.contains("chown root:brandgate"),
+        "{err}"
+    );
+    let cert_line = err
+        .lines()
+        .find(|l| l.contains("push.apps[0].apns.certificate_file"))
+        .unwrap_or_default();
+    assert!(
+        cert_line.contains("/nonexistent/c.pem") && cert_line.contains("fix the path"),
+        "{err}"
+    );
+}

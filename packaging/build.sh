@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the .deb and the .rpm from one release build, then lints both.
+#   bash packaging/build.sh [--version VERSION]   (VERSION overrides the packages' version,
+#                                                   for upgrade tests; the binary is unchanged)
+# Output: target/package/*.deb, target/package/*.rpm
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version=""
+if [ "${1:-}" = "--version" ]; then
+    version="$2"
+fi
+
+bash packaging/tools.sh
+
+out=target/package
+mkdir -p "$out"
+
+echo "== release build"
+cargo build --release --locked
+# Debug line tables are for crash reports during development; the packages ship a stripped
+# binary (lintian: unstripped-binary-or-object).
+strip --strip-unneeded target/release/brandgate
+target/release/brandgate --help > "$out/brandgate-help.txt"
+for cmd in serve check-config push-test; do
+    printf '\n\n$ brandgate %s --help\n' "$cmd" >> "$out/brandgate-help.txt"
+    target/release/brandgate "$cmd" --help >> "$out/brandgate-help.txt"
+done
+
+echo "== .deb"
+deb_args=(--no-build --no-strip --output "$out")
+[ -n "$version" ] && deb_args+=(--deb-version "$version-1")
+cargo deb "${deb_args[@]}"
+
+echo "== .rpm"
+rpm_args=(--output "$out/")
+[ -n "$version" ] && rpm_args+=(--set-metadata "version = \"$version\"")
+cargo generate-rpm "${rpm_args[@]}"
+
+deb=$(ls -t "$out"/brandgate_*.deb | head -1)
+rpm=$(ls -t "$out"/brandgate-*.rpm | head -1)
+
+echo "== lintian $deb"
+# Errors fail the build; warnings are printed.
+lintian --no-tag-display-limit --fail-on error "$deb"
+
+echo "== rpmlint $rpm"
+rpmlint --rpmlintrc packaging/brandgate.rpmlintrc "$rpm" || {
+    echo "rpmlint reported errors" >&2
+    exit 1
+}
+rpm -qp --scripts "$rpm" >/dev/null
+echo "built: $deb $rpm"

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Runs inside the clean container booted with systemd (see test-install.sh). Installs the
+# packages from /root/pkgs and checks what an operator relies on. Every check prints one
+# "ok"/"not ok" line into the report; the last line is RESULT: PASS or FAIL.
+set -uo pipefail
+
+report=/root/install-checks.report
+: >"$report"
+failures=0
+say() { echo "$*" | tee -a "$report"; }
+ok() { say "ok - $*"; }
+fail() { say "not ok - $*"; failures=$((failures + 1)); }
+check() {
+    local what=$1
+    shift
+    if "$@" >>/root/install-checks.log 2>&1; then ok "$what"; else fail "$what"; fi
+}
+equals() {
+    local what=$1 got=$2 want=$3
+    if [ "$got" = "$want" ]; then ok "$what ($got)"; else fail "$what: got '$got', want '$want'"; fi
+}
+prop() { systemctl show -p "$2" --value "$1"; }
+mode() { stat -c '%a %U:%G' "$1" 2>/dev/null || echo missing; }
+http_get() {
+    # GET over plain HTTP with bash alone (no curl in a minimal Debian).
+    local port=$1 path=$2
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3
+    cat <&3
+    exec 3<&-
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_until() {
+    # Bounded wait for a condition (a command), one second at a time.
+    local limit=$1
+    shift
+    for _ in $(seq "$limit"); do
+        "$@" && return 0
+        sleep 1
+    done
+    return 1
+}
+
+service_running_checks() {
+    local kind=$1
+    equals "$kind: active (running) through READY=1" "$(prop brandgate ActiveState)/$(prop brandgate SubState)" "active/running"
+    equals "$kind: Type=notify" "$(prop brandgate Type)" "notify"
+    if wait_until 10 port_open 8443; then ok "$kind: HTTPS listener on 8443"; else fail "$kind: HTTPS listener on 8443"; fi
+    local ready
+    ready=$(http_get 9464 /readyz || true)
+    if echo "$ready" | grep -q '^HTTP/1.[01] 200' && echo "$ready" | grep -q '"ready":true'; then
+        ok "$kind: /readyz answers ready"
+    else
+        fail "$kind: /readyz: $ready"
+    fi
+}
+
+system_checks() {
+    local kind=$1
+    if getent passwd brandgate | grep -q ':/var/lib/brandgate:/usr/sbin/nologin$'; then
+        ok "$kind: system user brandgate (nologin, home /var/lib/brandgate)"
+    else
+        fail "$kind: system user brandgate: $(getent passwd brandgate)"
+    fi
+    equals "$kind: /usr/bin/brandgate" "$(mode /usr/bin/brandgate)" "755 root:root"
+    equals "$kind: /etc/brandgate" "$(mode /etc/brandgate)" "750 root:brandgate"
+    equals "$kind: /etc/brandgate/secrets" "$(mode /etc/brandgate/secrets)" "750 root:brandgate"
+    equals "$kind: /etc/brandgate/brandgate.toml" "$(mode /etc/brandgate/brandgate.toml)" "640 root:brandgate"
+    equals "$kind: /var/lib/brandgate" "$(mode /var/lib/brandgate)" "750 brandgate:brandgate"
+    equals "$kind: enabled on install" "$(systemctl is-enabled brandgate 2>&1)" "enabled"
+    equals "$kind: not started on install" "$(systemctl is-active brandgate 2>&1)" "inactive"
+    check "$kind: brandgate check-config passes as the service user" \
+        runuser -u brandgate -- /usr/bin/brandgate check-config --config /etc/brandgate/brandgate.toml
+    local verify
+    verify=$(systemd-analyze verify brandgate.service 2>&1)
+    if [ -z "$verify" ]; then ok "$kind: systemd-analyze verify is silent"; else fail "$kind: systemd-analyze verify: $verify"; fi
+    local security
+    security=$(systemd-analyze security --threshold=20 brandgate.service 2>&1)
+    local rc=$?
+    local level
+    level=$(echo "$security" | grep -o 'Overall exposure level for brandgate.service: .*')
+    if [ $rc -eq 0 ] && [ -n "$level" ]; then ok "$kind: $level (threshold 2.0)"; else fail "$kind: security: $level (rc $rc)"; fi
+}
+
+lifecycle_checks() {
+    local kind=$1
+    check "$kind: systemctl start" systemctl start brandgate
+    service_running_checks "$kind"
+    local pid
+    pid=$(prop brandgate MainPID)
+    check "$kind: systemctl reload" systemctl reload brandgate
+    equals "$kind: reload keeps the main PID" "$(prop brandgate MainPID)" "$pid"
+    equals "$kind: active after reload" "$(prop brandgate ActiveState)" "active"
+    if wait_until 10 sh -c 'journalctl -u brandgate --no-pager | grep -q "configuration reloaded"'; then
+        ok "$kind: the reload is logged"
+    else
+        fail "$kind: the reload is logged"
+    fi
+}
+
+watchdog_checks() {
+    local pid
+    pid=$(prop brandgate MainPID)
+    say "# waiting 65 s: the watchdog (WatchdogSec=30s) must not fire"
+    sleep 65
+    equals "watchdog: same main PID after a minute" "$(prop brandgate MainPID)" "$pid"
+    equals "watchdog: no restarts" "$(prop brandgate NRestarts)" "0"
+    if journalctl -u brandgate --no-pager | grep -qi "watchdog timeout"; then fail "watchdog: it fired"; else ok "watchdog: never fired"; fi
+}
+
+stop_checks() {
+    local kind=$1
+    check "$kind: systemctl stop" systemctl stop brandgate
+    equals "$kind: clean stop (result)" "$(prop brandgate Result)" "success"
+    equals "$kind: clean stop (exit status)" "$(prop brandgate ExecMainStatus)" "0"
+    equals "$kind: inactive after stop" "$(systemctl is-active brandgate 2>&1)" "inactive"
+}
+
+edit_config() {
+    sed -i 's/^level = "info"/level = "debug"/' /etc/brandgate/brandgate.toml
+    grep -q '^level = "debug"' /etc/brandgate/brandgate.toml
+}
+
+say "# brandgate install test on $(. /etc/os-release && echo "$PRETTY_NAME"), systemd $(systemctl --version | head -1 | awk '{print $2}')"
+
+# ---------------------------------------------------------------- deb
+export DEBIAN_FRONTEND=noninteractive
+check "deb: dpkg -i installs" dpkg -i /root/pkgs/old.deb
+system_checks deb
+lifecycle_checks deb
+watchdog_checks
+stop_checks deb
+
+check "deb: the operator edits the config" edit_config
+check "deb: start before the upgrade" systemctl start brandgate
+pid=$(prop brandgate MainPID)
+check "deb: upgrade to the newer package" dpkg -i --force-confold /root/pkgs/new.deb
+equals "deb: upgraded version" "$(dpkg-query -W -f '${Version}' brandgate)" "$(dpkg-deb -f /root/pkgs/new.deb Version)"
+if grep -q '^level = "debug"' /etc/brandgate/brandgate.toml; then ok "deb: upgrade keeps the edited config"; else fail "deb: upgrade replaced the edited config"; fi
+newpid=$(prop brandgate MainPID)
+if [ "$(prop brandgate ActiveState)" = active ] && [ "$newpid" != "$pid" ] && [ "$newpid" != 0 ]; then
+    ok "deb: a running service is restarted on upgrade"
+else
+    fail "deb: restart on upgrade (state $(prop brandgate ActiveState), pid $pid -> $newpid)"
+fi
+check "deb: stop" systemctl stop brandgate
+check "deb: reinstall while stopped" dpkg -i --force-confold /root/pkgs/new.deb
+equals "deb: a stopped service stays stopped on upgrade" "$(systemctl is-active brandgate 2>&1)" "inactive"
+
+check "deb: dpkg -r removes" dpkg -r brandgate
+if [ ! -e /usr/bin/brandgate ] && [ ! -e /usr/lib/systemd/system/brandgate.service ]; then ok "deb: remove deletes the program and unit"; else fail "deb: remove left the program or unit"; fi
+if [ -d /var/lib/brandgate ] && [ -f /etc/brandgate/brandgate.toml ]; then ok "deb: remove keeps /var/lib/brandgate and /etc/brandgate"; else fail "deb: remove deleted data or config"; fi
+check "deb: dpkg -P purges" dpkg -P brandgate
+if [ ! -e /var/lib/brandgate ] && [ ! -e /etc/brandgate ]; then ok "deb: purge deletes /var/lib/brandgate and /etc/brandgate"; else fail "deb: purge left data behind"; fi
+check "deb: the unit is gone from systemd" sh -c '! systemctl cat brandgate.service'
+
+# ---------------------------------------------------------------- rpm
+# Debian's rpm keeps its database in ~/.rpmdb unless told otherwise.
+rpmi() { rpm --dbpath /var/lib/rpm "$@"; }
+mkdir -p /var/lib/rpm
+check "rpm: initialise the rpm database" rpmi --initdb
+# The dependencies (systemd, kill, ca-certificates) are Debian packages rpm does not know.
+check "rpm: rpm -i installs" rpmi -i --nodeps /root/pkgs/old.rpm
+system_checks rpm
+lifecycle_checks rpm
+stop_checks rpm
+check "rpm: the operator edits the config" edit_config
+check "rpm: start before the upgrade" systemctl start brandgate
+pid=$(prop brandgate MainPID)
+check "rpm: upgrade to the newer package" rpmi -U --nodeps /root/pkgs/new.rpm
+equals "rpm: upgraded release" "$(rpmi -q --qf '%{RELEASE}' brandgate)" "2"
+if grep -q '^level = "debug"' /etc/brandgate/brandgate.toml; then ok "rpm: upgrade keeps the edited config (noreplace)"; else fail "rpm: upgrade replaced the edited config"; fi
+newpid=$(prop brandgate MainPID)
+if [ "$(prop brandgate ActiveState)" = active ] && [ "$newpid" != "$pid" ]; then
+    ok "rpm: a running service is restarted on upgrade"
+else
+    fail "rpm: restart on upgrade (state $(prop brandgate ActiveState), pid $pid -> $newpid)"
+fi
+check "rpm: rpm -e removes" rpmi -e --nodeps brandgate
+equals "rpm: erase stops the service" "$(systemctl is-active brandgate 2>&1)" "inactive"
+if [ ! -e /usr/bin/brandgate ] && [ -d /var/lib/brandgate ] && [ -e /etc/brandgate/brandgate.toml.rpmsave ]; then
+    ok "rpm: erase deletes the program, keeps state and saves the edited config as .rpmsave"
+else
+    fail "rpm: erase: $(ls -la /usr/bin/brandgate /var/lib/brandgate /etc/brandgate 2>&1 | tr '\n' ' ')"
+fi
+
+if [ "$failures" -eq 0 ]; then say "RESULT: PASS"; else say "RESULT: FAIL ($failures)"; fi

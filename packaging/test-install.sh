@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Install test on a clean system: debootstraps a minimal Debian 12 (cached between runs), boots
+# it with real systemd in systemd-nspawn, and inside it installs, runs, reloads, upgrades,
+# removes and purges the .deb, then does the same with the .rpm. Needs root.
+#
+#   bash packaging/test-install.sh            builds the packages first
+#   BRANDGATE_SKIP_BUILD=1 bash packaging/...  uses target/package as it is
+#
+# The checks run inside the container (packaging/install-checks.sh, as a oneshot unit that
+# powers the container off when done); their report is printed here and decides the exit status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test-install.sh needs root (debootstrap, systemd-nspawn)" >&2
+    exit 1
+fi
+
+bash packaging/tools.sh
+
+cache=${BRANDGATE_TEST_CACHE:-/var/cache/brandgate-test}
+mirror=${BRANDGATE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+base="$cache/bookworm-base"
+mkdir -p "$cache"
+
+if [ ! -e "$base/.complete" ]; then
+    echo "== debootstrap a minimal Debian 12 into $base (cached for later runs)"
+    rm -rf "$base" "$base.tmp"
+    debootstrap --variant=minbase \
+        --include=systemd,systemd-sysv,dbus,procps,ca-certificates,rpm \
+        bookworm "$base.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
+        tail -20 "$cache/debootstrap.log" >&2
+        exit 1
+    }
+    touch "$base.tmp/.complete"
+    mv "$base.tmp" "$base"
+fi
+
+out=target/package
+if [ -z "${BRANDGATE_SKIP_BUILD:-}" ]; then
+    rm -rf "$out"
+    bash packaging/build.sh
+fi
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+upgrade="$version+test2"
+echo "== upgrade packages ($upgrade)"
+cargo deb --no-build --no-strip --output "$out" --deb-version "$upgrade-1" >/dev/null
+mkdir -p "$out/upgrade"
+cargo generate-rpm --output "$out/upgrade/brandgate-$version-2.x86_64.rpm" --set-metadata 'release = "2"' >/dev/null
+
+root="$cache/run"
+rm -rf "$root"
+echo "== fresh root from the cached base"
+cp -a "$base" "$root"
+mkdir -p "$root/root/pkgs"
+cp "$out/brandgate_${version}-1_amd64.deb" "$root/root/pkgs/old.deb"
+cp "$out/brandgate_${upgrade}-1_amd64.deb" "$root/root/pkgs/new.deb"
+cp "$out"/brandgate-"$version"-1.*.rpm "$root/root/pkgs/old.rpm"
+cp "$out"/upgrade/brandgate-"$version"-2.*.rpm "$root/root/pkgs/new.rpm"
+install -m 0755 packaging/install-checks.sh "$root/root/install-checks.sh"
+echo "brandgate-test" >"$root/etc/hostname"
+cat >"$root/etc/systemd/system/brandgate-install-checks.service" <<'UNIT'
+[Unit]
+Description=brandgate package install checks
+After=multi-user.target
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+[Service]
+Type=oneshot
+ExecStart=/root/install-checks.sh
+StandardOutput=journal+console
+TimeoutStartSec=15min
+[Install]
+WantedBy=multi-user.target
+UNIT
+ln -sf /etc/systemd/system/brandgate-install-checks.service \
+    "$root/etc/systemd/system/multi-user.target.wants/brandgate-install-checks.service"
+
+echo "== boot it with systemd (systemd-nspawn)"
+# nspawn wants a terminal to boot; `script` gives it one. The checks power the container off.
+console="$cache/console.log"
+timeout 1200 script -qfec "systemd-nspawn --keep-unit --register=no --private-network -D '$root' -b" "$console" \
+    </dev/null >/dev/null 2>&1 || true
+
+report="$root/root/install-checks.report"
+if [ ! -s "$report" ]; then
+    echo "no report from inside the container; console:" >&2
+    tail -60 "$console" >&2
+    exit 1
+fi
+cat "$report"
+grep -q '^RESULT: PASS$' "$report"
