@@ -81,13 +81,7 @@ async fn run(s: Settings, quick: bool) {
     let daemon = Daemon::start_with_env(
         env.path(),
         &config,
-        &[
-            ("BRANDGATE_SERVER__MAX_CONCURRENT_STREAMS", "1000"),
-            (
-                "TOKIO_WORKER_THREADS",
-                &std::env::var("BG_THREADS").unwrap_or("2".into()),
-            ),
-        ],
+        &[("BRANDGATE_SERVER__MAX_CONCURRENT_STREAMS", "1000")],
     )
     .await;
 

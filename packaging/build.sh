@@ -49,5 +49,19 @@ rpmlint --rpmlintrc packaging/brandgate.rpmlintrc "$rpm" || {
     echo "rpmlint reported errors" >&2
     exit 1
 }
-rpm -qp --scripts "$rpm" >/dev/null
+# The scriptlets are the ones in rpm/, and every file lands where the unit expects it.
+scripts=$(rpm -qp --scripts "$rpm")
+for expected in "preinstall scriptlet" "systemd-sysusers" "postinstall scriptlet" "systemctl enable" \
+    "preuninstall scriptlet" "systemctl disable" "postuninstall scriptlet" "try-restart"; do
+    grep -q "$expected" <<<"$scripts" || { echo "rpm scriptlets lack: $expected" >&2; exit 1; }
+done
+files=$(rpm -qlp "$rpm")
+for expected in /usr/bin/brandgate /etc/brandgate/brandgate.toml /usr/lib/systemd/system/brandgate.service \
+    /usr/lib/sysusers.d/brandgate.conf /usr/lib/tmpfiles.d/brandgate.conf; do
+    grep -qx "$expected" <<<"$files" || { echo "rpm lacks $expected" >&2; exit 1; }
+done
+rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm" | grep -q '^cn /etc/brandgate/brandgate.toml$' || {
+    echo "rpm: the config is not %config(noreplace)" >&2
+    exit 1
+}
 echo "built: $deb $rpm"

@@ -67,6 +67,10 @@ system_checks() {
     equals "$kind: /etc/brandgate/secrets" "$(mode /etc/brandgate/secrets)" "750 root:brandgate"
     equals "$kind: /etc/brandgate/brandgate.toml" "$(mode /etc/brandgate/brandgate.toml)" "640 root:brandgate"
     equals "$kind: /var/lib/brandgate" "$(mode /var/lib/brandgate)" "750 brandgate:brandgate"
+    install -m 0644 /dev/null /etc/brandgate/secrets/probe
+    systemd-tmpfiles --create /usr/lib/tmpfiles.d/brandgate.conf
+    equals "$kind: secrets are made 0640 root:brandgate" "$(mode /etc/brandgate/secrets/probe)" "640 root:brandgate"
+    rm -f /etc/brandgate/secrets/probe
     equals "$kind: enabled on install" "$(systemctl is-enabled brandgate 2>&1)" "enabled"
     equals "$kind: not started on install" "$(systemctl is-active brandgate 2>&1)" "inactive"
     check "$kind: brandgate check-config passes as the service user" \
@@ -108,6 +112,31 @@ watchdog_checks() {
     if journalctl -u brandgate --no-pager | grep -qi "watchdog timeout"; then fail "watchdog: it fired"; else ok "watchdog: never fired"; fi
 }
 
+port443_checks() {
+    # The README's recipe for port 443.
+    mkdir -p /etc/systemd/system/brandgate.service.d
+    cat >/etc/systemd/system/brandgate.service.d/port443.conf <<'DROPIN'
+[Service]
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+PrivateUsers=no
+Environment=BRANDGATE_SERVER__LISTEN=0.0.0.0:443
+DROPIN
+    systemctl daemon-reload
+    check "port 443: restart with the README's drop-in" systemctl restart brandgate
+    if wait_until 10 port_open 443; then ok "port 443: listening"; else fail "port 443: not listening ($(journalctl -u brandgate --no-pager | tail -3))"; fi
+    local level
+    level=$(systemd-analyze security --threshold=20 brandgate.service 2>&1 | grep -o 'Overall exposure level for brandgate.service: .*')
+    if [ -n "$level" ] && systemd-analyze security --threshold=20 brandgate.service >/dev/null 2>&1; then
+        ok "port 443: still $level"
+    else
+        fail "port 443: security $level"
+    fi
+    rm -rf /etc/systemd/system/brandgate.service.d
+    systemctl daemon-reload
+    check "port 443: back to 8443" systemctl restart brandgate
+}
+
 stop_checks() {
     local kind=$1
     check "$kind: systemctl stop" systemctl stop brandgate
@@ -129,6 +158,7 @@ check "deb: dpkg -i installs" dpkg -i /root/pkgs/old.deb
 system_checks deb
 lifecycle_checks deb
 watchdog_checks
+port443_checks
 stop_checks deb
 
 check "deb: the operator edits the config" edit_config
@@ -150,6 +180,9 @@ equals "deb: a stopped service stays stopped on upgrade" "$(systemctl is-active 
 check "deb: dpkg -r removes" dpkg -r brandgate
 if [ ! -e /usr/bin/brandgate ] && [ ! -e /usr/lib/systemd/system/brandgate.service ]; then ok "deb: remove deletes the program and unit"; else fail "deb: remove left the program or unit"; fi
 if [ -d /var/lib/brandgate ] && [ -f /etc/brandgate/brandgate.toml ]; then ok "deb: remove keeps /var/lib/brandgate and /etc/brandgate"; else fail "deb: remove deleted data or config"; fi
+check "deb: reinstall after remove" dpkg -i /root/pkgs/new.deb
+equals "deb: enabled again after reinstall" "$(systemctl is-enabled brandgate 2>&1)" "enabled"
+equals "deb: not started by the reinstall" "$(systemctl is-active brandgate 2>&1)" "inactive"
 check "deb: dpkg -P purges" dpkg -P brandgate
 if [ ! -e /var/lib/brandgate ] && [ ! -e /etc/brandgate ]; then ok "deb: purge deletes /var/lib/brandgate and /etc/brandgate"; else fail "deb: purge left data behind"; fi
 check "deb: the unit is gone from systemd" sh -c '! systemctl cat brandgate.service'

@@ -4,7 +4,7 @@
 # removes and purges the .deb, then does the same with the .rpm. Needs root.
 #
 #   bash packaging/test-install.sh            builds the packages first
-#   BRANDGATE_SKIP_BUILD=1 bash packaging/...  uses target/package as it is
+#   PKG_SKIP_BUILD=1 bash packaging/...  uses target/package as it is
 #
 # The checks run inside the container (packaging/install-checks.sh, as a oneshot unit that
 # powers the container off when done); their report is printed here and decides the exit status.
@@ -18,8 +18,8 @@ fi
 
 bash packaging/tools.sh
 
-cache=${BRANDGATE_TEST_CACHE:-/var/cache/brandgate-test}
-mirror=${BRANDGATE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+cache=${PKG_TEST_CACHE:-/var/cache/brandgate-test}
+mirror=${PKG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 base="$cache/bookworm-base"
 mkdir -p "$cache"
 
@@ -37,7 +37,7 @@ if [ ! -e "$base/.complete" ]; then
 fi
 
 out=target/package
-if [ -z "${BRANDGATE_SKIP_BUILD:-}" ]; then
+if [ -z "${PKG_SKIP_BUILD:-}" ]; then
     rm -rf "$out"
     bash packaging/build.sh
 fi

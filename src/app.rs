@@ -14,18 +14,19 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Problems};
 use crate::ops::{self, Health, OpsState, systemd};
@@ -79,7 +80,7 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
     tls::install_crypto_provider();
     let config = Config::load(path)?;
     let mut problems = Problems::default();
-    let mut notes = Vec::new();
+    let mut notes = config.warnings();
     match tls::check_server_config(&config.server.tls) {
         Ok(None) => notes.push(format!(
             "server.tls: no certificate configured; a self-signed development certificate will be \
@@ -103,10 +104,7 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
         crate::clock::system(),
     );
     let apps = match push {
-        Ok((service, warnings)) => {
-            notes.extend(warnings);
-            service.app_count()
-        }
+        Ok(service) => service.app_count(),
         Err(p) => {
             problems.0.extend(p.0);
             0
@@ -146,7 +144,7 @@ pub async fn push_test(
             .into());
         }
     };
-    let (service, _) = PushService::build(
+    let service = PushService::build(
         &config.push,
         None,
         config.server.tls.client_ca.is_some(),
@@ -166,6 +164,7 @@ struct Public {
     router: Router,
     http: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    idle_timeout: Duration,
     connections: Arc<Semaphore>,
 }
 
@@ -180,6 +179,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     tls::install_crypto_provider();
     let mut config = Config::load(path)?;
     ops::log::init(&config.log);
+    // Before READY=1: a `systemctl reload` right after start must find SIGHUP handled, not
+    // fall to its default action (terminate).
+    let mut signals = Signals::listen()?;
     let state_dir = config.server.state_dir.clone();
     ensure_state_dir(&state_dir)?;
 
@@ -189,14 +191,14 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
 
     let mut registry = Registry::default();
     let push_metrics = push::PushMetrics::register(&mut registry);
-    let (push, warnings) = PushService::build(
+    let push = PushService::build(
         &config.push,
         Some(&state_dir),
         config.server.tls.client_ca.is_some(),
         push_metrics,
         crate::clock::system(),
     )?;
-    for w in warnings {
+    for w in config.warnings() {
         tracing::warn!("{w}");
     }
 
@@ -212,21 +214,35 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         router: push.router(),
         http: http_builder(&config),
         handshake_timeout: config.server.handshake_timeout.0,
+        idle_timeout: config.server.idle_timeout.0,
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
     });
 
-    let cancel = CancellationToken::new();
-    let accept = tokio::spawn(accept_loop(public_listener, public.clone(), cancel.clone()));
+    // Three stages of stopping: accepting ends, open connections are told to finish, and the
+    // ops listener (where /readyz says "draining") closes last.
+    let stop_accepting = CancellationToken::new();
+    let close_connections = CancellationToken::new();
+    let close_ops = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept = tokio::spawn(accept_loop(
+        public_listener,
+        public.clone(),
+        stop_accepting.clone(),
+        close_connections.clone(),
+        connections.clone(),
+    ));
     let ops_router = ops::router(OpsState {
         registry: Arc::new(registry),
         health: health.clone(),
     });
-    let ops_cancel = cancel.clone();
-    let ops_task = tokio::spawn(async move {
-        let server = axum::serve(ops_listener, ops_router)
-            .with_graceful_shutdown(ops_cancel.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "ops listener failed");
+    let ops_task = tokio::spawn({
+        let close_ops = close_ops.clone();
+        async move {
+            let server = axum::serve(ops_listener, ops_router)
+                .with_graceful_shutdown(close_ops.cancelled_owned());
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "ops listener failed");
+            }
         }
     });
 
@@ -238,26 +254,30 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         "brandgate ready: {status}"
     );
     systemd::ready(&status);
-    systemd::spawn_watchdog(cancel.clone());
+    systemd::spawn_watchdog(close_ops.clone());
 
-    wait_for_signals(path, &mut config, &state_dir, &public, &push, &status).await?;
+    signals
+        .until_stop(path, &mut config, &state_dir, &public, &push, &status)
+        .await;
 
     // Draining.
     health.set_draining();
     systemd::stopping();
     tracing::info!(grace = ?config.server.shutdown_grace.0, "shutting down: draining in-flight requests");
-    cancel.cancel();
-    let graceful = accept
-        .await
-        .map_err(|e| StartError::Runtime(format!("accept loop failed: {e}")))?;
+    stop_accepting.cancel();
+    let _ = accept.await;
+    close_connections.cancel();
+    connections.close();
     let grace = config.server.shutdown_grace.0;
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    match tokio::time::timeout(grace, connections.wait()).await {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(
             ?grace,
+            open = connections.len(),
             "grace period over; closing the remaining connections"
         ),
     }
+    close_ops.cancel();
     let _ = ops_task.await;
     Ok(())
 }
@@ -275,14 +295,20 @@ fn announce_development_certificate(dev: Option<&tls::DevCertificate>) {
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                " (another process uses this port: pick another or stop it)"
-            }
-            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
-            _ => "",
-        };
-        StartError::Config(problem(key, format!("cannot listen on {addr}: {e}{hint}")))
+        let line = |hint: &str| format!("{key}: cannot listen on {addr}: {e}{hint}");
+        match e.kind() {
+            // Often passing (the old process still draining): exit 1, so systemd retries.
+            std::io::ErrorKind::AddrInUse => StartError::Runtime(line(
+                " (another process uses this port: pick another or stop it)",
+            )),
+            std::io::ErrorKind::PermissionDenied => StartError::Config(problem(
+                key,
+                line(" (ports below 1024 need CAP_NET_BIND_SERVICE)")
+                    .trim_start_matches(&format!("{key}: "))
+                    .to_string(),
+            )),
+            _ => StartError::Config(problem(key, format!("cannot listen on {addr}: {e}"))),
+        }
     })
 }
 
@@ -308,37 +334,52 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.
-async fn wait_for_signals(
-    path: &Path,
-    config: &mut Config,
-    state_dir: &Path,
-    public: &Public,
-    push: &PushService,
-    status: &str,
-) -> Result<(), StartError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind: SignalKind| {
-        signal(kind).map_err(|e| StartError::Runtime(format!("cannot listen for signals: {e}")))
-    };
-    let mut hup = listen(SignalKind::hangup())?;
-    let mut term = listen(SignalKind::terminate())?;
-    let mut int = listen(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                systemd::reloading();
-                match reload(path, config, state_dir, public, push) {
-                    Ok(()) => tracing::info!(apps = push.app_count(), "configuration reloaded"),
-                    Err(problems) => {
-                        for p in &problems.0 {
-                            tracing::error!(problem = %p, "reload refused; the running configuration stays");
+/// The signals the daemon acts on: SIGHUP reloads, SIGTERM and SIGINT stop.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Signals, StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind| {
+            signal(kind).map_err(|e| StartError::Runtime(format!("cannot listen for signals: {e}")))
+        };
+        Ok(Signals {
+            hup: listen(SignalKind::hangup())?,
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on every SIGHUP until SIGTERM or SIGINT arrives.
+    async fn until_stop(
+        &mut self,
+        path: &Path,
+        config: &mut Config,
+        state_dir: &Path,
+        public: &Public,
+        push: &PushService,
+        status: &str,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    systemd::reloading();
+                    match reload(path, config, state_dir, public, push) {
+                        Ok(()) => tracing::info!(apps = push.app_count(), "configuration reloaded"),
+                        Err(problems) => {
+                            for p in &problems.0 {
+                                tracing::error!(problem = %p, "reload refused; the running configuration stays");
+                            }
                         }
                     }
+                    systemd::ready(status);
                 }
-                systemd::ready(status);
             }
         }
     }
@@ -355,8 +396,8 @@ fn reload(
     let new = Config::load(path)?;
     let server_tls =
         tls::server_config(&new.server.tls, state_dir).map_err(|e| problem("server.tls", e))?;
-    let warnings = push.reload(&new.push, new.server.tls.client_ca.is_some())?;
-    for w in warnings {
+    push.reload(&new.push, new.server.tls.client_ca.is_some())?;
+    for w in new.warnings() {
         tracing::warn!("{w}");
     }
     announce_development_certificate(server_tls.development_certificate.as_ref());
@@ -371,7 +412,7 @@ fn reload(
 }
 
 /// Settings bound at start-up (listeners, limits baked into the listener, logging).
-fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 8] {
+fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 9] {
     let (o, n) = (&old.server, &new.server);
     [
         ("server.listen", o.listen != n.listen),
@@ -388,6 +429,7 @@ fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str,
             "server.header_timeout",
             o.header_timeout != n.header_timeout,
         ),
+        ("server.idle_timeout", o.idle_timeout != n.idle_timeout),
         (
             "server.max_concurrent_streams",
             o.max_concurrent_streams != n.max_concurrent_streams,
@@ -400,24 +442,26 @@ fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str,
     ]
 }
 
-/// Accepts connections until cancelled; returns the handle that drains the ones it accepted.
+/// Accepts connections until `stop` is cancelled. Each connection runs on `tracker` until it
+/// ends or, after `close` is cancelled, finishes what it has in flight.
 async fn accept_loop(
     listener: TcpListener,
     public: Arc<Public>,
-    cancel: CancellationToken,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
+    stop: CancellationToken,
+    close: CancellationToken,
+    tracker: TaskTracker,
+) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
-            _ = cancel.cancelled() => return graceful,
+            _ = stop.cancelled() => return,
             p = public.connections.clone().acquire_owned() => match p {
                 Ok(p) => p,
-                Err(_) => return graceful,
+                Err(_) => return,
             },
         };
         let (tcp, addr) = tokio::select! {
-            _ = cancel.cancelled() => return graceful,
+            _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -431,12 +475,40 @@ async fn accept_loop(
         };
         backoff = Duration::from_millis(10);
         let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
         let public = public.clone();
-        tokio::spawn(async move {
+        let close = close.clone();
+        tracker.spawn(async move {
             let _permit = permit;
-            serve_connection(tcp, addr, &public, watcher).await;
+            serve_connection(tcp, addr, &public, close).await;
         });
+    }
+}
+
+/// When a connection last finished a request, and how many it has running.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Nothing running and nothing finished for `limit`.
+    fn idle_for(&self, limit: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed()
+                >= limit
     }
 }
 
@@ -444,7 +516,7 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     public: &Public,
-    watcher: hyper_util::server::graceful::Watcher,
+    close: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(public.tls());
     let stream = match tokio::time::timeout(public.handshake_timeout, acceptor.accept(tcp)).await {
@@ -466,17 +538,51 @@ async fn serve_connection(
         .and_then(|c| PeerIdentity::from_certificate(c))
         .map(Arc::new);
     let peer = Peer { addr, certificate };
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        last: std::sync::Mutex::new(Instant::now()),
+    });
     let router = public.router.clone();
+    let counted = activity.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(peer.clone());
         let mut router = router.clone();
-        tower_service::Service::call(&mut router, request)
+        let activity = counted.clone();
+        activity.begin();
+        async move {
+            let response = tower_service::Service::call(&mut router, request).await;
+            activity.end();
+            response
+        }
     });
     let connection = public
         .http
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(%addr, error = %crate::http_client::error_chain(&*e), "connection ended with an error");
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // An idle connection is closed (HTTP/2 GOAWAY, HTTP/1 close) so idle clients cannot hold
+    // every connection slot; a draining daemon closes them all the same way.
+    let mut tick = tokio::time::interval((public.idle_timeout / 4).max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%addr, error = %crate::http_client::error_chain(&*e), "connection ended with an error");
+                }
+                return;
+            }
+            _ = close.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for(public.idle_timeout) {
+                    tracing::debug!(%addr, "closing an idle connection");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }

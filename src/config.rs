@@ -112,6 +112,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Span,
     #[serde(default = "defaults::header_timeout")]
     pub header_timeout: Span,
+    /// A connection with nothing in flight for this long is closed.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Span,
     #[serde(default = "defaults::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
     #[serde(default = "defaults::shutdown_grace")]
@@ -127,6 +130,7 @@ impl Default for ServerConfig {
             max_connections: defaults::max_connections(),
             handshake_timeout: defaults::handshake_timeout(),
             header_timeout: defaults::header_timeout(),
+            idle_timeout: defaults::idle_timeout(),
             max_concurrent_streams: defaults::max_concurrent_streams(),
             shutdown_grace: defaults::shutdown_grace(),
         }
@@ -396,6 +400,9 @@ mod defaults {
     pub fn header_timeout() -> Span {
         Span(Duration::from_secs(10))
     }
+    pub fn idle_timeout() -> Span {
+        Span(Duration::from_secs(120))
+    }
     pub fn max_concurrent_streams() -> u32 {
         256
     }
@@ -456,6 +463,10 @@ impl Config {
     }
 
     fn load_with_env(path: &Path, env: Env) -> Result<Config, Problems> {
+        // `%d/name` without systemd credentials means `secrets/name` beside the config file.
+        if let Some(dir) = path.parent() {
+            crate::secret::set_credentials_fallback(dir.join("secrets"));
+        }
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => {
@@ -477,6 +488,62 @@ impl Config {
             .extract()
             .map_err(|e| Problems(e.into_iter().map(figment_problem).collect()))?;
         config.check_shape().into_result(config)
+    }
+
+    /// Every file that holds a secret, with the key that names it.
+    pub fn secret_files(&self) -> Vec<(String, &Path)> {
+        let mut files: Vec<(String, &Path)> = Vec::new();
+        if let Some(k) = &self.server.tls.key {
+            files.push(("server.tls.key".into(), k));
+        }
+        if let Some(w) = &self.push.feedback.webhook
+            && let Some(f) = &w.secret_file
+        {
+            files.push(("push.feedback.webhook.secret_file".into(), f));
+        }
+        for (i, app) in self.push.apps.iter().enumerate() {
+            let key = format!("push.apps[{i}]");
+            if let Some(b) = &app.auth.basic {
+                files.push((format!("{key}.auth.basic.password_file"), &b.password_file));
+            }
+            for (j, h) in app.auth.headers.iter().enumerate() {
+                files.push((format!("{key}.auth.headers[{j}].value_file"), &h.value_file));
+            }
+            if let Some(a) = &app.apns {
+                let named = [
+                    ("token_key_file", &a.token_key_file),
+                    ("private_key_file", &a.private_key_file),
+                    ("pkcs12_file", &a.pkcs12_file),
+                    ("pkcs12_password_file", &a.pkcs12_password_file),
+                ];
+                for (field, path) in named {
+                    if let Some(p) = path {
+                        files.push((format!("{key}.apns.{field}"), p));
+                    }
+                }
+            }
+            if let Some(f) = &app.fcm {
+                files.push((
+                    format!("{key}.fcm.service_account_file"),
+                    &f.service_account_file,
+                ));
+            }
+        }
+        files
+    }
+
+    /// What is usable but unwise: secret files every user on the machine can read.
+    pub fn warnings(&self) -> Vec<String> {
+        self.secret_files()
+            .into_iter()
+            .filter(|(_, path)| crate::secret::world_readable(path))
+            .map(|(key, path)| {
+                format!(
+                    "{key}: {} is readable by every user; chmod 0640 (root:brandgate) or hand it over with LoadCredential=",
+                    path.display()
+                )
+            })
+            .collect()
     }
 
     /// Checks that need no file: ranges, duplicates, and combinations that make no sense.

@@ -3,7 +3,8 @@
 //! A [`Secret`] prints as `[redacted]` whatever formatting asks for it, and compares in constant
 //! time. Secrets only enter the process through [`read_secret_file`]: the config names files, never
 //! values, so systemd's `LoadCredential=` can hand them over (`%d/name` in a path means the
-//! credentials directory systemd gives the service).
+//! credentials directory systemd gives the service; without it, or when the credential is not
+//! there, `secrets/name` beside the config file).
 
 use std::fmt;
 use std::io;
@@ -73,18 +74,39 @@ fn unreadable_hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// Expands a leading `%d/` to `$CREDENTIALS_DIRECTORY/`, as systemd does in unit files, so one
-/// config works with `LoadCredential=`.
+static CREDENTIALS_FALLBACK: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+/// Where `%d/name` is looked up when systemd handed over no such credential: the config's own
+/// `secrets/` directory (`/etc/brandgate/secrets` for the packages). Set when the config loads.
+pub fn set_credentials_fallback(dir: PathBuf) {
+    *CREDENTIALS_FALLBACK
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = Some(dir);
+}
+
+/// Expands a leading `%d/` as systemd does in unit files: `$CREDENTIALS_DIRECTORY/name` when
+/// that credential exists, else the fallback directory (see [`set_credentials_fallback`]), so
+/// one config works with and without `LoadCredential=`.
 pub fn resolve_path(path: &Path) -> Result<PathBuf, SecretFileError> {
     let text = path.to_string_lossy();
-    match text.strip_prefix("%d/") {
-        None => Ok(path.to_path_buf()),
-        Some(rest) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) => Ok(Path::new(&dir).join(rest)),
-            None => Err(SecretFileError::NoCredentialsDirectory {
-                path: text.into_owned(),
-            }),
-        },
+    let Some(name) = text.strip_prefix("%d/") else {
+        return Ok(path.to_path_buf());
+    };
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let candidate = Path::new(&dir).join(name);
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    let fallback = CREDENTIALS_FALLBACK
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match fallback {
+        Some(dir) => Ok(dir.join(name)),
+        None => Err(SecretFileError::NoCredentialsDirectory {
+            path: text.into_owned(),
+        }),
     }
 }
 

@@ -83,6 +83,9 @@ impl ApnsClient {
         if cfg.connections == 0 || cfg.connections > 64 {
             problems.push(format!("{key}.connections"), "must be between 1 and 64");
         }
+        if cfg.expiration.0 > Duration::from_secs(30 * 86_400) {
+            problems.push(format!("{key}.expiration"), "must be at most 30d");
+        }
         let refresh = cfg.token_refresh.0;
         if refresh < MIN_TOKEN_REFRESH || refresh >= MAX_TOKEN_AGE {
             problems.push(
@@ -149,28 +152,25 @@ impl ApnsClient {
         })
     }
 
-    /// One call to APNs for one device.
+    /// One call to APNs for one device. The token must have passed [`is_token`].
     pub async fn attempt(
         &self,
         device: &DeviceToken,
         payload: Bytes,
+        background: bool,
         collapse_id: Option<&str>,
         apns_id: &str,
     ) -> Attempt {
-        if !is_hex(device.as_str()) {
-            // APNs tokens are hex; anything else cannot address a device (and must not reach
-            // the request path).
-            return Attempt::DeadToken {
-                status: 400,
-                reason: "BadDeviceToken".into(),
-                since: None,
-            };
-        }
         let expiration = unix_seconds(self.clock.now() + self.expiration);
+        let (push_type, priority) = if background {
+            ("background", "5")
+        } else {
+            ("alert", "10")
+        };
         let mut request = Request::post(format!("{}/3/device/{}", self.base, device.as_str()))
             .header("apns-topic", self.topic.clone())
-            .header("apns-push-type", "alert")
-            .header("apns-priority", "10")
+            .header("apns-push-type", push_type)
+            .header("apns-priority", priority)
             .header("apns-expiration", expiration)
             .header("apns-id", apns_id);
         if let Some(c) = collapse_id {
@@ -273,7 +273,9 @@ fn classify(
     }
 }
 
-fn is_hex(token: &str) -> bool {
+/// Whether a token can be an APNs device token: hex digits (it goes into the request path, so
+/// nothing else may pass).
+pub fn is_token(token: &str) -> bool {
     !token.is_empty() && token.len() <= 200 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

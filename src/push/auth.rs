@@ -9,7 +9,7 @@ use base64::Engine;
 use http::{HeaderMap, HeaderName};
 
 use crate::config::{CallerAuthConfig, Problems};
-use crate::secret::{Secret, read_secret_file, world_readable};
+use crate::secret::{Secret, read_secret_file};
 use crate::tls::PeerIdentity;
 
 /// The platform allows at most 4 custom headers per app.
@@ -39,26 +39,19 @@ impl CallerAuth {
         cfg: &CallerAuthConfig,
         client_ca_configured: bool,
         problems: &mut Problems,
-        warnings: &mut Vec<String>,
     ) -> CallerAuth {
         let basic = cfg.basic.as_ref().and_then(|b| {
             let pw = secret(
                 format!("{key}.basic.password_file"),
                 &b.password_file,
                 problems,
-                warnings,
             )?;
             Some((b.username.clone(), pw))
         });
         let mut headers = Vec::new();
         for (i, h) in cfg.headers.iter().enumerate() {
             let field = format!("{key}.headers[{i}]");
-            let value = secret(
-                format!("{field}.value_file"),
-                &h.value_file,
-                problems,
-                warnings,
-            );
+            let value = secret(format!("{field}.value_file"), &h.value_file, problems);
             match HeaderName::from_bytes(h.name.as_bytes()) {
                 Ok(name) => {
                     if let Some(v) = value {
@@ -176,28 +169,15 @@ impl CallerAuth {
     }
 }
 
-/// Reads one secret file, reporting a problem (unreadable) or a warning (readable by everyone).
+/// Reads one secret file, reporting a problem when it cannot be used.
 fn secret(
     field: String,
     path: &std::path::Path,
     problems: &mut Problems,
-    warnings: &mut Vec<String>,
 ) -> Option<Secret<Vec<u8>>> {
-    match read_secret_file(path) {
-        Ok(s) => {
-            if world_readable(path) {
-                warnings.push(format!(
-                    "{field}: {} is readable by every user; chmod 0640 or use LoadCredential=",
-                    path.display()
-                ));
-            }
-            Some(s)
-        }
-        Err(e) => {
-            problems.push(field, e.to_string());
-            None
-        }
-    }
+    read_secret_file(path)
+        .map_err(|e| problems.push(field, e.to_string()))
+        .ok()
 }
 
 /// The user and password of an `Authorization: Basic` header.
@@ -247,7 +227,7 @@ mod tests {
             ..Default::default()
         };
         let mut problems = Problems::default();
-        let auth = CallerAuth::build("a", &cfg, false, &mut problems, &mut Vec::new());
+        let auth = CallerAuth::build("a", &cfg, false, &mut problems);
         assert!(problems.is_empty(), "{problems}");
 
         let mut ok = basic_header("platform", "s3cret");
@@ -272,7 +252,6 @@ mod tests {
             &CallerAuthConfig::default(),
             false,
             &mut problems,
-            &mut Vec::new(),
         );
         assert_eq!(problems.0[0].key, "push.apps[0].auth");
     }

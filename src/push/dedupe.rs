@@ -51,6 +51,7 @@ struct Table {
 pub struct Dedupe {
     table: Mutex<Table>,
     clock: Arc<dyn Clock>,
+    evicted_early: prometheus_client::metrics::counter::Counter,
 }
 
 /// The outcome of [`Dedupe::claim`].
@@ -59,6 +60,9 @@ pub enum Claim {
     Fresh(Guard),
     /// Already delivered within the window: answer 200 and send nothing.
     AlreadyDelivered,
+    /// A concurrent request for the same push was being delivered and failed. Not tried again
+    /// here: the platform re-sends, and two failures in a row rarely help each other.
+    ConcurrentFailed,
 }
 
 /// Held while a push is delivered. Dropping it without [`Guard::delivered`] releases the key so
@@ -71,13 +75,18 @@ pub struct Guard {
 }
 
 impl Dedupe {
-    pub fn new(clock: Arc<dyn Clock>) -> Arc<Dedupe> {
+    /// `evicted_early` counts entries dropped before their window ended (see `expire`).
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        evicted_early: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<Dedupe> {
         Arc::new(Dedupe {
             table: Mutex::new(Table {
                 entries: HashMap::new(),
                 order: VecDeque::new(),
             }),
             clock,
+            evicted_early,
         })
     }
 
@@ -87,31 +96,39 @@ impl Dedupe {
 
     /// Claims `key` for delivery, or says it was already delivered within `window`.
     pub async fn claim(self: &Arc<Self>, key: Key, window: Duration, capacity: usize) -> Claim {
-        loop {
-            let waiting = {
-                let mut table = self.lock();
-                let now = self.clock.now();
-                expire(&mut table, now, window, capacity);
-                match table.entries.get(&key) {
-                    Some(Entry::Delivered(at)) if within(now, *at, window) => {
-                        return Claim::AlreadyDelivered;
-                    }
-                    Some(Entry::InFlight(rx)) => rx.clone(),
-                    _ => {
-                        let (tx, rx) = watch::channel(None);
-                        table.entries.insert(key, Entry::InFlight(rx));
-                        return Claim::Fresh(Guard {
-                            dedupe: self.clone(),
-                            key,
-                            tx,
-                            done: false,
-                        });
-                    }
+        let mut waiting = {
+            let mut table = self.lock();
+            let now = self.clock.now();
+            let early = expire(&mut table, now, window, capacity);
+            if early > 0 {
+                self.evicted_early.inc_by(early);
+            }
+            match table.entries.get(&key) {
+                Some(Entry::Delivered(at)) if within(now, *at, window) => {
+                    return Claim::AlreadyDelivered;
                 }
-            };
-            // Another request is delivering the same push: wait for it, then look again.
-            let mut rx = waiting;
-            let _ = rx.wait_for(|r| r.is_some()).await;
+                Some(Entry::InFlight(rx)) => rx.clone(),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    table.entries.insert(key, Entry::InFlight(rx));
+                    return Claim::Fresh(Guard {
+                        dedupe: self.clone(),
+                        key,
+                        tx,
+                        done: false,
+                    });
+                }
+            }
+        };
+        // Another request is delivering the same push: its deadline bounds this wait.
+        let delivered = matches!(
+            waiting.wait_for(|r| r.is_some()).await.as_deref(),
+            Ok(Some(true))
+        );
+        if delivered {
+            Claim::AlreadyDelivered
+        } else {
+            Claim::ConcurrentFailed
         }
     }
 
@@ -127,18 +144,23 @@ fn within(now: SystemTime, at: SystemTime, window: Duration) -> bool {
         .unwrap_or(true)
 }
 
-/// Drops delivered entries older than the window, and the oldest beyond capacity.
-fn expire(table: &mut Table, now: SystemTime, window: Duration, capacity: usize) {
+/// Drops delivered entries older than the window, and the oldest beyond capacity. Returns how
+/// many went before their window ended (capacity too small for the load).
+fn expire(table: &mut Table, now: SystemTime, window: Duration, capacity: usize) -> u64 {
+    let mut early = 0;
     while let Some((key, at)) = table.order.front().copied() {
-        if within(now, at, window) && table.entries.len() < capacity {
+        let live = within(now, at, window);
+        if live && table.entries.len() < capacity {
             break;
         }
         table.order.pop_front();
         // Only remove the entry this record is about (the key may have been re-claimed since).
         if matches!(table.entries.get(&key), Some(Entry::Delivered(t)) if *t == at) {
             table.entries.remove(&key);
+            early += u64::from(live);
         }
     }
+    early
 }
 
 impl Guard {
@@ -177,7 +199,7 @@ mod tests {
     #[tokio::test]
     async fn delivered_push_is_a_duplicate_within_the_window_only() {
         let clock = Arc::new(FakeClock::new());
-        let d = Dedupe::new(clock.clone());
+        let d = Dedupe::new(clock.clone(), Default::default());
         let Claim::Fresh(g) = d.claim(k(1), WINDOW, 100).await else {
             panic!()
         };
@@ -195,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_push_can_be_sent_again() {
-        let d = Dedupe::new(Arc::new(FakeClock::new()));
+        let d = Dedupe::new(Arc::new(FakeClock::new()), Default::default());
         let Claim::Fresh(g) = d.claim(k(1), WINDOW, 100).await else {
             panic!()
         };
@@ -205,7 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_concurrent_repeat_waits_for_the_first() {
-        let d = Dedupe::new(Arc::new(FakeClock::new()));
+        let d = Dedupe::new(Arc::new(FakeClock::new()), Default::default());
         let Claim::Fresh(g) = d.claim(k(1), WINDOW, 100).await else {
             panic!()
         };
@@ -220,9 +242,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_concurrent_repeat_of_a_failed_push_is_not_sent() {
+        let d = Dedupe::new(Arc::new(FakeClock::new()), Default::default());
+        let Claim::Fresh(g) = d.claim(k(1), WINDOW, 100).await else {
+            panic!()
+        };
+        let d2 = d.clone();
+        let waiter = tokio::spawn(async move {
+            matches!(d2.claim(k(1), WINDOW, 100).await, Claim::ConcurrentFailed)
+        });
+        tokio::task::yield_now().await;
+        drop(g);
+        assert!(waiter.await.unwrap());
+        // Later, the platform's re-send may try again.
+        assert!(matches!(d.claim(k(1), WINDOW, 100).await, Claim::Fresh(_)));
+    }
+
+    #[tokio::test]
     async fn capacity_bounds_the_table() {
         let clock = Arc::new(FakeClock::new());
-        let d = Dedupe::new(clock.clone());
+        let d = Dedupe::new(clock.clone(), Default::default());
         for seq in 0..50 {
             let Claim::Fresh(g) = d.claim(k(seq), WINDOW, 10).await else {
                 panic!()
@@ -231,6 +270,7 @@ mod tests {
             clock.advance(Duration::from_millis(1));
         }
         assert!(d.len() <= 11, "{}", d.len());
+        assert!(d.evicted_early.get() >= 39, "{}", d.evicted_early.get());
     }
 
     #[test]

@@ -24,6 +24,10 @@ const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// An access token is replaced this long before it expires.
 const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(5 * 60);
 const TOKEN_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused service account is not asked about again.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
+/// Longest access-token lifetime believed (Google's are an hour).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// The client for one app's Firebase project.
 pub struct FcmClient {
@@ -167,6 +171,7 @@ impl FcmClient {
                 http: HttpClient::new(token_tls?),
                 clock,
                 cached: Mutex::new(None),
+                refused: Mutex::new(None),
                 fetching: tokio::sync::Mutex::new(()),
             },
             pool,
@@ -310,10 +315,22 @@ struct AccessTokens {
     http: HttpClient,
     clock: Arc<dyn Clock>,
     cached: Mutex<Option<CachedToken>>,
+    /// A refusal by the token endpoint (a revoked or wrong key), remembered for a while so that
+    /// every push does not ask again; replacing the service-account file and reloading clears it.
+    refused: Mutex<Option<(SystemTime, Attempt)>>,
     fetching: tokio::sync::Mutex<()>,
 }
 
 impl AccessTokens {
+    fn refused(&self) -> Option<Attempt> {
+        let now = self.clock.now();
+        let guard = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|(until, _)| *until > now)
+            .map(|(_, answer)| answer.clone())
+    }
+
     fn cached(&self) -> Option<HeaderValue> {
         let now = self.clock.now();
         let guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
@@ -329,11 +346,22 @@ impl AccessTokens {
         if let Some(h) = self.cached() {
             return Ok(h);
         }
+        if let Some(refusal) = self.refused() {
+            return Err(refusal);
+        }
         let _one_fetch = self.fetching.lock().await;
         if let Some(h) = self.cached() {
             return Ok(h);
         }
-        let fresh = self.fetch().await?;
+        if let Some(refusal) = self.refused() {
+            return Err(refusal);
+        }
+        let fresh = self.fetch().await.inspect_err(|answer| {
+            if let Attempt::Permanent { .. } = answer {
+                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((self.clock.now() + REFUSAL_MEMORY, answer.clone()));
+            }
+        })?;
         let header = fresh.header.clone();
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
         Ok(header)
@@ -423,7 +451,8 @@ impl AccessTokens {
                 reason: "oauth_bad_answer".into(),
                 retry_after: None,
             })?;
-        let lifetime = Duration::from_secs(granted.expires_in.unwrap_or(3600));
+        let lifetime =
+            Duration::from_secs(granted.expires_in.unwrap_or(3600)).min(MAX_TOKEN_LIFETIME);
         let header =
             HeaderValue::from_str(&format!("Bearer {}", granted.access_token)).map_err(|_| {
                 Attempt::Transient {

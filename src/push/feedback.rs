@@ -1,10 +1,13 @@
 //! Dead-token feedback: each device token a provider declares dead is recorded (app, provider,
 //! SHA-256 of the token, reason, provider timestamp) as one JSON line in
-//! `<state_dir>/dead-tokens.jsonl` (by the daemon; `push-test` writes no file), and optionally POSTed to a webhook signed with HMAC-SHA256.
+//! `<state_dir>/dead-tokens.jsonl` (by the daemon; `push-test` writes no file), and optionally
+//! POSTed to a webhook signed with HMAC-SHA256.
 //!
-//! Reporting never blocks a push: records go through a bounded queue to a background task; when
-//! the queue is full the record is dropped and counted. The full token leaves only if the
-//! operator set `include_token` for the webhook; the file never holds it.
+//! Reporting never blocks a push. The file is written for every dead token, off the runtime's
+//! workers; the webhook is fed through a bounded queue by its own task, so a slow or failing
+//! receiver delays only itself (a full queue drops the post, counted, never the file line). The
+//! full token leaves only if the operator set `include_token` for the webhook; the file never
+//! holds it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,19 +31,31 @@ const WEBHOOK_ATTEMPTS: u32 = 4;
 const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 pub const RECORD_FILE: &str = "dead-tokens.jsonl";
 
-/// One dead token.
-#[derive(Debug, Clone, Serialize)]
+/// One dead token. Its `Debug` shows the token shortened, like every [`DeviceToken`].
+#[derive(Debug, Clone)]
 pub struct DeadToken {
     pub app: String,
     pub provider: &'static str,
-    pub token_sha256: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub token: DeviceToken,
     pub reason: String,
-    /// When the provider says the token stopped working (APNs 410 timestamp), Unix seconds.
+    /// When the provider says the token stopped working (APNs 410 timestamp).
+    pub since: Option<SystemTime>,
+    pub recorded_at: SystemTime,
+}
+
+/// What is written and posted for a dead token.
+#[derive(Serialize)]
+struct Record<'a> {
+    app: &'a str,
+    provider: &'static str,
+    token_sha256: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_timestamp: Option<u64>,
-    pub recorded_at: u64,
+    token: Option<&'a str>,
+    reason: &'a str,
+    /// Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_timestamp: Option<u64>,
+    recorded_at: u64,
 }
 
 impl DeadToken {
@@ -54,12 +69,25 @@ impl DeadToken {
         DeadToken {
             app: app.to_string(),
             provider,
-            token_sha256: token.sha256_hex(),
-            token: Some(token.as_str().to_string()),
+            token: token.clone(),
             reason: reason.to_string(),
-            provider_timestamp: since.map(unix_seconds),
-            recorded_at: unix_seconds(SystemTime::now()),
+            since,
+            recorded_at: SystemTime::now(),
         }
+    }
+
+    /// The JSON record; the token itself only when `with_token`.
+    fn to_json(&self, with_token: bool) -> String {
+        serde_json::to_string(&Record {
+            app: &self.app,
+            provider: self.provider,
+            token_sha256: self.token.sha256_hex(),
+            token: with_token.then(|| self.token.as_str()),
+            reason: &self.reason,
+            provider_timestamp: self.since.map(unix_seconds),
+            recorded_at: unix_seconds(self.recorded_at),
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -71,10 +99,13 @@ struct Webhook {
     http: HttpClient,
 }
 
-/// The sending side; the background task ends when the last sink of a config generation goes.
+/// Where dead tokens go. The record file is written for every one, whatever the webhook does;
+/// the webhook gets them through a bounded queue drained by its own task, which ends when the
+/// last sink of a config generation goes.
 #[derive(Clone)]
 pub struct FeedbackSink {
-    tx: mpsc::Sender<DeadToken>,
+    record_file: Option<PathBuf>,
+    webhook: Option<mpsc::Sender<DeadToken>>,
     metrics: PushMetrics,
 }
 
@@ -115,58 +146,55 @@ impl FeedbackSink {
         if cfg.webhook.is_some() && webhook.is_none() {
             return None;
         }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let path = record_dir.map(|d| d.join(RECORD_FILE));
-        tokio::spawn(run(rx, path, webhook, metrics.clone()));
+        let webhook = webhook.map(|hook| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(post_all(rx, hook, metrics.clone()));
+            tx
+        });
         Some(FeedbackSink {
-            tx,
+            record_file: record_dir.map(|d| d.join(RECORD_FILE)),
+            webhook,
             metrics: metrics.clone(),
         })
     }
 
-    /// Queues a record; never waits.
-    pub fn report(&self, record: DeadToken) {
-        if self.tx.try_send(record).is_err() {
+    /// Records a dead token and queues it for the webhook; never waits.
+    pub fn report(&self, dead: DeadToken) {
+        if let Some(path) = &self.record_file {
+            let (path, line) = (path.clone(), dead.to_json(false));
+            // Blocking file I/O stays off the runtime's workers.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = append(&path, &line) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot record a dead token");
+                }
+            });
+        }
+        if let Some(tx) = &self.webhook
+            && tx.try_send(dead).is_err()
+        {
             self.metrics
                 .webhook
                 .get_or_create(&ResultLabels { result: "dropped" })
                 .inc();
-            tracing::warn!("dead-token feedback queue full; a record was dropped");
+            tracing::warn!(
+                "dead-token webhook queue full; a record was not posted (it is in the record file)"
+            );
         }
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<DeadToken>,
-    path: Option<PathBuf>,
-    webhook: Option<Webhook>,
-    metrics: PushMetrics,
-) {
-    while let Some(mut record) = rx.recv().await {
-        let full_token = record.token.take();
-        if let Some(path) = &path {
-            let line = serde_json::to_string(&record).unwrap_or_default();
-            let file = path.clone();
-            // Blocking file I/O stays off the runtime's workers.
-            let written = tokio::task::spawn_blocking(move || append(&file, &line)).await;
-            if let Ok(Err(e)) | Err(e) = written.map_err(|e| e.to_string()) {
-                tracing::warn!(file = %path.display(), error = %e, "cannot record a dead token");
-            }
-        }
-        if let Some(hook) = &webhook {
-            if hook.include_token {
-                record.token = full_token;
-            }
-            let result = if deliver(hook, &record).await {
-                "ok"
-            } else {
-                "failed"
-            };
-            metrics
-                .webhook
-                .get_or_create(&ResultLabels { result })
-                .inc();
-        }
+async fn post_all(mut rx: mpsc::Receiver<DeadToken>, hook: Webhook, metrics: PushMetrics) {
+    while let Some(dead) = rx.recv().await {
+        let body = dead.to_json(hook.include_token);
+        let result = if deliver(&hook, body).await {
+            "ok"
+        } else {
+            "failed"
+        };
+        metrics
+            .webhook
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 }
 
@@ -185,8 +213,8 @@ fn append(path: &Path, line: &str) -> Result<(), String> {
 }
 
 /// POSTs one record, retrying with backoff. Returns whether the receiver took it (2xx).
-async fn deliver(hook: &Webhook, record: &DeadToken) -> bool {
-    let body = serde_json::to_vec(record).unwrap_or_default();
+async fn deliver(hook: &Webhook, body: String) -> bool {
+    let body = body.into_bytes();
     for attempt in 1..=WEBHOOK_ATTEMPTS {
         let mut headers = vec![(
             HeaderName::from_static("content-type"),

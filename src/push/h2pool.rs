@@ -44,18 +44,27 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// `Retry-After`, when the provider sent one in seconds.
+    /// `Retry-After`, when the provider sent one in seconds (at most an hour: beyond the
+    /// deadline anyway, and no provider's number can overflow a clock).
     pub fn retry_after(&self) -> Option<Duration> {
         self.headers
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .map(|s| Duration::from_secs(s.min(3600)))
     }
 }
 
+/// A connection in a slot, numbered so a failure is only ever blamed on the connection it
+/// happened on.
+#[derive(Clone)]
+struct Live {
+    id: u64,
+    sender: SendRequest<Full<Bytes>>,
+}
+
 struct Slot {
-    live: std::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    live: std::sync::Mutex<Option<Live>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -68,6 +77,7 @@ pub struct H2Pool {
     connector: TlsConnector,
     slots: Box<[Slot]>,
     next: AtomicUsize,
+    connection_ids: std::sync::atomic::AtomicU64,
     metrics: PoolMetrics,
 }
 
@@ -105,6 +115,7 @@ impl H2Pool {
             connector: TlsConnector::from(tls),
             slots,
             next: AtomicUsize::new(0),
+            connection_ids: std::sync::atomic::AtomicU64::new(0),
             metrics,
         })
     }
@@ -131,10 +142,10 @@ impl H2Pool {
     /// Sends one request on the next connection and reads the whole answer.
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, PoolError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut sender = self.sender(index).await?;
+        let Live { id, mut sender } = self.live(index).await?;
         let response: Response<hyper::body::Incoming> =
             sender.send_request(request).await.map_err(|e| {
-                self.forget(index, &sender);
+                self.forget(index, id);
                 PoolError::Lost {
                     origin: self.origin.clone(),
                     reason: crate::http_client::error_chain(&e),
@@ -157,32 +168,32 @@ impl H2Pool {
     }
 
     /// The slot's connection, opening it if it is missing or closed.
-    async fn sender(&self, index: usize) -> Result<SendRequest<Full<Bytes>>, PoolError> {
+    async fn live(&self, index: usize) -> Result<Live, PoolError> {
         let slot = &self.slots[index];
-        if let Some(s) = self.usable(slot) {
-            return Ok(s);
+        if let Some(l) = usable(slot) {
+            return Ok(l);
         }
         let _one_connect = slot.connecting.lock().await;
-        if let Some(s) = self.usable(slot) {
-            return Ok(s);
+        if let Some(l) = usable(slot) {
+            return Ok(l);
         }
         let sender = self.connect().await.inspect_err(|_| {
             self.metrics.connect_failures.inc();
         })?;
         self.metrics.connects.inc();
-        *lock(&slot.live) = Some(sender.clone());
-        Ok(sender)
+        let live = Live {
+            id: self.connection_ids.fetch_add(1, Ordering::Relaxed),
+            sender,
+        };
+        *lock(&slot.live) = Some(live.clone());
+        Ok(live)
     }
 
-    fn usable(&self, slot: &Slot) -> Option<SendRequest<Full<Bytes>>> {
-        let guard = lock(&slot.live);
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
-    /// Drops a slot's connection after it failed, unless it was already replaced.
-    fn forget(&self, index: usize, failed: &SendRequest<Full<Bytes>>) {
+    /// Drops connection `id` from its slot after a request failed on it, so the next request
+    /// opens a new one; a connection that already replaced it is left alone.
+    fn forget(&self, index: usize, id: u64) {
         let mut guard = lock(&self.slots[index].live);
-        if guard.as_ref().is_some_and(|s| s.is_closed()) || failed.is_closed() {
+        if guard.as_ref().is_some_and(|l| l.id == id) {
             *guard = None;
         }
     }
@@ -214,7 +225,7 @@ impl H2Pool {
                     .handshake(TokioIo::new(tls))
                     .await
                     .map_err(|e| fail(crate::http_client::error_chain(&e)))?;
-            Ok(sender).map(|s| (s, connection))
+            Ok((sender, connection))
         };
         let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
@@ -230,6 +241,11 @@ impl H2Pool {
         });
         Ok(sender)
     }
+}
+
+fn usable(slot: &Slot) -> Option<Live> {
+    let guard = lock(&slot.live);
+    guard.as_ref().filter(|l| !l.sender.is_closed()).cloned()
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

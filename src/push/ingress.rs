@@ -3,6 +3,7 @@
 //! [`PushService`], and maps the result to the codes the platform understands. Every refusal is a
 //! JSON `{"error": ...}` that says what the caller did wrong, never our internals.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -24,7 +25,20 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn router(service: PushService) -> Router {
     Router::new()
         .route("/push/{app}", post(handle))
+        .method_not_allowed_fallback(|| async {
+            refusal_body(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+        })
+        .fallback(|| async {
+            refusal_body(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; pushes go to POST /push/{app}",
+            )
+        })
         .with_state(service)
+}
+
+fn refusal_body(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
 /// Everything the endpoint can answer besides a delivery result.
@@ -46,6 +60,10 @@ enum Refusal {
     BodyUnreadable,
     #[error("{0}")]
     Malformed(String),
+    #[error("the app id in the path is not valid")]
+    BadPath,
+    #[error("internal error while delivering; a retry may succeed")]
+    Internal,
 }
 
 impl Refusal {
@@ -58,6 +76,8 @@ impl Refusal {
             Refusal::Push(PushError::Unsupported) => StatusCode::NOT_IMPLEMENTED,
             Refusal::Push(PushError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Push(PushError::Payload(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Push(PushError::InvalidToken) => StatusCode::FORBIDDEN,
+            Refusal::Push(PushError::ConcurrentAttemptFailed) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -65,6 +85,8 @@ impl Refusal {
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BodyUnreadable => StatusCode::BAD_REQUEST,
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadPath => StatusCode::BAD_REQUEST,
+            Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -97,19 +119,23 @@ impl Refusal {
 
 async fn handle(
     State(service): State<PushService>,
-    Path(app_id): Path<String>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path(app_id)) = path else {
+        return Refusal::BadPath.into_response();
+    };
     let generation = service.generation();
     let app = generation.apps.get(&app_id).cloned();
+    let peer = peer.map(|p| p.0);
     let response = match receive(
         &service,
         &generation,
         &app_id,
         app.clone(),
-        peer.map(|p| p.0),
+        peer,
         &headers,
         body,
     )
@@ -149,31 +175,29 @@ async fn handle(
 
 async fn receive(
     service: &PushService,
-    generation: &super::Generation,
+    generation: &Arc<super::Generation>,
     app_id: &str,
-    app: Option<std::sync::Arc<super::App>>,
+    app: Option<Arc<super::App>>,
     peer: Option<Peer>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Delivery, Refusal> {
+    // An unknown app is not counted against the caller: the platform itself may push for an
+    // app not configured yet, and must not lock itself out of the others.
+    let Some(app) = app else {
+        return Err(PushError::UnknownApp(app_id.to_string()).into());
+    };
     let ip = peer.as_ref().map(|p| p.addr.ip());
     let limit = generation.settings.auth_failures_per_minute;
     if let Some(ip) = ip
-        && let Some(retry_after) = service.shared.limiter.blocked(ip, limit)
+        && let Some(retry_after) = service.shared.limiter.blocked(ip, &app.id, limit)
     {
         return Err(Refusal::RateLimited { retry_after });
     }
-    // An unknown app counts as a failed authentication too: it is how app ids get guessed.
-    let Some(app) = app else {
-        if let Some(ip) = ip {
-            service.shared.limiter.failed(ip);
-        }
-        return Err(PushError::UnknownApp(app_id.to_string()).into());
-    };
     let certificate = peer.as_ref().and_then(|p| p.certificate.as_deref());
     if let Err(failure) = app.auth.check(headers, certificate) {
         if let Some(ip) = ip {
-            service.shared.limiter.failed(ip);
+            service.shared.limiter.failed(ip, &app.id);
         }
         tracing::warn!(app = %app.id, peer = ?ip, %failure, "caller authentication failed");
         return Err(Refusal::Unauthenticated {
@@ -202,7 +226,19 @@ async fn receive(
         Ok(Ok(b)) => b,
     };
     let request = super::request::parse(&bytes).map_err(|m| Refusal::Malformed(m.0))?;
-    Ok(service.send_on(generation, &app, request).await?)
+    // Delivery runs in its own task: if the caller goes away mid-push (a timeout, a reset
+    // stream), the push still finishes and is recorded, so the platform's re-send is answered
+    // as a duplicate instead of reaching the phone twice. A panic there is a 500, not a
+    // dropped connection.
+    let (service, generation) = (service.clone(), generation.clone());
+    let delivery = tokio::spawn(async move { service.send_on(&generation, &app, request).await });
+    match delivery.await {
+        Ok(result) => Ok(result?),
+        Err(e) => {
+            tracing::error!(error = %e, "push delivery task failed");
+            Err(Refusal::Internal)
+        }
+    }
 }
 
 /// Maps a finished push to the platform's codes. Exhaustive over [`Attempt`].

@@ -49,6 +49,7 @@ pub struct PushMetrics {
     pub retries: Family<ProviderLabels, Counter>,
     pub in_flight: Gauge,
     pub duplicates: Counter,
+    pub dedupe_evicted_early: Counter,
     pub dead_tokens: Family<ProviderLabels, Counter>,
     pub webhook: Family<ResultLabels, Counter>,
     pub refused: Family<ResultLabels, Counter>,
@@ -97,6 +98,7 @@ impl PushMetrics {
             retries: Family::default(),
             in_flight: Gauge::default(),
             duplicates: Counter::default(),
+            dedupe_evicted_early: Counter::default(),
             dead_tokens: Family::default(),
             webhook: Family::default(),
             refused: Family::default(),
@@ -134,6 +136,11 @@ impl PushMetrics {
             "duplicates",
             "Repeats of an already delivered push answered without sending",
             m.duplicates.clone(),
+        );
+        r.register(
+            "dedupe_evicted_early",
+            "Delivered pushes forgotten before dedupe_window ended because dedupe_capacity was full",
+            m.dedupe_evicted_early.clone(),
         );
         r.register(
             "dead_tokens",
@@ -208,17 +215,91 @@ impl PushMetrics {
     }
 }
 
-/// A provider reason as a label value: provider codes are short identifiers; anything else
-/// (which only a misbehaving server would send) is `unrecognized`.
+/// Every reason a `reason` label may carry: Apple's documented reasons, FCM's error codes and
+/// Google's canonical statuses, and brandgate's own. Anything else a provider invents becomes
+/// `unrecognized`, so a misbehaving server cannot create unbounded series.
+const KNOWN_REASONS: &[&str] = &[
+    // APNs
+    "BadCollapseId",
+    "BadDeviceToken",
+    "BadExpirationDate",
+    "BadMessageId",
+    "BadPriority",
+    "BadTopic",
+    "DeviceTokenNotForTopic",
+    "DuplicateHeaders",
+    "IdleTimeout",
+    "InvalidPushType",
+    "MissingDeviceToken",
+    "MissingTopic",
+    "PayloadEmpty",
+    "TopicDisallowed",
+    "BadCertificate",
+    "BadCertificateEnvironment",
+    "ExpiredProviderToken",
+    "Forbidden",
+    "InvalidProviderToken",
+    "MissingProviderToken",
+    "UnrelatedKeyIdInToken",
+    "BadEnvironmentKeyIdInToken",
+    "BadPath",
+    "MethodNotAllowed",
+    "ExpiredToken",
+    "Unregistered",
+    "PayloadTooLarge",
+    "TooManyProviderTokenUpdates",
+    "TooManyRequests",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "Shutdown",
+    // FCM
+    "UNSPECIFIED_ERROR",
+    "INVALID_ARGUMENT",
+    "UNREGISTERED",
+    "SENDER_ID_MISMATCH",
+    "QUOTA_EXCEEDED",
+    "UNAVAILABLE",
+    "INTERNAL",
+    "THIRD_PARTY_AUTH_ERROR",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "NOT_FOUND",
+    "RESOURCE_EXHAUSTED",
+    // brandgate
+    "ok",
+    "connection",
+    "deadline",
+    "oauth_unavailable",
+    "oauth_refused",
+    "oauth_bad_answer",
+    "oauth_signing_failed",
+    "BadRequestHeaders",
+    "no_provider",
+];
+
+/// A provider reason as a label value (see [`KNOWN_REASONS`]); `HTTP<status>` stands for an
+/// answer without a reason.
 pub fn reason_label(reason: &str) -> String {
-    let ok = !reason.is_empty()
-        && reason.len() <= 48
-        && reason
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
+    let http_status = reason
+        .strip_prefix("HTTP")
+        .is_some_and(|s| s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()));
+    if http_status || KNOWN_REASONS.contains(&reason) {
         reason.to_string()
     } else {
         "unrecognized".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_reasons_become_labels() {
+        assert_eq!(reason_label("Unregistered"), "Unregistered");
+        assert_eq!(reason_label("QUOTA_EXCEEDED"), "QUOTA_EXCEEDED");
+        assert_eq!(reason_label("HTTP502"), "HTTP502");
+        assert_eq!(reason_label("MadeUpReason123"), "unrecognized");
+        assert_eq!(reason_label("HTTP5022"), "unrecognized");
     }
 }

@@ -61,6 +61,10 @@ pub enum PushError {
     Unsupported,
     #[error("too many pushes in flight; retry shortly")]
     Overloaded,
+    #[error("the device token is not an APNs token (hex digits expected)")]
+    InvalidToken,
+    #[error("a concurrent attempt at this same push just failed; a retry may succeed")]
+    ConcurrentAttemptFailed,
     #[error(transparent)]
     Payload(#[from] PayloadError),
 }
@@ -110,9 +114,6 @@ struct App {
 /// fingerprints mean the client can be carried over a reload unchanged.
 type Fingerprint = [u8; 32];
 
-/// What building a generation found that is worth a warning but not a refusal.
-pub type Warnings = Vec<String>;
-
 impl PushService {
     /// Builds the service from the config, reading every credential. Fails with every problem.
     /// Dead tokens are recorded in `record_dir` when given. Must run inside a tokio runtime (the
@@ -123,37 +124,31 @@ impl PushService {
         client_ca_configured: bool,
         metrics: PushMetrics,
         clock: Arc<dyn Clock>,
-    ) -> Result<(PushService, Warnings), Problems> {
+    ) -> Result<PushService, Problems> {
         let builder = Builder {
             metrics,
             clock: clock.clone(),
             record_dir: record_dir.map(Path::to_path_buf),
         };
-        let (generation, warnings) = builder.generation(cfg, client_ca_configured, None)?;
+        let generation = builder.generation(cfg, client_ca_configured, None)?;
+        let evicted_early = builder.metrics.dedupe_evicted_early.clone();
         let shared = Shared {
             generation: RwLock::new(Arc::new(generation)),
             builder,
-            dedupe: Dedupe::new(clock),
+            dedupe: Dedupe::new(clock, evicted_early),
             limiter: AuthFailureLimiter::default(),
             in_flight: AtomicUsize::new(0),
             degraded: Mutex::new(BTreeMap::new()),
         };
-        Ok((
-            PushService {
-                shared: Arc::new(shared),
-            },
-            warnings,
-        ))
+        Ok(PushService {
+            shared: Arc::new(shared),
+        })
     }
 
     /// Replaces the configuration. On any problem nothing changes.
-    pub fn reload(
-        &self,
-        cfg: &PushConfig,
-        client_ca_configured: bool,
-    ) -> Result<Warnings, Problems> {
+    pub fn reload(&self, cfg: &PushConfig, client_ca_configured: bool) -> Result<(), Problems> {
         let previous = self.generation();
-        let (generation, warnings) =
+        let generation =
             self.shared
                 .builder
                 .generation(cfg, client_ca_configured, Some(&previous))?;
@@ -162,7 +157,7 @@ impl PushService {
             .generation
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(generation);
-        Ok(warnings)
+        Ok(())
     }
 
     fn generation(&self) -> Arc<Generation> {
@@ -212,6 +207,11 @@ impl PushService {
             Provider::Apns if app.apns.is_none() => return Err(no_provider()),
             Provider::Fcm if app.fcm.is_none() => return Err(no_provider()),
             Provider::Huawei => return Err(PushError::Unsupported),
+            // Checked here, not left to APNs: the token goes into the request path. Not a
+            // dead token either (the platform may send opaque ids), so it is not recorded.
+            Provider::Apns if !apns::is_token(request.device_token.as_str()) => {
+                return Err(PushError::InvalidToken);
+            }
             Provider::Apns | Provider::Fcm => {}
         }
         let presentation = Presentation {
@@ -258,6 +258,7 @@ impl PushService {
                         duplicate: true,
                     });
                 }
+                Claim::ConcurrentFailed => return Err(PushError::ConcurrentAttemptFailed),
                 Claim::Fresh(g) => Some(g),
             },
         };
@@ -276,6 +277,7 @@ impl PushService {
         let apns_id = next_apns_id();
         let collapse = request.meta.conversation_id.as_deref();
         let device = &request.device_token;
+        let background = payload::is_background(&request);
         let series = app.metrics.provider(provider);
         let (latency, retries) = (&series.latency, &series.retries);
         let (last, attempts) = retry::run(
@@ -292,7 +294,7 @@ impl PushService {
                     let answer = match (&app.apns, &app.fcm, provider) {
                         (Some((_, c)), _, Provider::Apns) => {
                             let collapse = collapse.filter(|_| c.collapse_by_conversation);
-                            c.attempt(device, body, collapse, apns_id).await
+                            c.attempt(device, body, background, collapse, apns_id).await
                         }
                         (_, Some((_, c)), Provider::Fcm) => c.attempt(body).await,
                         _ => Attempt::Permanent {
@@ -394,9 +396,8 @@ impl Builder {
         cfg: &PushConfig,
         client_ca_configured: bool,
         previous: Option<&Generation>,
-    ) -> Result<(Generation, Warnings), Problems> {
+    ) -> Result<Generation, Problems> {
         let mut problems = Problems::default();
-        let mut warnings = Vec::new();
         let feedback = FeedbackSink::build(
             &cfg.feedback,
             self.record_dir.as_deref(),
@@ -409,28 +410,18 @@ impl Builder {
             let old = previous
                 .and_then(|p| p.apps.get(&app_cfg.id))
                 .map(Arc::as_ref);
-            let app = self.app(
-                &key,
-                app_cfg,
-                client_ca_configured,
-                old,
-                &mut problems,
-                &mut warnings,
-            );
+            let app = self.app(&key, app_cfg, client_ca_configured, old, &mut problems);
             apps.insert(app_cfg.id.clone(), Arc::new(app));
         }
         let feedback = match feedback {
             Some(f) if problems.is_empty() => f,
             _ => return Err(problems),
         };
-        Ok((
-            Generation {
-                settings: cfg.clone(),
-                apps,
-                feedback,
-            },
-            warnings,
-        ))
+        Ok(Generation {
+            settings: cfg.clone(),
+            apps,
+            feedback,
+        })
     }
 
     fn app(
@@ -440,7 +431,6 @@ impl Builder {
         client_ca_configured: bool,
         old: Option<&App>,
         problems: &mut Problems,
-        warnings: &mut Warnings,
     ) -> App {
         if cfg.id.is_empty()
             || cfg.id.len() > 255
@@ -465,7 +455,6 @@ impl Builder {
             &cfg.auth,
             client_ca_configured,
             problems,
-            warnings,
         );
         let apns = cfg.apns.as_ref().and_then(|c| {
             let fp = fingerprint(&cfg.id, &format!("{c:?}"), apns_files(c));

@@ -101,12 +101,25 @@ pub fn fcm_body(
     Ok(serde_json::to_vec(&message).unwrap_or_default())
 }
 
-/// The alert that may leave the premises: the mask text when the app has one.
+/// The alert that may leave the premises: the mask text when the app has one. A push with no
+/// text (badge-only, silent) stays without one: masking must not make it visible.
 fn presented_alert(alert: &Alert, mask: Option<&str>) -> Alert {
     match (mask, alert) {
+        (_, Alert::None) => Alert::None,
         (Some(mask), _) => Alert::Text(mask.to_string()),
         (None, a) => a.clone(),
     }
+}
+
+/// Apple's push types: a push that only wakes the app (`content-available`, nothing shown,
+/// no sound, no badge) must go as `background` with priority 5; anything else is an `alert`.
+pub fn is_background(req: &PushRequest) -> bool {
+    let shows_something = !matches!(req.alert, Alert::None)
+        || req.aps.contains_key("sound")
+        || req.aps.contains_key("badge")
+        || req.meta.badge.is_some();
+    let wakes = req.aps.get("content-available").and_then(Value::as_u64) == Some(1);
+    wakes && !shows_something
 }
 
 /// The text of an alert for providers that take one string (FCM data).
@@ -323,6 +336,24 @@ mod tests {
         one_more["aps"]["alert"] = Value::from(format!("{kept}{next}{ELLIPSIS}"));
         let b = serde_json::to_vec(&one_more).unwrap();
         assert!(b.len() > PAYLOAD_LIMIT);
+    }
+
+    #[test]
+    fn a_silent_push_stays_silent_when_masked() {
+        let mut req = request(Alert::None);
+        req.aps.clear();
+        req.aps.insert("content-available".into(), Value::from(1));
+        req.meta.badge = None;
+        let masked = Presentation {
+            mask_text: Some("New message"),
+            mutable_content: true,
+        };
+        let v = parse(&apns_body(&req, masked).unwrap());
+        assert!(v["aps"].get("alert").is_none(), "{v}");
+        assert!(v["aps"].get("mutable-content").is_none(), "{v}");
+        assert!(is_background(&req));
+        req.meta.badge = Some(1);
+        assert!(!is_background(&req), "a badge is shown: an alert push");
     }
 
     #[test]

@@ -69,10 +69,7 @@ where
         let answer = match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(answer) => answer,
             Err(_) => {
-                return (
-                    Attempt::transient("deadline reached waiting for the provider"),
-                    made,
-                );
+                return (Attempt::transient("deadline"), made);
             }
         };
         let Attempt::Transient { retry_after, .. } = &answer else {
@@ -83,8 +80,10 @@ where
         }
         let wait = retry_after.unwrap_or_else(|| backoff.delay(made));
         // A wait that would end past the deadline is pointless: the platform re-sends anyway.
-        if Instant::now() + wait >= deadline {
-            return (answer, made);
+        // (checked: a provider's Retry-After can be any number.)
+        match Instant::now().checked_add(wait) {
+            Some(end) if end < deadline => {}
+            _ => return (answer, made),
         }
         on_retry(&answer);
         tokio::time::sleep(wait).await;

@@ -214,6 +214,28 @@ async fn repeated_failures_from_one_address_are_throttled() {
     let daemon = Daemon::start(env.path(), &config).await;
     let url = daemon.url(&format!("/push/{APP}"));
     let client = env.client();
+    // Pushes for apps not configured (yet) do not count against the caller.
+    for i in 0..5 {
+        let a = client
+            .post_json(
+                &daemon.url("/push/com.brand.app-Dev"),
+                &[("authorization", &platform_auth())],
+                &ios_push(TOKEN, "x", "c", i),
+            )
+            .await;
+        assert_eq!(a.status, 404);
+    }
+    assert_eq!(
+        client
+            .post_json(
+                &url,
+                &[("authorization", &platform_auth())],
+                &ios_push(TOKEN, "x", "c", 100)
+            )
+            .await
+            .status,
+        200
+    );
     let wrong = basic("platform", "guess");
     for i in 0..3 {
         assert_eq!(

@@ -120,18 +120,23 @@ async fn environment_overrides_are_checked_like_the_file() {
 }
 
 #[tokio::test]
-async fn credentials_directory_paths() {
+async fn credentials_directory_paths_fall_back_to_the_secrets_directory() {
     let env = TestEnv::new();
-    let creds = env.path().join("creds");
-    std::fs::create_dir_all(&creds).unwrap();
-    std::fs::write(creds.join("push-password"), "pw\n").unwrap();
     let config = env.config(&format!(
         "[[push.apps]]\nid = \"{APP}\"\n[push.apps.auth]\nbasic = {{ username = \"p\", password_file = \"%d/push-password\" }}\n[push.apps.fcm]\nservice_account_file = \"%d/sa.json\"\n"
     ));
+    // Nothing anywhere: the error names where brandgate looked (secrets/ beside the config).
+    let fallback = env.path().join("secrets");
     let (code, _, err) = check(&env, &config, &[]).await;
     assert_eq!(code, 78);
-    assert!(err.contains("$CREDENTIALS_DIRECTORY is not set"), "{err}");
+    let expected = format!("cannot read {}/push-password", fallback.display());
+    assert!(err.contains(&expected), "{err}");
+
     let fake = crate::support::fake_fcm::FakeFcm::start("p1").await;
+    // Under systemd: both handed over as credentials.
+    let creds = env.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("push-password"), "pw\n").unwrap();
     std::fs::write(creds.join("sa.json"), &fake.account.json).unwrap();
     let (code, out, err) = check(
         &env,
@@ -141,6 +146,23 @@ async fn credentials_directory_paths() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("1 push app"), "{out}");
+
+    // A drop-in that hands over only some: the rest come from secrets/.
+    std::fs::remove_file(creds.join("sa.json")).unwrap();
+    std::fs::create_dir_all(&fallback).unwrap();
+    std::fs::write(fallback.join("sa.json"), &fake.account.json).unwrap();
+    let (code, _, err) = check(
+        &env,
+        &config,
+        &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+
+    // No systemd at all: everything from secrets/.
+    std::fs::write(fallback.join("push-password"), "pw\n").unwrap();
+    let (code, _, err) = check(&env, &config, &[]).await;
+    assert_eq!(code, 0, "{err}");
 }
 
 #[tokio::test]
@@ -176,7 +198,8 @@ async fn a_port_in_use_is_one_clear_line() {
     );
     let path = env.file("serve.toml", &config);
     let (code, _, err) = run(&["serve", "--config", path.to_str().unwrap()], &[]).await;
-    assert_eq!(code, 78);
+    // Not a config problem: systemd may restart and succeed once the port is free.
+    assert_eq!(code, 1);
     let line = err
         .lines()
         .find(|l| l.starts_with("brandgate: "))
@@ -305,4 +328,25 @@ async fn an_unreadable_secret_says_how_to_fix_it() {
         cert_line.contains("/nonexistent/c.pem") && cert_line.contains("fix the path"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn help_and_version_everywhere() {
+    let (code, out, _) = run(&["--version"], &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("brandgate {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (code, out, _) = run(&["--help"], &[]).await;
+    assert_eq!(code, 0);
+    for command in ["serve", "check-config", "push-test"] {
+        assert!(out.contains(command), "{out}");
+        let (code, out, _) = run(&[command, "--help"], &[]).await;
+        assert_eq!(code, 0, "{command}");
+        assert!(out.contains("--config"), "{command}: {out}");
+        let (code, out, _) = run(&[command, "--version"], &[]).await;
+        assert_eq!(code, 0, "{command}");
+        assert!(out.contains(env!("CARGO_PKG_VERSION")), "{command}: {out}");
+    }
 }

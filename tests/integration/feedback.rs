@@ -163,3 +163,46 @@ async fn the_full_token_goes_out_only_when_asked() {
     let file = std::fs::read_to_string(env.path().join("state/dead-tokens.jsonl")).unwrap();
     assert!(!file.contains("0badbad1"), "{file}");
 }
+
+#[tokio::test]
+async fn the_record_file_does_not_wait_for_a_failing_webhook() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    // A receiver that always fails: brandgate keeps retrying it in the background.
+    let (url, receiver) = start_receiver(vec![503; 100]).await;
+    let config = env.config(&format!(
+        "[push.feedback.webhook]\nurl = \"{url}\"\n{}",
+        env.apns_app(APP, &fake, &key, "", &env.basic_auth(), "")
+    ));
+    let daemon = Daemon::start(env.path(), &config).await;
+    for (i, token) in ["0dead001", "0dead002", "0dead003"].iter().enumerate() {
+        fake.script(token, vec![fake_apns::reason(400, "BadDeviceToken")]);
+        env.client()
+            .post_json(
+                &daemon.url(&format!("/push/{APP}")),
+                &[("authorization", &platform_auth())],
+                &ios_push(token, "x", "c", i as i64),
+            )
+            .await;
+    }
+    let path = env.path().join("state/dead-tokens.jsonl");
+    let mut lines = 0;
+    for _ in 0..200 {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if lines == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        lines, 3,
+        "every dead token is in the file while the webhook still fails"
+    );
+    assert!(
+        receiver.calls.lock().unwrap().len() < 12,
+        "the webhook is still being retried"
+    );
+}

@@ -518,3 +518,116 @@ async fn reload_picks_up_a_new_certificate_for_new_connections() {
     // The connection opened before the reload still works.
     assert_eq!(old_client.get(&daemon.url("/push/y")).await.status, 405);
 }
+
+#[tokio::test]
+async fn reload_reads_credentials_again() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &key, "m", "")).await;
+    assert_eq!(push(&env, &daemon, "ee01", 1).await, 200);
+    // The operator rotates the platform's password; the config file itself does not change.
+    env.secret("platform-password", "a-new-password\n");
+    daemon.reload().await;
+    assert_eq!(
+        push(&env, &daemon, "ee01", 2).await,
+        401,
+        "the old password is refused"
+    );
+    let a = env
+        .client()
+        .post_json(
+            &daemon.url(&format!("/push/{APP}")),
+            &[(
+                "authorization",
+                &crate::support::client::basic(crate::support::PLATFORM_USER, "a-new-password"),
+            )],
+            &ios_push("ee01", "x", "c", 3),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_reload_right_after_ready_is_handled() {
+    let env = TestEnv::new();
+    let mut daemon = Daemon::start(env.path(), &env.config("")).await;
+    // No pause: the signal handler must already be in place when READY=1 goes out.
+    daemon.reload().await;
+    assert_eq!(
+        env.client().get(&daemon.ops_url("/healthz")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn readyz_says_draining_while_connections_finish() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &key, "m", "")).await;
+    fake.script(
+        "ff01",
+        vec![Behaviour::Delay(
+            Duration::from_millis(1500),
+            Box::new(Behaviour::Ok),
+        )],
+    );
+    let client = env.client();
+    let url = daemon.url(&format!("/push/{APP}"));
+    let in_flight = tokio::spawn(async move {
+        client
+            .post_json(
+                &url,
+                &[("authorization", &platform_auth())],
+                &ios_push("ff01", "x", "c", 1),
+            )
+            .await
+    });
+    wait_in_flight(&env, &daemon, 1).await;
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_notification("STOPPING=1").await;
+    let ready = env.client().get(&daemon.ops_url("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.json()["draining"], true);
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    assert!(daemon.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let env = TestEnv::new();
+    let daemon = Daemon::start_with_env(
+        env.path(),
+        &env.config(""),
+        &[("BRANDGATE_SERVER__IDLE_TIMEOUT", "1s")],
+    )
+    .await;
+    // A raw HTTP/1.1 keep-alive connection: one request, then silence.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(env.ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(daemon.public).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /push/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    // The server answers, then closes the idle connection: reading ends (bounded wait).
+    let read_all =
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut seen)).await;
+    assert!(read_all.is_ok(), "the idle connection was never closed");
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 405"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before it was idle"
+    );
+}

@@ -561,3 +561,153 @@ async fn a_wrong_signing_key_is_refused_by_apns() {
     assert_eq!(answer.json()["reason"], "InvalidProviderToken");
     assert!(fake.delivered_to(TOKEN).is_empty());
 }
+
+#[tokio::test]
+async fn an_expired_provider_token_is_signed_again() {
+    let w = world("", "").await;
+    w.fake.script(
+        "1b01",
+        vec![
+            fake_apns::reason(403, "ExpiredProviderToken"),
+            Behaviour::Ok,
+        ],
+    );
+    let answer = w.push(&ios_push("1b01", "x", "c", 1)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let bearers: Vec<String> = w
+        .fake
+        .received()
+        .iter()
+        .filter(|r| r.token == "1b01")
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bearers.len(), 2);
+    assert_ne!(bearers[0], bearers[1], "the rejected token was replaced");
+}
+
+#[tokio::test]
+async fn an_android_shaped_request_for_apns_carries_its_text() {
+    let w = world("", "").await;
+    let mut body = crate::support::android_push("1c01", "Android-shaped", "conv-5", 3);
+    body["push-service"] = 1.into();
+    body["notificationType"] = "apn".into();
+    assert_eq!(w.push(&body).await.status, 200);
+    let r = &w.fake.delivered_to("1c01")[0];
+    assert_eq!(r.body["aps"]["alert"], "Android-shaped");
+    assert_eq!(r.body["aps"]["badge"], 4);
+    assert_eq!(r.body["conversationId"], "conv-5");
+}
+
+#[tokio::test]
+async fn a_silent_push_stays_silent_when_masked() {
+    let w = world("mask_text = \"New message\"", "").await;
+    let body = json!({"aps": {"content-available": 1}, "push-service": 1, "device-token": "1d01",
+        "conversationId": "c", "sequence": 1, "notificationType": "apn"});
+    assert_eq!(w.push(&body).await.status, 200);
+    let r = &w.fake.delivered_to("1d01")[0];
+    assert!(r.body["aps"].get("alert").is_none(), "{}", r.body);
+    assert_eq!(r.headers["apns-push-type"], "background");
+    assert_eq!(r.headers["apns-priority"], "5");
+}
+
+#[tokio::test]
+async fn a_token_that_is_not_hex_is_refused_without_calling_apns() {
+    let w = world("", "").await;
+    let answer = w.push(&ios_push("opaque-id-123", "x", "c", 1)).await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(answer.json()["error"].as_str().unwrap().contains("hex"));
+    assert!(w.fake.received().is_empty());
+    // Not a dead token APNs reported: nothing is recorded.
+    assert!(!w.env.path().join("state/dead-tokens.jsonl").exists());
+}
+
+#[tokio::test]
+async fn a_repeat_arriving_during_delivery_waits_and_is_not_sent_again() {
+    let w = world("", "").await;
+    w.fake.script(
+        "1e01",
+        vec![Behaviour::Delay(
+            Duration::from_millis(800),
+            Box::new(Behaviour::Ok),
+        )],
+    );
+    let push = ios_push("1e01", "x", "conv-e", 7);
+    let (first, second) = tokio::join!(w.push(&push), async {
+        wait_until_in_flight(&w).await;
+        w.push(&push).await
+    });
+    let mut statuses = vec![
+        first.json()["status"].clone(),
+        second.json()["status"].clone(),
+    ];
+    statuses.sort_by_key(|v| v.to_string());
+    assert_eq!(statuses, vec![json!("delivered"), json!("duplicate")]);
+    assert_eq!(
+        w.fake
+            .received()
+            .iter()
+            .filter(|r| r.token == "1e01")
+            .count(),
+        1
+    );
+}
+
+/// Waits (bounded) until a push is being delivered.
+async fn wait_until_in_flight(w: &World) {
+    for _ in 0..400 {
+        let m = w.env.client().get(&w.daemon.ops_url("/metrics")).await.body;
+        if m.contains("brandgate_push_in_flight 1") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no push went in flight");
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_does_not_cause_a_second_delivery() {
+    let w = world("", "").await;
+    w.fake.script(
+        "1f01",
+        vec![Behaviour::Delay(
+            Duration::from_millis(700),
+            Box::new(Behaviour::Ok),
+        )],
+    );
+    let push = ios_push("1f01", "x", "conv-f", 9);
+    // The platform times out and drops its request while APNs is still answering.
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), w.push(&push)).await;
+    assert!(gave_up.is_err());
+    for _ in 0..200 {
+        if !w.fake.delivered_to("1f01").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        w.fake.delivered_to("1f01").len(),
+        1,
+        "the push finished without its caller"
+    );
+    // Its re-send is recognised.
+    let again = w.push(&push).await;
+    assert_eq!(again.json()["status"], "duplicate", "{}", again.body);
+    assert_eq!(w.fake.delivered_to("1f01").len(), 1);
+}
+
+#[tokio::test]
+async fn every_refusal_is_json() {
+    let w = world("", "").await;
+    let client = w.env.client();
+    let a = client.get(&w.daemon.url(&format!("/push/{APP}"))).await;
+    assert_eq!(a.status, 405);
+    assert_eq!(a.json()["error"], "use POST");
+    let a = client.get(&w.daemon.url("/elsewhere")).await;
+    assert_eq!(a.status, 404);
+    assert!(a.json()["error"].as_str().unwrap().contains("/push/"));
+    let a = client
+        .post_json(&w.daemon.url("/push/%FF%FE"), &[], &json!({}))
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(a.json()["error"].is_string());
+}

@@ -187,13 +187,15 @@ async fn a_refused_service_account_fails_without_hammering_the_token_endpoint() 
         body: serde_json::json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}),
         retry_after: None,
     }]);
-    let answer = w.push(&android_push(TOKEN, "x", "c", 1)).await;
-    assert_eq!(answer.status, 500, "{}", answer.body);
-    assert_eq!(answer.json()["reason"], "oauth_refused");
+    for i in 0..3 {
+        let answer = w.push(&android_push(TOKEN, "x", "c", i)).await;
+        assert_eq!(answer.status, 500, "{}", answer.body);
+        assert_eq!(answer.json()["reason"], "oauth_refused");
+    }
     assert_eq!(
         w.fake.token_calls(),
         1,
-        "a refused credential is not retried"
+        "a refused credential is neither retried nor asked again at once"
     );
     assert!(w.fake.received().is_empty());
 }
@@ -207,4 +209,31 @@ async fn an_ios_shaped_request_for_fcm_is_delivered_with_its_text() {
     assert_eq!(w.push(&body).await.status, 200);
     let m = &w.fake.delivered_to(TOKEN)[0].message;
     assert_eq!(m["data"]["message"], "iOS-shaped text");
+}
+
+#[tokio::test]
+async fn an_access_token_is_replaced_before_it_expires() {
+    let w = world("").await;
+    // Tokens that expire within brandgate's early-refresh margin (5 minutes) are never reused.
+    w.fake.set_token_lifetime(300);
+    for i in 0..3 {
+        assert_eq!(w.push(&android_push(TOKEN, "x", "c", i)).await.status, 200);
+    }
+    assert_eq!(w.fake.token_calls(), 3);
+    // A normal lifetime is reused.
+    w.fake.set_token_lifetime(3599);
+    for i in 3..6 {
+        assert_eq!(w.push(&android_push(TOKEN, "x", "c", i)).await.status, 200);
+    }
+    assert_eq!(w.fake.token_calls(), 4);
+}
+
+#[tokio::test]
+async fn a_dropped_fcm_connection_is_retried() {
+    let w = world("").await;
+    w.fake
+        .script("t-reset", vec![Behaviour::Reset, Behaviour::Ok]);
+    let answer = w.push(&android_push("t-reset", "x", "c", 1)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(w.fake.delivered_to("t-reset").len(), 1);
 }

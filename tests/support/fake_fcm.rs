@@ -30,6 +30,7 @@ struct State {
     token_uri: Mutex<String>,
     issued: Mutex<HashSet<String>>,
     token_calls: AtomicUsize,
+    token_lifetime: std::sync::atomic::AtomicU64,
     token_script: Script,
     script: Script,
     received: Mutex<Vec<FcmRequest>>,
@@ -53,6 +54,7 @@ impl FakeFcm {
             token_uri: Mutex::new(String::new()),
             issued: Mutex::new(HashSet::new()),
             token_calls: AtomicUsize::new(0),
+            token_lifetime: std::sync::atomic::AtomicU64::new(3599),
             token_script: Script::default(),
             script: Script::default(),
             received: Mutex::new(Vec::new()),
@@ -97,6 +99,11 @@ impl FakeFcm {
     /// Invalidates every access token issued so far (as if revoked or expired early).
     pub fn revoke_tokens(&self) {
         self.state.issued.lock().unwrap().clear();
+    }
+
+    /// The `expires_in` the token endpoint answers from now on (seconds).
+    pub fn set_token_lifetime(&self, seconds: u64) {
+        self.state.token_lifetime.store(seconds, Ordering::SeqCst);
     }
 
     pub fn token_calls(&self) -> usize {
@@ -298,7 +305,7 @@ async fn token_endpoint(
     state.issued.lock().unwrap().insert(access.clone());
     fake::json(
         200,
-        &json!({"access_token": access, "expires_in": 3599, "token_type": "Bearer"}),
+        &json!({"access_token": access, "expires_in": state.token_lifetime.load(Ordering::SeqCst), "token_type": "Bearer"}),
         None,
     )
 }
