@@ -8,16 +8,20 @@
 //! - [`tls`]: every rustls configuration in the process (TLS 1.2 and 1.3 only).
 //! - [`ops`]: the operator's side: metrics, health and readiness, systemd notifications, logging.
 //! - [`push`]: the push proxy role. Its door is [`push::PushService`].
+//! - [`store`]: SQLite or PostgreSQL behind one handle; [`store::seal`] seals secrets at rest.
 //!
 //! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
-//! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS).
+//! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
+//! [`hex`].
 
 pub mod app;
 pub mod clock;
 pub mod config;
 pub mod duration;
+pub mod hex;
 pub mod http_client;
 pub mod ops;
 pub mod push;
 pub mod secret;
+pub mod store;
 pub mod tls;

@@ -25,6 +25,19 @@ need_debian_packages() {
 # openssl makes the PKCS#12 bundles the APNs certificate tests load.
 need_debian_packages openssl
 
+# The store's conformance suite runs against a real PostgreSQL on 127.0.0.1:5432 (it creates
+# and drops its own databases). Under CI it must not be skipped: make sure the server runs.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    need_debian_packages postgresql
+    cluster=$(ls /etc/postgresql 2>/dev/null | head -1)
+    log "starting PostgreSQL $cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$cluster" main start
+    for _ in $(seq 30); do
+        pg_isready -q -h 127.0.0.1 -p 5432 && break
+        sleep 1
+    done
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest

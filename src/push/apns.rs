@@ -285,7 +285,7 @@ fn collapse_header(id: &str) -> String {
         id.to_string()
     } else {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
-        super::request::hex(&d.as_ref()[..24])
+        crate::hex::encode(&d.as_ref()[..24])
     }
 }
 

@@ -260,5 +260,5 @@ pub fn sign(secret: &Secret<Vec<u8>>, t: u64, body: &[u8]) -> String {
     ctx.update(t.to_string().as_bytes());
     ctx.update(b".");
     ctx.update(body);
-    format!("t={t},v1={}", super::request::hex(ctx.sign().as_ref()))
+    format!("t={t},v1={}", crate::hex::encode(ctx.sign().as_ref()))
 }

@@ -54,7 +54,7 @@ impl DeviceToken {
     /// Hex SHA-256 of the token: how dead tokens are recorded and reported.
     pub fn sha256_hex(&self) -> String {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
-        hex(digest.as_ref())
+        crate::hex::encode(digest.as_ref())
     }
 }
 
@@ -71,16 +71,6 @@ impl fmt::Debug for DeviceToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DeviceToken({self})")
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// The notification text as the platform sent it.

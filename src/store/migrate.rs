@@ -1,0 +1,123 @@
+//! Numbered schema migrations, one list per backend, embedded in the binary. Each applied
+//! version is a row in `schema_migrations`; pending ones run in order inside one transaction
+//! that holds a lock (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction advisory lock), so
+//! nodes starting at the same time apply each migration once. Migrations are only ever added,
+//! never edited.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// (version, SQL) for SQLite.
+const SQLITE: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE signing_keys (
+        kid TEXT PRIMARY KEY,
+        algorithm TEXT NOT NULL,
+        public_jwk TEXT NOT NULL,
+        private_sealed BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        activates_at INTEGER NOT NULL
+    )",
+)];
+
+/// (version, SQL) for PostgreSQL.
+const POSTGRES: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE signing_keys (
+        kid TEXT PRIMARY KEY,
+        algorithm TEXT NOT NULL,
+        public_jwk TEXT NOT NULL,
+        private_sealed BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        activates_at BIGINT NOT NULL
+    )",
+)];
+
+/// Any number that no other application on a shared PostgreSQL server would pick ("brandgat").
+const PG_LOCK: i64 = 0x6272_616e_6467_6174;
+
+/// The newest schema version this build knows.
+pub fn latest(store: &Store) -> i64 {
+    let list = match store {
+        Store::Sqlite(_) => SQLITE,
+        Store::Postgres(_) => POSTGRES,
+    };
+    list.last().map_or(0, |(v, _)| *v)
+}
+
+/// Applies every pending migration. Refuses a database newer than this build.
+pub async fn run(store: &Store) -> Result<(), StoreError> {
+    match store {
+        Store::Sqlite(pool) => {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let applied: Vec<i64> =
+                sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<i64, _>("version"))
+                    .collect::<Result<_, _>>()?;
+            check_not_newer(&applied, SQLITE)?;
+            for (version, sql) in SQLITE.iter().filter(|(v, _)| !applied.contains(v)) {
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(version)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Store::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PG_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let applied: Vec<i64> =
+                sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<i64, _>("version"))
+                    .collect::<Result<_, _>>()?;
+            check_not_newer(&applied, POSTGRES)?;
+            for (version, sql) in POSTGRES.iter().filter(|(v, _)| !applied.contains(v)) {
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(version)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+fn check_not_newer(applied: &[i64], known: &[(i64, &str)]) -> Result<(), StoreError> {
+    let newest_known = known.last().map_or(0, |(v, _)| *v);
+    match applied.iter().max() {
+        Some(&found) if found > newest_known => Err(StoreError::TooNew {
+            found,
+            known: newest_known,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn now() -> i64 {
+    crate::clock::unix_seconds(std::time::SystemTime::now()) as i64
+}
