@@ -29,8 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Problems};
+use crate::identity::{IdentityService, KeyRing};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, Delivery, Provider, PushService};
+use crate::store::seal::DataKeys;
+use crate::store::{Store, StoreOptions};
 use crate::tls::{self, Peer, PeerIdentity};
 
 /// Exit status for a configuration that cannot be used (sysexits' EX_CONFIG). The unit file
@@ -90,6 +93,31 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
         Ok(Some(())) => {}
         Err(e) => problems.push("server.tls", e),
     }
+    if config.identity.is_some() {
+        match &config.store.data_keys_file {
+            Some(file) => {
+                if let Err(e) = DataKeys::load(file, config.store.active_data_key.as_deref()) {
+                    problems.push("store.data_keys_file", e);
+                }
+            }
+            None => notes.push(format!(
+                "store.data_keys_file: not configured; a development data key will be generated in {}",
+                config.server.state_dir.display()
+            )),
+        }
+        if let Some(url) = &config.store.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            problems.push("store.url", "must be a sqlite: or postgres:// URL");
+        }
+        if let Some(f) = &config.store.password_file
+            && let Err(e) = crate::secret::read_secret_file(f)
+        {
+            problems.push("store.password_file", e.to_string());
+        }
+    }
     if config.server.state_dir.exists() && !config.server.state_dir.is_dir() {
         problems.push(
             "server.state_dir",
@@ -113,8 +141,13 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
     problems.into_result((
         notes,
         format!(
-            "configuration OK: {apps} push app(s); public listener {}, ops listener {}",
-            config.server.listen, config.ops.listen
+            "configuration OK: {apps} push app(s), identity bridge {}; public listener {}, ops listener {}",
+            config
+                .identity
+                .as_ref()
+                .map_or("off".to_string(), |i| format!("on (issuer {})", i.issuer)),
+            config.server.listen,
+            config.ops.listen
         ),
     ))
 }
@@ -174,6 +207,102 @@ impl Public {
     }
 }
 
+/// Every role's routes on the public listener, and JSON answers for what none of them serves.
+fn public_router(push: &PushService, identity: Option<&IdentityService>) -> Router {
+    fn refusal(status: http::StatusCode, message: &str) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    }
+    let mut router = push.router();
+    if let Some(identity) = identity {
+        router = router.merge(identity.router());
+    }
+    router
+        .method_not_allowed_fallback(|| async {
+            refusal(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method",
+            )
+        })
+        .fallback(|| async {
+            refusal(
+                http::StatusCode::NOT_FOUND,
+                "no such endpoint (pushes go to POST /push/{app})",
+            )
+        })
+}
+
+/// The store and the data keys that seal what it holds. Without a data-key file, a
+/// development key is made in the state directory (and the log says so).
+async fn open_store(
+    config: &Config,
+    state_dir: &Path,
+) -> Result<(Store, Arc<DataKeys>), StartError> {
+    let data_keys = match &config.store.data_keys_file {
+        Some(file) => DataKeys::load(file, config.store.active_data_key.as_deref())
+            .map_err(|e| problem("store.data_keys_file", e))?,
+        None => {
+            let path = state_dir.join("data-keys");
+            if !path.exists() {
+                let line = DataKeys::generate_line("dev1").map_err(StartError::Runtime)?;
+                tls::write_private_file(&path, line.as_bytes()).map_err(StartError::Runtime)?;
+                tracing::warn!(file = %path.display(), "no store.data_keys_file configured: generated a development data key; \
+                    what it seals is only as safe as this file: configure store.data_keys_file (LoadCredential=) before production");
+            }
+            DataKeys::load(&path, config.store.active_data_key.as_deref())
+                .map_err(|e| problem("store.data_keys_file", e))?
+        }
+    };
+    let password = match &config.store.password_file {
+        Some(f) => Some(
+            crate::secret::read_secret_file(f)
+                .map_err(|e| problem("store.password_file", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let password = match &password {
+        Some(p) => Some(
+            std::str::from_utf8(p.expose())
+                .map_err(|_| problem("store.password_file", "the password is not UTF-8"))?,
+        ),
+        None => None,
+    };
+    let url = config
+        .store
+        .url
+        .clone()
+        .unwrap_or_else(|| Store::default_url(state_dir));
+    let store = Store::open(StoreOptions {
+        url: &url,
+        password,
+        max_connections: config.store.max_connections,
+    })
+    .await
+    .map_err(|e| StartError::Runtime(format!("store ({}): {e}", crate::store::redact_url(&url))))?;
+    Ok((store, Arc::new(data_keys)))
+}
+
+/// `brandgate keys list|rotate`: the signing key ring, straight from the store.
+pub async fn key_ring(path: &Path) -> Result<(KeyRing, Store), StartError> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let Some(identity) = &config.identity else {
+        return Err(problem(
+            "identity",
+            "the identity bridge is not configured ([identity] section)",
+        )
+        .into());
+    };
+    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let ring = KeyRing::new(
+        store.clone(),
+        data_keys,
+        crate::identity::ring_settings(identity),
+        crate::clock::system(),
+    );
+    Ok((ring, store))
+}
+
 /// `brandgate serve`: runs until SIGTERM/SIGINT.
 pub async fn serve(path: &Path) -> Result<(), StartError> {
     tls::install_crypto_provider();
@@ -202,6 +331,18 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         tracing::warn!("{w}");
     }
 
+    let identity = match &config.identity {
+        Some(id_config) => {
+            let (store, data_keys) = open_store(&config, &state_dir).await?;
+            let service =
+                IdentityService::start(id_config, store, data_keys, crate::clock::system())
+                    .await
+                    .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
+            Some(service)
+        }
+        None => None,
+    };
+
     let public_listener = bind(config.server.listen, "server.listen").await?;
     let ops_listener = bind(config.ops.listen, "ops.listen").await?;
     let public_addr = local_addr(&public_listener)?;
@@ -211,7 +352,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     health.add_check(Arc::new(push.clone()));
     let public = Arc::new(Public {
         tls: RwLock::new(server_tls.config),
-        router: push.router(),
+        router: public_router(&push, identity.as_ref()),
         http: http_builder(&config),
         handshake_timeout: config.server.handshake_timeout.0,
         idle_timeout: config.server.idle_timeout.0,
@@ -255,6 +396,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     );
     systemd::ready(&status);
     systemd::spawn_watchdog(close_ops.clone());
+    if let Some(identity) = &identity {
+        identity.spawn_maintenance(close_ops.clone());
+    }
 
     signals
         .until_stop(path, &mut config, &state_dir, &public, &push, &status)
@@ -279,6 +423,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     close_ops.cancel();
     let _ = ops_task.await;
+    if let Some(identity) = &identity {
+        identity.close().await;
+    }
     Ok(())
 }
 
@@ -412,7 +559,7 @@ fn reload(
 }
 
 /// Settings bound at start-up (listeners, limits baked into the listener, logging).
-fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 9] {
+fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 11] {
     let (o, n) = (&old.server, &new.server);
     [
         ("server.listen", o.listen != n.listen),
@@ -435,6 +582,15 @@ fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str,
             o.max_concurrent_streams != n.max_concurrent_streams,
         ),
         ("ops.listen", old.ops.listen != new.ops.listen),
+        // Compared by their Debug form: it names files and settings, never a secret.
+        (
+            "store",
+            format!("{:?}", old.store) != format!("{:?}", new.store),
+        ),
+        (
+            "identity",
+            format!("{:?}", old.identity) != format!("{:?}", new.identity),
+        ),
         (
             "log",
             old.log.level != new.log.level || old.log.format != new.log.format,

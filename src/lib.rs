@@ -8,11 +8,12 @@
 //! - [`tls`]: every rustls configuration in the process (TLS 1.2 and 1.3 only).
 //! - [`ops`]: the operator's side: metrics, health and readiness, systemd notifications, logging.
 //! - [`push`]: the push proxy role. Its door is [`push::PushService`].
+//! - [`identity`]: the identity bridge role. Its door is [`identity::IdentityService`].
 //! - [`store`]: SQLite or PostgreSQL behind one handle; [`store::seal`] seals secrets at rest.
 //!
 //! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
 //! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
-//! [`hex`].
+//! [`hex`], [`limiter`] (per-source limits).
 
 pub mod app;
 pub mod clock;
@@ -20,6 +21,8 @@ pub mod config;
 pub mod duration;
 pub mod hex;
 pub mod http_client;
+pub mod identity;
+pub mod limiter;
 pub mod ops;
 pub mod push;
 pub mod secret;

@@ -45,6 +45,25 @@ enum Command {
         #[arg(long, value_enum)]
         provider: Option<ProviderArg>,
     },
+    /// The identity bridge's signing key ring.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Show every key: kid, algorithm, state (next, active, retired) and its times.
+    List {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Schedule a new key: published now, signing after identity.keys.rotation_lead.
+    Rotate {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,43 +116,118 @@ async fn run(command: Command) -> ExitCode {
                 ProviderArg::Apns => Provider::Apns,
                 ProviderArg::Fcm => Provider::Fcm,
             });
-            match app::push_test(&config, &app_id, &token, text, provider).await {
-                Ok(d) => {
-                    let status = d
-                        .last
-                        .status()
-                        .map_or("no answer".to_string(), |s| format!("HTTP {s}"));
-                    let provider = d.provider;
-                    match &d.last {
-                        Attempt::Delivered { id, .. } => {
-                            println!(
-                                "{provider} answered {status}: delivered (id {})",
-                                id.as_deref().unwrap_or("-")
-                            );
-                            return ExitCode::SUCCESS;
-                        }
-                        Attempt::DeadToken { reason, .. } => {
-                            println!(
-                                "{provider} answered {status} {reason}: this device token cannot receive pushes"
-                            )
-                        }
-                        Attempt::Transient { reason, .. } => {
-                            println!(
-                                "{provider}: not delivered after {} attempt(s), last {status} {reason}; try again later",
-                                d.attempts
-                            )
-                        }
-                        Attempt::Permanent { reason, .. } => {
-                            println!(
-                                "{provider} answered {status} {reason}: the credential or request is refused; check the app's configuration"
-                            )
-                        }
-                    }
-                    ExitCode::FAILURE
-                }
-                Err(e) => fail(e),
-            }
+            push_test(config, app_id, token, text, provider).await
         }
+        Command::Keys { command } => keys(command).await,
+    }
+}
+
+async fn push_test(
+    config: PathBuf,
+    app_id: String,
+    token: String,
+    text: Option<String>,
+    provider: Option<Provider>,
+) -> ExitCode {
+    match app::push_test(&config, &app_id, &token, text, provider).await {
+        Ok(d) => {
+            let status = d
+                .last
+                .status()
+                .map_or("no answer".to_string(), |s| format!("HTTP {s}"));
+            let provider = d.provider;
+            match &d.last {
+                Attempt::Delivered { id, .. } => {
+                    println!(
+                        "{provider} answered {status}: delivered (id {})",
+                        id.as_deref().unwrap_or("-")
+                    );
+                    return ExitCode::SUCCESS;
+                }
+                Attempt::DeadToken { reason, .. } => {
+                    println!(
+                        "{provider} answered {status} {reason}: this device token cannot receive pushes"
+                    )
+                }
+                Attempt::Transient { reason, .. } => {
+                    println!(
+                        "{provider}: not delivered after {} attempt(s), last {status} {reason}; try again later",
+                        d.attempts
+                    )
+                }
+                Attempt::Permanent { reason, .. } => {
+                    println!(
+                        "{provider} answered {status} {reason}: the credential or request is refused; check the app's configuration"
+                    )
+                }
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn keys(command: KeysCommand) -> ExitCode {
+    let config = match &command {
+        KeysCommand::List { config } | KeysCommand::Rotate { config } => config.clone(),
+    };
+    let (ring, store) = match app::key_ring(&config).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let code = match command {
+        KeysCommand::List { .. } => match ring.view().await {
+            Ok(keys) => {
+                println!(
+                    "{:<24} {:<6} {:<8} {:<22} {:<22} {:<22}",
+                    "KID", "ALG", "STATE", "ACTIVATES", "RETIRED", "REMOVED"
+                );
+                for k in keys {
+                    println!(
+                        "{:<24} {:<6} {:<8} {:<22} {:<22} {:<22}",
+                        k.row.kid,
+                        k.row.algorithm,
+                        k.state.as_str(),
+                        time(Some(k.row.activates_at)),
+                        time(k.retired_at),
+                        time(k.remove_at),
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(StartError::Runtime(e.to_string())),
+        },
+        KeysCommand::Rotate { .. } => match ring.rotate().await {
+            Ok(k) => {
+                println!(
+                    "scheduled key {} ({}): published now, signs from {}",
+                    k.row.kid,
+                    k.row.algorithm,
+                    time(Some(k.row.activates_at))
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(StartError::Runtime(e.to_string())),
+        },
+    };
+    store.close().await;
+    code
+}
+
+/// A Unix time as UTC, `YYYY-MM-DD HH:MM:SS`.
+fn time(t: Option<i64>) -> String {
+    let Some(t) = t else { return "-".into() };
+    match time::OffsetDateTime::from_unix_timestamp(t) {
+        Ok(d) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        ),
+        Err(_) => t.to_string(),
     }
 }
 

@@ -38,6 +38,10 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     done
 fi
 
+# Independent test peers written in JavaScript (jose verifies what brandgate mints).
+log "npm ci (tests/node)"
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest

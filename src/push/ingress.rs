@@ -25,20 +25,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn router(service: PushService) -> Router {
     Router::new()
         .route("/push/{app}", post(handle))
-        .method_not_allowed_fallback(|| async {
-            refusal_body(StatusCode::METHOD_NOT_ALLOWED, "use POST")
-        })
-        .fallback(|| async {
-            refusal_body(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; pushes go to POST /push/{app}",
-            )
-        })
         .with_state(service)
-}
-
-fn refusal_body(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
 /// Everything the endpoint can answer besides a delivery result.
@@ -197,7 +184,7 @@ async fn receive(
     let certificate = peer.as_ref().and_then(|p| p.certificate.as_deref());
     if let Err(failure) = app.auth.check(headers, certificate) {
         if let Some(ip) = ip {
-            service.shared.limiter.failed(ip, &app.id);
+            service.shared.limiter.count(ip, &app.id);
         }
         tracing::warn!(app = %app.id, peer = ?ip, %failure, "caller authentication failed");
         return Err(Refusal::Unauthenticated {

@@ -20,7 +20,6 @@ mod fcm;
 mod feedback;
 mod h2pool;
 mod ingress;
-mod limiter;
 mod metrics;
 mod outcome;
 mod payload;
@@ -41,12 +40,12 @@ pub use request::{Alert, DeviceToken, Provider, PushMeta, PushRequest};
 
 use crate::clock::Clock;
 use crate::config::{AppConfig, Problems, PushConfig};
+use crate::limiter::SourceLimiter;
 use apns::ApnsClient;
 use auth::CallerAuth;
 use dedupe::{Claim, Dedupe};
 use fcm::FcmClient;
 use feedback::{DeadToken, FeedbackSink};
-use limiter::AuthFailureLimiter;
 use metrics::{DeliveryLabels, ProviderLabels, ResultLabels};
 use payload::{PayloadError, Presentation};
 
@@ -79,7 +78,7 @@ struct Shared {
     generation: RwLock<Arc<Generation>>,
     builder: Builder,
     dedupe: Arc<Dedupe>,
-    limiter: AuthFailureLimiter,
+    limiter: SourceLimiter,
     in_flight: AtomicUsize,
     /// `app/provider` whose last push the provider refused for good, and the reason: an
     /// operator must look (shown in `/readyz`); cleared by the next delivery.
@@ -136,7 +135,7 @@ impl PushService {
             generation: RwLock::new(Arc::new(generation)),
             builder,
             dedupe: Dedupe::new(clock, evicted_early),
-            limiter: AuthFailureLimiter::default(),
+            limiter: SourceLimiter::default(),
             in_flight: AtomicUsize::new(0),
             degraded: Mutex::new(BTreeMap::new()),
         };

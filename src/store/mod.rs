@@ -105,12 +105,19 @@ impl Store {
                     StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
+            let file = connect.get_filename().to_path_buf();
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(connect)
                 .await
                 .map_err(invalid)?;
+            // Only the service reads its database (SQLite gives the -wal and -shm files the same
+            // mode). systemd's UMask= does this too; this covers a start outside systemd.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+            }
             Ok(Store::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut connect = PgConnectOptions::from_str(url).map_err(invalid)?;

@@ -159,8 +159,18 @@ async fn the_full_token_goes_out_only_when_asked() {
         calls[0].0.get("brandgate-signature").is_none(),
         "no secret, no signature"
     );
-    // The record file never holds the token, whatever the webhook gets.
-    let file = std::fs::read_to_string(env.path().join("state/dead-tokens.jsonl")).unwrap();
+    // The record file never holds the token, whatever the webhook gets (it is written beside
+    // the webhook call, not before it: wait for it, bounded).
+    let path = env.path().join("state/dead-tokens.jsonl");
+    let mut file = String::new();
+    for _ in 0..200 {
+        file = std::fs::read_to_string(&path).unwrap_or_default();
+        if file.lines().count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(file.lines().count(), 1);
     assert!(!file.contains("0badbad1"), "{file}");
 }
 

@@ -8,6 +8,7 @@ mod support;
 mod caller_auth;
 mod config_check;
 mod feedback;
+mod identity;
 mod lifecycle;
 mod push_apns;
 mod push_fcm;

@@ -701,7 +701,7 @@ async fn every_refusal_is_json() {
     let client = w.env.client();
     let a = client.get(&w.daemon.url(&format!("/push/{APP}"))).await;
     assert_eq!(a.status, 405);
-    assert_eq!(a.json()["error"], "use POST");
+    assert!(a.json()["error"].as_str().unwrap().contains("method"));
     let a = client.get(&w.daemon.url("/elsewhere")).await;
     assert_eq!(a.status, 404);
     assert!(a.json()["error"].as_str().unwrap().contains("/push/"));

@@ -8,7 +8,9 @@ pub mod daemon;
 pub mod fake;
 pub mod fake_apns;
 pub mod fake_fcm;
+pub mod jose;
 pub mod pki;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 

@@ -1,9 +1,10 @@
-//! Brute-force protection for caller authentication: a source that fails too often in one
-//! minute, for one app, gets 429 for the rest of that minute, before any credential is even
-//! compared. Counting per app keeps one misconfigured app from locking the platform out of the
-//! others; counting IPv6 sources per /64 keeps a single host from rotating addresses around it.
-//! The table is bounded: when it is full of live windows, new sources are not tracked (the
-//! limiter fails open rather than locking anyone out).
+//! Per-source limits over one-minute windows: how many times a source did something (failed
+//! an authentication for one app, signed up anonymously) this minute, and whether it is over
+//! its limit. Used for brute-force protection of caller authentication (counted per app, so one
+//! misconfigured app does not lock the platform out of the others) and for rate limiting
+//! anonymous sign-ups. IPv6 sources count per /64, so a host cannot rotate addresses around
+//! it. The table is bounded: when it is full of live windows, new sources are not tracked
+//! (the limiter fails open rather than locking anyone out).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,23 +35,24 @@ impl From<IpAddr> for Source {
 }
 
 #[derive(Default)]
-pub struct AuthFailureLimiter {
+pub struct SourceLimiter {
     table: Mutex<HashMap<(Source, String), (Instant, u32)>>,
 }
 
-impl AuthFailureLimiter {
-    /// How long `ip` must wait before trying `app` again, if it already failed `limit` times
+impl SourceLimiter {
+    /// How long `ip` must wait before doing `scope` again, if it already did it `limit` times
     /// this minute.
-    pub fn blocked(&self, ip: IpAddr, app: &str, limit: u32) -> Option<Duration> {
+    pub fn blocked(&self, ip: IpAddr, scope: &str, limit: u32) -> Option<Duration> {
         let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let (start, failures) = table.get(&(Source::from(ip), app.to_string()))?;
+        let (start, failures) = table.get(&(Source::from(ip), scope.to_string()))?;
         let elapsed = start.elapsed();
         (elapsed < WINDOW && *failures >= limit).then(|| WINDOW - elapsed)
     }
 
-    pub fn failed(&self, ip: IpAddr, app: &str) {
+    /// Counts one more time `ip` did `scope`.
+    pub fn count(&self, ip: IpAddr, scope: &str) {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (Source::from(ip), app.to_string());
+        let key = (Source::from(ip), scope.to_string());
         if !table.contains_key(&key) && table.len() >= MAX_TRACKED {
             table.retain(|_, (start, _)| start.elapsed() < WINDOW);
             if table.len() >= MAX_TRACKED {
@@ -71,12 +73,12 @@ mod tests {
 
     #[test]
     fn blocks_after_the_limit_for_that_source_and_app_only() {
-        let l = AuthFailureLimiter::default();
+        let l = SourceLimiter::default();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
             assert!(l.blocked(a, "app", 3).is_none());
-            l.failed(a, "app");
+            l.count(a, "app");
         }
         let wait = l.blocked(a, "app", 3).unwrap();
         assert!(wait <= WINDOW && wait > Duration::from_secs(50));
@@ -86,10 +88,10 @@ mod tests {
 
     #[test]
     fn ipv6_sources_count_per_64() {
-        let l = AuthFailureLimiter::default();
+        let l = SourceLimiter::default();
         for i in 0..3 {
             let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
-            l.failed(ip, "app");
+            l.count(ip, "app");
         }
         let neighbour: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
         assert!(l.blocked(neighbour, "app", 3).is_some());
@@ -99,13 +101,13 @@ mod tests {
 
     #[test]
     fn a_full_table_fails_open() {
-        let l = AuthFailureLimiter::default();
+        let l = SourceLimiter::default();
         for i in 0..MAX_TRACKED as u32 {
-            l.failed(IpAddr::from(std::net::Ipv4Addr::from(i)), "app");
+            l.count(IpAddr::from(std::net::Ipv4Addr::from(i)), "app");
         }
         let newcomer = IpAddr::from(std::net::Ipv4Addr::new(203, 0, 113, 9));
         for _ in 0..10 {
-            l.failed(newcomer, "app");
+            l.count(newcomer, "app");
         }
         assert!(l.blocked(newcomer, "app", 3).is_none());
         assert_eq!(l.table.lock().unwrap().len(), MAX_TRACKED);

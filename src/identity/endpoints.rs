@@ -1,0 +1,140 @@
+//! The identity bridge's HTTP routes:
+//! - `GET /.well-known/openid-configuration`: discovery (issuer, JWKS location, algorithms).
+//! - `GET /.well-known/jwks.json`: every published key (next, active, retired), cacheable for
+//!   `keys.jwks_max_age`, always shorter than the rotation lead time.
+//! - `GET /identity/v1/public-key.pem`: the active key as one line of base64 SubjectPublicKeyInfo,
+//!   the form the platform's "JWT Public Key" field takes.
+//! - `POST /identity/v1/signup` (and the platform IdP's shape `/api/account/{account}/signup`):
+//!   an anonymous identity, `{"jwt": ...}` with a random UUID `sub`, rate limited per source.
+//!
+//! Failures answer JSON `{"error": ...}` and never show internals (they are logged).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use super::{Claims, IdentityService};
+use crate::tls::Peer;
+
+pub fn router(service: IdentityService) -> Router {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/identity/v1/public-key.pem", get(public_key))
+        .route("/identity/v1/signup", post(signup))
+        .route("/api/account/{account}/signup", post(signup))
+        .with_state(service)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "{what}");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the identity service cannot answer right now",
+    )
+}
+
+fn cache_for(mut response: Response, max_age: Duration) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs())) {
+        response.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    response
+}
+
+async fn discovery(State(s): State<IdentityService>) -> Response {
+    let issuer = s.inner.mint.issuer();
+    let config = &s.inner.config;
+    let body = json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "id_token_signing_alg_values_supported": [config.algorithm],
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["id_token"],
+        "claims_supported": ["iss", "sub", "aud", "iat", "exp", "jti", "given_name", "family_name",
+            "email", "phone_number", "preferred_username", "gender", "lp_sdes"],
+    });
+    cache_for(axum::Json(body).into_response(), config.keys.jwks_max_age.0)
+}
+
+async fn jwks(State(s): State<IdentityService>) -> Response {
+    match s.inner.ring.jwks().await {
+        Ok(set) => cache_for(
+            axum::Json(set).into_response(),
+            s.inner.config.keys.jwks_max_age.0,
+        ),
+        Err(e) => unavailable("cannot read the key ring", e),
+    }
+}
+
+async fn public_key(State(s): State<IdentityService>) -> Response {
+    let row = match s.inner.ring.active().await {
+        Ok(row) => row,
+        Err(e) => return unavailable("cannot read the key ring", e),
+    };
+    let der = serde_json::from_str(&row.public_jwk)
+        .ok()
+        .and_then(|jwk| super::keys::spki_der(&jwk));
+    let Some(der) = der else {
+        return unavailable("the active key's public part is unreadable", &row.kid);
+    };
+    let mut response = base64::engine::general_purpose::STANDARD
+        .encode(der)
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // Changes only when a new key activates; short enough to follow a rotation quickly.
+    cache_for(response, Duration::from_secs(60))
+}
+
+async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<Peer>>) -> Response {
+    let settings = &s.inner.config.anonymous;
+    if !settings.enabled {
+        return error(
+            StatusCode::NOT_FOUND,
+            "anonymous identities are not enabled",
+        );
+    }
+    if let Some(axum::Extension(peer)) = &peer {
+        let ip = peer.addr.ip();
+        if let Some(wait) = s.inner.signups.blocked(ip, "signup", settings.per_minute) {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sign-ups from this address; retry later",
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+            return response;
+        }
+        s.inner.signups.count(ip, "signup");
+    }
+    let claims = Claims {
+        subject: uuid::Uuid::new_v4().to_string(),
+        audience: s.inner.config.audience.clone(),
+        lifetime: settings.token_lifetime.0,
+        profile: Default::default(),
+    };
+    match s.mint(&claims).await {
+        Ok(minted) => {
+            let mut response = axum::Json(json!({ "jwt": minted.jwt })).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => unavailable("cannot mint an anonymous identity", e),
+    }
+}

@@ -1,0 +1,317 @@
+//! The mint: the only code that opens a private signing key and the only code that signs
+//! consumer identity tokens.
+//!
+//! Tokens are compact JWS (RFC 7515) signed here with aws-lc-rs: RS256 (the platform's
+//! default), ES256 (fixed-size r||s, as JWS requires) or EdDSA. The key is opened from the
+//! store once and kept parsed in memory, so a signature costs one private-key operation and no
+//! key parsing. Claims are typed ([`Claims`]), and every token carries `iss`, `sub`, `iat`,
+//! `exp`, `jti` and the signing key's `kid`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RSA_PKCS1_SHA256,
+};
+use base64::Engine;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::keys::{Algorithm, KeyError, KeyRing, seal_context};
+use crate::clock::{Clock, unix_seconds};
+use crate::store::SigningKeyRow;
+
+/// What a consumer token says. Optional profile claims are copied from the upstream login by
+/// the claim mapping; `extra` holds `lp_sdes` and anything else mapped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claims {
+    pub subject: String,
+    pub audience: Option<String>,
+    pub lifetime: Duration,
+    /// Profile claims (`given_name`, `family_name`, `email`, `phone_number`,
+    /// `preferred_username`, `gender`, `lp_sdes`), already type-checked.
+    pub profile: Map<String, Value>,
+}
+
+/// A signed token.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub jwt: String,
+    pub kid: String,
+    pub expires_at: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("the signing key cannot be opened: {0}")]
+    Unusable(String),
+}
+
+/// A private key, parsed.
+enum Signer {
+    Rsa(aws_lc_rs::rsa::KeyPair),
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl Signer {
+    fn open(row: &SigningKeyRow, ring: &KeyRing) -> Result<Signer, MintError> {
+        let pkcs8 = ring
+            .data_keys()
+            .open(&seal_context(&row.kid), &row.private_sealed)
+            .map_err(|e| MintError::Unusable(e.to_string()))?;
+        let bad = |e: aws_lc_rs::error::KeyRejected| MintError::Unusable(e.to_string());
+        match Algorithm::parse(&row.algorithm) {
+            Some(Algorithm::RS256) => Ok(Signer::Rsa(
+                aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8.expose()).map_err(bad)?,
+            )),
+            Some(Algorithm::ES256) => Ok(Signer::Ecdsa(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.expose())
+                    .map_err(bad)?,
+            )),
+            Some(Algorithm::EdDSA) => Ok(Signer::Ed25519(
+                Ed25519KeyPair::from_pkcs8(pkcs8.expose()).map_err(bad)?,
+            )),
+            None => Err(MintError::Unusable(format!(
+                "unknown algorithm {:?}",
+                row.algorithm
+            ))),
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, MintError> {
+        let failed = |_| MintError::Unusable("signing failed".into());
+        match self {
+            Signer::Rsa(k) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(
+                    &RSA_PKCS1_SHA256,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                    message,
+                    &mut sig,
+                )
+                .map_err(failed)?;
+                Ok(sig)
+            }
+            Signer::Ecdsa(k) => Ok(k
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec()),
+            Signer::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+        }
+    }
+}
+
+/// Signs consumer tokens with the ring's active key.
+pub struct Mint {
+    ring: Arc<KeyRing>,
+    issuer: String,
+    clock: Arc<dyn Clock>,
+    /// The opened active key, by kid; replaced when another key becomes active.
+    opened: Mutex<Option<(String, Arc<Signer>)>>,
+}
+
+#[derive(Serialize)]
+struct Header<'a> {
+    alg: &'a str,
+    typ: &'static str,
+    kid: &'a str,
+}
+
+impl Mint {
+    pub fn new(ring: Arc<KeyRing>, issuer: String, clock: Arc<dyn Clock>) -> Mint {
+        Mint {
+            ring,
+            issuer,
+            clock,
+            opened: Mutex::new(None),
+        }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    async fn signer(&self) -> Result<(SigningKeyRow, Arc<Signer>), MintError> {
+        let row = self.ring.active().await?;
+        if let Some((kid, signer)) = self
+            .opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && *kid == row.kid
+        {
+            return Ok((row, signer.clone()));
+        }
+        let signer = Arc::new(Signer::open(&row, &self.ring)?);
+        *self.opened.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((row.kid.clone(), signer.clone()));
+        Ok((row, signer))
+    }
+
+    /// Signs a token for `claims`.
+    pub async fn mint(&self, claims: &Claims) -> Result<Minted, MintError> {
+        let (row, signer) = self.signer().await?;
+        let now = self.clock.now();
+        let expires_at = now + claims.lifetime;
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).map_err(|_| MintError::Unusable("no randomness".into()))?;
+        let mut body = Map::new();
+        body.insert("iss".into(), Value::from(self.issuer.as_str()));
+        body.insert("sub".into(), Value::from(claims.subject.as_str()));
+        if let Some(aud) = &claims.audience {
+            body.insert("aud".into(), Value::from(aud.as_str()));
+        }
+        body.insert("iat".into(), Value::from(unix_seconds(now)));
+        body.insert("exp".into(), Value::from(unix_seconds(expires_at)));
+        body.insert("jti".into(), Value::from(crate::hex::encode(&jti)));
+        for (k, v) in &claims.profile {
+            body.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = serde_json::to_vec(&Header {
+            alg: &row.algorithm,
+            typ: "JWT",
+            kid: &row.kid,
+        })
+        .map_err(|e| MintError::Unusable(e.to_string()))?;
+        let payload = serde_json::to_vec(&body).map_err(|e| MintError::Unusable(e.to_string()))?;
+        let signing_input = format!("{}.{}", b64(&header), b64(&payload));
+        let signature = signer.sign(signing_input.as_bytes())?;
+        Ok(Minted {
+            jwt: format!("{signing_input}.{}", b64(&signature)),
+            kid: row.kid,
+            expires_at,
+        })
+    }
+}
+
+/// Keeps the `Signer` out of `Debug` output.
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer([private key])")
+    }
+}
+
+/// The public half of the active key is re-derived by verifiers from the JWKS; this only checks
+/// a key pair is consistent in tests.
+#[cfg(test)]
+fn public_key(signer: &Signer) -> Vec<u8> {
+    use aws_lc_rs::signature::KeyPair;
+    match signer {
+        Signer::Rsa(k) => k.public_key().as_ref().to_vec(),
+        Signer::Ecdsa(k) => k.public_key().as_ref().to_vec(),
+        Signer::Ed25519(k) => k.public_key().as_ref().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::fake::FakeClock;
+    use crate::identity::keys::RingSettings;
+    use crate::store::seal::DataKeys;
+    use crate::store::{Store, StoreOptions};
+
+    async fn ring(
+        dir: &std::path::Path,
+        algorithm: Algorithm,
+        clock: Arc<FakeClock>,
+    ) -> Arc<KeyRing> {
+        let store = Store::open(StoreOptions {
+            url: &Store::default_url(dir),
+            password: None,
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        let data =
+            DataKeys::parse(DataKeys::generate_line("d1").unwrap().as_bytes(), None).unwrap();
+        Arc::new(KeyRing::new(
+            store,
+            Arc::new(data),
+            RingSettings {
+                algorithm,
+                lead_time: Duration::from_secs(3600),
+                max_token_lifetime: Duration::from_secs(3600),
+                leeway: Duration::from_secs(60),
+                rotate_every: None,
+            },
+            clock,
+        ))
+    }
+
+    #[tokio::test]
+    async fn tokens_verify_with_the_published_key() {
+        for algorithm in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = Arc::new(FakeClock::new());
+            let ring = ring(dir.path(), algorithm, clock.clone()).await;
+            let mint = Mint::new(
+                ring.clone(),
+                "https://id.brand.example".into(),
+                clock.clone(),
+            );
+            let claims = Claims {
+                subject: "consumer-1".into(),
+                audience: Some("platform".into()),
+                lifetime: Duration::from_secs(600),
+                profile: Map::from_iter([("email".to_string(), Value::from("a@b.example"))]),
+            };
+            let minted = mint.mint(&claims).await.unwrap();
+            // jsonwebtoken, fed the JWKS entry, accepts it (node's jose checks it too, in the
+            // integration tests).
+            let jwks: jsonwebtoken::jwk::JwkSet =
+                serde_json::from_value(ring.jwks().await.unwrap()).unwrap();
+            let jwk = jwks.find(&minted.kid).unwrap();
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+            let alg = match algorithm {
+                Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+                Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+                Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+            };
+            let mut validation = jsonwebtoken::Validation::new(alg);
+            validation.set_audience(&["platform"]);
+            validation.set_issuer(&["https://id.brand.example"]);
+            validation.validate_exp = false;
+            let data = jsonwebtoken::decode::<Value>(&minted.jwt, &key, &validation).unwrap();
+            assert_eq!(data.claims["sub"], "consumer-1");
+            assert_eq!(data.claims["email"], "a@b.example");
+            assert_eq!(
+                data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap(),
+                600
+            );
+            assert_eq!(data.header.kid.as_deref(), Some(minted.kid.as_str()));
+            let (_, signer) = mint.signer().await.unwrap();
+            assert!(!public_key(&signer).is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_mint_follows_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let ring = ring(dir.path(), Algorithm::ES256, clock.clone()).await;
+        let mint = Mint::new(ring.clone(), "iss".into(), clock.clone());
+        let claims = Claims {
+            subject: "s".into(),
+            lifetime: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let first = mint.mint(&claims).await.unwrap();
+        let next = ring.rotate().await.unwrap();
+        assert_ne!(next.row.kid, first.kid);
+        // Published at once, but not signing before the lead time.
+        let jwks = ring.jwks().await.unwrap().to_string();
+        assert!(jwks.contains(&next.row.kid));
+        assert_eq!(mint.mint(&claims).await.unwrap().kid, first.kid);
+        clock.advance(Duration::from_secs(3600));
+        // The ring's cached read is at most a few seconds old; activation times are known.
+        assert_eq!(mint.mint(&claims).await.unwrap().kid, next.row.kid);
+        // The retired key stays published while its tokens can still be valid.
+        assert!(ring.jwks().await.unwrap().to_string().contains(&first.kid));
+    }
+}

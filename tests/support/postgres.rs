@@ -1,0 +1,64 @@
+//! A fresh PostgreSQL database for one test, on the server at 127.0.0.1:5432 (or
+//! `TEST_POSTGRES_URL`). Without a server the test says SKIPPED, except under CI (`CI=true`),
+//! where it fails: CI must never skip it.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+
+pub struct Database {
+    pub url: String,
+    name: String,
+    admin: sqlx::PgPool,
+}
+
+fn admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl Database {
+    pub async fn create() -> Option<Database> {
+        let admin_url = admin_url();
+        let admin = match PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&admin_url)
+            .await
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("PostgreSQL at {admin_url} is required under CI: {e}");
+                }
+                eprintln!("SKIPPED: needs PostgreSQL at {admin_url} ({e})");
+                return None;
+            }
+        };
+        let mut random = [0u8; 6];
+        aws_lc_rs::rand::fill(&mut random).unwrap();
+        let name = format!("brandgate_it_{}", brandgate::hex::encode(&random));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b)
+            .to_string();
+        Some(Database {
+            url: format!("{base}/{name}"),
+            name,
+            admin,
+        })
+    }
+
+    pub async fn drop(self) {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await;
+    }
+}
