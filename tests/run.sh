@@ -63,3 +63,4 @@ cargo test --locked --doc --quiet
 
 log "benchmarks (quick mode)"
 cargo bench --locked --bench push_throughput -- --quick
+cargo bench --locked --bench mint -- --quick
