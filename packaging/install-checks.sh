@@ -47,6 +47,14 @@ service_running_checks() {
     equals "$kind: Type=notify" "$(prop brandgate Type)" "notify"
     if wait_until 10 port_open 8443; then ok "$kind: HTTPS listener on 8443"; else fail "$kind: HTTPS listener on 8443"; fi
     local ready
+    local keys
+    keys=$(runuser -u brandgate -- /usr/bin/brandgate keys list --config /etc/brandgate/brandgate.toml 2>&1)
+    if echo "$keys" | grep -q " active "; then
+        ok "$kind: the identity bridge made its signing key in the store"
+    else
+        fail "$kind: keys list: $keys"
+    fi
+    equals "$kind: the database is the service's alone" "$(mode /var/lib/brandgate/brandgate.db)" "600 brandgate:brandgate"
     ready=$(http_get 9464 /readyz || true)
     if echo "$ready" | grep -q '^HTTP/1.[01] 200' && echo "$ready" | grep -q '"ready":true'; then
         ok "$kind: /readyz answers ready"
