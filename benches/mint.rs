@@ -17,8 +17,15 @@ use figment::providers::Format;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let window = if quick { Duration::from_millis(500) } else { Duration::from_secs(5) };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let window = if quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!("mint ({})", if quick { "quick" } else { "full" });
     let mut rs256 = 0.0;
     for alg in ["RS256", "ES256", "EdDSA"] {
@@ -49,9 +56,10 @@ async fn mint_rate(algorithm: &str, window: Duration) -> f64 {
     .unwrap();
     let keys = DataKeys::parse(DataKeys::generate_line("b1").unwrap().as_bytes(), None).unwrap();
     let config: IdentityConfig = toml_config(algorithm);
-    let service = IdentityService::start(&config, store, Arc::new(keys), brandgate::clock::system())
-        .await
-        .unwrap();
+    let service =
+        IdentityService::start(&config, store, Arc::new(keys), brandgate::clock::system())
+            .await
+            .unwrap();
     let claims = Claims {
         subject: "4f7a7f0e-3f4e-4a8e-9f3e-2b1c0d9e8f7a".into(),
         audience: Some("platform".into()),
@@ -74,7 +82,8 @@ fn toml_config(algorithm: &str) -> IdentityConfig {
     struct Wrapper {
         identity: IdentityConfig,
     }
-    let text = format!("[identity]\nissuer = \"https://bench.test\"\nalgorithm = \"{algorithm}\"\n");
+    let text =
+        format!("[identity]\nissuer = \"https://bench.test\"\nalgorithm = \"{algorithm}\"\n");
     let w: Wrapper = figment::Figment::from(figment::providers::Toml::string(&text))
         .extract()
         .unwrap();
@@ -89,7 +98,9 @@ fn openssl_rsa2048_signs(seconds: u32) -> Option<f64> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "rsa 2048 bits 0.000565s 0.000035s   1769.8  28923.4"
-    let line = text.lines().find(|l| l.starts_with("rsa 2048 bits") || l.starts_with("rsa  2048 bits"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rsa 2048 bits") || l.starts_with("rsa  2048 bits"))?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     fields.get(fields.len().checked_sub(2)?)?.parse().ok()
 }

@@ -50,6 +50,21 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Seal again, under the active data key, everything sealed under an older one (after
+    /// rotating the data key; then the old key can leave the data-key file).
+    Reseal {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +134,9 @@ async fn run(command: Command) -> ExitCode {
             push_test(config, app_id, token, text, provider).await
         }
         Command::Keys { command } => keys(command).await,
+        Command::Store {
+            command: StoreCommand::Reseal { config },
+        } => reseal(&config).await,
     }
 }
 
@@ -209,6 +227,22 @@ async fn keys(command: KeysCommand) -> ExitCode {
             }
             Err(e) => fail(StartError::Runtime(e.to_string())),
         },
+    };
+    store.close().await;
+    code
+}
+
+async fn reseal(config: &std::path::Path) -> ExitCode {
+    let (ring, store) = match app::key_ring(config).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let code = match ring.reseal().await {
+        Ok(n) => {
+            println!("re-sealed {n} signing key(s) under the active data key");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(StartError::Runtime(e.to_string())),
     };
     store.close().await;
     code

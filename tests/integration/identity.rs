@@ -342,3 +342,38 @@ async fn nodes_sharing_postgresql_agree_on_the_active_key() {
     drop((a, b));
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_new_data_key_takes_over_and_old_records_are_resealed() {
+    let env = TestEnv::new();
+    let config = identity_config(&env, "ES256", ANONYMOUS_ON, "");
+    let old_line = std::fs::read_to_string(env.path().join("data-keys")).unwrap();
+    let mut daemon = Daemon::start(env.path(), &config).await;
+    assert_eq!(
+        signup(&env, &daemon, "/identity/v1/signup").await.status,
+        200
+    );
+    daemon.stop().await;
+    // The operator adds a new data key in front (it becomes active), keeping the old one.
+    env.secret("data-keys", &format!("{}{old_line}", data_key_line("k2")));
+    let path = env.path().join("brandgate.toml");
+    let (code, out, err) = run(
+        &["store", "reseal", "--config", path.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("re-sealed 1 signing key"), "{out}");
+    // Now the old key can go: everything opens with the new one alone.
+    let both = std::fs::read_to_string(env.path().join("data-keys")).unwrap();
+    env.secret("data-keys", both.lines().next().unwrap());
+    let daemon = Daemon::start(env.path(), &config).await;
+    let a = signup(&env, &daemon, "/identity/v1/signup").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (_, out, _) = run(
+        &["store", "reseal", "--config", path.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert!(out.contains("re-sealed 0 signing key"), "{out}");
+}
