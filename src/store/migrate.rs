@@ -48,30 +48,36 @@ pub fn latest(store: &Store) -> i64 {
 
 /// Applies every pending migration. Refuses a database newer than this build.
 pub async fn run(store: &Store) -> Result<(), StoreError> {
-    match store {
-        Store::Sqlite(pool) => {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    // The same steps inside each backend's locking transaction.
+    macro_rules! apply {
+        ($tx:ident, $list:expr) => {{
             sqlx::query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
             )
-            .execute(&mut *tx)
+            .execute(&mut *$tx)
             .await?;
-            let applied: Vec<i64> =
-                sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get::<i64, _>("version"))
-                    .collect::<Result<_, _>>()?;
-            check_not_newer(&applied, SQLITE)?;
-            for (version, sql) in SQLITE.iter().filter(|(v, _)| !applied.contains(v)) {
-                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(&mut *$tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>("version"))
+                .collect::<Result<_, _>>()?;
+            check_not_newer(&applied, $list)?;
+            for (version, sql) in $list.iter().filter(|(v, _)| !applied.contains(v)) {
+                sqlx::raw_sql(*sql).execute(&mut *$tx).await?;
                 sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
                     .bind(version)
                     .bind(now())
-                    .execute(&mut *tx)
+                    .execute(&mut *$tx)
                     .await?;
             }
+        }};
+    }
+    match store {
+        Store::Sqlite(pool) => {
+            // IMMEDIATE: the write lock is taken at once, so a second process waits here.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            apply!(tx, SQLITE);
             tx.commit().await?;
         }
         Store::Postgres(pool) => {
@@ -80,27 +86,7 @@ pub async fn run(store: &Store) -> Result<(), StoreError> {
                 .bind(PG_LOCK)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-            )
-            .execute(&mut *tx)
-            .await?;
-            let applied: Vec<i64> =
-                sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get::<i64, _>("version"))
-                    .collect::<Result<_, _>>()?;
-            check_not_newer(&applied, POSTGRES)?;
-            for (version, sql) in POSTGRES.iter().filter(|(v, _)| !applied.contains(v)) {
-                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                    .bind(version)
-                    .bind(now())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            apply!(tx, POSTGRES);
             tx.commit().await?;
         }
     }

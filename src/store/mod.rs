@@ -1,6 +1,6 @@
 //! The store: SQLite (the embedded default, WAL, nothing else to run) or PostgreSQL (several
 //! brandgate nodes sharing one database), behind one handle with one contract, proven by one
-//! conformance suite run against both (`conformance.rs`).
+//! conformance suite run against both (`tests/integration/store.rs`).
 //!
 //! Contract, for every backend:
 //! - Every method is atomic: it happens whole or not at all.
@@ -25,9 +25,6 @@ macro_rules! on_pool {
 
 pub mod migrate;
 pub mod seal;
-
-#[cfg(test)]
-mod conformance;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -12,3 +12,4 @@ mod identity;
 mod lifecycle;
 mod push_apns;
 mod push_fcm;
+mod store;
