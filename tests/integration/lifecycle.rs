@@ -222,7 +222,7 @@ async fn sigterm_drains_in_flight_pushes_then_exits_cleanly() {
             )
             .await
     });
-    wait_in_flight(&env, &daemon, 1).await;
+    daemon.wait_in_flight(1).await;
     daemon.signal(libc::SIGTERM);
     daemon.wait_notification("STOPPING=1").await;
     // While connections finish, the ops listener still answers: not ready, draining.
@@ -272,7 +272,7 @@ async fn the_grace_period_bounds_the_drain() {
             )
             .await
     });
-    wait_in_flight(&env, &daemon, 1).await;
+    daemon.wait_in_flight(1).await;
     let started = std::time::Instant::now();
     daemon.signal(libc::SIGTERM);
     let status = daemon.wait_exit(Duration::from_secs(30)).await;
@@ -283,24 +283,6 @@ async fn the_grace_period_bounds_the_drain() {
         started.elapsed()
     );
     daemon.wait_log("grace period over").await;
-}
-
-/// Waits (bounded) until the daemon reports `n` pushes in flight.
-async fn wait_in_flight(env: &TestEnv, daemon: &Daemon, n: usize) {
-    let needle = format!("brandgate_push_in_flight {n}");
-    for _ in 0..400 {
-        if env
-            .client()
-            .get(&daemon.ops_url("/metrics"))
-            .await
-            .body
-            .contains(&needle)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never saw {needle}");
 }
 
 #[tokio::test]

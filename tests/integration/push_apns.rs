@@ -633,7 +633,7 @@ async fn a_repeat_arriving_during_delivery_waits_and_is_not_sent_again() {
     );
     let push = ios_push("1e01", "x", "conv-e", 7);
     let (first, second) = tokio::join!(w.push(&push), async {
-        wait_until_in_flight(&w).await;
+        w.daemon.wait_in_flight(1).await;
         w.push(&push).await
     });
     let mut statuses = vec![
@@ -650,18 +650,6 @@ async fn a_repeat_arriving_during_delivery_waits_and_is_not_sent_again() {
             .count(),
         1
     );
-}
-
-/// Waits (bounded) until a push is being delivered.
-async fn wait_until_in_flight(w: &World) {
-    for _ in 0..400 {
-        let m = w.env.client().get(&w.daemon.ops_url("/metrics")).await.body;
-        if m.contains("brandgate_push_in_flight 1") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("no push went in flight");
 }
 
 #[tokio::test]

@@ -195,6 +195,24 @@ impl Daemon {
         }
     }
 
+    /// Waits (bounded) until `n` pushes are being delivered, read from `/metrics`.
+    pub async fn wait_in_flight(&self, n: usize) {
+        let needle = format!("brandgate_push_in_flight {n}");
+        let client = super::client::Client::http1("");
+        for _ in 0..800 {
+            if client
+                .get(&self.ops_url("/metrics"))
+                .await
+                .body
+                .contains(&needle)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never saw {needle}");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.public.port())
     }
