@@ -13,6 +13,7 @@
 //!
 //! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
 //! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
+//! [`http_auth`] (Basic credentials and client-certificate names, read one way),
 //! [`hex`], [`limiter`] (per-source limits).
 
 pub mod app;
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod hex;
+pub mod http_auth;
 pub mod http_client;
 pub mod identity;
 pub mod limiter;

@@ -138,6 +138,18 @@ pub fn read_secret_file(path: &Path) -> Result<Secret<Vec<u8>>, SecretFileError>
     Ok(Secret(bytes))
 }
 
+/// Reads the secret file that config key `key` names; when it cannot be used, records a
+/// problem naming the key and returns `None`.
+pub fn read_secret_for(
+    key: impl Into<String>,
+    path: &Path,
+    problems: &mut crate::config::Problems,
+) -> Option<Secret<Vec<u8>>> {
+    read_secret_file(path)
+        .map_err(|e| problems.push(key, e.to_string()))
+        .ok()
+}
+
 /// Whether a file that holds a secret can be read by every user on the machine.
 pub fn world_readable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;

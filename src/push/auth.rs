@@ -5,11 +5,11 @@
 //!
 //! The reasons a caller failed are for the log, never for the answer.
 
-use base64::Engine;
 use http::{HeaderMap, HeaderName};
 
 use crate::config::{CallerAuthConfig, Problems};
-use crate::secret::{Secret, read_secret_file};
+use crate::http_auth::{basic_credentials, certificate_matches};
+use crate::secret::{Secret, read_secret_for};
 use crate::tls::PeerIdentity;
 
 /// The platform allows at most 4 custom headers per app.
@@ -41,7 +41,7 @@ impl CallerAuth {
         problems: &mut Problems,
     ) -> CallerAuth {
         let basic = cfg.basic.as_ref().and_then(|b| {
-            let pw = secret(
+            let pw = read_secret_for(
                 format!("{key}.basic.password_file"),
                 &b.password_file,
                 problems,
@@ -51,7 +51,7 @@ impl CallerAuth {
         let mut headers = Vec::new();
         for (i, h) in cfg.headers.iter().enumerate() {
             let field = format!("{key}.headers[{i}]");
-            let value = secret(format!("{field}.value_file"), &h.value_file, problems);
+            let value = read_secret_for(format!("{field}.value_file"), &h.value_file, problems);
             match HeaderName::from_bytes(h.name.as_bytes()) {
                 Ok(name) => {
                     if let Some(v) = value {
@@ -138,17 +138,10 @@ impl CallerAuth {
                 failed.push("basic credentials missing or wrong");
             }
         }
-        if let Some(names) = &self.cert_names {
-            let ok = peer.is_some_and(|p| {
-                p.names.iter().any(|n| {
-                    names
-                        .iter()
-                        .any(|want| want == n || want.eq_ignore_ascii_case(n))
-                })
-            });
-            if !ok {
-                failed.push("client certificate missing or not an accepted name");
-            }
+        if let Some(names) = &self.cert_names
+            && !certificate_matches(peer, names)
+        {
+            failed.push("client certificate missing or not an accepted name");
         }
         for (name, value) in &self.headers {
             let presented = headers.get(name).map(|v| v.as_bytes()).unwrap_or(b"");
@@ -169,36 +162,11 @@ impl CallerAuth {
     }
 }
 
-/// Reads one secret file, reporting a problem when it cannot be used.
-fn secret(
-    field: String,
-    path: &std::path::Path,
-    problems: &mut Problems,
-) -> Option<Secret<Vec<u8>>> {
-    read_secret_file(path)
-        .map_err(|e| problems.push(field, e.to_string()))
-        .ok()
-}
-
-/// The user and password of an `Authorization: Basic` header.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some((u.to_string(), p.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{BasicAuthConfig, HeaderAuthConfig};
+    use base64::Engine;
 
     fn basic_header(u: &str, p: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,0 +1,77 @@
+//! What a caller presents to prove who it is, read the same way by every role: HTTP Basic
+//! credentials (RFC 7617) and the names of a verified client certificate.
+//!
+//! Only reading lives here; each role decides what it accepts, and compares secrets with
+//! [`crate::secret::Secret::matches`] (constant time).
+
+use base64::Engine;
+use http::HeaderMap;
+
+use crate::tls::PeerIdentity;
+
+/// The user and password of an `Authorization: Basic` header, as sent.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Whether the connection's client certificate carries one of `accepted` as its subject
+/// common name or a subject alternative name (DNS names compared without letter case).
+pub fn certificate_matches(peer: Option<&PeerIdentity>, accepted: &[String]) -> bool {
+    peer.is_some_and(|p| {
+        p.names.iter().any(|n| {
+            accepted
+                .iter()
+                .any(|want| want == n || want.eq_ignore_ascii_case(n))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_read_whatever_the_scheme_case() {
+        let mut h = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode("platform:pa:ss");
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("bAsIc {v}").parse().unwrap(),
+        );
+        assert_eq!(
+            basic_credentials(&h),
+            Some(("platform".into(), "pa:ss".into()))
+        );
+        h.insert(http::header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(basic_credentials(&h), None);
+    }
+
+    #[test]
+    fn certificate_names_match_exactly_or_without_case() {
+        let peer = PeerIdentity {
+            names: vec!["Push.Platform.example".into()],
+        };
+        assert!(certificate_matches(
+            Some(&peer),
+            &["push.platform.example".into()]
+        ));
+        assert!(!certificate_matches(
+            Some(&peer),
+            &["platform.example".into()]
+        ));
+        assert!(!certificate_matches(
+            None,
+            &["push.platform.example".into()]
+        ));
+    }
+}
