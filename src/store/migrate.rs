@@ -9,9 +9,10 @@ use sqlx::Row;
 use super::{Store, StoreError};
 
 /// (version, SQL) for SQLite.
-const SQLITE: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE signing_keys (
+const SQLITE: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE signing_keys (
         kid TEXT PRIMARY KEY,
         algorithm TEXT NOT NULL,
         public_jwk TEXT NOT NULL,
@@ -19,12 +20,23 @@ const SQLITE: &[(i64, &str)] = &[(
         created_at INTEGER NOT NULL,
         activates_at INTEGER NOT NULL
     )",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE pending_grants (
+            id TEXT PRIMARY KEY,
+            sealed BLOB NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX pending_grants_by_expiry ON pending_grants (expires_at)",
+    ),
+];
 
 /// (version, SQL) for PostgreSQL.
-const POSTGRES: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE signing_keys (
+const POSTGRES: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE signing_keys (
         kid TEXT PRIMARY KEY,
         algorithm TEXT NOT NULL,
         public_jwk TEXT NOT NULL,
@@ -32,7 +44,17 @@ const POSTGRES: &[(i64, &str)] = &[(
         created_at BIGINT NOT NULL,
         activates_at BIGINT NOT NULL
     )",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE pending_grants (
+            id TEXT PRIMARY KEY,
+            sealed BYTEA NOT NULL,
+            expires_at BIGINT NOT NULL
+        );
+        CREATE INDEX pending_grants_by_expiry ON pending_grants (expires_at)",
+    ),
+];
 
 /// Any number that no other application on a shared PostgreSQL server would pick ("brandgat").
 const PG_LOCK: i64 = 0x6272_616e_6467_6174;

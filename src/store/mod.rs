@@ -23,6 +23,7 @@ macro_rules! on_pool {
     };
 }
 
+mod grants;
 pub mod migrate;
 pub mod seal;
 
