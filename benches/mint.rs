@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brandgate::config::IdentityConfig;
-use brandgate::identity::{Claims, IdentityService};
+use brandgate::identity::{Claims, IdentityMetrics, IdentityService};
 use brandgate::store::seal::DataKeys;
 use brandgate::store::{Store, StoreOptions};
 use figment::providers::Format;
@@ -56,10 +56,18 @@ async fn mint_rate(algorithm: &str, window: Duration) -> f64 {
     .unwrap();
     let keys = DataKeys::parse(DataKeys::generate_line("b1").unwrap().as_bytes(), None).unwrap();
     let config: IdentityConfig = toml_config(algorithm);
-    let service =
-        IdentityService::start(&config, store, Arc::new(keys), brandgate::clock::system())
-            .await
-            .unwrap();
+    let clock = brandgate::clock::system();
+    let prepared = IdentityService::prepare(&config, false, clock.clone()).unwrap();
+    let service = IdentityService::start(
+        &config,
+        prepared,
+        store,
+        Arc::new(keys),
+        clock,
+        IdentityMetrics::default(),
+    )
+    .await
+    .unwrap();
     let claims = Claims {
         subject: "4f7a7f0e-3f4e-4a8e-9f3e-2b1c0d9e8f7a".into(),
         audience: Some("platform".into()),

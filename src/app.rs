@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Problems};
-use crate::identity::{IdentityService, KeyRing};
+use crate::identity::{IdentityMetrics, IdentityService, KeyRing};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, Delivery, Provider, PushService};
 use crate::store::seal::DataKeys;
@@ -93,7 +93,14 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
         Ok(Some(())) => {}
         Err(e) => problems.push("server.tls", e),
     }
-    if config.identity.is_some() {
+    if let Some(identity) = &config.identity {
+        if let Err(p) = IdentityService::prepare(
+            identity,
+            config.server.tls.client_ca.is_some(),
+            crate::clock::system(),
+        ) {
+            problems.0.extend(p.0);
+        }
         match &config.store.data_keys_file {
             Some(file) => {
                 if let Err(e) = DataKeys::load(file, config.store.active_data_key.as_deref()) {
@@ -333,11 +340,22 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
 
     let identity = match &config.identity {
         Some(id_config) => {
+            let prepared = IdentityService::prepare(
+                id_config,
+                config.server.tls.client_ca.is_some(),
+                crate::clock::system(),
+            )?;
             let (store, data_keys) = open_store(&config, &state_dir).await?;
-            let service =
-                IdentityService::start(id_config, store, data_keys, crate::clock::system())
-                    .await
-                    .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
+            let service = IdentityService::start(
+                id_config,
+                prepared,
+                store,
+                data_keys,
+                crate::clock::system(),
+                IdentityMetrics::register(&mut registry),
+            )
+            .await
+            .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
             Some(service)
         }
         None => None,
@@ -350,6 +368,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
 
     let health = Arc::new(Health::default());
     health.add_check(Arc::new(push.clone()));
+    if let Some(identity) = &identity {
+        health.add_check(Arc::new(identity.clone()));
+    }
     let public = Arc::new(Public {
         tls: RwLock::new(server_tls.config),
         router: public_router(&push, identity.as_ref()),

@@ -19,6 +19,9 @@ use serde::Deserialize;
 
 use crate::duration::Span;
 
+mod identity;
+pub use identity::*;
+
 /// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -124,75 +127,6 @@ impl Default for StoreConfig {
             max_connections: defaults::store_connections(),
             data_keys_file: None,
             active_data_key: None,
-        }
-    }
-}
-
-/// The identity bridge: consumer identity tokens and the keys that sign them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityConfig {
-    /// `iss` of every token brandgate mints, and the base of its discovery document: the public
-    /// https URL of this brandgate.
-    pub issuer: String,
-    /// `aud` of consumer tokens, when the platform expects one.
-    pub audience: Option<String>,
-    #[serde(default = "defaults::identity_token_lifetime")]
-    pub token_lifetime: Span,
-    /// `RS256` (the platform's default), `ES256` or `EdDSA`.
-    #[serde(default = "defaults::identity_algorithm")]
-    pub algorithm: String,
-    /// Clock difference tolerated when checking times.
-    #[serde(default = "defaults::identity_leeway")]
-    pub leeway: Span,
-    #[serde(default)]
-    pub keys: KeysConfig,
-    #[serde(default)]
-    pub anonymous: AnonymousConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeysConfig {
-    /// A new key is published this long before it signs (verifiers cache the JWKS).
-    #[serde(default = "defaults::rotation_lead")]
-    pub rotation_lead: Span,
-    /// Rotate on this schedule (off when absent; `brandgate keys rotate` rotates by hand).
-    pub rotate_every: Option<Span>,
-    /// `Cache-Control: max-age` of the JWKS; must be shorter than `rotation_lead`.
-    #[serde(default = "defaults::jwks_max_age")]
-    pub jwks_max_age: Span,
-}
-
-impl Default for KeysConfig {
-    fn default() -> Self {
-        KeysConfig {
-            rotation_lead: defaults::rotation_lead(),
-            rotate_every: None,
-            jwks_max_age: defaults::jwks_max_age(),
-        }
-    }
-}
-
-/// Anonymous identities (`POST /identity/v1/signup`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnonymousConfig {
-    #[serde(default)]
-    pub enabled: bool,
-    #[serde(default = "defaults::anonymous_lifetime")]
-    pub token_lifetime: Span,
-    /// Sign-ups per source address per minute.
-    #[serde(default = "defaults::anonymous_per_minute")]
-    pub per_minute: u32,
-}
-
-impl Default for AnonymousConfig {
-    fn default() -> Self {
-        AnonymousConfig {
-            enabled: false,
-            token_lifetime: defaults::anonymous_lifetime(),
-            per_minute: defaults::anonymous_per_minute(),
         }
     }
 }
@@ -560,27 +494,6 @@ mod defaults {
     pub fn store_connections() -> u32 {
         10
     }
-    pub fn identity_token_lifetime() -> Span {
-        Span(Duration::from_secs(3600))
-    }
-    pub fn identity_algorithm() -> String {
-        "RS256".into()
-    }
-    pub fn identity_leeway() -> Span {
-        Span(Duration::from_secs(60))
-    }
-    pub fn rotation_lead() -> Span {
-        Span(Duration::from_secs(3600))
-    }
-    pub fn jwks_max_age() -> Span {
-        Span(Duration::from_secs(300))
-    }
-    pub fn anonymous_lifetime() -> Span {
-        Span(Duration::from_secs(86_400))
-    }
-    pub fn anonymous_per_minute() -> u32 {
-        10
-    }
 }
 
 impl Config {
@@ -633,6 +546,25 @@ impl Config {
             && let Some(f) = &w.secret_file
         {
             files.push(("push.feedback.webhook.secret_file".into(), f));
+        }
+        if let Some(id) = &self.identity {
+            if let Some(up) = &id.upstream {
+                files.push((
+                    "identity.upstream.client_secret_file".into(),
+                    &up.client_secret_file,
+                ));
+            }
+            if let Some(f) = &id.subject.pseudonym_key_file {
+                files.push(("identity.subject.pseudonym_key_file".into(), f));
+            }
+            for (i, c) in id.clients.iter().enumerate() {
+                files.push((format!("identity.clients[{i}].secret_file"), &c.secret_file));
+            }
+            for (i, b) in id.backends.iter().enumerate() {
+                if let Some(f) = &b.secret_file {
+                    files.push((format!("identity.backends[{i}].secret_file"), f));
+                }
+            }
         }
         for (i, app) in self.push.apps.iter().enumerate() {
             let key = format!("push.apps[{i}]");
@@ -721,45 +653,7 @@ impl Config {
             p.push("push.body_limit", "must be at least 1024 bytes");
         }
         if let Some(id) = &self.identity {
-            match id.issuer.parse::<http::Uri>() {
-                Ok(u)
-                    if u.scheme_str() == Some("https")
-                        && u.host().is_some()
-                        && u.query().is_none() => {}
-                _ => p.push(
-                    "identity.issuer",
-                    format!("{:?} must be an https:// URL without a query", id.issuer),
-                ),
-            }
-            if crate::identity::Algorithm::parse(&id.algorithm).is_none() {
-                p.push("identity.algorithm", "must be RS256, ES256 or EdDSA");
-            }
-            if id.keys.jwks_max_age >= id.keys.rotation_lead {
-                p.push(
-                    "identity.keys.jwks_max_age",
-                    "must be shorter than rotation_lead, or verifiers may not know a key when it starts signing",
-                );
-            }
-            if let Some(every) = id.keys.rotate_every
-                && every <= id.keys.rotation_lead
-            {
-                p.push(
-                    "identity.keys.rotate_every",
-                    "must be longer than rotation_lead",
-                );
-            }
-            for (key, lifetime) in [
-                ("identity.token_lifetime", id.token_lifetime),
-                (
-                    "identity.anonymous.token_lifetime",
-                    id.anonymous.token_lifetime,
-                ),
-            ] {
-                if lifetime.0.is_zero() || lifetime.0 > std::time::Duration::from_secs(30 * 86_400)
-                {
-                    p.push(key, "must be above 0 and at most 30d");
-                }
-            }
+            id.check_shape(&mut p);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, app) in push.apps.iter().enumerate() {

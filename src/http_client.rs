@@ -1,4 +1,5 @@
-//! Outbound HTTP calls that are not push sends: the FCM OAuth token call and webhooks.
+//! Outbound HTTP calls that are not push sends: the FCM OAuth token call, webhooks, and the
+//! brand's OpenID provider.
 //!
 //! HTTP/1.1 or HTTP/2 as the server offers (ALPN), TLS through [`crate::tls`], no redirect ever
 //! followed, every call bounded by a timeout and a response size limit. Plain `http://` is only
@@ -68,8 +69,19 @@ impl HttpClient {
             request = request.header(name, value);
         }
         let request = request
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| HttpError::Connect(e.to_string()))?;
+        self.send(request, timeout).await
+    }
+
+    /// Sends any request and reads the whole answer, all within `timeout`. A redirect is
+    /// returned as it is, never followed.
+    pub async fn send(
+        &self,
+        request: Request<Bytes>,
+        timeout: Duration,
+    ) -> Result<HttpResponse, HttpError> {
+        let request = request.map(Full::new);
         let call = async {
             let response = self
                 .inner

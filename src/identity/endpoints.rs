@@ -6,6 +6,8 @@
 //!   the form the platform's "JWT Public Key" field takes.
 //! - `POST /identity/v1/signup` (and the platform IdP's shape `/api/account/{account}/signup`):
 //!   an anonymous identity, `{"jwt": ...}` with a random UUID `sub`, rate limited per source.
+//! - `GET /login` and the callback (`login`), `POST /oauth/token` (`token`), and
+//!   `POST /identity/v1/token` (`issue`), mounted here.
 //!
 //! Failures answer JSON `{"error": ...}` and never show internals (they are logged).
 
@@ -17,19 +19,42 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use http::{HeaderValue, StatusCode, header};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{Claims, IdentityService};
 use crate::tls::Peer;
 
+/// Largest body of a token request (form or JSON).
+const MAX_TOKEN_REQUEST: usize = 16 * 1024;
+
 pub fn router(service: IdentityService) -> Router {
-    Router::new()
+    let limit = axum::extract::DefaultBodyLimit::max(MAX_TOKEN_REQUEST);
+    let mut router = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/identity/v1/public-key.pem", get(public_key))
         .route("/identity/v1/signup", post(signup))
         .route("/api/account/{account}/signup", post(signup))
-        .with_state(service)
+        .route("/identity/v1/token", post(super::issue::issue).layer(limit))
+        .route("/oauth/token", post(super::token::token).layer(limit));
+    if service.inner.upstream.is_some() {
+        router = router
+            .route("/login", get(super::login::login))
+            .route(&callback_path(&service), get(super::login::callback));
+    }
+    router.with_state(service)
+}
+
+/// The path the provider sends the browser back to: that of the configured redirect URI.
+fn callback_path(service: &IdentityService) -> String {
+    service
+        .inner
+        .config
+        .callback_uri()
+        .and_then(|u| u.parse::<http::Uri>().ok())
+        .map(|u| u.path().to_string())
+        .filter(|p| p.starts_with('/') && p.len() > 1)
+        .unwrap_or_else(|| "/callback".into())
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -54,15 +79,25 @@ fn cache_for(mut response: Response, max_age: Duration) -> Response {
 async fn discovery(State(s): State<IdentityService>) -> Response {
     let issuer = s.inner.mint.issuer();
     let config = &s.inner.config;
-    let body = json!({
+    let mut body = json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "id_token_signing_alg_values_supported": [config.algorithm],
         "subject_types_supported": ["public"],
         "response_types_supported": ["id_token"],
-        "claims_supported": ["iss", "sub", "aud", "iat", "exp", "jti", "given_name", "family_name",
-            "email", "phone_number", "preferred_username", "gender", "lp_sdes"],
+        "claims_supported": ["iss", "sub", "aud", "iat", "exp", "jti", "nonce", "given_name",
+            "family_name", "email", "phone_number", "preferred_username", "gender", "lp_sdes"],
     });
+    if s.inner.upstream.is_some() {
+        body["authorization_endpoint"] = Value::from(format!("{issuer}/login"));
+        body["token_endpoint"] = Value::from(format!("{issuer}/oauth/token"));
+        body["response_types_supported"] = json!(["code", "id_token"]);
+        body["response_modes_supported"] = json!(["query", "fragment"]);
+        body["grant_types_supported"] = json!(["authorization_code", "implicit"]);
+        body["token_endpoint_auth_methods_supported"] =
+            json!(["client_secret_basic", "client_secret_post"]);
+        body["code_challenge_methods_supported"] = json!(["S256"]);
+    }
     cache_for(axum::Json(body).into_response(), config.keys.jwks_max_age.0)
 }
 
@@ -117,6 +152,7 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
                 header::RETRY_AFTER,
                 HeaderValue::from(wait.as_secs().max(1)),
             );
+            s.inner.metrics.token("anonymous", "refused");
             return response;
         }
         s.inner.signups.count(ip, "signup");
@@ -129,6 +165,7 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
     };
     match s.mint(&claims).await {
         Ok(minted) => {
+            s.inner.metrics.token("anonymous", "issued");
             let mut response = axum::Json(json!({ "jwt": minted.jwt })).into_response();
             response
                 .headers_mut()

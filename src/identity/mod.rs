@@ -1,33 +1,51 @@
-//! The identity bridge role: consumer identity tokens the messaging platform verifies, signed
-//! by a key ring brandgate keeps in its store, with the keys published as the platform expects
-//! (OpenID discovery, JWKS, one-line PEM).
+//! The identity bridge role: the brand's OpenID Connect login stays the only login, and
+//! brandgate turns a consumer's login there into the consumer identity token the messaging
+//! platform verifies, signed by a key ring brandgate keeps in its store and publishes as the
+//! platform expects (OpenID discovery, JWKS, one-line PEM).
 //!
 //! The door is [`IdentityService`]: [`IdentityService::router`] for the listener,
-//! [`IdentityService::mint`] for the rest of the process. `keys` manages the ring (it makes
-//! and seals key material); `mint` is the only code that opens a private key.
-//!
-//! Built so far: the key ring (creation, rotation with a lead time, retirement, removal,
-//! re-sealing), publication, minting, and anonymous identities. The upstream OpenID Connect
-//! login and the platform's code flow come next.
+//! [`IdentityService::mint`] for the rest of the process. Inside:
+//! - `upstream`: brandgate as relying party of the brand's provider (the only code that talks
+//!   to it or holds its client secret);
+//! - `login` (`/login`, `/callback`), `token` (`/oauth/token`, the platform's code exchange),
+//!   `issue` (`/identity/v1/token`, server-to-server), `endpoints` (publication, anonymous
+//!   sign-up): the HTTP side;
+//! - `claims`: the subject rule and the claim mapping; `callers`: who may ask for tokens;
+//!   `grants`: single-use states and codes, sealed in the store;
+//! - `keys` manages the ring (it makes and seals key material); `mint` is the only code that
+//!   opens a private key and signs.
 
+mod callers;
+mod claims;
 mod endpoints;
+mod grants;
+mod issue;
 pub mod keys;
+mod login;
+mod metrics;
 mod mint;
+mod token;
+pub mod upstream;
+mod web;
 
 use std::sync::Arc;
 
+use axum::response::Response;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 pub use keys::{Algorithm, KeyRing, KeyState, RingKey, RingSettings};
+pub use metrics::IdentityMetrics;
 pub use mint::{Claims, MintError, Minted};
 
 use crate::clock::Clock;
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, Problems};
 use crate::limiter::SourceLimiter;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
 
-/// How often each node looks after the ring (scheduled rotation, removal of old keys).
+/// How often each node looks after the ring (scheduled rotation, removal of old keys) and
+/// forgets expired logins and codes.
 const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The identity bridge. Cheap to clone.
@@ -41,19 +59,61 @@ struct Inner {
     ring: Arc<KeyRing>,
     mint: mint::Mint,
     signups: SourceLimiter,
+    /// Failed client and backend authentications, per source.
+    failures: SourceLimiter,
+    upstream: Option<Arc<upstream::Upstream>>,
+    mapper: claims::ClaimMapper,
+    callers: callers::Callers,
+    grants: grants::Grants,
+    metrics: IdentityMetrics,
+}
+
+/// What the identity bridge reads from files before it can start: checked by
+/// `brandgate check-config` without touching the store or the network.
+pub struct Prepared {
+    upstream: Option<Arc<upstream::Upstream>>,
+    mapper: claims::ClaimMapper,
+    callers: callers::Callers,
 }
 
 impl IdentityService {
+    /// Reads every secret and file the config names (client secrets, pseudonym key, trust
+    /// anchors). Every problem is reported at once.
+    pub fn prepare(
+        config: &IdentityConfig,
+        client_ca_configured: bool,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Prepared, Problems> {
+        let mut problems = Problems::default();
+        let upstream = config.upstream.as_ref().and_then(|u| {
+            upstream::Upstream::build(config, u, clock.clone(), &mut problems).map(Arc::new)
+        });
+        let mapper = claims::ClaimMapper::build(config, &mut problems);
+        let callers = callers::Callers::build(
+            &config.clients,
+            &config.backends,
+            client_ca_configured,
+            &mut problems,
+        );
+        problems.into_result(Prepared {
+            upstream,
+            mapper,
+            callers,
+        })
+    }
+
     /// The service over `store`. Makes the first signing key if the ring is empty.
     pub async fn start(
         config: &IdentityConfig,
+        prepared: Prepared,
         store: Store,
         data_keys: Arc<DataKeys>,
         clock: Arc<dyn Clock>,
+        metrics: IdentityMetrics,
     ) -> Result<IdentityService, MintError> {
         let ring = Arc::new(KeyRing::new(
-            store,
-            data_keys,
+            store.clone(),
+            data_keys.clone(),
             ring_settings(config),
             clock.clone(),
         ));
@@ -61,7 +121,7 @@ impl IdentityService {
         let mint = mint::Mint::new(
             ring.clone(),
             config.issuer.trim_end_matches('/').to_string(),
-            clock,
+            clock.clone(),
         );
         Ok(IdentityService {
             inner: Arc::new(Inner {
@@ -69,11 +129,18 @@ impl IdentityService {
                 ring,
                 mint,
                 signups: SourceLimiter::default(),
+                failures: SourceLimiter::default(),
+                upstream: prepared.upstream,
+                mapper: prepared.mapper,
+                callers: prepared.callers,
+                grants: grants::Grants::new(store, data_keys, clock),
+                metrics,
             }),
         })
     }
 
-    /// The routes: discovery, JWKS, PEM, anonymous sign-up.
+    /// The routes: discovery, JWKS, PEM, anonymous sign-up, login, the code exchange and
+    /// server-to-server issuance.
     pub fn router(&self) -> axum::Router {
         endpoints::router(self.clone())
     }
@@ -92,24 +159,82 @@ impl IdentityService {
         self.inner.mint.mint(claims).await
     }
 
+    /// Signs a consumer token for a login or a backend: the configured audience and lifetime,
+    /// the app's nonce when it sent one.
+    async fn mint_consumer(
+        &self,
+        subject: String,
+        mut profile: Map<String, Value>,
+        nonce: Option<String>,
+    ) -> Result<Minted, MintError> {
+        if let Some(n) = nonce {
+            profile.insert("nonce".into(), Value::from(n));
+        }
+        self.mint(&Claims {
+            subject,
+            audience: self.inner.config.audience.clone(),
+            lifetime: self.inner.config.token_lifetime.0,
+            profile,
+        })
+        .await
+    }
+
+    /// `503` for a failure of ours (logged, never shown).
+    fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> Response {
+        tracing::error!(error = %e, "{what}");
+        web::json_error(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "the identity service cannot answer right now",
+        )
+    }
+
     /// Looks after the ring on this node until `cancel`: scheduled rotation, removal of keys
-    /// whose tokens have all expired. Every node does it; the store keeps them in agreement.
+    /// whose tokens have all expired, expired logins and codes. Every node does it; the store
+    /// keeps them in agreement. Reads the login provider's metadata once at start.
     pub fn spawn_maintenance(&self, cancel: CancellationToken) {
-        let ring = self.inner.ring.clone();
+        let service = self.clone();
         tokio::spawn(async move {
+            if let Some(upstream) = &service.inner.upstream
+                && let Err(e) = upstream.warm_up().await
+            {
+                tracing::warn!(error = %e, "the login provider cannot be read yet; logins will retry it");
+            }
             let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tick.tick() => {
-                        if let Err(e) = ring.maintain().await {
+                        if let Err(e) = service.inner.ring.maintain().await {
                             tracing::warn!(error = %e, "signing key maintenance failed");
+                        }
+                        if let Err(e) = service.inner.grants.delete_expired().await {
+                            tracing::warn!(error = %e, "cannot delete expired logins and codes");
                         }
                     }
                 }
             }
         });
+    }
+}
+
+impl crate::ops::health::ReadinessCheck for IdentityService {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    /// Ready either way (the published keys and anonymous identities do not need the login
+    /// provider); a provider not read yet is shown, so an operator sees why logins fail.
+    fn check(&self) -> crate::ops::health::Check {
+        let upstream = match &self.inner.upstream {
+            None => Value::from("not configured"),
+            Some(u) if u.is_discovered() => Value::from("ok"),
+            Some(_) => Value::from("not reachable yet"),
+        };
+        crate::ops::health::Check {
+            ready: true,
+            detail: serde_json::json!({ "login_provider": upstream }),
+        }
     }
 }
 

@@ -1,0 +1,535 @@
+//! The `[identity]` section: the identity bridge's tokens and keys, the brand's login it relies
+//! on (`[identity.upstream]`), how a consumer's subject and profile are derived from that login
+//! (`[identity.subject]`, `[identity.claims]`), and who may ask for tokens (`[[identity.clients]]`
+//! for the platform's code flow, `[[identity.backends]]` for server-to-server issuance).
+//!
+//! Like the rest of the config this names secret files and never holds a secret.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Problems;
+use crate::duration::Span;
+
+/// The identity bridge: consumer identity tokens and the keys that sign them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `iss` of every token brandgate mints, and the base of its discovery document: the public
+    /// https URL of this brandgate.
+    pub issuer: String,
+    /// `aud` of consumer tokens, when the platform expects one.
+    pub audience: Option<String>,
+    #[serde(default = "defaults::token_lifetime")]
+    pub token_lifetime: Span,
+    /// `RS256` (the platform's default), `ES256` or `EdDSA`.
+    #[serde(default = "defaults::algorithm")]
+    pub algorithm: String,
+    /// Clock difference tolerated when checking times (ours and the upstream's).
+    #[serde(default = "defaults::leeway")]
+    pub leeway: Span,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub anonymous: AnonymousConfig,
+    /// The brand's OpenID Connect login. Without it, only anonymous identities are issued.
+    pub upstream: Option<UpstreamConfig>,
+    #[serde(default)]
+    pub subject: SubjectConfig,
+    #[serde(default)]
+    pub claims: ClaimsConfig,
+    /// How long a login's one-time code waits for the platform's token call (at most 60s).
+    #[serde(default = "defaults::code_lifetime")]
+    pub code_lifetime: Span,
+    /// Who exchanges codes at `POST /oauth/token` (the platform) and where logins may return.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// The brand's own systems that ask for tokens at `POST /identity/v1/token`.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// A new key is published this long before it signs (verifiers cache the JWKS).
+    #[serde(default = "defaults::rotation_lead")]
+    pub rotation_lead: Span,
+    /// Rotate on this schedule (off when absent; `brandgate keys rotate` rotates by hand).
+    pub rotate_every: Option<Span>,
+    /// `Cache-Control: max-age` of the JWKS; must be shorter than `rotation_lead`.
+    #[serde(default = "defaults::jwks_max_age")]
+    pub jwks_max_age: Span,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            rotation_lead: defaults::rotation_lead(),
+            rotate_every: None,
+            jwks_max_age: defaults::jwks_max_age(),
+        }
+    }
+}
+
+/// Anonymous identities (`POST /identity/v1/signup`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "defaults::anonymous_lifetime")]
+    pub token_lifetime: Span,
+    /// Sign-ups per source address per minute.
+    #[serde(default = "defaults::anonymous_per_minute")]
+    pub per_minute: u32,
+}
+
+impl Default for AnonymousConfig {
+    fn default() -> Self {
+        AnonymousConfig {
+            enabled: false,
+            token_lifetime: defaults::anonymous_lifetime(),
+            per_minute: defaults::anonymous_per_minute(),
+        }
+    }
+}
+
+/// How brandgate authenticates itself at the upstream token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamClientAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// The brand's OpenID Connect provider, with brandgate registered at it as a confidential client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The provider's issuer URL; `<issuer>/.well-known/openid-configuration` is read from it.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_file: PathBuf,
+    #[serde(default)]
+    pub client_auth: UpstreamClientAuth,
+    /// Scopes asked for at login (`openid` is always asked for).
+    #[serde(default = "defaults::scopes")]
+    pub scopes: Vec<String>,
+    /// Where the provider sends the browser back. Default: `<identity.issuer>/callback`. Register
+    /// exactly this at the provider.
+    pub redirect_uri: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the provider's TLS, besides the system's.
+    #[serde(default)]
+    pub extra_trust_anchors: Vec<PathBuf>,
+    /// ID-token signature algorithms accepted from the provider.
+    #[serde(default = "defaults::upstream_algorithms")]
+    pub allowed_algorithms: Vec<String>,
+    /// Audiences besides `client_id` whose ID tokens `POST /identity/v1/token` accepts (the
+    /// brand's other applications at the same provider).
+    #[serde(default)]
+    pub accepted_audiences: Vec<String>,
+    /// Every call to the provider (discovery, keys, code exchange) fits in this.
+    #[serde(default = "defaults::upstream_timeout")]
+    pub timeout: Span,
+    /// A token signed by a key the provider has not published yet makes brandgate read the
+    /// provider's keys again, at most this often.
+    #[serde(default = "defaults::rediscover_interval")]
+    pub rediscover_interval: Span,
+    /// How long a consumer may take between starting a login and coming back.
+    #[serde(default = "defaults::login_timeout")]
+    pub login_timeout: Span,
+}
+
+/// Where a consumer token's `sub` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectMode {
+    /// The upstream `sub`, as it is.
+    #[default]
+    Upstream,
+    /// A stable pseudonym: a keyed hash (HMAC-SHA256) of the upstream issuer and `sub`, so the
+    /// platform never learns the brand's user ids.
+    Pseudonym,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectConfig {
+    #[serde(default)]
+    pub mode: SubjectMode,
+    /// The pseudonym key (at least 32 bytes). Keep it: a new key gives every consumer a new id.
+    pub pseudonym_key_file: Option<PathBuf>,
+}
+
+/// Which upstream claim fills each claim of a consumer token. Each value names an upstream
+/// claim (a top-level member of the upstream ID token, or of a trusted backend's `claims`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsConfig {
+    #[serde(default = "defaults::given_name")]
+    pub given_name: Option<String>,
+    #[serde(default = "defaults::family_name")]
+    pub family_name: Option<String>,
+    #[serde(default = "defaults::email")]
+    pub email: Option<String>,
+    #[serde(default = "defaults::phone_number")]
+    pub phone_number: Option<String>,
+    #[serde(default = "defaults::preferred_username")]
+    pub preferred_username: Option<String>,
+    pub gender: Option<String>,
+    /// `lp_sdes` entry `{"type": "ctmrinfo", "info": {...}}`.
+    #[serde(default)]
+    pub ctmrinfo: CtmrinfoClaims,
+    /// `lp_sdes` entry `{"type": "personal", "personal": {...}}`.
+    #[serde(default)]
+    pub personal: PersonalClaims,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        ClaimsConfig {
+            given_name: defaults::given_name(),
+            family_name: defaults::family_name(),
+            email: defaults::email(),
+            phone_number: defaults::phone_number(),
+            preferred_username: defaults::preferred_username(),
+            gender: None,
+            ctmrinfo: CtmrinfoClaims::default(),
+            personal: PersonalClaims::default(),
+        }
+    }
+}
+
+/// The platform's customer-info fields (`ctmrinfo`), each filled from the named upstream claim.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct CtmrinfoClaims {
+    pub cstatus: Option<String>,
+    pub ctype: Option<String>,
+    pub customerId: Option<String>,
+    pub balance: Option<String>,
+    pub currency: Option<String>,
+    pub socialId: Option<String>,
+    pub imei: Option<String>,
+    pub userName: Option<String>,
+    pub companySize: Option<String>,
+    pub companyBranch: Option<String>,
+    pub accountName: Option<String>,
+    pub role: Option<String>,
+    pub storeId: Option<String>,
+    pub storeNumber: Option<String>,
+    pub lastPaymentDate: Option<String>,
+    pub registrationDate: Option<String>,
+}
+
+/// The platform's personal-info fields (`personal`), each filled from the named upstream claim.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonalClaims {
+    pub firstname: Option<String>,
+    pub lastname: Option<String>,
+    /// An age in years, or a birth date (`YYYY-MM-DD`).
+    pub age: Option<String>,
+    /// Go into `contacts[0]`.
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// `MALE`, `FEMALE` or `OTHER` (any letter case upstream).
+    pub gender: Option<String>,
+    pub company: Option<String>,
+    pub language: Option<String>,
+}
+
+/// A client of brandgate's code flow: the platform's connector for the brand, which exchanges
+/// codes at `POST /oauth/token`, and the app callbacks its logins return to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The `client_id` the platform is configured with.
+    pub id: String,
+    /// The client secret the platform is configured with (HTTP Basic or form fields).
+    pub secret_file: PathBuf,
+    /// Where a login may return: the apps' callbacks, custom schemes
+    /// (`com.brand.app://callback`) or https URLs. Compared exactly.
+    pub redirect_uris: Vec<String>,
+    /// Whether logins may ask for the token straight back (`response_type=id_token`).
+    #[serde(default)]
+    pub implicit: bool,
+}
+
+/// A brand system allowed to ask for consumer tokens at `POST /identity/v1/token`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The user name in HTTP Basic, and the name in logs.
+    pub id: String,
+    /// The password in HTTP Basic.
+    pub secret_file: Option<PathBuf>,
+    /// Or a client certificate (mutual TLS; needs `server.tls.client_ca`) whose subject common
+    /// name or a subject alternative name is one of these.
+    #[serde(default)]
+    pub client_cert_names: Vec<String>,
+    /// Whether it may name a subject and claims itself instead of presenting an upstream ID
+    /// token. Only for systems that authenticated the consumer themselves.
+    #[serde(default)]
+    pub trusted: bool,
+}
+
+impl IdentityConfig {
+    /// The upstream's redirect URI: configured, or `<issuer>/callback`.
+    pub fn callback_uri(&self) -> Option<String> {
+        let upstream = self.upstream.as_ref()?;
+        Some(
+            upstream
+                .redirect_uri
+                .clone()
+                .unwrap_or_else(|| format!("{}/callback", self.issuer.trim_end_matches('/'))),
+        )
+    }
+
+    /// Checks that need no file and no network.
+    pub(super) fn check_shape(&self, p: &mut Problems) {
+        match self.issuer.parse::<http::Uri>() {
+            Ok(u)
+                if u.scheme_str() == Some("https") && u.host().is_some() && u.query().is_none() => {
+            }
+            _ => p.push(
+                "identity.issuer",
+                format!("{:?} must be an https:// URL without a query", self.issuer),
+            ),
+        }
+        if crate::identity::Algorithm::parse(&self.algorithm).is_none() {
+            p.push("identity.algorithm", "must be RS256, ES256 or EdDSA");
+        }
+        if self.keys.jwks_max_age >= self.keys.rotation_lead {
+            p.push(
+                "identity.keys.jwks_max_age",
+                "must be shorter than rotation_lead, or verifiers may not know a key when it starts signing",
+            );
+        }
+        if let Some(every) = self.keys.rotate_every
+            && every <= self.keys.rotation_lead
+        {
+            p.push(
+                "identity.keys.rotate_every",
+                "must be longer than rotation_lead",
+            );
+        }
+        for (key, lifetime) in [
+            ("identity.token_lifetime", self.token_lifetime),
+            (
+                "identity.anonymous.token_lifetime",
+                self.anonymous.token_lifetime,
+            ),
+        ] {
+            if lifetime.0.is_zero() || lifetime.0 > Duration::from_secs(30 * 86_400) {
+                p.push(key, "must be above 0 and at most 30d");
+            }
+        }
+        if self.code_lifetime.0 < Duration::from_secs(1)
+            || self.code_lifetime.0 > Duration::from_secs(60)
+        {
+            p.push("identity.code_lifetime", "must be between 1s and 60s");
+        }
+        if let Some(up) = &self.upstream {
+            if let Err(e) = crate::http_client::check_url(&up.issuer) {
+                p.push("identity.upstream.issuer", e);
+            }
+            if up.client_id.is_empty() {
+                p.push("identity.upstream.client_id", "must not be empty");
+            }
+            if let Some(uri) = &up.redirect_uri
+                && let Err(e) = crate::http_client::check_url(uri)
+            {
+                p.push("identity.upstream.redirect_uri", e);
+            }
+            for (i, alg) in up.allowed_algorithms.iter().enumerate() {
+                if !UPSTREAM_ALGORITHMS.contains(&alg.as_str()) {
+                    p.push(
+                        format!("identity.upstream.allowed_algorithms[{i}]"),
+                        format!("{alg:?} is not one of {}", UPSTREAM_ALGORITHMS.join(", ")),
+                    );
+                }
+            }
+            if up.allowed_algorithms.is_empty() {
+                p.push(
+                    "identity.upstream.allowed_algorithms",
+                    "list at least one algorithm",
+                );
+            }
+            if up.login_timeout.0 < Duration::from_secs(30) {
+                p.push("identity.upstream.login_timeout", "must be at least 30s");
+            }
+        }
+        if self.subject.mode == SubjectMode::Pseudonym && self.subject.pseudonym_key_file.is_none()
+        {
+            p.push(
+                "identity.subject.pseudonym_key_file",
+                "mode = \"pseudonym\" needs a key file (e.g. head -c32 /dev/urandom > pseudonym-key)",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = format!("identity.clients[{i}]");
+            if c.id.is_empty() || c.id.contains(':') {
+                p.push(format!("{key}.id"), "must be non-empty and have no ':'");
+            }
+            if !seen.insert(c.id.as_str()) {
+                p.push(
+                    format!("{key}.id"),
+                    format!("{:?} is configured twice", c.id),
+                );
+            }
+            if c.redirect_uris.is_empty() {
+                p.push(
+                    format!("{key}.redirect_uris"),
+                    "list at least one redirect URI",
+                );
+            }
+            for (j, uri) in c.redirect_uris.iter().enumerate() {
+                if let Err(e) = check_redirect_uri(uri) {
+                    p.push(format!("{key}.redirect_uris[{j}]"), e);
+                }
+            }
+        }
+        if !self.clients.is_empty() && self.upstream.is_none() {
+            p.push(
+                "identity.clients",
+                "need [identity.upstream]: codes come from a consumer's login there",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let key = format!("identity.backends[{i}]");
+            if b.id.is_empty() || b.id.contains(':') {
+                p.push(format!("{key}.id"), "must be non-empty and have no ':'");
+            }
+            if !seen.insert(b.id.as_str()) {
+                p.push(
+                    format!("{key}.id"),
+                    format!("{:?} is configured twice", b.id),
+                );
+            }
+            if b.secret_file.is_none() && b.client_cert_names.is_empty() {
+                p.push(
+                    key.clone(),
+                    "needs secret_file or client_cert_names: a backend must authenticate",
+                );
+            }
+            if !b.trusted && self.upstream.is_none() {
+                p.push(
+                    format!("{key}.trusted"),
+                    "an untrusted backend presents upstream ID tokens: configure [identity.upstream] or set trusted = true",
+                );
+            }
+        }
+    }
+}
+
+/// The signature algorithms an upstream ID token may use (asymmetric only: a shared-secret
+/// HS256 token could be forged by anyone holding the client secret).
+pub const UPSTREAM_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// A redirect URI a login may return to: an absolute URI without a fragment (RFC 6749 §3.1.2),
+/// https, a custom scheme of a native app (`com.brand.app://callback`), or http to loopback.
+pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|e| format!("{uri:?} is not a URI: {e}"))?;
+    if uri.contains('#') {
+        return Err(format!("{uri:?} must not have a fragment"));
+    }
+    match parsed.scheme_str() {
+        None => Err(format!("{uri:?} must be absolute")),
+        Some("https") => Ok(()),
+        Some("http") => crate::http_client::check_url(uri).map(|_| ()),
+        Some("javascript" | "data" | "file" | "vbscript") => {
+            Err(format!("{uri:?}: that scheme is never a callback"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn token_lifetime() -> Span {
+        Span(Duration::from_secs(3600))
+    }
+    pub fn algorithm() -> String {
+        "RS256".into()
+    }
+    pub fn leeway() -> Span {
+        Span(Duration::from_secs(60))
+    }
+    pub fn rotation_lead() -> Span {
+        Span(Duration::from_secs(3600))
+    }
+    pub fn jwks_max_age() -> Span {
+        Span(Duration::from_secs(300))
+    }
+    pub fn anonymous_lifetime() -> Span {
+        Span(Duration::from_secs(86_400))
+    }
+    pub fn code_lifetime() -> Span {
+        Span(Duration::from_secs(60))
+    }
+    pub fn anonymous_per_minute() -> u32 {
+        10
+    }
+    pub fn scopes() -> Vec<String> {
+        vec!["openid".into(), "profile".into(), "email".into()]
+    }
+    pub fn upstream_algorithms() -> Vec<String> {
+        ["RS256", "PS256", "ES256"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+    pub fn upstream_timeout() -> Span {
+        Span(Duration::from_secs(10))
+    }
+    pub fn rediscover_interval() -> Span {
+        Span(Duration::from_secs(60))
+    }
+    pub fn login_timeout() -> Span {
+        Span(Duration::from_secs(600))
+    }
+    pub fn given_name() -> Option<String> {
+        Some("given_name".into())
+    }
+    pub fn family_name() -> Option<String> {
+        Some("family_name".into())
+    }
+    pub fn email() -> Option<String> {
+        Some("email".into())
+    }
+    pub fn phone_number() -> Option<String> {
+        Some("phone_number".into())
+    }
+    pub fn preferred_username() -> Option<String> {
+        Some("preferred_username".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_are_absolute_and_safe() {
+        assert!(check_redirect_uri("com.brand.app://callback").is_ok());
+        assert!(check_redirect_uri("https://www.brand.example/chat/cb").is_ok());
+        assert!(check_redirect_uri("http://127.0.0.1:7000/cb").is_ok());
+        assert!(check_redirect_uri("http://www.brand.example/cb").is_err());
+        assert!(check_redirect_uri("/relative").is_err());
+        assert!(check_redirect_uri("https://x.example/cb#frag").is_err());
+        assert!(check_redirect_uri("javascript://alert(1)").is_err());
+    }
+}

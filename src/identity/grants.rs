@@ -1,0 +1,213 @@
+//! Single-use handles the identity bridge gives out and later takes back: the `state` of a
+//! login sent to the brand's provider, and the one-time `code` the platform exchanges.
+//!
+//! A handle is 256 random bits (base64url). The store keeps only its SHA-256 (as the record id)
+//! and the record sealed under the data keys with that id as associated data, so neither a
+//! database dump nor a swapped row yields a usable login or code. Taking a record deletes it
+//! in the same statement: a handle works once, on whichever node it is presented.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clock::{Clock, unix_seconds};
+use crate::store::seal::DataKeys;
+use crate::store::{Store, StoreError};
+
+/// What a handle stands for; part of the record id, so a login state can never be redeemed
+/// as a code.
+#[derive(Debug, Clone, Copy)]
+pub enum GrantKind {
+    Login,
+    Code,
+}
+
+impl GrantKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::Login => "login",
+            GrantKind::Code => "code",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a pending grant cannot be sealed or opened: {0}")]
+    Seal(String),
+}
+
+/// The pending grants of this node (and, through the store, of every node).
+pub struct Grants {
+    store: Store,
+    data_keys: Arc<DataKeys>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Grants {
+    pub fn new(store: Store, data_keys: Arc<DataKeys>, clock: Arc<dyn Clock>) -> Grants {
+        Grants {
+            store,
+            data_keys,
+            clock,
+        }
+    }
+
+    /// A new random handle: 256 bits, base64url without padding (43 characters).
+    pub fn new_handle() -> Result<String, GrantError> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| GrantError::Seal("no randomness".into()))?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Whether `text` could be a handle this module made (checked before touching the store).
+    pub fn is_handle(text: &str) -> bool {
+        text.len() == 43
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    fn record_id(kind: GrantKind, handle: &str) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, handle.as_bytes());
+        format!("{}:{}", kind.as_str(), crate::hex::encode(digest.as_ref()))
+    }
+
+    /// Keeps `value` under `handle` for `lifetime`.
+    pub async fn put<T: Serialize>(
+        &self,
+        kind: GrantKind,
+        handle: &str,
+        value: &T,
+        lifetime: Duration,
+    ) -> Result<(), GrantError> {
+        let id = Self::record_id(kind, handle);
+        let plain = serde_json::to_vec(value).map_err(|e| GrantError::Seal(e.to_string()))?;
+        let sealed = self
+            .data_keys
+            .seal(id.as_bytes(), &plain)
+            .map_err(|e| GrantError::Seal(e.to_string()))?;
+        let expires_at = unix_seconds(self.clock.now() + lifetime) as i64;
+        self.store
+            .create_pending_grant(&id, &sealed, expires_at)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the value under `handle` back: `None` when there is none, it expired, or it was
+    /// taken before. Either way the handle is spent.
+    pub async fn take<T: DeserializeOwned>(
+        &self,
+        kind: GrantKind,
+        handle: &str,
+    ) -> Result<Option<T>, GrantError> {
+        if !Self::is_handle(handle) {
+            return Ok(None);
+        }
+        let id = Self::record_id(kind, handle);
+        let now = unix_seconds(self.clock.now()) as i64;
+        let Some(sealed) = self.store.take_pending_grant(&id, now).await? else {
+            return Ok(None);
+        };
+        let plain = self
+            .data_keys
+            .open(id.as_bytes(), &sealed)
+            .map_err(|e| GrantError::Seal(e.to_string()))?;
+        serde_json::from_slice(plain.expose())
+            .map(Some)
+            .map_err(|e| GrantError::Seal(e.to_string()))
+    }
+
+    /// Forgets every grant past its time (the maintenance task calls this).
+    pub async fn delete_expired(&self) -> Result<u64, GrantError> {
+        let now = unix_seconds(self.clock.now()) as i64;
+        Ok(self.store.delete_expired_pending_grants(now).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::fake::FakeClock;
+    use crate::store::StoreOptions;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Value {
+        who: String,
+    }
+
+    async fn grants(dir: &std::path::Path, clock: Arc<FakeClock>) -> (Grants, Store) {
+        let store = Store::open(StoreOptions {
+            url: &Store::default_url(dir),
+            password: None,
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        let keys =
+            DataKeys::parse(DataKeys::generate_line("d1").unwrap().as_bytes(), None).unwrap();
+        (Grants::new(store.clone(), Arc::new(keys), clock), store)
+    }
+
+    #[tokio::test]
+    async fn a_handle_works_once_before_it_expires_and_only_for_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let (grants, store) = grants(dir.path(), clock.clone()).await;
+        let v = Value {
+            who: "alice".into(),
+        };
+        let ttl = Duration::from_secs(60);
+
+        let h = Grants::new_handle().unwrap();
+        assert!(Grants::is_handle(&h));
+        grants.put(GrantKind::Code, &h, &v, ttl).await.unwrap();
+        assert_eq!(
+            grants.take::<Value>(GrantKind::Login, &h).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            grants.take::<Value>(GrantKind::Code, &h).await.unwrap(),
+            Some(Value {
+                who: "alice".into()
+            })
+        );
+        assert_eq!(
+            grants.take::<Value>(GrantKind::Code, &h).await.unwrap(),
+            None,
+            "single use"
+        );
+
+        let late = Grants::new_handle().unwrap();
+        grants.put(GrantKind::Code, &late, &v, ttl).await.unwrap();
+        clock.advance(ttl);
+        assert_eq!(
+            grants.take::<Value>(GrantKind::Code, &late).await.unwrap(),
+            None,
+            "expired"
+        );
+
+        let old = Grants::new_handle().unwrap();
+        grants.put(GrantKind::Login, &old, &v, ttl).await.unwrap();
+        clock.advance(ttl);
+        assert_eq!(grants.delete_expired().await.unwrap(), 1);
+
+        // What the database holds is the handle's hash and a sealed record, never the handle
+        // or the value.
+        let fresh = Grants::new_handle().unwrap();
+        grants.put(GrantKind::Code, &fresh, &v, ttl).await.unwrap();
+        store.close().await;
+        let raw = std::fs::read(dir.path().join("brandgate.db")).unwrap();
+        let wal = std::fs::read(dir.path().join("brandgate.db-wal")).unwrap_or_default();
+        for bytes in [raw, wal] {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(&fresh));
+            assert!(!text.contains("alice"));
+        }
+    }
+}

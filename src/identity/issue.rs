@@ -1,0 +1,193 @@
+//! `POST /identity/v1/token`: server-to-server issuance for the brand's own systems.
+//!
+//! A configured backend (HTTP Basic with its id and secret, and/or a client certificate with
+//! an accepted name) presents either a consumer's upstream ID token, checked exactly as at
+//! login except for the nonce (`{"id_token": "..."}`), or, if it is trusted, the subject and
+//! upstream-style claims it vouches for (`{"subject": "...", "claims": {...}}`). Both go
+//! through the same subject rule and claim mapping as a login. The answer is
+//! `{"jwt", "token_type", "expires_in"}`, never cached.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::IdentityService;
+use super::upstream::UpstreamError;
+use super::web::{json_error, no_store};
+use crate::http_auth::basic_credentials;
+use crate::tls::Peer;
+
+/// Failed backend authentications per source address per minute before `429`.
+const BACKEND_FAILURES_PER_MINUTE: u32 = 30;
+
+/// What a backend asks for: exactly one of the two shapes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    id_token: Option<String>,
+    subject: Option<String>,
+    claims: Option<Map<String, Value>>,
+}
+
+pub async fn issue(
+    State(s): State<IdentityService>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let answer = handle(&s, peer.as_ref().map(|p| &p.0), &headers, &body).await;
+    let outcome = match answer.status() {
+        StatusCode::OK => "issued",
+        StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => "client_refused",
+        s if s.is_server_error() => "failed",
+        _ => "refused",
+    };
+    s.inner.metrics.token("backend", outcome);
+    answer
+}
+
+async fn handle(
+    s: &IdentityService,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let source = peer.map(|p| p.addr.ip());
+    if let Some(ip) = source
+        && let Some(wait) =
+            s.inner
+                .failures
+                .blocked(ip, "identity_token", BACKEND_FAILURES_PER_MINUTE)
+    {
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed authentications from this address; retry later",
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return r;
+    }
+    let basic = basic_credentials(headers);
+    let backend = s.inner.callers.authenticate_backend(
+        basic.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+        peer.and_then(|p| p.certificate.as_deref()),
+    );
+    let Some(backend) = backend else {
+        if let Some(ip) = source {
+            s.inner.failures.count(ip, "identity_token");
+        }
+        tracing::info!("a token request failed backend authentication");
+        let mut r = json_error(StatusCode::UNAUTHORIZED, "backend authentication failed");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"brandgate\""),
+        );
+        return r;
+    };
+
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json",
+        );
+    }
+    let request: Request = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("malformed request: {e}")),
+    };
+
+    let (subject, profile) = match request {
+        Request {
+            id_token: Some(token),
+            subject: None,
+            claims: None,
+        } => {
+            let Some(upstream) = &s.inner.upstream else {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "ID tokens cannot be checked: no [identity.upstream] is configured",
+                );
+            };
+            match upstream.verify_presented(&token).await {
+                Ok(identity) => (
+                    s.inner.mapper.subject(&identity.issuer, &identity.subject),
+                    s.inner.mapper.profile(&identity.claims),
+                ),
+                Err(UpstreamError::Token(problem)) => {
+                    tracing::info!(backend = %backend.id, %problem, "a presented ID token failed a check");
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the ID token is not acceptable: {problem}"),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check a presented ID token");
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the login provider cannot be reached to check the token; retry later",
+                    );
+                }
+            }
+        }
+        Request {
+            id_token: None,
+            subject: Some(subject),
+            claims,
+        } => {
+            if !backend.trusted {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "this backend may only present ID tokens (it is not trusted to name subjects)",
+                );
+            }
+            if subject.is_empty() || subject.len() > 255 || subject.chars().any(char::is_control) {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "subject must be 1 to 255 printable characters",
+                );
+            }
+            let claims = claims.unwrap_or_default();
+            let issuer = s
+                .inner
+                .upstream
+                .as_ref()
+                .map(|u| u.issuer().to_string())
+                .unwrap_or_else(|| format!("backend:{}", backend.id));
+            (
+                s.inner.mapper.subject(&issuer, &subject),
+                s.inner.mapper.profile(&claims),
+            )
+        }
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "send either {\"id_token\": ...} or {\"subject\": ..., \"claims\": {...}}",
+            );
+        }
+    };
+
+    match s.mint_consumer(subject, profile, None).await {
+        Ok(minted) => {
+            tracing::info!(backend = %backend.id, kid = %minted.kid, "issued a consumer token to a backend");
+            no_store(
+                axum::Json(json!({
+                    "jwt": minted.jwt,
+                    "token_type": "Bearer",
+                    "expires_in": s.inner.config.token_lifetime.0.as_secs(),
+                }))
+                .into_response(),
+            )
+        }
+        Err(e) => s.unavailable("cannot mint a consumer token", e),
+    }
+}

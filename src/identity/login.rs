@@ -1,0 +1,366 @@
+//! The consumer's login, through the brand's own provider:
+//! - `GET /login` checks who asks (a configured client, one of its redirect URIs, PKCE S256 if
+//!   the app uses it), keeps the login as a pending grant under a fresh `state`, ties it to the
+//!   browser with an HttpOnly cookie, and sends the browser to the provider (code flow, PKCE,
+//!   nonce).
+//! - `GET /callback` (the path of the configured redirect URI) takes the pending login back (a
+//!   state works once, from the browser that started it), has the provider's code exchanged and
+//!   its ID token checked, and returns to the app: with a one-time code for the platform's token
+//!   call (60 s, bound to client, redirect URI and PKCE challenge), or, for implicit clients, with
+//!   the consumer token itself (in the fragment, or as JSON for a native app).
+//!
+//! Nothing here is ever redirected to an unregistered URI, and no token, code or state is
+//! logged.
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::IdentityService;
+use super::grants::{GrantKind, Grants};
+use super::upstream::UpstreamError;
+use super::web::{
+    LOGIN_COOKIE, cookie, digest_hex, login_cookie, page_error, params, redirect, with_params,
+};
+
+/// How the login answers the app in the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Answer {
+    /// `?code=...&state=...` on the redirect URI.
+    Code,
+    /// `#id_token=...&state=...` on the redirect URI (implicit).
+    TokenInFragment,
+    /// `{"id_token": ...}` as the callback's own answer (a native app finishing it itself).
+    TokenAsJson,
+}
+
+/// A login sent to the provider, waiting for the browser to come back.
+#[derive(Serialize, Deserialize)]
+struct PendingLogin {
+    /// SHA-256 of the browser's login cookie.
+    browser: String,
+    nonce: String,
+    pkce_verifier: String,
+    client_id: String,
+    redirect_uri: String,
+    redirect_uri_given: bool,
+    app_state: Option<String>,
+    app_code_challenge: Option<String>,
+    app_nonce: Option<String>,
+    answer: Answer,
+}
+
+/// A code given to an app, waiting for the platform's token call.
+#[derive(Serialize, Deserialize)]
+pub struct IssuedCode {
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// Whether the login named the redirect URI (then the token call must name it too).
+    pub redirect_uri_given: bool,
+    /// PKCE S256 challenge the app sent, if any.
+    pub code_challenge: Option<String>,
+    pub nonce: Option<String>,
+    pub subject: String,
+    pub profile: Map<String, Value>,
+}
+
+/// Whether `text` is a PKCE S256 challenge or verifier: 43 to 128 characters of the unreserved
+/// set (RFC 7636 §4.1, §4.2).
+pub fn is_pkce_text(text: &str) -> bool {
+    (43..=128).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// Free text an app may hand through (state, nonce): bounded, printable.
+fn is_app_text(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 512 && !text.chars().any(char::is_control)
+}
+
+pub async fn login(
+    State(s): State<IdentityService>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
+    let Some(upstream) = s.inner.upstream.clone() else {
+        return page_error(
+            &headers,
+            StatusCode::NOT_FOUND,
+            "logins are not configured ([identity.upstream])",
+        );
+    };
+    let p = match params(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return bad(&e),
+    };
+    let get = |k: &str| p.get(k).map(String::as_str);
+    let Some(client) = s.inner.callers.client_for_login(get("client_id")) else {
+        return bad(match get("client_id") {
+            Some(_) => "unknown client_id",
+            None => "client_id is required (several clients are configured)",
+        });
+    };
+    let named = get("redirect_uri").or(get("return_to"));
+    let redirect_uri = match named {
+        Some(uri) if client.allows_redirect(uri) => uri.to_string(),
+        Some(_) => return bad("redirect_uri is not registered for this client"),
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None => return bad("redirect_uri is required (the client has several)"),
+    };
+    let answer = match (get("response_type").unwrap_or("code"), get("response_mode")) {
+        ("code", None | Some("query")) => Answer::Code,
+        ("id_token", _) if !client.implicit => {
+            return bad("this client may not receive tokens directly (implicit is off)");
+        }
+        ("id_token", None | Some("fragment")) => Answer::TokenInFragment,
+        ("id_token", Some("json")) => Answer::TokenAsJson,
+        ("code" | "id_token", Some(_)) => return bad("unsupported response_mode"),
+        _ => return bad("unsupported response_type: use code or id_token"),
+    };
+    let app_code_challenge = match (get("code_challenge"), get("code_challenge_method")) {
+        (None, None) => None,
+        (Some(c), Some("S256")) if is_pkce_text(c) => Some(c.to_string()),
+        (Some(_), Some("S256")) => return bad("code_challenge is not a S256 challenge"),
+        (Some(_), _) => return bad("code_challenge_method must be S256"),
+        (None, Some(_)) => return bad("code_challenge_method without code_challenge"),
+    };
+    for key in ["state", "nonce"] {
+        if get(key).is_some_and(|v| !is_app_text(v)) {
+            return bad(&format!("{key} must be 1 to 512 printable characters"));
+        }
+    }
+
+    // The browser's login cookie: kept if it has one, so several logins in one browser do not
+    // spoil each other.
+    let browser = match cookie(&headers, LOGIN_COOKIE).filter(|v| Grants::is_handle(v)) {
+        Some(v) => v.to_string(),
+        None => match Grants::new_handle() {
+            Ok(v) => v,
+            Err(e) => return s.unavailable("cannot make a login cookie", e),
+        },
+    };
+    let state = match Grants::new_handle() {
+        Ok(v) => v,
+        Err(e) => return s.unavailable("cannot make a login state", e),
+    };
+    let start = match upstream.begin(&state).await {
+        Ok(start) => start,
+        Err(e) => return s.upstream_failed(&headers, e),
+    };
+    let pending = PendingLogin {
+        browser: digest_hex(&browser),
+        nonce: start.nonce,
+        pkce_verifier: start.pkce_verifier,
+        client_id: client.id.clone(),
+        redirect_uri,
+        redirect_uri_given: named.is_some(),
+        app_state: get("state").map(str::to_string),
+        app_code_challenge,
+        app_nonce: get("nonce").map(str::to_string),
+        answer,
+    };
+    let lifetime = upstream.login_timeout();
+    if let Err(e) = s
+        .inner
+        .grants
+        .put(GrantKind::Login, &state, &pending, lifetime)
+        .await
+    {
+        return s.unavailable("cannot keep a pending login", e);
+    }
+    s.inner.metrics.login("started");
+    let mut response = redirect(&start.url);
+    if let Some(c) = login_cookie(&browser, lifetime.as_secs()) {
+        response.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    response
+}
+
+pub async fn callback(
+    State(s): State<IdentityService>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
+    let Some(upstream) = s.inner.upstream.clone() else {
+        return page_error(&headers, StatusCode::NOT_FOUND, "logins are not configured");
+    };
+    let p = match params(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return bad(&e),
+    };
+    let get = |k: &str| p.get(k).map(String::as_str);
+    let Some(state) = get("state") else {
+        s.inner.metrics.login("refused");
+        return bad("the login's state is missing");
+    };
+    let pending: PendingLogin = match s.inner.grants.take(GrantKind::Login, state).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            s.inner.metrics.login("refused");
+            tracing::info!("a login came back with an unknown, expired or used state");
+            return bad("this login is unknown, expired or already finished: please start again");
+        }
+        Err(e) => return s.unavailable("cannot read a pending login", e),
+    };
+    let same_browser = cookie(&headers, LOGIN_COOKIE).is_some_and(|c| {
+        crate::secret::constant_time_eq(digest_hex(c).as_bytes(), pending.browser.as_bytes())
+    });
+    if !same_browser {
+        s.inner.metrics.login("refused");
+        tracing::info!("a login came back in a browser other than the one that started it");
+        return bad("this login was started in another browser: please start again");
+    }
+    let app_state = pending.app_state.as_deref();
+
+    // The provider said no (the consumer cancelled, or the provider refused the request): the
+    // app hears it the OAuth way (RFC 6749 §4.1.2.1).
+    if let Some(error) = get("error") {
+        s.inner.metrics.login("denied");
+        let error = match error {
+            "access_denied"
+            | "login_required"
+            | "consent_required"
+            | "interaction_required"
+            | "temporarily_unavailable" => error,
+            _ => "server_error",
+        };
+        tracing::info!(error, "the login provider ended a login without success");
+        return answer_error(&pending, &headers, error);
+    }
+    let Some(code) = get("code") else {
+        return bad("the provider's answer has no code");
+    };
+
+    let identity = match upstream
+        .finish(code, &pending.pkce_verifier, &pending.nonce)
+        .await
+    {
+        Ok(identity) => identity,
+        Err(e) => {
+            s.inner.metrics.login("failed");
+            return s.upstream_failed(&headers, e);
+        }
+    };
+    let subject = s.inner.mapper.subject(&identity.issuer, &identity.subject);
+    let profile = s.inner.mapper.profile(&identity.claims);
+    s.inner.metrics.login("completed");
+
+    match pending.answer {
+        Answer::Code => {
+            let code = match Grants::new_handle() {
+                Ok(c) => c,
+                Err(e) => return s.unavailable("cannot make a code", e),
+            };
+            let issued = IssuedCode {
+                client_id: pending.client_id.clone(),
+                redirect_uri: pending.redirect_uri.clone(),
+                redirect_uri_given: pending.redirect_uri_given,
+                code_challenge: pending.app_code_challenge.clone(),
+                nonce: pending.app_nonce.clone(),
+                subject,
+                profile,
+            };
+            if let Err(e) = s
+                .inner
+                .grants
+                .put(
+                    GrantKind::Code,
+                    &code,
+                    &issued,
+                    s.inner.config.code_lifetime.0,
+                )
+                .await
+            {
+                return s.unavailable("cannot keep a code", e);
+            }
+            let mut pairs = vec![("code", code.as_str())];
+            if let Some(st) = app_state {
+                pairs.push(("state", st));
+            }
+            redirect(&with_params(&pending.redirect_uri, &pairs, false))
+        }
+        Answer::TokenInFragment | Answer::TokenAsJson => {
+            let minted = match s
+                .mint_consumer(subject, profile, pending.app_nonce.clone())
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => return s.unavailable("cannot mint a consumer token", e),
+            };
+            s.inner.metrics.token("implicit", "issued");
+            let expires_in = s.inner.config.token_lifetime.0.as_secs().to_string();
+            if pending.answer == Answer::TokenAsJson {
+                let mut body = json!({
+                    "id_token": minted.jwt,
+                    "token_type": "Bearer",
+                    "expires_in": s.inner.config.token_lifetime.0.as_secs(),
+                });
+                if let Some(st) = app_state {
+                    body["state"] = Value::from(st);
+                }
+                return super::web::no_store(axum::Json(body).into_response());
+            }
+            let mut pairs = vec![
+                ("id_token", minted.jwt.as_str()),
+                ("token_type", "Bearer"),
+                ("expires_in", expires_in.as_str()),
+            ];
+            if let Some(st) = app_state {
+                pairs.push(("state", st));
+            }
+            redirect(&with_params(&pending.redirect_uri, &pairs, true))
+        }
+    }
+}
+
+/// Tells the app a login did not succeed, where it expects to hear about the login.
+fn answer_error(pending: &PendingLogin, headers: &HeaderMap, error: &str) -> Response {
+    let mut pairs = vec![("error", error)];
+    if let Some(st) = pending.app_state.as_deref() {
+        pairs.push(("state", st));
+    }
+    match pending.answer {
+        Answer::Code => redirect(&with_params(&pending.redirect_uri, &pairs, false)),
+        Answer::TokenInFragment => redirect(&with_params(&pending.redirect_uri, &pairs, true)),
+        Answer::TokenAsJson => page_error(headers, StatusCode::FORBIDDEN, error),
+    }
+}
+
+impl IdentityService {
+    /// What to answer when the provider could not be used or its answer failed a check.
+    pub(super) fn upstream_failed(&self, headers: &HeaderMap, e: UpstreamError) -> Response {
+        match e {
+            UpstreamError::Unavailable(why) => {
+                tracing::warn!(error = %why, "the login provider is unavailable");
+                page_error(
+                    headers,
+                    StatusCode::BAD_GATEWAY,
+                    "the login provider cannot be reached right now; please try again",
+                )
+            }
+            UpstreamError::Refused(why) => {
+                tracing::info!(error = %why, "the login provider refused to exchange a code");
+                page_error(
+                    headers,
+                    StatusCode::BAD_REQUEST,
+                    "the login provider refused this login: please start again",
+                )
+            }
+            UpstreamError::Token(problem) => {
+                tracing::warn!(%problem, "an ID token from the login provider failed a check");
+                page_error(
+                    headers,
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "the login provider's answer failed a check ({problem}): please start again"
+                    ),
+                )
+            }
+        }
+    }
+}

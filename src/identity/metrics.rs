@@ -1,0 +1,51 @@
+//! The identity bridge's metrics. Label values are fixed words, never ids or subjects.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    /// `code` (the platform's exchange), `implicit`, `backend`, `anonymous`.
+    flow: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct IdentityMetrics {
+    logins: Family<LoginLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+}
+
+impl IdentityMetrics {
+    pub fn register(registry: &mut Registry) -> IdentityMetrics {
+        let m = IdentityMetrics::default();
+        registry.register(
+            "brandgate_identity_logins",
+            "Consumer logins through the brand's provider, by outcome (started, completed, denied, refused, failed)",
+            m.logins.clone(),
+        );
+        registry.register(
+            "brandgate_identity_tokens",
+            "Consumer token requests, by flow and outcome (issued, refused, client_refused, failed)",
+            m.tokens.clone(),
+        );
+        m
+    }
+
+    pub fn login(&self, outcome: &'static str) {
+        self.logins.get_or_create(&LoginLabels { outcome }).inc();
+    }
+
+    pub fn token(&self, flow: &'static str, outcome: &'static str) {
+        self.tokens
+            .get_or_create(&TokenLabels { flow, outcome })
+            .inc();
+    }
+}

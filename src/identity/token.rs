@@ -1,0 +1,257 @@
+//! `POST /oauth/token`: the platform exchanges a one-time code for the consumer's identity
+//! token (RFC 6749 §4.1.3, PKCE RFC 7636 §4.6).
+//!
+//! The request is `application/x-www-form-urlencoded`; the client authenticates with HTTP
+//! Basic or with `client_id`/`client_secret` in the body, never both. A code works once: it is
+//! spent by the first call that presents it with valid client credentials, whatever the
+//! outcome. Answers are never cached; errors are RFC 6749 §5.2 JSON, and `invalid_client`
+//! comes with 401.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use super::IdentityService;
+use super::grants::GrantKind;
+use super::login::{IssuedCode, is_pkce_text};
+use super::web::{no_store, params};
+use crate::http_auth::basic_credentials;
+use crate::tls::Peer;
+
+/// Failed client authentications per source address per minute before `429`.
+const CLIENT_FAILURES_PER_MINUTE: u32 = 30;
+
+/// An RFC 6749 §5.2 error answer.
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    no_store(
+        (
+            status,
+            axum::Json(json!({ "error": error, "error_description": description })),
+        )
+            .into_response(),
+    )
+}
+
+fn invalid_request(description: &str) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+}
+
+fn invalid_grant(description: &str) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+}
+
+pub async fn token(
+    State(s): State<IdentityService>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let answer = exchange(&s, peer.as_ref().map(|p| &p.0), &headers, &body).await;
+    let outcome = match answer.status() {
+        StatusCode::OK => "issued",
+        StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => "client_refused",
+        s if s.is_server_error() => "failed",
+        _ => "refused",
+    };
+    s.inner.metrics.token("code", outcome);
+    answer
+}
+
+async fn exchange(
+    s: &IdentityService,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return invalid_request("the body must be application/x-www-form-urlencoded");
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return invalid_request("the body is not UTF-8");
+    };
+    let p = match params(text) {
+        Ok(p) => p,
+        Err(e) => return invalid_request(&e),
+    };
+    let get = |k: &str| p.get(k).map(String::as_str);
+
+    // Client authentication first: nothing about a code is said to an unauthenticated caller.
+    let source = peer.map(|p| p.addr.ip());
+    if let Some(ip) = source
+        && let Some(wait) = s
+            .inner
+            .failures
+            .blocked(ip, "oauth_token", CLIENT_FAILURES_PER_MINUTE)
+    {
+        let mut r = oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "invalid_client",
+            "too many failed client authentications from this address; retry later",
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return r;
+    }
+    let basic = basic_credentials(headers);
+    let credentials = match (&basic, get("client_id"), get("client_secret")) {
+        (Some(_), _, Some(_)) => {
+            return invalid_request(
+                "use one client authentication method, not Basic and form fields",
+            );
+        }
+        // RFC 6749 §2.3.1: the Basic user and password are form-encoded first.
+        (Some((u, pw)), form_id, None) => {
+            let id = decode_form_component(u);
+            let secret = decode_form_component(pw);
+            if form_id.is_some_and(|f| f != id) {
+                return invalid_request("client_id differs from the authenticated client");
+            }
+            Some((id, secret))
+        }
+        (None, Some(id), Some(secret)) => Some((id.to_string(), secret.to_string())),
+        (None, _, None) | (None, None, Some(_)) => None,
+    };
+    let client = credentials
+        .as_ref()
+        .and_then(|(id, secret)| s.inner.callers.authenticate_client(id, secret));
+    let Some(client) = client else {
+        if let Some(ip) = source {
+            s.inner.failures.count(ip, "oauth_token");
+        }
+        tracing::info!(
+            presented = credentials.is_some(),
+            "a token call failed client authentication"
+        );
+        let mut r = oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"brandgate\""),
+        );
+        return r;
+    };
+
+    match get("grant_type") {
+        Some("authorization_code") => {}
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only authorization_code is supported",
+            );
+        }
+        None => return invalid_request("grant_type is missing"),
+    }
+    let Some(code) = get("code") else {
+        return invalid_request("code is missing");
+    };
+    if let Some(v) = get("code_verifier")
+        && !is_pkce_text(v)
+    {
+        return invalid_request("code_verifier must be 43 to 128 unreserved characters");
+    }
+
+    let issued: IssuedCode = match s.inner.grants.take(GrantKind::Code, code).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return invalid_grant("the code is unknown, expired or already used"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a code");
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the identity service cannot answer right now",
+            );
+        }
+    };
+    if issued.client_id != client.id {
+        tracing::warn!(client = %client.id, "a client presented a code issued to another client");
+        return invalid_grant("the code was not issued to this client");
+    }
+    match get("redirect_uri") {
+        Some(uri) if uri != issued.redirect_uri => {
+            return invalid_grant("redirect_uri differs from the login's");
+        }
+        None if issued.redirect_uri_given => {
+            return invalid_grant("redirect_uri is required: the login named one");
+        }
+        _ => {}
+    }
+    match (&issued.code_challenge, get("code_verifier")) {
+        (Some(challenge), Some(verifier)) => {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+            let computed = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                digest.as_ref(),
+            );
+            if !crate::secret::constant_time_eq(computed.as_bytes(), challenge.as_bytes()) {
+                return invalid_grant("code_verifier does not match the login's code_challenge");
+            }
+        }
+        (Some(_), None) => {
+            return invalid_grant("code_verifier is required: the login sent a code_challenge");
+        }
+        (None, Some(_)) => {
+            return invalid_grant("code_verifier given, but the login sent no code_challenge");
+        }
+        (None, None) => {}
+    }
+
+    let minted = match s
+        .mint_consumer(issued.subject, issued.profile, issued.nonce)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot mint a consumer token");
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the identity service cannot answer right now",
+            );
+        }
+    };
+    tracing::info!(client = %client.id, kid = %minted.kid, "exchanged a code for a consumer token");
+    no_store(
+        axum::Json(json!({
+            "access_token": minted.jwt,
+            "token_type": "Bearer",
+            "expires_in": s.inner.config.token_lifetime.0.as_secs(),
+            "id_token": minted.jwt,
+        }))
+        .into_response(),
+    )
+}
+
+/// One `application/x-www-form-urlencoded` component (`+` is a space, `%XX` a byte).
+fn decode_form_component(text: &str) -> String {
+    form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_parts_are_form_decoded() {
+        assert_eq!(decode_form_component("a%3Ab+c"), "a:b c");
+        assert_eq!(decode_form_component("plain"), "plain");
+    }
+}
