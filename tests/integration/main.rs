@@ -10,6 +10,7 @@ mod config_check;
 mod feedback;
 mod identity;
 mod lifecycle;
+mod login;
 mod push_apns;
 mod push_fcm;
 mod store;

@@ -1,0 +1,780 @@
+//! The identity bridge with the brand's login: a real OpenID provider (oidc-provider), a
+//! browser scripted over HTTP through brandgate's `/login`, the provider's login and consent
+//! forms and brandgate's callback, then the platform's code exchange at `/oauth/token`. What
+//! brandgate mints is verified by node's jose against brandgate's published JWKS.
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::support::TestEnv;
+use crate::support::client::{Answer, basic};
+use crate::support::daemon::Daemon;
+use crate::support::idp::{BRANDGATE_ISSUER, Browser, Idp, Landing, url_params};
+use crate::support::jose::{self, Key};
+
+pub const APP_CALLBACK: &str = "com.brand.app://callback";
+pub const WEB_CALLBACK: &str = "https://www.brand.example/chat/callback";
+pub const PLATFORM_CLIENT: &str = "platform";
+pub const PLATFORM_SECRET: &str = "pl@tform code-flow s3cret";
+
+/// A PKCE verifier and its S256 challenge, computed outside brandgate (Python's hashlib:
+/// base64url(sha256(verifier)) without padding).
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mJ92IXZnHS2jKdZHDv1vHVzZoSTj7o";
+pub const CHALLENGE: &str = "aEgdsOzk-rqDZd-qeJD-h5nRf-RQXyWHSOF8L5NBSzk";
+
+/// The provider, brandgate configured against it, and a browser.
+pub struct World {
+    pub env: TestEnv,
+    pub idp: Idp,
+    pub daemon: Daemon,
+}
+
+/// Accounts at the provider: alice has a profile and brand attributes.
+pub fn accounts() -> Value {
+    json!({
+        "alice": {
+            "email": "alice@example.test",
+            "given_name": "Alice",
+            "family_name": "Liddell",
+            "customer_tier": "gold",
+            "customer_id": "C-4711",
+        }
+    })
+}
+
+impl World {
+    /// `identity_extra` goes in `[identity]`, `upstream_extra` in `[identity.upstream]`,
+    /// `rest` after everything (more sections).
+    pub async fn start(identity_extra: &str, upstream_extra: &str, rest: &str) -> World {
+        let env = TestEnv::new();
+        let idp = Idp::start(&env, vec![], accounts()).await;
+        let keys = env.secret("data-keys", &data_key_line());
+        let client_secret = env.secret("platform-secret", &format!("{PLATFORM_SECRET}\n"));
+        let config = env.config(&format!(
+            r#"
+[store]
+data_keys_file = "{keys}"
+[identity]
+issuer = "{BRANDGATE_ISSUER}"
+audience = "platform-audience"
+token_lifetime = "10m"
+{identity_extra}
+{upstream}
+[identity.claims.ctmrinfo]
+ctype = "customer_tier"
+customerId = "customer_id"
+[identity.claims.personal]
+firstname = "given_name"
+lastname = "family_name"
+email = "email"
+[[identity.clients]]
+id = "{PLATFORM_CLIENT}"
+secret_file = "{secret}"
+redirect_uris = ["{APP_CALLBACK}", "{WEB_CALLBACK}"]
+implicit = true
+{rest}
+"#,
+            keys = keys.display(),
+            upstream = idp.upstream_config(&env, upstream_extra),
+            secret = client_secret.display(),
+        ));
+        let daemon = Daemon::start(env.path(), &config).await;
+        // The provider's metadata and keys are read in the background after start: tests
+        // that change the provider's keys must come after that first read.
+        daemon.wait_log("read the login provider's metadata").await;
+        World { env, idp, daemon }
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.env, &self.daemon.url(""), &self.idp)
+    }
+
+    /// A full login of `who` for the app callback, PKCE from the app; the code it returns.
+    pub async fn login_for_code(&self, browser: &mut Browser, who: &str) -> String {
+        let query = format!(
+            "client_id={PLATFORM_CLIENT}&redirect_uri={}&state=app-state-1&code_challenge={CHALLENGE}&code_challenge_method=S256",
+            enc(APP_CALLBACK)
+        );
+        match browser.login(&query, who).await {
+            Landing::App(url) => {
+                assert!(url.starts_with(APP_CALLBACK), "{url}");
+                let p = url_params(&url);
+                assert_eq!(p["state"], "app-state-1", "the app's state comes back");
+                p["code"].clone()
+            }
+            Landing::Page(page) => panic!("login ended on a page: {} {}", page.status, page.body),
+        }
+    }
+
+    /// The platform's token call: form-encoded, client auth by HTTP Basic.
+    pub async fn exchange(&self, code: &str, redirect_uri: &str, verifier: Option<&str>) -> Answer {
+        let mut form = format!(
+            "grant_type=authorization_code&code={}&redirect_uri={}",
+            enc(code),
+            enc(redirect_uri)
+        );
+        if let Some(v) = verifier {
+            form.push_str(&format!("&code_verifier={v}"));
+        }
+        self.token_call(&form, Some((PLATFORM_CLIENT, PLATFORM_SECRET)))
+            .await
+    }
+
+    pub async fn token_call(&self, form: &str, basic_auth: Option<(&str, &str)>) -> Answer {
+        let auth = basic_auth.map(|(u, p)| basic(&enc(u), &enc(p)));
+        let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        self.env
+            .client()
+            .send(
+                Method::POST,
+                &self.daemon.url("/oauth/token"),
+                &headers,
+                Bytes::from(form.to_string()),
+            )
+            .await
+    }
+
+    pub async fn jwks(&self) -> Value {
+        self.env
+            .client()
+            .get(&self.daemon.url("/.well-known/jwks.json"))
+            .await
+            .json()
+    }
+
+    /// What jose says of a token brandgate minted, against brandgate's JWKS.
+    pub async fn verify(&self, token: &str) -> Result<Value, String> {
+        let set = self.jwks().await;
+        jose::verify(
+            token,
+            Key::Jwks(&set),
+            Some(BRANDGATE_ISSUER),
+            Some("platform-audience"),
+        )
+        .await
+    }
+}
+
+pub fn enc(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+pub fn data_key_line() -> String {
+    use base64::Engine;
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).unwrap();
+    format!(
+        "k1 {}\n",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn page(landing: Landing) -> Answer {
+    match landing {
+        Landing::Page(p) => p,
+        Landing::App(url) => panic!("expected a page, landed at {url}"),
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_logs_in_and_the_platform_exchanges_the_code() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    assert!(code.len() >= 22, "a code carries at least 128 bits");
+
+    let answer = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    assert_eq!(answer.headers["pragma"], "no-cache");
+    let body = answer.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 600);
+    assert!(body["access_token"].is_string());
+    let id_token = body["id_token"].as_str().unwrap();
+
+    // An independent library verifies it against the published keys.
+    let verified = w
+        .verify(id_token)
+        .await
+        .expect("jose verifies the id_token");
+    let claims = &verified["payload"];
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["iss"], BRANDGATE_ISSUER);
+    assert_eq!(claims["aud"], "platform-audience");
+    assert_eq!(claims["email"], "alice@example.test");
+    assert_eq!(claims["given_name"], "Alice");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        600
+    );
+    assert!(claims["jti"].is_string());
+    assert!(verified["header"]["kid"].is_string());
+    let sdes = claims["lp_sdes"].as_array().unwrap();
+    assert_eq!(
+        sdes[0],
+        json!({"type": "ctmrinfo", "info": {"ctype": "gold", "customerId": "C-4711"}})
+    );
+    assert_eq!(
+        sdes[1],
+        json!({"type": "personal", "personal": {"firstname": "Alice", "lastname": "Liddell",
+            "contacts": [{"email": "alice@example.test"}]}})
+    );
+
+    // What brandgate sent the provider: code flow with PKCE S256, a state and a nonce, and
+    // the client secret by Basic.
+    let seen = w.idp.requests().await;
+    let auth = &seen["authorization"][0];
+    assert_eq!(auth["response_type"], "code");
+    assert_eq!(auth["code_challenge_method"], "S256");
+    assert!(auth["nonce"].as_str().unwrap().len() >= 16);
+    assert!(auth["state"].as_str().unwrap().len() >= 22);
+    assert_eq!(auth["redirect_uri"], format!("{BRANDGATE_ISSUER}/callback"));
+    assert_eq!(seen["token"][0]["auth_method"], "client_secret_basic");
+    assert!(seen["token"][0]["params"]["code_verifier"].is_string());
+
+    // Nothing secret reached the log.
+    let logs = w.daemon.logs();
+    assert!(!logs.contains(id_token.split('.').nth(2).unwrap()));
+    assert!(!logs.contains(&code));
+    assert!(!logs.contains(PLATFORM_SECRET));
+    assert!(!logs.contains("alice@example.test"));
+
+    // The metrics count it.
+    let metrics = w.env.client().get(&w.daemon.ops_url("/metrics")).await.body;
+    assert!(
+        metrics.contains("brandgate_identity_logins_total{outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("brandgate_identity_tokens_total{flow=\"code\",outcome=\"issued\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn client_secret_in_the_body_works_too() {
+    let w = World::start("", "client_auth = \"client_secret_post\"", "").await;
+    // brandgate authenticates at the provider with a form secret this time (the provider's
+    // client allows only Basic, so that must fail): the setting is honoured.
+    let mut browser = w.browser();
+    let landing = browser
+        .login(&format!("redirect_uri={}", enc(WEB_CALLBACK)), "alice")
+        .await;
+    let p = page(landing);
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert_eq!(
+        w.idp.requests().await["token"][0]["auth_method"],
+        "client_secret_post"
+    );
+
+    // The platform may send its own client secret in the body.
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let code = match browser
+        .login(&format!("redirect_uri={}", enc(WEB_CALLBACK)), "bob")
+        .await
+    {
+        Landing::App(url) => url_params(&url)["code"].clone(),
+        Landing::Page(p) => panic!("{}", p.body),
+    };
+    let form = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri={}&client_id={PLATFORM_CLIENT}&client_secret={}",
+        enc(WEB_CALLBACK),
+        enc(PLATFORM_SECRET)
+    );
+    let answer = w.token_call(&form, None).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let claims = w
+        .verify(answer.json()["id_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(claims["payload"]["sub"], "bob");
+}
+
+#[tokio::test]
+async fn a_replayed_state_is_refused() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    // Walk to the provider's answer by hand, to keep the callback URL.
+    let start = format!(
+        "{BRANDGATE_ISSUER}/login?redirect_uri={}",
+        enc(APP_CALLBACK)
+    );
+    let at_provider = browser.follow(&start).await;
+    let callback = capture_callback(&mut browser, at_provider, "alice").await;
+    let first = browser.follow(&callback).await;
+    assert!(matches!(first, Landing::App(_)), "{first:?}");
+    let again = page(browser.follow(&callback).await);
+    assert_eq!(again.status, 400);
+    assert!(again.body.contains("already finished"), "{}", again.body);
+
+    // A state brandgate never gave out.
+    let forged = callback.replace("state=", "state=x");
+    let p = page(browser.follow(&forged).await);
+    assert_eq!(p.status, 400);
+    let missing = format!("{BRANDGATE_ISSUER}/callback?code=abc");
+    let p = page(browser.follow(&missing).await);
+    assert_eq!(p.status, 400);
+    assert!(p.body.contains("state is missing"));
+}
+
+#[tokio::test]
+async fn a_login_finished_in_another_browser_is_refused() {
+    let w = World::start("", "", "").await;
+    let mut victim = w.browser();
+    let mut attacker = w.browser();
+    let start = format!(
+        "{BRANDGATE_ISSUER}/login?redirect_uri={}",
+        enc(APP_CALLBACK)
+    );
+    let at_provider = attacker.follow(&start).await;
+    let callback = capture_callback(&mut attacker, at_provider, "mallory").await;
+    // The attacker sends its callback link to someone else (login CSRF).
+    let p = page(victim.follow(&callback).await);
+    assert_eq!(p.status, 400);
+    assert!(p.body.contains("another browser"), "{}", p.body);
+}
+
+/// Logs in at the provider and returns the callback URL it sends the browser to, without
+/// following it.
+async fn capture_callback(browser: &mut Browser, at_provider: Landing, who: &str) -> String {
+    let Landing::Page(login_page) = at_provider else {
+        panic!("expected the provider's login page");
+    };
+    // Log in and consent, stopping at the first redirect to brandgate.
+    let mut landing = Landing::Page(login_page);
+    for form in [
+        format!("prompt=login&login={who}&password=x"),
+        "prompt=consent".to_string(),
+    ] {
+        let Landing::Page(p) = &landing else {
+            unreachable!()
+        };
+        let action = p
+            .body
+            .split("action=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let url = absolute(browser, &action.replace("&amp;", "&"));
+        let mut answer = browser.request(Method::POST, &url, Some(&form)).await;
+        loop {
+            assert!((300..400).contains(&answer.status), "{}", answer.body);
+            let location = answer.headers["location"].to_str().unwrap().to_string();
+            let next = absolute(browser, &location);
+            if next.starts_with(BRANDGATE_ISSUER) {
+                return next;
+            }
+            answer = browser.request(Method::GET, &next, None).await;
+            if !(300..400).contains(&answer.status) {
+                landing = Landing::Page(answer);
+                break;
+            }
+        }
+    }
+    panic!("the provider never sent the browser back");
+}
+
+/// A provider URL as given (absolute) or relative to the provider.
+fn absolute(browser: &Browser, url: &str) -> String {
+    if url.starts_with('/') {
+        format!("{}{url}", browser.idp_issuer())
+    } else {
+        url.to_string()
+    }
+}
+
+/// Runs one login whose provider answer was tampered with, and returns brandgate's page.
+async fn tampered_login(w: &World, tamper: Value) -> Answer {
+    w.idp.admin("tamper", tamper).await;
+    let mut browser = w.browser();
+    page(
+        browser
+            .login(&format!("redirect_uri={}", enc(APP_CALLBACK)), "alice")
+            .await,
+    )
+}
+
+#[tokio::test]
+async fn a_nonce_mismatch_is_refused() {
+    let w = World::start("", "", "").await;
+    let p = tampered_login(&w, json!({"claims": {"nonce": "not-the-one-sent"}})).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("nonce"), "{}", p.body);
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_refused() {
+    let w = World::start("", "", "").await;
+    let p = tampered_login(&w, json!({"claims": {"aud": "someone-else"}})).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("audience"), "{}", p.body);
+}
+
+#[tokio::test]
+async fn an_expired_upstream_token_is_refused() {
+    let w = World::start("", "", "").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Expired beyond the 60 s leeway.
+    let p = tampered_login(&w, json!({"claims": {"exp": now - 120, "iat": now - 720}})).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("expired"), "{}", p.body);
+}
+
+#[tokio::test]
+async fn an_upstream_token_signed_by_an_unknown_key_is_refused() {
+    let w = World::start("", "rediscover_interval = \"0s\"", "").await;
+    let p = tampered_login(&w, json!({"key": "unknown"})).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.body.contains("key the provider does not publish"),
+        "{}",
+        p.body
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_at_hash_is_refused() {
+    let w = World::start("", "", "").await;
+    let p = tampered_login(&w, json!({"claims": {"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}})).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("at_hash"), "{}", p.body);
+}
+
+#[tokio::test]
+async fn the_providers_key_rotation_is_followed() {
+    // Re-reading the keys is allowed at once here: the new key is found.
+    let w = World::start("", "rediscover_interval = \"0s\"", "").await;
+    w.idp.admin("rotate", json!({})).await;
+    w.idp.admin("tamper", json!({"key": "rotated"})).await;
+    let mut browser = w.browser();
+    let landing = browser
+        .login(&format!("redirect_uri={}", enc(APP_CALLBACK)), "alice")
+        .await;
+    assert!(matches!(landing, Landing::App(_)), "{landing:?}");
+    w.daemon.wait_log("reading its keys again").await;
+
+    // Rate limited: within the interval the keys are not read again, so a token signed with
+    // a key published after the last read is refused.
+    let w = World::start("", "rediscover_interval = \"1h\"", "").await;
+    w.idp.admin("rotate", json!({})).await;
+    let p = tampered_login(&w, json!({"key": "rotated"})).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(!w.daemon.logs().contains("reading its keys again"));
+}
+
+#[tokio::test]
+async fn a_code_works_once() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    let first = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(second.status, 400);
+    assert_eq!(second.json()["error"], "invalid_grant");
+    assert_eq!(second.headers["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn a_code_expires() {
+    let w = World::start("code_lifetime = \"1s\"", "", "").await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    // Expiry is kept in whole seconds: past two seconds the code is certainly expired.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let answer = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.json()["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_code_needs_its_redirect_uri() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    let answer = w.exchange(&code, WEB_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["error"], "invalid_grant");
+    // The code is spent: the right redirect URI afterwards does not bring it back.
+    let answer = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(answer.json()["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_invalid_client_and_leaves_the_code() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    let form = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri={}&code_verifier={VERIFIER}",
+        enc(APP_CALLBACK)
+    );
+    let answer = w.token_call(&form, Some((PLATFORM_CLIENT, "wrong"))).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.json()["error"], "invalid_client");
+    assert!(
+        answer.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let answer = w.token_call(&form, None).await;
+    assert_eq!(answer.status, 401, "no client authentication at all");
+    // Basic and body credentials together are refused.
+    let both = format!("{form}&client_secret=x");
+    let answer = w
+        .token_call(&both, Some((PLATFORM_CLIENT, PLATFORM_SECRET)))
+        .await;
+    assert_eq!(answer.json()["error"], "invalid_request");
+    // The code was never looked at: the real client still gets its token.
+    let answer = w
+        .token_call(&form, Some((PLATFORM_CLIENT, PLATFORM_SECRET)))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn a_wrong_pkce_verifier_is_refused() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    let wrong = "x".repeat(43);
+    let answer = w.exchange(&code, APP_CALLBACK, Some(&wrong)).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["error"], "invalid_grant");
+
+    let code = w.login_for_code(&mut browser, "alice").await;
+    let answer = w.exchange(&code, APP_CALLBACK, None).await;
+    assert_eq!(
+        answer.json()["error"],
+        "invalid_grant",
+        "the verifier is required"
+    );
+}
+
+#[tokio::test]
+async fn malformed_token_calls_get_rfc6749_errors() {
+    let w = World::start("", "", "").await;
+    let creds = Some((PLATFORM_CLIENT, PLATFORM_SECRET));
+    let cases = [
+        ("grant_type=client_credentials", "unsupported_grant_type"),
+        ("code=abc", "invalid_request"),
+        ("grant_type=authorization_code", "invalid_request"),
+        (
+            "grant_type=authorization_code&code=a&code=b",
+            "invalid_request",
+        ),
+        (
+            "grant_type=authorization_code&code=never-issued",
+            "invalid_grant",
+        ),
+    ];
+    for (form, error) in cases {
+        let answer = w.token_call(form, creds).await;
+        assert_eq!(answer.status, 400, "{form}");
+        assert_eq!(answer.json()["error"], error, "{form}");
+    }
+    let answer = w
+        .env
+        .client()
+        .post_json(
+            &w.daemon.url("/oauth/token"),
+            &[],
+            &json!({"grant_type": "authorization_code"}),
+        )
+        .await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["error"], "invalid_request");
+}
+
+#[tokio::test]
+async fn the_implicit_flow_returns_the_token_itself() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let query = format!(
+        "response_type=id_token&redirect_uri={}&state=s1&nonce=app-nonce-1",
+        enc(WEB_CALLBACK)
+    );
+    let Landing::App(url) = browser.login(&query, "alice").await else {
+        panic!("no redirect to the app");
+    };
+    assert!(
+        url.starts_with(&format!("{WEB_CALLBACK}#")),
+        "in the fragment: {url}"
+    );
+    let p = url_params(&url);
+    assert_eq!(p["state"], "s1");
+    assert_eq!(p["token_type"], "Bearer");
+    let claims = w.verify(&p["id_token"]).await.unwrap();
+    assert_eq!(claims["payload"]["sub"], "alice");
+    assert_eq!(claims["payload"]["nonce"], "app-nonce-1");
+
+    // A native app that finishes the callback itself gets JSON.
+    let query = format!(
+        "response_type=id_token&response_mode=json&redirect_uri={}&state=s2",
+        enc(APP_CALLBACK)
+    );
+    let answer = page(browser.login(&query, "alice").await);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    let body = answer.json();
+    assert_eq!(body["state"], "s2");
+    assert!(w.verify(body["id_token"].as_str().unwrap()).await.is_ok());
+}
+
+#[tokio::test]
+async fn logins_only_return_to_registered_places() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    for (query, why) in [
+        (
+            "redirect_uri=https%3A%2F%2Fevil.example%2Fcb",
+            "not registered",
+        ),
+        ("client_id=nobody", "unknown client_id"),
+        (
+            "redirect_uri=com.brand.app%3A%2F%2Fcallback&response_type=token",
+            "unsupported response_type",
+        ),
+        (
+            "redirect_uri=com.brand.app%3A%2F%2Fcallback&code_challenge=abc&code_challenge_method=plain",
+            "S256",
+        ),
+        (
+            "redirect_uri=com.brand.app%3A%2F%2Fcallback&state=a&state=b",
+            "more than once",
+        ),
+    ] {
+        let start = format!("{BRANDGATE_ISSUER}/login?{query}");
+        let answer = browser.request(Method::GET, &start, None).await;
+        assert_eq!(answer.status, 400, "{query}: {}", answer.body);
+        assert!(
+            answer.headers.get("location").is_none(),
+            "{query}: never redirected"
+        );
+        assert!(answer.body.contains(why), "{query}: {}", answer.body);
+        assert!(
+            answer.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+    }
+    // Two redirect URIs are registered: a login must say which.
+    let answer = browser
+        .request(Method::GET, &format!("{BRANDGATE_ISSUER}/login"), None)
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.body.contains("redirect_uri is required"),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_login_tells_the_app() {
+    let w = World::start("", "", "").await;
+    let mut browser = w.browser();
+    let start = format!(
+        "{BRANDGATE_ISSUER}/login?redirect_uri={}&state=st",
+        enc(APP_CALLBACK)
+    );
+    let Landing::Page(login_page) = browser.follow(&start).await else {
+        panic!("expected the provider's page");
+    };
+    // oidc-provider's development login page has a "cancel" link: /interaction/<uid>/abort.
+    let uid = login_page
+        .body
+        .split("/interaction/")
+        .nth(1)
+        .unwrap()
+        .split(['/', '"', '?'])
+        .next()
+        .unwrap()
+        .to_string();
+    let abort = format!("{}/interaction/{uid}/abort", browser.idp_issuer());
+    let Landing::App(url) = browser.follow(&abort).await else {
+        panic!("no redirect to the app");
+    };
+    let p = url_params(&url);
+    assert_eq!(p["error"], "access_denied");
+    assert_eq!(p["state"], "st");
+    assert!(!p.contains_key("code"));
+}
+
+#[tokio::test]
+async fn pseudonymous_subjects_are_stable_and_not_the_upstream_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("pseudonym-key");
+    std::fs::write(
+        &key,
+        "Q2hvb3NlIGEgbG9uZyByYW5kb20ga2V5IGhlcmUsIDMyKyBieXRlcw==\n",
+    )
+    .unwrap();
+    let identity_extra = format!(
+        "[identity.subject]\nmode = \"pseudonym\"\npseudonym_key_file = \"{}\"\n",
+        key.display()
+    );
+    let w = World::start(&identity_extra, "", "").await;
+    let mut subjects = Vec::new();
+    for _ in 0..2 {
+        let mut browser = w.browser();
+        let code = w.login_for_code(&mut browser, "alice").await;
+        let answer = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+        let claims = w
+            .verify(answer.json()["id_token"].as_str().unwrap())
+            .await
+            .unwrap();
+        subjects.push(claims["payload"]["sub"].as_str().unwrap().to_string());
+    }
+    assert_eq!(subjects[0], subjects[1]);
+    assert_ne!(subjects[0], "alice");
+    assert_eq!(subjects[0].len(), 43, "base64url of an HMAC-SHA256");
+}
+
+#[tokio::test]
+async fn discovery_names_the_code_flow_endpoints() {
+    let w = World::start("", "", "").await;
+    let d = w
+        .env
+        .client()
+        .get(&w.daemon.url("/.well-known/openid-configuration"))
+        .await
+        .json();
+    assert_eq!(
+        d["token_endpoint"],
+        format!("{BRANDGATE_ISSUER}/oauth/token")
+    );
+    assert_eq!(
+        d["authorization_endpoint"],
+        format!("{BRANDGATE_ISSUER}/login")
+    );
+    assert_eq!(d["code_challenge_methods_supported"], json!(["S256"]));
+    // The provider's metadata is read at start, in the background.
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let ready = w
+            .env
+            .client()
+            .get(&w.daemon.ops_url("/readyz"))
+            .await
+            .json();
+        state = ready["checks"]["identity"]["login_provider"].clone();
+        if state == "ok" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "ok");
+}
