@@ -47,12 +47,23 @@ impl World {
     /// `identity_extra` goes in `[identity]`, `upstream_extra` in `[identity.upstream]`,
     /// `rest` after everything (more sections).
     pub async fn start(identity_extra: &str, upstream_extra: &str, rest: &str) -> World {
-        let env = TestEnv::new();
+        Self::start_in(TestEnv::new(), "", identity_extra, upstream_extra, rest).await
+    }
+
+    /// As [`World::start`], in `env`, with `tls_extra` in `[server.tls]`.
+    pub async fn start_in(
+        env: TestEnv,
+        tls_extra: &str,
+        identity_extra: &str,
+        upstream_extra: &str,
+        rest: &str,
+    ) -> World {
         let idp = Idp::start(&env, vec![], accounts()).await;
         let keys = env.secret("data-keys", &data_key_line());
         let client_secret = env.secret("platform-secret", &format!("{PLATFORM_SECRET}\n"));
-        let config = env.config(&format!(
-            r#"
+        let config = env.base_config_with_tls(tls_extra)
+            + &format!(
+                r#"
 [store]
 data_keys_file = "{keys}"
 [identity]
@@ -75,10 +86,10 @@ redirect_uris = ["{APP_CALLBACK}", "{WEB_CALLBACK}"]
 implicit = true
 {rest}
 "#,
-            keys = keys.display(),
-            upstream = idp.upstream_config(&env, upstream_extra),
-            secret = client_secret.display(),
-        ));
+                keys = keys.display(),
+                upstream = idp.upstream_config(&env, upstream_extra),
+                secret = client_secret.display(),
+            );
         let daemon = Daemon::start(env.path(), &config).await;
         // The provider's metadata and keys are read in the background after start: tests
         // that change the provider's keys must come after that first read.

@@ -78,6 +78,8 @@ async fn conforms(store: &Store) {
     assert!(!store.delete_signing_key("a").await.unwrap());
     assert_eq!(store.list_signing_keys().await.unwrap().len(), 2);
 
+    grants_conform(store).await;
+
     // Migrations are idempotent, and a database from a newer brandgate is refused.
     migrate::run(store).await.unwrap();
     let future = migrate::latest(store) + 1;
@@ -97,6 +99,73 @@ async fn conforms(store: &Store) {
     .unwrap();
     assert!(
         matches!(migrate::run(store).await, Err(StoreError::TooNew { found, .. }) if found == future)
+    );
+}
+
+/// Pending grants: single use, expiry, conflicts, and one winner among concurrent takers.
+async fn grants_conform(store: &Store) {
+    store
+        .create_pending_grant("code:1", &[1, 2], 1_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_pending_grant("code:1", &[3], 2_000).await,
+        Err(StoreError::Conflict)
+    ));
+    // Expired (at or before now): gone, and nothing is returned.
+    assert_eq!(
+        store.take_pending_grant("code:1", 1_000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.take_pending_grant("code:1", 0).await.unwrap(),
+        None,
+        "deleted when taken"
+    );
+
+    store
+        .create_pending_grant("code:2", &[7], 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_pending_grant("code:2", 999).await.unwrap(),
+        Some(vec![7])
+    );
+    assert_eq!(store.take_pending_grant("code:2", 999).await.unwrap(), None);
+
+    // Ten takers at once: exactly one gets it.
+    store
+        .create_pending_grant("code:3", &[5], 1_000)
+        .await
+        .unwrap();
+    let takers: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_pending_grant("code:3", 1).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in takers {
+        won += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1);
+
+    store
+        .create_pending_grant("login:a", &[1], 100)
+        .await
+        .unwrap();
+    store
+        .create_pending_grant("login:b", &[1], 200)
+        .await
+        .unwrap();
+    store
+        .create_pending_grant("login:c", &[1], 300)
+        .await
+        .unwrap();
+    assert_eq!(store.delete_expired_pending_grants(200).await.unwrap(), 2);
+    assert_eq!(
+        store.take_pending_grant("login:c", 0).await.unwrap(),
+        Some(vec![1])
     );
 }
 
