@@ -314,4 +314,61 @@ mod tests {
         // The retired key stays published while its tokens can still be valid.
         assert!(ring.jwks().await.unwrap().to_string().contains(&first.kid));
     }
+    /// Ten rotations on a fake clock: at every step each token still within its lifetime
+    /// verifies against the published keys, every key is published before it signs, and keys
+    /// leave the JWKS only once all their tokens have expired (plus the leeway).
+    #[tokio::test]
+    async fn ten_rotations_never_strand_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let ring = ring(dir.path(), Algorithm::ES256, clock.clone()).await;
+        let mint = Mint::new(ring.clone(), "iss".into(), clock.clone());
+        let claims = Claims {
+            subject: "s".into(),
+            lifetime: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let published = |set: &Value| -> Vec<String> {
+            set["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut tokens: Vec<Minted> = Vec::new();
+        let mut seen_signing = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let minted = mint.mint(&claims).await.unwrap();
+            tokens.push(minted.clone());
+            seen_signing.insert(minted.kid.clone());
+            let next = ring.rotate().await.unwrap();
+            // Published now, signing only after the lead time.
+            assert!(published(&ring.jwks().await.unwrap()).contains(&next.row.kid));
+            assert!(!seen_signing.contains(&next.row.kid));
+            for step in [1800, 1799, 1] {
+                clock.advance(Duration::from_secs(step));
+                ring.maintain().await.unwrap();
+                let set: jsonwebtoken::jwk::JwkSet =
+                    serde_json::from_value(ring.jwks().await.unwrap()).unwrap();
+                for t in &tokens {
+                    if clock.now() >= t.expires_at + Duration::from_secs(60) {
+                        continue;
+                    }
+                    // A live token verifies with what is published.
+                    let jwk = set.find(&t.kid).expect("a live token's key left the JWKS");
+                    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+                    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+                    v.validate_exp = false;
+                    v.validate_aud = false;
+                    jsonwebtoken::decode::<Value>(&t.jwt, &key, &v).unwrap();
+                }
+            }
+        }
+        assert_eq!(seen_signing.len(), 10, "each rotation took over");
+        // After the last token expired, only the keys still needed are left.
+        clock.advance(Duration::from_secs(3600 + 60));
+        ring.maintain().await.unwrap();
+        assert!(published(&ring.jwks().await.unwrap()).len() <= 2);
+    }
 }

@@ -377,3 +377,61 @@ async fn a_new_data_key_takes_over_and_old_records_are_resealed() {
     .await;
     assert!(out.contains("re-sealed 0 signing key"), "{out}");
 }
+
+#[tokio::test]
+async fn tokens_of_a_retired_key_verify_until_they_expire() {
+    let env = TestEnv::new();
+    let anonymous = "enabled = true\ntoken_lifetime = \"1h\"\nper_minute = 1000";
+    let config = identity_config(&env, "RS256", anonymous, "")
+        + "[identity.keys]\nrotation_lead = \"2s\"\njwks_max_age = \"1s\"\n";
+    let daemon = Daemon::start(env.path(), &config).await;
+    let old = signup(&env, &daemon, "/identity/v1/signup").await.json()["jwt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = daemon.config_path.to_str().unwrap().to_string();
+    let (code, out, err) = run(&["keys", "rotate", "--config", &path], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The new key signs once its lead time is over and the daemon's ring read (at most 10 s
+    // old) has seen it; wait for that, boundedly.
+    let old_kid = jose::verify(
+        &old,
+        Key::Jwks(&jwks(&env, &daemon).await),
+        Some(ISSUER),
+        None,
+    )
+    .await
+    .unwrap()["header"]["kid"]
+        .clone();
+    let mut new = None;
+    for _ in 0..300 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let set = jwks(&env, &daemon).await;
+        if set["keys"].as_array().unwrap().len() < 2 {
+            continue;
+        }
+        let answer = signup(&env, &daemon, "/identity/v1/signup").await;
+        if answer.status != 200 {
+            continue;
+        }
+        let token = answer.json()["jwt"].as_str().unwrap().to_string();
+        let v = jose::verify(&token, Key::Jwks(&set), Some(ISSUER), None)
+            .await
+            .unwrap();
+        if v["header"]["kid"] != old_kid {
+            new = Some(token);
+            break;
+        }
+    }
+    assert!(new.is_some(), "the new key never started signing");
+
+    // The old key is retired but still published: its token verifies.
+    let set = jwks(&env, &daemon).await;
+    let verified = jose::verify(&old, Key::Jwks(&set), Some(ISSUER), None)
+        .await
+        .expect("a token of the retired key still verifies");
+    assert_eq!(verified["header"]["kid"], old_kid);
+    let (_, listing, _) = run(&["keys", "list", "--config", &path], &[]).await;
+    assert!(listing.contains("retired"), "{listing}");
+}

@@ -10,6 +10,7 @@ mod caller_auth;
 mod config_check;
 mod feedback;
 mod identity;
+mod identity_config;
 mod lifecycle;
 mod login;
 mod push_apns;
