@@ -64,3 +64,4 @@ cargo test --locked --doc --quiet
 log "benchmarks (quick mode)"
 cargo bench --locked --bench push_throughput -- --quick
 cargo bench --locked --bench mint -- --quick
+cargo bench --locked --bench code_flow -- --quick

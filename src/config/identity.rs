@@ -369,21 +369,16 @@ impl IdentityConfig {
         {
             p.push(
                 "identity.subject.pseudonym_key_file",
-                "mode = \"pseudonym\" needs a key file (e.g. head -c32 /dev/urandom > pseudonym-key)",
+                "mode = \"pseudonym\" needs a key file (e.g. head -c32 /dev/urandom | base64 > pseudonym-key)",
             );
         }
-        let mut seen = std::collections::HashSet::new();
+        check_ids(
+            p,
+            "identity.clients",
+            self.clients.iter().map(|c| c.id.as_str()),
+        );
         for (i, c) in self.clients.iter().enumerate() {
             let key = format!("identity.clients[{i}]");
-            if c.id.is_empty() || c.id.contains(':') {
-                p.push(format!("{key}.id"), "must be non-empty and have no ':'");
-            }
-            if !seen.insert(c.id.as_str()) {
-                p.push(
-                    format!("{key}.id"),
-                    format!("{:?} is configured twice", c.id),
-                );
-            }
             if c.redirect_uris.is_empty() {
                 p.push(
                     format!("{key}.redirect_uris"),
@@ -402,18 +397,13 @@ impl IdentityConfig {
                 "need [identity.upstream]: codes come from a consumer's login there",
             );
         }
-        let mut seen = std::collections::HashSet::new();
+        check_ids(
+            p,
+            "identity.backends",
+            self.backends.iter().map(|b| b.id.as_str()),
+        );
         for (i, b) in self.backends.iter().enumerate() {
             let key = format!("identity.backends[{i}]");
-            if b.id.is_empty() || b.id.contains(':') {
-                p.push(format!("{key}.id"), "must be non-empty and have no ':'");
-            }
-            if !seen.insert(b.id.as_str()) {
-                p.push(
-                    format!("{key}.id"),
-                    format!("{:?} is configured twice", b.id),
-                );
-            }
             if b.secret_file.is_none() && b.client_cert_names.is_empty() {
                 p.push(
                     key.clone(),
@@ -426,6 +416,25 @@ impl IdentityConfig {
                     "an untrusted backend presents upstream ID tokens: configure [identity.upstream] or set trusted = true",
                 );
             }
+        }
+    }
+}
+
+/// Ids of a list (`identity.clients`): non-empty, no `:` (they go in HTTP Basic), unique.
+fn check_ids<'a>(p: &mut Problems, list: &str, ids: impl Iterator<Item = &'a str>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, id) in ids.enumerate() {
+        if id.is_empty() || id.contains(':') {
+            p.push(
+                format!("{list}[{i}].id"),
+                "must be non-empty and have no ':'",
+            );
+        }
+        if !seen.insert(id) {
+            p.push(
+                format!("{list}[{i}].id"),
+                format!("{id:?} is configured twice"),
+            );
         }
     }
 }

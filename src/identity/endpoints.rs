@@ -21,6 +21,7 @@ use base64::Engine;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::web::{json_error, retry_after};
 use super::{Claims, IdentityService};
 use crate::tls::Peer;
 
@@ -55,18 +56,6 @@ fn callback_path(service: &IdentityService) -> String {
         .map(|u| u.path().to_string())
         .filter(|p| p.starts_with('/') && p.len() > 1)
         .unwrap_or_else(|| "/callback".into())
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
-}
-
-fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "{what}");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the identity service cannot answer right now",
-    )
 }
 
 fn cache_for(mut response: Response, max_age: Duration) -> Response {
@@ -107,20 +96,20 @@ async fn jwks(State(s): State<IdentityService>) -> Response {
             axum::Json(set).into_response(),
             s.inner.config.keys.jwks_max_age.0,
         ),
-        Err(e) => unavailable("cannot read the key ring", e),
+        Err(e) => s.unavailable("cannot read the key ring", e),
     }
 }
 
 async fn public_key(State(s): State<IdentityService>) -> Response {
     let row = match s.inner.ring.active().await {
         Ok(row) => row,
-        Err(e) => return unavailable("cannot read the key ring", e),
+        Err(e) => return s.unavailable("cannot read the key ring", e),
     };
     let der = serde_json::from_str(&row.public_jwk)
         .ok()
         .and_then(|jwk| super::keys::spki_der(&jwk));
     let Some(der) = der else {
-        return unavailable("the active key's public part is unreadable", &row.kid);
+        return s.unavailable("the active key's public part is unreadable", &row.kid);
     };
     let mut response = base64::engine::general_purpose::STANDARD
         .encode(der)
@@ -136,7 +125,7 @@ async fn public_key(State(s): State<IdentityService>) -> Response {
 async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<Peer>>) -> Response {
     let settings = &s.inner.config.anonymous;
     if !settings.enabled {
-        return error(
+        return json_error(
             StatusCode::NOT_FOUND,
             "anonymous identities are not enabled",
         );
@@ -144,16 +133,14 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
     if let Some(axum::Extension(peer)) = &peer {
         let ip = peer.addr.ip();
         if let Some(wait) = s.inner.signups.blocked(ip, "signup", settings.per_minute) {
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many sign-ups from this address; retry later",
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
             s.inner.metrics.token("anonymous", "refused");
-            return response;
+            return retry_after(
+                json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many sign-ups from this address; retry later",
+                ),
+                wait,
+            );
         }
         s.inner.signups.count(ip, "signup");
     }
@@ -172,6 +159,6 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
-        Err(e) => unavailable("cannot mint an anonymous identity", e),
+        Err(e) => s.unavailable("cannot mint an anonymous identity", e),
     }
 }

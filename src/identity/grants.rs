@@ -134,7 +134,6 @@ impl Grants {
 mod tests {
     use super::*;
     use crate::clock::fake::FakeClock;
-    use crate::store::StoreOptions;
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Value {
@@ -142,15 +141,8 @@ mod tests {
     }
 
     async fn grants(dir: &std::path::Path, clock: Arc<FakeClock>) -> (Grants, Store) {
-        let store = Store::open(StoreOptions {
-            url: &Store::default_url(dir),
-            password: None,
-            max_connections: 2,
-        })
-        .await
-        .unwrap();
-        let keys =
-            DataKeys::parse(DataKeys::generate_line("d1").unwrap().as_bytes(), None).unwrap();
+        let store = Store::open_temporary(dir).await;
+        let keys = DataKeys::generate_for_test();
         (Grants::new(store.clone(), Arc::new(keys), clock), store)
     }
 

@@ -10,13 +10,13 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::IdentityService;
 use super::upstream::UpstreamError;
-use super::web::{json_error, no_store};
+use super::web::{basic_challenge, has_content_type, json_error, no_store, retry_after};
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
@@ -39,13 +39,7 @@ pub async fn issue(
     body: Bytes,
 ) -> Response {
     let answer = handle(&s, peer.as_ref().map(|p| &p.0), &headers, &body).await;
-    let outcome = match answer.status() {
-        StatusCode::OK => "issued",
-        StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => "client_refused",
-        s if s.is_server_error() => "failed",
-        _ => "refused",
-    };
-    s.inner.metrics.token("backend", outcome);
+    s.inner.metrics.answered("backend", answer.status());
     answer
 }
 
@@ -62,15 +56,13 @@ async fn handle(
                 .failures
                 .blocked(ip, "identity_token", BACKEND_FAILURES_PER_MINUTE)
     {
-        let mut r = json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many failed authentications from this address; retry later",
+        return retry_after(
+            json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address; retry later",
+            ),
+            wait,
         );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs().max(1)),
-        );
-        return r;
     }
     let basic = basic_credentials(headers);
     let backend = s.inner.callers.authenticate_backend(
@@ -82,20 +74,13 @@ async fn handle(
             s.inner.failures.count(ip, "identity_token");
         }
         tracing::info!("a token request failed backend authentication");
-        let mut r = json_error(StatusCode::UNAUTHORIZED, "backend authentication failed");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"brandgate\""),
-        );
-        return r;
+        return basic_challenge(json_error(
+            StatusCode::UNAUTHORIZED,
+            "backend authentication failed",
+        ));
     };
 
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !has_content_type(headers, "application/json") {
         return json_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be application/json",

@@ -334,33 +334,31 @@ fn answer_error(pending: &PendingLogin, headers: &HeaderMap, error: &str) -> Res
 impl IdentityService {
     /// What to answer when the provider could not be used or its answer failed a check.
     pub(super) fn upstream_failed(&self, headers: &HeaderMap, e: UpstreamError) -> Response {
-        match e {
+        let (status, message) = match e {
             UpstreamError::Unavailable(why) => {
                 tracing::warn!(error = %why, "the login provider is unavailable");
-                page_error(
-                    headers,
+                (
                     StatusCode::BAD_GATEWAY,
-                    "the login provider cannot be reached right now; please try again",
+                    "the login provider cannot be reached right now; please try again".to_string(),
                 )
             }
             UpstreamError::Refused(why) => {
                 tracing::info!(error = %why, "the login provider refused to exchange a code");
-                page_error(
-                    headers,
+                (
                     StatusCode::BAD_REQUEST,
-                    "the login provider refused this login: please start again",
+                    "the login provider refused this login: please start again".to_string(),
                 )
             }
             UpstreamError::Token(problem) => {
                 tracing::warn!(%problem, "an ID token from the login provider failed a check");
-                page_error(
-                    headers,
+                (
                     StatusCode::BAD_REQUEST,
-                    &format!(
+                    format!(
                         "the login provider's answer failed a check ({problem}): please start again"
                     ),
                 )
             }
-        }
+        };
+        page_error(headers, status, &message)
     }
 }

@@ -48,4 +48,17 @@ impl IdentityMetrics {
             .get_or_create(&TokenLabels { flow, outcome })
             .inc();
     }
+
+    /// Counts a token request of `flow` by the status it was answered with.
+    pub fn answered(&self, flow: &'static str, status: http::StatusCode) {
+        let outcome = match status {
+            http::StatusCode::OK => "issued",
+            http::StatusCode::UNAUTHORIZED | http::StatusCode::TOO_MANY_REQUESTS => {
+                "client_refused"
+            }
+            s if s.is_server_error() => "failed",
+            _ => "refused",
+        };
+        self.token(flow, outcome);
+    }
 }

@@ -213,23 +213,16 @@ mod tests {
     use super::*;
     use crate::clock::fake::FakeClock;
     use crate::identity::keys::RingSettings;
+    use crate::store::Store;
     use crate::store::seal::DataKeys;
-    use crate::store::{Store, StoreOptions};
 
     async fn ring(
         dir: &std::path::Path,
         algorithm: Algorithm,
         clock: Arc<FakeClock>,
     ) -> Arc<KeyRing> {
-        let store = Store::open(StoreOptions {
-            url: &Store::default_url(dir),
-            password: None,
-            max_connections: 2,
-        })
-        .await
-        .unwrap();
-        let data =
-            DataKeys::parse(DataKeys::generate_line("d1").unwrap().as_bytes(), None).unwrap();
+        let store = Store::open_temporary(dir).await;
+        let data = DataKeys::generate_for_test();
         Arc::new(KeyRing::new(
             store,
             Arc::new(data),
@@ -290,17 +283,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_mint_follows_rotation() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An ES256 ring on a fake clock, its mint, and claims living `lifetime` seconds.
+    async fn es256_fixture(
+        dir: &std::path::Path,
+        lifetime: u64,
+    ) -> (Arc<FakeClock>, Arc<KeyRing>, Mint, Claims) {
         let clock = Arc::new(FakeClock::new());
-        let ring = ring(dir.path(), Algorithm::ES256, clock.clone()).await;
+        let ring = ring(dir, Algorithm::ES256, clock.clone()).await;
         let mint = Mint::new(ring.clone(), "iss".into(), clock.clone());
         let claims = Claims {
             subject: "s".into(),
-            lifetime: Duration::from_secs(60),
+            lifetime: Duration::from_secs(lifetime),
             ..Default::default()
         };
+        (clock, ring, mint, claims)
+    }
+
+    #[tokio::test]
+    async fn the_mint_follows_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, ring, mint, claims) = es256_fixture(dir.path(), 60).await;
         let first = mint.mint(&claims).await.unwrap();
         let next = ring.rotate().await.unwrap();
         assert_ne!(next.row.kid, first.kid);
@@ -314,20 +316,14 @@ mod tests {
         // The retired key stays published while its tokens can still be valid.
         assert!(ring.jwks().await.unwrap().to_string().contains(&first.kid));
     }
+
     /// Ten rotations on a fake clock: at every step each token still within its lifetime
     /// verifies against the published keys, every key is published before it signs, and keys
     /// leave the JWKS only once all their tokens have expired (plus the leeway).
     #[tokio::test]
     async fn ten_rotations_never_strand_a_token() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(FakeClock::new());
-        let ring = ring(dir.path(), Algorithm::ES256, clock.clone()).await;
-        let mint = Mint::new(ring.clone(), "iss".into(), clock.clone());
-        let claims = Claims {
-            subject: "s".into(),
-            lifetime: Duration::from_secs(3600),
-            ..Default::default()
-        };
+        let (clock, ring, mint, claims) = es256_fixture(dir.path(), 3600).await;
         let published = |set: &Value| -> Vec<String> {
             set["keys"]
                 .as_array()

@@ -10,13 +10,13 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
 use super::IdentityService;
 use super::grants::GrantKind;
 use super::login::{IssuedCode, is_pkce_text};
-use super::web::{no_store, params};
+use super::web::{basic_challenge, has_content_type, no_store, params, retry_after};
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
@@ -49,13 +49,7 @@ pub async fn token(
     body: Bytes,
 ) -> Response {
     let answer = exchange(&s, peer.as_ref().map(|p| &p.0), &headers, &body).await;
-    let outcome = match answer.status() {
-        StatusCode::OK => "issued",
-        StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => "client_refused",
-        s if s.is_server_error() => "failed",
-        _ => "refused",
-    };
-    s.inner.metrics.token("code", outcome);
+    s.inner.metrics.answered("code", answer.status());
     answer
 }
 
@@ -65,15 +59,7 @@ async fn exchange(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !is_form {
+    if !has_content_type(headers, "application/x-www-form-urlencoded") {
         return invalid_request("the body must be application/x-www-form-urlencoded");
     }
     let Ok(text) = std::str::from_utf8(body) else {
@@ -93,16 +79,14 @@ async fn exchange(
             .failures
             .blocked(ip, "oauth_token", CLIENT_FAILURES_PER_MINUTE)
     {
-        let mut r = oauth_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "invalid_client",
-            "too many failed client authentications from this address; retry later",
+        return retry_after(
+            oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many failed client authentications from this address; retry later",
+            ),
+            wait,
         );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs().max(1)),
-        );
-        return r;
     }
     let basic = basic_credentials(headers);
     let credentials = match (&basic, get("client_id"), get("client_secret")) {
@@ -134,16 +118,11 @@ async fn exchange(
             presented = credentials.is_some(),
             "a token call failed client authentication"
         );
-        let mut r = oauth_error(
+        return basic_challenge(oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "client authentication failed",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"brandgate\""),
-        );
-        return r;
+        ));
     };
 
     match get("grant_type") {

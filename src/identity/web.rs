@@ -84,6 +84,33 @@ fn escape_html(text: &str) -> String {
     out
 }
 
+/// `response` with `Retry-After` (whole seconds, at least 1).
+pub fn retry_after(mut response: Response, wait: std::time::Duration) -> Response {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs().max(1)),
+    );
+    response
+}
+
+/// `response` inviting HTTP Basic credentials (RFC 7235 §4.1).
+pub fn basic_challenge(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"brandgate\""),
+    );
+    response
+}
+
+/// Whether the request's body is of media type `expected` (parameters ignored).
+pub fn has_content_type(request: &HeaderMap, expected: &str) -> bool {
+    request
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
 /// A `303 See Other` to `location`.
 pub fn redirect(location: &str) -> Response {
     match HeaderValue::from_str(location) {

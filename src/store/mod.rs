@@ -137,6 +137,18 @@ impl Store {
         }
     }
 
+    /// A fresh embedded database in `dir` (unit tests).
+    #[cfg(test)]
+    pub async fn open_temporary(dir: &Path) -> Store {
+        Store::open(StoreOptions {
+            url: &Store::default_url(dir),
+            password: None,
+            max_connections: 2,
+        })
+        .await
+        .expect("a temporary SQLite store")
+    }
+
     /// The default embedded database in the state directory.
     pub fn default_url(state_dir: &Path) -> String {
         format!("sqlite://{}", state_dir.join("brandgate.db").display())

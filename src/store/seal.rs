@@ -111,6 +111,13 @@ impl DataKeys {
         ))
     }
 
+    /// A ring of one fresh random key (unit tests).
+    #[cfg(test)]
+    pub fn generate_for_test() -> DataKeys {
+        let line = DataKeys::generate_line("test1").expect("randomness");
+        DataKeys::parse(line.as_bytes(), None).expect("a generated line parses")
+    }
+
     pub fn active_id(&self) -> &str {
         &self.active
     }

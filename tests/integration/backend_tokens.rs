@@ -4,9 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::login::World;
 use crate::support::TestEnv;
 use crate::support::client::{Answer, Client, basic};
+use crate::support::identity_world::World;
 use crate::support::idp::UPSTREAM_CLIENT;
 use crate::support::pki::TestCa;
 

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::support::TestEnv;
 use crate::support::daemon::{Daemon, run};
+use crate::support::identity_world::data_key_line;
 use crate::support::jose::{self, Key};
 
 const ISSUER: &str = "https://brandgate.test";
@@ -27,16 +28,6 @@ token_lifetime = "10m"
 "#,
         keys = keys.display()
     ))
-}
-
-fn data_key_line(id: &str) -> String {
-    use base64::Engine;
-    let mut raw = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut raw).unwrap();
-    format!(
-        "{id} {}\n",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
 }
 
 const ANONYMOUS_ON: &str = "enabled = true\ntoken_lifetime = \"1h\"\nper_minute = 3";

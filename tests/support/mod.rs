@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod fake;
 pub mod fake_apns;
 pub mod fake_fcm;
+pub mod identity_world;
 pub mod idp;
 pub mod jose;
 pub mod pki;
