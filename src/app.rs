@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Problems};
+use crate::config::{Config, IdentityConfig, Problems};
 use crate::identity::{IdentityMetrics, IdentityService, KeyRing};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, Delivery, Provider, PushService};
@@ -422,7 +422,17 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
 
     signals
-        .until_stop(path, &mut config, &state_dir, &public, &push, &status)
+        .until_stop(
+            path,
+            &mut config,
+            &state_dir,
+            &public,
+            Roles {
+                push: &push,
+                identity: identity.as_ref(),
+            },
+            &status,
+        )
         .await;
 
     // Draining.
@@ -529,7 +539,7 @@ impl Signals {
         config: &mut Config,
         state_dir: &Path,
         public: &Public,
-        push: &PushService,
+        roles: Roles<'_>,
         status: &str,
     ) {
         loop {
@@ -538,8 +548,8 @@ impl Signals {
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
                     systemd::reloading();
-                    match reload(path, config, state_dir, public, push) {
-                        Ok(()) => tracing::info!(apps = push.app_count(), "configuration reloaded"),
+                    match reload(path, config, state_dir, public, roles) {
+                        Ok(()) => tracing::info!(apps = roles.push.app_count(), "configuration reloaded"),
                         Err(problems) => {
                             for p in &problems.0 {
                                 tracing::error!(problem = %p, "reload refused; the running configuration stays");
@@ -553,18 +563,42 @@ impl Signals {
     }
 }
 
+/// The roles a reload reaches.
+#[derive(Clone, Copy)]
+struct Roles<'a> {
+    push: &'a PushService,
+    identity: Option<&'a IdentityService>,
+}
+
 /// Builds everything from the file again and swaps it in, or changes nothing.
 fn reload(
     path: &Path,
     config: &mut Config,
     state_dir: &Path,
     public: &Public,
-    push: &PushService,
+    roles: Roles<'_>,
 ) -> Result<(), Problems> {
+    let Roles { push, identity } = roles;
     let new = Config::load(path)?;
     let server_tls =
         tls::server_config(&new.server.tls, state_dir).map_err(|e| problem("server.tls", e))?;
+    // Everything is read and checked before anything is swapped: a reload happens whole or not
+    // at all.
+    let identity_update = match (identity, &new.identity) {
+        (Some(service), Some(cfg)) => Some((
+            service,
+            IdentityService::prepare(
+                cfg,
+                new.server.tls.client_ca.is_some(),
+                crate::clock::system(),
+            )?,
+        )),
+        _ => None,
+    };
     push.reload(&new.push, new.server.tls.client_ca.is_some())?;
+    if let Some((service, prepared)) = identity_update {
+        service.apply(prepared);
+    }
     for w in new.warnings() {
         tracing::warn!("{w}");
     }
@@ -609,8 +643,9 @@ fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str,
             format!("{:?}", old.store) != format!("{:?}", new.store),
         ),
         (
-            "identity",
-            format!("{:?}", old.identity) != format!("{:?}", new.identity),
+            "identity (issuer, audience, lifetimes, algorithm, keys, anonymous, callback path)",
+            old.identity.as_ref().map(IdentityConfig::bound_at_start)
+                != new.identity.as_ref().map(IdentityConfig::bound_at_start),
         ),
         (
             "log",

@@ -26,6 +26,8 @@ pub enum HttpError {
     Connect(String),
     #[error("response body unreadable or larger than {MAX_RESPONSE_BYTES} bytes")]
     Body,
+    #[error("not called: {0}")]
+    NotAllowed(String),
 }
 
 /// A response, read whole.

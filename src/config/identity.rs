@@ -128,10 +128,6 @@ pub struct UpstreamConfig {
     /// ID-token signature algorithms accepted from the provider.
     #[serde(default = "defaults::upstream_algorithms")]
     pub allowed_algorithms: Vec<String>,
-    /// Audiences besides `client_id` whose ID tokens `POST /identity/v1/token` accepts (the
-    /// brand's other applications at the same provider).
-    #[serde(default)]
-    pub accepted_audiences: Vec<String>,
     /// Every call to the provider (discovery, keys, code exchange) fits in this.
     #[serde(default = "defaults::upstream_timeout")]
     pub timeout: Span,
@@ -142,6 +138,10 @@ pub struct UpstreamConfig {
     /// How long a consumer may take between starting a login and coming back.
     #[serde(default = "defaults::login_timeout")]
     pub login_timeout: Span,
+    /// Logins started per source address per minute (each keeps a pending record in the store
+    /// until it finishes or times out). Many consumers may share one address (carrier NAT).
+    #[serde(default = "defaults::logins_per_minute")]
+    pub logins_per_minute: u32,
 }
 
 /// Where a consumer token's `sub` comes from.
@@ -277,6 +277,10 @@ pub struct BackendConfig {
     /// token. Only for systems that authenticated the consumer themselves.
     #[serde(default)]
     pub trusted: bool,
+    /// Audiences besides brandgate's own client id whose ID tokens this backend may present
+    /// (its own client at the brand's provider).
+    #[serde(default)]
+    pub accepted_audiences: Vec<String>,
 }
 
 impl IdentityConfig {
@@ -288,6 +292,23 @@ impl IdentityConfig {
                 .redirect_uri
                 .clone()
                 .unwrap_or_else(|| format!("{}/callback", self.issuer.trim_end_matches('/'))),
+        )
+    }
+
+    /// The settings a reload cannot change (they shape the key ring, the tokens already out,
+    /// or the routes), in a form to compare. Names files and values, never a secret.
+    pub fn bound_at_start(&self) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            self.issuer,
+            self.audience,
+            self.token_lifetime,
+            self.algorithm,
+            self.leeway,
+            self.keys,
+            self.anonymous,
+            self.code_lifetime,
+            self.callback_uri(),
         )
     }
 
@@ -360,6 +381,9 @@ impl IdentityConfig {
                     "identity.upstream.allowed_algorithms",
                     "list at least one algorithm",
                 );
+            }
+            if up.logins_per_minute == 0 {
+                p.push("identity.upstream.logins_per_minute", "must be at least 1");
             }
             if up.login_timeout.0 < Duration::from_secs(30) {
                 p.push("identity.upstream.login_timeout", "must be at least 30s");
@@ -458,7 +482,11 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
         None => Err(format!("{uri:?} must be absolute")),
         Some("https") => Ok(()),
         Some("http") => crate::http_client::check_url(uri).map(|_| ()),
-        Some("javascript" | "data" | "file" | "vbscript") => {
+        Some(s)
+            if ["javascript", "data", "file", "vbscript"]
+                .iter()
+                .any(|bad| s.eq_ignore_ascii_case(bad)) =>
+        {
             Err(format!("{uri:?}: that scheme is never a callback"))
         }
         Some(_) => Ok(()),
@@ -507,6 +535,9 @@ mod defaults {
     pub fn rediscover_interval() -> Span {
         Span(Duration::from_secs(60))
     }
+    pub fn logins_per_minute() -> u32 {
+        300
+    }
     pub fn login_timeout() -> Span {
         Span(Duration::from_secs(600))
     }
@@ -540,5 +571,6 @@ mod tests {
         assert!(check_redirect_uri("/relative").is_err());
         assert!(check_redirect_uri("https://x.example/cb#frag").is_err());
         assert!(check_redirect_uri("javascript://alert(1)").is_err());
+        assert!(check_redirect_uri("JavaScript://alert(1)").is_err());
     }
 }

@@ -25,6 +25,8 @@ pub struct Backend {
     secret: Option<Secret<Vec<u8>>>,
     cert_names: Vec<String>,
     pub trusted: bool,
+    /// Audiences besides brandgate's client id accepted on the ID tokens it presents.
+    pub accepted_audiences: Vec<String>,
 }
 
 /// Every configured client and backend.
@@ -73,6 +75,7 @@ impl Callers {
                     }),
                     cert_names: b.client_cert_names.clone(),
                     trusted: b.trusted,
+                    accepted_audiences: b.accepted_audiences.clone(),
                 }
             })
             .collect();
@@ -156,12 +159,14 @@ mod tests {
                 secret_file: Some(dir.join("b")),
                 client_cert_names: vec![],
                 trusted: false,
+                accepted_audiences: vec![],
             },
             BackendConfig {
                 id: "crm".into(),
                 secret_file: None,
                 client_cert_names: vec!["crm.brand.example".into()],
                 trusted: true,
+                accepted_audiences: vec![],
             },
         ];
         let mut problems = Problems::default();

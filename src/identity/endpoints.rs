@@ -38,10 +38,12 @@ pub fn router(service: IdentityService) -> Router {
         .route("/api/account/{account}/signup", post(signup))
         .route("/identity/v1/token", post(super::issue::issue).layer(limit))
         .route("/oauth/token", post(super::token::token).layer(limit));
-    if service.inner.upstream.is_some() {
-        router = router
-            .route("/login", get(super::login::login))
-            .route(&callback_path(&service), get(super::login::callback));
+    // Mounted even without a login provider (they answer 404 then), so a reload can add one.
+    router = router.route("/login", get(super::login::login));
+    let path = callback_path(&service);
+    router = router.route(&path, get(super::login::callback));
+    if path != "/callback" {
+        router = router.route("/callback", get(super::login::callback));
     }
     router.with_state(service)
 }
@@ -77,7 +79,7 @@ async fn discovery(State(s): State<IdentityService>) -> Response {
         "claims_supported": ["iss", "sub", "aud", "iat", "exp", "jti", "nonce", "given_name",
             "family_name", "email", "phone_number", "preferred_username", "gender", "lp_sdes"],
     });
-    if s.inner.upstream.is_some() {
+    if s.live().upstream.is_some() {
         body["authorization_endpoint"] = Value::from(format!("{issuer}/login"));
         body["token_endpoint"] = Value::from(format!("{issuer}/oauth/token"));
         body["response_types_supported"] = json!(["code", "id_token"]);

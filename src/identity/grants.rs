@@ -73,20 +73,31 @@ impl Grants {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     }
 
-    fn record_id(kind: GrantKind, handle: &str) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, handle.as_bytes());
-        format!("{}:{}", kind.as_str(), crate::hex::encode(digest.as_ref()))
+    /// The record's id: SHA-256 of the handle and the binding. A caller without the binding
+    /// cannot even find the record, so it cannot spend it either.
+    fn record_id(kind: GrantKind, handle: &str, binding: &str) -> String {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(handle.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(binding.as_bytes());
+        format!(
+            "{}:{}",
+            kind.as_str(),
+            crate::hex::encode(ctx.finish().as_ref())
+        )
     }
 
-    /// Keeps `value` under `handle` for `lifetime`.
+    /// Keeps `value` under `handle` for `lifetime`. Only a taker presenting the same
+    /// `binding` (the browser's login cookie; empty for codes) finds it again.
     pub async fn put<T: Serialize>(
         &self,
         kind: GrantKind,
         handle: &str,
+        binding: &str,
         value: &T,
         lifetime: Duration,
     ) -> Result<(), GrantError> {
-        let id = Self::record_id(kind, handle);
+        let id = Self::record_id(kind, handle, binding);
         let plain = serde_json::to_vec(value).map_err(|e| GrantError::Seal(e.to_string()))?;
         let sealed = self
             .data_keys
@@ -99,17 +110,18 @@ impl Grants {
         Ok(())
     }
 
-    /// Takes the value under `handle` back: `None` when there is none, it expired, or it was
-    /// taken before. Either way the handle is spent.
+    /// Takes the value under `handle` and `binding` back: `None` when there is none, it
+    /// expired, it was taken before, or the binding differs. When found, the handle is spent.
     pub async fn take<T: DeserializeOwned>(
         &self,
         kind: GrantKind,
         handle: &str,
+        binding: &str,
     ) -> Result<Option<T>, GrantError> {
         if !Self::is_handle(handle) {
             return Ok(None);
         }
-        let id = Self::record_id(kind, handle);
+        let id = Self::record_id(kind, handle, binding);
         let now = unix_seconds(self.clock.now()) as i64;
         let Some(sealed) = self.store.take_pending_grant(&id, now).await? else {
             return Ok(None);
@@ -158,41 +170,77 @@ mod tests {
 
         let h = Grants::new_handle().unwrap();
         assert!(Grants::is_handle(&h));
-        grants.put(GrantKind::Code, &h, &v, ttl).await.unwrap();
+        grants.put(GrantKind::Code, &h, "", &v, ttl).await.unwrap();
         assert_eq!(
-            grants.take::<Value>(GrantKind::Login, &h).await.unwrap(),
+            grants
+                .take::<Value>(GrantKind::Login, &h, "")
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(
-            grants.take::<Value>(GrantKind::Code, &h).await.unwrap(),
+            grants.take::<Value>(GrantKind::Code, &h, "").await.unwrap(),
             Some(Value {
                 who: "alice".into()
             })
         );
         assert_eq!(
-            grants.take::<Value>(GrantKind::Code, &h).await.unwrap(),
+            grants.take::<Value>(GrantKind::Code, &h, "").await.unwrap(),
             None,
             "single use"
         );
 
+        // A login bound to one browser: another binding neither finds nor spends it.
+        let bound = Grants::new_handle().unwrap();
+        grants
+            .put(GrantKind::Login, &bound, "browser-a", &v, ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            grants
+                .take::<Value>(GrantKind::Login, &bound, "browser-b")
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(
+            grants
+                .take::<Value>(GrantKind::Login, &bound, "browser-a")
+                .await
+                .unwrap()
+                .is_some()
+        );
+
         let late = Grants::new_handle().unwrap();
-        grants.put(GrantKind::Code, &late, &v, ttl).await.unwrap();
+        grants
+            .put(GrantKind::Code, &late, "", &v, ttl)
+            .await
+            .unwrap();
         clock.advance(ttl);
         assert_eq!(
-            grants.take::<Value>(GrantKind::Code, &late).await.unwrap(),
+            grants
+                .take::<Value>(GrantKind::Code, &late, "")
+                .await
+                .unwrap(),
             None,
             "expired"
         );
 
         let old = Grants::new_handle().unwrap();
-        grants.put(GrantKind::Login, &old, &v, ttl).await.unwrap();
+        grants
+            .put(GrantKind::Login, &old, "browser", &v, ttl)
+            .await
+            .unwrap();
         clock.advance(ttl);
         assert_eq!(grants.delete_expired().await.unwrap(), 1);
 
         // What the database holds is the handle's hash and a sealed record, never the handle
         // or the value.
         let fresh = Grants::new_handle().unwrap();
-        grants.put(GrantKind::Code, &fresh, &v, ttl).await.unwrap();
+        grants
+            .put(GrantKind::Code, &fresh, "", &v, ttl)
+            .await
+            .unwrap();
         store.close().await;
         let raw = std::fs::read(dir.path().join("brandgate.db")).unwrap();
         let wal = std::fs::read(dir.path().join("brandgate.db-wal")).unwrap_or_default();

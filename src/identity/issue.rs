@@ -49,6 +49,7 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
+    let live = s.live();
     let source = peer.map(|p| p.addr.ip());
     if let Some(ip) = source
         && let Some(wait) =
@@ -65,7 +66,7 @@ async fn handle(
         );
     }
     let basic = basic_credentials(headers);
-    let backend = s.inner.callers.authenticate_backend(
+    let backend = live.callers.authenticate_backend(
         basic.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
         peer.and_then(|p| p.certificate.as_deref()),
     );
@@ -97,16 +98,19 @@ async fn handle(
             subject: None,
             claims: None,
         } => {
-            let Some(upstream) = &s.inner.upstream else {
+            let Some(upstream) = &live.upstream else {
                 return json_error(
                     StatusCode::BAD_REQUEST,
                     "ID tokens cannot be checked: no [identity.upstream] is configured",
                 );
             };
-            match upstream.verify_presented(&token).await {
+            match upstream
+                .verify_presented(&token, &backend.accepted_audiences)
+                .await
+            {
                 Ok(identity) => (
-                    s.inner.mapper.subject(&identity.issuer, &identity.subject),
-                    s.inner.mapper.profile(&identity.claims),
+                    live.mapper.subject(&identity.issuer, &identity.subject),
+                    live.mapper.profile(&identity.claims),
                 ),
                 Err(UpstreamError::Token(problem)) => {
                     tracing::info!(backend = %backend.id, %problem, "a presented ID token failed a check");
@@ -142,15 +146,14 @@ async fn handle(
                 );
             }
             let claims = claims.unwrap_or_default();
-            let issuer = s
-                .inner
+            let issuer = live
                 .upstream
                 .as_ref()
                 .map(|u| u.issuer().to_string())
                 .unwrap_or_else(|| format!("backend:{}", backend.id));
             (
-                s.inner.mapper.subject(&issuer, &subject),
-                s.inner.mapper.profile(&claims),
+                live.mapper.subject(&issuer, &subject),
+                live.mapper.profile(&claims),
             )
         }
         _ => {

@@ -22,8 +22,9 @@ use super::IdentityService;
 use super::grants::{GrantKind, Grants};
 use super::upstream::UpstreamError;
 use super::web::{
-    LOGIN_COOKIE, cookie, digest_hex, login_cookie, page_error, params, redirect, with_params,
+    LOGIN_COOKIE, cookie, login_cookie, page_error, params, redirect, retry_after, with_params,
 };
+use crate::tls::Peer;
 
 /// How the login answers the app in the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,11 +37,10 @@ enum Answer {
     TokenAsJson,
 }
 
-/// A login sent to the provider, waiting for the browser to come back.
+/// A login sent to the provider, waiting for the browser to come back. Kept under the state
+/// and bound to the browser's login cookie (see `grants`).
 #[derive(Serialize, Deserialize)]
 struct PendingLogin {
-    /// SHA-256 of the browser's login cookie.
-    browser: String,
     nonce: String,
     pkce_verifier: String,
     client_id: String,
@@ -82,23 +82,45 @@ fn is_app_text(text: &str) -> bool {
 
 pub async fn login(
     State(s): State<IdentityService>,
+    peer: Option<axum::Extension<Peer>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
-    let Some(upstream) = s.inner.upstream.clone() else {
+    let live = s.live();
+    let Some(upstream) = live.upstream.clone() else {
         return page_error(
             &headers,
             StatusCode::NOT_FOUND,
             "logins are not configured ([identity.upstream])",
         );
     };
+    // Each login keeps a record until it ends: bounded per source.
+    if let Some(axum::Extension(peer)) = &peer {
+        let ip = peer.addr.ip();
+        if let Some(wait) = s
+            .inner
+            .logins
+            .blocked(ip, "login", upstream.logins_per_minute())
+        {
+            s.inner.metrics.login("throttled");
+            return retry_after(
+                page_error(
+                    &headers,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many logins from this address; please try again in a minute",
+                ),
+                wait,
+            );
+        }
+        s.inner.logins.count(ip, "login");
+    }
     let p = match params(query.as_deref().unwrap_or("")) {
         Ok(p) => p,
         Err(e) => return bad(&e),
     };
     let get = |k: &str| p.get(k).map(String::as_str);
-    let Some(client) = s.inner.callers.client_for_login(get("client_id")) else {
+    let Some(client) = live.callers.client_for_login(get("client_id")) else {
         return bad(match get("client_id") {
             Some(_) => "unknown client_id",
             None => "client_id is required (several clients are configured)",
@@ -133,6 +155,11 @@ pub async fn login(
             return bad(&format!("{key} must be 1 to 512 printable characters"));
         }
     }
+    // A token handed over directly must carry the app's nonce, or a token leaked from one
+    // session could be replayed into another (OpenID Connect Core §3.2.2.1).
+    if answer != Answer::Code && get("nonce").is_none() {
+        return bad("nonce is required for response_type=id_token");
+    }
 
     // The browser's login cookie: kept if it has one, so several logins in one browser do not
     // spoil each other.
@@ -149,10 +176,16 @@ pub async fn login(
     };
     let start = match upstream.begin(&state).await {
         Ok(start) => start,
-        Err(e) => return s.upstream_failed(&headers, e),
+        Err(e) => {
+            let to = AppReturn {
+                redirect_uri: &redirect_uri,
+                state: get("state"),
+                answer,
+            };
+            return s.upstream_failed(&to, &headers, e);
+        }
     };
     let pending = PendingLogin {
-        browser: digest_hex(&browser),
         nonce: start.nonce,
         pkce_verifier: start.pkce_verifier,
         client_id: client.id.clone(),
@@ -167,7 +200,7 @@ pub async fn login(
     if let Err(e) = s
         .inner
         .grants
-        .put(GrantKind::Login, &state, &pending, lifetime)
+        .put(GrantKind::Login, &state, &browser, &pending, lifetime)
         .await
     {
         return s.unavailable("cannot keep a pending login", e);
@@ -186,7 +219,8 @@ pub async fn callback(
     headers: HeaderMap,
 ) -> Response {
     let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
-    let Some(upstream) = s.inner.upstream.clone() else {
+    let live = s.live();
+    let Some(upstream) = live.upstream.clone() else {
         return page_error(&headers, StatusCode::NOT_FOUND, "logins are not configured");
     };
     let p = match params(query.as_deref().unwrap_or("")) {
@@ -198,23 +232,23 @@ pub async fn callback(
         s.inner.metrics.login("refused");
         return bad("the login's state is missing");
     };
-    let pending: PendingLogin = match s.inner.grants.take(GrantKind::Login, state).await {
+    // Found only with the cookie of the browser that started the login: a state seen
+    // elsewhere (in a log, a history, a link sent to someone) can neither finish nor spend it.
+    let browser = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    let pending: PendingLogin = match s.inner.grants.take(GrantKind::Login, state, browser).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             s.inner.metrics.login("refused");
-            tracing::info!("a login came back with an unknown, expired or used state");
-            return bad("this login is unknown, expired or already finished: please start again");
+            tracing::info!(
+                cookie = !browser.is_empty(),
+                "a login came back with an unknown, expired or used state, or in another browser"
+            );
+            return bad(
+                "this login is unknown, expired, already finished, or was started in another browser: please start again",
+            );
         }
         Err(e) => return s.unavailable("cannot read a pending login", e),
     };
-    let same_browser = cookie(&headers, LOGIN_COOKIE).is_some_and(|c| {
-        crate::secret::constant_time_eq(digest_hex(c).as_bytes(), pending.browser.as_bytes())
-    });
-    if !same_browser {
-        s.inner.metrics.login("refused");
-        tracing::info!("a login came back in a browser other than the one that started it");
-        return bad("this login was started in another browser: please start again");
-    }
     let app_state = pending.app_state.as_deref();
 
     // The provider said no (the consumer cancelled, or the provider refused the request): the
@@ -230,7 +264,13 @@ pub async fn callback(
             _ => "server_error",
         };
         tracing::info!(error, "the login provider ended a login without success");
-        return answer_error(&pending, &headers, error);
+        return answer_error(
+            &pending.app_return(),
+            &headers,
+            StatusCode::FORBIDDEN,
+            error,
+            "the login did not complete at the login provider",
+        );
     }
     let Some(code) = get("code") else {
         return bad("the provider's answer has no code");
@@ -243,11 +283,11 @@ pub async fn callback(
         Ok(identity) => identity,
         Err(e) => {
             s.inner.metrics.login("failed");
-            return s.upstream_failed(&headers, e);
+            return s.upstream_failed(&pending.app_return(), &headers, e);
         }
     };
-    let subject = s.inner.mapper.subject(&identity.issuer, &identity.subject);
-    let profile = s.inner.mapper.profile(&identity.claims);
+    let subject = live.mapper.subject(&identity.issuer, &identity.subject);
+    let profile = live.mapper.profile(&identity.claims);
     s.inner.metrics.login("completed");
 
     match pending.answer {
@@ -271,6 +311,7 @@ pub async fn callback(
                 .put(
                     GrantKind::Code,
                     &code,
+                    "",
                     &issued,
                     s.inner.config.code_lifetime.0,
                 )
@@ -318,27 +359,58 @@ pub async fn callback(
     }
 }
 
-/// Tells the app a login did not succeed, where it expects to hear about the login.
-fn answer_error(pending: &PendingLogin, headers: &HeaderMap, error: &str) -> Response {
-    let mut pairs = vec![("error", error)];
-    if let Some(st) = pending.app_state.as_deref() {
+/// Tells the app a login did not succeed, where it expects to hear about the login (RFC 6749
+/// §4.1.2.1): on its redirect URI for redirects, as the answer itself for JSON.
+fn answer_error(
+    to: &AppReturn<'_>,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: &str,
+    description: &str,
+) -> Response {
+    let mut pairs = vec![("error", error), ("error_description", description)];
+    if let Some(st) = to.state {
         pairs.push(("state", st));
     }
-    match pending.answer {
-        Answer::Code => redirect(&with_params(&pending.redirect_uri, &pairs, false)),
-        Answer::TokenInFragment => redirect(&with_params(&pending.redirect_uri, &pairs, true)),
-        Answer::TokenAsJson => page_error(headers, StatusCode::FORBIDDEN, error),
+    match to.answer {
+        Answer::Code => redirect(&with_params(to.redirect_uri, &pairs, false)),
+        Answer::TokenInFragment => redirect(&with_params(to.redirect_uri, &pairs, true)),
+        Answer::TokenAsJson => page_error(headers, status, description),
+    }
+}
+
+/// Where and how a login answers the app (its redirect URI has been checked).
+struct AppReturn<'a> {
+    redirect_uri: &'a str,
+    state: Option<&'a str>,
+    answer: Answer,
+}
+
+impl PendingLogin {
+    fn app_return(&self) -> AppReturn<'_> {
+        AppReturn {
+            redirect_uri: &self.redirect_uri,
+            state: self.app_state.as_deref(),
+            answer: self.answer,
+        }
     }
 }
 
 impl IdentityService {
-    /// What to answer when the provider could not be used or its answer failed a check.
-    pub(super) fn upstream_failed(&self, headers: &HeaderMap, e: UpstreamError) -> Response {
-        let (status, message) = match e {
+    /// Tells the app that the provider could not be used or its answer failed a check (and
+    /// logs why).
+    fn upstream_failed(
+        &self,
+        to: &AppReturn<'_>,
+        headers: &HeaderMap,
+        e: UpstreamError,
+    ) -> Response {
+        let (status, error, description) = match e {
             UpstreamError::Unavailable(why) => {
                 tracing::warn!(error = %why, "the login provider is unavailable");
                 (
                     StatusCode::BAD_GATEWAY,
+                    "temporarily_unavailable",
                     "the login provider cannot be reached right now; please try again".to_string(),
                 )
             }
@@ -346,19 +418,21 @@ impl IdentityService {
                 tracing::info!(error = %why, "the login provider refused to exchange a code");
                 (
                     StatusCode::BAD_REQUEST,
-                    "the login provider refused this login: please start again".to_string(),
+                    "server_error",
+                    "the login provider refused this login; please start again".to_string(),
                 )
             }
             UpstreamError::Token(problem) => {
                 tracing::warn!(%problem, "an ID token from the login provider failed a check");
                 (
                     StatusCode::BAD_REQUEST,
+                    "server_error",
                     format!(
-                        "the login provider's answer failed a check ({problem}): please start again"
+                        "the login provider's answer failed a check ({problem}); please start again"
                     ),
                 )
             }
         };
-        page_error(headers, status, &message)
+        answer_error(to, headers, status, error, &description)
     }
 }

@@ -59,17 +59,18 @@ struct Inner {
     ring: Arc<KeyRing>,
     mint: mint::Mint,
     signups: SourceLimiter,
+    /// Logins started, per source.
+    logins: SourceLimiter,
     /// Failed client and backend authentications, per source.
     failures: SourceLimiter,
-    upstream: Option<Arc<upstream::Upstream>>,
-    mapper: claims::ClaimMapper,
-    callers: callers::Callers,
+    /// What a reload replaces: the login provider, the claim mapping, clients and backends.
+    live: std::sync::RwLock<Arc<Prepared>>,
     grants: grants::Grants,
     metrics: IdentityMetrics,
 }
 
-/// What the identity bridge reads from files before it can start: checked by
-/// `brandgate check-config` without touching the store or the network.
+/// What the identity bridge reads from files before it can start (and again on reload):
+/// checked by `brandgate check-config` without touching the store or the network.
 pub struct Prepared {
     upstream: Option<Arc<upstream::Upstream>>,
     mapper: claims::ClaimMapper,
@@ -129,14 +130,38 @@ impl IdentityService {
                 ring,
                 mint,
                 signups: SourceLimiter::default(),
+                logins: SourceLimiter::default(),
                 failures: SourceLimiter::default(),
-                upstream: prepared.upstream,
-                mapper: prepared.mapper,
-                callers: prepared.callers,
+                live: std::sync::RwLock::new(Arc::new(prepared)),
                 grants: grants::Grants::new(store, data_keys, clock),
                 metrics,
             }),
         })
+    }
+
+    /// What the current configuration says about the login provider, claims and callers.
+    fn live(&self) -> Arc<Prepared> {
+        self.inner
+            .live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts a configuration read again (`SIGHUP`, after [`IdentityService::prepare`]) in
+    /// place: the login provider's settings and secrets, the claim mapping, the clients and the
+    /// backends. Requests in progress finish with what they started with. The issuer, the
+    /// audience, lifetimes and the key ring are bound at start.
+    pub fn apply(&self, prepared: Prepared) {
+        let prepared = Arc::new(prepared);
+        *self.inner.live.write().unwrap_or_else(|e| e.into_inner()) = prepared.clone();
+        if let Some(upstream) = prepared.upstream.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = upstream.warm_up().await {
+                    tracing::warn!(error = %e, "the login provider cannot be read yet; logins will retry it");
+                }
+            });
+        }
     }
 
     /// The routes: discovery, JWKS, PEM, anonymous sign-up, login, the code exchange and
@@ -194,7 +219,7 @@ impl IdentityService {
     pub fn spawn_maintenance(&self, cancel: CancellationToken) {
         let service = self.clone();
         tokio::spawn(async move {
-            if let Some(upstream) = &service.inner.upstream
+            if let Some(upstream) = &service.live().upstream
                 && let Err(e) = upstream.warm_up().await
             {
                 tracing::warn!(error = %e, "the login provider cannot be read yet; logins will retry it");
@@ -226,7 +251,7 @@ impl crate::ops::health::ReadinessCheck for IdentityService {
     /// Ready either way (the published keys and anonymous identities do not need the login
     /// provider); a provider not read yet is shown, so an operator sees why logins fail.
     fn check(&self) -> crate::ops::health::Check {
-        let upstream = match &self.inner.upstream {
+        let upstream = match &self.live().upstream {
             None => Value::from("not configured"),
             Some(u) if u.is_discovered() => Value::from("ok"),
             Some(_) => Value::from("not reachable yet"),

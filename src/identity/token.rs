@@ -59,6 +59,7 @@ async fn exchange(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
+    let live = s.live();
     if !has_content_type(headers, "application/x-www-form-urlencoded") {
         return invalid_request("the body must be application/x-www-form-urlencoded");
     }
@@ -72,12 +73,36 @@ async fn exchange(
     let get = |k: &str| p.get(k).map(String::as_str);
 
     // Client authentication first: nothing about a code is said to an unauthenticated caller.
+    // RFC 6749 §2.3.1 form-encodes the Basic user and password, but many clients send them
+    // as they are: both readings are tried (each in constant time), so a secret with '+' or
+    // '%' works either way.
+    let basic = basic_credentials(headers);
+    let candidates: Vec<(String, String)> = match (&basic, get("client_id"), get("client_secret")) {
+        (Some(_), _, Some(_)) => {
+            return invalid_request(
+                "use one client authentication method, not Basic and form fields",
+            );
+        }
+        (Some((u, pw)), form_id, None) => {
+            let decoded = (decode_form_component(u), decode_form_component(pw));
+            if form_id.is_some_and(|f| f != u && f != decoded.0) {
+                return invalid_request("client_id differs from the authenticated client");
+            }
+            vec![(u.clone(), pw.clone()), decoded]
+        }
+        (None, Some(id), Some(secret)) => vec![(id.to_string(), secret.to_string())],
+        (None, _, None) | (None, None, Some(_)) => Vec::new(),
+    };
+    // Failures are counted per source and presented client id, so a stranger failing from a
+    // shared address does not lock the platform's own client out as easily.
+    let presented_id = candidates.first().map_or("", |(id, _)| id.as_str());
+    let scope = format!("oauth_token:{presented_id}");
     let source = peer.map(|p| p.addr.ip());
     if let Some(ip) = source
         && let Some(wait) = s
             .inner
             .failures
-            .blocked(ip, "oauth_token", CLIENT_FAILURES_PER_MINUTE)
+            .blocked(ip, &scope, CLIENT_FAILURES_PER_MINUTE)
     {
         return retry_after(
             oauth_error(
@@ -88,34 +113,17 @@ async fn exchange(
             wait,
         );
     }
-    let basic = basic_credentials(headers);
-    let credentials = match (&basic, get("client_id"), get("client_secret")) {
-        (Some(_), _, Some(_)) => {
-            return invalid_request(
-                "use one client authentication method, not Basic and form fields",
-            );
-        }
-        // RFC 6749 §2.3.1: the Basic user and password are form-encoded first.
-        (Some((u, pw)), form_id, None) => {
-            let id = decode_form_component(u);
-            let secret = decode_form_component(pw);
-            if form_id.is_some_and(|f| f != id) {
-                return invalid_request("client_id differs from the authenticated client");
-            }
-            Some((id, secret))
-        }
-        (None, Some(id), Some(secret)) => Some((id.to_string(), secret.to_string())),
-        (None, _, None) | (None, None, Some(_)) => None,
-    };
-    let client = credentials
-        .as_ref()
-        .and_then(|(id, secret)| s.inner.callers.authenticate_client(id, secret));
+    let mut client = None;
+    for (id, secret) in &candidates {
+        let found = live.callers.authenticate_client(id, secret);
+        client = client.or(found);
+    }
     let Some(client) = client else {
         if let Some(ip) = source {
-            s.inner.failures.count(ip, "oauth_token");
+            s.inner.failures.count(ip, &scope);
         }
         tracing::info!(
-            presented = credentials.is_some(),
+            presented = !candidates.is_empty(),
             "a token call failed client authentication"
         );
         return basic_challenge(oauth_error(
@@ -145,7 +153,7 @@ async fn exchange(
         return invalid_request("code_verifier must be 43 to 128 unreserved characters");
     }
 
-    let issued: IssuedCode = match s.inner.grants.take(GrantKind::Code, code).await {
+    let issued: IssuedCode = match s.inner.grants.take(GrantKind::Code, code, "").await {
         Ok(Some(c)) => c,
         Ok(None) => return invalid_grant("the code is unknown, expired or already used"),
         Err(e) => {

@@ -121,16 +121,22 @@ pub struct Upstream {
     redirect: RedirectUrl,
     scopes: Vec<String>,
     algorithms: Vec<CoreJwsSigningAlgorithm>,
-    accepted_audiences: Vec<String>,
     rediscover_interval: Duration,
     login_timeout: Duration,
+    logins_per_minute: u32,
     leeway: Duration,
     transport: Transport,
     clock: Arc<dyn Clock>,
     discovered: RwLock<Option<Arc<Discovered>>>,
     /// One discovery at a time; the others wait for its result.
     discovering: tokio::sync::Mutex<()>,
+    /// When the last discovery failed: within [`FAILED_DISCOVERY_BACKOFF`] of it, callers are
+    /// told at once instead of each trying again (a provider that is down is not hammered).
+    failed_at: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long a failed discovery is not retried.
+const FAILED_DISCOVERY_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Upstream {
     /// Reads the client secret and trust anchors; does not call the provider yet.
@@ -152,7 +158,9 @@ impl Upstream {
         let tls = crate::tls::client_config(&cfg.extra_trust_anchors, None, &[])
             .map_err(|e| problems.push("identity.upstream.extra_trust_anchors", e))
             .ok();
-        let issuer = IssuerUrl::new(cfg.issuer.trim_end_matches('/').to_string())
+        // Exactly as configured: issuers are compared as strings (OpenID Connect Discovery
+        // §4.3), and some end in '/' (Auth0, Azure AD v1).
+        let issuer = IssuerUrl::new(cfg.issuer.clone())
             .map_err(|e| problems.push("identity.upstream.issuer", e.to_string()))
             .ok();
         let redirect = identity.callback_uri().and_then(|uri| {
@@ -178,9 +186,9 @@ impl Upstream {
             redirect: redirect?,
             scopes: cfg.scopes.clone(),
             algorithms,
-            accepted_audiences: cfg.accepted_audiences.clone(),
             rediscover_interval: cfg.rediscover_interval.0,
             login_timeout: cfg.login_timeout.0,
+            logins_per_minute: cfg.logins_per_minute,
             leeway: identity.leeway.0,
             transport: Transport {
                 client: HttpClient::new(tls?),
@@ -189,11 +197,17 @@ impl Upstream {
             clock,
             discovered: RwLock::new(None),
             discovering: tokio::sync::Mutex::new(()),
+            failed_at: std::sync::Mutex::new(None),
         })
     }
 
     pub fn issuer(&self) -> &str {
         self.issuer.as_str()
+    }
+
+    /// Logins one source address may start per minute.
+    pub fn logins_per_minute(&self) -> u32 {
+        self.logins_per_minute
     }
 
     /// How long a consumer may take to log in at the provider.
@@ -227,15 +241,28 @@ impl Upstream {
         &self,
         stale: Option<&Arc<Discovered>>,
     ) -> Result<Arc<Discovered>, UpstreamError> {
-        let _one = self.discovering.lock().await;
+        // Bounded: a discovery in progress takes at most two calls of `timeout` each.
+        let _one = tokio::time::timeout(self.transport.timeout * 3, self.discovering.lock())
+            .await
+            .map_err(|_| {
+                UpstreamError::Unavailable("the login provider is slow to answer".into())
+            })?;
         if let Some(now) = self.current()
             && stale.is_none_or(|s| !Arc::ptr_eq(s, &now))
         {
             return Ok(now);
         }
+        let last_failure = *self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if last_failure.is_some_and(|t| t.elapsed() < FAILED_DISCOVERY_BACKOFF) {
+            return Err(UpstreamError::Unavailable(format!(
+                "{} could not be read moments ago; retrying shortly",
+                self.issuer.as_str()
+            )));
+        }
         let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.transport)
             .await
             .map_err(|e| {
+                *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 UpstreamError::Unavailable(format!(
                     "discovery at {}: {}",
                     self.issuer.as_str(),
@@ -323,6 +350,7 @@ impl Upstream {
             .verify(
                 &id_token,
                 self.client_id.as_str(),
+                &[],
                 Some(&expected),
                 Some(response.access_token()),
                 discovered,
@@ -332,10 +360,16 @@ impl Upstream {
     }
 
     /// Checks an ID token a brand system presents (server-to-server issuance): issued by the
-    /// provider to brandgate's client id or one of `accepted_audiences`; no nonce to check.
-    pub async fn verify_presented(&self, token: &str) -> Result<UpstreamIdentity, UpstreamError> {
+    /// provider to brandgate's client id or one of `audiences` (the presenting backend's); no
+    /// nonce to check.
+    pub async fn verify_presented(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<UpstreamIdentity, UpstreamError> {
         let id_token: CoreIdToken = token.parse().map_err(|_| TokenProblem::Malformed)?;
         let claims = unverified_claims(token).ok_or(TokenProblem::Malformed)?;
+        let accepted = audiences;
         let audiences: Vec<&str> = match claims.get("aud") {
             Some(Value::String(a)) => vec![a.as_str()],
             Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
@@ -343,13 +377,11 @@ impl Upstream {
         };
         let audience = audiences
             .iter()
-            .find(|a| {
-                **a == self.client_id.as_str() || self.accepted_audiences.iter().any(|x| x == *a)
-            })
+            .find(|a| **a == self.client_id.as_str() || accepted.iter().any(|x| x == *a))
             .ok_or(TokenProblem::Audience)?
             .to_string();
         let discovered = self.metadata().await?;
-        self.verify(&id_token, &audience, None, None, discovered)
+        self.verify(&id_token, &audience, accepted, None, None, discovered)
             .await
     }
 
@@ -359,11 +391,19 @@ impl Upstream {
         &self,
         id_token: &CoreIdToken,
         audience: &str,
+        accepted: &[String],
         nonce: Option<&Nonce>,
         access_token: Option<&openidconnect::AccessToken>,
         discovered: Arc<Discovered>,
     ) -> Result<UpstreamIdentity, UpstreamError> {
-        match self.check(id_token, audience, nonce, access_token, &discovered) {
+        match self.check(
+            id_token,
+            audience,
+            accepted,
+            nonce,
+            access_token,
+            &discovered,
+        ) {
             Err(TokenProblem::UnknownKey)
                 if discovered.at.elapsed() >= self.rediscover_interval =>
             {
@@ -372,7 +412,7 @@ impl Upstream {
                     "an ID token names a key the provider had not published: reading its keys again"
                 );
                 let fresh = self.discover(Some(&discovered)).await?;
-                Ok(self.check(id_token, audience, nonce, access_token, &fresh)?)
+                Ok(self.check(id_token, audience, accepted, nonce, access_token, &fresh)?)
             }
             other => Ok(other?),
         }
@@ -382,13 +422,14 @@ impl Upstream {
         &self,
         id_token: &CoreIdToken,
         audience: &str,
+        accepted: &[String],
         nonce: Option<&Nonce>,
         access_token: Option<&openidconnect::AccessToken>,
         discovered: &Discovered,
     ) -> Result<UpstreamIdentity, TokenProblem> {
         let now = self.clock.now();
         let leeway = self.leeway;
-        let accepted = self.accepted_audiences.clone();
+        let accepted = accepted.to_vec();
         let own = self.client_id.as_str().to_string();
         let verifier = CoreIdTokenVerifier::new_public_client(
             ClientId::new(audience.to_string()),
@@ -491,6 +532,11 @@ impl<'c> AsyncHttpClient<'c> for Transport {
 
     fn call(&'c self, request: openidconnect::HttpRequest) -> Self::Future {
         Box::pin(async move {
+            // The provider's own documents name the token endpoint and the keys: they are held
+            // to the same rule as configured URLs, so a secret, a code or the keys never cross
+            // the network in clear text.
+            crate::http_client::check_url(&request.uri().to_string())
+                .map_err(HttpError::NotAllowed)?;
             let response = self
                 .client
                 .send(request.map(Bytes::from), self.timeout)
@@ -500,5 +546,37 @@ impl<'c> AsyncHttpClient<'c> for Transport {
             *answer.headers_mut() = response.headers;
             Ok(answer)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn endpoints_the_provider_names_are_held_to_https() {
+        crate::tls::install_crypto_provider();
+        let transport = Transport {
+            client: HttpClient::new(crate::tls::client_config(&[], None, &[]).unwrap()),
+            timeout: Duration::from_secs(1),
+        };
+        // A discovery document naming a plain-http token endpoint on another host: the call
+        // is refused before anything is sent.
+        let request = http::Request::post("http://login.brand.example/token")
+            .body(b"client_secret=s".to_vec())
+            .unwrap();
+        assert!(matches!(
+            transport.call(request).await,
+            Err(HttpError::NotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn claims_of_a_jwt_are_read_from_its_payload() {
+        // {"sub":"a","aud":["x","y"]}
+        let jwt = "e30.eyJzdWIiOiJhIiwiYXVkIjpbIngiLCJ5Il19.c2ln";
+        let claims = unverified_claims(jwt).unwrap();
+        assert_eq!(claims["sub"], "a");
+        assert!(unverified_claims("not-a-jwt").is_none());
     }
 }

@@ -161,12 +161,6 @@ pub fn login_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
     .ok()
 }
 
-/// SHA-256 of `text`, hex: what is stored of a browser's login cookie.
-pub fn digest_hex(text: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    crate::hex::encode(d.as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ async fn world() -> (World, TestCa) {
 [[identity.backends]]
 id = "login"
 secret_file = "{secret}"
+accepted_audiences = ["brand-web"]
 [[identity.backends]]
 id = "crm"
 client_cert_names = ["crm.brand.example"]
@@ -42,7 +43,7 @@ trusted = true
         env,
         &format!("client_ca = \"{}\"", ca.display()),
         "",
-        "accepted_audiences = [\"brand-web\"]",
+        "",
         &backends,
     )
     .await;
@@ -162,6 +163,12 @@ async fn only_trusted_backends_name_subjects() {
     assert_eq!(untrusted.status, 403, "{}", untrusted.body);
 
     let crm = w.env.client_with(&ca.client("crm", &["crm.brand.example"]));
+    // brand-web is an audience the login backend may present, not the crm backend.
+    let token = id_token(&w, json!({"aud": "brand-web"}), "provider").await;
+    let answer = ask(&w, &crm, None, &json!({"id_token": token})).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("audience"), "{}", answer.body);
+
     let answer = ask(&w, &crm, None, &request).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let claims = w

@@ -101,10 +101,13 @@ async fn client_secret_in_the_body_works_too() {
     // client allows only Basic, so that must fail): the setting is honoured.
     let mut browser = w.browser();
     let landing = browser
-        .login(&format!("redirect_uri={}", enc(WEB_CALLBACK)), "alice")
+        .login(
+            &format!("redirect_uri={}&state=st", enc(APP_CALLBACK)),
+            "alice",
+        )
         .await;
-    let p = page(landing);
-    assert_eq!(p.status, 400, "{}", p.body);
+    let why = app_error(landing, "server_error");
+    assert!(why.contains("refused"), "{why}");
     assert_eq!(
         w.idp.requests().await["token"][0]["auth_method"],
         "client_secret_post"
@@ -176,6 +179,15 @@ async fn a_login_finished_in_another_browser_is_refused() {
     let p = page(victim.follow(&callback).await);
     assert_eq!(p.status, 400);
     assert!(p.body.contains("another browser"), "{}", p.body);
+
+    // Nor can anyone who saw a consumer's callback spend it before the consumer's browser
+    // gets there: the consumer still finishes.
+    let at_provider = victim.follow(&start).await;
+    let consumers = capture_callback(&mut victim, at_provider, "alice").await;
+    let p = page(attacker.follow(&consumers).await);
+    assert_eq!(p.status, 400);
+    let landing = victim.follow(&consumers).await;
+    assert!(matches!(landing, Landing::App(_)), "{landing:?}");
 }
 
 /// Logs in at the provider and returns the callback URL it sends the browser to, without
@@ -229,31 +241,48 @@ fn absolute(browser: &Browser, url: &str) -> String {
     }
 }
 
-/// Runs one login whose provider answer was tampered with, and returns brandgate's page.
-async fn tampered_login(w: &World, tamper: Value) -> Answer {
+/// Runs one login whose provider answer was tampered with; the login must end at the app's
+/// callback with `error=server_error`. Returns the `error_description` it carries.
+async fn tampered_login(w: &World, tamper: Value) -> String {
     w.idp.admin("tamper", tamper).await;
     let mut browser = w.browser();
-    page(
+    app_error(
         browser
-            .login(&format!("redirect_uri={}", enc(APP_CALLBACK)), "alice")
+            .login(
+                &format!("redirect_uri={}&state=st", enc(APP_CALLBACK)),
+                "alice",
+            )
             .await,
+        "server_error",
     )
+}
+
+/// The app's callback carries `error` (and the app's state, and no code); returns the
+/// `error_description`.
+fn app_error(landing: Landing, error: &str) -> String {
+    let Landing::App(url) = landing else {
+        panic!("expected a return to the app, got {landing:?}");
+    };
+    assert!(url.starts_with(APP_CALLBACK), "{url}");
+    let p = url_params(&url);
+    assert_eq!(p.get("error").map(String::as_str), Some(error), "{url}");
+    assert!(!p.contains_key("code"), "{url}");
+    assert_eq!(p["state"], "st");
+    p["error_description"].clone()
 }
 
 #[tokio::test]
 async fn a_nonce_mismatch_is_refused() {
     let w = World::start("", "", "").await;
     let p = tampered_login(&w, json!({"claims": {"nonce": "not-the-one-sent"}})).await;
-    assert_eq!(p.status, 400, "{}", p.body);
-    assert!(p.body.contains("nonce"), "{}", p.body);
+    assert!(p.contains("nonce"), "{p}");
 }
 
 #[tokio::test]
 async fn a_token_for_another_audience_is_refused() {
     let w = World::start("", "", "").await;
     let p = tampered_login(&w, json!({"claims": {"aud": "someone-else"}})).await;
-    assert_eq!(p.status, 400, "{}", p.body);
-    assert!(p.body.contains("audience"), "{}", p.body);
+    assert!(p.contains("audience"), "{p}");
 }
 
 #[tokio::test]
@@ -265,28 +294,21 @@ async fn an_expired_upstream_token_is_refused() {
         .as_secs();
     // Expired beyond the 60 s leeway.
     let p = tampered_login(&w, json!({"claims": {"exp": now - 120, "iat": now - 720}})).await;
-    assert_eq!(p.status, 400, "{}", p.body);
-    assert!(p.body.contains("expired"), "{}", p.body);
+    assert!(p.contains("expired"), "{p}");
 }
 
 #[tokio::test]
 async fn an_upstream_token_signed_by_an_unknown_key_is_refused() {
     let w = World::start("", "rediscover_interval = \"0s\"", "").await;
     let p = tampered_login(&w, json!({"key": "unknown"})).await;
-    assert_eq!(p.status, 400, "{}", p.body);
-    assert!(
-        p.body.contains("key the provider does not publish"),
-        "{}",
-        p.body
-    );
+    assert!(p.contains("key the provider does not publish"), "{p}");
 }
 
 #[tokio::test]
 async fn a_tampered_at_hash_is_refused() {
     let w = World::start("", "", "").await;
     let p = tampered_login(&w, json!({"claims": {"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}})).await;
-    assert_eq!(p.status, 400, "{}", p.body);
-    assert!(p.body.contains("at_hash"), "{}", p.body);
+    assert!(p.contains("at_hash"), "{p}");
 }
 
 #[tokio::test]
@@ -307,7 +329,7 @@ async fn the_providers_key_rotation_is_followed() {
     let w = World::start("", "rediscover_interval = \"1h\"", "").await;
     w.idp.admin("rotate", json!({})).await;
     let p = tampered_login(&w, json!({"key": "rotated"})).await;
-    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.contains("key the provider does not publish"), "{p}");
     assert!(!w.daemon.logs().contains("reading its keys again"));
 }
 
@@ -423,6 +445,23 @@ async fn malformed_token_calls_get_rfc6749_errors() {
         assert_eq!(answer.status, 400, "{form}");
         assert_eq!(answer.json()["error"], error, "{form}");
     }
+    // Basic credentials as many clients send them, not form-encoded first (the secret has a
+    // space and an '@'): accepted too.
+    let raw = crate::support::client::basic(PLATFORM_CLIENT, PLATFORM_SECRET);
+    let answer = w
+        .platform
+        .send(
+            Method::POST,
+            &w.daemon.url("/oauth/token"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", raw.as_str()),
+            ],
+            bytes::Bytes::from_static(b"grant_type=authorization_code&code=never-issued"),
+        )
+        .await;
+    assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.body);
+
     let answer = w
         .env
         .client()
@@ -460,7 +499,7 @@ async fn the_implicit_flow_returns_the_token_itself() {
 
     // A native app that finishes the callback itself gets JSON.
     let query = format!(
-        "response_type=id_token&response_mode=json&redirect_uri={}&state=s2",
+        "response_type=id_token&response_mode=json&redirect_uri={}&state=s2&nonce=n2",
         enc(APP_CALLBACK)
     );
     let answer = page(browser.login(&query, "alice").await);
@@ -616,4 +655,127 @@ async fn discovery_names_the_code_flow_endpoints() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(state, "ok");
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_client_secrets_again() {
+    let mut w = World::start("", "", "").await;
+    let form = "grant_type=authorization_code&code=never-issued";
+    // The right secret gets as far as the code; a wrong one stops at client authentication.
+    let answer = w
+        .token_call(form, Some((PLATFORM_CLIENT, PLATFORM_SECRET)))
+        .await;
+    assert_eq!(answer.json()["error"], "invalid_grant");
+
+    let rotated = "a-n3w platform secret";
+    w.env.secret("platform-secret", &format!("{rotated}\n"));
+    w.daemon.reload().await;
+    w.daemon.wait_log("configuration reloaded").await;
+    let answer = w
+        .token_call(form, Some((PLATFORM_CLIENT, PLATFORM_SECRET)))
+        .await;
+    assert_eq!(
+        answer.status, 401,
+        "the old secret is refused after a reload"
+    );
+    let answer = w.token_call(form, Some((PLATFORM_CLIENT, rotated))).await;
+    assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.body);
+
+    // A reload that cannot read a secret changes nothing.
+    std::fs::remove_file(w.env.path().join("platform-secret")).unwrap();
+    w.daemon.reload().await;
+    w.daemon.wait_log("reload refused").await;
+    let answer = w.token_call(form, Some((PLATFORM_CLIENT, rotated))).await;
+    assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.body);
+    // Logins still work after the reloads.
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    let form = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri={}&code_verifier={VERIFIER}",
+        enc(APP_CALLBACK)
+    );
+    let answer = w.token_call(&form, Some((PLATFORM_CLIENT, rotated))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_is_not_hammered_and_the_app_hears_of_it() {
+    let env = crate::support::TestEnv::new();
+    // Nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = env.secret("upstream-secret", "s\n");
+    let client_secret = env.secret("platform-secret", "p\n");
+    let keys = env.secret(
+        "data-keys",
+        &crate::support::identity_world::data_key_line("k1"),
+    );
+    let config = env.config(&format!(
+        r#"
+[store]
+data_keys_file = "{keys}"
+[identity]
+issuer = "{BRANDGATE_ISSUER}"
+[identity.upstream]
+issuer = "https://127.0.0.1:{port}"
+client_id = "brandgate"
+client_secret_file = "{secret}"
+timeout = "2s"
+[[identity.clients]]
+id = "platform"
+secret_file = "{client_secret}"
+redirect_uris = ["{APP_CALLBACK}"]
+"#,
+        keys = keys.display(),
+        secret = secret.display(),
+        client_secret = client_secret.display(),
+    ));
+    let daemon = crate::support::daemon::Daemon::start(env.path(), &config).await;
+    let client = env.client();
+    for _ in 0..5 {
+        let answer = client
+            .get(&daemon.url(&format!(
+                "/login?state=st&redirect_uri={}",
+                enc(APP_CALLBACK)
+            )))
+            .await;
+        // The app is told, on its callback, and may retry later.
+        assert_eq!(answer.status, 303, "{}", answer.body);
+        let location = answer.headers["location"].to_str().unwrap();
+        assert!(location.starts_with(APP_CALLBACK), "{location}");
+        let p = url_params(location);
+        assert_eq!(p["error"], "temporarily_unavailable");
+        assert_eq!(p["state"], "st");
+    }
+    // Right after a failed attempt, logins are answered without calling the provider again.
+    daemon.wait_log("moments ago").await;
+    let ready = client.get(&daemon.ops_url("/readyz")).await.json();
+    assert_eq!(
+        ready["checks"]["identity"]["login_provider"],
+        "not reachable yet"
+    );
+    assert_eq!(
+        ready["ready"], true,
+        "keys and anonymous identities do not need the provider"
+    );
+}
+
+#[tokio::test]
+async fn logins_are_limited_per_source() {
+    let w = World::start("", "logins_per_minute = 2", "").await;
+    let mut browser = w.browser();
+    let start = format!(
+        "{BRANDGATE_ISSUER}/login?redirect_uri={}",
+        enc(APP_CALLBACK)
+    );
+    for _ in 0..2 {
+        let answer = browser.request(Method::GET, &start, None).await;
+        assert_eq!(answer.status, 303);
+    }
+    let answer = browser.request(Method::GET, &start, None).await;
+    assert_eq!(answer.status, 429, "{}", answer.body);
+    assert!(answer.headers.contains_key("retry-after"));
 }
