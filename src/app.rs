@@ -6,7 +6,8 @@
 //!   refused, logged, and the running one stays. Connections and in-flight pushes are untouched:
 //!   new TLS handshakes use the new certificate, new requests the new apps.
 //! - SIGTERM/SIGINT: stop accepting, tell open connections to finish (HTTP/2 GOAWAY, HTTP/1
-//!   close after the current response), wait for in-flight requests up to the grace period, exit 0.
+//!   close after the current response), wait for in-flight requests and for pushes whose caller
+//!   already hung up, up to the grace period, exit 0.
 //!
 //! Backpressure on the public listener: at most `max_connections` connections (beyond it, new
 //! ones wait in the kernel's backlog), a TLS handshake timeout, a header read timeout, a cap on
@@ -413,12 +414,16 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     close_connections.cancel();
     connections.close();
     let grace = config.server.shutdown_grace.0;
-    match tokio::time::timeout(grace, connections.wait()).await {
-        Ok(()) => tracing::info!("all connections closed"),
+    // Pushes run detached from their connection (a caller that hung up does not cancel its
+    // push), so they are waited for on their own, within the same grace period.
+    let drained = async { tokio::join!(connections.wait(), push.drain()) };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(_) => tracing::info!("all connections closed and every push finished"),
         Err(_) => tracing::warn!(
             ?grace,
             open = connections.len(),
-            "grace period over; closing the remaining connections"
+            pushes = push.pending_deliveries(),
+            "grace period over; closing the remaining connections and abandoning unfinished pushes"
         ),
     }
     close_ops.cancel();

@@ -242,6 +242,69 @@ async fn sigterm_drains_in_flight_pushes_then_exits_cleanly() {
     assert!(tokio::net::TcpStream::connect(daemon.public).await.is_err());
 }
 
+/// A push goes on when its caller hangs up, so that the platform's re-send is answered as a
+/// duplicate instead of reaching the phone twice; SIGTERM must then wait for that push too, not
+/// only for the connections still open.
+#[tokio::test]
+async fn sigterm_waits_for_a_push_whose_caller_hung_up() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &key, "m", "")).await;
+    fake.script(
+        "cf01",
+        vec![Behaviour::Delay(
+            Duration::from_secs(3),
+            Box::new(Behaviour::Ok),
+        )],
+    );
+    // An HTTP/2 connection of our own, so that hanging up is a real close of the socket.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(env.ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(daemon.public).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::post(daemon.url(&format!("/push/{APP}")))
+        .header("authorization", platform_auth())
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            ios_push("cf01", "x", "c", 1).to_string(),
+        )))
+        .unwrap();
+    let caller = tokio::spawn(async move { sender.send_request(request).await });
+    daemon.wait_in_flight(1).await;
+    // The caller hangs up: the connection's task ends, which closes the socket.
+    caller.abort();
+    driver.abort();
+    let _ = driver.await;
+
+    let logs = daemon.stop().await;
+    assert_eq!(
+        fake.delivered_to("cf01").len(),
+        1,
+        "the push reached APNs before the exit"
+    );
+    assert!(
+        logs.contains("push delivered"),
+        "the push finished before the exit:\n{logs}"
+    );
+}
+
 #[tokio::test]
 async fn the_grace_period_bounds_the_drain() {
     let env = TestEnv::new();
