@@ -52,10 +52,12 @@ async fn push(env: &TestEnv, daemon: &Daemon, token: &str, seq: i64) -> u16 {
 async fn systemd_notifications_and_watchdog() {
     let env = TestEnv::new();
     let (fake, key) = apns(APP).await;
+    // WatchdogSec=2s: systemd kills a service whose pings are more than 2 s apart.
+    let interval = Duration::from_secs(2);
     let mut daemon = Daemon::start_with_env(
         env.path(),
         &app_config(&env, &fake, &key, "m", ""),
-        &[("WATCHDOG_USEC", "200000")],
+        &[("WATCHDOG_USEC", &interval.as_micros().to_string())],
     )
     .await;
     let ready = &daemon.notifications()[0];
@@ -63,9 +65,20 @@ async fn systemd_notifications_and_watchdog() {
         ready.contains("READY=1") && ready.contains("STATUS=listening on https://"),
         "{ready}"
     );
-    // Pinged at half the interval: several pings arrive (each wait is bounded by the daemon helper).
-    for _ in 0..3 {
-        daemon.wait_notification("WATCHDOG=1").await;
+    // Pinged at half the interval, so one late ping is not yet a kill: consecutive pings come
+    // at most 0.6 of the interval apart (0.5 plus room for scheduling on a loaded machine).
+    // Each wait is bounded by the daemon helper.
+    let mut pings = Vec::new();
+    for _ in 0..5 {
+        pings.push(daemon.wait_notification_timed("WATCHDOG=1").await.0);
+    }
+    let limit = interval.mul_f64(0.6);
+    for pair in pings.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap <= limit,
+            "watchdog pings {gap:?} apart (limit {limit:?})"
+        );
     }
     daemon.signal(libc::SIGHUP);
     let reloading = daemon.wait_notification("RELOADING=1").await;
