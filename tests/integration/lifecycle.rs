@@ -1,6 +1,7 @@
 //! The daemon's life under systemd: notifications and the watchdog, reload on SIGHUP (also under
-//! load, also with a bad config), draining on SIGTERM, the TLS versions it speaks, the
-//! development certificate, the ops endpoints, and what its logs must never contain.
+//! load, also with a bad config, also to replace a provider credential), draining on SIGTERM,
+//! the TLS versions it speaks, the development certificate, the ops endpoints, and what its logs
+//! must never contain.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +13,9 @@ use crate::support::client::Client;
 use crate::support::daemon::{Daemon, describe};
 use crate::support::fake::Behaviour;
 use crate::support::fake_apns::FakeApns;
-use crate::support::pki::ApnsKey;
-use crate::support::{TestEnv, apns, ios_push, platform_auth};
+use crate::support::fake_fcm::FakeFcm;
+use crate::support::pki::{ApnsKey, ServiceAccount};
+use crate::support::{TestEnv, android_push, apns, ios_push, platform_auth};
 
 const APP: &str = "com.brand.app";
 
@@ -607,6 +609,87 @@ async fn reload_reads_credentials_again() {
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
+}
+
+/// The operator put the wrong `.p8` key in place; APNs refuses it. Fixing the file and reloading
+/// (no restart) builds the APNs client again from the new key.
+#[tokio::test]
+async fn reload_replaces_a_refused_apns_key() {
+    let env = TestEnv::new();
+    let (fake, right) = apns(APP).await;
+    let wrong = ApnsKey::new();
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &wrong, "m", "")).await;
+    let url = daemon.url(&format!("/push/{APP}"));
+    let push = |seq| {
+        let (client, url) = (env.client(), url.clone());
+        async move {
+            client
+                .post_json(
+                    &url,
+                    &[("authorization", &platform_auth())],
+                    &ios_push("ef01", "x", "c", seq),
+                )
+                .await
+        }
+    };
+    let refused = push(1).await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert_eq!(refused.json()["reason"], "InvalidProviderToken");
+
+    // Same path, right content; the config file itself does not change.
+    env.secret(&format!("apns-{APP}.p8"), &right.p8_pem);
+    daemon.reload().await;
+    daemon.wait_log("configuration reloaded").await;
+    let delivered = push(2).await;
+    assert_eq!(delivered.status, 200, "{}", delivered.body);
+    assert_eq!(fake.delivered_to("ef01").len(), 1);
+    let ready = env.client().get(&daemon.ops_url("/readyz")).await.json();
+    assert_eq!(ready["checks"]["push"]["degraded"], serde_json::json!({}));
+}
+
+/// The same for FCM: a service-account file with the wrong key is refused by the token
+/// endpoint; the fixed file is used after a reload.
+#[tokio::test]
+async fn reload_replaces_a_refused_fcm_service_account() {
+    const FCM_APP: &str = "com.brand.android";
+    const TOKEN: &str = "fcm-registration-token-ef02";
+    let env = TestEnv::new();
+    let fake = FakeFcm::start("brand-app-12345").await;
+    let config = env.config(&env.fcm_app(FCM_APP, &fake, "", &env.basic_auth()));
+    // Same project, e-mail and token_uri as the real account, another private key.
+    let wrong = ServiceAccount::new("brand-app-12345", &format!("{}/token", fake.url()));
+    let account_file = format!("fcm-{FCM_APP}.json");
+    env.secret(&account_file, &wrong.json);
+    let mut daemon = Daemon::start(env.path(), &config).await;
+    let url = daemon.url(&format!("/push/{FCM_APP}"));
+    let push = |seq| {
+        let (client, url) = (env.client(), url.clone());
+        async move {
+            client
+                .post_json(
+                    &url,
+                    &[("authorization", &platform_auth())],
+                    &android_push(TOKEN, "x", "c", seq),
+                )
+                .await
+        }
+    };
+    let refused = push(1).await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert_eq!(refused.json()["reason"], "oauth_refused");
+    assert_eq!(fake.token_calls(), 1);
+
+    env.secret(&account_file, &fake.account.json);
+    daemon.reload().await;
+    daemon.wait_log("configuration reloaded").await;
+    let delivered = push(2).await;
+    assert_eq!(delivered.status, 200, "{}", delivered.body);
+    assert_eq!(fake.delivered_to(TOKEN).len(), 1);
+    assert_eq!(
+        fake.token_calls(),
+        2,
+        "the new file's key asked for a token"
+    );
 }
 
 #[tokio::test]
