@@ -453,6 +453,41 @@ async fn a_development_certificate_is_generated_when_none_is_configured() {
     );
 }
 
+/// The README's first command: `serve` on the shipped config, with only the addresses and the
+/// state directory overridden through the environment. It must become ready on its own,
+/// generating its development certificate and (the identity bridge is on as shipped) its store
+/// and signing key.
+#[tokio::test]
+async fn the_shipped_config_serves_as_the_readme_says() {
+    let env = TestEnv::new();
+    let state = env.path().join("state");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/brandgate.toml");
+    let mut daemon = Daemon::start_with_config_file(
+        env.path(),
+        &shipped,
+        &[
+            ("BRANDGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("BRANDGATE_OPS__LISTEN", "127.0.0.1:0"),
+            ("BRANDGATE_SERVER__STATE_DIR", state.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let ready = Client::http1("").get(&daemon.ops_url("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["ready"], true, "{}", ready.body);
+    daemon
+        .wait_log("generated a self-signed development certificate")
+        .await;
+    // The generated certificate is the one served: trusting exactly it, the handshake works.
+    let cert = std::fs::read_to_string(state.join("dev-tls/cert.pem")).unwrap();
+    let client = Client::new(&cert);
+    assert_eq!(client.get(&daemon.url("/push/x")).await.status, 405);
+    let jwks = client.get(&daemon.url("/.well-known/jwks.json")).await;
+    assert_eq!(jwks.status, 200, "{}", jwks.body);
+    assert_eq!(jwks.json()["keys"].as_array().map(Vec::len), Some(1));
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn ops_endpoints() {
     let env = TestEnv::new();

@@ -40,6 +40,17 @@ impl Daemon {
     pub async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let config_path = dir.join("brandgate.toml");
         std::fs::write(&config_path, config).unwrap();
+        Self::start_with_config_file(dir, &config_path, env).await
+    }
+
+    /// Starts on a config file that is already there (such as the shipped one); `dir` holds
+    /// the notification socket.
+    pub async fn start_with_config_file(
+        dir: &Path,
+        config_path: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let config_path = config_path.to_path_buf();
         let socket_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket_path);
         let notify = UnixDatagram::bind(&socket_path).unwrap();
