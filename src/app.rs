@@ -92,7 +92,7 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
             config.server.state_dir.display()
         )),
         Ok(Some(())) => {}
-        Err(e) => problems.push("server.tls", e),
+        Err(e) => problems.push(e.key, e.message),
     }
     if config.identity.is_some() {
         match &config.store.data_keys_file {
@@ -315,8 +315,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     let state_dir = config.server.state_dir.clone();
     ensure_state_dir(&state_dir)?;
 
-    let server_tls =
-        tls::server_config(&config.server.tls, &state_dir).map_err(|e| problem("server.tls", e))?;
+    let server_tls = tls::server_config(&config.server.tls, &state_dir).map_err(Problems::from)?;
     announce_development_certificate(server_tls.development_certificate.as_ref());
 
     let mut registry = Registry::default();
@@ -450,9 +449,9 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, StartError> {
         let line = |hint: &str| format!("{key}: cannot listen on {addr}: {e}{hint}");
         match e.kind() {
             // Often passing (the old process still draining): exit 1, so systemd retries.
-            std::io::ErrorKind::AddrInUse => StartError::Runtime(line(
-                " (another process uses this port: pick another or stop it)",
-            )),
+            std::io::ErrorKind::AddrInUse => StartError::Runtime(line(&format!(
+                " (another process uses this port: stop it, or set {key} to a free port)"
+            ))),
             std::io::ErrorKind::PermissionDenied => StartError::Config(problem(
                 key,
                 line(" (ports below 1024 need CAP_NET_BIND_SERVICE)")
@@ -546,8 +545,7 @@ fn reload(
     push: &PushService,
 ) -> Result<(), Problems> {
     let new = Config::load(path)?;
-    let server_tls =
-        tls::server_config(&new.server.tls, state_dir).map_err(|e| problem("server.tls", e))?;
+    let server_tls = tls::server_config(&new.server.tls, state_dir)?;
     push.reload(&new.push, new.server.tls.client_ca.is_some())?;
     for w in new.warnings() {
         tracing::warn!("{w}");
