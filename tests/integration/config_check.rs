@@ -166,6 +166,54 @@ async fn credentials_directory_paths_fall_back_to_the_secrets_directory() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// The credentials drop-in shipped as an example and the shipped config agree: every `%d/<name>`
+/// the config mentions has a `LoadCredential=<name>:` line, and each line's source is
+/// `/etc/brandgate/secrets/<name>`, the very file the `%d/<name>` fallback reads without the
+/// drop-in (so one set of files works both ways).
+#[test]
+fn the_credentials_drop_in_matches_the_shipped_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let drop_in = std::fs::read_to_string(root.join("systemd/credentials.conf.example")).unwrap();
+    let config = std::fs::read_to_string(root.join("config/brandgate.toml")).unwrap();
+    let mut credentials = Vec::new();
+    for line in drop_in.lines() {
+        // Optional ones are shipped commented out.
+        let Some(spec) = line.trim_start_matches('#').strip_prefix("LoadCredential=") else {
+            continue;
+        };
+        let (name, source) = spec.split_once(':').unwrap();
+        assert_eq!(
+            source,
+            format!("/etc/brandgate/secrets/{name}"),
+            "credential {name}"
+        );
+        credentials.push(name.to_string());
+    }
+    let mut named = Vec::new();
+    for part in config.split("\"%d/").skip(1) {
+        let name = part.split('"').next().unwrap();
+        assert!(
+            credentials.iter().any(|c| c == name),
+            "config/brandgate.toml names %d/{name}, the drop-in has no LoadCredential for it"
+        );
+        named.push(name);
+    }
+    for expected in [
+        "apns-key.p8",
+        "fcm-service-account.json",
+        "push-basic-password",
+        "tls-key",
+        "data-keys",
+        "store-password",
+        "feedback-webhook-secret",
+    ] {
+        assert!(
+            named.contains(&expected),
+            "the config mentions %d/{expected}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn secrets_readable_by_everyone_are_warned_about() {
     use std::os::unix::fs::PermissionsExt;
