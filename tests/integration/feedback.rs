@@ -131,11 +131,18 @@ async fn dead_tokens_are_posted_signed_and_retried() {
         .as_secs();
     assert!(now.abs_diff(t.parse::<u64>().unwrap()) < 60);
 
-    let metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
-    assert!(
-        metrics.contains("brandgate_push_feedback_webhook_total{result=\"ok\"} 1"),
-        "{metrics}"
-    );
+    // Counted once brandgate has read the receiver's answer, which may be after the receiver
+    // recorded the call: wait for it (bounded).
+    let counted = "brandgate_push_feedback_webhook_total{result=\"ok\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
+        if metrics.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
 }
 
 #[tokio::test]
