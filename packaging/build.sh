@@ -21,6 +21,9 @@ cargo build --release --locked
 # Debug line tables are for crash reports during development; the packages ship a stripped
 # binary (lintian: unstripped-binary-or-object).
 strip --strip-unneeded target/release/brandgate
+# Debian wants the upstream changelog as changelog.gz (compressed reproducibly: -n, no name or
+# time stamp); the rpm ships CHANGELOG.md as it is.
+gzip -9nc CHANGELOG.md > "$out/changelog.gz"
 target/release/brandgate --help > "$out/brandgate-help.txt"
 for cmd in serve check-config push-test; do
     printf '\n\n$ brandgate %s --help\n' "$cmd" >> "$out/brandgate-help.txt"
@@ -44,6 +47,19 @@ echo "== lintian $deb"
 # Errors fail the build; warnings are printed.
 lintian --no-tag-display-limit --fail-on error "$deb"
 
+# Both packages carry the documentation, the license and the changelogs.
+deb_files=$(dpkg-deb -c "$deb" | awk '{print $NF}')
+for expected in ./usr/share/doc/brandgate/README.md ./usr/share/doc/brandgate/brandgate-help.txt \
+    ./usr/share/doc/brandgate/examples/credentials.conf ./usr/share/doc/brandgate/copyright \
+    ./usr/share/doc/brandgate/changelog.Debian.gz ./usr/share/doc/brandgate/changelog.gz; do
+    grep -qx "$expected" <<<"$deb_files" || { echo "deb lacks $expected" >&2; exit 1; }
+done
+# Debian's license file is doc/<package>/copyright: it must name the license.
+dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ./usr/share/doc/brandgate/copyright | grep -q 'Apache-2.0' || {
+    echo "deb: the copyright file does not name the license" >&2
+    exit 1
+}
+
 echo "== rpmlint $rpm"
 rpmlint --rpmlintrc packaging/brandgate.rpmlintrc "$rpm" || {
     echo "rpmlint reported errors" >&2
@@ -57,8 +73,17 @@ for expected in "preinstall scriptlet" "systemd-sysusers" "postinstall scriptlet
 done
 files=$(rpm -qlp "$rpm")
 for expected in /usr/bin/brandgate /etc/brandgate/brandgate.toml /usr/lib/systemd/system/brandgate.service \
-    /usr/lib/sysusers.d/brandgate.conf /usr/lib/tmpfiles.d/brandgate.conf; do
+    /usr/lib/sysusers.d/brandgate.conf /usr/lib/tmpfiles.d/brandgate.conf \
+    /usr/share/doc/brandgate/README.md /usr/share/doc/brandgate/brandgate-help.txt \
+    /usr/share/doc/brandgate/examples/credentials.conf /usr/share/doc/brandgate/CHANGELOG.md \
+    /usr/share/licenses/brandgate/LICENSE; do
     grep -qx "$expected" <<<"$files" || { echo "rpm lacks $expected" >&2; exit 1; }
+done
+# The documentation is marked as such (rpm --excludedocs leaves it out).
+docs=$(rpm -qdp "$rpm")
+for expected in /usr/share/doc/brandgate/README.md /usr/share/doc/brandgate/CHANGELOG.md \
+    /usr/share/licenses/brandgate/LICENSE; do
+    grep -qx "$expected" <<<"$docs" || { echo "rpm: $expected is not marked as documentation" >&2; exit 1; }
 done
 rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm" | grep -q '^cn /etc/brandgate/brandgate.toml$' || {
     echo "rpm: the config is not %config(noreplace)" >&2

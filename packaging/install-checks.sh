@@ -145,6 +145,65 @@ DROPIN
     check "port 443: back to 8443" systemctl restart brandgate
 }
 
+credentials_checks() {
+    # The operator keeps a secret root's alone and hands it to the service with the shipped
+    # drop-in, cut down to that one line (a missing source would fail the start). Here the
+    # data keys: the development key brandgate made moves into the secrets directory, so what
+    # it sealed still opens. The service user cannot read the file itself, so a start that
+    # gets ready proves brandgate read it from $CREDENTIALS_DIRECTORY ("%d/data-keys").
+    local kind=$1
+    local dropin=/etc/systemd/system/brandgate.service.d/credentials.conf
+    install -m 0600 -o root -g root /var/lib/brandgate/data-keys /etc/brandgate/secrets/data-keys
+    equals "$kind: credentials: the secret is root's alone" "$(mode /etc/brandgate/secrets/data-keys)" "600 root:root"
+    if runuser -u brandgate -- cat /etc/brandgate/secrets/data-keys >/dev/null 2>&1; then
+        fail "$kind: credentials: the service user can read the secret directly"
+    else
+        ok "$kind: credentials: the service user cannot read the secret directly"
+    fi
+    mkdir -p "$(dirname "$dropin")"
+    {
+        echo '[Service]'
+        sed -n 's/^#\{0,1\}\(LoadCredential=data-keys:.*\)$/\1/p' /usr/share/doc/brandgate/examples/credentials.conf
+    } >"$dropin"
+    equals "$kind: credentials: the example's data-keys line" "$(grep -c '^LoadCredential=data-keys:/etc/brandgate/secrets/data-keys$' "$dropin")" "1"
+    sed -i 's|^# data_keys_file = "%d/data-keys"$|data_keys_file = "%d/data-keys"|' /etc/brandgate/brandgate.toml
+    equals "$kind: credentials: config names %d/data-keys" "$(grep -c '^data_keys_file = "%d/data-keys"$' /etc/brandgate/brandgate.toml)" "1"
+    systemctl daemon-reload
+    check "$kind: credentials: restart with the drop-in" systemctl restart brandgate
+    equals "$kind: credentials: active (running)" "$(prop brandgate ActiveState)/$(prop brandgate SubState)" "active/running"
+    check "$kind: credentials: handed over in the service's credentials directory" \
+        test -s /run/credentials/brandgate.service/data-keys
+    local ready
+    wait_until 10 port_open 9464 || true
+    ready=$(http_get 9464 /readyz || true)
+    if echo "$ready" | grep -q '^HTTP/1.[01] 200' && echo "$ready" | grep -q '"ready":true'; then
+        ok "$kind: credentials: /readyz answers ready with the key ring opened by the handed-over data keys"
+    else
+        fail "$kind: credentials: /readyz: $ready ($(journalctl -u brandgate --no-pager | tail -3))"
+    fi
+    # Back to the files read directly, for the checks after this one.
+    rm -f "$dropin" /etc/brandgate/secrets/data-keys
+    rmdir "$(dirname "$dropin")"
+    sed -i 's|^data_keys_file = "%d/data-keys"$|# data_keys_file = "%d/data-keys"|' /etc/brandgate/brandgate.toml
+    systemctl daemon-reload
+    check "$kind: credentials: restart without the drop-in" systemctl restart brandgate
+}
+
+# The unit is no longer enabled: no wants link is left behind (with the unit file gone,
+# `systemctl is-enabled` cannot tell).
+disabled_checks() {
+    local kind=$1
+    local link=/etc/systemd/system/multi-user.target.wants/brandgate.service
+    if [ -e "$link" ] || [ -L "$link" ]; then
+        fail "$kind: remove disables the unit ($link is left)"
+    else
+        ok "$kind: remove disables the unit"
+    fi
+    local enabled
+    enabled=$(systemctl is-enabled brandgate 2>&1)
+    if [ "$enabled" = enabled ]; then fail "$kind: is-enabled after remove: $enabled"; else ok "$kind: not enabled after remove ($enabled)"; fi
+}
+
 stop_checks() {
     local kind=$1
     check "$kind: systemctl stop" systemctl stop brandgate
@@ -167,6 +226,7 @@ system_checks deb
 lifecycle_checks deb
 watchdog_checks
 port443_checks
+credentials_checks deb
 stop_checks deb
 
 check "deb: the operator edits the config" edit_config
@@ -188,6 +248,7 @@ equals "deb: a stopped service stays stopped on upgrade" "$(systemctl is-active 
 check "deb: dpkg -r removes" dpkg -r brandgate
 if [ ! -e /usr/bin/brandgate ] && [ ! -e /usr/lib/systemd/system/brandgate.service ]; then ok "deb: remove deletes the program and unit"; else fail "deb: remove left the program or unit"; fi
 if [ -d /var/lib/brandgate ] && [ -f /etc/brandgate/brandgate.toml ]; then ok "deb: remove keeps /var/lib/brandgate and /etc/brandgate"; else fail "deb: remove deleted data or config"; fi
+disabled_checks deb
 check "deb: reinstall after remove" dpkg -i /root/pkgs/new.deb
 equals "deb: enabled again after reinstall" "$(systemctl is-enabled brandgate 2>&1)" "enabled"
 equals "deb: not started by the reinstall" "$(systemctl is-active brandgate 2>&1)" "inactive"
@@ -204,6 +265,7 @@ check "rpm: initialise the rpm database" rpmi --initdb
 check "rpm: rpm -i installs" rpmi -i --nodeps /root/pkgs/old.rpm
 system_checks rpm
 lifecycle_checks rpm
+credentials_checks rpm
 stop_checks rpm
 check "rpm: the operator edits the config" edit_config
 check "rpm: start before the upgrade" systemctl start brandgate
@@ -224,5 +286,6 @@ if [ ! -e /usr/bin/brandgate ] && [ -d /var/lib/brandgate ] && [ -e /etc/brandga
 else
     fail "rpm: erase: $(ls -la /usr/bin/brandgate /var/lib/brandgate /etc/brandgate 2>&1 | tr '\n' ' ')"
 fi
+disabled_checks rpm
 
 if [ "$failures" -eq 0 ]; then say "RESULT: PASS"; else say "RESULT: FAIL ($failures)"; fi

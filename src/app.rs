@@ -6,7 +6,8 @@
 //!   refused, logged, and the running one stays. Connections and in-flight pushes are untouched:
 //!   new TLS handshakes use the new certificate, new requests the new apps.
 //! - SIGTERM/SIGINT: stop accepting, tell open connections to finish (HTTP/2 GOAWAY, HTTP/1
-//!   close after the current response), wait for in-flight requests up to the grace period, exit 0.
+//!   close after the current response), wait for in-flight requests and for pushes whose caller
+//!   already hung up, up to the grace period, exit 0.
 //!
 //! Backpressure on the public listener: at most `max_connections` connections (beyond it, new
 //! ones wait in the kernel's backlog), a TLS handshake timeout, a header read timeout, a cap on
@@ -91,7 +92,7 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
             config.server.state_dir.display()
         )),
         Ok(Some(())) => {}
-        Err(e) => problems.push("server.tls", e),
+        Err(e) => problems.push(e.key, e.message),
     }
     if let Some(identity) = &config.identity {
         if let Err(p) = IdentityService::prepare(
@@ -321,8 +322,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     let state_dir = config.server.state_dir.clone();
     ensure_state_dir(&state_dir)?;
 
-    let server_tls =
-        tls::server_config(&config.server.tls, &state_dir).map_err(|e| problem("server.tls", e))?;
+    let server_tls = tls::server_config(&config.server.tls, &state_dir).map_err(Problems::from)?;
     announce_development_certificate(server_tls.development_certificate.as_ref());
 
     let mut registry = Registry::default();
@@ -444,12 +444,16 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     close_connections.cancel();
     connections.close();
     let grace = config.server.shutdown_grace.0;
-    match tokio::time::timeout(grace, connections.wait()).await {
-        Ok(()) => tracing::info!("all connections closed"),
+    // Pushes run detached from their connection (a caller that hung up does not cancel its
+    // push), so they are waited for on their own, within the same grace period.
+    let drained = async { tokio::join!(connections.wait(), push.drain()) };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(_) => tracing::info!("all connections closed and every push finished"),
         Err(_) => tracing::warn!(
             ?grace,
             open = connections.len(),
-            "grace period over; closing the remaining connections"
+            pushes = push.pending_deliveries(),
+            "grace period over; closing the remaining connections and abandoning unfinished pushes"
         ),
     }
     close_ops.cancel();
@@ -476,9 +480,9 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, StartError> {
         let line = |hint: &str| format!("{key}: cannot listen on {addr}: {e}{hint}");
         match e.kind() {
             // Often passing (the old process still draining): exit 1, so systemd retries.
-            std::io::ErrorKind::AddrInUse => StartError::Runtime(line(
-                " (another process uses this port: pick another or stop it)",
-            )),
+            std::io::ErrorKind::AddrInUse => StartError::Runtime(line(&format!(
+                " (another process uses this port: stop it, or set {key} to a free port)"
+            ))),
             std::io::ErrorKind::PermissionDenied => StartError::Config(problem(
                 key,
                 line(" (ports below 1024 need CAP_NET_BIND_SERVICE)")
@@ -580,8 +584,7 @@ fn reload(
 ) -> Result<(), Problems> {
     let Roles { push, identity } = roles;
     let new = Config::load(path)?;
-    let server_tls =
-        tls::server_config(&new.server.tls, state_dir).map_err(|e| problem("server.tls", e))?;
+    let server_tls = tls::server_config(&new.server.tls, state_dir)?;
     // Everything is read and checked before anything is swapped: a reload happens whole or not
     // at all.
     let identity_update = match (identity, &new.identity) {

@@ -42,15 +42,49 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 }
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1). It is a secret: read through
-/// [`read_secret_file`] and never shown.
+/// [`read_secret_file`] and never shown, not even in part in an error.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = read_secret_file(path).map_err(|e| e.to_string())?;
     PrivateKeyDer::from_pem_slice(bytes.expose()).map_err(|_| {
-        format!(
-            "{} holds no PEM private key (expected -----BEGIN PRIVATE KEY-----)",
-            path.display()
-        )
+        let text = bytes.expose();
+        let holds = |label: &[u8]| text.windows(label.len()).any(|w| w == label);
+        // The usual mix-ups, each with its fix; only PEM labels are looked at.
+        let why = if holds(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+            "holds an encrypted private key: brandgate needs it without a passphrase \
+             (openssl pkey -in KEY -out KEY.plain), kept readable by the service only"
+        } else if holds(b"-----BEGIN CERTIFICATE-----") {
+            "holds a certificate, not a private key (are the certificate and key swapped?)"
+        } else {
+            "holds no PEM private key (expected -----BEGIN PRIVATE KEY-----, or RSA/EC \
+             PRIVATE KEY; a DER key converts with: openssl pkey -inform DER -in KEY -out KEY.pem)"
+        };
+        format!("{} {why}", path.display())
     })
+}
+
+/// Why the public listener's TLS configuration cannot be built, under the key to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ServerTlsError {
+    /// `server.tls.cert`, `server.tls.key`, `server.tls.client_ca`, or `server.tls` for the
+    /// development certificate.
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl ServerTlsError {
+    fn new(key: &'static str, message: impl Into<String>) -> Self {
+        ServerTlsError {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ServerTlsError> for crate::config::Problems {
+    fn from(e: ServerTlsError) -> Self {
+        crate::config::Problems(vec![crate::config::Problem::new(e.key, e.message)])
+    }
 }
 
 /// The public listener's TLS configuration, and where its certificate came from.
@@ -61,11 +95,19 @@ pub struct ServerTls {
 }
 
 /// Builds the listener's TLS configuration: the configured certificate, or the development one.
-pub fn server_config(cfg: &ServerTlsConfig, state_dir: &Path) -> Result<ServerTls, String> {
+pub fn server_config(cfg: &ServerTlsConfig, state_dir: &Path) -> Result<ServerTls, ServerTlsError> {
     let (cert_path, key_path, development_certificate) = match (&cfg.cert, &cfg.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone(), None),
         _ => {
-            let dev = ensure_development_certificate(state_dir)?;
+            let dev = ensure_development_certificate(state_dir).map_err(|e| {
+                ServerTlsError::new(
+                    "server.tls",
+                    format!(
+                        "no certificate configured, and the development one cannot be made: \
+                         {e} (configure server.tls.cert and server.tls.key)"
+                    ),
+                )
+            })?;
             (dev.cert.clone(), dev.key.clone(), Some(dev))
         }
     };
@@ -81,7 +123,7 @@ pub fn server_config(cfg: &ServerTlsConfig, state_dir: &Path) -> Result<ServerTl
 
 /// Checks the configured certificate, key and client CA without touching the state directory.
 /// `Ok(None)`: no certificate is configured (a development one would be made).
-pub fn check_server_config(cfg: &ServerTlsConfig) -> Result<Option<()>, String> {
+pub fn check_server_config(cfg: &ServerTlsConfig) -> Result<Option<()>, ServerTlsError> {
     match (&cfg.cert, &cfg.key) {
         (Some(c), Some(k)) => build_server_config(c, k, cfg.client_ca.as_deref()).map(|_| Some(())),
         _ => {
@@ -95,33 +137,53 @@ pub fn check_server_config(cfg: &ServerTlsConfig) -> Result<Option<()>, String> 
 
 fn client_verifier(
     ca: &Path,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerTlsError> {
+    let problem = |e: String| ServerTlsError::new("server.tls.client_ca", e);
     let mut roots = RootCertStore::empty();
-    for cert in load_certificates(ca).map_err(|e| format!("client_ca: {e}"))? {
-        roots.add(cert).map_err(|e| format!("client_ca: {e}"))?;
+    for cert in load_certificates(ca).map_err(problem)? {
+        roots.add(cert).map_err(|e| {
+            problem(format!(
+                "{}: not a usable CA certificate: {e}",
+                ca.display()
+            ))
+        })?;
     }
     // Callers without a certificate still connect: each app decides whether it needs one.
     WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("client_ca: {e}"))
+        .map_err(|e| problem(format!("{}: {e}", ca.display())))
 }
 
 fn build_server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<ServerConfig, String> {
-    let chain = load_certificates(cert).map_err(|e| format!("cert: {e}"))?;
-    let key = load_private_key(key).map_err(|e| format!("key: {e}"))?;
+) -> Result<ServerConfig, ServerTlsError> {
+    let chain = load_certificates(cert).map_err(|e| ServerTlsError::new("server.tls.cert", e))?;
+    let key_path = key;
+    let key = load_private_key(key).map_err(|e| ServerTlsError::new("server.tls.key", e))?;
     let builder = ServerConfig::builder_with_protocol_versions(PROTOCOL_VERSIONS);
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => builder.with_client_cert_verifier(client_verifier(ca)?),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("certificate and key do not go together: {e}"))?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        let message = match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "{} is not the key of the certificate in {} (use the key the certificate was \
+                 issued for)",
+                key_path.display(),
+                cert.display()
+            ),
+            other => format!(
+                "cannot use {} with the certificate in {}: {other}",
+                key_path.display(),
+                cert.display()
+            ),
+        };
+        ServerTlsError::new("server.tls.key", message)
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

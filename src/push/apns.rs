@@ -495,11 +495,26 @@ fn load_pkcs12_identity(
         p12_keystore::Pkcs12ImportPolicy::Relaxed,
     ) {
         Ok(s) => s,
+        // The bundle's integrity MAC is keyed by the password: a mismatch means the password
+        // is not the one the bundle was exported with.
+        Err(p12_keystore::error::Error::MacError(_)) => {
+            problems.push(
+                format!("{key}.pkcs12_password_file"),
+                format!(
+                    "the password in {} does not open {}: put the password the .p12 was \
+                     exported with in that file",
+                    pw_file.display(),
+                    file.display()
+                ),
+            );
+            return None;
+        }
         Err(e) => {
             problems.push(
                 format!("{key}.pkcs12_file"),
                 format!(
-                    "{} cannot be opened (wrong password or not PKCS#12): {e}",
+                    "{} cannot be opened (not PKCS#12, or a wrong password): {e}; export the \
+                     push certificate with its private key as .p12",
                     file.display()
                 ),
             );

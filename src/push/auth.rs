@@ -75,7 +75,12 @@ impl CallerAuth {
         if cfg.headers.len() > MAX_HEADERS {
             problems.push(
                 format!("{key}.headers"),
-                format!("at most {MAX_HEADERS} (the platform's limit)"),
+                format!(
+                    "{} headers configured, but the platform sends at most {MAX_HEADERS}: \
+                     remove {}",
+                    cfg.headers.len(),
+                    cfg.headers.len() - MAX_HEADERS
+                ),
             );
         }
         let cert_names = cfg.client_cert.as_ref().map(|c| c.names.clone());

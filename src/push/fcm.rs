@@ -50,6 +50,27 @@ struct ServiceAccountFile {
     token_uri: String,
 }
 
+/// Why a service-account file could not be read as one, with the fix. serde's messages name a
+/// missing field or a type and a position, never a string value (every field read is a string),
+/// so no part of the private key can reach the message.
+fn service_account_error(path: &std::path::Path, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    const FIX: &str = "download the key again (Firebase console: Project settings, Service \
+                       accounts, Generate new private key)";
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!(
+            "{} is not valid JSON (line {}, column {}): {FIX}",
+            path.display(),
+            e.line(),
+            e.column()
+        ),
+        Category::Data | Category::Io => format!(
+            "{} is not a Google service-account key ({e}): {FIX}",
+            path.display()
+        ),
+    }
+}
+
 impl FcmClient {
     /// Builds the client, reporting every problem under `key` (`push.apps[0].fcm`).
     pub fn build(
@@ -74,10 +95,9 @@ impl FcmClient {
                     None
                 }
                 Err(e) => {
-                    // serde's message names the missing field, never a value.
                     problems.push(
                         &sa_key,
-                        format!("is not a Google service-account JSON key: {e}"),
+                        service_account_error(&cfg.service_account_file, &e),
                     );
                     None
                 }

@@ -216,9 +216,12 @@ async fn receive(
     // Delivery runs in its own task: if the caller goes away mid-push (a timeout, a reset
     // stream), the push still finishes and is recorded, so the platform's re-send is answered
     // as a duplicate instead of reaching the phone twice. A panic there is a 500, not a
-    // dropped connection.
+    // dropped connection. The task is tracked, so shutdown waits for it (`PushService::drain`)
+    // even when no connection is left to wait for.
     let (service, generation) = (service.clone(), generation.clone());
-    let delivery = tokio::spawn(async move { service.send_on(&generation, &app, request).await });
+    let deliveries = service.shared.deliveries.clone();
+    let delivery =
+        deliveries.spawn(async move { service.send_on(&generation, &app, request).await });
     match delivery.await {
         Ok(result) => Ok(result?),
         Err(e) => {

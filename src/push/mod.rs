@@ -4,7 +4,8 @@
 //! 401 caller refused, 403 dead device token, 500 failed).
 //!
 //! The door is [`PushService`]: [`PushService::router`] for the listener, [`PushService::send`]
-//! for everything else in the process (`brandgate push-test`, the relay). The provider clients
+//! for everything else in the process (`brandgate push-test`, the relay), and
+//! [`PushService::drain`] for shutdown. The provider clients
 //! (`apns`, `fcm`) are private to this module.
 //!
 //! A configuration generation (apps, credentials, clients) is swapped whole on reload; requests
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
+use tokio_util::task::TaskTracker;
 
 pub use feedback::RECORD_FILE as DEAD_TOKEN_FILE;
 pub use metrics::PushMetrics;
@@ -80,6 +82,9 @@ struct Shared {
     dedupe: Arc<Dedupe>,
     limiter: SourceLimiter,
     in_flight: AtomicUsize,
+    /// Deliveries started for the proxy endpoint. They run detached from the request that
+    /// started them (see `ingress`), so shutdown waits for them here: [`PushService::drain`].
+    deliveries: TaskTracker,
     /// `app/provider` whose last push the provider refused for good, and the reason: an
     /// operator must look (shown in `/readyz`); cleared by the next delivery.
     degraded: Mutex<BTreeMap<String, String>>,
@@ -137,6 +142,7 @@ impl PushService {
             dedupe: Dedupe::new(clock, evicted_early),
             limiter: SourceLimiter::default(),
             in_flight: AtomicUsize::new(0),
+            deliveries: TaskTracker::new(),
             degraded: Mutex::new(BTreeMap::new()),
         };
         Ok(PushService {
@@ -189,6 +195,20 @@ impl PushService {
             return Err(PushError::UnknownApp(app.to_string()));
         };
         self.send_on(&generation, &app, request).await
+    }
+
+    /// Waits until every delivery the proxy endpoint started has finished, including those
+    /// whose caller has gone. Deliveries started meanwhile are waited for too. For shutdown:
+    /// the caller bounds the wait (`server.shutdown_grace`).
+    pub async fn drain(&self) {
+        let deliveries = &self.shared.deliveries;
+        deliveries.close();
+        deliveries.wait().await;
+    }
+
+    /// Deliveries the proxy endpoint started that have not finished yet.
+    pub fn pending_deliveries(&self) -> usize {
+        self.shared.deliveries.len()
     }
 
     async fn send_on(

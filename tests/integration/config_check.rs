@@ -2,6 +2,7 @@
 //! exit status 78; environment overrides; `%d/` credential paths; `push-test`.
 
 use crate::support::daemon::run;
+use crate::support::pki::{ServiceAccount, TestCa};
 use crate::support::{TestEnv, apns};
 
 const APP: &str = "com.brand.app";
@@ -165,6 +166,54 @@ async fn credentials_directory_paths_fall_back_to_the_secrets_directory() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// The credentials drop-in shipped as an example and the shipped config agree: every `%d/<name>`
+/// the config mentions has a `LoadCredential=<name>:` line, and each line's source is
+/// `/etc/brandgate/secrets/<name>`, the very file the `%d/<name>` fallback reads without the
+/// drop-in (so one set of files works both ways).
+#[test]
+fn the_credentials_drop_in_matches_the_shipped_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let drop_in = std::fs::read_to_string(root.join("systemd/credentials.conf.example")).unwrap();
+    let config = std::fs::read_to_string(root.join("config/brandgate.toml")).unwrap();
+    let mut credentials = Vec::new();
+    for line in drop_in.lines() {
+        // Optional ones are shipped commented out.
+        let Some(spec) = line.trim_start_matches('#').strip_prefix("LoadCredential=") else {
+            continue;
+        };
+        let (name, source) = spec.split_once(':').unwrap();
+        assert_eq!(
+            source,
+            format!("/etc/brandgate/secrets/{name}"),
+            "credential {name}"
+        );
+        credentials.push(name.to_string());
+    }
+    let mut named = Vec::new();
+    for part in config.split("\"%d/").skip(1) {
+        let name = part.split('"').next().unwrap();
+        assert!(
+            credentials.iter().any(|c| c == name),
+            "config/brandgate.toml names %d/{name}, the drop-in has no LoadCredential for it"
+        );
+        named.push(name);
+    }
+    for expected in [
+        "apns-key.p8",
+        "fcm-service-account.json",
+        "push-basic-password",
+        "tls-key",
+        "data-keys",
+        "store-password",
+        "feedback-webhook-secret",
+    ] {
+        assert!(
+            named.contains(&expected),
+            "the config mentions %d/{expected}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn secrets_readable_by_everyone_are_warned_about() {
     use std::os::unix::fs::PermissionsExt;
@@ -200,13 +249,160 @@ async fn a_port_in_use_is_one_clear_line() {
     let (code, _, err) = run(&["serve", "--config", path.to_str().unwrap()], &[]).await;
     // Not a config problem: systemd may restart and succeed once the port is free.
     assert_eq!(code, 1);
-    let line = err
+    // Log lines come before it; the error itself is one line naming the key and the fix.
+    let lines: Vec<&str> = err
         .lines()
-        .find(|l| l.starts_with("brandgate: "))
-        .unwrap_or_default();
+        .filter(|l| l.starts_with("brandgate: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    let line = lines[0];
     assert!(
-        line.contains("server.listen") && line.contains("another process uses this port"),
+        line.starts_with("brandgate: server.listen: ")
+            && line.contains(&format!("127.0.0.1:{port}"))
+            && line.contains("another process uses this port")
+            && line.contains("set server.listen to a free port"),
         "{err}"
+    );
+}
+
+/// The one line `check-config` prints for a single problem (exit 78), checked to start with
+/// `key` and to be the only line.
+async fn only_problem(env: &TestEnv, config: &str, key: &str) -> String {
+    let (code, out, err) = check(env, config, &[]).await;
+    assert_eq!(code, 78, "{out}{err}");
+    assert_eq!(err.lines().count(), 1, "one line:\n{err}");
+    let line = err.trim_end().to_string();
+    assert!(
+        line.starts_with(&format!("brandgate: {key}: ")),
+        "names {key}: {line}"
+    );
+    line
+}
+
+#[tokio::test]
+async fn a_tls_key_that_is_not_pem_is_one_line() {
+    let env = TestEnv::new();
+    let configured = env.path().join("server.key");
+    let config = |key: &std::path::Path| {
+        env.config("").replace(
+            &configured.display().to_string(),
+            &key.display().to_string(),
+        )
+    };
+    let text = env.secret("not-a-key.pem", "this is not a key\n");
+    let line = only_problem(&env, &config(&text), "server.tls.key").await;
+    assert!(
+        line.contains(&text.display().to_string())
+            && line.contains("holds no PEM private key")
+            && line.contains("openssl pkey -inform DER"),
+        "{line}"
+    );
+    // The usual mix-up: the certificate given as the key.
+    let cert = env.path().join("server.crt");
+    let line = only_problem(&env, &config(&cert), "server.tls.key").await;
+    assert!(
+        line.contains("holds a certificate, not a private key"),
+        "{line}"
+    );
+    // A real key, but not the certificate's.
+    let other = TestCa::new("other").server().write(env.path(), "other");
+    let line = only_problem(&env, &config(&other.1), "server.tls.key").await;
+    assert!(
+        line.contains("is not the key of the certificate in"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_service_account_file_is_one_line() {
+    let env = TestEnv::new();
+    let account = ServiceAccount::new("brand-app-12345", "https://oauth2.googleapis.com/token");
+    // Cut short in the middle of the private key, as a bad copy would be.
+    let cut = account.json.find("MII").unwrap() + 40;
+    let file = env.secret("sa.json", &account.json[..cut]);
+    let config = env.config(&format!(
+        "[[push.apps]]\nid = \"{APP}\"\n[push.apps.auth]\n{}[push.apps.fcm]\nservice_account_file = \"{}\"\n",
+        env.basic_auth(),
+        file.display()
+    ));
+    let line = only_problem(&env, &config, "push.apps[0].fcm.service_account_file").await;
+    assert!(
+        line.contains(&file.display().to_string())
+            && line.contains("is not valid JSON")
+            && line.contains("download the key again"),
+        "{line}"
+    );
+    assert!(
+        !line.contains(&account.json[cut - 30..cut]),
+        "no key material: {line}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_pkcs12_password_is_one_line() {
+    let env = TestEnv::new();
+    let (cert, key) = TestCa::new("Apple (test)")
+        .client("Apple Push Services: com.brand.app", &[APP])
+        .write(env.path(), "push");
+    let right = env.secret("right-password", "right\n");
+    let wrong = env.secret("wrong-password", "wrong\n");
+    let p12 = env.path().join("push.p12");
+    let made = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-in"])
+        .arg(&cert)
+        .arg("-inkey")
+        .arg(&key)
+        .arg("-out")
+        .arg(&p12)
+        .arg("-passout")
+        .arg(format!("file:{}", right.display()))
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    let config = env.config(&format!(
+        "[[push.apps]]\nid = \"{APP}\"\n[push.apps.auth]\n{}[push.apps.apns]\ntopic = \"{APP}\"\npkcs12_file = \"{}\"\npkcs12_password_file = \"{}\"\n",
+        env.basic_auth(),
+        p12.display(),
+        wrong.display()
+    ));
+    let line = only_problem(&env, &config, "push.apps[0].apns.pkcs12_password_file").await;
+    assert!(
+        line.contains(&format!(
+            "the password in {} does not open {}",
+            wrong.display(),
+            p12.display()
+        )),
+        "{line}"
+    );
+    assert!(
+        !line.contains("wrong\n") && !line.contains(": wrong"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn more_than_four_custom_headers_is_one_line() {
+    let env = TestEnv::new();
+    let headers: Vec<String> = (1..=5)
+        .map(|i| {
+            let value = env.secret(&format!("header-{i}"), &format!("value-{i}\n"));
+            format!(
+                "{{ name = \"X-Brand-{i}\", value_file = \"{}\" }}",
+                value.display()
+            )
+        })
+        .collect();
+    let account = ServiceAccount::new("brand-app-12345", "https://oauth2.googleapis.com/token");
+    let account = env.secret("sa.json", &account.json);
+    let config = env.config(&format!(
+        "[[push.apps]]\nid = \"{APP}\"\n[push.apps.auth]\nheaders = [{}]\n[push.apps.fcm]\nservice_account_file = \"{}\"\n",
+        headers.join(", "),
+        account.display()
+    ));
+    let line = only_problem(&env, &config, "push.apps[0].auth.headers").await;
+    assert!(
+        line.contains("5 headers configured") && line.contains("at most 4"),
+        "{line}"
     );
 }
 

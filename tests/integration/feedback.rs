@@ -1,4 +1,5 @@
-//! Dead-token feedback to the brand's webhook: signed, retried, token only on request.
+//! Dead-token feedback to the brand's webhook: signed, retried, token only on request; the
+//! record file and the metric, for APNs and for FCM.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,8 @@ use serde_json::Value;
 
 use crate::support::daemon::Daemon;
 use crate::support::fake_apns;
-use crate::support::{TestEnv, apns, ios_push, platform_auth};
+use crate::support::fake_fcm::{FakeFcm, fcm_error};
+use crate::support::{TestEnv, android_push, apns, ios_push, platform_auth};
 
 const APP: &str = "com.brand.app";
 
@@ -60,6 +62,14 @@ async fn wait_calls(r: &Receiver, n: usize) -> Vec<(HeaderMap, String)> {
     panic!("the webhook never got {n} calls");
 }
 
+fn sha256_hex(data: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn hmac_hex(secret: &[u8], message: &[u8]) -> String {
     use aws_lc_rs::hmac;
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), message);
@@ -101,13 +111,7 @@ async fn dead_tokens_are_posted_signed_and_retried() {
     assert_eq!(record["provider"], "apns");
     assert_eq!(record["reason"], "Unregistered");
     assert_eq!(record["provider_timestamp"], 1_765_000_000);
-    let expected_hash: String =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-    assert_eq!(record["token_sha256"], expected_hash);
+    assert_eq!(record["token_sha256"], sha256_hex(token.as_bytes()));
     assert!(
         record.get("token").is_none(),
         "the token itself only goes out with include_token"
@@ -127,11 +131,18 @@ async fn dead_tokens_are_posted_signed_and_retried() {
         .as_secs();
     assert!(now.abs_diff(t.parse::<u64>().unwrap()) < 60);
 
-    let metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
-    assert!(
-        metrics.contains("brandgate_push_feedback_webhook_total{result=\"ok\"} 1"),
-        "{metrics}"
-    );
+    // Counted once brandgate has read the receiver's answer, which may be after the receiver
+    // recorded the call: wait for it (bounded).
+    let counted = "brandgate_push_feedback_webhook_total{result=\"ok\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
+        if metrics.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
 }
 
 #[tokio::test]
@@ -214,5 +225,84 @@ async fn the_record_file_does_not_wait_for_a_failing_webhook() {
     assert!(
         receiver.calls.lock().unwrap().len() < 12,
         "the webhook is still being retried"
+    );
+}
+
+/// An FCM registration token FCM calls UNREGISTERED is recorded like an APNs one: a line in the
+/// record file (its hash, never the token), the dead-token metric under provider "fcm", and the
+/// signed webhook call.
+#[tokio::test]
+async fn fcm_unregistered_tokens_are_recorded_counted_and_posted() {
+    const FCM_APP: &str = "com.brand.android";
+    let env = TestEnv::new();
+    let fake = FakeFcm::start("brand-app-12345").await;
+    let (url, receiver) = start_receiver(vec![]).await;
+    let secret = env.secret("hook-secret", "whsec-fcm-42\n");
+    let config = env.config(&format!(
+        "[push.feedback.webhook]\nurl = \"{url}\"\nsecret_file = \"{}\"\n{}",
+        secret.display(),
+        env.fcm_app(FCM_APP, &fake, "", &env.basic_auth())
+    ));
+    let daemon = Daemon::start(env.path(), &config).await;
+    let token = "ZmNtLXJlZ2lzdHJhdGlvbi10b2tlbi10aGF0LWRpZWQ";
+    fake.script(
+        token,
+        vec![fcm_error(
+            404,
+            "UNREGISTERED",
+            "Requested entity was not found.",
+        )],
+    );
+    let a = env
+        .client()
+        .post_json(
+            &daemon.url(&format!("/push/{FCM_APP}")),
+            &[("authorization", &platform_auth())],
+            &android_push(token, "x", "c", 1),
+        )
+        .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+
+    let calls = wait_calls(&receiver, 1).await;
+    let (headers, body) = &calls[0];
+    let record: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(record["app"], FCM_APP);
+    assert_eq!(record["provider"], "fcm");
+    assert_eq!(record["reason"], "UNREGISTERED");
+    assert_eq!(record["token_sha256"], sha256_hex(token.as_bytes()));
+    assert!(record.get("token").is_none(), "{body}");
+    let signature = headers["brandgate-signature"].to_str().unwrap();
+    let (t, v1) = signature.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    assert_eq!(
+        v1,
+        hmac_hex(b"whsec-fcm-42", format!("{t}.{body}").as_bytes())
+    );
+
+    // The record file (written beside the webhook call: wait for it, bounded).
+    let path = env.path().join("state/dead-tokens.jsonl");
+    let mut file = String::new();
+    for _ in 0..200 {
+        file = std::fs::read_to_string(&path).unwrap_or_default();
+        if file.lines().count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(file.lines().count(), 1, "{file}");
+    assert!(!file.contains(token), "{file}");
+    let line: Value = serde_json::from_str(file.trim()).unwrap();
+    assert_eq!(line["app"], FCM_APP);
+    assert_eq!(line["provider"], "fcm");
+    assert_eq!(line["reason"], "UNREGISTERED");
+    assert_eq!(line["token_sha256"], sha256_hex(token.as_bytes()));
+    assert!(line["recorded_at"].as_u64().is_some(), "{line}");
+
+    let metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
+    let counted =
+        format!("brandgate_push_dead_tokens_total{{app=\"{FCM_APP}\",provider=\"fcm\"}} 1");
+    assert!(
+        metrics.contains(&counted),
+        "missing {counted} in\n{metrics}"
     );
 }

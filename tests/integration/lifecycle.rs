@@ -1,6 +1,7 @@
 //! The daemon's life under systemd: notifications and the watchdog, reload on SIGHUP (also under
-//! load, also with a bad config), draining on SIGTERM, the TLS versions it speaks, the
-//! development certificate, the ops endpoints, and what its logs must never contain.
+//! load, also with a bad config, also to replace a provider credential), draining on SIGTERM,
+//! the TLS versions it speaks, the development certificate, the ops endpoints, and what its logs
+//! must never contain.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +13,9 @@ use crate::support::client::Client;
 use crate::support::daemon::{Daemon, describe};
 use crate::support::fake::Behaviour;
 use crate::support::fake_apns::FakeApns;
-use crate::support::pki::ApnsKey;
-use crate::support::{TestEnv, apns, ios_push, platform_auth};
+use crate::support::fake_fcm::FakeFcm;
+use crate::support::pki::{ApnsKey, ServiceAccount};
+use crate::support::{TestEnv, android_push, apns, ios_push, platform_auth};
 
 const APP: &str = "com.brand.app";
 
@@ -52,10 +54,12 @@ async fn push(env: &TestEnv, daemon: &Daemon, token: &str, seq: i64) -> u16 {
 async fn systemd_notifications_and_watchdog() {
     let env = TestEnv::new();
     let (fake, key) = apns(APP).await;
+    // WatchdogSec=2s: systemd kills a service whose pings are more than 2 s apart.
+    let interval = Duration::from_secs(2);
     let mut daemon = Daemon::start_with_env(
         env.path(),
         &app_config(&env, &fake, &key, "m", ""),
-        &[("WATCHDOG_USEC", "200000")],
+        &[("WATCHDOG_USEC", &interval.as_micros().to_string())],
     )
     .await;
     let ready = &daemon.notifications()[0];
@@ -63,9 +67,20 @@ async fn systemd_notifications_and_watchdog() {
         ready.contains("READY=1") && ready.contains("STATUS=listening on https://"),
         "{ready}"
     );
-    // Pinged at half the interval: several pings arrive (each wait is bounded by the daemon helper).
-    for _ in 0..3 {
-        daemon.wait_notification("WATCHDOG=1").await;
+    // Pinged at half the interval, so one late ping is not yet a kill: consecutive pings come
+    // at most 0.6 of the interval apart (0.5 plus room for scheduling on a loaded machine).
+    // Each wait is bounded by the daemon helper.
+    let mut pings = Vec::new();
+    for _ in 0..5 {
+        pings.push(daemon.wait_notification_timed("WATCHDOG=1").await.0);
+    }
+    let limit = interval.mul_f64(0.6);
+    for pair in pings.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap <= limit,
+            "watchdog pings {gap:?} apart (limit {limit:?})"
+        );
     }
     daemon.signal(libc::SIGHUP);
     let reloading = daemon.wait_notification("RELOADING=1").await;
@@ -242,6 +257,69 @@ async fn sigterm_drains_in_flight_pushes_then_exits_cleanly() {
     assert!(tokio::net::TcpStream::connect(daemon.public).await.is_err());
 }
 
+/// A push goes on when its caller hangs up, so that the platform's re-send is answered as a
+/// duplicate instead of reaching the phone twice; SIGTERM must then wait for that push too, not
+/// only for the connections still open.
+#[tokio::test]
+async fn sigterm_waits_for_a_push_whose_caller_hung_up() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &key, "m", "")).await;
+    fake.script(
+        "cf01",
+        vec![Behaviour::Delay(
+            Duration::from_secs(3),
+            Box::new(Behaviour::Ok),
+        )],
+    );
+    // An HTTP/2 connection of our own, so that hanging up is a real close of the socket.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(env.ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(daemon.public).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::post(daemon.url(&format!("/push/{APP}")))
+        .header("authorization", platform_auth())
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            ios_push("cf01", "x", "c", 1).to_string(),
+        )))
+        .unwrap();
+    let caller = tokio::spawn(async move { sender.send_request(request).await });
+    daemon.wait_in_flight(1).await;
+    // The caller hangs up: the connection's task ends, which closes the socket.
+    caller.abort();
+    driver.abort();
+    let _ = driver.await;
+
+    let logs = daemon.stop().await;
+    assert_eq!(
+        fake.delivered_to("cf01").len(),
+        1,
+        "the push reached APNs before the exit"
+    );
+    assert!(
+        logs.contains("push delivered"),
+        "the push finished before the exit:\n{logs}"
+    );
+}
+
 #[tokio::test]
 async fn the_grace_period_bounds_the_drain() {
     let env = TestEnv::new();
@@ -373,6 +451,41 @@ async fn a_development_certificate_is_generated_when_none_is_configured() {
         std::fs::read_to_string(state.join("dev-tls/cert.pem")).unwrap(),
         cert
     );
+}
+
+/// The README's first command: `serve` on the shipped config, with only the addresses and the
+/// state directory overridden through the environment. It must become ready on its own,
+/// generating its development certificate and (the identity bridge is on as shipped) its store
+/// and signing key.
+#[tokio::test]
+async fn the_shipped_config_serves_as_the_readme_says() {
+    let env = TestEnv::new();
+    let state = env.path().join("state");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/brandgate.toml");
+    let mut daemon = Daemon::start_with_config_file(
+        env.path(),
+        &shipped,
+        &[
+            ("BRANDGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("BRANDGATE_OPS__LISTEN", "127.0.0.1:0"),
+            ("BRANDGATE_SERVER__STATE_DIR", state.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let ready = Client::http1("").get(&daemon.ops_url("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["ready"], true, "{}", ready.body);
+    daemon
+        .wait_log("generated a self-signed development certificate")
+        .await;
+    // The generated certificate is the one served: trusting exactly it, the handshake works.
+    let cert = std::fs::read_to_string(state.join("dev-tls/cert.pem")).unwrap();
+    let client = Client::new(&cert);
+    assert_eq!(client.get(&daemon.url("/push/x")).await.status, 405);
+    let jwks = client.get(&daemon.url("/.well-known/jwks.json")).await;
+    assert_eq!(jwks.status, 200, "{}", jwks.body);
+    assert_eq!(jwks.json()["keys"].as_array().map(Vec::len), Some(1));
+    daemon.stop().await;
 }
 
 #[tokio::test]
@@ -531,6 +644,87 @@ async fn reload_reads_credentials_again() {
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
+}
+
+/// The operator put the wrong `.p8` key in place; APNs refuses it. Fixing the file and reloading
+/// (no restart) builds the APNs client again from the new key.
+#[tokio::test]
+async fn reload_replaces_a_refused_apns_key() {
+    let env = TestEnv::new();
+    let (fake, right) = apns(APP).await;
+    let wrong = ApnsKey::new();
+    let mut daemon = Daemon::start(env.path(), &app_config(&env, &fake, &wrong, "m", "")).await;
+    let url = daemon.url(&format!("/push/{APP}"));
+    let push = |seq| {
+        let (client, url) = (env.client(), url.clone());
+        async move {
+            client
+                .post_json(
+                    &url,
+                    &[("authorization", &platform_auth())],
+                    &ios_push("ef01", "x", "c", seq),
+                )
+                .await
+        }
+    };
+    let refused = push(1).await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert_eq!(refused.json()["reason"], "InvalidProviderToken");
+
+    // Same path, right content; the config file itself does not change.
+    env.secret(&format!("apns-{APP}.p8"), &right.p8_pem);
+    daemon.reload().await;
+    daemon.wait_log("configuration reloaded").await;
+    let delivered = push(2).await;
+    assert_eq!(delivered.status, 200, "{}", delivered.body);
+    assert_eq!(fake.delivered_to("ef01").len(), 1);
+    let ready = env.client().get(&daemon.ops_url("/readyz")).await.json();
+    assert_eq!(ready["checks"]["push"]["degraded"], serde_json::json!({}));
+}
+
+/// The same for FCM: a service-account file with the wrong key is refused by the token
+/// endpoint; the fixed file is used after a reload.
+#[tokio::test]
+async fn reload_replaces_a_refused_fcm_service_account() {
+    const FCM_APP: &str = "com.brand.android";
+    const TOKEN: &str = "fcm-registration-token-ef02";
+    let env = TestEnv::new();
+    let fake = FakeFcm::start("brand-app-12345").await;
+    let config = env.config(&env.fcm_app(FCM_APP, &fake, "", &env.basic_auth()));
+    // Same project, e-mail and token_uri as the real account, another private key.
+    let wrong = ServiceAccount::new("brand-app-12345", &format!("{}/token", fake.url()));
+    let account_file = format!("fcm-{FCM_APP}.json");
+    env.secret(&account_file, &wrong.json);
+    let mut daemon = Daemon::start(env.path(), &config).await;
+    let url = daemon.url(&format!("/push/{FCM_APP}"));
+    let push = |seq| {
+        let (client, url) = (env.client(), url.clone());
+        async move {
+            client
+                .post_json(
+                    &url,
+                    &[("authorization", &platform_auth())],
+                    &android_push(TOKEN, "x", "c", seq),
+                )
+                .await
+        }
+    };
+    let refused = push(1).await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert_eq!(refused.json()["reason"], "oauth_refused");
+    assert_eq!(fake.token_calls(), 1);
+
+    env.secret(&account_file, &fake.account.json);
+    daemon.reload().await;
+    daemon.wait_log("configuration reloaded").await;
+    let delivered = push(2).await;
+    assert_eq!(delivered.status, 200, "{}", delivered.body);
+    assert_eq!(fake.delivered_to(TOKEN).len(), 1);
+    assert_eq!(
+        fake.token_calls(),
+        2,
+        "the new file's key asked for a token"
+    );
 }
 
 #[tokio::test]

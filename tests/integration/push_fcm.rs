@@ -1,5 +1,6 @@
 //! The push proxy towards FCM HTTP v1: service-account OAuth against the fake token endpoint,
-//! what the send carries, and how FCM's errors map back to the platform.
+//! what the send carries, how FCM's errors map back to the platform, and what the log must
+//! never hold.
 
 use serde_json::Value;
 
@@ -236,4 +237,89 @@ async fn a_dropped_fcm_connection_is_retried() {
     let answer = w.push(&android_push("t-reset", "x", "c", 1)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(w.fake.delivered_to("t-reset").len(), 1);
+}
+
+/// The FCM side of the log rules: at debug level, across deliveries, a dead token, a refused
+/// push, a revoked access token and a failed caller, the log never holds the message text, a
+/// full registration token, an access token, the signed OAuth assertion or the service
+/// account's private key.
+#[tokio::test]
+async fn logs_never_hold_fcm_text_tokens_or_secrets() {
+    let mut w = world("").await;
+    let text = "The-Real-Android-Text-4711";
+    let dead = "dGhpcy1yZWdpc3RyYXRpb24tdG9rZW4taXMtZGVhZA";
+    let refused = "cmVmdXNlZC1yZWdpc3RyYXRpb24tdG9rZW4tMDAx";
+    w.fake.script(
+        dead,
+        vec![fcm_error(
+            404,
+            "UNREGISTERED",
+            "Requested entity was not found.",
+        )],
+    );
+    w.fake.script(
+        refused,
+        vec![fcm_error(
+            401,
+            "THIRD_PARTY_AUTH_ERROR",
+            "Auth error from APNS or Web Push Service",
+        )],
+    );
+    assert_eq!(w.push(&android_push(TOKEN, text, "c", 1)).await.status, 200);
+    assert_eq!(w.push(&android_push(dead, text, "c", 2)).await.status, 403);
+    assert_eq!(
+        w.push(&android_push(refused, text, "c", 3)).await.status,
+        500
+    );
+    // FCM stops accepting the access token: brandgate fetches another (and logs why).
+    w.fake.revoke_tokens();
+    assert_eq!(w.push(&android_push(TOKEN, text, "c", 4)).await.status, 200);
+    let wrong = crate::support::client::basic(crate::support::PLATFORM_USER, "n0pe-n0pe");
+    let a = w
+        .env
+        .client()
+        .post_json(
+            &w.daemon.url(&format!("/push/{APP}")),
+            &[("authorization", &wrong)],
+            &android_push(TOKEN, text, "c", 5),
+        )
+        .await;
+    assert_eq!(a.status, 401);
+    let logs = w.daemon.stop().await;
+
+    let access_tokens = w.fake.issued_tokens();
+    assert_eq!(
+        access_tokens.len(),
+        2,
+        "a token before and after the revocation"
+    );
+    let assertions = w.fake.assertions();
+    let account: Value = serde_json::from_str(&w.fake.account.json).unwrap();
+    let private_key = account["private_key"].as_str().unwrap();
+    let mut secrets: Vec<&str> = vec![
+        text,
+        TOKEN,
+        dead,
+        refused,
+        crate::support::PLATFORM_PASSWORD,
+        "n0pe-n0pe",
+        wrong.trim_start_matches("Basic "),
+    ];
+    secrets.extend(access_tokens.iter().map(String::as_str));
+    secrets.extend(assertions.iter().map(String::as_str));
+    // Every line of the key's base64, not only the first.
+    secrets.extend(
+        private_key
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 16),
+    );
+    for secret in secrets {
+        assert!(!logs.contains(secret), "the log holds {secret:?}:\n{logs}");
+    }
+    // What the log does say: the shortened token and FCM's reason.
+    assert!(
+        logs.contains(&format!("{}…#", &dead[..8])) && logs.contains("UNREGISTERED"),
+        "{logs}"
+    );
+    assert!(logs.lines().all(|l| !l.is_empty()), "one event per line");
 }

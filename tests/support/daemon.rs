@@ -24,8 +24,9 @@ pub struct Daemon {
     pub ops: SocketAddr,
     pub config_path: PathBuf,
     notify: UnixDatagram,
-    /// Every notification received so far, in order.
+    /// Every notification received so far, in order, with when the test received it.
     notifications: Vec<String>,
+    received_at: Vec<Instant>,
     log: Arc<Mutex<String>>,
     /// Set when the log pipe closed (the process is gone and every line was read).
     log_closed: Arc<std::sync::atomic::AtomicBool>,
@@ -39,6 +40,17 @@ impl Daemon {
     pub async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let config_path = dir.join("brandgate.toml");
         std::fs::write(&config_path, config).unwrap();
+        Self::start_with_config_file(dir, &config_path, env).await
+    }
+
+    /// Starts on a config file that is already there (such as the shipped one); `dir` holds
+    /// the notification socket.
+    pub async fn start_with_config_file(
+        dir: &Path,
+        config_path: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let config_path = config_path.to_path_buf();
         let socket_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket_path);
         let notify = UnixDatagram::bind(&socket_path).unwrap();
@@ -81,6 +93,7 @@ impl Daemon {
             config_path,
             notify,
             notifications: Vec::new(),
+            received_at: Vec::new(),
             log,
             log_closed,
         };
@@ -94,6 +107,12 @@ impl Daemon {
 
     /// Waits for the next notification containing `needle` (after the ones already seen).
     pub async fn wait_notification(&mut self, needle: &str) -> String {
+        self.wait_notification_timed(needle).await.1
+    }
+
+    /// [`Daemon::wait_notification`], also returning when the datagram was received (read as
+    /// soon as it arrives while a wait is running; for checking the watchdog's rhythm).
+    pub async fn wait_notification_timed(&mut self, needle: &str) -> (Instant, String) {
         let deadline = Instant::now() + READY_LIMIT;
         let mut buf = vec![0u8; 4096];
         loop {
@@ -113,10 +132,12 @@ impl Daemon {
             // Short slices so an early exit is noticed; the datagram itself ends the wait.
             let slice = left.min(Duration::from_millis(200));
             if let Ok(Ok(n)) = tokio::time::timeout(slice, self.notify.recv(&mut buf)).await {
+                let at = Instant::now();
                 let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
                 self.notifications.push(msg.clone());
+                self.received_at.push(at);
                 if msg.contains(needle) {
-                    return msg;
+                    return (at, msg);
                 }
             }
         }

@@ -29,6 +29,10 @@ struct State {
     client_email: Mutex<String>,
     token_uri: Mutex<String>,
     issued: Mutex<HashSet<String>>,
+    /// Every access token issued, revoked ones included.
+    ever_issued: Mutex<Vec<String>>,
+    /// Every JWT-bearer assertion presented to the token endpoint.
+    assertions: Mutex<Vec<String>>,
     token_calls: AtomicUsize,
     token_lifetime: std::sync::atomic::AtomicU64,
     token_script: Script,
@@ -53,6 +57,8 @@ impl FakeFcm {
             client_email: Mutex::new(String::new()),
             token_uri: Mutex::new(String::new()),
             issued: Mutex::new(HashSet::new()),
+            ever_issued: Mutex::new(Vec::new()),
+            assertions: Mutex::new(Vec::new()),
             token_calls: AtomicUsize::new(0),
             token_lifetime: std::sync::atomic::AtomicU64::new(3599),
             token_script: Script::default(),
@@ -104,6 +110,16 @@ impl FakeFcm {
     /// The `expires_in` the token endpoint answers from now on (seconds).
     pub fn set_token_lifetime(&self, seconds: u64) {
         self.state.token_lifetime.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Every access token the token endpoint issued (for checking they are never logged).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.ever_issued.lock().unwrap().clone()
+    }
+
+    /// Every signed assertion brandgate presented to the token endpoint.
+    pub fn assertions(&self) -> Vec<String> {
+        self.state.assertions.lock().unwrap().clone()
     }
 
     pub fn token_calls(&self) -> usize {
@@ -270,6 +286,7 @@ async fn token_endpoint(
     let Some(assertion) = get("assertion") else {
         return refuse("invalid_request");
     };
+    state.assertions.lock().unwrap().push(assertion.clone());
     let key = jsonwebtoken::DecodingKey::from_rsa_pem(state.public_pem.lock().unwrap().as_bytes())
         .unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
@@ -303,6 +320,7 @@ async fn token_endpoint(
     }
     let access = format!("ya29.fake-{}", uuid::Uuid::new_v4());
     state.issued.lock().unwrap().insert(access.clone());
+    state.ever_issued.lock().unwrap().push(access.clone());
     fake::json(
         200,
         &json!({"access_token": access, "expires_in": state.token_lifetime.load(Ordering::SeqCst), "token_type": "Bearer"}),
