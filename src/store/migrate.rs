@@ -30,6 +30,38 @@ const SQLITE: &[(i64, &str)] = &[
         );
         CREATE INDEX pending_grants_by_expiry ON pending_grants (expires_at)",
     ),
+    (
+        3,
+        "CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            is_open INTEGER NOT NULL,
+            agent_id TEXT,
+            skill TEXT,
+            created_at INTEGER NOT NULL,
+            closed_at INTEGER,
+            last_seq INTEGER NOT NULL
+        );
+        CREATE UNIQUE INDEX one_open_conversation_per_consumer
+            ON conversations (account, consumer_id) WHERE is_open;
+        CREATE INDEX conversations_by_consumer ON conversations (account, consumer_id, created_at);
+        CREATE INDEX conversations_by_agent ON conversations (agent_id) WHERE is_open;
+        CREATE TABLE events (
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            seq INTEGER NOT NULL,
+            event_id TEXT NOT NULL UNIQUE,
+            originator_id TEXT NOT NULL,
+            originator_role TEXT NOT NULL,
+            client_event_id TEXT,
+            sealed BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, seq)
+        );
+        CREATE UNIQUE INDEX events_by_client_id
+            ON events (conversation_id, originator_id, client_event_id)
+            WHERE client_event_id IS NOT NULL",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -53,6 +85,38 @@ const POSTGRES: &[(i64, &str)] = &[
             expires_at BIGINT NOT NULL
         );
         CREATE INDEX pending_grants_by_expiry ON pending_grants (expires_at)",
+    ),
+    (
+        3,
+        "CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            is_open BOOLEAN NOT NULL,
+            agent_id TEXT,
+            skill TEXT,
+            created_at BIGINT NOT NULL,
+            closed_at BIGINT,
+            last_seq BIGINT NOT NULL
+        );
+        CREATE UNIQUE INDEX one_open_conversation_per_consumer
+            ON conversations (account, consumer_id) WHERE is_open;
+        CREATE INDEX conversations_by_consumer ON conversations (account, consumer_id, created_at);
+        CREATE INDEX conversations_by_agent ON conversations (agent_id) WHERE is_open;
+        CREATE TABLE events (
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            seq BIGINT NOT NULL,
+            event_id TEXT NOT NULL UNIQUE,
+            originator_id TEXT NOT NULL,
+            originator_role TEXT NOT NULL,
+            client_event_id TEXT,
+            sealed BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (conversation_id, seq)
+        );
+        CREATE UNIQUE INDEX events_by_client_id
+            ON events (conversation_id, originator_id, client_event_id)
+            WHERE client_event_id IS NOT NULL",
     ),
 ];
 

@@ -25,6 +25,7 @@ macro_rules! on_pool {
 
 mod grants;
 pub mod migrate;
+pub mod relay;
 pub mod seal;
 
 use std::path::Path;
@@ -41,6 +42,8 @@ use sqlx::sqlite::{
 pub enum StoreError {
     #[error("already exists")]
     Conflict,
+    #[error("no such record")]
+    NotFound,
     #[error("the database cannot be used: {0}")]
     Unavailable(String),
     #[error(

@@ -2,6 +2,7 @@
 //! way against SQLite and against the PostgreSQL server on 127.0.0.1:5432 (a database of its
 //! own per run; under CI it must not be skipped, see `support::postgres`).
 
+use brandgate::store::relay::{Appended, ConversationRow, NewEvent};
 use brandgate::store::{SigningKeyRow, Store, StoreError, StoreOptions, migrate};
 
 fn key(kid: &str, activates_at: i64) -> SigningKeyRow {
@@ -79,6 +80,7 @@ async fn conforms(store: &Store) {
     assert_eq!(store.list_signing_keys().await.unwrap().len(), 2);
 
     grants_conform(store).await;
+    relay_conforms(store).await;
 
     // Migrations are idempotent, and a database from a newer brandgate is refused.
     migrate::run(store).await.unwrap();
@@ -167,6 +169,145 @@ async fn grants_conform(store: &Store) {
         store.take_pending_grant("login:c", 0).await.unwrap(),
         Some(vec![1])
     );
+}
+
+fn conversation(id: &str, consumer: &str) -> ConversationRow {
+    ConversationRow {
+        id: id.into(),
+        account: "acct".into(),
+        consumer_id: consumer.into(),
+        open: true,
+        agent_id: None,
+        skill: None,
+        created_at: 1_000,
+        closed_at: None,
+        last_seq: -1,
+    }
+}
+
+fn new_event<'a>(conv: &'a str, event_id: &'a str, client: Option<&'a str>) -> NewEvent<'a> {
+    NewEvent {
+        conversation_id: conv,
+        event_id,
+        originator_id: "consumer-1",
+        originator_role: "CONSUMER",
+        client_event_id: client,
+        sealed: b"sealed",
+        created_at: 2_000,
+    }
+}
+
+/// Conversations and events: one open conversation per consumer, gapless sequences under
+/// concurrency, idempotent re-sends, no events in closed conversations.
+async fn relay_conforms(store: &Store) {
+    store
+        .create_conversation(&conversation("c1", "u1"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_conversation(&conversation("c2", "u1")).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store.get_open_conversation("acct", "u1").await.unwrap(),
+        Some(conversation("c1", "u1"))
+    );
+    assert_eq!(
+        store.get_open_conversation("other", "u1").await.unwrap(),
+        None
+    );
+
+    // Twenty writers at once: sequences 0..20, each once.
+    let ids: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+    let writers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let store = store.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                store
+                    .append_event(&new_event("c1", &id, None))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for w in writers {
+        let appended = w.await.unwrap();
+        assert!(appended.created);
+        seqs.push(appended.seq);
+    }
+    seqs.sort();
+    assert_eq!(seqs, (0..20).collect::<Vec<i64>>());
+
+    // A re-send with the same client event id gets its first sequence back, stores nothing.
+    let first = store
+        .append_event(&new_event("c1", "x1", Some("client-7")))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Appended {
+            seq: 20,
+            created: true
+        }
+    );
+    let again = store
+        .append_event(&new_event("c1", "x2", Some("client-7")))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Appended {
+            seq: 20,
+            created: false
+        }
+    );
+    let next = store
+        .append_event(&new_event("c1", "x3", None))
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 21, "the re-send used no sequence");
+
+    // Listed in order from a sequence, as written.
+    let listed = store.list_events("c1", 19, 100).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [19, 20, 21]
+    );
+    assert_eq!(listed[1].client_event_id.as_deref(), Some("client-7"));
+    assert_eq!(listed[1].event_id, "x1");
+    assert_eq!(listed[1].sealed, b"sealed");
+    assert_eq!(store.list_events("c1", 0, 5).await.unwrap().len(), 5);
+
+    // Closing: once; no events after; then the consumer may open a new one.
+    assert!(store.close_conversation("c1", 3_000).await.unwrap());
+    assert!(!store.close_conversation("c1", 3_001).await.unwrap());
+    assert!(matches!(
+        store.append_event(&new_event("c1", "late", None)).await,
+        Err(StoreError::NotFound)
+    ));
+    let closed = store.get_conversation("c1").await.unwrap().unwrap();
+    assert!(!closed.open);
+    assert_eq!(closed.closed_at, Some(3_000));
+    assert_eq!(closed.last_seq, 21);
+    let mut later = conversation("c3", "u1");
+    later.created_at = 5_000;
+    store.create_conversation(&later).await.unwrap();
+    let list = store
+        .list_consumer_conversations("acct", "u1", 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        list.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["c3", "c1"],
+        "newest first"
+    );
+    assert!(matches!(
+        store.append_event(&new_event("missing", "m", None)).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[tokio::test]
