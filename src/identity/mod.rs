@@ -4,7 +4,8 @@
 //! platform expects (OpenID discovery, JWKS, one-line PEM).
 //!
 //! The door is [`IdentityService`]: [`IdentityService::router`] for the listener,
-//! [`IdentityService::mint`] for the rest of the process. Inside:
+//! [`IdentityService::mint`] and [`IdentityService::verify_consumer`] for the rest of the
+//! process. Inside:
 //! - `upstream`: brandgate as relying party of the brand's provider (the only code that talks
 //!   to it or holds its client secret);
 //! - `login` (`/login`, `/callback`), `token` (`/oauth/token`, the platform's code exchange),
@@ -13,7 +14,7 @@
 //! - `claims`: the subject rule and the claim mapping; `callers`: who may ask for tokens;
 //!   `grants`: single-use states and codes, sealed in the store;
 //! - `keys` manages the ring (it makes and seals key material); `mint` is the only code that
-//!   opens a private key and signs.
+//!   opens a private key and signs; `verify` checks the consumer tokens it signed.
 
 mod callers;
 mod claims;
@@ -26,6 +27,7 @@ mod metrics;
 mod mint;
 mod token;
 pub mod upstream;
+mod verify;
 mod web;
 
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use keys::{Algorithm, KeyRing, KeyState, RingKey, RingSettings};
 pub use metrics::IdentityMetrics;
 pub use mint::{Claims, MintError, Minted};
+pub use verify::{ConsumerIdentity, VerifyError};
 
 use crate::clock::Clock;
 use crate::config::{IdentityConfig, Problems};
@@ -67,6 +70,9 @@ struct Inner {
     live: std::sync::RwLock<Arc<Prepared>>,
     grants: grants::Grants,
     metrics: IdentityMetrics,
+    /// Public keys of the ring, parsed, for checking consumer tokens.
+    verify_keys: verify::KeyCache,
+    clock: Arc<dyn Clock>,
 }
 
 /// What the identity bridge reads from files before it can start (and again on reload):
@@ -133,8 +139,10 @@ impl IdentityService {
                 logins: SourceLimiter::default(),
                 failures: SourceLimiter::default(),
                 live: std::sync::RwLock::new(Arc::new(prepared)),
-                grants: grants::Grants::new(store, data_keys, clock),
+                grants: grants::Grants::new(store, data_keys, clock.clone()),
                 metrics,
+                verify_keys: verify::KeyCache::default(),
+                clock,
             }),
         })
     }

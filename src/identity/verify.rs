@@ -1,0 +1,229 @@
+//! Checks the consumer identity tokens brandgate minted itself, for the rest of the process
+//! (the relay's consumers): signed by a key the ring publishes now (next, active or retired,
+//! so a token outlives its key's retirement), with the algorithm of that key, `iss` this
+//! issuer, `aud` the configured audience, and `exp` (and `iat`) within the leeway.
+//!
+//! The verdict says which check failed, never anything from the token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use super::IdentityService;
+use super::keys::Algorithm;
+
+/// Longest token accepted (the platform's own limit for a consumer JWT).
+pub const MAX_TOKEN: usize = 2048;
+
+/// Who a token says the consumer is, once checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerIdentity {
+    pub subject: String,
+    pub expires_at: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("not a token brandgate issued")]
+    Malformed,
+    #[error("signed by a key brandgate does not publish")]
+    UnknownKey,
+    #[error("expired")]
+    Expired,
+    #[error("fails a check: {0}")]
+    Invalid(&'static str),
+    #[error("the key ring cannot be read")]
+    Unavailable,
+}
+
+#[derive(Deserialize)]
+struct TokenClaims {
+    sub: String,
+    exp: u64,
+}
+
+/// Parsed public keys by kid (parsing a JWK costs more than a signature check).
+#[derive(Default)]
+pub(super) struct KeyCache(Mutex<HashMap<String, (Algorithm, jsonwebtoken::DecodingKey)>>);
+
+impl IdentityService {
+    /// Checks a consumer token brandgate minted.
+    pub async fn verify_consumer(&self, token: &str) -> Result<ConsumerIdentity, VerifyError> {
+        if token.len() > MAX_TOKEN {
+            return Err(VerifyError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        let kid = header.kid.ok_or(VerifyError::Malformed)?;
+        let (algorithm, key) = self.public_key(&kid).await?;
+        let alg = match algorithm {
+            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        };
+        // The key's own algorithm, never the header's choice.
+        if header.alg != alg {
+            return Err(VerifyError::Invalid("algorithm"));
+        }
+        let config = &self.inner.config;
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.leeway = config.leeway.0.as_secs();
+        validation.set_issuer(&[self.inner.mint.issuer()]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        // Expiry is checked below against the injected clock.
+        validation.validate_exp = false;
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => VerifyError::Expired,
+                ErrorKind::InvalidIssuer => VerifyError::Invalid("issuer"),
+                ErrorKind::InvalidAudience => VerifyError::Invalid("audience"),
+                ErrorKind::InvalidSignature => VerifyError::Invalid("signature"),
+                ErrorKind::ImmatureSignature => VerifyError::Invalid("not valid yet"),
+                _ => VerifyError::Invalid("claims"),
+            }
+        })?;
+        if data.claims.sub.is_empty() {
+            return Err(VerifyError::Invalid("subject"));
+        }
+        let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(data.claims.exp);
+        if expires_at + config.leeway.0 <= self.inner.clock.now() {
+            return Err(VerifyError::Expired);
+        }
+        Ok(ConsumerIdentity {
+            subject: data.claims.sub,
+            expires_at,
+        })
+    }
+
+    /// The published key `kid`, parsed once.
+    async fn public_key(
+        &self,
+        kid: &str,
+    ) -> Result<(Algorithm, jsonwebtoken::DecodingKey), VerifyError> {
+        let cache = &self.inner.verify_keys.0;
+        if let Some(found) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(kid) {
+            return Ok(found.clone());
+        }
+        let view = self
+            .inner
+            .ring
+            .view()
+            .await
+            .map_err(|_| VerifyError::Unavailable)?;
+        let row = view
+            .iter()
+            .find(|k| k.row.kid == kid)
+            .ok_or(VerifyError::UnknownKey)?;
+        let algorithm = Algorithm::parse(&row.row.algorithm).ok_or(VerifyError::UnknownKey)?;
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_str(&row.row.public_jwk).map_err(|_| VerifyError::UnknownKey)?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| VerifyError::UnknownKey)?;
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kid.to_string(), (algorithm, key.clone()));
+        Ok((algorithm, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::fake::FakeClock;
+    use crate::config::IdentityConfig;
+    use crate::identity::{Claims, IdentityMetrics};
+    use crate::store::Store;
+    use crate::store::seal::DataKeys;
+
+    async fn service(dir: &std::path::Path, clock: Arc<FakeClock>) -> IdentityService {
+        let config: IdentityConfig = serde_json::from_value(serde_json::json!({
+            "issuer": "https://id.brand.example", "audience": "platform"
+        }))
+        .unwrap();
+        let prepared = IdentityService::prepare(&config, false, clock.clone()).unwrap();
+        IdentityService::start(
+            &config,
+            prepared,
+            Store::open_temporary(dir).await,
+            Arc::new(DataKeys::generate_for_test()),
+            clock,
+            IdentityMetrics::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn claims(lifetime: u64) -> Claims {
+        Claims {
+            subject: "consumer-1".into(),
+            audience: Some("platform".into()),
+            lifetime: Duration::from_secs(lifetime),
+            profile: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn own_tokens_verify_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let s = service(dir.path(), clock.clone()).await;
+        let token = s.mint(&claims(600)).await.unwrap().jwt;
+        let who = s.verify_consumer(&token).await.unwrap();
+        assert_eq!(who.subject, "consumer-1");
+        // Past its lifetime and the 60 s leeway: expired, by the injected clock.
+        clock.advance(Duration::from_secs(600 + 59));
+        assert!(s.verify_consumer(&token).await.is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.verify_consumer(&token).await, Err(VerifyError::Expired));
+    }
+
+    #[tokio::test]
+    async fn foreign_altered_or_mistargeted_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let s = service(dir.path(), clock.clone()).await;
+        let other = service(other_dir.path(), clock.clone()).await;
+
+        // Signed by another brandgate's ring.
+        let foreign = other.mint(&claims(600)).await.unwrap().jwt;
+        assert_eq!(
+            s.verify_consumer(&foreign).await,
+            Err(VerifyError::UnknownKey)
+        );
+
+        // The payload changed after signing.
+        let token = s.mint(&claims(600)).await.unwrap().jwt;
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"iss":"https://id.brand.example","sub":"someone-else","aud":"platform","exp":9999999999}"#,
+        );
+        parts[1] = &forged;
+        assert_eq!(
+            s.verify_consumer(&parts.join(".")).await,
+            Err(VerifyError::Invalid("signature"))
+        );
+
+        // Another audience.
+        let mut wrong_aud = claims(600);
+        wrong_aud.audience = Some("someone".into());
+        let token = s.mint(&wrong_aud).await.unwrap().jwt;
+        assert_eq!(
+            s.verify_consumer(&token).await,
+            Err(VerifyError::Invalid("audience"))
+        );
+
+        assert_eq!(s.verify_consumer("abc").await, Err(VerifyError::Malformed));
+        let huge = format!("{}.{}.x", "a".repeat(1500), "b".repeat(1500));
+        assert_eq!(s.verify_consumer(&huge).await, Err(VerifyError::Malformed));
+    }
+}
