@@ -33,6 +33,7 @@ use crate::config::{Config, IdentityConfig, Problems};
 use crate::identity::{IdentityMetrics, IdentityService, KeyRing};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, Delivery, Provider, PushService};
+use crate::relay::RelayService;
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreOptions};
 use crate::tls::{self, Peer, PeerIdentity};
@@ -216,7 +217,11 @@ impl Public {
 }
 
 /// Every role's routes on the public listener, and JSON answers for what none of them serves.
-fn public_router(push: &PushService, identity: Option<&IdentityService>) -> Router {
+fn public_router(
+    push: &PushService,
+    identity: Option<&IdentityService>,
+    relay: Option<&RelayService>,
+) -> Router {
     fn refusal(status: http::StatusCode, message: &str) -> axum::response::Response {
         use axum::response::IntoResponse;
         (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
@@ -224,6 +229,9 @@ fn public_router(push: &PushService, identity: Option<&IdentityService>) -> Rout
     let mut router = push.router();
     if let Some(identity) = identity {
         router = router.merge(identity.router());
+    }
+    if let Some(relay) = relay {
+        router = router.merge(relay.router());
     }
     router
         .method_not_allowed_fallback(|| async {
@@ -338,7 +346,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         tracing::warn!("{w}");
     }
 
-    let identity = match &config.identity {
+    let (identity, relay) = match &config.identity {
         Some(id_config) => {
             let prepared = IdentityService::prepare(
                 id_config,
@@ -349,16 +357,25 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             let service = IdentityService::start(
                 id_config,
                 prepared,
-                store,
-                data_keys,
+                store.clone(),
+                data_keys.clone(),
                 crate::clock::system(),
                 IdentityMetrics::register(&mut registry),
             )
             .await
             .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
-            Some(service)
+            let relay = config.relay.as_ref().map(|relay_config| {
+                RelayService::new(
+                    relay_config,
+                    service.clone(),
+                    store,
+                    data_keys,
+                    crate::clock::system(),
+                )
+            });
+            (Some(service), relay)
         }
-        None => None,
+        None => (None, None),
     };
 
     let public_listener = bind(config.server.listen, "server.listen").await?;
@@ -373,7 +390,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     let public = Arc::new(Public {
         tls: RwLock::new(server_tls.config),
-        router: public_router(&push, identity.as_ref()),
+        router: public_router(&push, identity.as_ref(), relay.as_ref()),
         http: http_builder(&config),
         handshake_timeout: config.server.handshake_timeout.0,
         idle_timeout: config.server.idle_timeout.0,
@@ -442,6 +459,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     stop_accepting.cancel();
     let _ = accept.await;
     close_connections.cancel();
+    if let Some(relay) = &relay {
+        relay.shutdown();
+    }
     connections.close();
     let grace = config.server.shutdown_grace.0;
     // Pushes run detached from their connection (a caller that hung up does not cancel its
@@ -617,7 +637,7 @@ fn reload(
 }
 
 /// Settings bound at start-up (listeners, limits baked into the listener, logging).
-fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 11] {
+fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 12] {
     let (o, n) = (&old.server, &new.server);
     [
         ("server.listen", o.listen != n.listen),
@@ -649,6 +669,10 @@ fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str,
             "identity (issuer, audience, lifetimes, algorithm, keys, anonymous, callback path)",
             old.identity.as_ref().map(IdentityConfig::bound_at_start)
                 != new.identity.as_ref().map(IdentityConfig::bound_at_start),
+        ),
+        (
+            "relay",
+            format!("{:?}", old.relay) != format!("{:?}", new.relay),
         ),
         (
             "log",

@@ -20,7 +20,9 @@ use serde::Deserialize;
 use crate::duration::Span;
 
 mod identity;
+mod relay;
 pub use identity::*;
+pub use relay::RelayConfig;
 
 /// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +101,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The identity bridge; off when the section is absent.
     pub identity: Option<IdentityConfig>,
+    /// The self-hosted relay; off when the section is absent. Needs `[identity]`.
+    pub relay: Option<RelayConfig>,
 }
 
 /// Where brandgate keeps what must outlive a restart (the signing key ring today).
@@ -654,6 +658,15 @@ impl Config {
         }
         if let Some(id) = &self.identity {
             id.check_shape(&mut p);
+        }
+        if let Some(relay) = &self.relay {
+            relay.check_shape(&mut p);
+            if self.identity.is_none() {
+                p.push(
+                    "relay",
+                    "needs [identity]: consumers connect with the tokens it mints",
+                );
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, app) in push.apps.iter().enumerate() {

@@ -9,6 +9,7 @@
 //! - [`ops`]: the operator's side: metrics, health and readiness, systemd notifications, logging.
 //! - [`push`]: the push proxy role. Its door is [`push::PushService`].
 //! - [`identity`]: the identity bridge role. Its door is [`identity::IdentityService`].
+//! - [`relay`]: the self-hosted relay role. Its door is [`relay::RelayService`].
 //! - [`store`]: SQLite or PostgreSQL behind one handle; [`store::seal`] seals secrets at rest.
 //!
 //! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
@@ -27,6 +28,7 @@ pub mod identity;
 pub mod limiter;
 pub mod ops;
 pub mod push;
+pub mod relay;
 pub mod secret;
 pub mod store;
 pub mod tls;

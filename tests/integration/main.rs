@@ -15,4 +15,5 @@ mod lifecycle;
 mod login;
 mod push_apns;
 mod push_fcm;
+mod relay_consumer;
 mod store;

@@ -11,6 +11,7 @@ pub mod fake_fcm;
 pub mod identity_world;
 pub mod idp;
 pub mod jose;
+pub mod messaging;
 pub mod pki;
 pub mod postgres;
 

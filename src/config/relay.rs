@@ -1,0 +1,98 @@
+//! The `[relay]` section: brandgate as the messaging backend itself, for brands that keep
+//! conversations on their own premises. Needs `[identity]` (consumers connect with the tokens
+//! it mints) and keeps everything in `[store]`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Problems;
+use crate::duration::Span;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The brand's account id, as in the platform's URLs (`/ws_api/account/{account}/...`).
+    pub account: String,
+    /// Largest message text accepted, in bytes.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Largest WebSocket frame accepted, in bytes (a request with its envelope).
+    #[serde(default = "defaults::max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// A consumer that connects without `Authorization: jwt ...` must send `InitConnection`
+    /// with its token within this time.
+    #[serde(default = "defaults::auth_timeout")]
+    pub auth_timeout: Span,
+    /// WebSocket connections held at once; beyond it new ones are refused with 503.
+    #[serde(default = "defaults::max_sockets")]
+    pub max_sockets: usize,
+    /// Frames queued for a socket that does not read them; past it the socket is closed (the
+    /// client reconnects and catches up with `fromSeq`: nothing is skipped).
+    #[serde(default = "defaults::send_queue")]
+    pub send_queue: usize,
+    /// Requests per socket per second before it gets `429` answers.
+    #[serde(default = "defaults::requests_per_second")]
+    pub requests_per_second: u32,
+}
+
+impl RelayConfig {
+    pub(super) fn check_shape(&self, p: &mut Problems) {
+        if self.account.is_empty()
+            || self.account.len() > 64
+            || !self
+                .account
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            p.push(
+                "relay.account",
+                "must be 1 to 64 letters, digits, '-' or '_' (the account id in the platform's URLs)",
+            );
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > 1024 * 1024 {
+            p.push("relay.max_message_bytes", "must be between 1 and 1048576");
+        }
+        if self.max_frame_bytes < self.max_message_bytes + 1024 {
+            p.push(
+                "relay.max_frame_bytes",
+                "must leave 1024 bytes beyond max_message_bytes for the envelope",
+            );
+        }
+        if self.auth_timeout.0.is_zero() || self.auth_timeout.0 > Duration::from_secs(60) {
+            p.push("relay.auth_timeout", "must be above 0 and at most 60s");
+        }
+        if self.max_sockets == 0 {
+            p.push("relay.max_sockets", "must be at least 1");
+        }
+        if self.send_queue < 16 {
+            p.push("relay.send_queue", "must be at least 16");
+        }
+        if self.requests_per_second == 0 {
+            p.push("relay.requests_per_second", "must be at least 1");
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn max_message_bytes() -> usize {
+        8 * 1024
+    }
+    pub fn max_frame_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn auth_timeout() -> Span {
+        Span(Duration::from_secs(5))
+    }
+    pub fn max_sockets() -> usize {
+        50_000
+    }
+    pub fn send_queue() -> usize {
+        1024
+    }
+    pub fn requests_per_second() -> u32 {
+        50
+    }
+}

@@ -1,0 +1,375 @@
+//! Conversations and their events: who may see and do what, sequence numbers, and sealing.
+//!
+//! The only code that writes conversations and events. A consumer only ever reaches its own
+//! conversations; an agent only those it took (routing comes with the agent side). Stored
+//! events (content, accept/read receipts) get the next sequence from the store and are
+//! acknowledged only once committed; chat states (typing) are not stored and carry the
+//! conversation's current last sequence. Every stored event body is sealed (AES-256-GCM under
+//! the data keys) and bound to its event id: the database never holds message text.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::bus::{Bus, Change};
+use crate::clock::Clock;
+use crate::store::relay::{ConversationRow, NewEvent};
+use crate::store::seal::DataKeys;
+use crate::store::{Store, StoreError};
+
+/// Who acts: a consumer, by its id from its identity token. (Agents join with the agent
+/// side.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Participant {
+    Consumer(String),
+}
+
+impl Participant {
+    pub fn id(&self) -> &str {
+        match self {
+            Participant::Consumer(id) => id,
+        }
+    }
+
+    /// The platform's role name.
+    pub fn role(&self) -> &'static str {
+        match self {
+            Participant::Consumer(_) => "CONSUMER",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No such conversation, or not one this participant may see (the same answer: nobody
+    /// learns that another consumer's conversation exists).
+    #[error("no such conversation")]
+    NotFound,
+    #[error("the conversation is closed")]
+    Closed,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the store cannot be used: {0}")]
+    Store(#[from] StoreError),
+    #[error("sealing failed: {0}")]
+    Seal(String),
+}
+
+/// An event a participant publishes, checked.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Stored, sequenced: `ContentEvent` (text) or `AcceptStatusEvent` (receipts).
+    Stored(Value),
+    /// Not stored: `ChatStateEvent`.
+    Ephemeral(Value),
+}
+
+/// The conversations of one account. Cheap to share (`Arc`).
+pub struct Conversations {
+    account: String,
+    store: Store,
+    data_keys: Arc<DataKeys>,
+    bus: Arc<Bus>,
+    clock: Arc<dyn Clock>,
+    max_message_bytes: usize,
+}
+
+fn millis(clock: &dyn Clock) -> i64 {
+    clock
+        .now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The associated data a stored event's body is sealed with.
+fn seal_context(event_id: &str) -> Vec<u8> {
+    format!("relay_event:{event_id}").into_bytes()
+}
+
+impl Conversations {
+    pub fn new(
+        account: String,
+        store: Store,
+        data_keys: Arc<DataKeys>,
+        bus: Arc<Bus>,
+        clock: Arc<dyn Clock>,
+        max_message_bytes: usize,
+    ) -> Conversations {
+        Conversations {
+            account,
+            store,
+            data_keys,
+            bus,
+            clock,
+            max_message_bytes,
+        }
+    }
+
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
+    /// The consumer's open conversation, opened now if it has none.
+    pub async fn request(&self, consumer: &str) -> Result<ConversationRow, RelayError> {
+        if let Some(open) = self
+            .store
+            .get_open_conversation(&self.account, consumer)
+            .await?
+        {
+            return Ok(open);
+        }
+        let row = ConversationRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            account: self.account.clone(),
+            consumer_id: consumer.to_string(),
+            open: true,
+            agent_id: None,
+            skill: None,
+            created_at: millis(&*self.clock),
+            closed_at: None,
+            last_seq: -1,
+        };
+        match self.store.create_conversation(&row).await {
+            Ok(()) => {
+                tracing::info!(conversation = %row.id, "a consumer opened a conversation");
+                Ok(row)
+            }
+            // Another socket of the same consumer opened one a moment ago: that one.
+            Err(StoreError::Conflict) => self
+                .store
+                .get_open_conversation(&self.account, consumer)
+                .await?
+                .ok_or(RelayError::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The consumer's conversations, newest first (the last 100).
+    pub async fn list_for_consumer(
+        &self,
+        consumer: &str,
+    ) -> Result<Vec<ConversationRow>, RelayError> {
+        Ok(self
+            .store
+            .list_consumer_conversations(&self.account, consumer, 100)
+            .await?)
+    }
+
+    /// The conversation, if `who` may see it.
+    pub async fn get(
+        &self,
+        who: &Participant,
+        conversation_id: &str,
+    ) -> Result<ConversationRow, RelayError> {
+        let row = self
+            .store
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or(RelayError::NotFound)?;
+        let allowed = row.account == self.account
+            && match who {
+                Participant::Consumer(id) => row.consumer_id == *id,
+            };
+        if allowed {
+            Ok(row)
+        } else {
+            Err(RelayError::NotFound)
+        }
+    }
+
+    /// Checks an event a participant publishes (`ms.PublishEvent`'s `event`).
+    pub fn check_event(&self, event: &Value) -> Result<Event, RelayError> {
+        let bad = |why: &str| Err(RelayError::BadRequest(why.to_string()));
+        match event.get("type").and_then(Value::as_str) {
+            Some("ContentEvent") => {
+                if event.get("contentType").and_then(Value::as_str) != Some("text/plain") {
+                    return bad("contentType must be text/plain");
+                }
+                let Some(message) = event.get("message").and_then(Value::as_str) else {
+                    return bad("message must be text");
+                };
+                if message.is_empty() {
+                    return bad("message is empty");
+                }
+                if message.len() > self.max_message_bytes {
+                    return Err(RelayError::BadRequest(format!(
+                        "message is longer than {} bytes",
+                        self.max_message_bytes
+                    )));
+                }
+                // Control characters other than line breaks and tabs.
+                if message
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+                {
+                    return bad("message holds control characters");
+                }
+                Ok(Event::Stored(json!({
+                    "type": "ContentEvent", "contentType": "text/plain", "message": message
+                })))
+            }
+            Some("AcceptStatusEvent") => {
+                let status = event.get("status").and_then(Value::as_str);
+                if !matches!(status, Some("ACCEPT" | "READ")) {
+                    return bad("status must be ACCEPT or READ");
+                }
+                let Some(list) = event.get("sequenceList").and_then(Value::as_array) else {
+                    return bad("sequenceList must be a list of sequences");
+                };
+                if list.is_empty()
+                    || list.len() > 1000
+                    || !list.iter().all(|s| s.as_i64().is_some_and(|n| n >= 0))
+                {
+                    return bad("sequenceList must hold 1 to 1000 sequences");
+                }
+                Ok(Event::Stored(json!({
+                    "type": "AcceptStatusEvent", "status": status, "sequenceList": list
+                })))
+            }
+            Some("ChatStateEvent") => {
+                let state = event.get("chatState").and_then(Value::as_str);
+                if !matches!(
+                    state,
+                    Some("ACTIVE" | "INACTIVE" | "GONE" | "COMPOSING" | "PAUSE")
+                ) {
+                    return bad("chatState must be ACTIVE, INACTIVE, GONE, COMPOSING or PAUSE");
+                }
+                Ok(Event::Ephemeral(
+                    json!({"type": "ChatStateEvent", "chatState": state}),
+                ))
+            }
+            Some(_) => bad("event type must be ContentEvent, AcceptStatusEvent or ChatStateEvent"),
+            None => bad("event needs a type"),
+        }
+    }
+
+    /// Publishes an event to a conversation `who` may see. Returns the sequence once the
+    /// event is committed (stored events), or the current last sequence (chat states).
+    pub async fn publish(
+        &self,
+        who: &Participant,
+        conversation_id: &str,
+        event: Event,
+        client_event_id: Option<&str>,
+    ) -> Result<i64, RelayError> {
+        let conversation = self.get(who, conversation_id).await?;
+        if !conversation.open {
+            return Err(RelayError::Closed);
+        }
+        let now = millis(&*self.clock);
+        match event {
+            Event::Ephemeral(body) => {
+                self.bus.publish(Change {
+                    conversation_id: conversation_id.to_string(),
+                    seq: conversation.last_seq,
+                    originator_id: who.id().to_string(),
+                    originator_role: who.role(),
+                    server_timestamp: now,
+                    event: body,
+                    stored: false,
+                });
+                Ok(conversation.last_seq)
+            }
+            Event::Stored(body) => {
+                let event_id = uuid::Uuid::new_v4().to_string();
+                let plain =
+                    serde_json::to_vec(&body).map_err(|e| RelayError::Seal(e.to_string()))?;
+                let sealed = self
+                    .data_keys
+                    .seal(&seal_context(&event_id), &plain)
+                    .map_err(|e| RelayError::Seal(e.to_string()))?;
+                let appended = self
+                    .store
+                    .append_event(&NewEvent {
+                        conversation_id,
+                        event_id: &event_id,
+                        originator_id: who.id(),
+                        originator_role: who.role(),
+                        client_event_id,
+                        sealed: &sealed,
+                        created_at: now,
+                    })
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound => RelayError::Closed,
+                        other => other.into(),
+                    })?;
+                if appended.created {
+                    self.bus.publish(Change {
+                        conversation_id: conversation_id.to_string(),
+                        seq: appended.seq,
+                        originator_id: who.id().to_string(),
+                        originator_role: who.role(),
+                        server_timestamp: now,
+                        event: body,
+                        stored: true,
+                    });
+                }
+                Ok(appended.seq)
+            }
+        }
+    }
+
+    /// Stored events of a conversation `who` may see, from `from_seq`, at most `limit`.
+    pub async fn history(
+        &self,
+        who: &Participant,
+        conversation_id: &str,
+        from_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Change>, RelayError> {
+        self.get(who, conversation_id).await?;
+        self.events(conversation_id, from_seq, limit).await
+    }
+
+    /// Stored events, opened (no access check: the caller made it).
+    pub(super) async fn events(
+        &self,
+        conversation_id: &str,
+        from_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Change>, RelayError> {
+        let rows = self
+            .store
+            .list_events(conversation_id, from_seq.max(0), limit)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let plain = self
+                    .data_keys
+                    .open(&seal_context(&r.event_id), &r.sealed)
+                    .map_err(|e| RelayError::Seal(e.to_string()))?;
+                let event: Value = serde_json::from_slice(plain.expose())
+                    .map_err(|e| RelayError::Seal(e.to_string()))?;
+                Ok(Change {
+                    conversation_id: r.conversation_id,
+                    seq: r.seq,
+                    originator_id: r.originator_id,
+                    originator_role: if r.originator_role == "CONSUMER" {
+                        "CONSUMER"
+                    } else {
+                        "ASSIGNED_AGENT"
+                    },
+                    server_timestamp: r.created_at,
+                    event,
+                    stored: true,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes a conversation `who` may see. Closing a closed one is not an error.
+    pub async fn close(&self, who: &Participant, conversation_id: &str) -> Result<(), RelayError> {
+        self.get(who, conversation_id).await?;
+        if self
+            .store
+            .close_conversation(conversation_id, millis(&*self.clock))
+            .await?
+        {
+            tracing::info!(conversation = %conversation_id, "a conversation was closed");
+            self.bus.closed(conversation_id);
+        }
+        Ok(())
+    }
+}
