@@ -38,9 +38,14 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     done
 fi
 
-# Independent test peers written in JavaScript (jose verifies what brandgate mints).
+# Independent test peers written in JavaScript (jose verifies what brandgate mints; the
+# brand's OpenID provider).
 log "npm ci (tests/node)"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+# The JSON Schema validator the relay tests check every frame with.
+log "pip install (tests/python)"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
