@@ -476,6 +476,10 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             "grace period over; closing the remaining connections and abandoning unfinished pushes"
         ),
     }
+    if let Some(relay) = &relay {
+        // Sessions got their close frames at the start of the drain; they end quickly.
+        let _ = tokio::time::timeout(grace, relay.drained()).await;
+    }
     close_ops.cancel();
     let _ = ops_task.await;
     if let Some(identity) = &identity {

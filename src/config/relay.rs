@@ -27,10 +27,11 @@ pub struct RelayConfig {
     /// WebSocket connections held at once; beyond it new ones are refused with 503.
     #[serde(default = "defaults::max_sockets")]
     pub max_sockets: usize,
-    /// Frames queued for a socket that does not read them; past it the socket is closed (the
-    /// client reconnects and catches up with `fromSeq`: nothing is skipped).
-    #[serde(default = "defaults::send_queue")]
-    pub send_queue: usize,
+    /// Bytes queued for a socket that does not read them; when they stay full for 30 s the
+    /// socket is closed (the client reconnects and catches up with `fromSeq`: nothing is
+    /// skipped).
+    #[serde(default = "defaults::send_queue_bytes")]
+    pub send_queue_bytes: usize,
     /// Requests per socket per second before it gets `429` answers.
     #[serde(default = "defaults::requests_per_second")]
     pub requests_per_second: u32,
@@ -65,8 +66,11 @@ impl RelayConfig {
         if self.max_sockets == 0 {
             p.push("relay.max_sockets", "must be at least 1");
         }
-        if self.send_queue < 16 {
-            p.push("relay.send_queue", "must be at least 16");
+        if self.send_queue_bytes < self.max_frame_bytes {
+            p.push(
+                "relay.send_queue_bytes",
+                "must hold at least one frame (max_frame_bytes)",
+            );
         }
         if self.requests_per_second == 0 {
             p.push("relay.requests_per_second", "must be at least 1");
@@ -89,8 +93,8 @@ mod defaults {
     pub fn max_sockets() -> usize {
         50_000
     }
-    pub fn send_queue() -> usize {
-        1024
+    pub fn send_queue_bytes() -> usize {
+        1024 * 1024
     }
     pub fn requests_per_second() -> u32 {
         50

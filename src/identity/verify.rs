@@ -22,6 +22,8 @@ pub const MAX_TOKEN: usize = 2048;
 pub struct ConsumerIdentity {
     pub subject: String,
     pub expires_at: SystemTime,
+    /// Until when it is accepted: its expiry plus the clock leeway.
+    pub valid_until: SystemTime,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -98,18 +100,16 @@ impl IdentityService {
         Ok(ConsumerIdentity {
             subject: data.claims.sub,
             expires_at,
+            valid_until: expires_at + config.leeway.0,
         })
     }
 
-    /// The published key `kid`, parsed once.
+    /// The published key `kid`, parsed once. A key the ring no longer publishes (removed) is
+    /// refused even if it was parsed before.
     async fn public_key(
         &self,
         kid: &str,
     ) -> Result<(Algorithm, jsonwebtoken::DecodingKey), VerifyError> {
-        let cache = &self.inner.verify_keys.0;
-        if let Some(found) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(kid) {
-            return Ok(found.clone());
-        }
         let view = self
             .inner
             .ring
@@ -120,14 +120,18 @@ impl IdentityService {
             .iter()
             .find(|k| k.row.kid == kid)
             .ok_or(VerifyError::UnknownKey)?;
+        let cache = &self.inner.verify_keys.0;
+        let mut parsed = cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Only published keys stay parsed.
+        parsed.retain(|k, _| view.iter().any(|v| v.row.kid == *k));
+        if let Some(found) = parsed.get(kid) {
+            return Ok(found.clone());
+        }
         let algorithm = Algorithm::parse(&row.row.algorithm).ok_or(VerifyError::UnknownKey)?;
         let jwk: jsonwebtoken::jwk::Jwk =
             serde_json::from_str(&row.row.public_jwk).map_err(|_| VerifyError::UnknownKey)?;
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| VerifyError::UnknownKey)?;
-        cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(kid.to_string(), (algorithm, key.clone()));
+        parsed.insert(kid.to_string(), (algorithm, key.clone()));
         Ok((algorithm, key))
     }
 }

@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::conversations::{Conversations, RelayError};
@@ -17,8 +18,71 @@ use super::protocol::notification;
 
 /// Events a follower may be behind by before it reads from the store instead.
 const CHANNEL_CAPACITY: usize = 256;
-/// Events read from the store at once when catching up.
-const REPLAY_BATCH: i64 = 200;
+/// Events read from the store at once when catching up (one frame).
+const REPLAY_BATCH: i64 = 50;
+/// How long a subscription waits for room in its socket's queue before the socket is closed.
+const SLOW_CLIENT: Duration = Duration::from_secs(30);
+/// Close code for a socket that does not read what it is sent.
+pub const TOO_SLOW: u16 = 4408;
+/// Close code when a subscription cannot go on (the store failed): reconnect with `fromSeq`.
+pub const SUBSCRIPTION_FAILED: u16 = 1011;
+
+/// What subscriptions hand their socket: a frame, holding its share of the socket's byte
+/// budget until written, or a request to close.
+pub enum Outgoing {
+    Frame(String, OwnedSemaphorePermit),
+    Close(u16, &'static str),
+}
+
+/// A socket's queue, bounded in bytes: a client that does not read cannot make the daemon
+/// hold more than the budget for it; after [`SLOW_CLIENT`] it is closed instead.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    budget: Arc<Semaphore>,
+    capacity: u32,
+}
+
+impl Outbox {
+    pub fn new(capacity_bytes: usize) -> (Outbox, mpsc::Receiver<Outgoing>) {
+        let capacity = u32::try_from(capacity_bytes).unwrap_or(u32::MAX).max(1);
+        let (tx, rx) = mpsc::channel(4096);
+        (
+            Outbox {
+                tx,
+                budget: Arc::new(Semaphore::new(capacity as usize)),
+                capacity,
+            },
+            rx,
+        )
+    }
+
+    /// Queues a frame. `false` when the subscription should end: cancelled, the socket gone,
+    /// or the client too slow (then the socket is asked to close).
+    pub async fn send(&self, frame: String, cancel: &CancellationToken) -> bool {
+        let need = u32::try_from(frame.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity);
+        let permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return false,
+            p = tokio::time::timeout(SLOW_CLIENT, self.budget.clone().acquire_many_owned(need)) => p,
+        };
+        match permit {
+            Ok(Ok(permit)) => self.tx.send(Outgoing::Frame(frame, permit)).await.is_ok(),
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.close(TOO_SLOW, "the socket does not read what it is sent");
+                false
+            }
+        }
+    }
+
+    /// Asks the socket to close.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.tx.try_send(Outgoing::Close(code, reason));
+    }
+}
 
 /// One event of a conversation, as followers see it.
 #[derive(Debug, Clone)]
@@ -57,11 +121,18 @@ pub fn messaging_notification(changes: &[Change]) -> String {
     )
 }
 
+/// A conversation's state changed.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub conversation_id: String,
+    pub consumer_id: String,
+}
+
 #[derive(Default)]
 pub struct Bus {
     conversations: Mutex<HashMap<String, broadcast::Sender<Arc<Change>>>>,
-    /// Ids of conversations whose state changed (opened, closed, taken).
-    states: Mutex<Option<broadcast::Sender<String>>>,
+    /// Conversations whose state changed (opened, closed, taken), with their consumer.
+    states: Mutex<Option<broadcast::Sender<StateChange>>>,
 }
 
 impl Bus {
@@ -78,6 +149,16 @@ impl Bus {
             .subscribe()
     }
 
+    /// How many follow a conversation on this node.
+    #[cfg(test)]
+    pub fn subscribers(&self, conversation_id: &str) -> usize {
+        self.conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(conversation_id)
+            .map_or(0, |s| s.receiver_count())
+    }
+
     /// Hands a committed event to the followers of its conversation on this node.
     pub fn publish(&self, change: Change) {
         let mut map = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,55 +171,73 @@ impl Bus {
         }
     }
 
-    /// Conversation state changes (ids) from now on.
-    pub fn state_changes(&self) -> broadcast::Receiver<String> {
+    /// Conversation state changes from now on.
+    pub fn state_changes(&self) -> broadcast::Receiver<StateChange> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         states
             .get_or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
             .subscribe()
     }
 
-    /// Tells state followers that a conversation changed.
-    pub fn state_changed(&self, conversation_id: &str) {
+    /// Tells state followers that a conversation of `consumer_id` changed.
+    pub fn state_changed(&self, conversation_id: &str, consumer_id: &str) {
         if let Some(sender) = self
             .states
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let _ = sender.send(conversation_id.to_string());
+            let _ = sender.send(StateChange {
+                conversation_id: conversation_id.to_string(),
+                consumer_id: consumer_id.to_string(),
+            });
         }
-    }
-
-    /// A conversation closed: its state followers hear it.
-    pub fn closed(&self, conversation_id: &str) {
-        self.state_changed(conversation_id);
     }
 }
 
-/// Sends a conversation's events from `from_seq` to `out` until `cancel` or the receiver goes:
+/// Sends a conversation's events from `from_seq` to `out` until `cancel` or the socket goes:
 /// the stored ones first, then live ones, with no gap and no repeat across the switch (the
 /// live subscription starts before the store is read; anything seen twice is skipped by
-/// sequence, anything missed is read from the store).
+/// sequence, anything missed is read from the store). If the store fails, the socket is
+/// closed (1011) so the client reconnects and catches up: a subscription never dies silently.
 pub async fn follow(
     conversations: Arc<Conversations>,
     conversation_id: String,
     from_seq: i64,
-    out: mpsc::Sender<String>,
+    out: Outbox,
     cancel: CancellationToken,
+) {
+    let result = follow_until_done(&conversations, &conversation_id, from_seq, &out, &cancel).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "a subscription to a conversation failed; closing its socket");
+        out.close(
+            SUBSCRIPTION_FAILED,
+            "the subscription failed; reconnect with fromSeq",
+        );
+    }
+}
+
+async fn follow_until_done(
+    conversations: &Conversations,
+    conversation_id: &str,
+    from_seq: i64,
+    out: &Outbox,
+    cancel: &CancellationToken,
 ) -> Result<(), RelayError> {
-    let mut live = conversations.bus().subscribe(&conversation_id);
+    let mut live = conversations.bus().subscribe(conversation_id);
     let mut next = from_seq.max(0);
-    // Sends stored events from `next` on; false when the socket is gone.
+    // Sends stored events from `next` on; ends the subscription when cancelled or gone.
     macro_rules! catch_up {
         () => {
             loop {
-                let batch = conversations
-                    .events(&conversation_id, next, REPLAY_BATCH)
-                    .await?;
+                let batch = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(()),
+                    b = conversations.events(conversation_id, next, REPLAY_BATCH) => b?,
+                };
                 if let Some(last) = batch.last() {
                     next = last.seq + 1;
-                    if out.send(messaging_notification(&batch)).await.is_err() {
+                    if !out.send(messaging_notification(&batch), cancel).await {
                         return Ok(());
                     }
                 }
@@ -151,34 +250,117 @@ pub async fn follow(
     catch_up!();
     loop {
         let received = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Ok(()),
             r = live.recv() => r,
         };
         match received {
+            // A chat state carries the last sequence this follower has delivered, so a client
+            // resuming from the highest sequence it saw never skips a stored event.
             Ok(change) if !change.stored => {
-                if out
-                    .send(messaging_notification(&[(*change).clone()]))
-                    .await
-                    .is_err()
-                {
+                let mut change = (*change).clone();
+                change.seq = next - 1;
+                if !out.send(messaging_notification(&[change]), cancel).await {
                     return Ok(());
                 }
             }
             Ok(change) if change.seq < next => {}
             Ok(change) if change.seq == next => {
                 next += 1;
-                if out
-                    .send(messaging_notification(&[(*change).clone()]))
+                if !out
+                    .send(messaging_notification(&[(*change).clone()]), cancel)
                     .await
-                    .is_err()
                 {
                     return Ok(());
                 }
             }
-            // A later event arrived first (two writers), or this follower fell behind: the
-            // store has everything committed.
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up!(),
+            // A later event arrived first (two writers): the store has everything committed.
+            Ok(_) => catch_up!(),
+            // This follower fell behind the live channel: the same, from the store.
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "a follower fell behind; catching up from the store");
+                catch_up!()
+            }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::fake::FakeClock;
+    use crate::relay::conversations::{Conversations, Participant};
+    use crate::store::Store;
+    use crate::store::seal::DataKeys;
+
+    /// A follower whose socket does not read: its task blocks on the byte budget, the live
+    /// channel overflows (600 events > 256), and it catches up from the store. Every event
+    /// arrives once, in order, chat states included in between.
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_catches_up_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let conversations = Arc::new(Conversations::new(
+            "acct".into(),
+            Store::open_temporary(dir.path()).await,
+            Arc::new(DataKeys::generate_for_test()),
+            Arc::new(Bus::default()),
+            Arc::new(FakeClock::new()),
+            1000,
+        ));
+        let who = Participant::Consumer("c1".into());
+        let (conv, _) = conversations.request("c1").await.unwrap();
+        let (outbox, mut queue) = Outbox::new(1000);
+        let cancel = CancellationToken::new();
+        let follower = tokio::spawn(follow(
+            conversations.clone(),
+            conv.id.clone(),
+            0,
+            outbox,
+            cancel.clone(),
+        ));
+        // Let the follower subscribe before anything is published.
+        while conversations.bus().subscribers(&conv.id) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for i in 0..600 {
+            let event = conversations
+                .check_event(&json!({"type": "ContentEvent", "contentType": "text/plain",
+                    "message": format!("m{i}")}))
+                .unwrap();
+            conversations
+                .publish(&who, &conv.id, event, None)
+                .await
+                .unwrap();
+        }
+        let typing = conversations
+            .check_event(&json!({"type": "ChatStateEvent", "chatState": "COMPOSING"}))
+            .unwrap();
+        conversations
+            .publish(&who, &conv.id, typing, None)
+            .await
+            .unwrap();
+
+        let mut seen = Vec::new();
+        let mut typing_seq = None;
+        while typing_seq.is_none() {
+            let Some(Outgoing::Frame(frame, _permit)) = queue.recv().await else {
+                panic!("the follower closed the socket");
+            };
+            let frame: Value = serde_json::from_str(&frame).unwrap();
+            for change in frame["body"]["changes"].as_array().unwrap() {
+                let seq = change["sequence"].as_i64().unwrap();
+                if change["event"]["type"] == "ChatStateEvent" {
+                    typing_seq = Some(seq);
+                } else {
+                    seen.push(seq);
+                }
+            }
+        }
+        assert_eq!(seen, (0..600).collect::<Vec<i64>>());
+        // The chat state carries the last sequence this follower delivered.
+        assert_eq!(typing_seq, Some(599));
+        cancel.cancel();
+        follower.await.unwrap();
     }
 }

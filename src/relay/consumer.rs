@@ -10,8 +10,9 @@
 //! `brandgate.TokenExpired` notification and is closed with code 4410.
 //!
 //! One task per socket reads requests and writes frames; requests are answered in order,
-//! directly, and subscriptions feed a bounded queue the task drains. A socket that does not
-//! read its queue is closed (the client catches up with `fromSeq`): nothing is skipped.
+//! directly, and subscriptions feed a queue bounded in bytes (`relay.send_queue_bytes`) that
+//! the task drains. A socket that does not read its queue for 30 s is closed (4408; the client
+//! catches up with `fromSeq`): nothing is skipped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,11 +27,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RelayService;
-use super::bus::follow;
+use super::bus::{Outbox, Outgoing, follow};
 use super::conversations::{Participant, RelayError};
 use super::protocol::{self, Request, malformed_response, notification, response, text_response};
 use crate::identity::{ConsumerIdentity, VerifyError};
 use crate::store::relay::ConversationRow;
+
+/// Conversations one socket may follow at once, and conversation-list subscriptions.
+const MAX_FOLLOWS: usize = 16;
+const MAX_WATCHES: usize = 4;
 
 /// Close codes (the private range, RFC 6455 §7.4.2).
 pub mod close_code {
@@ -39,7 +44,9 @@ pub mod close_code {
     /// The token expired and no fresh one came in-band.
     pub const TOKEN_EXPIRED: u16 = 4410;
     /// The socket did not read what it was sent.
-    pub const TOO_SLOW: u16 = 4408;
+    pub const TOO_SLOW: u16 = super::super::bus::TOO_SLOW;
+    /// A subscription failed (the store); reconnect and catch up with `fromSeq`.
+    pub const SUBSCRIPTION_FAILED: u16 = super::super::bus::SUBSCRIPTION_FAILED;
     /// The daemon is stopping.
     pub const GOING_AWAY: u16 = 1001;
     /// A frame larger than `relay.max_frame_bytes` (RFC 6455's "message too big").
@@ -105,6 +112,8 @@ async fn upgrade(relay: RelayService, headers: HeaderMap, ws: WebSocketUpgrade) 
         .max_message_size(config.max_frame_bytes * 2)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
+            // Counted until the session ends, so shutdown can wait for the close frames.
+            let _tracked = relay.inner.sessions.token();
             Session::new(relay, identity).run(socket).await;
         })
 }
@@ -112,15 +121,16 @@ async fn upgrade(relay: RelayService, headers: HeaderMap, ws: WebSocketUpgrade) 
 /// The consumer a socket speaks for, once authenticated.
 struct Consumer {
     id: String,
-    expires_at: SystemTime,
+    /// When the token stops being accepted (its expiry plus the identity leeway).
+    valid_until: SystemTime,
 }
 
 struct Session {
     relay: RelayService,
     consumer: Option<Consumer>,
     /// Frames from subscriptions, drained by the socket's task.
-    queue_in: mpsc::Sender<String>,
-    queue_out: mpsc::Receiver<String>,
+    outbox: Outbox,
+    queue: mpsc::Receiver<Outgoing>,
     /// Ends every subscription of this socket.
     cancel: CancellationToken,
     /// `ms.SubscribeMessagingEvents` by conversation.
@@ -148,16 +158,16 @@ enum Next {
 
 impl Session {
     fn new(relay: RelayService, identity: Option<ConsumerIdentity>) -> Session {
-        let (queue_in, queue_out) = mpsc::channel(relay.inner.config.send_queue);
+        let (outbox, queue) = Outbox::new(relay.inner.config.send_queue_bytes);
         let cancel = relay.inner.shutdown.child_token();
         Session {
             relay,
             consumer: identity.map(|i| Consumer {
                 id: i.subject,
-                expires_at: i.expires_at,
+                valid_until: i.valid_until,
             }),
-            queue_in,
-            queue_out,
+            outbox,
+            queue,
             cancel,
             followed: HashMap::new(),
             watching: HashMap::new(),
@@ -169,21 +179,21 @@ impl Session {
     /// Starts the subscription the last request asked for.
     fn start_pending(&mut self, who: &Participant) {
         let conversations = self.relay.inner.conversations.clone();
-        let out = self.queue_in.clone();
+        let out = self.outbox.clone();
         match self.pending.take() {
             None => {}
             Some(Pending::Follow(dialog, from, token)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = follow(conversations, dialog, from, out, token).await {
-                        tracing::warn!(error = %e, "a subscription to a conversation ended");
-                    }
-                });
+                tokio::spawn(follow(conversations, dialog, from, out, token));
             }
             Some(Pending::Watch(id, states, token)) => {
                 let consumer = who.id().to_string();
                 tokio::spawn(async move {
-                    if let Err(e) = watch(conversations, consumer, id, states, out, token).await {
-                        tracing::warn!(error = %e, "a subscription to conversations ended");
+                    if let Err(e) = watch(conversations, consumer, id, states, &out, token).await {
+                        tracing::warn!(error = %e, "a subscription to conversations failed; closing its socket");
+                        out.close(
+                            close_code::SUBSCRIPTION_FAILED,
+                            "the subscription failed; subscribe again",
+                        );
                     }
                 });
             }
@@ -206,7 +216,8 @@ impl Session {
                             Next::Close(code, why) => break Some((code, why)),
                         },
                         Message::Binary(_) => {
-                            let m = protocol::Malformed { id: None, reason: "frames must be text (JSON)".into() };
+                            let reason = if self.within_rate() { "frames must be text (JSON)" } else { "too many requests; slow down" };
+                            let m = protocol::Malformed { id: None, reason: reason.into() };
                             if send(&mut socket, malformed_response(&m)).await.is_err() { break None; }
                         }
                         Message::Close(_) => break None,
@@ -214,12 +225,16 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
                 }
-                frame = self.queue_out.recv() => {
-                    let Some(frame) = frame else { break None };
-                    if send(&mut socket, frame).await.is_err() {
-                        break Some((close_code::TOO_SLOW, "the socket does not read what it is sent"));
+                queued = self.queue.recv() => match queued {
+                    None => break None,
+                    // The permit (the frame's share of the byte budget) is released once sent.
+                    Some(Outgoing::Frame(frame, _permit)) => {
+                        if send(&mut socket, frame).await.is_err() {
+                            break Some((close_code::TOO_SLOW, "the socket does not read what it is sent"));
+                        }
                     }
-                }
+                    Some(Outgoing::Close(code, reason)) => break Some((code, reason)),
+                },
                 _ = tokio::time::sleep_until(auth_deadline), if self.consumer.is_none() => {
                     break Some((close_code::UNAUTHENTICATED, "no InitConnection with a token in time"));
                 }
@@ -248,7 +263,7 @@ impl Session {
         match &self.consumer {
             Some(c) => {
                 let left = c
-                    .expires_at
+                    .valid_until
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 now + left
@@ -260,25 +275,31 @@ impl Session {
     fn expired(&self) -> bool {
         self.consumer
             .as_ref()
-            .is_some_and(|c| c.expires_at <= SystemTime::now())
+            .is_some_and(|c| c.valid_until <= SystemTime::now())
     }
 
-    async fn request(&mut self, socket: &mut WebSocket, text: &str) -> Next {
-        let request = match protocol::parse_request(text) {
-            Ok(r) => r,
-            Err(m) => return reply(socket, malformed_response(&m)).await,
-        };
-        if self.expired() {
-            let _ = send(socket, expired_notification()).await;
-            return Next::Close(close_code::TOKEN_EXPIRED, "token expired");
-        }
+    /// Counts a frame in this second's window; `false` past the limit.
+    fn within_rate(&mut self) -> bool {
         // A fixed window per second: enough to stop a flood, never in a real client's way.
-        let limit = self.relay.inner.config.requests_per_second;
         if self.window.0.elapsed() >= Duration::from_secs(1) {
             self.window = (Instant::now(), 0);
         }
         self.window.1 += 1;
-        if self.window.1 > limit {
+        self.window.1 <= self.relay.inner.config.requests_per_second
+    }
+
+    async fn request(&mut self, socket: &mut WebSocket, text: &str) -> Next {
+        // Expiry and the rate apply to every frame, well-formed or not.
+        if self.expired() {
+            let _ = send(socket, expired_notification()).await;
+            return Next::Close(close_code::TOKEN_EXPIRED, "token expired");
+        }
+        let within_rate = self.within_rate();
+        let request = match protocol::parse_request(text) {
+            Ok(r) => r,
+            Err(m) => return reply(socket, malformed_response(&m)).await,
+        };
+        if !within_rate {
             return reply(
                 socket,
                 text_response(&request.id, 429, "too many requests; slow down"),
@@ -341,7 +362,7 @@ impl Session {
                 }
                 self.consumer = Some(Consumer {
                     id: id.subject,
-                    expires_at: id.expires_at,
+                    valid_until: id.valid_until,
                 });
                 reply(socket, text_response(&request.id, 200, "OK")).await
             }
@@ -380,8 +401,7 @@ impl Session {
         };
         match r.kind.as_str() {
             "cm.ConsumerRequestConversation" => {
-                let c = conversations.request(who.id()).await?;
-                conversations.bus().state_changed(&c.id);
+                let (c, _) = conversations.request(who.id()).await?;
                 Ok(response(
                     &r.id,
                     200,
@@ -417,10 +437,19 @@ impl Session {
                         RelayError::BadRequest("body.fromSeq must be an integer".into())
                     })?,
                 };
-                conversations.get(who, &dialog).await?;
+                let row = conversations.get(who, &dialog).await?;
                 if let Some(old) = self.followed.remove(&dialog) {
                     old.cancel();
                 }
+                self.followed.retain(|_, t| !t.is_cancelled());
+                if self.followed.len() >= MAX_FOLLOWS {
+                    return Err(RelayError::BadRequest(format!(
+                        "at most {MAX_FOLLOWS} conversations are followed per socket"
+                    )));
+                }
+                // Nothing beyond the next sequence exists yet: a later fromSeq would wait for
+                // events that then never show.
+                let from = from.min(row.last_seq + 1);
                 let token = self.cancel.child_token();
                 self.followed.insert(dialog.clone(), token.clone());
                 self.pending = Some(Pending::Follow(dialog, from, token));
@@ -437,6 +466,11 @@ impl Session {
                             .collect()
                     })
                     .unwrap_or_default();
+                if self.watching.len() >= MAX_WATCHES {
+                    return Err(RelayError::BadRequest(format!(
+                        "at most {MAX_WATCHES} conversation subscriptions per socket"
+                    )));
+                }
                 let id = uuid::Uuid::new_v4().to_string();
                 let token = self.cancel.child_token();
                 self.watching.insert(id.clone(), token.clone());
@@ -547,7 +581,7 @@ async fn watch(
     consumer: String,
     subscription: String,
     states: Vec<String>,
-    out: mpsc::Sender<String>,
+    out: &Outbox,
     cancel: CancellationToken,
 ) -> Result<(), RelayError> {
     let wanted = |c: &ConversationRow| {
@@ -556,6 +590,7 @@ async fn watch(
                 .iter()
                 .any(|s| s == if c.open { "OPEN" } else { "CLOSE" })
     };
+    let who = Participant::Consumer(consumer.clone());
     let mut changes = conversations.bus().state_changes();
     let mut send_all = true;
     loop {
@@ -563,33 +598,33 @@ async fn watch(
             send_all = false;
             for c in conversations.list_for_consumer(&consumer).await? {
                 if wanted(&c)
-                    && out
-                        .send(conversation_change(&subscription, &c))
+                    && !out
+                        .send(conversation_change(&subscription, &c), &cancel)
                         .await
-                        .is_err()
                 {
                     return Ok(());
                 }
             }
         }
         let changed = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Ok(()),
             r = changes.recv() => r,
         };
         match changed {
-            Ok(id) => {
-                let who = Participant::Consumer(consumer.clone());
-                if let Ok(c) = conversations.get(&who, &id).await
+            // Other consumers' changes are filtered here, without reading the store.
+            Ok(change) if change.consumer_id != consumer => {}
+            Ok(change) => {
+                if let Ok(c) = conversations.get(&who, &change.conversation_id).await
                     && wanted(&c)
-                    && out
-                        .send(conversation_change(&subscription, &c))
+                    && !out
+                        .send(conversation_change(&subscription, &c), &cancel)
                         .await
-                        .is_err()
                 {
                     return Ok(());
                 }
             }
-            // Behind: send the whole (small) list again rather than miss a change.
+            // Behind: send the whole (short) list again rather than miss a change.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => send_all = true,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
         }

@@ -110,14 +110,14 @@ impl Conversations {
         &self.bus
     }
 
-    /// The consumer's open conversation, opened now if it has none.
-    pub async fn request(&self, consumer: &str) -> Result<ConversationRow, RelayError> {
+    /// The consumer's open conversation, opened now if it has none (then `true`).
+    pub async fn request(&self, consumer: &str) -> Result<(ConversationRow, bool), RelayError> {
         if let Some(open) = self
             .store
             .get_open_conversation(&self.account, consumer)
             .await?
         {
-            return Ok(open);
+            return Ok((open, false));
         }
         let row = ConversationRow {
             id: uuid::Uuid::new_v4().to_string(),
@@ -133,13 +133,15 @@ impl Conversations {
         match self.store.create_conversation(&row).await {
             Ok(()) => {
                 tracing::info!(conversation = %row.id, "a consumer opened a conversation");
-                Ok(row)
+                self.bus.state_changed(&row.id, consumer);
+                Ok((row, true))
             }
             // Another socket of the same consumer opened one a moment ago: that one.
             Err(StoreError::Conflict) => self
                 .store
                 .get_open_conversation(&self.account, consumer)
                 .await?
+                .map(|row| (row, false))
                 .ok_or(RelayError::NotFound),
             Err(e) => Err(e.into()),
         }
@@ -361,14 +363,14 @@ impl Conversations {
 
     /// Closes a conversation `who` may see. Closing a closed one is not an error.
     pub async fn close(&self, who: &Participant, conversation_id: &str) -> Result<(), RelayError> {
-        self.get(who, conversation_id).await?;
+        let row = self.get(who, conversation_id).await?;
         if self
             .store
             .close_conversation(conversation_id, millis(&*self.clock))
             .await?
         {
             tracing::info!(conversation = %conversation_id, "a conversation was closed");
-            self.bus.closed(conversation_id);
+            self.bus.state_changed(conversation_id, &row.consumer_id);
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use consumer::close_code;
 
@@ -49,6 +50,8 @@ struct Inner {
     sockets: Arc<Semaphore>,
     /// Cancelled at shutdown: every socket closes with 1001.
     shutdown: CancellationToken,
+    /// Every open session, so shutdown can wait for their close frames.
+    sessions: TaskTracker,
 }
 
 impl RelayService {
@@ -74,6 +77,7 @@ impl RelayService {
                 conversations: Arc::new(conversations),
                 sockets: Arc::new(Semaphore::new(config.max_sockets)),
                 shutdown: CancellationToken::new(),
+                sessions: TaskTracker::new(),
             }),
         }
     }
@@ -93,6 +97,12 @@ impl RelayService {
     /// Closes every socket (code 1001): clients reconnect elsewhere and catch up.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        self.inner.sessions.close();
+    }
+
+    /// Waits until every session has ended (after [`RelayService::shutdown`]).
+    pub async fn drained(&self) {
+        self.inner.sessions.wait().await;
     }
 
     /// Sockets open now.

@@ -8,7 +8,8 @@
 //!   when it returns `Ok`, the event is committed (an acknowledged message survives a crash).
 //!   An event with a client event id already stored for the same originator returns the
 //!   sequence it got the first time and stores nothing (a re-send after a lost ack).
-//! - Events are only appended to open conversations ([`StoreError::NotFound`] otherwise).
+//! - Events are only appended to open conversations ([`StoreError::NotFound`] otherwise);
+//!   a re-send of an event stored before the close still answers with its sequence.
 //! - `list_events` returns events in sequence order.
 //! - An event's body is sealed by the caller; the store never sees message text.
 
@@ -209,6 +210,26 @@ impl Store {
         // the duplicate check after it sees every committed re-send.
         macro_rules! append {
             ($tx:ident) => {{
+                // A re-send of a stored event answers with its sequence, even if the
+                // conversation closed since.
+                macro_rules! earlier {
+                    () => {
+                        match e.client_event_id {
+                            Some(client_id) => sqlx::query_scalar::<_, i64>(
+                                "SELECT seq FROM events WHERE conversation_id = $1 AND originator_id = $2 AND client_event_id = $3",
+                            )
+                            .bind(e.conversation_id)
+                            .bind(e.originator_id)
+                            .bind(client_id)
+                            .fetch_optional(&mut *$tx)
+                            .await?,
+                            None => None,
+                        }
+                    };
+                }
+                if let Some(seq) = earlier!() {
+                    return Ok(Appended { seq, created: false });
+                }
                 let next: Option<i64> = sqlx::query_scalar(
                     "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 AND is_open RETURNING last_seq",
                 )
@@ -218,21 +239,17 @@ impl Store {
                 let Some(seq) = next else {
                     return Err(StoreError::NotFound);
                 };
-                if let Some(client_id) = e.client_event_id {
-                    let earlier: Option<i64> = sqlx::query_scalar(
-                        "SELECT seq FROM events WHERE conversation_id = $1 AND originator_id = $2 AND client_event_id = $3",
-                    )
-                    .bind(e.conversation_id)
-                    .bind(e.originator_id)
-                    .bind(client_id)
-                    .fetch_optional(&mut *$tx)
-                    .await?;
-                    if let Some(seq) = earlier {
-                        // Dropping the transaction rolls the sequence back.
-                        return Ok(Appended { seq, created: false });
-                    }
+                // Again under the conversation's lock: a concurrent re-send may have committed
+                // between the first look and the lock (PostgreSQL, READ COMMITTED).
+                if let Some(seq) = earlier!() {
+                    // Dropping the transaction rolls the sequence back.
+                    return Ok(Appended { seq, created: false });
                 }
-                sqlx::query(concat!("INSERT INTO events (", event_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
+                sqlx::query(concat!(
+                    "INSERT INTO events (",
+                    event_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ))
                 .bind(e.conversation_id)
                 .bind(seq)
                 .bind(e.event_id)

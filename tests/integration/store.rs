@@ -288,6 +288,17 @@ async fn relay_conforms(store: &Store) {
         store.append_event(&new_event("c1", "late", None)).await,
         Err(StoreError::NotFound)
     ));
+    // A re-send of an event stored before the close still gets its sequence.
+    assert_eq!(
+        store
+            .append_event(&new_event("c1", "x4", Some("client-7")))
+            .await
+            .unwrap(),
+        Appended {
+            seq: 20,
+            created: false
+        }
+    );
     let closed = store.get_conversation("c1").await.unwrap().unwrap();
     assert!(!closed.open);
     assert_eq!(closed.closed_at, Some(3_000));
