@@ -22,7 +22,6 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
 
 use support::daemon::Daemon;
 use support::{KEY_ID, TEAM_ID, TestEnv, apns, ios_push, platform_auth};
@@ -216,13 +215,7 @@ struct Generator {
 
 impl Generator {
     async fn connect(port: u16, ca_pem: &str, n: usize) -> Generator {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut tls = support::client::tls_config(ca_pem, None);
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let mut senders = Vec::new();

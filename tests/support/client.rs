@@ -39,7 +39,8 @@ pub enum Protocols {
     Http1Only,
 }
 
-fn tls_config(ca_pem: &str, identity: Option<&Leaf>) -> rustls::ClientConfig {
+/// A client TLS config trusting only `ca_pem`, with a client certificate when given.
+pub fn tls_config(ca_pem: &str, identity: Option<&Leaf>) -> rustls::ClientConfig {
     brandgate::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
