@@ -1,10 +1,11 @@
-//! Per-source limits over one-minute windows: how many times a source did something (failed
+//! Per-source limits. [`SourceLimiter`]: over one-minute windows, how many times a source did something (failed
 //! an authentication for one app, signed up anonymously) this minute, and whether it is over
 //! its limit. Used for brute-force protection of caller authentication (counted per app, so one
 //! misconfigured app does not lock the platform out of the others) and for rate limiting
 //! anonymous sign-ups. IPv6 sources count per /64, so a host cannot rotate addresses around
 //! it. The table is bounded: when it is full of live windows, new sources are not tracked
-//! (the limiter fails open rather than locking anyone out).
+//! (the limiter fails open rather than locking anyone out). [`SourceSlots`]: how many things a
+//! source holds at once (sockets that have not authenticated yet).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,6 +68,48 @@ impl SourceLimiter {
     }
 }
 
+/// Things a source holds at the same time (sockets not authenticated yet), at most `limit`
+/// per source. A slot is given back when its [`SourceSlot`] is dropped.
+#[derive(Clone, Default)]
+pub struct SourceSlots {
+    held: std::sync::Arc<Mutex<HashMap<Source, usize>>>,
+}
+
+/// One slot of a source; dropping it gives it back.
+pub struct SourceSlot {
+    slots: SourceSlots,
+    source: Source,
+}
+
+impl SourceSlots {
+    /// A slot for `ip`, or `None` when it already holds `limit`.
+    pub fn take(&self, ip: IpAddr, limit: usize) -> Option<SourceSlot> {
+        let source = Source::from(ip);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(source).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            slots: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +140,18 @@ mod tests {
         assert!(l.blocked(neighbour, "app", 3).is_some());
         let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert!(l.blocked(elsewhere, "app", 3).is_none());
+    }
+
+    #[test]
+    fn slots_are_bounded_per_source_and_given_back() {
+        let slots = SourceSlots::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = slots.take(a, 2).unwrap();
+        let _second = slots.take(a, 2).unwrap();
+        assert!(slots.take(a, 2).is_none());
+        assert!(slots.take("192.0.2.2".parse().unwrap(), 2).is_some());
+        drop(first);
+        assert!(slots.take(a, 2).is_some());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct RelayConfig {
     /// skipped).
     #[serde(default = "defaults::send_queue_bytes")]
     pub send_queue_bytes: usize,
+    /// Sockets one address (IPv6: one /64) may hold before they authenticate; more get `429`.
+    #[serde(default = "defaults::unauthenticated_per_source")]
+    pub unauthenticated_per_source: usize,
     /// Requests per socket per second before it gets `429` answers.
     #[serde(default = "defaults::requests_per_second")]
     pub requests_per_second: u32,
@@ -72,6 +75,9 @@ impl RelayConfig {
                 "must hold at least one frame (max_frame_bytes)",
             );
         }
+        if self.unauthenticated_per_source == 0 {
+            p.push("relay.unauthenticated_per_source", "must be at least 1");
+        }
         if self.requests_per_second == 0 {
             p.push("relay.requests_per_second", "must be at least 1");
         }
@@ -95,6 +101,9 @@ mod defaults {
     }
     pub fn send_queue_bytes() -> usize {
         1024 * 1024
+    }
+    pub fn unauthenticated_per_source() -> usize {
+        64
     }
     pub fn requests_per_second() -> u32 {
         50

@@ -31,7 +31,9 @@ use super::bus::{Outbox, Outgoing, follow};
 use super::conversations::{Participant, RelayError};
 use super::protocol::{self, Request, malformed_response, notification, response, text_response};
 use crate::identity::{ConsumerIdentity, VerifyError};
+use crate::limiter::SourceSlot;
 use crate::store::relay::ConversationRow;
+use crate::tls::Peer;
 
 /// Conversations one socket may follow at once, and conversation-list subscriptions.
 const MAX_FOLLOWS: usize = 16;
@@ -57,22 +59,24 @@ pub mod close_code {
 pub async fn platform_path(
     State(relay): State<RelayService>,
     Path(account): Path<String>,
+    peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if account != relay.inner.config.account {
         return (StatusCode::NOT_FOUND, "no such account").into_response();
     }
-    upgrade(relay, headers, ws).await
+    upgrade(relay, peer.map(|p| p.0), headers, ws).await
 }
 
 /// `GET /ws/consumer`.
 pub async fn own_path(
     State(relay): State<RelayService>,
+    peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(relay, headers, ws).await
+    upgrade(relay, peer.map(|p| p.0), headers, ws).await
 }
 
 /// The token of `Authorization: jwt <token>` (or `Bearer`).
@@ -83,7 +87,12 @@ pub(super) fn header_token(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-async fn upgrade(relay: RelayService, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    relay: RelayService,
+    peer: Option<Peer>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -105,6 +114,24 @@ async fn upgrade(relay: RelayService, headers: HeaderMap, ws: WebSocketUpgrade) 
         },
         None => None,
     };
+    // A socket that has not authenticated yet holds one of its address's few slots until it
+    // does (or goes), so one client cannot fill every socket with silent ones.
+    let slot = match (&identity, &peer) {
+        (None, Some(peer)) => {
+            let limit = relay.inner.config.unauthenticated_per_source;
+            match relay.inner.unauthenticated.take(peer.addr.ip(), limit) {
+                Some(slot) => Some(slot),
+                None => {
+                    return (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many sockets from this address waiting to authenticate",
+                    )
+                        .into_response();
+                }
+            }
+        }
+        _ => None,
+    };
     // The WebSocket layer stops anything past twice the limit (bounded memory); frames between
     // the limit and that are refused by the session with a clean 1009 close.
     let config = &relay.inner.config;
@@ -114,7 +141,9 @@ async fn upgrade(relay: RelayService, headers: HeaderMap, ws: WebSocketUpgrade) 
             let _permit = permit;
             // Counted until the session ends, so shutdown can wait for the close frames.
             let _tracked = relay.inner.sessions.token();
-            Session::new(relay, identity).run(socket).await;
+            let mut session = Session::new(relay, identity);
+            session.unauthenticated_slot = slot;
+            session.run(socket).await;
         })
 }
 
@@ -141,6 +170,8 @@ struct Session {
     window: (Instant, u32),
     /// A subscription to start once its response is on the wire (so the response comes first).
     pending: Option<Pending>,
+    /// The address's slot for sockets not authenticated yet; given back on authentication.
+    unauthenticated_slot: Option<SourceSlot>,
 }
 
 enum Pending {
@@ -173,6 +204,7 @@ impl Session {
             watching: HashMap::new(),
             window: (Instant::now(), 0),
             pending: None,
+            unauthenticated_slot: None,
         }
     }
 
@@ -364,6 +396,7 @@ impl Session {
                     id: id.subject,
                     valid_until: id.valid_until,
                 });
+                self.unauthenticated_slot = None;
                 reply(socket, text_response(&request.id, 200, "OK")).await
             }
             Err(VerifyError::Unavailable) => {

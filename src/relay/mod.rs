@@ -33,6 +33,7 @@ pub use consumer::close_code;
 use crate::clock::Clock;
 use crate::config::RelayConfig;
 use crate::identity::IdentityService;
+use crate::limiter::SourceSlots;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
 
@@ -48,6 +49,8 @@ struct Inner {
     conversations: Arc<conversations::Conversations>,
     /// One permit per open socket.
     sockets: Arc<Semaphore>,
+    /// Sockets not authenticated yet, per source address.
+    unauthenticated: SourceSlots,
     /// Cancelled at shutdown: every socket closes with 1001.
     shutdown: CancellationToken,
     /// Every open session, so shutdown can wait for their close frames.
@@ -76,6 +79,7 @@ impl RelayService {
                 identity,
                 conversations: Arc::new(conversations),
                 sockets: Arc::new(Semaphore::new(config.max_sockets)),
+                unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
             }),

@@ -53,7 +53,6 @@ per_minute = 1000
 account = "{ACCOUNT}"
 max_message_bytes = 2000
 max_frame_bytes = 16384
-auth_timeout = "1s"
 {relay_extra}
 "#,
         keys = keys.display(),
@@ -68,7 +67,12 @@ struct Relay {
 
 impl Relay {
     async fn start(token_lifetime: &str) -> Relay {
-        Self::start_with(token_lifetime, "", "requests_per_second = 100000").await
+        Self::start_with(
+            token_lifetime,
+            "",
+            "requests_per_second = 100000\nauth_timeout = \"1s\"",
+        )
+        .await
     }
 
     async fn start_with(token_lifetime: &str, store_extra: &str, relay_extra: &str) -> Relay {
@@ -691,4 +695,40 @@ async fn requests_are_rate_limited_per_socket() {
         }
     }
     assert!(limited >= 30, "{limited} of 50 limited");
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_many_sockets_without_authenticating() {
+    let relay = Relay::start_with(
+        "1h",
+        "",
+        "unauthenticated_per_source = 2\nauth_timeout = \"30s\"",
+    )
+    .await;
+    let first = relay.connect(None).await;
+    let mut second = relay.connect(None).await;
+    let refused = MessagingClient::connect(
+        &relay.env.ca.cert_pem,
+        relay.daemon.public,
+        PLATFORM_PATH,
+        None,
+        Side::Consumer,
+    )
+    .await
+    .err()
+    .expect("a third silent socket is refused");
+    assert_eq!(refused.status, 429);
+    // A socket with a token on the upgrade needs no slot.
+    let token = relay.token().await;
+    let _authenticated = relay.connect(Some(&token)).await;
+    // Authenticating gives the slot back.
+    second
+        .send(
+            json!({"kind": "req", "id": "0", "type": "InitConnection", "headers": [
+            {"type": ".ams.headers.ConsumerAuthentication", "jwt": token}]}),
+        )
+        .await;
+    assert_eq!(second.response_to("0").await["code"], 200);
+    let _third = relay.connect(None).await;
+    drop(first);
 }
