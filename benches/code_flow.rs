@@ -30,7 +30,8 @@ fn main() {
 }
 
 async fn run(count: usize) {
-    let world = Arc::new(World::start("", "", "").await);
+    // Every login comes from one address here: lift the per-source login limit.
+    let world = Arc::new(World::start("", "logins_per_minute = 1000000", "").await);
 
     // Logins, 16 at a time (each its own browser).
     let started = Instant::now();
