@@ -20,9 +20,6 @@ use super::web::{basic_challenge, has_content_type, json_error, no_store, retry_
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
-/// Failed backend authentications per source address per minute before `429`.
-const BACKEND_FAILURES_PER_MINUTE: u32 = 30;
-
 /// What a backend asks for: exactly one of the two shapes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,13 +47,7 @@ async fn handle(
     body: &[u8],
 ) -> Response {
     let live = s.live();
-    let source = peer.map(|p| p.addr.ip());
-    if let Some(ip) = source
-        && let Some(wait) =
-            s.inner
-                .failures
-                .blocked(ip, "identity_token", BACKEND_FAILURES_PER_MINUTE)
-    {
+    if let Some(wait) = s.failures_wait(peer, "identity_token") {
         return retry_after(
             json_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -71,9 +62,7 @@ async fn handle(
         peer.and_then(|p| p.certificate.as_deref()),
     );
     let Some(backend) = backend else {
-        if let Some(ip) = source {
-            s.inner.failures.count(ip, "identity_token");
-        }
+        s.count_failure(peer, "identity_token");
         tracing::info!("a token request failed backend authentication");
         return basic_challenge(json_error(
             StatusCode::UNAUTHORIZED,

@@ -80,6 +80,15 @@ fn is_app_text(text: &str) -> bool {
     !text.is_empty() && text.len() <= 512 && !text.chars().any(char::is_control)
 }
 
+/// The `404` page when the current configuration has no login provider.
+fn no_login_provider(headers: &HeaderMap) -> Response {
+    page_error(
+        headers,
+        StatusCode::NOT_FOUND,
+        "logins are not configured ([identity.upstream])",
+    )
+}
+
 pub async fn login(
     State(s): State<IdentityService>,
     peer: Option<axum::Extension<Peer>>,
@@ -89,11 +98,7 @@ pub async fn login(
     let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
     let live = s.live();
     let Some(upstream) = live.upstream.clone() else {
-        return page_error(
-            &headers,
-            StatusCode::NOT_FOUND,
-            "logins are not configured ([identity.upstream])",
-        );
+        return no_login_provider(&headers);
     };
     // Each login keeps a record until it ends: bounded per source.
     if let Some(axum::Extension(peer)) = &peer {
@@ -221,7 +226,7 @@ pub async fn callback(
     let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
     let live = s.live();
     let Some(upstream) = live.upstream.clone() else {
-        return page_error(&headers, StatusCode::NOT_FOUND, "logins are not configured");
+        return no_login_provider(&headers);
     };
     let p = match params(query.as_deref().unwrap_or("")) {
         Ok(p) => p,

@@ -26,7 +26,7 @@ mod login;
 mod metrics;
 mod mint;
 mod token;
-pub mod upstream;
+mod upstream;
 mod verify;
 mod web;
 
@@ -46,6 +46,11 @@ use crate::config::{IdentityConfig, Problems};
 use crate::limiter::SourceLimiter;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
+use crate::tls::Peer;
+
+/// Failed client or backend authentications per source address (and scope) per minute
+/// before `429`.
+const AUTH_FAILURES_PER_MINUTE: u32 = 30;
 
 /// How often each node looks after the ring (scheduled rotation, removal of old keys) and
 /// forgets expired logins and codes.
@@ -210,6 +215,22 @@ impl IdentityService {
             profile,
         })
         .await
+    }
+
+    /// How long `peer` must wait, after too many failed caller authentications in `scope`
+    /// this minute (client and backend secrets are guessable only this slowly).
+    fn failures_wait(&self, peer: Option<&Peer>, scope: &str) -> Option<std::time::Duration> {
+        let ip = peer?.addr.ip();
+        self.inner
+            .failures
+            .blocked(ip, scope, AUTH_FAILURES_PER_MINUTE)
+    }
+
+    /// Counts one failed caller authentication of `peer` in `scope`.
+    fn count_failure(&self, peer: Option<&Peer>, scope: &str) {
+        if let Some(p) = peer {
+            self.inner.failures.count(p.addr.ip(), scope);
+        }
     }
 
     /// `503` for a failure of ours (logged, never shown).

@@ -20,9 +20,6 @@ use super::web::{basic_challenge, has_content_type, no_store, params, retry_afte
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
-/// Failed client authentications per source address per minute before `429`.
-const CLIENT_FAILURES_PER_MINUTE: u32 = 30;
-
 /// An RFC 6749 §5.2 error answer.
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     no_store(
@@ -97,13 +94,7 @@ async fn exchange(
     // shared address does not lock the platform's own client out as easily.
     let presented_id = candidates.first().map_or("", |(id, _)| id.as_str());
     let scope = format!("oauth_token:{presented_id}");
-    let source = peer.map(|p| p.addr.ip());
-    if let Some(ip) = source
-        && let Some(wait) = s
-            .inner
-            .failures
-            .blocked(ip, &scope, CLIENT_FAILURES_PER_MINUTE)
-    {
+    if let Some(wait) = s.failures_wait(peer, &scope) {
         return retry_after(
             oauth_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -119,9 +110,7 @@ async fn exchange(
         client = client.or(found);
     }
     let Some(client) = client else {
-        if let Some(ip) = source {
-            s.inner.failures.count(ip, &scope);
-        }
+        s.count_failure(peer, &scope);
         tracing::info!(
             presented = !candidates.is_empty(),
             "a token call failed client authentication"

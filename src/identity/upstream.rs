@@ -105,6 +105,17 @@ pub struct LoginStart {
     pub nonce: String,
 }
 
+/// What an ID token must say beyond the provider's own claims: for whom it was issued, and,
+/// for a login's token, its nonce and the access token its `at_hash` covers.
+#[derive(Clone, Copy)]
+struct Expected<'a> {
+    audience: &'a str,
+    /// Further audiences a multi-audience token may name.
+    accepted: &'a [String],
+    nonce: Option<&'a Nonce>,
+    access_token: Option<&'a openidconnect::AccessToken>,
+}
+
 /// What the provider published, and when it was read.
 struct Discovered {
     client: DiscoveredClient,
@@ -345,18 +356,14 @@ impl Upstream {
                 )),
             })?;
         let id_token = response.id_token().ok_or(TokenProblem::Missing)?.clone();
-        let expected = Nonce::new(nonce.to_string());
-        let identity = self
-            .verify(
-                &id_token,
-                self.client_id.as_str(),
-                &[],
-                Some(&expected),
-                Some(response.access_token()),
-                discovered,
-            )
-            .await?;
-        Ok(identity)
+        let nonce = Nonce::new(nonce.to_string());
+        let expected = Expected {
+            audience: self.client_id.as_str(),
+            accepted: &[],
+            nonce: Some(&nonce),
+            access_token: Some(response.access_token()),
+        };
+        self.verify(&id_token, &expected, discovered).await
     }
 
     /// Checks an ID token a brand system presents (server-to-server issuance): issued by the
@@ -381,8 +388,13 @@ impl Upstream {
             .ok_or(TokenProblem::Audience)?
             .to_string();
         let discovered = self.metadata().await?;
-        self.verify(&id_token, &audience, accepted, None, None, discovered)
-            .await
+        let expected = Expected {
+            audience: &audience,
+            accepted,
+            nonce: None,
+            access_token: None,
+        };
+        self.verify(&id_token, &expected, discovered).await
     }
 
     /// The checks, with one re-read of the provider's keys when the token names a key not
@@ -390,20 +402,10 @@ impl Upstream {
     async fn verify(
         &self,
         id_token: &CoreIdToken,
-        audience: &str,
-        accepted: &[String],
-        nonce: Option<&Nonce>,
-        access_token: Option<&openidconnect::AccessToken>,
+        expected: &Expected<'_>,
         discovered: Arc<Discovered>,
     ) -> Result<UpstreamIdentity, UpstreamError> {
-        match self.check(
-            id_token,
-            audience,
-            accepted,
-            nonce,
-            access_token,
-            &discovered,
-        ) {
+        match self.check(id_token, expected, &discovered) {
             Err(TokenProblem::UnknownKey)
                 if discovered.at.elapsed() >= self.rediscover_interval =>
             {
@@ -412,7 +414,7 @@ impl Upstream {
                     "an ID token names a key the provider had not published: reading its keys again"
                 );
                 let fresh = self.discover(Some(&discovered)).await?;
-                Ok(self.check(id_token, audience, accepted, nonce, access_token, &fresh)?)
+                Ok(self.check(id_token, expected, &fresh)?)
             }
             other => Ok(other?),
         }
@@ -421,12 +423,15 @@ impl Upstream {
     fn check(
         &self,
         id_token: &CoreIdToken,
-        audience: &str,
-        accepted: &[String],
-        nonce: Option<&Nonce>,
-        access_token: Option<&openidconnect::AccessToken>,
+        expected: &Expected<'_>,
         discovered: &Discovered,
     ) -> Result<UpstreamIdentity, TokenProblem> {
+        let Expected {
+            audience,
+            accepted,
+            nonce,
+            access_token,
+        } = *expected;
         let now = self.clock.now();
         let leeway = self.leeway;
         let accepted = accepted.to_vec();

@@ -17,7 +17,7 @@
 mod bus;
 mod consumer;
 mod conversations;
-pub mod protocol;
+mod protocol;
 mod rest;
 
 use std::sync::Arc;
@@ -107,10 +107,5 @@ impl RelayService {
     /// Waits until every session has ended (after [`RelayService::shutdown`]).
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
-    }
-
-    /// Sockets open now.
-    pub fn open_sockets(&self) -> usize {
-        self.inner.config.max_sockets - self.inner.sockets.available_permits()
     }
 }

@@ -273,14 +273,7 @@ async fn sigterm_waits_for_a_push_whose_caller_hung_up() {
         )],
     );
     // An HTTP/2 connection of our own, so that hanging up is a real close of the socket.
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(env.ca.cert_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = crate::support::client::tls_config(&env.ca.cert_pem, None);
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(daemon.public).await.unwrap();
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
@@ -749,14 +742,7 @@ async fn idle_connections_are_closed() {
     )
     .await;
     // A raw HTTP/1.1 keep-alive connection: one request, then silence.
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(env.ca.cert_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::support::client::tls_config(&env.ca.cert_pem, None);
     let tcp = tokio::net::TcpStream::connect(daemon.public).await.unwrap();
     let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
         .connect("localhost".try_into().unwrap(), tcp)
