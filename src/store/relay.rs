@@ -12,6 +12,8 @@
 //!   a re-send of an event stored before the close still answers with its sequence.
 //! - `list_events` returns events in sequence order.
 //! - An event's body is sealed by the caller; the store never sees message text.
+//! - `take_conversation` gives a waiting conversation to one agent: of concurrent takers of
+//!   the same conversation, on any number of nodes, exactly one succeeds.
 
 use sqlx::Row;
 
@@ -188,6 +190,84 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?
         });
         Ok(rows)
+    }
+
+    /// Open conversations waiting for an agent in the account, oldest first, at most `limit`.
+    pub async fn list_waiting_conversations(
+        &self,
+        account: &str,
+        limit: i64,
+    ) -> Result<Vec<ConversationRow>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query(concat!("SELECT ", conversation_columns!(), " FROM conversations \
+                 WHERE account = $1 AND is_open AND agent_id IS NULL ORDER BY created_at, id LIMIT $2"))
+            .bind(account)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| -> Result<ConversationRow, sqlx::Error> { Ok(conversation_row!(r)) })
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
+    }
+
+    /// The conversations an agent took in the account (open and closed), newest first, at
+    /// most `limit`.
+    pub async fn list_agent_conversations(
+        &self,
+        account: &str,
+        agent_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ConversationRow>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query(concat!("SELECT ", conversation_columns!(), " FROM conversations \
+                 WHERE account = $1 AND agent_id = $2 ORDER BY created_at DESC, id LIMIT $3"))
+            .bind(account)
+            .bind(agent_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| -> Result<ConversationRow, sqlx::Error> { Ok(conversation_row!(r)) })
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Gives a waiting open conversation to an agent. Returns whether it did: of agents
+    /// taking the same conversation at once, exactly one gets `true`.
+    pub async fn take_conversation(&self, id: &str, agent_id: &str) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => {
+            sqlx::query("UPDATE conversations SET agent_id = $1 WHERE id = $2 AND is_open AND agent_id IS NULL")
+                .bind(agent_id)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Puts an open conversation held by `agent_id` back in the queue, with a new skill when
+    /// given. Returns whether it did.
+    pub async fn return_conversation(
+        &self,
+        id: &str,
+        agent_id: &str,
+        skill: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => {
+            sqlx::query("UPDATE conversations SET agent_id = NULL, skill = COALESCE($1, skill) \
+                 WHERE id = $2 AND agent_id = $3 AND is_open")
+                .bind(skill)
+                .bind(id)
+                .bind(agent_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
     }
 
     /// Closes an open conversation. Returns whether it was open.

@@ -319,6 +319,110 @@ async fn relay_conforms(store: &Store) {
         store.append_event(&new_event("missing", "m", None)).await,
         Err(StoreError::NotFound)
     ));
+    routing_conforms(store).await;
+}
+
+/// Routing: the queue, one winner among agents taking a conversation at once, returning a
+/// conversation to the queue, and an agent's list.
+async fn routing_conforms(store: &Store) {
+    let mut waiting = Vec::new();
+    for (i, consumer) in ["r1", "r2", "r3"].iter().enumerate() {
+        let mut c = conversation(&format!("q{i}"), consumer);
+        c.created_at = 10_000 + i as i64;
+        store.create_conversation(&c).await.unwrap();
+        waiting.push(c.id);
+    }
+    let queue = |rows: Vec<ConversationRow>| {
+        rows.into_iter()
+            .filter(|c| c.id.starts_with('q'))
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        queue(store.list_waiting_conversations("acct", 100).await.unwrap()),
+        waiting,
+        "oldest first"
+    );
+
+    // Ten agents take q0 at once: exactly one wins.
+    let takers: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                (
+                    format!("agent-{i}"),
+                    store
+                        .take_conversation("q0", &format!("agent-{i}"))
+                        .await
+                        .unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in takers {
+        let (agent, won) = t.await.unwrap();
+        if won {
+            winners.push(agent);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let winner = winners.remove(0);
+    let taken = store.get_conversation("q0").await.unwrap().unwrap();
+    assert_eq!(taken.agent_id.as_deref(), Some(winner.as_str()));
+    assert_eq!(
+        queue(store.list_waiting_conversations("acct", 100).await.unwrap()),
+        ["q1", "q2"]
+    );
+
+    // Only its agent returns it; with a new skill; then it waits again and can be taken.
+    assert!(
+        !store
+            .return_conversation("q0", "someone-else", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .return_conversation("q0", &winner, Some("billing"))
+            .await
+            .unwrap()
+    );
+    let returned = store.get_conversation("q0").await.unwrap().unwrap();
+    assert_eq!(returned.agent_id, None);
+    assert_eq!(returned.skill.as_deref(), Some("billing"));
+    assert!(store.take_conversation("q0", "agent-x").await.unwrap());
+    assert!(store.take_conversation("q1", "agent-x").await.unwrap());
+    assert_eq!(
+        store
+            .list_agent_conversations("acct", "agent-x", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["q1", "q0"],
+        "newest first"
+    );
+
+    // A closed conversation cannot be taken or returned, and stays in its agent's list.
+    assert!(store.close_conversation("q1", 20_000).await.unwrap());
+    assert!(
+        !store
+            .return_conversation("q1", "agent-x", None)
+            .await
+            .unwrap()
+    );
+    assert!(store.close_conversation("q2", 20_000).await.unwrap());
+    assert!(!store.take_conversation("q2", "agent-x").await.unwrap());
+    assert_eq!(
+        store
+            .list_agent_conversations("acct", "agent-x", 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
