@@ -1,7 +1,7 @@
 //! Conversations and their events: who may see and do what, sequence numbers, and sealing.
 //!
 //! The only code that writes conversations and events. A consumer only ever reaches its own
-//! conversations; an agent only those it took (routing comes with the agent side). Stored
+//! conversations; an agent only those it took (waiting ones are offered by `routing`). Stored
 //! events (content, accept/read receipts) get the next sequence from the store and are
 //! acknowledged only once committed; chat states (typing) are not stored and carry the
 //! conversation's current last sequence. Every stored event body is sealed (AES-256-GCM under
@@ -17,17 +17,17 @@ use crate::store::relay::{ConversationRow, NewEvent};
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreError};
 
-/// Who acts: a consumer, by its id from its identity token. (Agents join with the agent
-/// side.)
+/// Who acts: a consumer, by its id from its identity token, or an agent, by its account id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Participant {
     Consumer(String),
+    Agent(String),
 }
 
 impl Participant {
     pub fn id(&self) -> &str {
         match self {
-            Participant::Consumer(id) => id,
+            Participant::Consumer(id) | Participant::Agent(id) => id,
         }
     }
 
@@ -35,6 +35,15 @@ impl Participant {
     pub fn role(&self) -> &'static str {
         match self {
             Participant::Consumer(_) => "CONSUMER",
+            Participant::Agent(_) => "ASSIGNED_AGENT",
+        }
+    }
+
+    /// Whether this participant may see the conversation.
+    fn may_see(&self, c: &ConversationRow) -> bool {
+        match self {
+            Participant::Consumer(id) => c.consumer_id == *id,
+            Participant::Agent(id) => c.agent_id.as_deref() == Some(id.as_str()),
         }
     }
 }
@@ -47,6 +56,9 @@ pub enum RelayError {
     NotFound,
     #[error("the conversation is closed")]
     Closed,
+    /// Another agent took the conversation first, or it left the queue.
+    #[error("the conversation is no longer waiting")]
+    Taken,
     #[error("{0}")]
     BadRequest(String),
     #[error("the store cannot be used: {0}")]
@@ -147,15 +159,90 @@ impl Conversations {
         }
     }
 
-    /// The consumer's conversations, newest first (the last 100).
-    pub async fn list_for_consumer(
-        &self,
-        consumer: &str,
-    ) -> Result<Vec<ConversationRow>, RelayError> {
+    /// The participant's conversations, newest first (the last 100): a consumer's own, or
+    /// those an agent took.
+    pub async fn list_for(&self, who: &Participant) -> Result<Vec<ConversationRow>, RelayError> {
+        Ok(match who {
+            Participant::Consumer(id) => {
+                self.store
+                    .list_consumer_conversations(&self.account, id, 100)
+                    .await?
+            }
+            Participant::Agent(id) => {
+                self.store
+                    .list_agent_conversations(&self.account, id, 100)
+                    .await?
+            }
+        })
+    }
+
+    /// Open conversations waiting for an agent, oldest first (at most `limit`).
+    pub async fn waiting(&self, limit: i64) -> Result<Vec<ConversationRow>, RelayError> {
         Ok(self
             .store
-            .list_consumer_conversations(&self.account, consumer, 100)
+            .list_waiting_conversations(&self.account, limit)
             .await?)
+    }
+
+    /// A conversation of this account whoever holds it, for routing (which shows agents
+    /// waiting conversations, never their events).
+    pub(super) async fn get_for_routing(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationRow>, RelayError> {
+        Ok(self
+            .store
+            .get_conversation(conversation_id)
+            .await?
+            .filter(|c| c.account == self.account))
+    }
+
+    /// An agent takes a waiting conversation; of agents accepting it at once, one wins, the
+    /// others get [`RelayError::Taken`].
+    pub async fn take(&self, agent_id: &str, conversation_id: &str) -> Result<(), RelayError> {
+        let Some(row) = self.get_for_routing(conversation_id).await? else {
+            return Err(RelayError::NotFound);
+        };
+        if !self
+            .store
+            .take_conversation(conversation_id, agent_id)
+            .await?
+        {
+            return Err(RelayError::Taken);
+        }
+        tracing::info!(conversation = %conversation_id, agent = %agent_id, "an agent took a conversation");
+        self.bus.state_changed(conversation_id, &row.consumer_id);
+        Ok(())
+    }
+
+    /// The agent holding a conversation puts it back in the queue (a transfer), with a new
+    /// skill when given.
+    pub async fn return_to_queue(
+        &self,
+        who: &Participant,
+        conversation_id: &str,
+        skill: Option<&str>,
+    ) -> Result<(), RelayError> {
+        let Participant::Agent(agent_id) = who else {
+            return Err(RelayError::BadRequest(
+                "only the assigned agent may transfer a conversation".into(),
+            ));
+        };
+        let row = self.get(who, conversation_id).await?;
+        if !row.open {
+            return Err(RelayError::Closed);
+        }
+        if !self
+            .store
+            .return_conversation(conversation_id, agent_id, skill)
+            .await?
+        {
+            // Closed or transferred in between.
+            return Err(RelayError::Closed);
+        }
+        tracing::info!(conversation = %conversation_id, agent = %agent_id, "an agent returned a conversation to the queue");
+        self.bus.state_changed(conversation_id, &row.consumer_id);
+        Ok(())
     }
 
     /// The conversation, if `who` may see it.
@@ -169,11 +256,7 @@ impl Conversations {
             .get_conversation(conversation_id)
             .await?
             .ok_or(RelayError::NotFound)?;
-        let allowed = row.account == self.account
-            && match who {
-                Participant::Consumer(id) => row.consumer_id == *id,
-            };
-        if allowed {
+        if row.account == self.account && who.may_see(&row) {
             Ok(row)
         } else {
             Err(RelayError::NotFound)

@@ -5,20 +5,27 @@
 //!
 //! The door is [`RelayService`]: [`RelayService::router`] for the listener and
 //! [`RelayService::shutdown`] for the end. Inside:
-//! - `consumer`: a consumer's socket (authentication, token expiry, requests);
+//! - `socket`: what every socket does (queue, subscriptions, shared requests, close codes);
+//! - `consumer`: a consumer's socket (authentication, token expiry, its own requests);
+//! - `agent`: an agent's socket (session, availability, rings); `routing`: which agent gets a
+//!   waiting conversation; `accounts`: agents, their passwords and sessions;
 //! - `rest`: a conversation's history over HTTPS;
 //! - `conversations`: the only code that writes conversations and events (access rules,
 //!   sequences, sealing); `bus`: fan-out of committed events to followers, with catch-up
 //!   from the store so nothing is skipped; `protocol`: the envelopes.
 //!
-//! Built so far: the consumer side and history. The agent side, away pushes and webhooks
-//! come next.
+//! Built so far: consumers, agents and routing, and history. Away pushes and webhooks come
+//! next.
 
+mod accounts;
+mod agent;
 mod bus;
 mod consumer;
 mod conversations;
 mod protocol;
 mod rest;
+mod routing;
+mod socket;
 
 use std::sync::Arc;
 
@@ -28,7 +35,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use consumer::close_code;
+pub use socket::close_code;
 
 use crate::clock::Clock;
 use crate::config::RelayConfig;
@@ -47,6 +54,7 @@ struct Inner {
     config: RelayConfig,
     identity: IdentityService,
     conversations: Arc<conversations::Conversations>,
+    accounts: Arc<accounts::Accounts>,
     /// One permit per open socket.
     sockets: Arc<Semaphore>,
     /// Sockets not authenticated yet, per source address.
@@ -78,6 +86,7 @@ impl RelayService {
                 config: config.clone(),
                 identity,
                 conversations: Arc::new(conversations),
+                accounts: Arc::new(accounts::Accounts),
                 sockets: Arc::new(Semaphore::new(config.max_sockets)),
                 unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
@@ -86,10 +95,17 @@ impl RelayService {
         }
     }
 
-    /// The routes: the consumer's WebSocket at both paths, and history over REST.
+    /// The routes: the consumer's and the agent's WebSockets at both paths, and history over
+    /// REST.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws/consumer", get(consumer::own_path))
+            .route("/ws/agent", get(agent::own_path))
+            .route(
+                "/ws_api/account/{account}/messaging/brand/{bearer}",
+                get(agent::platform_path),
+            )
+            .route("/api/v1/conversations", get(rest::list))
             .route("/api/v1/conversations/{id}/events", get(rest::events))
             .route(
                 "/ws_api/account/{account}/messaging/consumer",

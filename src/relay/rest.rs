@@ -1,7 +1,9 @@
-//! The relay over plain HTTPS: `GET /api/v1/conversations/{id}/events?fromSeq=&limit=`, a
-//! conversation's stored events for the consumer who owns it (its identity token as
-//! `Authorization: jwt <token>` or `Bearer`). Anyone else gets `404`, as for a conversation that
-//! does not exist.
+//! The relay over plain HTTPS:
+//! - `GET /api/v1/conversations/{id}/events?fromSeq=&limit=`: a conversation's stored events,
+//!   for the consumer who owns it (its identity token as `Authorization: jwt <token>` or
+//!   `Bearer`) and the agent who took it (its session as `Authorization: Bearer <bearer>`).
+//!   Anyone else gets `404`, as for a conversation that does not exist.
+//! - `GET /api/v1/conversations`: an agent's conversations (taken by it, newest first).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +11,9 @@ use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
 use super::RelayService;
+use super::accounts::AgentAuthError;
 use super::conversations::{Participant, RelayError};
+use crate::identity::VerifyError;
 
 /// Most events in one answer.
 const MAX_LIMIT: i64 = 1000;
@@ -24,20 +28,9 @@ pub async fn events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let Some(token) = super::consumer::header_token(&headers) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "send the consumer's identity token: Authorization: jwt <token>",
-        );
-    };
-    let consumer = match relay.inner.identity.verify_consumer(token).await {
-        Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                &format!("the token is not accepted: {e}"),
-            );
-        }
+    let who = match caller(&relay, &headers).await {
+        Ok(who) => who,
+        Err(response) => return response,
     };
     let mut from_seq = 0;
     let mut limit = 100;
@@ -60,25 +53,19 @@ pub async fn events(
             _ => return error(StatusCode::BAD_REQUEST, &format!("unknown parameter {k}")),
         }
     }
-    let who = Participant::Consumer(consumer.subject);
     match relay
         .inner
         .conversations
         .history(&who, &conversation, from_seq, limit)
         .await
     {
-        Ok(changes) => {
-            let mut response = axum::Json(json!({
+        Ok(changes) => no_store(
+            axum::Json(json!({
                 "conversationId": conversation,
                 "events": changes.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
             }))
-            .into_response();
-            response.headers_mut().insert(
-                http::header::CACHE_CONTROL,
-                http::HeaderValue::from_static("no-store"),
-            );
-            response
-        }
+            .into_response(),
+        ),
         Err(RelayError::NotFound) => error(StatusCode::NOT_FOUND, "no such conversation"),
         Err(e) => {
             tracing::error!(error = %e, "cannot read a conversation's history");
@@ -88,4 +75,89 @@ pub async fn events(
             )
         }
     }
+}
+
+/// `GET /api/v1/conversations`: the calling agent's conversations.
+pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Response {
+    let who = match caller(&relay, &headers).await {
+        Ok(who @ Participant::Agent(_)) => who,
+        Ok(Participant::Consumer(_)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the conversation list is for agents; a consumer subscribes to its own",
+            );
+        }
+        Err(response) => return response,
+    };
+    match relay.inner.conversations.list_for(&who).await {
+        Ok(rows) => {
+            let list: Vec<_> = rows
+                .iter()
+                .map(|c| {
+                    json!({
+                        "conversationId": c.id,
+                        "consumerId": c.consumer_id,
+                        "state": if c.open { "OPEN" } else { "CLOSE" },
+                        "skillId": c.skill,
+                        "startTs": c.created_at,
+                        "endTs": c.closed_at,
+                        "lastSequence": c.last_seq,
+                    })
+                })
+                .collect();
+            no_store(axum::Json(json!({ "conversations": list })).into_response())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list an agent's conversations");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service cannot answer right now",
+            )
+        }
+    }
+}
+
+/// Who calls: a consumer by its identity token (a JWT: `Authorization: jwt <token>` or
+/// `Bearer <token>`), or an agent by its session (`Authorization: Bearer <bearer>`; a bearer
+/// is not a JWT, so the two never mix).
+async fn caller(relay: &RelayService, headers: &HeaderMap) -> Result<Participant, Response> {
+    let Some(token) = super::consumer::header_token(headers) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "send a consumer's identity token (Authorization: jwt <token>) or an agent's session (Authorization: Bearer <bearer>)",
+        ));
+    };
+    if token.contains('.') {
+        match relay.inner.identity.verify_consumer(token).await {
+            Ok(c) => Ok(Participant::Consumer(c.subject)),
+            Err(VerifyError::Unavailable) => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tokens cannot be checked right now",
+            )),
+            Err(e) => Err(error(
+                StatusCode::UNAUTHORIZED,
+                &format!("the token is not accepted: {e}"),
+            )),
+        }
+    } else {
+        match relay.inner.accounts.authenticate(token).await {
+            Ok(agent) => Ok(Participant::Agent(agent.agent_id)),
+            Err(AgentAuthError::Unavailable) => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sessions cannot be checked right now",
+            )),
+            Err(_) => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "the session is not valid; log in",
+            )),
+        }
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
 }

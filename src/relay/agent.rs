@@ -1,0 +1,255 @@
+//! An agent's WebSocket: `GET /ws/agent` with `Authorization: Bearer <session>` (the bearer
+//! from the agent login, `POST /api/account/{account}/login`), also at the platform's own path
+//! `/ws_api/account/{account}/messaging/brand/{bearer}`.
+//!
+//! Besides the requests every socket has (`socket`), an agent sets its availability and
+//! answers rings (`routing`). It sees only the conversations routed to and taken by it. The
+//! session is checked again at least every [`RECHECK`] while requests come (a logout, a
+//! disabled agent or a reset password ends the socket with 4401), and when it expires the
+//! socket gets a `brandgate.SessionExpired` notification and is closed with 4410.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::RelayService;
+use super::accounts::{AgentAuthError, AgentPrincipal};
+use super::conversations::{Participant, RelayError};
+use super::protocol::{notification, response, text_response};
+use super::routing::{self, Availability, Desk};
+use super::socket::{Deadline, Link, Next, Role, close_code, error_response, run};
+
+/// How often, at most, a busy socket re-reads its session.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// `GET /ws_api/account/{account}/messaging/brand/{bearer}`.
+pub async fn platform_path(
+    State(relay): State<RelayService>,
+    Path((account, bearer)): Path<(String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if account != relay.inner.config.account {
+        return (StatusCode::NOT_FOUND, "no such account").into_response();
+    }
+    upgrade(relay, &bearer, ws).await
+}
+
+/// `GET /ws/agent`.
+pub async fn own_path(
+    State(relay): State<RelayService>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_string());
+    let Some(bearer) = bearer else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "send the agent's session: Authorization: Bearer <bearer>",
+        )
+            .into_response();
+    };
+    upgrade(relay, &bearer, ws).await
+}
+
+async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Response {
+    let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections; retry later",
+        )
+            .into_response();
+    };
+    let principal = match relay.inner.accounts.authenticate(bearer).await {
+        Ok(p) => p,
+        Err(AgentAuthError::Unavailable) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sessions cannot be checked right now; retry",
+            )
+                .into_response();
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "an agent's session was refused on the upgrade");
+            return (StatusCode::UNAUTHORIZED, "the session is not valid; log in").into_response();
+        }
+    };
+    let bearer = bearer.to_string();
+    let config = &relay.inner.config;
+    ws.max_frame_size(config.max_frame_bytes * 2)
+        .max_message_size(config.max_frame_bytes * 2)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            let _tracked = relay.inner.sessions.token();
+            tracing::info!(agent = %principal.agent_id, "an agent connected");
+            let role = AgentRole {
+                principal,
+                bearer,
+                checked: Instant::now(),
+                desk: watch::Sender::new(Desk::default()),
+            };
+            run(role, Link::new(relay, socket)).await;
+        })
+}
+
+/// An agent's side of a socket.
+struct AgentRole {
+    principal: AgentPrincipal,
+    bearer: String,
+    /// When the session was last read.
+    checked: Instant,
+    desk: watch::Sender<Desk>,
+}
+
+impl Role for AgentRole {
+    fn deadline(&self) -> Deadline {
+        Deadline {
+            at: tokio::time::Instant::now()
+                + self
+                    .principal
+                    .expires_at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            code: close_code::TOKEN_EXPIRED,
+            reason: "session expired",
+            notice: Some(expired_notification()),
+        }
+    }
+
+    async fn frame(&mut self, link: &mut Link, text: &str) -> Next {
+        if self.principal.expires_at <= SystemTime::now() {
+            let _ = link.send(expired_notification()).await;
+            return Next::Close(close_code::TOKEN_EXPIRED, "session expired");
+        }
+        let request = match link.read(text).await {
+            Ok(r) => r,
+            Err(next) => return next,
+        };
+        if self.checked.elapsed() >= RECHECK {
+            match link.relay.inner.accounts.authenticate(&self.bearer).await {
+                Ok(p) => {
+                    self.principal = p;
+                    self.checked = Instant::now();
+                }
+                // The store is down: the session was valid a moment ago; requests will fail
+                // on their own if the store stays down.
+                Err(AgentAuthError::Unavailable) => {}
+                Err(_) => {
+                    let _ = link
+                        .send(text_response(&request.id, 401, "the session ended; log in"))
+                        .await;
+                    return Next::Close(close_code::UNAUTHENTICATED, "the session ended");
+                }
+            }
+        }
+        let who = Participant::Agent(self.principal.agent_id.clone());
+        let answer = match request.kind.as_str() {
+            // The bearer authenticated the socket already.
+            "InitConnection" => Ok(text_response(&request.id, 200, "OK")),
+            "routing.SetAgentState" => {
+                match request
+                    .body
+                    .get("availability")
+                    .and_then(|v| v.as_str())
+                    .and_then(Availability::parse)
+                {
+                    Some(availability) => {
+                        self.desk.send_modify(|d| d.availability = availability);
+                        Ok(text_response(&request.id, 200, "OK"))
+                    }
+                    None => Err(RelayError::BadRequest(
+                        "body.availability must be ONLINE, AWAY, BACK_SOON or OFFLINE".into(),
+                    )),
+                }
+            }
+            "routing.SubscribeRoutingTasks" => self.subscribe(link, &request.id, true),
+            "routing.SubscribeAgentsState" => self.subscribe(link, &request.id, false),
+            "routing.UpdateRingState" => match routing::ring_answer(&request.body) {
+                Ok((conversation, true)) => link
+                    .conversations()
+                    .take(&self.principal.agent_id, &conversation)
+                    .await
+                    .map(|()| text_response(&request.id, 200, "OK")),
+                Ok((conversation, false)) => {
+                    self.desk.send_modify(|d| {
+                        // Bounded: the oldest rejections are forgotten first (the set is
+                        // small; order is not kept, so all are forgotten at the cap).
+                        if d.rejected.len() >= 1000 {
+                            d.rejected.clear();
+                        }
+                        d.rejected.insert(conversation);
+                    });
+                    Ok(text_response(&request.id, 200, "OK"))
+                }
+                Err(e) => Err(e),
+            },
+            _ => match link.shared(&who, &request).await {
+                Some(answer) => answer,
+                None => Ok(text_response(
+                    &request.id,
+                    400,
+                    &format!("unknown request type {:?}", request.kind),
+                )),
+            },
+        };
+        let frame = answer.unwrap_or_else(|e| error_response(&request.id, &e));
+        link.reply(frame).await
+    }
+}
+
+impl AgentRole {
+    /// `routing.SubscribeRoutingTasks` (`tasks`) or `routing.SubscribeAgentsState`.
+    fn subscribe(
+        &mut self,
+        link: &mut Link,
+        req_id: &str,
+        tasks: bool,
+    ) -> Result<String, RelayError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let token = link.new_subscription(&id)?;
+        let desk = self.desk.subscribe();
+        let out = link.outbox.clone();
+        if tasks {
+            let conversations = link.conversations();
+            let agent = self.principal.agent_id.clone();
+            let subscription = id.clone();
+            link.start_after_reply(async move {
+                let result =
+                    routing::ring(conversations, agent, subscription, desk, out.clone(), token)
+                        .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "a routing subscription failed; closing its socket");
+                    out.close(
+                        close_code::SUBSCRIPTION_FAILED,
+                        "the subscription failed; subscribe again",
+                    );
+                }
+            });
+        } else {
+            link.start_after_reply(routing::report_state(id.clone(), desk, out, token));
+        }
+        Ok(response(
+            req_id,
+            200,
+            "GenericSubscribeResponse",
+            json!({ "subscriptionId": id }),
+        ))
+    }
+}
+
+/// The frame telling an agent its session ran out (not in the platform's published schemas).
+fn expired_notification() -> String {
+    notification(
+        "brandgate.SessionExpired",
+        json!({ "reason": "the agent's session expired; log in again" }),
+    )
+}

@@ -1,0 +1,256 @@
+//! Routing: which agent gets a waiting conversation.
+//!
+//! An agent's socket has a [`Desk`]: its availability (`routing.SetAgentState`; `OFFLINE`
+//! until it says otherwise) and the rings it rejected. Its routing-task subscription
+//! (`routing.SubscribeRoutingTasks`, [`ring`]) shows, while it is `ONLINE`, every open
+//! conversation waiting in the queue as a task with one `WAITING` ring; the ring id is the
+//! conversation id. `routing.UpdateRingState` `ACCEPTED` takes the conversation (the store lets
+//! exactly one agent win; the others' tasks complete as `CANCELLED`), `REJECTED` ends the ring
+//! for this agent only. The queue is read from the store and changes arrive over the bus, so
+//! agents on other nodes are rung as well.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::bus::Outbox;
+use super::conversations::{Conversations, RelayError};
+use super::protocol::notification;
+use crate::store::relay::ConversationRow;
+
+/// Waiting conversations one agent is rung for at once (the oldest).
+const MAX_RINGS: i64 = 100;
+
+/// An agent's availability, as the platform names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Online,
+    Away,
+    BackSoon,
+    Offline,
+}
+
+impl Availability {
+    pub fn parse(text: &str) -> Option<Availability> {
+        Some(match text {
+            "ONLINE" => Availability::Online,
+            "AWAY" => Availability::Away,
+            "BACK_SOON" => Availability::BackSoon,
+            "OFFLINE" => Availability::Offline,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Availability::Online => "ONLINE",
+            Availability::Away => "AWAY",
+            Availability::BackSoon => "BACK_SOON",
+            Availability::Offline => "OFFLINE",
+        }
+    }
+}
+
+/// One agent socket's routing state.
+#[derive(Debug, Clone)]
+pub struct Desk {
+    pub availability: Availability,
+    /// Conversations whose ring this agent rejected.
+    pub rejected: HashSet<String>,
+}
+
+impl Default for Desk {
+    fn default() -> Desk {
+        Desk {
+            availability: Availability::Offline,
+            rejected: HashSet::new(),
+        }
+    }
+}
+
+/// How a task ends for this agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// This agent took the conversation.
+    Accepted,
+    /// This agent rejected the ring.
+    Rejected,
+    /// Taken by another agent, closed, or this agent is no longer online.
+    Cancelled,
+}
+
+/// Sends the agent's routing tasks until `cancel` (see the module's description).
+pub async fn ring(
+    conversations: Arc<Conversations>,
+    agent_id: String,
+    subscription: String,
+    mut desk: watch::Receiver<Desk>,
+    out: Outbox,
+    cancel: CancellationToken,
+) -> Result<(), RelayError> {
+    let mut changes = conversations.bus().state_changes();
+    // Tasks shown as waiting, by conversation.
+    let mut ringing: HashMap<String, ConversationRow> = HashMap::new();
+    let mut resync = true;
+    loop {
+        if resync {
+            resync = false;
+            let (online, rejected) = {
+                let d = desk.borrow_and_update();
+                (d.availability == Availability::Online, d.rejected.clone())
+            };
+            let waiting = if online {
+                conversations.waiting(MAX_RINGS).await?
+            } else {
+                Vec::new()
+            };
+            let waiting_ids: HashSet<&str> = waiting.iter().map(|c| c.id.as_str()).collect();
+            let ended: Vec<String> = ringing
+                .keys()
+                .filter(|id| !waiting_ids.contains(id.as_str()) || rejected.contains(*id))
+                .cloned()
+                .collect();
+            for id in ended {
+                if let Some(row) = ringing.remove(&id) {
+                    let how = if rejected.contains(&id) {
+                        Ending::Rejected
+                    } else {
+                        Ending::Cancelled
+                    };
+                    if !out
+                        .send(task(&subscription, &row, Some(how)), &cancel)
+                        .await
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            for c in waiting {
+                if !ringing.contains_key(&c.id) && !rejected.contains(&c.id) {
+                    if !out.send(task(&subscription, &c, None), &cancel).await {
+                        return Ok(());
+                    }
+                    ringing.insert(c.id.clone(), c);
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            changed = desk.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                resync = true;
+            }
+            change = changes.recv() => match change {
+                Ok(change) => {
+                    let Some(row) = conversations.get_for_routing(&change.conversation_id).await? else {
+                        continue;
+                    };
+                    let waiting = row.open && row.agent_id.is_none();
+                    let was_ringing = ringing.contains_key(&row.id);
+                    let (online, rejected) = {
+                        let d = desk.borrow();
+                        (d.availability == Availability::Online, d.rejected.contains(&row.id))
+                    };
+                    if was_ringing && !waiting {
+                        ringing.remove(&row.id);
+                        let how = if row.agent_id.as_deref() == Some(agent_id.as_str()) {
+                            Ending::Accepted
+                        } else {
+                            Ending::Cancelled
+                        };
+                        if !out.send(task(&subscription, &row, Some(how)), &cancel).await {
+                            return Ok(());
+                        }
+                    } else if !was_ringing && waiting && online && !rejected
+                        && ringing.len() < MAX_RINGS as usize
+                    {
+                        if !out.send(task(&subscription, &row, None), &cancel).await {
+                            return Ok(());
+                        }
+                        ringing.insert(row.id.clone(), row);
+                    }
+                }
+                // Behind: read the queue again rather than miss a conversation.
+                Err(broadcast::error::RecvError::Lagged(_)) => resync = true,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A `routing.routingTaskNotification` for one conversation: waiting (`None`) or ended.
+fn task(subscription: &str, c: &ConversationRow, ending: Option<Ending>) -> String {
+    let state = match ending {
+        None => "WAITING",
+        Some(Ending::Accepted) => "ACCEPTED",
+        Some(Ending::Rejected) => "REJECTED",
+        Some(Ending::Cancelled) => "CANCELLED",
+    };
+    notification(
+        "routing.routingTaskNotification",
+        json!({
+            "subscriptionId": subscription,
+            "changes": [{
+                "type": "UPSERT",
+                "result": {
+                    "routingTaskId": c.id,
+                    "taskCompleted": ending.is_some(),
+                    "conversationId": c.id,
+                    "consumerId": c.consumer_id,
+                    "skillId": c.skill.as_deref().unwrap_or("-1"),
+                    "ringsDetails": [{"ringId": c.id, "ringState": state, "weight": 0}],
+                }
+            }]
+        }),
+    )
+}
+
+/// Sends the agent's availability now and on every change, until `cancel`
+/// (`routing.SubscribeAgentsState`).
+pub async fn report_state(
+    subscription: String,
+    mut desk: watch::Receiver<Desk>,
+    out: Outbox,
+    cancel: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let now = desk.borrow_and_update().availability;
+        if last != Some(now) {
+            last = Some(now);
+            let frame = notification(
+                "routing.agentStateNotification",
+                json!({
+                    "subscriptionId": subscription,
+                    "changes": [{"type": "UPSERT", "result": {"availability": now.name()}}]
+                }),
+            );
+            if !out.send(frame, &cancel).await {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = desk.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// `routing.UpdateRingState`'s body: the ring (conversation) and `ACCEPTED` (`true`) or
+/// `REJECTED` (`false`).
+pub fn ring_answer(body: &Value) -> Result<(String, bool), RelayError> {
+    let ring = super::socket::id_field(body, "ringId")?;
+    match body.get("ringState").and_then(Value::as_str) {
+        Some("ACCEPTED") => Ok((ring, true)),
+        Some("REJECTED") => Ok((ring, false)),
+        _ => Err(RelayError::BadRequest(
+            "body.ringState must be ACCEPTED or REJECTED".into(),
+        )),
+    }
+}

@@ -1,0 +1,594 @@
+//! What every relay socket does, whoever speaks on it: one task per socket reads requests and
+//! writes frames; requests are answered in order, directly; subscriptions feed a queue bounded
+//! in bytes (`relay.send_queue_bytes`) that the task drains, and a socket that does not read
+//! its queue for 30 s is closed (4408; the client catches up with `fromSeq`): nothing is
+//! skipped. Here too: the per-second request window, the close codes, and the requests
+//! consumers and agents share (publish, follow a conversation, watch the conversation list,
+//! close or transfer). `consumer` and `agent` say who may connect and add their own requests
+//! through [`Role`].
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::RelayService;
+use super::bus::{Outbox, Outgoing, follow};
+use super::conversations::{Conversations, Participant, RelayError};
+use super::protocol::{self, Request, malformed_response, notification, response, text_response};
+use crate::store::relay::ConversationRow;
+
+/// Conversations one socket may follow at once, and conversation-list subscriptions.
+const MAX_FOLLOWS: usize = 16;
+const MAX_WATCHES: usize = 4;
+
+/// How long one frame may take to leave: a client that does not read is let go.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Close codes (the private range, RFC 6455 §7.4.2).
+pub mod close_code {
+    /// No valid credential: none on the upgrade and no `InitConnection` in time, it failed, or
+    /// an agent's session ended.
+    pub const UNAUTHENTICATED: u16 = 4401;
+    /// The token (or an agent's session) expired and no fresh one came in-band.
+    pub const TOKEN_EXPIRED: u16 = 4410;
+    /// The socket did not read what it was sent.
+    pub const TOO_SLOW: u16 = super::super::bus::TOO_SLOW;
+    /// A subscription failed (the store); reconnect and catch up with `fromSeq`.
+    pub const SUBSCRIPTION_FAILED: u16 = super::super::bus::SUBSCRIPTION_FAILED;
+    /// The daemon is stopping.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame larger than `relay.max_frame_bytes` (RFC 6455's "message too big").
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// What the socket's task does after a frame.
+pub(super) enum Next {
+    Continue,
+    Close(u16, &'static str),
+}
+
+/// When a socket ends unless something changes first, and how.
+pub(super) struct Deadline {
+    pub at: tokio::time::Instant,
+    pub code: u16,
+    pub reason: &'static str,
+    /// A last notification sent before the close frame.
+    pub notice: Option<String>,
+}
+
+/// Who speaks on a socket: what authenticates it and the requests only it makes.
+pub(super) trait Role: Send {
+    /// When the socket ends (authentication not done in time, credential expired).
+    fn deadline(&self) -> Deadline;
+    /// Handles one text frame (within the size limit).
+    fn frame(&mut self, link: &mut Link, text: &str) -> impl Future<Output = Next> + Send;
+}
+
+type Subscription = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A socket and what it holds: its queue, its subscriptions, its request window.
+pub(super) struct Link {
+    pub relay: RelayService,
+    socket: WebSocket,
+    /// Frames from subscriptions, drained by the socket's task.
+    pub outbox: Outbox,
+    queue: mpsc::Receiver<Outgoing>,
+    /// Ends every subscription of this socket.
+    cancel: CancellationToken,
+    /// `ms.SubscribeMessagingEvents` by conversation.
+    followed: HashMap<String, CancellationToken>,
+    /// `cqm.SubscribeExConversations` (and routing subscriptions) by subscription id.
+    watching: HashMap<String, CancellationToken>,
+    /// Requests in the current second.
+    window: (Instant, u32),
+    /// A subscription to start once its response is on the wire (so the response comes first).
+    pending: Option<Subscription>,
+}
+
+impl Link {
+    pub fn new(relay: RelayService, socket: WebSocket) -> Link {
+        let (outbox, queue) = Outbox::new(relay.inner.config.send_queue_bytes);
+        let cancel = relay.inner.shutdown.child_token();
+        Link {
+            relay,
+            socket,
+            outbox,
+            queue,
+            cancel,
+            followed: HashMap::new(),
+            watching: HashMap::new(),
+            window: (Instant::now(), 0),
+            pending: None,
+        }
+    }
+
+    pub fn conversations(&self) -> Arc<Conversations> {
+        self.relay.inner.conversations.clone()
+    }
+
+    pub async fn send(&mut self, frame: String) -> Result<(), ()> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(frame.into())))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Sends an answer, then starts the subscription the request asked for, if any.
+    pub async fn reply(&mut self, frame: String) -> Next {
+        let next = match self.send(frame).await {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Close(close_code::GOING_AWAY, "write failed"),
+        };
+        if let Some(subscription) = self.pending.take() {
+            tokio::spawn(subscription);
+        }
+        next
+    }
+
+    /// Counts a frame in this second's window; `false` past the limit.
+    fn within_rate(&mut self) -> bool {
+        // A fixed window per second: enough to stop a flood, never in a real client's way.
+        if self.window.0.elapsed() >= Duration::from_secs(1) {
+            self.window = (Instant::now(), 0);
+        }
+        self.window.1 += 1;
+        self.window.1 <= self.relay.inner.config.requests_per_second
+    }
+
+    /// Reads a frame as a request, counted against the rate. A malformed one, or one past
+    /// the rate, is answered here (`Err` says what the socket does next).
+    pub async fn read(&mut self, text: &str) -> Result<Request, Next> {
+        let within_rate = self.within_rate();
+        let request = match protocol::parse_request(text) {
+            Ok(r) => r,
+            Err(m) => return Err(self.reply(malformed_response(&m)).await),
+        };
+        if !within_rate {
+            return Err(self
+                .reply(text_response(
+                    &request.id,
+                    429,
+                    "too many requests; slow down",
+                ))
+                .await);
+        }
+        Ok(request)
+    }
+
+    /// A token for a new subscription of this socket, registered under `id` (a
+    /// conversation list or routing subscription), within the per-socket limit.
+    pub fn new_subscription(&mut self, id: &str) -> Result<CancellationToken, RelayError> {
+        self.watching.retain(|_, t| !t.is_cancelled());
+        if self.watching.len() >= MAX_WATCHES {
+            return Err(RelayError::BadRequest(format!(
+                "at most {MAX_WATCHES} subscriptions of this kind per socket"
+            )));
+        }
+        let token = self.cancel.child_token();
+        self.watching.insert(id.to_string(), token.clone());
+        Ok(token)
+    }
+
+    /// Starts `subscription` once the current request's response is sent.
+    pub fn start_after_reply(&mut self, subscription: impl Future<Output = ()> + Send + 'static) {
+        self.pending = Some(Box::pin(subscription));
+    }
+
+    /// Answers a request consumers and agents share; `None` when `r` is not one of them.
+    pub async fn shared(
+        &mut self,
+        who: &Participant,
+        r: &Request,
+    ) -> Option<Result<String, RelayError>> {
+        let answer = match r.kind.as_str() {
+            "ms.PublishEvent" => self.publish(who, r).await,
+            "ms.SubscribeMessagingEvents" => self.follow(who, r).await,
+            "cqm.SubscribeExConversations" => self.watch(who, r),
+            "cqm.UnsubscribeExConversations" => {
+                id_field(&r.body, "subscriptionId").and_then(|id| match self.watching.remove(&id) {
+                    Some(t) => {
+                        t.cancel();
+                        Ok(text_response(&r.id, 200, "OK"))
+                    }
+                    None => Err(RelayError::NotFound),
+                })
+            }
+            "cm.UpdateConversationField" => self.update_conversation(who, r).await,
+            "GetClock" => {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                Ok(response(
+                    &r.id,
+                    200,
+                    "GetClock$Response",
+                    json!({ "currentTime": now }),
+                ))
+            }
+            "KeepAlive" => Ok(text_response(&r.id, 200, "OK")),
+            _ => return None,
+        };
+        Some(answer)
+    }
+
+    async fn publish(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
+        let dialog = id_field(&r.body, "dialogId")?;
+        let raw = r
+            .body
+            .get("event")
+            .ok_or_else(|| RelayError::BadRequest("body.event is missing".into()))?;
+        let client_id = raw
+            .get("eventId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 64);
+        let conversations = &self.relay.inner.conversations;
+        let event = conversations.check_event(raw)?;
+        let seq = conversations
+            .publish(who, &dialog, event, client_id)
+            .await?;
+        Ok(response(
+            &r.id,
+            200,
+            "ms.PublishEventResponse",
+            json!({ "sequence": seq }),
+        ))
+    }
+
+    async fn follow(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
+        let dialog = id_field(&r.body, "dialogId")?;
+        let from = match r.body.get("fromSeq") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| RelayError::BadRequest("body.fromSeq must be an integer".into()))?,
+        };
+        let conversations = self.conversations();
+        let row = conversations.get(who, &dialog).await?;
+        if let Some(old) = self.followed.remove(&dialog) {
+            old.cancel();
+        }
+        self.followed.retain(|_, t| !t.is_cancelled());
+        if self.followed.len() >= MAX_FOLLOWS {
+            return Err(RelayError::BadRequest(format!(
+                "at most {MAX_FOLLOWS} conversations are followed per socket"
+            )));
+        }
+        // Nothing beyond the next sequence exists yet: a later fromSeq would wait for events
+        // that then never show.
+        let from = from.min(row.last_seq + 1);
+        let token = self.cancel.child_token();
+        self.followed.insert(dialog.clone(), token.clone());
+        self.start_after_reply(follow(
+            conversations,
+            dialog,
+            from,
+            self.outbox.clone(),
+            token,
+        ));
+        Ok(response(&r.id, 200, "GenericSubscribeResponse", json!({})))
+    }
+
+    fn watch(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
+        let states: Vec<String> = r
+            .body
+            .get("convState")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let id = uuid::Uuid::new_v4().to_string();
+        let token = self.new_subscription(&id)?;
+        let conversations = self.conversations();
+        let out = self.outbox.clone();
+        let who = who.clone();
+        let subscription = id.clone();
+        self.start_after_reply(async move {
+            if let Err(e) = watch(conversations, who, subscription, states, &out, token).await {
+                tracing::warn!(error = %e, "a subscription to conversations failed; closing its socket");
+                out.close(
+                    close_code::SUBSCRIPTION_FAILED,
+                    "the subscription failed; subscribe again",
+                );
+            }
+        });
+        Ok(response(
+            &r.id,
+            200,
+            "cqm.SubscribeExConversationsResponse",
+            json!({ "subscriptionId": id }),
+        ))
+    }
+
+    /// `cm.UpdateConversationField`: close (consumer or its agent), or transfer back to the
+    /// queue (the agent: `ParticipantsChange` REMOVE `ASSIGNED_AGENT`, with an optional
+    /// `Skill` UPDATE).
+    async fn update_conversation(
+        &mut self,
+        who: &Participant,
+        r: &Request,
+    ) -> Result<String, RelayError> {
+        let conversation = id_field(&r.body, "conversationId")?;
+        let fields = r
+            .body
+            .get("conversationField")
+            .and_then(Value::as_array)
+            .filter(|f| !f.is_empty() && f.len() <= 8)
+            .ok_or_else(|| {
+                RelayError::BadRequest("body.conversationField must be a list of 1 to 8".into())
+            })?;
+        let mut close = false;
+        let mut leave = false;
+        let mut skill = None;
+        for f in fields {
+            let text = |name: &str| f.get(name).and_then(Value::as_str);
+            match text("field") {
+                Some("ConversationStateField") if text("conversationState") == Some("CLOSE") => {
+                    close = true;
+                }
+                Some("ParticipantsChange")
+                    if text("type") == Some("REMOVE") && text("role") == Some("ASSIGNED_AGENT") =>
+                {
+                    leave = true;
+                }
+                Some("Skill") if text("type").unwrap_or("UPDATE") == "UPDATE" => {
+                    skill = Some(
+                        text("skill")
+                            .filter(|s| !s.is_empty() && s.len() <= 64)
+                            .ok_or_else(|| {
+                                RelayError::BadRequest("a Skill change needs a skill id".into())
+                            })?
+                            .to_string(),
+                    );
+                }
+                _ => {
+                    return Err(RelayError::BadRequest(match who {
+                        Participant::Consumer(_) => {
+                            "a consumer may only close its conversation (ConversationStateField CLOSE)"
+                        }
+                        Participant::Agent(_) => {
+                            "supported: ConversationStateField CLOSE, ParticipantsChange REMOVE ASSIGNED_AGENT, Skill UPDATE"
+                        }
+                    }
+                    .into()));
+                }
+            }
+        }
+        let conversations = &self.relay.inner.conversations;
+        match (close, leave || skill.is_some()) {
+            (true, false) => conversations.close(who, &conversation).await?,
+            (false, true) if leave => {
+                conversations
+                    .return_to_queue(who, &conversation, skill.as_deref())
+                    .await?
+            }
+            (false, true) => {
+                return Err(RelayError::BadRequest(
+                    "a Skill change goes with ParticipantsChange REMOVE ASSIGNED_AGENT (a transfer)"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(RelayError::BadRequest(
+                    "close or transfer, not both in one request".into(),
+                ));
+            }
+        }
+        Ok(text_response(&r.id, 200, "OK"))
+    }
+}
+
+/// `body.{field}`: an id (1 to 64 characters).
+pub(super) fn id_field(body: &Value, field: &str) -> Result<String, RelayError> {
+    body.get(field)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .map(str::to_string)
+        .ok_or_else(|| RelayError::BadRequest(format!("body.{field} must be an id")))
+}
+
+/// Runs a socket until it closes: frames in, queued frames out, deadlines, shutdown.
+pub(super) async fn run<R: Role>(mut role: R, mut link: Link) {
+    let max_frame = link.relay.inner.config.max_frame_bytes;
+    let close = loop {
+        let deadline = role.deadline();
+        tokio::select! {
+            incoming = link.socket.recv() => {
+                let Some(Ok(message)) = incoming else { break None };
+                match message {
+                    Message::Text(text) if text.len() > max_frame => {
+                        break Some((close_code::TOO_BIG, "frame larger than relay.max_frame_bytes"));
+                    }
+                    Message::Text(text) => match role.frame(&mut link, text.as_str()).await {
+                        Next::Continue => {}
+                        Next::Close(code, why) => break Some((code, why)),
+                    },
+                    Message::Binary(_) => {
+                        let reason = if link.within_rate() { "frames must be text (JSON)" } else { "too many requests; slow down" };
+                        let m = protocol::Malformed { id: None, reason: reason.into() };
+                        if link.send(malformed_response(&m)).await.is_err() { break None; }
+                    }
+                    Message::Close(_) => break None,
+                    // axum answers pings itself.
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            queued = link.queue.recv() => match queued {
+                None => break None,
+                // The permit (the frame's share of the byte budget) is released once sent.
+                Some(Outgoing::Frame(frame, _permit)) => {
+                    if link.send(frame).await.is_err() {
+                        break Some((close_code::TOO_SLOW, "the socket does not read what it is sent"));
+                    }
+                }
+                Some(Outgoing::Close(code, reason)) => break Some((code, reason)),
+            },
+            _ = tokio::time::sleep_until(deadline.at) => {
+                if let Some(notice) = deadline.notice {
+                    let _ = link.send(notice).await;
+                }
+                break Some((deadline.code, deadline.reason));
+            }
+            _ = link.cancel.cancelled() => {
+                break Some((close_code::GOING_AWAY, "the server is stopping"));
+            }
+        }
+    };
+    link.cancel.cancel();
+    if let Some((code, reason)) = close {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(SEND_TIMEOUT, link.socket.send(frame)).await;
+    }
+}
+
+/// A `400`/`404`/... answer for a failed request; our own failures are logged, not shown.
+pub(super) fn error_response(req_id: &str, e: &RelayError) -> String {
+    let (code, text) = match e {
+        RelayError::NotFound => (404, "no such conversation".to_string()),
+        RelayError::Closed => (409, "the conversation is closed".to_string()),
+        RelayError::Taken => (
+            409,
+            "the conversation was taken by another agent or left the queue".to_string(),
+        ),
+        RelayError::BadRequest(why) => (400, why.clone()),
+        RelayError::Store(_) | RelayError::Seal(_) => {
+            tracing::error!(error = %e, "a relay request failed");
+            (
+                503,
+                "the service cannot answer right now; retry".to_string(),
+            )
+        }
+    };
+    text_response(req_id, code, &text)
+}
+
+/// Sends the participant's conversations (in `states`, or all), then each change of one of
+/// them, until `cancel`. An agent's list also shows a conversation leaving it (transferred)
+/// as a `DELETE`.
+async fn watch(
+    conversations: Arc<Conversations>,
+    who: Participant,
+    subscription: String,
+    states: Vec<String>,
+    out: &Outbox,
+    cancel: CancellationToken,
+) -> Result<(), RelayError> {
+    let wanted = |c: &ConversationRow| {
+        states.is_empty()
+            || states
+                .iter()
+                .any(|s| s == if c.open { "OPEN" } else { "CLOSE" })
+    };
+    let mut changes = conversations.bus().state_changes();
+    // What this subscription has shown, so an agent sees a conversation leave.
+    let mut shown: HashSet<String> = HashSet::new();
+    let mut send_all = true;
+    loop {
+        if send_all {
+            send_all = false;
+            for c in conversations.list_for(&who).await? {
+                if wanted(&c) {
+                    shown.insert(c.id.clone());
+                    if !out
+                        .send(conversation_change(&subscription, &c), &cancel)
+                        .await
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let changed = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            r = changes.recv() => r,
+        };
+        match changed {
+            // Other consumers' changes are filtered here, without reading the store.
+            Ok(change) if matches!(&who, Participant::Consumer(id) if *id != change.consumer_id) => {
+            }
+            Ok(change) => match conversations.get(&who, &change.conversation_id).await {
+                Ok(c) if wanted(&c) => {
+                    shown.insert(c.id.clone());
+                    if !out
+                        .send(conversation_change(&subscription, &c), &cancel)
+                        .await
+                    {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(RelayError::NotFound) if shown.remove(&change.conversation_id) => {
+                    if !out
+                        .send(
+                            conversation_gone(&subscription, &change.conversation_id),
+                            &cancel,
+                        )
+                        .await
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(RelayError::NotFound) => {}
+                Err(e) => return Err(e),
+            },
+            // Behind: send the whole (short) list again rather than miss a change.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => send_all = true,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// A conversation as `cqm.ExConversationChangeNotification` shows it.
+pub fn conversation_change(subscription: &str, c: &ConversationRow) -> String {
+    let mut participants = vec![json!({"id": c.consumer_id, "role": "CONSUMER"})];
+    if let Some(agent) = &c.agent_id {
+        participants.push(json!({"id": agent, "role": "ASSIGNED_AGENT"}));
+    }
+    notification(
+        "cqm.ExConversationChangeNotification",
+        json!({
+            "subscriptionId": subscription,
+            "changes": [{
+                "type": "UPSERT",
+                "result": {
+                    "convId": c.id,
+                    "conversationDetails": {
+                        "participants": participants,
+                        "state": if c.open { "OPEN" } else { "CLOSE" },
+                        "startTs": c.created_at,
+                        "endTs": c.closed_at.unwrap_or(-1),
+                        "dialogs": [{"dialogId": c.id}],
+                    }
+                }
+            }]
+        }),
+    )
+}
+
+/// A conversation leaving a subscriber's list (an agent's, after a transfer).
+fn conversation_gone(subscription: &str, conversation_id: &str) -> String {
+    notification(
+        "cqm.ExConversationChangeNotification",
+        json!({
+            "subscriptionId": subscription,
+            "changes": [{"type": "DELETE", "result": {"convId": conversation_id}}]
+        }),
+    )
+}
