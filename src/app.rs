@@ -370,6 +370,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                     service.clone(),
                     store,
                     data_keys,
+                    push.clone(),
                     crate::clock::system(),
                 )
             });

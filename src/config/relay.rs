@@ -38,6 +38,31 @@ pub struct RelayConfig {
     /// Requests per socket per second before it gets `429` answers.
     #[serde(default = "defaults::requests_per_second")]
     pub requests_per_second: u32,
+    /// Pushes to consumers who are away.
+    #[serde(default)]
+    pub away: AwayConfig,
+}
+
+/// `[relay.away]`: when an agent's message makes a push to the consumer's devices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwayConfig {
+    /// A consumer connected to this node has this long to acknowledge (ACCEPT/READ) an agent's
+    /// message before a push goes out anyway.
+    #[serde(default = "defaults::ack_delay")]
+    pub ack_delay: Span,
+    /// A consumer not connected: agent messages within this window make one push.
+    #[serde(default = "defaults::burst")]
+    pub burst: Span,
+}
+
+impl Default for AwayConfig {
+    fn default() -> AwayConfig {
+        AwayConfig {
+            ack_delay: defaults::ack_delay(),
+            burst: defaults::burst(),
+        }
+    }
 }
 
 impl RelayConfig {
@@ -81,6 +106,12 @@ impl RelayConfig {
         if self.requests_per_second == 0 {
             p.push("relay.requests_per_second", "must be at least 1");
         }
+        if self.away.ack_delay.0 > Duration::from_secs(3600) {
+            p.push("relay.away.ack_delay", "must be at most 1h");
+        }
+        if self.away.burst.0 > Duration::from_secs(600) {
+            p.push("relay.away.burst", "must be at most 10m");
+        }
     }
 }
 
@@ -107,5 +138,11 @@ mod defaults {
     }
     pub fn requests_per_second() -> u32 {
         50
+    }
+    pub fn ack_delay() -> Span {
+        Span(Duration::from_secs(30))
+    }
+    pub fn burst() -> Span {
+        Span(Duration::from_secs(3))
     }
 }

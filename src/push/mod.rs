@@ -197,6 +197,19 @@ impl PushService {
         self.send_on(&generation, &app, request).await
     }
 
+    /// Whether `app` is configured and delivers through `provider` (the relay checks this
+    /// before it keeps a consumer's device token).
+    pub fn serves(&self, app: &str, provider: Provider) -> bool {
+        self.generation()
+            .apps
+            .get(app)
+            .is_some_and(|a| match provider {
+                Provider::Apns => a.apns.is_some(),
+                Provider::Fcm => a.fcm.is_some(),
+                Provider::Huawei => false,
+            })
+    }
+
     /// Waits until every delivery the proxy endpoint started has finished, including those
     /// whose caller has gone. Deliveries started meanwhile are waited for too. For shutdown:
     /// the caller bounds the wait (`server.shutdown_grace`).

@@ -21,6 +21,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::RelayService;
+use super::away::Presence;
 use super::conversations::Participant;
 use super::protocol::{Request, notification, response, text_response};
 use super::socket::{Deadline, Link, Next, Role, close_code, error_response, run};
@@ -122,6 +123,7 @@ async fn upgrade(
                 }),
                 auth_deadline,
                 unauthenticated_slot: slot,
+                presence: None,
             };
             run(role, Link::new(relay, socket)).await;
         })
@@ -141,6 +143,8 @@ struct ConsumerRole {
     auth_deadline: tokio::time::Instant,
     /// The address's slot for sockets not authenticated yet; given back on authentication.
     unauthenticated_slot: Option<SourceSlot>,
+    /// Counts the consumer as connected (for away pushes) while the socket lives.
+    presence: Option<Presence>,
 }
 
 impl Role for ConsumerRole {
@@ -187,6 +191,9 @@ impl Role for ConsumerRole {
                 .await;
             return Next::Close(close_code::UNAUTHENTICATED, "not authenticated");
         };
+        if self.presence.is_none() {
+            self.presence = Some(link.relay.inner.away.connected(&consumer.id));
+        }
         let who = Participant::Consumer(consumer.id.clone());
         let answer = match request.kind.as_str() {
             "cm.ConsumerRequestConversation" => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::away::Away;
 use super::bus::{Bus, Change};
 use crate::clock::Clock;
 use crate::store::relay::{ConversationRow, NewEvent};
@@ -84,6 +85,8 @@ pub struct Conversations {
     bus: Arc<Bus>,
     clock: Arc<dyn Clock>,
     max_message_bytes: usize,
+    /// Pushes to consumers who are away (none without `[push]` apps).
+    away: Option<Arc<Away>>,
 }
 
 fn millis(clock: &dyn Clock) -> i64 {
@@ -115,7 +118,14 @@ impl Conversations {
             bus,
             clock,
             max_message_bytes,
+            away: None,
         }
+    }
+
+    /// Sends away pushes for agents' messages.
+    pub fn with_away(mut self, away: Arc<Away>) -> Conversations {
+        self.away = Some(away);
+        self
     }
 
     pub fn bus(&self) -> &Arc<Bus> {
@@ -381,6 +391,9 @@ impl Conversations {
                         other => other.into(),
                     })?;
                 if appended.created {
+                    if let Some(away) = &self.away {
+                        notify_away(away, who, &conversation, appended.seq, &body);
+                    }
                     self.bus.publish(Change {
                         conversation_id: conversation_id.to_string(),
                         seq: appended.seq,
@@ -456,5 +469,26 @@ impl Conversations {
             self.bus.state_changed(conversation_id, &row.consumer_id);
         }
         Ok(())
+    }
+}
+
+/// Tells the away pushes about a committed event: an agent's message, or a consumer's receipt.
+fn notify_away(away: &Arc<Away>, who: &Participant, c: &ConversationRow, seq: i64, body: &Value) {
+    match (who, body.get("type").and_then(Value::as_str)) {
+        (Participant::Agent(_), Some("ContentEvent")) => {
+            if let Some(text) = body.get("message").and_then(Value::as_str) {
+                away.agent_message(&c.id, &c.consumer_id, seq, text);
+            }
+        }
+        (Participant::Consumer(_), Some("AcceptStatusEvent")) => {
+            if let Some(newest) = body
+                .get("sequenceList")
+                .and_then(Value::as_array)
+                .and_then(|l| l.iter().filter_map(Value::as_i64).max())
+            {
+                away.acknowledged(&c.id, newest);
+            }
+        }
+        _ => {}
     }
 }

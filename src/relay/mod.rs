@@ -9,19 +9,21 @@
 //! - `consumer`: a consumer's socket (authentication, token expiry, its own requests);
 //! - `agent`: an agent's socket (session, availability, rings); `routing`: which agent gets a
 //!   waiting conversation; `accounts`: agents, their passwords and sessions;
-//! - `rest`: a conversation's history over HTTPS;
+//! - `rest`: a conversation's history over HTTPS; `devices`: consumers' push registrations;
+//!   `away`: pushes to consumers who do not acknowledge agents' messages;
 //! - `conversations`: the only code that writes conversations and events (access rules,
 //!   sequences, sealing); `bus`: fan-out of committed events to followers, with catch-up
 //!   from the store so nothing is skipped; `protocol`: the envelopes.
 //!
-//! Built so far: consumers, agents and routing, and history. Away pushes and webhooks come
-//! next.
+//! Away pushes go through the push proxy's door ([`PushService::send`]).
 
 mod accounts;
 mod agent;
+mod away;
 mod bus;
 mod consumer;
 mod conversations;
+mod devices;
 mod protocol;
 mod rest;
 mod routing;
@@ -30,7 +32,8 @@ mod socket;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, put};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +44,7 @@ use crate::clock::Clock;
 use crate::config::RelayConfig;
 use crate::identity::IdentityService;
 use crate::limiter::SourceSlots;
+use crate::push::PushService;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
 
@@ -55,6 +59,9 @@ struct Inner {
     identity: IdentityService,
     conversations: Arc<conversations::Conversations>,
     accounts: Arc<accounts::Accounts>,
+    away: Arc<away::Away>,
+    store: Store,
+    data_keys: Arc<DataKeys>,
     /// One permit per open socket.
     sockets: Arc<Semaphore>,
     /// Sockets not authenticated yet, per source address.
@@ -71,22 +78,35 @@ impl RelayService {
         identity: IdentityService,
         store: Store,
         data_keys: Arc<DataKeys>,
+        push: PushService,
         clock: Arc<dyn Clock>,
     ) -> RelayService {
+        let away = Arc::new(away::Away::new(
+            config.account.clone(),
+            push,
+            store.clone(),
+            data_keys.clone(),
+            config.away.ack_delay.0,
+            config.away.burst.0,
+        ));
         let conversations = conversations::Conversations::new(
             config.account.clone(),
-            store,
-            data_keys,
+            store.clone(),
+            data_keys.clone(),
             Arc::new(bus::Bus::default()),
             clock,
             config.max_message_bytes,
-        );
+        )
+        .with_away(away.clone());
         RelayService {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 identity,
                 conversations: Arc::new(conversations),
                 accounts: Arc::new(accounts::Accounts),
+                away,
+                store,
+                data_keys,
                 sockets: Arc::new(Semaphore::new(config.max_sockets)),
                 unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
@@ -106,6 +126,13 @@ impl RelayService {
                 get(agent::platform_path),
             )
             .route("/api/v1/conversations", get(rest::list))
+            .route("/api/v1/push-registrations", get(devices::list))
+            .route(
+                "/api/v1/push-registrations/{app}",
+                put(devices::register)
+                    .delete(devices::unregister)
+                    .layer(DefaultBodyLimit::max(devices::MAX_BODY)),
+            )
             .route("/api/v1/conversations/{id}/events", get(rest::events))
             .route(
                 "/ws_api/account/{account}/messaging/consumer",
@@ -117,6 +144,7 @@ impl RelayService {
     /// Closes every socket (code 1001): clients reconnect elsewhere and catch up.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        self.inner.away.shutdown();
         self.inner.sessions.close();
     }
 

@@ -18,7 +18,7 @@ use crate::identity::VerifyError;
 /// Most events in one answer.
 const MAX_LIMIT: i64 = 1000;
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
@@ -120,7 +120,10 @@ pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Resp
 /// Who calls: a consumer by its identity token (a JWT: `Authorization: jwt <token>` or
 /// `Bearer <token>`), or an agent by its session (`Authorization: Bearer <bearer>`; a bearer
 /// is not a JWT, so the two never mix).
-async fn caller(relay: &RelayService, headers: &HeaderMap) -> Result<Participant, Response> {
+pub(super) async fn caller(
+    relay: &RelayService,
+    headers: &HeaderMap,
+) -> Result<Participant, Response> {
     let Some(token) = super::consumer::header_token(headers) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,

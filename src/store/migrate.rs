@@ -62,6 +62,19 @@ const SQLITE: &[(i64, &str)] = &[
             ON events (conversation_id, originator_id, client_event_id)
             WHERE client_event_id IS NOT NULL",
     ),
+    (
+        5,
+        "CREATE TABLE push_registrations (
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            app TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            token_sealed BLOB NOT NULL,
+            token_hash TEXT NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (account, consumer_id, app)
+        )",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -117,6 +130,19 @@ const POSTGRES: &[(i64, &str)] = &[
         CREATE UNIQUE INDEX events_by_client_id
             ON events (conversation_id, originator_id, client_event_id)
             WHERE client_event_id IS NOT NULL",
+    ),
+    (
+        5,
+        "CREATE TABLE push_registrations (
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            app TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            token_sealed BYTEA NOT NULL,
+            token_hash TEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (account, consumer_id, app)
+        )",
     ),
 ];
 

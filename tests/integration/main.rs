@@ -15,5 +15,6 @@ mod lifecycle;
 mod login;
 mod push_apns;
 mod push_fcm;
+mod relay_agent;
 mod relay_consumer;
 mod store;

@@ -6,13 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::TestEnv;
 use crate::support::daemon::Daemon;
-use crate::support::identity_world::data_key_line;
 use crate::support::messaging::{MessagingClient, Side};
-
-const ACCOUNT: &str = "acme";
-const PLATFORM_PATH: &str = "/ws_api/account/acme/messaging/consumer?v=3";
+use crate::support::relay_world::{PLATFORM_PATH, Relay, publish, text};
 
 /// Deliberate differences from the published schemas, named for the reader.
 const DIFFERS: &[(&str, &str)] = &[
@@ -25,133 +21,6 @@ const DIFFERS: &[(&str, &str)] = &[
         "the schemas have no token-expiry notification; brandgate sends one before closing",
     ),
 ];
-
-const BACKEND_SECRET: &str = "relay-test-backend-secret";
-
-fn config(env: &TestEnv, token_lifetime: &str, store_extra: &str, relay_extra: &str) -> String {
-    let keys = env.secret("data-keys", &data_key_line("k1"));
-    let backend = env.secret("backend-secret", BACKEND_SECRET);
-    env.config(&format!(
-        r#"
-[store]
-data_keys_file = "{keys}"
-{store_extra}
-[identity]
-issuer = "https://brandgate.test"
-token_lifetime = "{token_lifetime}"
-# Sockets close exactly at a token's expiry in these tests.
-leeway = "0s"
-[[identity.backends]]
-id = "crm"
-secret_file = "{backend}"
-trusted = true
-[identity.anonymous]
-enabled = true
-token_lifetime = "{token_lifetime}"
-per_minute = 1000
-[relay]
-account = "{ACCOUNT}"
-max_message_bytes = 2000
-max_frame_bytes = 16384
-{relay_extra}
-"#,
-        keys = keys.display(),
-        backend = backend.display(),
-    ))
-}
-
-struct Relay {
-    env: TestEnv,
-    daemon: Daemon,
-}
-
-impl Relay {
-    async fn start(token_lifetime: &str) -> Relay {
-        Self::start_with(
-            token_lifetime,
-            "",
-            "requests_per_second = 100000\nauth_timeout = \"1s\"",
-        )
-        .await
-    }
-
-    async fn start_with(token_lifetime: &str, store_extra: &str, relay_extra: &str) -> Relay {
-        let env = TestEnv::new();
-        let config = config(&env, token_lifetime, store_extra, relay_extra);
-        let daemon = Daemon::start(env.path(), &config).await;
-        Relay { env, daemon }
-    }
-
-    /// A consumer identity token (an anonymous sign-up).
-    async fn token(&self) -> String {
-        let answer = self
-            .env
-            .client()
-            .send(
-                http::Method::POST,
-                &self.daemon.url("/identity/v1/signup"),
-                &[],
-                bytes::Bytes::new(),
-            )
-            .await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.json()["jwt"].as_str().unwrap().to_string()
-    }
-
-    /// A token for a named consumer (a trusted backend vouching for it).
-    async fn token_for(&self, subject: &str) -> String {
-        let answer = self
-            .env
-            .client()
-            .post_json(
-                &self.daemon.url("/identity/v1/token"),
-                &[(
-                    "authorization",
-                    &crate::support::client::basic("crm", BACKEND_SECRET),
-                )],
-                &json!({ "subject": subject }),
-            )
-            .await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.json()["jwt"].as_str().unwrap().to_string()
-    }
-
-    async fn connect(&self, token: Option<&str>) -> MessagingClient {
-        let auth = token.map(|t| format!("jwt {t}"));
-        MessagingClient::connect(
-            &self.env.ca.cert_pem,
-            self.daemon.public,
-            PLATFORM_PATH,
-            auth.as_deref(),
-            Side::Consumer,
-        )
-        .await
-        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.body))
-    }
-
-    /// A connected consumer with its open conversation.
-    /// A connected consumer, its open conversation, and its token.
-    async fn consumer(&self) -> (MessagingClient, String, String) {
-        let token = self.token().await;
-        let mut c = self.connect(Some(&token)).await;
-        let r = c.request("cm.ConsumerRequestConversation", json!({})).await;
-        assert_eq!(r["code"], 200, "{r}");
-        let id = r["body"]["conversationId"].as_str().unwrap().to_string();
-        (c, id, token)
-    }
-}
-
-fn text(message: &str) -> Value {
-    json!({"type": "ContentEvent", "contentType": "text/plain", "message": message})
-}
-
-async fn publish(c: &mut MessagingClient, dialog: &str, event: Value) -> Value {
-    c.request(
-        "ms.PublishEvent",
-        json!({"dialogId": dialog, "event": event}),
-    )
-    .await
-}
 
 #[tokio::test]
 async fn a_consumer_converses_over_the_platform_protocol() {

@@ -2,6 +2,7 @@
 //! way against SQLite and against the PostgreSQL server on 127.0.0.1:5432 (a database of its
 //! own per run; under CI it must not be skipped, see `support::postgres`).
 
+use brandgate::store::devices::PushRegistration;
 use brandgate::store::relay::{Appended, ConversationRow, NewEvent};
 use brandgate::store::{SigningKeyRow, Store, StoreError, StoreOptions, migrate};
 
@@ -320,6 +321,72 @@ async fn relay_conforms(store: &Store) {
         Err(StoreError::NotFound)
     ));
     routing_conforms(store).await;
+    devices_conform(store).await;
+}
+
+/// Push registrations: one per consumer and app, replaced by a new one; a dead token removes
+/// it only while it is still the registered one.
+async fn devices_conform(store: &Store) {
+    let registration = |app: &str, hash: &str| PushRegistration {
+        account: "acct".into(),
+        consumer_id: "u9".into(),
+        app: app.into(),
+        provider: "apns".into(),
+        token_sealed: format!("sealed-{hash}").into_bytes(),
+        token_hash: hash.into(),
+        updated_at: 1,
+    };
+    store
+        .put_push_registration(&registration("com.b", "h1"))
+        .await
+        .unwrap();
+    store
+        .put_push_registration(&registration("com.a", "h2"))
+        .await
+        .unwrap();
+    // The same app again: replaced, not added.
+    store
+        .put_push_registration(&registration("com.b", "h3"))
+        .await
+        .unwrap();
+    let listed = store.list_push_registrations("acct", "u9").await.unwrap();
+    assert_eq!(
+        listed,
+        [registration("com.a", "h2"), registration("com.b", "h3")]
+    );
+    assert!(
+        store
+            .list_push_registrations("other", "u9")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A token reported dead after it was replaced leaves the new one alone.
+    assert!(
+        !store
+            .delete_push_registration("acct", "u9", "com.b", Some("h1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_push_registration("acct", "u9", "com.b", Some("h3"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_push_registration("acct", "u9", "com.a", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .list_push_registrations("acct", "u9")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Routing: the queue, one winner among agents taking a conversation at once, returning a

@@ -137,6 +137,10 @@ impl Client {
             .await
     }
 
+    pub async fn get_with_headers(&self, url: &str, headers: &[(&str, &str)]) -> Answer {
+        self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
     pub async fn get(&self, url: &str) -> Answer {
         self.send(Method::GET, url, &[], Bytes::new()).await
     }

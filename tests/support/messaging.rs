@@ -110,6 +110,12 @@ impl MessagingClient {
 
     /// Sends a request and returns its response; notifications that come meanwhile are kept.
     pub async fn request(&mut self, kind: &str, body: Value) -> Value {
+        let id = self.send_request(kind, body).await;
+        self.response_to(&id).await
+    }
+
+    /// Sends a request without waiting; returns its id for [`MessagingClient::response_to`].
+    pub async fn send_request(&mut self, kind: &str, body: Value) -> String {
         let id = self.next_id.to_string();
         self.next_id += 1;
         let mut frame = json!({"kind": "req", "id": id, "type": kind});
@@ -117,7 +123,7 @@ impl MessagingClient {
             frame["body"] = body;
         }
         self.send(frame).await;
-        self.response_to(&id).await
+        id
     }
 
     /// The response to request `id`.

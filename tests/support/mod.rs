@@ -14,6 +14,7 @@ pub mod jose;
 pub mod messaging;
 pub mod pki;
 pub mod postgres;
+pub mod relay_world;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,607 @@
+//! The relay, both sides: a real consumer and real agents (tokio-tungstenite over TLS) against
+//! the running daemon, agents created with the command line and logged in over HTTPS, every
+//! frame checked against the platform's published JSON schemas. The whole conversation runs on
+//! both store backends; away pushes reach a fake APNs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::TestEnv;
+use crate::support::messaging::{MessagingClient, Side};
+use crate::support::relay_world::{ACCOUNT, Relay, config, publish, text};
+
+/// Deliberate differences from the published schemas, named for the reader.
+const DIFFERS: &[(&str, &str)] = &[
+    (
+        "GetClock",
+        "the schemas list GetClock for agents only; brandgate answers consumers too",
+    ),
+    (
+        "brandgate.SessionExpired",
+        "the schemas have no session-expiry notification; brandgate sends one before closing",
+    ),
+];
+
+const RELAY_EXTRA: &str = "requests_per_second = 100000";
+
+/// An agent online with its routing tasks subscribed.
+async fn online_agent(relay: &Relay, bearer: &str) -> MessagingClient {
+    let mut agent = relay.connect_agent(bearer).await;
+    let r = agent
+        .request("routing.SetAgentState", json!({"availability": "ONLINE"}))
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let r = agent
+        .request("routing.SubscribeRoutingTasks", json!({}))
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    agent
+}
+
+/// The next routing task of `conversation` on an agent's socket: its ring state.
+async fn ring_state(agent: &mut MessagingClient, conversation: &str) -> (String, Value) {
+    loop {
+        let n = agent.notification("routing.routingTaskNotification").await;
+        let result = &n["body"]["changes"][0]["result"];
+        if result["conversationId"] == conversation {
+            return (
+                result["ringsDetails"][0]["ringState"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                result.clone(),
+            );
+        }
+    }
+}
+
+fn close_field() -> Value {
+    json!([{"field": "ConversationStateField", "conversationState": "CLOSE"}])
+}
+
+/// Request, ring, one of two agents wins the accept, messages both ways, receipts, typing,
+/// the agent's history, transfer back to the queue with a skill, the other agent takes it and
+/// closes it.
+async fn whole_conversation(relay: &Relay) {
+    let alice_bearer = relay.agent("alice").await;
+    let bob_bearer = relay.agent("bob").await;
+    let mut alice = online_agent(relay, &alice_bearer).await;
+    let mut bob = online_agent(relay, &bob_bearer).await;
+
+    let (mut consumer, conv, consumer_token) = relay.consumer().await;
+    let r = consumer
+        .request(
+            "cqm.SubscribeExConversations",
+            json!({"convState": ["OPEN", "CLOSE"]}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    consumer
+        .notification("cqm.ExConversationChangeNotification")
+        .await;
+    let r = consumer
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 0}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    let hello = publish(&mut consumer, &conv, text("hello, is anyone there?")).await;
+    assert_eq!(hello["body"]["sequence"], 0);
+    consumer.changes(1).await;
+
+    // Both online agents are rung.
+    let (state, task) = ring_state(&mut alice, &conv).await;
+    assert_eq!(state, "WAITING");
+    assert_eq!(task["taskCompleted"], false);
+    assert_eq!(task["consumerId"], consumer_id(relay, &consumer_token));
+    assert_eq!(ring_state(&mut bob, &conv).await.0, "WAITING");
+    let ring = task["ringsDetails"][0]["ringId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Both accept at once: exactly one wins.
+    let accept = json!({"ringId": ring, "ringState": "ACCEPTED"});
+    let a = alice
+        .send_request("routing.UpdateRingState", accept.clone())
+        .await;
+    let b = bob.send_request("routing.UpdateRingState", accept).await;
+    let a = alice.response_to(&a).await;
+    let b = bob.response_to(&b).await;
+    let codes = [a["code"].as_u64().unwrap(), b["code"].as_u64().unwrap()];
+    assert!(codes.contains(&200) && codes.contains(&409), "{a} {b}");
+    let (mut winner, mut loser, winner_bearer, loser_bearer) = if codes[0] == 200 {
+        (alice, bob, alice_bearer, bob_bearer)
+    } else {
+        (bob, alice, bob_bearer, alice_bearer)
+    };
+    assert_eq!(ring_state(&mut winner, &conv).await.0, "ACCEPTED");
+    assert_eq!(ring_state(&mut loser, &conv).await.0, "CANCELLED");
+
+    // The consumer's list now shows the agent.
+    let change = consumer
+        .notification("cqm.ExConversationChangeNotification")
+        .await;
+    let participants =
+        &change["body"]["changes"][0]["result"]["conversationDetails"]["participants"];
+    assert_eq!(participants[1]["role"], "ASSIGNED_AGENT", "{change}");
+
+    // The winner reads from the start; the other agent sees nothing of it.
+    let r = winner
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 0}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let got = winner.changes(1).await;
+    assert_eq!(got[0]["event"]["message"], "hello, is anyone there?");
+    assert_eq!(got[0]["originatorMetadata"]["role"], "CONSUMER");
+    let r = loser
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 0}),
+        )
+        .await;
+    assert_eq!(r["code"], 404, "{r}");
+    let r = publish(&mut loser, &conv, text("let me butt in")).await;
+    assert_eq!(r["code"], 404, "{r}");
+
+    // The agent types, then answers; the consumer sees both as the assigned agent.
+    let r = publish(
+        &mut winner,
+        &conv,
+        json!({"type": "ChatStateEvent", "chatState": "COMPOSING"}),
+    )
+    .await;
+    assert_eq!(r["code"], 200);
+    let answer = publish(&mut winner, &conv, text("Hi! How can I help?")).await;
+    assert_eq!(answer["body"]["sequence"], 1);
+    let seen = consumer.changes(1).await;
+    let typing = seen
+        .iter()
+        .find(|c| c["event"]["type"] == "ChatStateEvent")
+        .unwrap();
+    assert_eq!(typing["originatorMetadata"]["role"], "ASSIGNED_AGENT");
+    let reply = seen
+        .iter()
+        .find(|c| c["event"]["type"] == "ContentEvent")
+        .unwrap();
+    assert_eq!(reply["event"]["message"], "Hi! How can I help?");
+    assert_eq!(reply["originatorMetadata"]["role"], "ASSIGNED_AGENT");
+
+    // Receipts reach the agent.
+    let r = publish(
+        &mut consumer,
+        &conv,
+        json!({"type": "AcceptStatusEvent", "status": "READ", "sequenceList": [1]}),
+    )
+    .await;
+    assert_eq!(r["body"]["sequence"], 2);
+    let got = winner.changes(1).await;
+    let receipt = got
+        .iter()
+        .find(|c| c["event"]["type"] == "AcceptStatusEvent")
+        .unwrap();
+    assert_eq!(receipt["event"]["status"], "READ");
+    assert_eq!(receipt["event"]["sequenceList"], json!([1]));
+
+    // History over REST: the taking agent reads it, the other agent gets 404; the agent's
+    // conversation list holds it.
+    let client = relay.env.client();
+    let path = relay
+        .daemon
+        .url(&format!("/api/v1/conversations/{conv}/events"));
+    let own = client
+        .get_with_headers(
+            &path,
+            &[("authorization", &format!("Bearer {winner_bearer}"))],
+        )
+        .await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.json()["events"].as_array().unwrap().len(), 3);
+    let other = client
+        .get_with_headers(
+            &path,
+            &[("authorization", &format!("Bearer {loser_bearer}"))],
+        )
+        .await;
+    assert_eq!(other.status, 404, "{}", other.body);
+    let list = client
+        .get_with_headers(
+            &relay.daemon.url("/api/v1/conversations"),
+            &[("authorization", &format!("Bearer {winner_bearer}"))],
+        )
+        .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(
+        list.json()["conversations"][0]["conversationId"],
+        conv.as_str()
+    );
+
+    // Transfer back to the queue with a skill: the other agent is rung with that skill and
+    // takes it; the first one can no longer write.
+    let r = winner
+        .request(
+            "cm.UpdateConversationField",
+            json!({"conversationId": conv, "conversationField": [
+                {"field": "ParticipantsChange", "type": "REMOVE", "role": "ASSIGNED_AGENT"},
+                {"field": "Skill", "type": "UPDATE", "skill": "billing"}]}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let (state, task) = ring_state(&mut loser, &conv).await;
+    assert_eq!(state, "WAITING");
+    assert_eq!(task["skillId"], "billing");
+    let r = loser
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": task["ringsDetails"][0]["ringId"], "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let r = publish(&mut winner, &conv, text("still here")).await;
+    assert_eq!(r["code"], 404, "{r}");
+    let r = publish(&mut loser, &conv, text("Billing here, I take it from now")).await;
+    assert_eq!(r["code"], 200, "{r}");
+
+    // The new agent closes it: the consumer's list shows it closed.
+    let r = loser
+        .request(
+            "cm.UpdateConversationField",
+            json!({"conversationId": conv, "conversationField": close_field()}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    loop {
+        let change = consumer
+            .notification("cqm.ExConversationChangeNotification")
+            .await;
+        if change["body"]["changes"][0]["result"]["conversationDetails"]["state"] == "CLOSE" {
+            break;
+        }
+    }
+    consumer.check_schemas(DIFFERS).await;
+    winner.check_schemas(DIFFERS).await;
+    loser.check_schemas(DIFFERS).await;
+}
+
+/// The consumer id brandgate gives a token's subject (the history answer names it).
+fn consumer_id(_relay: &Relay, token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sub"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_whole_conversation_between_a_consumer_and_an_agent_on_sqlite() {
+    let relay = Relay::start_with("1h", "", RELAY_EXTRA).await;
+    whole_conversation(&relay).await;
+}
+
+#[tokio::test]
+async fn a_whole_conversation_between_a_consumer_and_an_agent_on_postgresql() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let relay = Relay::start_with("1h", &format!("url = \"{}\"", db.url), RELAY_EXTRA).await;
+    whole_conversation(&relay).await;
+    drop(relay);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_agent_needs_a_valid_session_and_sees_only_what_it_took() {
+    let relay = Relay::start_with("1h", "", RELAY_EXTRA).await;
+    // No session, or a made-up one: refused at both paths before any frame.
+    let refused = MessagingClient::connect(
+        &relay.env.ca.cert_pem,
+        relay.daemon.public,
+        "/ws/agent",
+        None,
+        Side::Agent,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.status, 401);
+    let refused = MessagingClient::connect(
+        &relay.env.ca.cert_pem,
+        relay.daemon.public,
+        &format!("/ws_api/account/{ACCOUNT}/messaging/brand/not-a-session"),
+        None,
+        Side::Agent,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.status, 401);
+    // A consumer's token is not an agent's session.
+    let token = relay.token().await;
+    let refused = MessagingClient::connect(
+        &relay.env.ca.cert_pem,
+        relay.daemon.public,
+        "/ws/agent",
+        Some(&format!("Bearer {token}")),
+        Side::Agent,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.status, 401);
+
+    // An agent that is not ONLINE is not rung; a rejected ring is not offered again.
+    let bearer = relay.agent("carol").await;
+    let mut carol = MessagingClient::connect(
+        &relay.env.ca.cert_pem,
+        relay.daemon.public,
+        "/ws/agent",
+        Some(&format!("Bearer {bearer}")),
+        Side::Agent,
+    )
+    .await
+    .unwrap();
+    let r = carol
+        .request("routing.SubscribeAgentsState", json!({}))
+        .await;
+    assert_eq!(r["code"], 200);
+    let state = carol.notification("routing.agentStateNotification").await;
+    assert_eq!(
+        state["body"]["changes"][0]["result"]["availability"],
+        "OFFLINE"
+    );
+    let r = carol
+        .request("routing.SubscribeRoutingTasks", json!({}))
+        .await;
+    assert_eq!(r["code"], 200);
+    let (_c1, first, _) = relay.consumer().await;
+    let r = carol
+        .request("routing.SetAgentState", json!({"availability": "ONLINE"}))
+        .await;
+    assert_eq!(r["code"], 200);
+    let state = carol.notification("routing.agentStateNotification").await;
+    assert_eq!(
+        state["body"]["changes"][0]["result"]["availability"],
+        "ONLINE"
+    );
+    // Going online rings for what already waits.
+    assert_eq!(ring_state(&mut carol, &first).await.0, "WAITING");
+    let r = carol
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": first, "ringState": "REJECTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    assert_eq!(ring_state(&mut carol, &first).await.0, "REJECTED");
+    // A waiting conversation is not the agent's: no events, no close.
+    let r = carol
+        .request("ms.SubscribeMessagingEvents", json!({"dialogId": first}))
+        .await;
+    assert_eq!(r["code"], 404);
+    let r = carol
+        .request(
+            "cm.UpdateConversationField",
+            json!({"conversationId": first, "conversationField": close_field()}),
+        )
+        .await;
+    assert_eq!(r["code"], 404);
+    // The next conversation rings; accepting an unknown ring is a 404.
+    let (_c2, second, _) = relay.consumer().await;
+    assert_eq!(ring_state(&mut carol, &second).await.0, "WAITING");
+    let r = carol
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": "nope", "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 404);
+    let r = carol
+        .request("routing.SetAgentState", json!({"availability": "DANCING"}))
+        .await;
+    assert_eq!(r["code"], 400);
+    // Away: its ring is cancelled.
+    let r = carol
+        .request("routing.SetAgentState", json!({"availability": "AWAY"}))
+        .await;
+    assert_eq!(r["code"], 200);
+    assert_eq!(ring_state(&mut carol, &second).await.0, "CANCELLED");
+    carol.check_schemas(DIFFERS).await;
+}
+
+/// Waits until the fake APNs has delivered `n` pushes to `token`.
+async fn pushes(
+    fake: &crate::support::fake_apns::FakeApns,
+    token: &str,
+    n: usize,
+) -> Vec<crate::support::fake_apns::ApnsRequest> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = fake.delivered_to(token);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} pushes, expected {n}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_away_consumer_gets_one_masked_push_per_burst() {
+    const APP: &str = "com.brand.app";
+    const TOKEN: &str = "0f744707bebcf74f9b7c25d48e3358945f6aa01da5ddb387462c7eaf61bbad78";
+    const MASK: &str = "You have a new message";
+    let env = TestEnv::new();
+    let (fake, key) = crate::support::apns(APP).await;
+    let app = env.apns_app(
+        APP,
+        &fake,
+        &key,
+        &format!("mask_text = \"{MASK}\""),
+        &env.basic_auth(),
+        "",
+    );
+    let relay_config = config(
+        &env,
+        "1h",
+        "",
+        &format!("{RELAY_EXTRA}\n[relay.away]\nack_delay = \"1s\"\nburst = \"2s\""),
+    );
+    let relay = Relay::start_on(env, &format!("{relay_config}\n{app}")).await;
+
+    let bearer = relay.agent("dave").await;
+    let mut agent = online_agent(&relay, &bearer).await;
+    let (consumer, conv, token) = relay.consumer().await;
+    let (_, task) = ring_state(&mut agent, &conv).await;
+    let r = agent
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": task["ringsDetails"][0]["ringId"], "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+
+    // The consumer registers its device (REST, its identity token), checked on the way in.
+    let client = relay.env.client();
+    let auth = format!("jwt {token}");
+    let url = relay
+        .daemon
+        .url(&format!("/api/v1/push-registrations/{APP}"));
+    let put = |body: Value| {
+        let client = client.clone();
+        let url = url.clone();
+        let auth = auth.clone();
+        async move {
+            client
+                .send(
+                    http::Method::PUT,
+                    &url,
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    bytes::Bytes::from(body.to_string()),
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        put(json!({"provider": "apns", "token": "not-hex"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        put(json!({"provider": "fcm", "token": "abc"})).await.status,
+        404,
+        "the app has no FCM"
+    );
+    let ok = put(json!({"provider": "apns", "token": TOKEN})).await;
+    assert_eq!(ok.status, 204, "{}", ok.body);
+    let listed = client
+        .get_with_headers(
+            &relay.daemon.url("/api/v1/push-registrations"),
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(listed.json()["registrations"][0]["app"], APP);
+    assert!(
+        !listed.body.contains(TOKEN),
+        "the token is never given back"
+    );
+
+    // Away (socket closed): two agent messages within the burst make one push, masked, with
+    // the unread count as badge, collapsed by conversation.
+    consumer.close_now().await;
+    for message in ["first secret reply", "second secret reply"] {
+        let r = publish(&mut agent, &conv, text(message)).await;
+        assert_eq!(r["code"], 200);
+    }
+    let got = pushes(&fake, TOKEN, 1).await;
+    let push = &got[0];
+    assert_eq!(push.body["aps"]["alert"]["body"], MASK, "{}", push.body);
+    assert!(!push.body.to_string().contains("secret"), "{}", push.body);
+    assert_eq!(push.body["aps"]["badge"], 2, "{}", push.body);
+    assert_eq!(push.headers["apns-collapse-id"], conv.as_str());
+    // A third message is a new burst: one more push, badge 3. Had the first burst made two
+    // pushes, there would be three by now.
+    publish(&mut agent, &conv, text("third secret reply")).await;
+    let got = pushes(&fake, TOKEN, 2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].body["aps"]["badge"], 3);
+
+    // Connected and acknowledging in time: no push for that message; the next one, not
+    // acknowledged, is pushed alone after ack_delay.
+    let mut back = relay.connect(Some(&token)).await;
+    let r = back
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 3}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    let seen = publish(&mut agent, &conv, text("are you back?")).await;
+    let seq = seen["body"]["sequence"].as_i64().unwrap();
+    back.changes(1).await;
+    let r = publish(
+        &mut back,
+        &conv,
+        json!({"type": "AcceptStatusEvent", "status": "ACCEPT", "sequenceList": [seq]}),
+    )
+    .await;
+    assert_eq!(r["code"], 200);
+    let unseen = publish(&mut agent, &conv, text("hello?")).await;
+    let got = pushes(&fake, TOKEN, 3).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        got[2].body["sequence"], unseen["body"]["sequence"],
+        "{}",
+        got[2].body
+    );
+    assert_eq!(got[2].body["aps"]["badge"], 1);
+
+    // The provider says the token is dead: the registration is removed.
+    fake.script(
+        TOKEN,
+        vec![crate::support::fake_apns::gone(
+            "Unregistered",
+            1_700_000_000_000,
+        )],
+    );
+    back.close_now().await;
+    publish(&mut agent, &conv, text("last one")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = client
+            .get_with_headers(
+                &relay.daemon.url("/api/v1/push-registrations"),
+                &[("authorization", &auth)],
+            )
+            .await;
+        if listed.json()["registrations"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead token is still registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.check_schemas(DIFFERS).await;
+}
