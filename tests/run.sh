@@ -70,3 +70,4 @@ log "benchmarks (quick mode)"
 cargo bench --locked --bench push_throughput -- --quick
 cargo bench --locked --bench mint -- --quick
 cargo bench --locked --bench code_flow -- --quick
+cargo bench --locked --bench relay -- --quick

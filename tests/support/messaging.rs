@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Stream = WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+pub type Stream = WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// How long any single wait for a frame may take.
 const WAIT: Duration = Duration::from_secs(10);
@@ -58,10 +58,33 @@ impl MessagingClient {
         authorization: Option<&str>,
         side: Side,
     ) -> Result<MessagingClient, Refused> {
+        let tls = Arc::new(Self::tls(ca_pem));
+        Ok(MessagingClient {
+            stream: Self::socket(&tls, addr, path, authorization).await?,
+            side,
+            pending: VecDeque::new(),
+            log: Vec::new(),
+            next_id: 1,
+            close: None,
+        })
+    }
+
+    /// The TLS client config sockets use (HTTP/1.1, trusting `ca_pem`).
+    pub fn tls(ca_pem: &str) -> rustls::ClientConfig {
         let mut tls = super::client::tls_config(ca_pem, None);
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tls
+    }
+
+    /// A bare WebSocket to `path` (for benchmarks: no frame log, no schema check).
+    pub async fn socket(
+        tls: &Arc<rustls::ClientConfig>,
+        addr: SocketAddr,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<Stream, Refused> {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap();
@@ -74,14 +97,7 @@ impl MessagingClient {
                 .insert("authorization", a.parse().unwrap());
         }
         match tokio_tungstenite::client_async(request, stream).await {
-            Ok((stream, _)) => Ok(MessagingClient {
-                stream,
-                side,
-                pending: VecDeque::new(),
-                log: Vec::new(),
-                next_id: 1,
-                close: None,
-            }),
+            Ok((stream, _)) => Ok(stream),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(Refused {
                 status: response.status().as_u16(),
                 body: response

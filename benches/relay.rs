@@ -1,0 +1,421 @@
+//! Relay benchmarks against the release binary on the embedded store (SQLite), over TLS on
+//! loopback, client and server sharing the machine:
+//!
+//! - idle sockets: consumers connected and authenticated, doing nothing; the daemon's resident
+//!   memory per socket (target: 20,000 sockets at <= 16 KiB each);
+//! - throughput: 16 consumers publish as fast as acknowledgements allow (16 requests in flight
+//!   each); messages per second from the first send until the agent following all 16
+//!   conversations has received every one (each committed before its acknowledgement; target
+//!   >= 3,000/s);
+//! - latency: the same path paced at 1,000 messages/s; time from the consumer's send to the
+//!   agent's receipt, p50/p99/max (target p99 <= 20 ms).
+//!
+//!   cargo bench --bench relay            full run (20,000 sockets, 30,000 messages, 10 s paced)
+//!   cargo bench --bench relay -- --quick  CI smoke run (1,000 sockets, 3,000 messages, 2 s)
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::TestEnv;
+use support::daemon::Daemon;
+use support::messaging::{MessagingClient, Stream};
+use support::relay_world::{PLATFORM_PATH, Relay, config};
+
+/// Conversations (consumers) in the throughput and latency runs: what one agent socket follows.
+const CONVERSATIONS: usize = 16;
+/// Requests each consumer keeps in flight in the throughput run.
+const WINDOW: usize = 16;
+
+struct Settings {
+    idle_sockets: usize,
+    messages: usize,
+    paced_seconds: u64,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings {
+            idle_sockets: 1_000,
+            messages: 3_000,
+            paced_seconds: 2,
+        }
+    } else {
+        Settings {
+            idle_sockets: 20_000,
+            messages: 30_000,
+            paced_seconds: 10,
+        }
+    };
+    raise_open_files();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("relay ({})", if quick { "quick" } else { "full" });
+    runtime.block_on(run(settings));
+}
+
+/// Sockets need file descriptors on both ends: the soft limit goes up to the hard one (the
+/// daemon, started from here, inherits it).
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+async fn run(s: Settings) {
+    let env = TestEnv::new();
+    let config = config(
+        &env,
+        "1h",
+        "",
+        "requests_per_second = 1000000\nmax_sockets = 100000\nmax_frame_bytes = 16384",
+    );
+    let daemon = Daemon::start_with_env(
+        env.path(),
+        &config,
+        &[
+            ("BRANDGATE_SERVER__MAX_CONNECTIONS", "100000"),
+            // Benchmarks measure the relay, not the log.
+            ("BRANDGATE_LOG__LEVEL", "warn"),
+        ],
+    )
+    .await;
+    let relay = Arc::new(Relay { env, daemon });
+    let tls = Arc::new(MessagingClient::tls(&relay.env.ca.cert_pem));
+
+    throughput_and_latency(&relay, &tls, &s).await;
+    idle_sockets(&relay, &tls, s.idle_sockets).await;
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn idle_sockets(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>, n: usize) {
+    let token = relay.token().await;
+    let auth = format!("jwt {token}");
+    // A few sockets first, so the measured ones do not pay for one-time allocations.
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        warm.push(
+            MessagingClient::socket(tls, relay.daemon.public, PLATFORM_PATH, Some(&auth))
+                .await
+                .unwrap(),
+        );
+    }
+    let before = rss_kib(relay.daemon.pid());
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(64));
+    let opening: Vec<_> = (0..n)
+        .map(|_| {
+            let gate = gate.clone();
+            let tls = tls.clone();
+            let addr = relay.daemon.public;
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                MessagingClient::socket(&tls, addr, PLATFORM_PATH, Some(&auth))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut sockets = Vec::with_capacity(n);
+    for o in opening {
+        sockets.push(o.await.unwrap());
+    }
+    let opened_in = started.elapsed();
+    // Every socket is alive: a sample answers a request.
+    for socket in sockets.iter_mut().step_by((n / 100).max(1)) {
+        clock(socket).await;
+    }
+    let after = rss_kib(relay.daemon.pid());
+    let per_socket = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!(
+        "  idle sockets: {n} held (opened in {:.1} s); daemon RSS {before} KiB -> {after} KiB: {:.1} KiB per socket",
+        opened_in.as_secs_f64(),
+        per_socket / 1024.0
+    );
+    drop(sockets);
+    drop(warm);
+}
+
+async fn clock(socket: &mut Stream) {
+    socket
+        .send(Message::Text(
+            json!({"kind": "req", "id": "c", "type": "GetClock"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"reqId\":\"c\"") => return,
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+/// One consumer's socket and conversation.
+struct Consumer {
+    socket: Stream,
+    conversation: String,
+}
+
+async fn request(socket: &mut Stream, id: &str, kind: &str, body: Value) -> Value {
+    socket
+        .send(Message::Text(
+            json!({"kind": "req", "id": id, "type": kind, "body": body})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["reqId"] == id {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+/// Sixteen consumers with a conversation each, all taken by one agent whose socket follows
+/// them.
+async fn setup(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>) -> (Vec<Consumer>, Stream) {
+    let bearer = relay.agent("bench-agent").await;
+    let agent_path = format!(
+        "/ws_api/account/{}/messaging/brand/{bearer}",
+        support::relay_world::ACCOUNT
+    );
+    let mut agent = MessagingClient::socket(tls, relay.daemon.public, &agent_path, None)
+        .await
+        .unwrap();
+    let mut consumers = Vec::new();
+    for i in 0..CONVERSATIONS {
+        let token = relay.token().await;
+        let auth = format!("jwt {token}");
+        let mut socket =
+            MessagingClient::socket(tls, relay.daemon.public, PLATFORM_PATH, Some(&auth))
+                .await
+                .unwrap();
+        let r = request(
+            &mut socket,
+            "r",
+            "cm.ConsumerRequestConversation",
+            json!({}),
+        )
+        .await;
+        let conversation = r["body"]["conversationId"].as_str().unwrap().to_string();
+        let r = request(
+            &mut agent,
+            &format!("a{i}"),
+            "routing.UpdateRingState",
+            json!({"ringId": conversation, "ringState": "ACCEPTED"}),
+        )
+        .await;
+        assert_eq!(r["code"], 200, "{r}");
+        let r = request(
+            &mut agent,
+            &format!("f{i}"),
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conversation, "fromSeq": 0}),
+        )
+        .await;
+        assert_eq!(r["code"], 200, "{r}");
+        consumers.push(Consumer {
+            socket,
+            conversation,
+        });
+    }
+    (consumers, agent)
+}
+
+/// The agent's side: counts content events; for paced runs, the latency of each from the send
+/// time carried in its text (microseconds since `epoch`).
+async fn receive(mut agent: Stream, expected: usize, epoch: Instant) -> (Stream, Vec<u64>) {
+    let mut latencies = Vec::with_capacity(expected);
+    let mut seen = 0;
+    while seen < expected {
+        let frame = match tokio::time::timeout(Duration::from_secs(60), agent.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("agent socket: {other:?} after {seen} of {expected}"),
+        };
+        let v: Value = serde_json::from_str(&frame).unwrap();
+        if v["type"] != "ms.MessagingEventNotification" {
+            continue;
+        }
+        let now = epoch.elapsed().as_micros() as u64;
+        for change in v["body"]["changes"].as_array().unwrap() {
+            if change["event"]["type"] != "ContentEvent" {
+                continue;
+            }
+            seen += 1;
+            if let Some(sent) = change["event"]["message"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("t"))
+                .and_then(|t| t.parse::<u64>().ok())
+            {
+                latencies.push(now.saturating_sub(sent));
+            }
+        }
+    }
+    (agent, latencies)
+}
+
+async fn send_message(c: &mut Consumer, id: usize, epoch: Instant) {
+    let body = json!({"dialogId": c.conversation, "event": {
+        "type": "ContentEvent", "contentType": "text/plain",
+        "message": format!("t{}", epoch.elapsed().as_micros())}});
+    c.socket
+        .send(Message::Text(
+            json!({"kind": "req", "id": id.to_string(), "type": "ms.PublishEvent", "body": body})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+}
+
+/// Whether a frame was an acknowledgement (checked to be a success).
+fn acknowledgement(frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> bool {
+    match frame {
+        Some(Ok(Message::Text(t))) => {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["kind"] == "resp" {
+                assert_eq!(v["code"], 200, "{v}");
+                true
+            } else {
+                false
+            }
+        }
+        Some(Ok(_)) => false,
+        other => panic!("consumer socket: {other:?}"),
+    }
+}
+
+/// One consumer publishing `count` messages: with `WINDOW` in flight, or one per `pace`.
+async fn publish(
+    mut c: Consumer,
+    count: usize,
+    epoch: Instant,
+    pace: Option<Duration>,
+) -> Consumer {
+    let (mut sent, mut acked) = (0, 0);
+    match pace {
+        None => {
+            while acked < count {
+                while sent < count && sent - acked < WINDOW {
+                    send_message(&mut c, sent, epoch).await;
+                    sent += 1;
+                }
+                if acknowledgement(c.socket.next().await) {
+                    acked += 1;
+                }
+            }
+        }
+        Some(pace) => {
+            let mut ticker = tokio::time::interval(pace);
+            while acked < count {
+                tokio::select! {
+                    _ = ticker.tick(), if sent < count => {
+                        send_message(&mut c, sent, epoch).await;
+                        sent += 1;
+                    }
+                    frame = c.socket.next() => {
+                        if acknowledgement(frame) {
+                            acked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    c
+}
+
+async fn throughput_and_latency(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>, s: &Settings) {
+    let (consumers, agent) = setup(relay, tls).await;
+    let epoch = Instant::now();
+
+    // Throughput: everyone at once.
+    let per_consumer = s.messages / CONVERSATIONS;
+    let total = per_consumer * CONVERSATIONS;
+    let started = Instant::now();
+    let receiver = tokio::spawn(receive(agent, total, epoch));
+    let publishers: Vec<_> = consumers
+        .into_iter()
+        .map(|c| tokio::spawn(publish(c, per_consumer, epoch, None)))
+        .collect();
+    let mut consumers = Vec::new();
+    for p in publishers {
+        consumers.push(p.await.unwrap());
+    }
+    let (agent, _) = receiver.await.unwrap();
+    let elapsed = started.elapsed();
+    println!(
+        "  consumer -> agent, committed before each acknowledgement: {:.0} msgs/s ({total} in {:.2} s, {CONVERSATIONS} consumers x {WINDOW} in flight)",
+        total as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+
+    // Latency at 1,000 messages/s in all (each consumer 1,000/16 per second).
+    let per_consumer = 1000 * s.paced_seconds as usize / CONVERSATIONS;
+    let total = per_consumer * CONVERSATIONS;
+    let interval = Duration::from_micros(1_000_000 * CONVERSATIONS as u64 / 1000);
+    let receiver = tokio::spawn(receive(agent, total, epoch));
+    let publishers: Vec<_> = consumers
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            tokio::spawn(async move {
+                // Spread the consumers over one interval.
+                tokio::time::sleep(interval * i as u32 / CONVERSATIONS as u32).await;
+                publish(c, per_consumer, epoch, Some(interval)).await
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let (_agent, mut latencies) = receiver.await.unwrap();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "  delivery latency at 1,000 msgs/s ({total} messages): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        at(0.50) as f64 / 1000.0,
+        at(0.99) as f64 / 1000.0,
+        *latencies.last().unwrap() as f64 / 1000.0
+    );
+}
