@@ -603,7 +603,8 @@ impl Config {
 
     /// What is usable but unwise: secret files every user on the machine can read.
     pub fn warnings(&self) -> Vec<String> {
-        self.secret_files()
+        let mut warnings: Vec<String> = self
+            .secret_files()
             .into_iter()
             .filter(|(_, path)| crate::secret::world_readable(path))
             .map(|(key, path)| {
@@ -612,7 +613,16 @@ impl Config {
                     path.display()
                 )
             })
-            .collect()
+            .collect();
+        if let Some(relay) = &self.relay
+            && relay.max_sockets > self.server.max_connections
+        {
+            warnings.push(format!(
+                "relay.max_sockets ({}) is above server.max_connections ({}): the listener stops accepting first; raise server.max_connections for that many sockets",
+                relay.max_sockets, self.server.max_connections
+            ));
+        }
+        warnings
     }
 
     /// Checks that need no file: ranges, duplicates, and combinations that make no sense.

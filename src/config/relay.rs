@@ -128,7 +128,7 @@ mod defaults {
         Span(Duration::from_secs(5))
     }
     pub fn max_sockets() -> usize {
-        50_000
+        4_000
     }
     pub fn send_queue_bytes() -> usize {
         1024 * 1024
