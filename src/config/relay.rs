@@ -9,6 +9,9 @@ use serde::Deserialize;
 use super::Problems;
 use crate::duration::Span;
 
+mod webhooks;
+pub use webhooks::{EVENT_TYPES as WEBHOOK_EVENT_TYPES, WebhooksConfig};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
@@ -38,9 +41,27 @@ pub struct RelayConfig {
     /// Requests per socket per second before it gets `429` answers.
     #[serde(default = "defaults::requests_per_second")]
     pub requests_per_second: u32,
+    /// Signed POSTs to the brand's backend when conversations open and close and messages are
+    /// stored; off when absent.
+    pub webhooks: Option<WebhooksConfig>,
 }
 
 impl RelayConfig {
+    /// What only a restart changes, compared by its `Debug` form (it names files and
+    /// settings, never a secret): everything but the webhooks' delivery settings, which a
+    /// reload swaps in.
+    pub fn bound_at_start(&self) -> String {
+        let queue = self
+            .webhooks
+            .as_ref()
+            .map(|w| (w.queue_capacity, w.max_in_flight));
+        let without_webhooks = RelayConfig {
+            webhooks: None,
+            ..self.clone()
+        };
+        format!("{without_webhooks:?} {queue:?}")
+    }
+
     pub(super) fn check_shape(&self, p: &mut Problems) {
         if self.account.is_empty()
             || self.account.len() > 64
@@ -80,6 +101,9 @@ impl RelayConfig {
         }
         if self.requests_per_second == 0 {
             p.push("relay.requests_per_second", "must be at least 1");
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.check_shape(p);
         }
     }
 }
