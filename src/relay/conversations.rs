@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::bus::{Bus, Change};
+use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::Clock;
 use crate::store::relay::{ConversationRow, NewEvent};
 use crate::store::seal::DataKeys;
@@ -72,6 +73,7 @@ pub struct Conversations {
     bus: Arc<Bus>,
     clock: Arc<dyn Clock>,
     max_message_bytes: usize,
+    webhooks: Webhooks,
 }
 
 fn millis(clock: &dyn Clock) -> i64 {
@@ -103,7 +105,13 @@ impl Conversations {
             bus,
             clock,
             max_message_bytes,
+            webhooks: Webhooks::disabled(),
         }
+    }
+
+    /// Tells the brand's backend about committed changes through `webhooks`.
+    pub fn with_webhooks(self, webhooks: Webhooks) -> Conversations {
+        Conversations { webhooks, ..self }
     }
 
     pub fn bus(&self) -> &Arc<Bus> {
@@ -134,6 +142,8 @@ impl Conversations {
             Ok(()) => {
                 tracing::info!(conversation = %row.id, "a consumer opened a conversation");
                 self.bus.state_changed(&row.id, consumer);
+                let event = WebhookEvent::ConversationCreated;
+                self.webhooks.emit(&row, row.created_at, event);
                 Ok((row, true))
             }
             // Another socket of the same consumer opened one a moment ago: that one.
@@ -298,6 +308,8 @@ impl Conversations {
                         other => other.into(),
                     })?;
                 if appended.created {
+                    let event = WebhookEvent::message(appended.seq, who, &body);
+                    self.webhooks.emit(&conversation, now, event);
                     self.bus.publish(Change {
                         conversation_id: conversation_id.to_string(),
                         seq: appended.seq,
@@ -364,13 +376,16 @@ impl Conversations {
     /// Closes a conversation `who` may see. Closing a closed one is not an error.
     pub async fn close(&self, who: &Participant, conversation_id: &str) -> Result<(), RelayError> {
         let row = self.get(who, conversation_id).await?;
+        let closed_at = millis(&*self.clock);
         if self
             .store
-            .close_conversation(conversation_id, millis(&*self.clock))
+            .close_conversation(conversation_id, closed_at)
             .await?
         {
             tracing::info!(conversation = %conversation_id, "a conversation was closed");
             self.bus.state_changed(conversation_id, &row.consumer_id);
+            let event = WebhookEvent::ConversationClosed;
+            self.webhooks.emit(&row, closed_at, event);
         }
         Ok(())
     }

@@ -9,9 +9,11 @@
 //! - `rest`: a conversation's history over HTTPS;
 //! - `conversations`: the only code that writes conversations and events (access rules,
 //!   sequences, sealing); `bus`: fan-out of committed events to followers, with catch-up
-//!   from the store so nothing is skipped; `protocol`: the envelopes.
+//!   from the store so nothing is skipped; `protocol`: the envelopes;
+//! - `webhooks`: signed POSTs to the brand's backend about committed changes, never
+//!   blocking the relay.
 //!
-//! Built so far: the consumer side and history. The agent side, away pushes and webhooks
+//! Built so far: the consumer side, history and webhooks. The agent side and away pushes
 //! come next.
 
 mod bus;
@@ -19,11 +21,13 @@ mod consumer;
 mod conversations;
 mod protocol;
 mod rest;
+mod webhooks;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,7 +35,7 @@ use tokio_util::task::TaskTracker;
 pub use consumer::close_code;
 
 use crate::clock::Clock;
-use crate::config::RelayConfig;
+use crate::config::{Problems, RelayConfig};
 use crate::identity::IdentityService;
 use crate::limiter::SourceSlots;
 use crate::store::Store;
@@ -55,16 +59,41 @@ struct Inner {
     shutdown: CancellationToken,
     /// Every open session, so shutdown can wait for their close frames.
     sessions: TaskTracker,
+    webhooks: webhooks::Webhooks,
+}
+
+/// The relay's settings that need files (the webhook secret, trust anchors), read and
+/// checked: what a start or a reload puts in use.
+pub struct PreparedRelay {
+    webhooks: Option<webhooks::Settings>,
 }
 
 impl RelayService {
+    /// Reads and checks what the relay needs besides its config's shape; every problem is
+    /// reported, naming its key.
+    pub fn prepare(config: &RelayConfig) -> Result<PreparedRelay, Problems> {
+        let webhooks = config
+            .webhooks
+            .as_ref()
+            .map(webhooks::Settings::prepare)
+            .transpose()?;
+        Ok(PreparedRelay { webhooks })
+    }
+
     pub fn new(
         config: &RelayConfig,
+        prepared: PreparedRelay,
         identity: IdentityService,
         store: Store,
         data_keys: Arc<DataKeys>,
         clock: Arc<dyn Clock>,
+        registry: &mut Registry,
     ) -> RelayService {
+        let webhooks = webhooks::Webhooks::start(
+            prepared.webhooks,
+            clock.clone(),
+            webhooks::WebhookMetrics::register(registry),
+        );
         let conversations = conversations::Conversations::new(
             config.account.clone(),
             store,
@@ -72,7 +101,8 @@ impl RelayService {
             Arc::new(bus::Bus::default()),
             clock,
             config.max_message_bytes,
-        );
+        )
+        .with_webhooks(webhooks.clone());
         RelayService {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -82,6 +112,7 @@ impl RelayService {
                 unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
+                webhooks,
             }),
         }
     }
@@ -104,8 +135,17 @@ impl RelayService {
         self.inner.sessions.close();
     }
 
-    /// Waits until every session has ended (after [`RelayService::shutdown`]).
+    /// Puts reloaded settings in use (see [`RelayService::prepare`]): today the webhooks'
+    /// (their secret file is read again).
+    pub fn apply(&self, prepared: PreparedRelay) {
+        self.inner.webhooks.apply(prepared.webhooks);
+    }
+
+    /// Waits until every session has ended (after [`RelayService::shutdown`]), then until the
+    /// webhooks already queued have had an attempt (none waits for a retry any more).
+    /// The caller bounds the wait.
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
+        self.inner.webhooks.drain().await;
     }
 }
