@@ -14,6 +14,7 @@ pub mod jose;
 pub mod messaging;
 pub mod pki;
 pub mod postgres;
+pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};
 
