@@ -315,6 +315,37 @@ async fn a_receiver_that_never_answers_does_not_delay_the_consumer() {
 }
 
 #[tokio::test]
+async fn a_full_queue_drops_webhooks_counted_and_logged_never_a_message() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
+    receiver.hang().await;
+    let world = start(
+        env,
+        &receiver,
+        "timeout = \"30s\"\nqueue_capacity = 1\nmax_in_flight = 1",
+    )
+    .await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+    // One webhook held by the receiver, one waiting behind it, one in the queue: the rest of
+    // these ten do not fit.
+    for i in 0..10 {
+        let sent = publish(&mut c, &conversation, &format!("message {i}")).await;
+        assert_eq!(sent["code"], 200, "{sent}");
+        assert_eq!(sent["body"]["sequence"], i);
+    }
+    world
+        .wait_metric(r#"brandgate_relay_webhooks_total{type="message.created",result="dropped"}"#)
+        .await;
+    let log = world.daemon.wait_log("relay webhooks dropped").await;
+    assert_eq!(
+        log.matches("relay webhooks dropped").count(),
+        1,
+        "logged at most every 10 s"
+    );
+}
+
+#[tokio::test]
 async fn a_receiver_with_another_secret_refuses_and_a_reload_reads_the_new_one() {
     let env = TestEnv::new();
     let receiver = WebhookReceiver::start(&env, "another-secret-entirely", json!([])).await;
