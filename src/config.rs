@@ -22,7 +22,7 @@ use crate::duration::Span;
 mod identity;
 mod relay;
 pub use identity::*;
-pub use relay::{RelayConfig, WEBHOOK_EVENT_TYPES, WebhooksConfig};
+pub use relay::{RelayConfig, WebhooksConfig};
 
 /// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]

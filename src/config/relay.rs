@@ -10,7 +10,7 @@ use super::Problems;
 use crate::duration::Span;
 
 mod webhooks;
-pub use webhooks::{EVENT_TYPES as WEBHOOK_EVENT_TYPES, WebhooksConfig};
+pub use webhooks::WebhooksConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
