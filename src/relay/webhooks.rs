@@ -197,6 +197,7 @@ impl Webhooks {
 
     /// Starts the worker. `settings` is `None` when `[relay.webhooks]` is absent; a reload can
     /// still turn webhooks on ([`Webhooks::apply`]), with the default queue size.
+    /// The worker runs until [`Webhooks::drain`]: the relay lives as long as the process.
     pub fn start(
         settings: Option<Settings>,
         clock: Arc<dyn Clock>,
