@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, IdentityConfig, Problems};
+use crate::config::{Config, IdentityConfig, Problems, RelayConfig};
 use crate::identity::{IdentityMetrics, IdentityService, KeyRing};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, Delivery, Provider, PushService};
@@ -126,6 +126,11 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
         {
             problems.push("store.password_file", e.to_string());
         }
+    }
+    if let Some(relay) = &config.relay
+        && let Err(p) = RelayService::prepare(relay)
+    {
+        problems.0.extend(p.0);
     }
     if config.server.state_dir.exists() && !config.server.state_dir.is_dir() {
         problems.push(
@@ -353,6 +358,11 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                 config.server.tls.client_ca.is_some(),
                 crate::clock::system(),
             )?;
+            let relay_prepared = config
+                .relay
+                .as_ref()
+                .map(RelayService::prepare)
+                .transpose()?;
             let (store, data_keys) = open_store(&config, &state_dir).await?;
             let service = IdentityService::start(
                 id_config,
@@ -364,16 +374,23 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             )
             .await
             .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
-            let relay = config.relay.as_ref().map(|relay_config| {
-                RelayService::new(
-                    relay_config,
-                    service.clone(),
-                    store,
-                    data_keys,
-                    push.clone(),
-                    crate::clock::system(),
-                )
-            });
+            let relay =
+                config
+                    .relay
+                    .as_ref()
+                    .zip(relay_prepared)
+                    .map(|(relay_config, prepared)| {
+                        RelayService::new(
+                            relay_config,
+                            prepared,
+                            service.clone(),
+                            store,
+                            data_keys,
+                            push.clone(),
+                            crate::clock::system(),
+                            &mut registry,
+                        )
+                    });
             (Some(service), relay)
         }
         None => (None, None),
@@ -448,6 +465,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             Roles {
                 push: &push,
                 identity: identity.as_ref(),
+                relay: relay.as_ref(),
             },
             &status,
         )
@@ -597,6 +615,7 @@ impl Signals {
 struct Roles<'a> {
     push: &'a PushService,
     identity: Option<&'a IdentityService>,
+    relay: Option<&'a RelayService>,
 }
 
 /// Builds everything from the file again and swaps it in, or changes nothing.
@@ -607,7 +626,11 @@ fn reload(
     public: &Public,
     roles: Roles<'_>,
 ) -> Result<(), Problems> {
-    let Roles { push, identity } = roles;
+    let Roles {
+        push,
+        identity,
+        relay,
+    } = roles;
     let new = Config::load(path)?;
     let server_tls = tls::server_config(&new.server.tls, state_dir)?;
     // Everything is read and checked before anything is swapped: a reload happens whole or not
@@ -623,8 +646,15 @@ fn reload(
         )),
         _ => None,
     };
+    let relay_update = match (relay, &new.relay) {
+        (Some(service), Some(cfg)) => Some((service, RelayService::prepare(cfg)?)),
+        _ => None,
+    };
     push.reload(&new.push, new.server.tls.client_ca.is_some())?;
     if let Some((service, prepared)) = identity_update {
+        service.apply(prepared);
+    }
+    if let Some((service, prepared)) = relay_update {
         service.apply(prepared);
     }
     for w in new.warnings() {
@@ -676,8 +706,9 @@ fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str,
                 != new.identity.as_ref().map(IdentityConfig::bound_at_start),
         ),
         (
-            "relay",
-            format!("{:?}", old.relay) != format!("{:?}", new.relay),
+            "relay (all but webhooks' url, secret, events, include_text, trust anchors, timeout, attempts)",
+            old.relay.as_ref().map(RelayConfig::bound_at_start)
+                != new.relay.as_ref().map(RelayConfig::bound_at_start),
         ),
         (
             "log",

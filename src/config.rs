@@ -22,7 +22,7 @@ use crate::duration::Span;
 mod identity;
 mod relay;
 pub use identity::*;
-pub use relay::RelayConfig;
+pub use relay::{RelayConfig, WebhooksConfig};
 
 /// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -550,6 +550,9 @@ impl Config {
             && let Some(f) = &w.secret_file
         {
             files.push(("push.feedback.webhook.secret_file".into(), f));
+        }
+        if let Some(w) = self.relay.as_ref().and_then(|r| r.webhooks.as_ref()) {
+            files.push(("relay.webhooks.secret_file".into(), &w.secret_file));
         }
         if let Some(id) = &self.identity {
             if let Some(up) = &id.upstream {

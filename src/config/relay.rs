@@ -9,6 +9,9 @@ use serde::Deserialize;
 use super::Problems;
 use crate::duration::Span;
 
+mod webhooks;
+pub use webhooks::WebhooksConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
@@ -41,6 +44,9 @@ pub struct RelayConfig {
     /// Pushes to consumers who are away.
     #[serde(default)]
     pub away: AwayConfig,
+    /// Signed POSTs to the brand's backend when conversations open and close and messages are
+    /// stored; off when absent.
+    pub webhooks: Option<WebhooksConfig>,
 }
 
 /// `[relay.away]`: when an agent's message makes a push to the consumer's devices.
@@ -66,6 +72,21 @@ impl Default for AwayConfig {
 }
 
 impl RelayConfig {
+    /// What only a restart changes, compared by its `Debug` form (it names files and
+    /// settings, never a secret): everything but the webhooks' delivery settings, which a
+    /// reload swaps in.
+    pub fn bound_at_start(&self) -> String {
+        let queue = self
+            .webhooks
+            .as_ref()
+            .map(|w| (w.queue_capacity, w.max_in_flight));
+        let without_webhooks = RelayConfig {
+            webhooks: None,
+            ..self.clone()
+        };
+        format!("{without_webhooks:?} {queue:?}")
+    }
+
     pub(super) fn check_shape(&self, p: &mut Problems) {
         if self.account.is_empty()
             || self.account.len() > 64
@@ -111,6 +132,9 @@ impl RelayConfig {
         }
         if self.away.burst.0 > Duration::from_secs(600) {
             p.push("relay.away.burst", "must be at most 10m");
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.check_shape(p);
         }
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::away::Away;
 use super::bus::{Bus, Change};
+use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::Clock;
 use crate::store::relay::{ConversationRow, NewEvent};
 use crate::store::seal::DataKeys;
@@ -87,6 +88,7 @@ pub struct Conversations {
     max_message_bytes: usize,
     /// Pushes to consumers who are away (none without `[push]` apps).
     away: Option<Arc<Away>>,
+    webhooks: Webhooks,
 }
 
 fn millis(clock: &dyn Clock) -> i64 {
@@ -119,6 +121,7 @@ impl Conversations {
             clock,
             max_message_bytes,
             away: None,
+            webhooks: Webhooks::disabled(),
         }
     }
 
@@ -126,6 +129,11 @@ impl Conversations {
     pub fn with_away(mut self, away: Arc<Away>) -> Conversations {
         self.away = Some(away);
         self
+    }
+
+    /// Tells the brand's backend about committed changes through `webhooks`.
+    pub fn with_webhooks(self, webhooks: Webhooks) -> Conversations {
+        Conversations { webhooks, ..self }
     }
 
     pub fn bus(&self) -> &Arc<Bus> {
@@ -156,6 +164,8 @@ impl Conversations {
             Ok(()) => {
                 tracing::info!(conversation = %row.id, "a consumer opened a conversation");
                 self.bus.state_changed(&row.id, consumer);
+                let event = WebhookEvent::ConversationCreated;
+                self.webhooks.emit(&row, row.created_at, event);
                 Ok((row, true))
             }
             // Another socket of the same consumer opened one a moment ago: that one.
@@ -394,6 +404,8 @@ impl Conversations {
                     if let Some(away) = &self.away {
                         notify_away(away, who, &conversation, appended.seq, &body);
                     }
+                    let event = WebhookEvent::message(appended.seq, who, &body);
+                    self.webhooks.emit(&conversation, now, event);
                     self.bus.publish(Change {
                         conversation_id: conversation_id.to_string(),
                         seq: appended.seq,
@@ -460,13 +472,16 @@ impl Conversations {
     /// Closes a conversation `who` may see. Closing a closed one is not an error.
     pub async fn close(&self, who: &Participant, conversation_id: &str) -> Result<(), RelayError> {
         let row = self.get(who, conversation_id).await?;
+        let closed_at = millis(&*self.clock);
         if self
             .store
-            .close_conversation(conversation_id, millis(&*self.clock))
+            .close_conversation(conversation_id, closed_at)
             .await?
         {
             tracing::info!(conversation = %conversation_id, "a conversation was closed");
             self.bus.state_changed(conversation_id, &row.consumer_id);
+            let event = WebhookEvent::ConversationClosed;
+            self.webhooks.emit(&row, closed_at, event);
         }
         Ok(())
     }

@@ -13,7 +13,9 @@
 //!   `away`: pushes to consumers who do not acknowledge agents' messages;
 //! - `conversations`: the only code that writes conversations and events (access rules,
 //!   sequences, sealing); `bus`: fan-out of committed events to followers, with catch-up
-//!   from the store so nothing is skipped; `protocol`: the envelopes.
+//!   from the store so nothing is skipped; `protocol`: the envelopes;
+//! - `webhooks`: signed POSTs to the brand's backend about committed changes, never
+//!   blocking the relay.
 //!
 //! Away pushes go through the push proxy's door ([`PushService::send`]).
 
@@ -28,12 +30,14 @@ mod protocol;
 mod rest;
 mod routing;
 mod socket;
+mod webhooks;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, put};
+use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,7 +45,7 @@ use tokio_util::task::TaskTracker;
 pub use socket::close_code;
 
 use crate::clock::Clock;
-use crate::config::RelayConfig;
+use crate::config::{Problems, RelayConfig};
 use crate::identity::IdentityService;
 use crate::limiter::SourceSlots;
 use crate::push::PushService;
@@ -70,16 +74,36 @@ struct Inner {
     shutdown: CancellationToken,
     /// Every open session, so shutdown can wait for their close frames.
     sessions: TaskTracker,
+    webhooks: webhooks::Webhooks,
+}
+
+/// The relay's settings that need files (the webhook secret, trust anchors), read and
+/// checked: what a start or a reload puts in use.
+pub struct PreparedRelay {
+    webhooks: Option<webhooks::Settings>,
 }
 
 impl RelayService {
+    /// Reads and checks what the relay needs besides its config's shape; every problem is
+    /// reported, naming its key.
+    pub fn prepare(config: &RelayConfig) -> Result<PreparedRelay, Problems> {
+        let webhooks = config
+            .webhooks
+            .as_ref()
+            .map(webhooks::Settings::prepare)
+            .transpose()?;
+        Ok(PreparedRelay { webhooks })
+    }
+
     pub fn new(
         config: &RelayConfig,
+        prepared: PreparedRelay,
         identity: IdentityService,
         store: Store,
         data_keys: Arc<DataKeys>,
         push: PushService,
         clock: Arc<dyn Clock>,
+        registry: &mut Registry,
     ) -> RelayService {
         let away = Arc::new(away::Away::new(
             config.account.clone(),
@@ -89,6 +113,11 @@ impl RelayService {
             config.away.ack_delay.0,
             config.away.burst.0,
         ));
+        let webhooks = webhooks::Webhooks::start(
+            prepared.webhooks,
+            clock.clone(),
+            webhooks::WebhookMetrics::register(registry),
+        );
         let conversations = conversations::Conversations::new(
             config.account.clone(),
             store.clone(),
@@ -97,7 +126,8 @@ impl RelayService {
             clock,
             config.max_message_bytes,
         )
-        .with_away(away.clone());
+        .with_away(away.clone())
+        .with_webhooks(webhooks.clone());
         RelayService {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -111,6 +141,7 @@ impl RelayService {
                 unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
+                webhooks,
             }),
         }
     }
@@ -148,8 +179,17 @@ impl RelayService {
         self.inner.sessions.close();
     }
 
-    /// Waits until every session has ended (after [`RelayService::shutdown`]).
+    /// Puts reloaded settings in use (see [`RelayService::prepare`]): today the webhooks'
+    /// (their secret file is read again).
+    pub fn apply(&self, prepared: PreparedRelay) {
+        self.inner.webhooks.apply(prepared.webhooks);
+    }
+
+    /// Waits until every session has ended (after [`RelayService::shutdown`]), then until the
+    /// webhooks already queued have had an attempt (none waits for a retry any more).
+    /// The caller bounds the wait.
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
+        self.inner.webhooks.drain().await;
     }
 }

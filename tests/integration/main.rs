@@ -17,4 +17,5 @@ mod push_apns;
 mod push_fcm;
 mod relay_agent;
 mod relay_consumer;
+mod relay_webhooks;
 mod store;

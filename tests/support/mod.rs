@@ -15,6 +15,7 @@ pub mod messaging;
 pub mod pki;
 pub mod postgres;
 pub mod relay_world;
+pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};
 

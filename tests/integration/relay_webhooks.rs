@@ -1,0 +1,424 @@
+//! The relay's webhooks, end to end: a real consumer over WebSocket drives the real daemon,
+//! and the brand's receiver is an independent peer (tests/node/webhook-receiver.mjs, HTTPS
+//! with the test CA) that checks every signature with Node's own crypto.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::TestEnv;
+use crate::support::daemon::Daemon;
+use crate::support::identity_world::data_key_line;
+use crate::support::messaging::{MessagingClient, Side};
+use crate::support::webhook_receiver::WebhookReceiver;
+
+const ACCOUNT: &str = "acme";
+const SECRET: &str = "whsec-relay-0123456789";
+const TEXT: &str = "my card number is in this message";
+
+struct World {
+    env: TestEnv,
+    daemon: Daemon,
+}
+
+/// The daemon with `[relay.webhooks]` posting to `receiver` (plus `webhooks_extra`), signing
+/// with [`SECRET`].
+async fn start(env: TestEnv, receiver: &WebhookReceiver, webhooks_extra: &str) -> World {
+    let keys = env.secret("data-keys", &data_key_line("k1"));
+    let secret = env.secret("relay-webhook-secret", &format!("{SECRET}\n"));
+    let ca = env.ca.write(env.path(), "receiver-ca");
+    let config = env.config(&format!(
+        r#"
+[store]
+data_keys_file = "{keys}"
+[identity]
+issuer = "https://brandgate.test"
+[identity.anonymous]
+enabled = true
+per_minute = 1000
+[relay]
+account = "{ACCOUNT}"
+requests_per_second = 100000
+[relay.webhooks]
+url = "{url}"
+secret_file = "{secret}"
+extra_trust_anchors = ["{ca}"]
+{webhooks_extra}
+"#,
+        keys = keys.display(),
+        url = receiver.url(),
+        secret = secret.display(),
+        ca = ca.display(),
+    ));
+    let daemon = Daemon::start(env.path(), &config).await;
+    World { env, daemon }
+}
+
+impl World {
+    /// A consumer (an anonymous sign-up) connected over WebSocket.
+    async fn consumer(&self) -> MessagingClient {
+        let answer = self
+            .env
+            .client()
+            .send(
+                http::Method::POST,
+                &self.daemon.url("/identity/v1/signup"),
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let auth = format!("jwt {}", answer.json()["jwt"].as_str().unwrap());
+        MessagingClient::connect(
+            &self.env.ca.cert_pem,
+            self.daemon.public,
+            "/ws_api/account/acme/messaging/consumer?v=3",
+            Some(&auth),
+            Side::Consumer,
+        )
+        .await
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.body))
+    }
+
+    /// Waits (bounded) until the metrics show `needle`.
+    async fn wait_metric(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self
+                .env
+                .client()
+                .get(&self.daemon.ops_url("/metrics"))
+                .await;
+            if metrics.body.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle} in\n{}",
+                metrics.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn open(c: &mut MessagingClient) -> String {
+    let r = c.request("cm.ConsumerRequestConversation", json!({})).await;
+    assert_eq!(r["code"], 200, "{r}");
+    r["body"]["conversationId"].as_str().unwrap().to_string()
+}
+
+async fn publish(c: &mut MessagingClient, conversation: &str, message: &str) -> Value {
+    c.request(
+        "ms.PublishEvent",
+        json!({"dialogId": conversation, "event":
+            {"type": "ContentEvent", "contentType": "text/plain", "message": message}}),
+    )
+    .await
+}
+
+async fn close(c: &mut MessagingClient, conversation: &str) {
+    let r = c
+        .request(
+            "cm.UpdateConversationField",
+            json!({"conversationId": conversation, "conversationField": [
+                {"field": "ConversationStateField", "conversationState": "CLOSE"}]}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+}
+
+#[tokio::test]
+async fn a_conversation_reaches_the_brand_signed_in_order_without_text() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
+    let mut world = start(env, &receiver, "").await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+    let sent = publish(&mut c, &conversation, TEXT).await;
+    assert_eq!(sent["code"], 200, "{sent}");
+    close(&mut c, &conversation).await;
+
+    let got = receiver.wait_for(3, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let types: Vec<_> = got.iter().map(|d| d["body"]["type"].clone()).collect();
+    assert_eq!(
+        types,
+        [
+            "conversation.created",
+            "message.created",
+            "conversation.closed"
+        ]
+    );
+    let consumer = got[0]["body"]["consumerId"].clone();
+    assert!(consumer.as_str().is_some_and(|s| !s.is_empty()));
+    for d in &got {
+        assert_eq!(d["signatureValid"], true, "{d}");
+        assert_eq!(d["status"], 200);
+        assert_eq!(d["contentType"], "application/json");
+        assert_eq!(d["event"], d["body"]["type"]);
+        assert_eq!(d["delivery"], d["body"]["id"]);
+        assert_eq!(d["body"]["account"], ACCOUNT);
+        assert_eq!(d["body"]["conversationId"], conversation.as_str());
+        assert_eq!(d["body"]["consumerId"], consumer);
+        assert!(d["body"]["createdAt"].as_i64().is_some_and(|t| t > 0));
+        assert!(d["body"].get("text").is_none(), "no text by default: {d}");
+    }
+    let message = &got[1]["body"];
+    assert_eq!(message["sequence"], 0);
+    assert_eq!(message["originatorRole"], "CONSUMER");
+    assert_eq!(message["originatorId"], consumer);
+    let ids: std::collections::HashSet<_> = got.iter().map(|d| d["delivery"].clone()).collect();
+    assert_eq!(ids.len(), 3, "each webhook its own delivery id");
+
+    world
+        .wait_metric(
+            r#"brandgate_relay_webhooks_total{type="conversation.closed",result="delivered"} 1"#,
+        )
+        .await;
+    drop(c);
+    let log = world.daemon.stop().await;
+    assert!(!log.contains(TEXT), "the message text was logged");
+    assert!(!log.contains(SECRET), "the webhook secret was logged");
+}
+
+#[tokio::test]
+async fn the_text_goes_out_when_the_brand_asks_and_only_chosen_events() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
+    let world = start(
+        env,
+        &receiver,
+        "include_text = true\nevents = [\"message.created\", \"conversation.closed\"]",
+    )
+    .await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+    assert_eq!(publish(&mut c, &conversation, TEXT).await["code"], 200);
+    close(&mut c, &conversation).await;
+
+    // Each conversation's webhooks arrive in order: a conversation.created would be first.
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[0]["body"]["type"], "message.created", "{got:#?}");
+    assert_eq!(got[0]["body"]["text"], TEXT);
+    assert_eq!(got[0]["signatureValid"], true);
+    assert_eq!(got[1]["body"]["type"], "conversation.closed");
+    assert!(got[1]["body"].get("text").is_none());
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_same_webhook_again_until_it_takes_it() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([503, 503])).await;
+    let world = start(env, &receiver, "events = [\"conversation.created\"]").await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+
+    // Backoff: 0.5 to 1 s, then 1 to 2 s.
+    let got = receiver.wait_for(3, Duration::from_secs(20)).await;
+    let statuses: Vec<_> = got.iter().map(|d| d["status"].clone()).collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    for d in &got {
+        assert_eq!(
+            d["delivery"], got[0]["delivery"],
+            "one delivery id across attempts"
+        );
+        assert_eq!(d["body"]["conversationId"], conversation.as_str());
+        assert_eq!(d["signatureValid"], true, "every attempt is signed: {d}");
+    }
+    world
+        .wait_metric(r#"brandgate_relay_webhook_attempts_total{outcome="5xx"} 2"#)
+        .await;
+    world
+        .wait_metric(
+            r#"brandgate_relay_webhooks_total{type="conversation.created",result="delivered"} 1"#,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_webhook_waiting_for_its_retry_does_not_hold_back_other_conversations() {
+    let env = TestEnv::new();
+    // The first webhook is told to come back in 30 s (Retry-After); the rest are taken.
+    let receiver =
+        WebhookReceiver::start(&env, SECRET, json!([{"status": 503, "retryAfter": "30"}])).await;
+    let mut world = start(env, &receiver, "").await;
+    let mut first = world.consumer().await;
+    let waiting = open(&mut first).await;
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+
+    let mut second = world.consumer().await;
+    let other = open(&mut second).await;
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[0]["body"]["conversationId"], waiting.as_str());
+    assert_eq!(got[0]["status"], 503);
+    assert_eq!(got[1]["body"]["conversationId"], other.as_str());
+    assert_eq!(got[1]["status"], 200);
+    // The first conversation's next webhook waits behind its retry: still only two after
+    // 1.5 s, when a retry on the backoff schedule alone would have come within 1 s.
+    close(&mut first, &waiting).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        receiver.deliveries().await.len(),
+        2,
+        "Retry-After honoured, order kept"
+    );
+
+    // Stopping does not wait 30 s for the retry: it is abandoned, and said so.
+    let started = Instant::now();
+    let log = world.daemon.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        log.contains("a webhook waiting for a retry was abandoned"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_delay_the_consumer() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
+    receiver.hang().await;
+    let world = start(env, &receiver, "timeout = \"30s\"").await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+    // The conversation.created webhook is now held by the receiver.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.deliveries().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook never reached the receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..5 {
+        let started = Instant::now();
+        let sent = publish(&mut c, &conversation, &format!("message {i}")).await;
+        assert_eq!(sent["code"], 200, "{sent}");
+        assert_eq!(sent["body"]["sequence"], i);
+        // Far below the 30 s the webhook attempt may take.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "publish acknowledged after {:?}",
+            started.elapsed()
+        );
+    }
+    close(&mut c, &conversation).await;
+    // Nothing else was sent meanwhile: the conversation's next webhooks wait behind the first.
+    let got = receiver.deliveries().await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0]["status"].is_null());
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_webhooks_counted_and_logged_never_a_message() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
+    receiver.hang().await;
+    let world = start(
+        env,
+        &receiver,
+        "timeout = \"30s\"\nqueue_capacity = 1\nmax_in_flight = 1",
+    )
+    .await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+    // One webhook held by the receiver, one waiting behind it, one in the queue: the rest of
+    // these ten do not fit.
+    for i in 0..10 {
+        let sent = publish(&mut c, &conversation, &format!("message {i}")).await;
+        assert_eq!(sent["code"], 200, "{sent}");
+        assert_eq!(sent["body"]["sequence"], i);
+    }
+    world
+        .wait_metric(r#"brandgate_relay_webhooks_total{type="message.created",result="dropped"}"#)
+        .await;
+    let log = world.daemon.wait_log("relay webhooks dropped").await;
+    assert_eq!(
+        log.matches("relay webhooks dropped").count(),
+        1,
+        "logged at most every 10 s"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_with_another_secret_refuses_and_a_reload_reads_the_new_one() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, "another-secret-entirely", json!([])).await;
+    let mut world = start(env, &receiver, "").await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+
+    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0]["signatureValid"], false, "{got:#?}");
+    assert_eq!(got[0]["status"], 401);
+    // A 4xx other than 429 is not retried.
+    world
+        .wait_metric(
+            r#"brandgate_relay_webhooks_total{type="conversation.created",result="refused"} 1"#,
+        )
+        .await;
+    assert_eq!(receiver.deliveries().await.len(), 1);
+
+    // The brand rotates the secret: brandgate reads the file again on reload.
+    world
+        .env
+        .secret("relay-webhook-secret", "another-secret-entirely\n");
+    world.daemon.reload().await;
+    close(&mut c, &conversation).await;
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[1]["body"]["type"], "conversation.closed");
+    assert_eq!(got[1]["signatureValid"], true, "{got:#?}");
+    assert_eq!(got[1]["status"], 200);
+}
+
+#[tokio::test]
+async fn check_config_names_every_webhook_problem() {
+    let env = TestEnv::new();
+    let keys = env.secret("data-keys", &data_key_line("k1"));
+    let config = env.config(&format!(
+        r#"
+[store]
+data_keys_file = "{keys}"
+[identity]
+issuer = "https://brandgate.test"
+[relay]
+account = "{ACCOUNT}"
+[relay.webhooks]
+url = "http://hooks.brand.example/relay"
+secret_file = "{missing}"
+events = ["message.deleted"]
+"#,
+        keys = keys.display(),
+        missing = env.path().join("no-such-secret").display(),
+    ));
+    let path = env.file("check.toml", &config);
+    let (code, out, err) =
+        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
+            .await;
+    assert_eq!(code, 78, "{out}{err}");
+    for key in [
+        "relay.webhooks.url",
+        "relay.webhooks.events: \"message.deleted\" is not one of",
+    ] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+
+    // The shape is right now: the missing secret file is what is left.
+    let config = config
+        .replace("http://hooks", "https://hooks")
+        .replace("[\"message.deleted\"]", "[\"message.created\"]");
+    let path = env.file("check.toml", &config);
+    let (code, out, err) =
+        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
+            .await;
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(
+        err.contains("relay.webhooks.secret_file: cannot read"),
+        "{err}"
+    );
+}
