@@ -33,7 +33,7 @@ use crate::config::{Config, IdentityConfig, Problems, RelayConfig};
 use crate::identity::{IdentityMetrics, IdentityService, KeyRing};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, Delivery, Provider, PushService};
-use crate::relay::RelayService;
+use crate::relay::{RelayBase, RelayService};
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreOptions};
 use crate::tls::{self, Peer, PeerIdentity};
@@ -383,11 +383,13 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                         RelayService::new(
                             relay_config,
                             prepared,
-                            service.clone(),
-                            store,
-                            data_keys,
-                            push.clone(),
-                            crate::clock::system(),
+                            RelayBase {
+                                identity: service.clone(),
+                                store,
+                                data_keys,
+                                push: push.clone(),
+                                clock: crate::clock::system(),
+                            },
                             &mut registry,
                         )
                     });

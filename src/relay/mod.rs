@@ -52,6 +52,17 @@ use crate::push::PushService;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
 
+/// What the relay stands on: the other roles' doors, the store and the clock.
+pub struct RelayBase {
+    /// Verifies consumers' identity tokens.
+    pub identity: IdentityService,
+    pub store: Store,
+    pub data_keys: Arc<DataKeys>,
+    /// Sends away pushes.
+    pub push: PushService,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// The relay. Cheap to clone.
 #[derive(Clone)]
 pub struct RelayService {
@@ -98,13 +109,16 @@ impl RelayService {
     pub fn new(
         config: &RelayConfig,
         prepared: PreparedRelay,
-        identity: IdentityService,
-        store: Store,
-        data_keys: Arc<DataKeys>,
-        push: PushService,
-        clock: Arc<dyn Clock>,
+        base: RelayBase,
         registry: &mut Registry,
     ) -> RelayService {
+        let RelayBase {
+            identity,
+            store,
+            data_keys,
+            push,
+            clock,
+        } = base;
         let away = Arc::new(away::Away::new(
             config.account.clone(),
             push,
