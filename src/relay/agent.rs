@@ -4,8 +4,9 @@
 //!
 //! Besides the requests every socket has (`socket`), an agent sets its availability and
 //! answers rings (`routing`). It sees only the conversations routed to and taken by it. The
-//! session is checked again at least every [`RECHECK`] while requests come (a logout, a
-//! disabled agent or a reset password ends the socket with 4401), and when it expires the
+//! session is read again before a request when [`RECHECK`] has passed, and every
+//! [`IDLE_RECHECK`] anyway (a logout, a disabled agent or a reset password ends the socket with
+//! 4401); when it expires the
 //! socket gets a `brandgate.SessionExpired` notification and is closed with 4410.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +27,8 @@ use super::socket::{Deadline, Link, Next, Role, close_code, error_response, run}
 
 /// How often, at most, a busy socket re-reads its session.
 const RECHECK: Duration = Duration::from_secs(5);
+/// How often an idle socket's session is read.
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 /// `GET /ws_api/account/{account}/messaging/brand/{bearer}`.
 pub async fn platform_path(
@@ -91,14 +94,45 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
             let _permit = permit;
             let _tracked = relay.inner.sessions.token();
             tracing::info!(agent = %principal.agent_id, "an agent connected");
+            let link = Link::new(relay.clone(), socket);
+            // An idle socket learns of a logout or a disabled agent too.
+            tokio::spawn(watch_session(
+                relay,
+                bearer.clone(),
+                link.outbox.clone(),
+                link.lifetime(),
+            ));
             let role = AgentRole {
                 principal,
                 bearer,
                 checked: Instant::now(),
                 desk: watch::Sender::new(Desk::default()),
             };
-            run(role, Link::new(relay, socket)).await;
+            run(role, link).await;
         })
+}
+
+/// Reads the session every [`IDLE_RECHECK`] until the socket ends; closes it (4401) once the
+/// session is gone (logout, disabled agent, new password).
+async fn watch_session(
+    relay: RelayService,
+    bearer: String,
+    out: super::bus::Outbox,
+    lifetime: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = lifetime.cancelled() => return,
+            _ = tokio::time::sleep(IDLE_RECHECK) => {}
+        }
+        match relay.inner.accounts.authenticate(&bearer).await {
+            Ok(_) | Err(AgentAuthError::Unavailable) => {}
+            Err(_) => {
+                out.close(close_code::UNAUTHENTICATED, "the session ended");
+                return;
+            }
+        }
+    }
 }
 
 /// An agent's side of a socket.

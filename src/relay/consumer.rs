@@ -116,6 +116,9 @@ async fn upgrade(
             // Counted until the session ends, so shutdown can wait for the close frames.
             let _tracked = relay.inner.sessions.token();
             let auth_deadline = tokio::time::Instant::now() + relay.inner.config.auth_timeout.0;
+            let presence = identity
+                .as_ref()
+                .map(|i| relay.inner.away.connected(&i.subject));
             let role = ConsumerRole {
                 consumer: identity.map(|i| Consumer {
                     id: i.subject,
@@ -123,7 +126,7 @@ async fn upgrade(
                 }),
                 auth_deadline,
                 unauthenticated_slot: slot,
-                presence: None,
+                presence,
             };
             run(role, Link::new(relay, socket)).await;
         })
@@ -191,9 +194,6 @@ impl Role for ConsumerRole {
                 .await;
             return Next::Close(close_code::UNAUTHENTICATED, "not authenticated");
         };
-        if self.presence.is_none() {
-            self.presence = Some(link.relay.inner.away.connected(&consumer.id));
-        }
         let who = Participant::Consumer(consumer.id.clone());
         let answer = match request.kind.as_str() {
             "cm.ConsumerRequestConversation" => {
@@ -260,6 +260,9 @@ impl ConsumerRole {
                             "the new token is for another consumer",
                         ))
                         .await;
+                }
+                if self.presence.is_none() {
+                    self.presence = Some(link.relay.inner.away.connected(&id.subject));
                 }
                 self.consumer = Some(Consumer {
                     id: id.subject,

@@ -178,6 +178,11 @@ impl Link {
         Ok(token)
     }
 
+    /// A token cancelled when the socket ends, for tasks that live as long as it.
+    pub fn lifetime(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+
     /// Starts `subscription` once the current request's response is sent.
     pub fn start_after_reply(&mut self, subscription: impl Future<Output = ()> + Send + 'static) {
         self.pending = Some(Box::pin(subscription));
