@@ -23,6 +23,7 @@ macro_rules! on_pool {
     };
 }
 
+pub mod agents;
 mod grants;
 pub mod migrate;
 pub mod relay;
