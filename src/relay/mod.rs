@@ -7,6 +7,9 @@
 //! [`RelayService::shutdown`] for the end. Inside:
 //! - `consumer`: a consumer's socket (authentication, token expiry, requests);
 //! - `rest`: a conversation's history over HTTPS;
+//! - `accounts`: agent accounts, passwords, lock-out and sessions ([`Accounts::authenticate`]
+//!   tells the agent socket whose bearer it is); `login`: their login, refresh and logout
+//!   over HTTPS;
 //! - `conversations`: the only code that writes conversations and events (access rules,
 //!   sequences, sealing); `bus`: fan-out of committed events to followers, with catch-up
 //!   from the store so nothing is skipped; `protocol`: the envelopes.
@@ -14,26 +17,32 @@
 //! Built so far: the consumer side and history. The agent side, away pushes and webhooks
 //! come next.
 
+mod accounts;
 mod bus;
 mod consumer;
 mod conversations;
+mod login;
 mod protocol;
 mod rest;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use accounts::{
+    AccountError, Accounts, AgentAuthError, AgentPrincipal, AgentState, AgentView, LoginError,
+    NewSession, Refusal,
+};
 pub use consumer::close_code;
 
 use crate::clock::Clock;
 use crate::config::RelayConfig;
 use crate::identity::IdentityService;
-use crate::limiter::SourceSlots;
+use crate::limiter::{SourceLimiter, SourceSlots};
 use crate::store::Store;
 use crate::store::seal::DataKeys;
 
@@ -47,6 +56,9 @@ struct Inner {
     config: RelayConfig,
     identity: IdentityService,
     conversations: Arc<conversations::Conversations>,
+    accounts: Arc<accounts::Accounts>,
+    /// Agents' login attempts per source address.
+    login_attempts: SourceLimiter,
     /// One permit per open socket.
     sockets: Arc<Semaphore>,
     /// Sockets not authenticated yet, per source address.
@@ -65,6 +77,8 @@ impl RelayService {
         data_keys: Arc<DataKeys>,
         clock: Arc<dyn Clock>,
     ) -> RelayService {
+        let accounts =
+            RelayService::accounts(config, store.clone(), data_keys.clone(), clock.clone());
         let conversations = conversations::Conversations::new(
             config.account.clone(),
             store,
@@ -78,6 +92,8 @@ impl RelayService {
                 config: config.clone(),
                 identity,
                 conversations: Arc::new(conversations),
+                accounts: Arc::new(accounts),
+                login_attempts: SourceLimiter::default(),
                 sockets: Arc::new(Semaphore::new(config.max_sockets)),
                 unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
@@ -86,9 +102,32 @@ impl RelayService {
         }
     }
 
-    /// The routes: the consumer's WebSocket at both paths, and history over REST.
+    /// The agent accounts of the relay's account, on their own (for `brandgate agents`).
+    pub fn accounts(
+        config: &RelayConfig,
+        store: Store,
+        data_keys: Arc<DataKeys>,
+        clock: Arc<dyn Clock>,
+    ) -> Accounts {
+        Accounts::new(
+            config.account.clone(),
+            config.agents.clone(),
+            store,
+            data_keys,
+            clock,
+        )
+    }
+
+    /// The routes: the consumer's WebSocket at both paths, history over REST, and the agents'
+    /// login.
     pub fn router(&self) -> Router {
+        let agents = Router::new()
+            .route("/api/account/{account}/login", post(login::login))
+            .route("/api/account/{account}/refresh", post(login::refresh))
+            .route("/api/account/{account}/logout", post(login::logout))
+            .layer(axum::extract::DefaultBodyLimit::max(login::MAX_BODY_BYTES));
         Router::new()
+            .merge(agents)
             .route("/ws/consumer", get(consumer::own_path))
             .route("/api/v1/conversations/{id}/events", get(rest::events))
             .route(
