@@ -563,16 +563,27 @@ impl Accounts {
         .await
     }
 
-    /// Spends the same effort as a real check, against a hash no password matches.
-    async fn verify_dummy(&self, password: &Secret<String>) -> Result<(), String> {
-        let dummy = self
-            .dummy
+    /// Makes the dummy hash now, so that not even the first unknown username costs more than
+    /// a known one. Called when the daemon starts.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.dummy_hash().await {
+            tracing::warn!(error = %e, "cannot prepare the agents' dummy password hash");
+        }
+    }
+
+    async fn dummy_hash(&self) -> Result<String, String> {
+        self.dummy
             .get_or_try_init(|| async {
                 let random = Secret::new(random_token()?);
                 self.hash(&random).await.map_err(|e| e.to_string())
             })
-            .await?
-            .clone();
+            .await
+            .cloned()
+    }
+
+    /// Spends the same effort as a real check, against a hash no password matches.
+    async fn verify_dummy(&self, password: &Secret<String>) -> Result<(), String> {
+        let dummy = self.dummy_hash().await?;
         self.verify(password, Secret::new(dummy)).await.map(|_| ())
     }
 
@@ -866,6 +877,12 @@ mod tests {
     async fn policy_and_names_are_enforced() {
         let w = world().await;
         let a = &w.accounts;
+        assert!(a.dummy.get().is_none());
+        a.warm_up().await;
+        assert!(
+            a.dummy.get().is_some(),
+            "the dummy hash is ready before any login"
+        );
         assert!(matches!(
             a.add_agent("ann", &pw("short")).await,
             Err(AccountError::PasswordTooShort(8))

@@ -77,8 +77,17 @@ impl RelayService {
         data_keys: Arc<DataKeys>,
         clock: Arc<dyn Clock>,
     ) -> RelayService {
-        let accounts =
-            RelayService::accounts(config, store.clone(), data_keys.clone(), clock.clone());
+        let accounts = Arc::new(RelayService::accounts(
+            config,
+            store.clone(),
+            data_keys.clone(),
+            clock.clone(),
+        ));
+        // The dummy hash for unknown usernames, made before the first login needs it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let accounts = accounts.clone();
+            runtime.spawn(async move { accounts.warm_up().await });
+        }
         let conversations = conversations::Conversations::new(
             config.account.clone(),
             store,
@@ -92,7 +101,7 @@ impl RelayService {
                 config: config.clone(),
                 identity,
                 conversations: Arc::new(conversations),
-                accounts: Arc::new(accounts),
+                accounts,
                 login_attempts: SourceLimiter::default(),
                 sockets: Arc::new(Semaphore::new(config.max_sockets)),
                 unauthenticated: SourceSlots::default(),
