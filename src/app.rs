@@ -33,7 +33,8 @@ use crate::config::{Config, IdentityConfig, Problems, RelayConfig};
 use crate::identity::{IdentityMetrics, IdentityService, KeyRing};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, Delivery, Provider, PushService};
-use crate::relay::{RelayBase, RelayService};
+use crate::relay::{Accounts, RelayBase, RelayService};
+use crate::secret::Secret;
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreOptions};
 use crate::tls::{self, Peer, PeerIdentity};
@@ -322,6 +323,62 @@ pub async fn key_ring(path: &Path) -> Result<(KeyRing, Store), StartError> {
         crate::clock::system(),
     );
     Ok((ring, store))
+}
+
+/// `brandgate agents ...`: the relay's agent accounts, straight from the store. `account` must
+/// be the one the relay serves (agents of another account could never log in here).
+pub async fn agent_accounts(path: &Path, account: &str) -> Result<(Accounts, Store), StartError> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let Some(relay) = &config.relay else {
+        return Err(problem("relay", "the relay is not configured ([relay] section)").into());
+    };
+    if relay.account != account {
+        return Err(StartError::Runtime(format!(
+            "this relay serves account {:?}, not {account:?}",
+            relay.account
+        )));
+    }
+    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let accounts = RelayService::accounts(relay, store.clone(), data_keys, crate::clock::system());
+    Ok((accounts, store))
+}
+
+/// A password for `brandgate agents add|reset-password`: the content of `file` (one trailing
+/// newline dropped), or else the first line of standard input. A terminal is refused rather
+/// than echoing the password on the screen.
+pub fn read_password(file: Option<&Path>) -> Result<Secret<String>, StartError> {
+    use std::io::{BufRead, IsTerminal};
+    let bytes = match file {
+        Some(f) => crate::secret::read_secret_file(f)
+            .map_err(|e| StartError::Runtime(e.to_string()))?
+            .expose()
+            .clone(),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                return Err(StartError::Runtime(
+                    "give the password with --password-file <path>, or on standard input (a pipe); \
+                     it is not read from a terminal, where it would show"
+                        .into(),
+                ));
+            }
+            let mut line = String::new();
+            stdin
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| StartError::Runtime(format!("cannot read standard input: {e}")))?;
+            let line = line.strip_suffix('\n').unwrap_or(&line);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            line.as_bytes().to_vec()
+        }
+    };
+    let password = String::from_utf8(bytes)
+        .map_err(|_| StartError::Runtime("the password is not UTF-8 text".into()))?;
+    if password.is_empty() {
+        return Err(StartError::Runtime("the password is empty".into()));
+    }
+    Ok(Secret::new(password))
 }
 
 /// `brandgate serve`: runs until SIGTERM/SIGINT.

@@ -22,7 +22,7 @@ use crate::duration::Span;
 mod identity;
 mod relay;
 pub use identity::*;
-pub use relay::{RelayConfig, WebhooksConfig};
+pub use relay::{AgentsConfig, MAX_PASSWORD_BYTES, RelayConfig, WebhooksConfig};
 
 /// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -768,5 +768,39 @@ mod tests {
         assert_eq!(e.0[0].key, "push.deadline");
         let e = load_str("[server]\nlisten = \"nowhere\"\n", &[]).unwrap_err();
         assert_eq!(e.0[0].key, "server.listen");
+    }
+
+    #[test]
+    fn agent_policy_may_only_be_raised_and_every_problem_is_named() {
+        let relay = "[identity]\nissuer = \"https://bg.test\"\n[relay]\naccount = \"acme\"\n";
+        let c = load_str(relay, &[]).unwrap();
+        let agents = &c.relay.unwrap().agents;
+        assert_eq!(agents.min_password_length, 8);
+        assert_eq!(agents.max_failed_logins, 10);
+        assert_eq!(agents.lockout.0.as_secs(), 15 * 60);
+        assert_eq!(agents.session_lifetime.0.as_secs(), 8 * 3600);
+        let e = load_str(
+            &format!(
+                "{relay}[relay.agents]\nmin_password_length = 6\nmax_failed_logins = 0\n\
+                 lockout = \"0s\"\nsession_lifetime = \"10s\"\n"
+            ),
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "relay.agents.min_password_length",
+            "relay.agents.max_failed_logins",
+            "relay.agents.lockout",
+            "relay.agents.session_lifetime",
+        ] {
+            assert!(keys.contains(&key), "{key} in {e}");
+        }
+        let e = load_str(&format!("{relay}[relay.agents]\nmax_logins = 3\n"), &[]).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.key.contains("max_logins") || p.message.contains("max_logins")),
+            "{e}"
+        );
     }
 }

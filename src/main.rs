@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use brandgate::app::{self, EXIT_CONFIG, StartError};
 use brandgate::push::{Attempt, Provider};
+use brandgate::relay::AgentState;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// brandgate: the brand's own gateway to the messaging platform (push proxy, identity bridge,
@@ -50,10 +51,65 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The relay's agent accounts (their passwords are read from --password-file, or else
+    /// from the first line of standard input).
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
     /// The store.
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+}
+
+/// Which agent.
+#[derive(clap::Args)]
+struct AgentArgs {
+    #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+    config: PathBuf,
+    /// The account id (the relay's `relay.account`).
+    #[arg(long)]
+    account: String,
+    #[arg(long)]
+    username: String,
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// Add an agent.
+    Add {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// A file holding the password (else: the first line of standard input).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Show every agent of the account: username, id, state, last login.
+    List {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        account: String,
+    },
+    /// Refuse the agent's logins and end its sessions.
+    Disable {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Accept the agent's logins again.
+    Enable {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Set a new password: ends the agent's sessions and lifts a lock-out.
+    ResetPassword {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// A file holding the password (else: the first line of standard input).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -134,6 +190,7 @@ async fn run(command: Command) -> ExitCode {
             push_test(config, app_id, token, text, provider).await
         }
         Command::Keys { command } => keys(command).await,
+        Command::Agents { command } => agents(command).await,
         Command::Store {
             command: StoreCommand::Reseal { config },
         } => reseal(&config).await,
@@ -246,6 +303,75 @@ async fn reseal(config: &std::path::Path) -> ExitCode {
     };
     store.close().await;
     code
+}
+
+async fn agents(command: AgentsCommand) -> ExitCode {
+    let (config, account) = match &command {
+        AgentsCommand::Add { agent, .. }
+        | AgentsCommand::Disable { agent }
+        | AgentsCommand::Enable { agent }
+        | AgentsCommand::ResetPassword { agent, .. } => (&agent.config, &agent.account),
+        AgentsCommand::List { config, account } => (config, account),
+    };
+    // The password first: a bad one should not wait for the store.
+    let password = match &command {
+        AgentsCommand::Add { password_file, .. }
+        | AgentsCommand::ResetPassword { password_file, .. } => {
+            match app::read_password(password_file.as_deref()) {
+                Ok(p) => Some(p),
+                Err(e) => return fail(e),
+            }
+        }
+        _ => None,
+    };
+    let (accounts, store) = match app::agent_accounts(config, account).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let done = match (&command, &password) {
+        (AgentsCommand::Add { agent, .. }, Some(password)) => accounts
+            .add_agent(&agent.username, password)
+            .await
+            .map(|a| println!("added agent {} (id {})", a.username, a.id)),
+        (AgentsCommand::ResetPassword { agent, .. }, Some(password)) => accounts
+            .reset_password(&agent.username, password)
+            .await
+            .map(|()| println!("password of {} reset; its sessions ended", agent.username)),
+        (AgentsCommand::Disable { agent }, _) => accounts
+            .set_disabled(&agent.username, true)
+            .await
+            .map(|()| println!("disabled {}; its sessions ended", agent.username)),
+        (AgentsCommand::Enable { agent }, _) => accounts
+            .set_disabled(&agent.username, false)
+            .await
+            .map(|()| println!("enabled {}", agent.username)),
+        (AgentsCommand::List { .. }, _) => accounts.list_agents().await.map(|list| {
+            println!(
+                "{:<24} {:<36} {:<32} {:<22}",
+                "USERNAME", "ID", "STATE", "LAST LOGIN"
+            );
+            for a in list {
+                let state = match a.state {
+                    AgentState::Active => "active".to_string(),
+                    AgentState::Disabled => "disabled".to_string(),
+                    AgentState::LockedUntil(t) => format!("locked until {}", system_time(t)),
+                };
+                let last = a.last_login_at.map_or("-".to_string(), system_time);
+                println!("{:<24} {:<36} {:<32} {:<22}", a.username, a.id, state, last);
+            }
+        }),
+        // Add and reset-password always read a password above.
+        (AgentsCommand::Add { .. } | AgentsCommand::ResetPassword { .. }, None) => Ok(()),
+    };
+    store.close().await;
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(StartError::Runtime(e.to_string())),
+    }
+}
+
+fn system_time(t: std::time::SystemTime) -> String {
+    time(Some(brandgate::clock::unix_seconds(t) as i64))
 }
 
 /// A Unix time as UTC, `YYYY-MM-DD HH:MM:SS`.

@@ -47,6 +47,9 @@ pub struct RelayConfig {
     /// Signed POSTs to the brand's backend when conversations open and close and messages are
     /// stored; off when absent.
     pub webhooks: Option<WebhooksConfig>,
+    /// Agents' accounts, logins and sessions.
+    #[serde(default)]
+    pub agents: AgentsConfig,
 }
 
 /// `[relay.away]`: when an agent's message makes a push to the consumer's devices.
@@ -67,6 +70,83 @@ impl Default for AwayConfig {
         AwayConfig {
             ack_delay: defaults::ack_delay(),
             burst: defaults::burst(),
+        }
+    }
+}
+
+/// `[relay.agents]`: the agents' own logins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// Shortest password accepted, in characters (at least 8; the config may only raise it).
+    #[serde(default = "defaults::min_password_length")]
+    pub min_password_length: usize,
+    /// Consecutive failed logins that lock an agent out.
+    #[serde(default = "defaults::max_failed_logins")]
+    pub max_failed_logins: u32,
+    /// How long a lock-out lasts; then logins are accepted again and the count restarts.
+    #[serde(default = "defaults::lockout")]
+    pub lockout: Span,
+    /// How long a session (its bearer) lasts; a refresh starts a new one.
+    #[serde(default = "defaults::session_lifetime")]
+    pub session_lifetime: Span,
+    /// Login attempts one address (IPv6: one /64) may make per minute; more get `429`.
+    #[serde(default = "defaults::login_attempts_per_minute")]
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            min_password_length: defaults::min_password_length(),
+            max_failed_logins: defaults::max_failed_logins(),
+            lockout: defaults::lockout(),
+            session_lifetime: defaults::session_lifetime(),
+            login_attempts_per_minute: defaults::login_attempts_per_minute(),
+        }
+    }
+}
+
+/// Shortest password policy the config may set (the floor).
+pub const MIN_PASSWORD_LENGTH: usize = 8;
+/// Longest password accepted, in bytes: it bounds the work of hashing one.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+impl AgentsConfig {
+    fn check_shape(&self, p: &mut Problems) {
+        if self.min_password_length < MIN_PASSWORD_LENGTH
+            || self.min_password_length > MAX_PASSWORD_BYTES / 4
+        {
+            p.push(
+                "relay.agents.min_password_length",
+                format!(
+                    "must be between {MIN_PASSWORD_LENGTH} (the least allowed) and {}",
+                    MAX_PASSWORD_BYTES / 4
+                ),
+            );
+        }
+        if self.max_failed_logins == 0 || self.max_failed_logins > 1000 {
+            p.push(
+                "relay.agents.max_failed_logins",
+                "must be between 1 and 1000",
+            );
+        }
+        if self.lockout.0.is_zero() || self.lockout.0 > Duration::from_secs(30 * 86_400) {
+            p.push("relay.agents.lockout", "must be above 0 and at most 30d");
+        }
+        if self.session_lifetime.0 < Duration::from_secs(60)
+            || self.session_lifetime.0 > Duration::from_secs(30 * 86_400)
+        {
+            p.push(
+                "relay.agents.session_lifetime",
+                "must be between 1m and 30d",
+            );
+        }
+        if self.login_attempts_per_minute == 0 {
+            p.push(
+                "relay.agents.login_attempts_per_minute",
+                "must be at least 1",
+            );
         }
     }
 }
@@ -136,6 +216,7 @@ impl RelayConfig {
         if let Some(webhooks) = &self.webhooks {
             webhooks.check_shape(p);
         }
+        self.agents.check_shape(p);
     }
 }
 
@@ -168,5 +249,20 @@ mod defaults {
     }
     pub fn burst() -> Span {
         Span(Duration::from_secs(3))
+    }
+    pub fn min_password_length() -> usize {
+        super::MIN_PASSWORD_LENGTH
+    }
+    pub fn max_failed_logins() -> u32 {
+        10
+    }
+    pub fn lockout() -> Span {
+        Span(Duration::from_secs(15 * 60))
+    }
+    pub fn session_lifetime() -> Span {
+        Span(Duration::from_secs(8 * 3600))
+    }
+    pub fn login_attempts_per_minute() -> u32 {
+        30
     }
 }

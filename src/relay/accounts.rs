@@ -1,29 +1,941 @@
-//! Agent accounts and their sessions (placeholder until the accounts module lands).
+//! Agent accounts: their passwords, lock-out, sessions and the audit of every login attempt.
+//! The only code that hashes or checks an agent's password or mints an agent's bearer.
+//!
+//! - Passwords are hashed with argon2id (PHC string, random salt), and the hash is sealed at
+//!   rest bound to the agent's id. Hashing runs on the blocking pool behind a small semaphore,
+//!   so logins cannot take every core. An unknown, disabled or locked username costs one
+//!   verification of a dummy hash, so timing does not tell which usernames exist.
+//! - `relay.agents.max_failed_logins` consecutive failures lock the agent for
+//!   `relay.agents.lockout`; then logins are accepted again and the count restarts. A password
+//!   reset lifts the lock.
+//! - A session is a 256-bit random bearer and CSRF token; the store keeps only their SHA-256.
+//!   Disabling an agent or resetting its password ends its sessions.
+//! - Every attempt is audited (a row and a log line with the username and the outcome).
+//!
+//! Never logs, stores or returns a password, its hash or a bearer.
 
-use std::time::SystemTime;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-/// The agent a session belongs to.
-#[derive(Debug, Clone)]
-#[allow(dead_code)] // until the accounts module lands
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use aws_lc_rs::digest;
+use base64::Engine;
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::clock::Clock;
+use crate::config::{AgentsConfig, MAX_PASSWORD_BYTES};
+use crate::secret::Secret;
+use crate::store::agents::{AgentAuditRow, AgentRow, AgentSessionRow};
+use crate::store::seal::{DataKeys, SealError};
+use crate::store::{Store, StoreError};
+
+/// Longest wait for a hashing slot before a login is answered "unavailable".
+const HASHING_WAIT: Duration = Duration::from_secs(10);
+
+/// Who an agent's bearer belongs to, for the agent socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPrincipal {
     pub agent_id: String,
     pub username: String,
+    /// The session ends then; the socket must not outlive it.
     pub expires_at: SystemTime,
 }
 
+/// Why a bearer was not accepted.
 #[derive(Debug, thiserror::Error)]
-#[allow(dead_code)] // until the accounts module lands
 pub enum AgentAuthError {
-    #[error("the session is not valid")]
+    /// Unknown, expired, revoked, or its agent is disabled.
+    #[error("the session is not valid (unknown, expired or ended)")]
     Invalid,
-    #[error("sessions cannot be checked right now")]
-    Unavailable,
+    /// The store cannot answer.
+    #[error("the session cannot be checked right now: {0}")]
+    Unavailable(String),
 }
 
-pub struct Accounts;
+/// Why a login was refused. The caller gets one answer for all the refusals (the audit keeps
+/// which one it was).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("login refused ({})", .0.as_str())]
+    Refused(Refusal),
+    #[error("logins cannot be checked right now: {0}")]
+    Unavailable(String),
+}
+
+/// Which refusal, for the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownUsername,
+    WrongPassword,
+    /// This failure reached the limit: the agent is locked from now.
+    LockedOut,
+    /// Already locked.
+    Locked,
+    Disabled,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownUsername => "unknown_username",
+            Refusal::WrongPassword => "wrong_password",
+            Refusal::LockedOut => "locked_out",
+            Refusal::Locked => "locked",
+            Refusal::Disabled => "disabled",
+        }
+    }
+}
+
+/// Why an operator's change to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("an agent named {0:?} already exists in this account")]
+    Duplicate(String),
+    #[error("no agent named {0:?} in this account")]
+    UnknownAgent(String),
+    #[error("the password is too short: at least {0} characters")]
+    PasswordTooShort(usize),
+    #[error("the password is too long: at most {0} bytes")]
+    PasswordTooLong(usize),
+    #[error("usernames are 1 to 64 characters: letters, digits, '.', '_', '-', '@' or '+'")]
+    BadUsername,
+    #[error("the store cannot be used: {0}")]
+    Store(#[from] StoreError),
+    #[error("the stored password cannot be opened: {0}")]
+    Seal(#[from] SealError),
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+}
+
+/// A new session: what the agent gets back from a login or a refresh. Prints redacted.
+#[derive(Debug)]
+pub struct NewSession {
+    pub bearer: Secret<String>,
+    pub csrf: Secret<String>,
+    pub principal: AgentPrincipal,
+}
+
+/// A live session as the HTTP edge sees it: whose, and the digest of its CSRF token.
+#[derive(Debug)]
+pub(super) struct LiveSession {
+    pub principal: AgentPrincipal,
+    csrf_hash: Vec<u8>,
+}
+
+impl LiveSession {
+    /// Whether `csrf` is this session's CSRF token (constant time).
+    pub fn csrf_matches(&self, csrf: &str) -> bool {
+        crate::secret::constant_time_eq(&sha256(csrf.as_bytes()), &self.csrf_hash)
+    }
+}
+
+/// An agent's state, for `brandgate agents list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    Active,
+    Disabled,
+    LockedUntil(SystemTime),
+}
+
+/// An agent as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub id: String,
+    pub username: String,
+    pub state: AgentState,
+    pub created_at: SystemTime,
+    pub last_login_at: Option<SystemTime>,
+}
+
+/// The agents of the relay's account.
+pub struct Accounts {
+    account: String,
+    config: AgentsConfig,
+    store: Store,
+    data_keys: Arc<DataKeys>,
+    clock: Arc<dyn Clock>,
+    hashing: Semaphore,
+    /// A hash of a random password, verified against when there is no real one to check.
+    dummy: OnceCell<String>,
+}
 
 impl Accounts {
-    pub async fn authenticate(&self, _bearer: &str) -> Result<AgentPrincipal, AgentAuthError> {
-        Err(AgentAuthError::Invalid)
+    pub fn new(
+        account: String,
+        config: AgentsConfig,
+        store: Store,
+        data_keys: Arc<DataKeys>,
+        clock: Arc<dyn Clock>,
+    ) -> Accounts {
+        // Each hash holds argon2's default 19 MiB for tens of milliseconds: a few at a time.
+        let slots = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+        Accounts {
+            account,
+            config,
+            store,
+            data_keys,
+            clock,
+            hashing: Semaphore::new(slots),
+            dummy: OnceCell::new(),
+        }
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    pub fn config(&self) -> &AgentsConfig {
+        &self.config
+    }
+
+    fn now_ms(&self) -> i64 {
+        millis(self.clock.now())
+    }
+
+    // ------------------------------------------------------------------ operators
+
+    /// Adds an agent with a password that meets the policy.
+    pub async fn add_agent(
+        &self,
+        username: &str,
+        password: &Secret<String>,
+    ) -> Result<AgentView, AccountError> {
+        check_username(username)?;
+        self.check_password(password)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let hash = self.hash(password).await?;
+        let now = self.now_ms();
+        let row = AgentRow {
+            password_sealed: self.data_keys.seal(&seal_context(&id), hash.as_bytes())?,
+            id,
+            account: self.account.clone(),
+            username: username.to_string(),
+            disabled: false,
+            failed_logins: 0,
+            locked_until: None,
+            created_at: now,
+            last_login_at: None,
+        };
+        match self.store.create_agent(&row).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Err(AccountError::Duplicate(username.into())),
+            Err(e) => return Err(e.into()),
+        }
+        self.audit(username, Some(&row.id), "added", Some("cli"))
+            .await;
+        Ok(self.view(&row))
+    }
+
+    /// Every agent of the account, by username.
+    pub async fn list_agents(&self) -> Result<Vec<AgentView>, AccountError> {
+        let rows = self.store.list_agents(&self.account).await?;
+        Ok(rows.iter().map(|r| self.view(r)).collect())
+    }
+
+    /// Disables (ending its sessions) or enables an agent.
+    pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<(), AccountError> {
+        let agent = self.existing(username).await?;
+        if !self.store.set_agent_disabled(&agent.id, disabled).await? {
+            return Err(AccountError::UnknownAgent(username.into()));
+        }
+        let what = if disabled { "disabled" } else { "enabled" };
+        tracing::info!(account = %self.account, username, "agent {what}");
+        self.audit(username, Some(&agent.id), what, Some("cli"))
+            .await;
+        Ok(())
+    }
+
+    /// Sets a new password, lifts a lock-out and ends the agent's sessions.
+    pub async fn reset_password(
+        &self,
+        username: &str,
+        password: &Secret<String>,
+    ) -> Result<(), AccountError> {
+        self.check_password(password)?;
+        let agent = self.existing(username).await?;
+        let hash = self.hash(password).await?;
+        let sealed = self
+            .data_keys
+            .seal(&seal_context(&agent.id), hash.as_bytes())?;
+        if !self
+            .store
+            .replace_agent_password(&agent.id, &sealed)
+            .await?
+        {
+            return Err(AccountError::UnknownAgent(username.into()));
+        }
+        tracing::info!(account = %self.account, username, "agent's password reset");
+        self.audit(username, Some(&agent.id), "password_reset", Some("cli"))
+            .await;
+        Ok(())
+    }
+
+    async fn existing(&self, username: &str) -> Result<AgentRow, AccountError> {
+        self.store
+            .get_agent(&self.account, username)
+            .await?
+            .ok_or_else(|| AccountError::UnknownAgent(username.into()))
+    }
+
+    fn check_password(&self, password: &Secret<String>) -> Result<(), AccountError> {
+        let p = password.expose();
+        if p.len() > MAX_PASSWORD_BYTES {
+            return Err(AccountError::PasswordTooLong(MAX_PASSWORD_BYTES));
+        }
+        if p.chars().count() < self.config.min_password_length {
+            return Err(AccountError::PasswordTooShort(
+                self.config.min_password_length,
+            ));
+        }
+        Ok(())
+    }
+
+    fn view(&self, r: &AgentRow) -> AgentView {
+        let now = self.now_ms();
+        let state = match (r.disabled, r.locked_until) {
+            (true, _) => AgentState::Disabled,
+            (false, Some(until)) if until > now => AgentState::LockedUntil(from_millis(until)),
+            (false, _) => AgentState::Active,
+        };
+        AgentView {
+            id: r.id.clone(),
+            username: r.username.clone(),
+            state,
+            created_at: from_millis(r.created_at),
+            last_login_at: r.last_login_at.map(from_millis),
+        }
+    }
+
+    // ------------------------------------------------------------------ logins
+
+    /// Checks a username and password and starts a session. Every attempt is audited.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &Secret<String>,
+        source: Option<IpAddr>,
+    ) -> Result<NewSession, LoginError> {
+        let result = self.try_login(username, password).await;
+        let source = source.map(|s| s.to_string());
+        let (outcome, agent_id) = match &result {
+            Ok(s) => ("success", Some(s.principal.agent_id.as_str())),
+            Err((LoginError::Refused(r), id)) => (r.as_str(), id.as_deref()),
+            Err((LoginError::Unavailable(_), id)) => ("unavailable", id.as_deref()),
+        };
+        match &result {
+            Ok(_) => {
+                tracing::info!(account = %self.account, username, outcome, source = ?source, "agent login")
+            }
+            Err((LoginError::Refused(Refusal::LockedOut), _)) => tracing::warn!(
+                account = %self.account, username, outcome, source = ?source,
+                lockout = ?self.config.lockout.0,
+                "agent login refused; the agent is locked out after {} failures", self.config.max_failed_logins
+            ),
+            Err((LoginError::Refused(_), _)) => {
+                tracing::info!(account = %self.account, username, outcome, source = ?source, "agent login refused")
+            }
+            Err((LoginError::Unavailable(e), _)) => {
+                tracing::error!(account = %self.account, username, error = %e, "agent login could not be checked")
+            }
+        }
+        self.audit(username, agent_id, outcome, source.as_deref())
+            .await;
+        result.map_err(|(e, _)| e)
+    }
+
+    /// The login itself; the error carries the agent id when the username exists.
+    async fn try_login(
+        &self,
+        username: &str,
+        password: &Secret<String>,
+    ) -> Result<NewSession, (LoginError, Option<String>)> {
+        let unavailable = |e: &dyn std::fmt::Display, id: Option<&str>| {
+            (
+                LoginError::Unavailable(e.to_string()),
+                id.map(str::to_string),
+            )
+        };
+        let refused =
+            |r: Refusal, id: Option<&str>| (LoginError::Refused(r), id.map(str::to_string));
+        let agent = self
+            .store
+            .get_agent(&self.account, username)
+            .await
+            .map_err(|e| unavailable(&e, None))?;
+        let now = self.now_ms();
+        let Some(agent) = agent else {
+            self.verify_dummy(password)
+                .await
+                .map_err(|e| unavailable(&e, None))?;
+            return Err(refused(Refusal::UnknownUsername, None));
+        };
+        let id = Some(agent.id.as_str());
+        // Disabled and locked agents cost the same as any other attempt, and their real
+        // password is not even checked.
+        if agent.disabled || agent.locked_until.is_some_and(|t| t > now) {
+            self.verify_dummy(password)
+                .await
+                .map_err(|e| unavailable(&e, id))?;
+            let why = if agent.disabled {
+                Refusal::Disabled
+            } else {
+                Refusal::Locked
+            };
+            return Err(refused(why, id));
+        }
+        let hash = self
+            .data_keys
+            .open(&seal_context(&agent.id), &agent.password_sealed)
+            .map_err(|e| unavailable(&e, id))?;
+        let hash = String::from_utf8(hash.expose().clone())
+            .map_err(|_| unavailable(&"the stored hash is not text", id))?;
+        let right = self
+            .verify(password, Secret::new(hash))
+            .await
+            .map_err(|e| unavailable(&e, id))?;
+        let now = self.now_ms();
+        if !right {
+            let lock_until = now.saturating_add(millis_of(self.config.lockout.0));
+            let counted = self
+                .store
+                .record_failed_login(
+                    &agent.id,
+                    now,
+                    i64::from(self.config.max_failed_logins),
+                    lock_until,
+                )
+                .await
+                .map_err(|e| unavailable(&e, id))?;
+            let why = match counted {
+                Some(f) if f.locked_until == Some(lock_until) => Refusal::LockedOut,
+                Some(_) => Refusal::WrongPassword,
+                // Locked by a concurrent attempt meanwhile.
+                None => Refusal::Locked,
+            };
+            return Err(refused(why, id));
+        }
+        let (session, minted) = self
+            .mint(&agent.id, &agent.username, now)
+            .map_err(|e| unavailable(&e, id))?;
+        let begun = self
+            .store
+            .begin_agent_session(&session, now)
+            .await
+            .map_err(|e| unavailable(&e, id))?;
+        if !begun {
+            // Disabled or locked between the read and now.
+            return Err(refused(Refusal::Disabled, id));
+        }
+        if let Err(e) = self.store.delete_expired_agent_sessions(now).await {
+            tracing::warn!(error = %e, "cannot remove expired agent sessions");
+        }
+        Ok(minted)
+    }
+
+    // ------------------------------------------------------------------ sessions
+
+    /// Who holds `bearer`, if its session is live and its agent enabled.
+    pub async fn authenticate(&self, bearer: &str) -> Result<AgentPrincipal, AgentAuthError> {
+        self.session(bearer).await.map(|s| s.principal)
+    }
+
+    pub(super) async fn session(&self, bearer: &str) -> Result<LiveSession, AgentAuthError> {
+        if !looks_like_token(bearer) {
+            return Err(AgentAuthError::Invalid);
+        }
+        let live = self
+            .store
+            .get_live_agent_session(&sha256(bearer.as_bytes()), self.now_ms())
+            .await
+            .map_err(|e| AgentAuthError::Unavailable(e.to_string()))?
+            .ok_or(AgentAuthError::Invalid)?;
+        if live.account != self.account {
+            return Err(AgentAuthError::Invalid);
+        }
+        Ok(LiveSession {
+            principal: AgentPrincipal {
+                agent_id: live.agent_id,
+                username: live.username,
+                expires_at: from_millis(live.expires_at),
+            },
+            csrf_hash: live.csrf_hash,
+        })
+    }
+
+    /// Replaces the session of `bearer` by a new one (new bearer, CSRF token and lifetime);
+    /// the old bearer stops working.
+    pub async fn refresh(&self, bearer: &str) -> Result<NewSession, AgentAuthError> {
+        let live = self.session(bearer).await?;
+        let now = self.now_ms();
+        let p = &live.principal;
+        let (session, minted) = self
+            .mint(&p.agent_id, &p.username, now)
+            .map_err(AgentAuthError::Unavailable)?;
+        let replaced = self
+            .store
+            .replace_agent_session(&sha256(bearer.as_bytes()), &session, now)
+            .await
+            .map_err(|e| AgentAuthError::Unavailable(e.to_string()))?;
+        if !replaced {
+            return Err(AgentAuthError::Invalid);
+        }
+        tracing::info!(account = %self.account, username = %p.username, "agent session refreshed");
+        Ok(minted)
+    }
+
+    /// Ends the session of `bearer`.
+    pub async fn logout(&self, bearer: &str) -> Result<(), AgentAuthError> {
+        let live = self.session(bearer).await?;
+        let ended = self
+            .store
+            .delete_agent_session(&sha256(bearer.as_bytes()))
+            .await
+            .map_err(|e| AgentAuthError::Unavailable(e.to_string()))?;
+        if !ended {
+            return Err(AgentAuthError::Invalid);
+        }
+        tracing::info!(account = %self.account, username = %live.principal.username, "agent logged out");
+        Ok(())
+    }
+
+    /// A fresh session for the agent: the row to store and what the agent gets.
+    fn mint(
+        &self,
+        agent_id: &str,
+        username: &str,
+        now: i64,
+    ) -> Result<(AgentSessionRow, NewSession), String> {
+        let bearer = random_token()?;
+        let csrf = random_token()?;
+        let expires_at = now.saturating_add(millis_of(self.config.session_lifetime.0));
+        let row = AgentSessionRow {
+            token_hash: sha256(bearer.as_bytes()),
+            agent_id: agent_id.to_string(),
+            csrf_hash: sha256(csrf.as_bytes()),
+            created_at: now,
+            expires_at,
+        };
+        let session = NewSession {
+            bearer: Secret::new(bearer),
+            csrf: Secret::new(csrf),
+            principal: AgentPrincipal {
+                agent_id: agent_id.to_string(),
+                username: username.to_string(),
+                expires_at: from_millis(expires_at),
+            },
+        };
+        Ok((row, session))
+    }
+
+    // ------------------------------------------------------------------ hashing
+
+    async fn hash(&self, password: &Secret<String>) -> Result<String, AccountError> {
+        let password = password.clone();
+        self.blocking(move || {
+            let mut salt = [0u8; 16];
+            aws_lc_rs::rand::fill(&mut salt).map_err(|_| "no randomness available".to_string())?;
+            argon2::Argon2::default()
+                .hash_password_with_salt(password.expose().as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(AccountError::Hashing)
+    }
+
+    /// Whether `password` matches the PHC string `hash`.
+    async fn verify(
+        &self,
+        password: &Secret<String>,
+        hash: Secret<String>,
+    ) -> Result<bool, String> {
+        let password = password.clone();
+        self.blocking(move || {
+            match argon2::Argon2::default()
+                .verify_password(password.expose().as_bytes(), hash.expose().as_str())
+            {
+                Ok(()) => Ok(true),
+                Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+                Err(e) => Err(format!("a stored password hash cannot be used: {e}")),
+            }
+        })
+        .await
+    }
+
+    /// Makes the dummy hash now, so that not even the first unknown username costs more than
+    /// a known one. Called when the daemon starts.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.dummy_hash().await {
+            tracing::warn!(error = %e, "cannot prepare the agents' dummy password hash");
+        }
+    }
+
+    async fn dummy_hash(&self) -> Result<String, String> {
+        self.dummy
+            .get_or_try_init(|| async {
+                let random = Secret::new(random_token()?);
+                self.hash(&random).await.map_err(|e| e.to_string())
+            })
+            .await
+            .cloned()
+    }
+
+    /// Spends the same effort as a real check, against a hash no password matches.
+    async fn verify_dummy(&self, password: &Secret<String>) -> Result<(), String> {
+        let dummy = self.dummy_hash().await?;
+        self.verify(password, Secret::new(dummy)).await.map(|_| ())
+    }
+
+    /// Runs CPU-heavy hashing on the blocking pool, a few at a time.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let _permit = tokio::time::timeout(HASHING_WAIT, self.hashing.acquire())
+            .await
+            .map_err(|_| "too many logins are being checked; try again".to_string())?
+            .map_err(|_| "password hashing is shut down".to_string())?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| format!("password hashing failed: {e}"))?
+    }
+
+    // ------------------------------------------------------------------ audit
+
+    async fn audit(
+        &self,
+        username: &str,
+        agent_id: Option<&str>,
+        outcome: &str,
+        source: Option<&str>,
+    ) {
+        let row = AgentAuditRow {
+            at: self.now_ms(),
+            account: self.account.clone(),
+            username: username.to_string(),
+            agent_id: agent_id.map(str::to_string),
+            outcome: outcome.to_string(),
+            source: source.map(str::to_string),
+        };
+        if let Err(e) = self.store.create_agent_audit(&row).await {
+            // The log line above already holds the attempt.
+            tracing::error!(error = %e, username, outcome, "cannot write the agent audit");
+        }
+    }
+}
+
+/// Usernames: 1 to 64 characters of a conservative set (they show in logs and lists).
+fn check_username(username: &str) -> Result<(), AccountError> {
+    let ok = (1..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AccountError::BadUsername)
+    }
+}
+
+/// The associated data binding a sealed password hash to its agent.
+fn seal_context(agent_id: &str) -> Vec<u8> {
+    format!("agent_password:{agent_id}").into_bytes()
+}
+
+/// 256 random bits, base64url without padding (43 characters).
+fn random_token() -> Result<String, String> {
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| "no randomness available".to_string())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Whether `token` has the shape [`random_token`] gives (spares the store junk lookups).
+fn looks_like_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, bytes).as_ref().to_vec()
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis_of(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::fake::FakeClock;
+    use crate::duration::Span;
+
+    struct World {
+        _dir: tempfile::TempDir,
+        clock: Arc<FakeClock>,
+        store: Store,
+        accounts: Accounts,
+    }
+
+    async fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_temporary(dir.path()).await;
+        let clock = Arc::new(FakeClock::new());
+        let config = AgentsConfig {
+            max_failed_logins: 3,
+            lockout: Span(Duration::from_secs(60)),
+            session_lifetime: Span(Duration::from_secs(3600)),
+            ..AgentsConfig::default()
+        };
+        let accounts = Accounts::new(
+            "acme".into(),
+            config,
+            store.clone(),
+            Arc::new(DataKeys::generate_for_test()),
+            clock.clone(),
+        );
+        World {
+            _dir: dir,
+            clock,
+            store,
+            accounts,
+        }
+    }
+
+    fn pw(p: &str) -> Secret<String> {
+        Secret::new(p.to_string())
+    }
+
+    fn refusal(r: Result<NewSession, LoginError>) -> Refusal {
+        match r {
+            Err(LoginError::Refused(r)) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lockout_counts_consecutive_failures_and_ends_with_time() {
+        let w = world().await;
+        let a = &w.accounts;
+        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        // A success resets the count.
+        assert_eq!(
+            refusal(a.login("ann", &pw("nope nope"), None).await),
+            Refusal::WrongPassword
+        );
+        a.login("ann", &pw("correct horse"), None).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                refusal(a.login("ann", &pw("nope nope"), None).await),
+                Refusal::WrongPassword
+            );
+        }
+        assert_eq!(
+            refusal(a.login("ann", &pw("nope nope"), None).await),
+            Refusal::LockedOut
+        );
+        // Locked: even the right password is refused.
+        assert_eq!(
+            refusal(a.login("ann", &pw("correct horse"), None).await),
+            Refusal::Locked
+        );
+        let listed = a.list_agents().await.unwrap();
+        assert!(matches!(listed[0].state, AgentState::LockedUntil(_)));
+        w.clock.advance(Duration::from_secs(59));
+        assert_eq!(
+            refusal(a.login("ann", &pw("correct horse"), None).await),
+            Refusal::Locked
+        );
+        w.clock.advance(Duration::from_secs(1));
+        // The lock ran out: the count restarts (one failure does not lock again).
+        assert_eq!(
+            refusal(a.login("ann", &pw("nope nope"), None).await),
+            Refusal::WrongPassword
+        );
+        a.login("ann", &pw("correct horse"), None).await.unwrap();
+        assert_eq!(a.list_agents().await.unwrap()[0].state, AgentState::Active);
+        // Every attempt was audited, newest first.
+        let audit = w.store.list_agent_audit("acme", 100).await.unwrap();
+        let outcomes: Vec<&str> = audit.iter().rev().map(|r| r.outcome.as_str()).collect();
+        assert_eq!(
+            outcomes,
+            [
+                "added",
+                "wrong_password",
+                "success",
+                "wrong_password",
+                "wrong_password",
+                "locked_out",
+                "locked",
+                "locked",
+                "wrong_password",
+                "success"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_password_reset_lifts_the_lock_and_ends_sessions() {
+        let w = world().await;
+        let a = &w.accounts;
+        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
+        for _ in 0..3 {
+            let _ = a.login("ann", &pw("nope nope"), None).await;
+        }
+        assert_eq!(
+            refusal(a.login("ann", &pw("correct horse"), None).await),
+            Refusal::Locked
+        );
+        a.reset_password("ann", &pw("battery staple"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            a.authenticate(s.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
+        assert_eq!(
+            refusal(a.login("ann", &pw("correct horse"), None).await),
+            Refusal::WrongPassword
+        );
+        a.login("ann", &pw("battery staple"), None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sessions_expire_rotate_and_end() {
+        let w = world().await;
+        let a = &w.accounts;
+        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
+        let p = a.authenticate(s.bearer.expose()).await.unwrap();
+        assert_eq!(p.username, "ann");
+        assert_eq!(p.expires_at, w.clock.now() + Duration::from_secs(3600));
+        assert!(!format!("{s:?}").contains(s.bearer.expose().as_str()));
+
+        let r = a.refresh(s.bearer.expose()).await.unwrap();
+        assert!(matches!(
+            a.authenticate(s.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
+        assert!(matches!(
+            a.refresh(s.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
+        let live = a.session(r.bearer.expose()).await.unwrap();
+        assert!(live.csrf_matches(r.csrf.expose()));
+        assert!(!live.csrf_matches(s.csrf.expose()));
+
+        w.clock.advance(Duration::from_secs(3600));
+        assert!(matches!(
+            a.authenticate(r.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
+
+        let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
+        a.logout(s.bearer.expose()).await.unwrap();
+        assert!(matches!(
+            a.authenticate(s.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
+
+        let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
+        a.set_disabled("ann", true).await.unwrap();
+        assert!(matches!(
+            a.authenticate(s.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
+        assert_eq!(
+            refusal(a.login("ann", &pw("correct horse"), None).await),
+            Refusal::Disabled
+        );
+        a.set_disabled("ann", false).await.unwrap();
+        // Enabling does not bring an ended session back.
+        assert!(matches!(
+            a.authenticate(s.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
+        a.login("ann", &pw("correct horse"), None).await.unwrap();
+        assert!(matches!(
+            a.authenticate("not a bearer").await,
+            Err(AgentAuthError::Invalid)
+        ));
+    }
+
+    #[tokio::test]
+    async fn policy_and_names_are_enforced() {
+        let w = world().await;
+        let a = &w.accounts;
+        assert!(a.dummy.get().is_none());
+        a.warm_up().await;
+        assert!(
+            a.dummy.get().is_some(),
+            "the dummy hash is ready before any login"
+        );
+        assert!(matches!(
+            a.add_agent("ann", &pw("short")).await,
+            Err(AccountError::PasswordTooShort(8))
+        ));
+        // Characters, not bytes.
+        assert!(matches!(
+            a.add_agent("ann", &pw("ééééééé")).await,
+            Err(AccountError::PasswordTooShort(8))
+        ));
+        assert!(matches!(
+            a.add_agent("ann", &pw(&"x".repeat(MAX_PASSWORD_BYTES + 1)))
+                .await,
+            Err(AccountError::PasswordTooLong(_))
+        ));
+        assert!(matches!(
+            a.add_agent("a n", &pw("long enough")).await,
+            Err(AccountError::BadUsername)
+        ));
+        a.add_agent("ann", &pw("long enough")).await.unwrap();
+        assert!(matches!(
+            a.add_agent("ann", &pw("long enough")).await,
+            Err(AccountError::Duplicate(_))
+        ));
+        assert!(matches!(
+            a.set_disabled("bob", true).await,
+            Err(AccountError::UnknownAgent(_))
+        ));
+        assert_eq!(
+            refusal(a.login("bob", &pw("long enough"), None).await),
+            Refusal::UnknownUsername
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stored_hash_is_sealed_to_its_agent() {
+        let w = world().await;
+        w.accounts
+            .add_agent("ann", &pw("correct horse"))
+            .await
+            .unwrap();
+        let row = w.store.get_agent("acme", "ann").await.unwrap().unwrap();
+        assert!(!row.password_sealed.windows(8).any(|x| x == b"$argon2i"));
+        let opened = w
+            .accounts
+            .data_keys
+            .open(&seal_context(&row.id), &row.password_sealed)
+            .unwrap();
+        assert!(opened.expose().starts_with(b"$argon2id$"));
+        assert!(
+            w.accounts
+                .data_keys
+                .open(b"agent_password:other", &row.password_sealed)
+                .is_err()
+        );
     }
 }

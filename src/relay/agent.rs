@@ -74,7 +74,7 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
     };
     let principal = match relay.inner.accounts.authenticate(bearer).await {
         Ok(p) => p,
-        Err(AgentAuthError::Unavailable) => {
+        Err(AgentAuthError::Unavailable(_)) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "sessions cannot be checked right now; retry",
@@ -126,7 +126,7 @@ async fn watch_session(
             _ = tokio::time::sleep(IDLE_RECHECK) => {}
         }
         match relay.inner.accounts.authenticate(&bearer).await {
-            Ok(_) | Err(AgentAuthError::Unavailable) => {}
+            Ok(_) | Err(AgentAuthError::Unavailable(_)) => {}
             Err(_) => {
                 out.close(close_code::UNAUTHENTICATED, "the session ended");
                 return;
@@ -176,7 +176,7 @@ impl Role for AgentRole {
                 }
                 // The store is down: the session was valid a moment ago; requests will fail
                 // on their own if the store stays down.
-                Err(AgentAuthError::Unavailable) => {}
+                Err(AgentAuthError::Unavailable(_)) => {}
                 Err(_) => {
                     let _ = link
                         .send(text_response(&request.id, 401, "the session ended; log in"))

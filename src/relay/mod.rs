@@ -8,7 +8,9 @@
 //! - `socket`: what every socket does (queue, subscriptions, shared requests, close codes);
 //! - `consumer`: a consumer's socket (authentication, token expiry, its own requests);
 //! - `agent`: an agent's socket (session, availability, rings); `routing`: which agent gets a
-//!   waiting conversation; `accounts`: agents, their passwords and sessions;
+//!   waiting conversation; `accounts`: agent accounts, passwords, lock-out and sessions
+//!   ([`Accounts::authenticate`] tells the agent socket whose bearer it is); `login`: their
+//!   login, refresh and logout over HTTPS;
 //! - `rest`: a conversation's history over HTTPS; `devices`: consumers' push registrations;
 //!   `away`: pushes to consumers who do not acknowledge agents' messages;
 //! - `conversations`: the only code that writes conversations and events (access rules,
@@ -26,6 +28,7 @@ mod bus;
 mod consumer;
 mod conversations;
 mod devices;
+mod login;
 mod protocol;
 mod rest;
 mod routing;
@@ -36,18 +39,22 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use accounts::{
+    AccountError, Accounts, AgentAuthError, AgentPrincipal, AgentState, AgentView, LoginError,
+    NewSession, Refusal,
+};
 pub use socket::close_code;
 
 use crate::clock::Clock;
 use crate::config::{Problems, RelayConfig};
 use crate::identity::IdentityService;
-use crate::limiter::SourceSlots;
+use crate::limiter::{SourceLimiter, SourceSlots};
 use crate::push::PushService;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
@@ -77,6 +84,8 @@ struct Inner {
     away: Arc<away::Away>,
     store: Store,
     data_keys: Arc<DataKeys>,
+    /// Agents' login attempts per source address.
+    login_attempts: SourceLimiter,
     /// One permit per open socket.
     sockets: Arc<Semaphore>,
     /// Sockets not authenticated yet, per source address.
@@ -119,6 +128,17 @@ impl RelayService {
             push,
             clock,
         } = base;
+        let accounts = Arc::new(RelayService::accounts(
+            config,
+            store.clone(),
+            data_keys.clone(),
+            clock.clone(),
+        ));
+        // The dummy hash for unknown usernames, made before the first login needs it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let accounts = accounts.clone();
+            runtime.spawn(async move { accounts.warm_up().await });
+        }
         let away = Arc::new(away::Away::new(
             config.account.clone(),
             push,
@@ -147,7 +167,8 @@ impl RelayService {
                 config: config.clone(),
                 identity,
                 conversations: Arc::new(conversations),
-                accounts: Arc::new(accounts::Accounts),
+                accounts,
+                login_attempts: SourceLimiter::default(),
                 away,
                 store,
                 data_keys,
@@ -160,10 +181,32 @@ impl RelayService {
         }
     }
 
-    /// The routes: the consumer's and the agent's WebSockets at both paths, and history over
-    /// REST.
+    /// The agent accounts of the relay's account, on their own (for `brandgate agents`).
+    pub fn accounts(
+        config: &RelayConfig,
+        store: Store,
+        data_keys: Arc<DataKeys>,
+        clock: Arc<dyn Clock>,
+    ) -> Accounts {
+        Accounts::new(
+            config.account.clone(),
+            config.agents.clone(),
+            store,
+            data_keys,
+            clock,
+        )
+    }
+
+    /// The routes: the consumer's and the agent's WebSockets at both paths, history over
+    /// REST, consumers' devices, and the agents' login.
     pub fn router(&self) -> Router {
+        let agents = Router::new()
+            .route("/api/account/{account}/login", post(login::login))
+            .route("/api/account/{account}/refresh", post(login::refresh))
+            .route("/api/account/{account}/logout", post(login::logout))
+            .layer(axum::extract::DefaultBodyLimit::max(login::MAX_BODY_BYTES));
         Router::new()
+            .merge(agents)
             .route("/ws/consumer", get(consumer::own_path))
             .route("/ws/agent", get(agent::own_path))
             .route(

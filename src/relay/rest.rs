@@ -145,7 +145,7 @@ pub(super) async fn caller(
     } else {
         match relay.inner.accounts.authenticate(token).await {
             Ok(agent) => Ok(Participant::Agent(agent.agent_id)),
-            Err(AgentAuthError::Unavailable) => Err(error(
+            Err(AgentAuthError::Unavailable(_)) => Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "sessions cannot be checked right now",
             )),

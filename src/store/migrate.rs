@@ -63,6 +63,40 @@ const SQLITE: &[(i64, &str)] = &[
             WHERE client_event_id IS NOT NULL",
     ),
     (
+        4,
+        "CREATE TABLE agents (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            username TEXT NOT NULL,
+            password_sealed BLOB NOT NULL,
+            disabled INTEGER NOT NULL,
+            failed_logins INTEGER NOT NULL,
+            locked_until INTEGER,
+            created_at INTEGER NOT NULL,
+            last_login_at INTEGER,
+            UNIQUE (account, username)
+        );
+        CREATE TABLE agent_sessions (
+            token_hash BLOB PRIMARY KEY,
+            agent_id TEXT NOT NULL REFERENCES agents (id),
+            csrf_hash BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX agent_sessions_by_agent ON agent_sessions (agent_id);
+        CREATE INDEX agent_sessions_by_expiry ON agent_sessions (expires_at);
+        CREATE TABLE agent_audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            account TEXT NOT NULL,
+            username TEXT NOT NULL,
+            agent_id TEXT,
+            outcome TEXT NOT NULL,
+            source TEXT
+        );
+        CREATE INDEX agent_audit_by_account ON agent_audit (account, at)",
+    ),
+    (
         5,
         "CREATE TABLE push_registrations (
             account TEXT NOT NULL,
@@ -130,6 +164,40 @@ const POSTGRES: &[(i64, &str)] = &[
         CREATE UNIQUE INDEX events_by_client_id
             ON events (conversation_id, originator_id, client_event_id)
             WHERE client_event_id IS NOT NULL",
+    ),
+    (
+        4,
+        "CREATE TABLE agents (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            username TEXT NOT NULL,
+            password_sealed BYTEA NOT NULL,
+            disabled BOOLEAN NOT NULL,
+            failed_logins BIGINT NOT NULL,
+            locked_until BIGINT,
+            created_at BIGINT NOT NULL,
+            last_login_at BIGINT,
+            UNIQUE (account, username)
+        );
+        CREATE TABLE agent_sessions (
+            token_hash BYTEA PRIMARY KEY,
+            agent_id TEXT NOT NULL REFERENCES agents (id),
+            csrf_hash BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        );
+        CREATE INDEX agent_sessions_by_agent ON agent_sessions (agent_id);
+        CREATE INDEX agent_sessions_by_expiry ON agent_sessions (expires_at);
+        CREATE TABLE agent_audit (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at BIGINT NOT NULL,
+            account TEXT NOT NULL,
+            username TEXT NOT NULL,
+            agent_id TEXT,
+            outcome TEXT NOT NULL,
+            source TEXT
+        );
+        CREATE INDEX agent_audit_by_account ON agent_audit (account, at)",
     ),
     (
         5,

@@ -23,6 +23,7 @@ macro_rules! on_pool {
     };
 }
 
+pub mod agents;
 pub mod devices;
 mod grants;
 pub mod migrate;

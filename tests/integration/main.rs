@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agents;
 mod backend_tokens;
 mod caller_auth;
 mod config_check;

@@ -2,6 +2,7 @@
 //! way against SQLite and against the PostgreSQL server on 127.0.0.1:5432 (a database of its
 //! own per run; under CI it must not be skipped, see `support::postgres`).
 
+use brandgate::store::agents::{AgentAuditRow, AgentRow, AgentSessionRow, FailedLogin};
 use brandgate::store::devices::PushRegistration;
 use brandgate::store::relay::{Appended, ConversationRow, NewEvent};
 use brandgate::store::{SigningKeyRow, Store, StoreError, StoreOptions, migrate};
@@ -82,6 +83,7 @@ async fn conforms(store: &Store) {
 
     grants_conform(store).await;
     relay_conforms(store).await;
+    agents_conform(store).await;
 
     // Migrations are idempotent, and a database from a newer brandgate is refused.
     migrate::run(store).await.unwrap();
@@ -102,6 +104,257 @@ async fn conforms(store: &Store) {
     .unwrap();
     assert!(
         matches!(migrate::run(store).await, Err(StoreError::TooNew { found, .. }) if found == future)
+    );
+}
+
+fn agent(id: &str, username: &str) -> AgentRow {
+    AgentRow {
+        id: id.into(),
+        account: "acme".into(),
+        username: username.into(),
+        password_sealed: vec![7, 7, id.len() as u8],
+        disabled: false,
+        failed_logins: 0,
+        locked_until: None,
+        created_at: 1_000,
+        last_login_at: None,
+    }
+}
+
+fn session(hash: u8, agent_id: &str, expires_at: i64) -> AgentSessionRow {
+    AgentSessionRow {
+        token_hash: vec![hash; 32],
+        agent_id: agent_id.into(),
+        csrf_hash: vec![hash ^ 0xff; 32],
+        created_at: 1_000,
+        expires_at,
+    }
+}
+
+/// Agents: unique usernames per account, lock-out counting, sessions that do not outlive a
+/// disable or a password reset, one winner per refresh, the audit.
+async fn agents_conform(store: &Store) {
+    store.create_agent(&agent("a1", "bob")).await.unwrap();
+    store.create_agent(&agent("a2", "ann")).await.unwrap();
+    // The same username in the same account is a conflict; in another account it is not.
+    let mut dup = agent("a3", "ann");
+    dup.password_sealed = vec![0];
+    assert!(matches!(
+        store.create_agent(&dup).await,
+        Err(StoreError::Conflict)
+    ));
+    dup.account = "other".into();
+    store.create_agent(&dup).await.unwrap();
+    let listed = store.list_agents("acme").await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|a| a.username.as_str()).collect();
+    assert_eq!(names, ["ann", "bob"]);
+    assert_eq!(listed[0], agent("a2", "ann"));
+    assert_eq!(store.get_agent("acme", "zed").await.unwrap(), None);
+
+    // Failures count up to the limit, which locks; a locked agent counts nothing more.
+    let fail = |now| store.record_failed_login("a1", now, 3, now + 100);
+    assert_eq!(
+        fail(2_000).await.unwrap(),
+        Some(FailedLogin {
+            failed_logins: 1,
+            locked_until: None
+        })
+    );
+    fail(2_001).await.unwrap();
+    assert_eq!(
+        fail(2_002).await.unwrap(),
+        Some(FailedLogin {
+            failed_logins: 3,
+            locked_until: Some(2_102)
+        })
+    );
+    assert_eq!(fail(2_050).await.unwrap(), None);
+    // No login while locked.
+    assert!(
+        !store
+            .begin_agent_session(&session(1, "a1", 9_000), 2_101)
+            .await
+            .unwrap()
+    );
+    // Once the lock ran out the count restarts.
+    assert_eq!(
+        fail(2_102).await.unwrap(),
+        Some(FailedLogin {
+            failed_logins: 1,
+            locked_until: None
+        })
+    );
+    assert_eq!(
+        store
+            .record_failed_login("nobody", 2_000, 3, 2_100)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A login clears the count and stores the session; it is found while live.
+    assert!(
+        store
+            .begin_agent_session(&session(1, "a1", 9_000), 3_000)
+            .await
+            .unwrap()
+    );
+    let bob = store.get_agent("acme", "bob").await.unwrap().unwrap();
+    assert_eq!((bob.failed_logins, bob.locked_until), (0, None));
+    assert_eq!(bob.last_login_at, Some(3_000));
+    let live = store
+        .get_live_agent_session(&[1; 32], 8_999)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            live.agent_id.as_str(),
+            live.username.as_str(),
+            live.account.as_str()
+        ),
+        ("a1", "bob", "acme")
+    );
+    assert_eq!(live.csrf_hash, vec![0xfe; 32]);
+    assert_eq!(live.expires_at, 9_000);
+    assert_eq!(
+        store.get_live_agent_session(&[1; 32], 9_000).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store
+            .begin_agent_session(&session(1, "a1", 9_000), 3_000)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+
+    // A refresh replaces a live session once; the second refresh of it finds nothing.
+    assert!(
+        store
+            .replace_agent_session(&[1; 32], &session(2, "a1", 9_500), 4_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replace_agent_session(&[1; 32], &session(3, "a1", 9_500), 4_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_live_agent_session(&[1; 32], 4_000).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .get_live_agent_session(&[2; 32], 4_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // An expired session is not refreshed.
+    assert!(
+        !store
+            .replace_agent_session(&[2; 32], &session(4, "a1", 9_900), 9_500)
+            .await
+            .unwrap()
+    );
+
+    // Disabling ends every session and refuses new ones; enabling does not bring them back.
+    assert!(
+        store
+            .begin_agent_session(&session(5, "a1", 9_000), 4_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.set_agent_disabled("a1", true).await.unwrap());
+    assert_eq!(store.count_agent_sessions("a1").await.unwrap(), 0);
+    assert!(
+        !store
+            .begin_agent_session(&session(6, "a1", 9_000), 4_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.set_agent_disabled("a1", false).await.unwrap());
+    assert!(!store.set_agent_disabled("nobody", true).await.unwrap());
+    assert_eq!(
+        store.get_live_agent_session(&[5; 32], 4_000).await.unwrap(),
+        None
+    );
+
+    // A password reset replaces the seal, lifts a lock and ends every session.
+    assert!(
+        store
+            .begin_agent_session(&session(7, "a2", 9_000), 4_000)
+            .await
+            .unwrap()
+    );
+    for now in 4_001..4_004 {
+        store
+            .record_failed_login("a2", now, 3, now + 10_000)
+            .await
+            .unwrap();
+    }
+    assert!(store.replace_agent_password("a2", &[42]).await.unwrap());
+    let ann = store.get_agent("acme", "ann").await.unwrap().unwrap();
+    assert_eq!(ann.password_sealed, vec![42]);
+    assert_eq!((ann.failed_logins, ann.locked_until), (0, None));
+    assert_eq!(store.count_agent_sessions("a2").await.unwrap(), 0);
+    assert!(!store.replace_agent_password("nobody", &[1]).await.unwrap());
+
+    // Logout, and the sweep of expired sessions.
+    assert!(
+        store
+            .begin_agent_session(&session(8, "a2", 5_000), 4_500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .begin_agent_session(&session(9, "a2", 6_000), 4_500)
+            .await
+            .unwrap()
+    );
+    assert!(store.delete_agent_session(&[9; 32]).await.unwrap());
+    assert!(!store.delete_agent_session(&[9; 32]).await.unwrap());
+    assert_eq!(store.delete_expired_agent_sessions(5_000).await.unwrap(), 1);
+    assert_eq!(store.count_agent_sessions("a2").await.unwrap(), 0);
+
+    // The audit, newest first, per account.
+    for (at, outcome) in [(10, "wrong_password"), (20, "success"), (20, "locked")] {
+        store
+            .create_agent_audit(&AgentAuditRow {
+                at,
+                account: "acme".into(),
+                username: "ann".into(),
+                agent_id: Some("a2".into()),
+                outcome: outcome.into(),
+                source: Some("192.0.2.1".into()),
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .create_agent_audit(&AgentAuditRow {
+            at: 30,
+            account: "acme".into(),
+            username: "ghost".into(),
+            agent_id: None,
+            outcome: "unknown_username".into(),
+            source: None,
+        })
+        .await
+        .unwrap();
+    let audit = store.list_agent_audit("acme", 3).await.unwrap();
+    let outcomes: Vec<&str> = audit.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["unknown_username", "locked", "success"]);
+    assert_eq!(audit[0].agent_id, None);
+    assert!(
+        store
+            .list_agent_audit("other", 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

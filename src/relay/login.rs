@@ -1,0 +1,349 @@
+//! The agents' login over HTTPS:
+//! - `POST /api/account/{account}/login` with `{"username", "password"}` answers
+//!   `{"bearer", "csrf", "expiresAt"}` (Unix milliseconds) and sets the bearer as a
+//!   `__Host-` cookie (HttpOnly, Secure, SameSite=Strict) for the agents' browser workspace;
+//! - `POST /api/account/{account}/refresh` gives a new session and ends the old one;
+//! - `POST /api/account/{account}/logout` ends the session (`204`).
+//!
+//! Refresh and logout take the bearer as `Authorization: Bearer <bearer>`, or from the cookie
+//! together with `X-CSRF-Token` (the session's CSRF token, compared in constant time): a cookie
+//! alone is what a cross-site request would carry. Every refused login gets the same `401`;
+//! the audit keeps the reason. Login attempts are limited per source address.
+//!
+//! Never logs a password, a bearer or a CSRF token.
+
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::RelayService;
+use super::accounts::{AgentAuthError, LiveSession, LoginError, NewSession};
+use crate::config::MAX_PASSWORD_BYTES;
+use crate::secret::Secret;
+use crate::tls::Peer;
+
+/// The session cookie (`__Host-`: only set by this origin over HTTPS, path `/`, no domain).
+pub const SESSION_COOKIE: &str = "__Host-brandgate_agent";
+/// The header a cookie-authenticated request must carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Largest login body: a username, a password of at most `MAX_PASSWORD_BYTES` (JSON may
+/// escape each byte as six) and the punctuation.
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
+
+const REFUSED: &str = "the username or password is not accepted";
+
+/// A refusal with its reason, before it becomes a response.
+struct Reject(StatusCode, String);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+fn reject(status: StatusCode, message: &str) -> Reject {
+    Reject(status, message.to_string())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let mut r = (status, axum::Json(json!({ "error": message }))).into_response();
+    no_store(&mut r);
+    r
+}
+
+fn no_store(r: &mut Response) {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service cannot answer right now; try again",
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// Refuses a request for another account than the relay's.
+fn check_account(relay: &RelayService, account: &str) -> Result<(), Reject> {
+    if account == relay.inner.accounts.account() {
+        Ok(())
+    } else {
+        Err(reject(StatusCode::NOT_FOUND, "no such account"))
+    }
+}
+
+/// `POST /api/account/{account}/login`.
+pub async fn login(
+    State(relay): State<RelayService>,
+    Path(account): Path<String>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = check_account(&relay, &account) {
+        return r.into_response();
+    }
+    let accounts = &relay.inner.accounts;
+    let source = peer.map(|p| p.0.addr.ip());
+    // Every attempt counts, so a guesser cannot try faster by getting some right.
+    if let Some(ip) = source {
+        let limit = accounts.config().login_attempts_per_minute;
+        if let Some(wait) = relay.inner.login_attempts.blocked(ip, "agent-login", limit) {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many login attempts from this address; try again in a minute",
+            );
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+        relay.inner.login_attempts.count(ip, "agent-login");
+    }
+    let body = match read_json_body(&headers, body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(LoginBody { username, password }) = serde_json::from_slice::<LoginBody>(&body) else {
+        // Not the parser's message: it may quote what was sent.
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"the body must be a JSON object {"username": "...", "password": "..."}"#,
+        );
+    };
+    let password = Secret::new(password);
+    if username.is_empty() || password.expose().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "username and password must not be empty",
+        );
+    }
+    if username.len() > 256 || password.expose().len() > MAX_PASSWORD_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the username or password is too long (passwords: at most {MAX_PASSWORD_BYTES} bytes)"
+            ),
+        );
+    }
+    match accounts.login(&username, &password, source).await {
+        Ok(session) => session_answer(session, lifetime(&relay)),
+        Err(LoginError::Refused(_)) => error(StatusCode::UNAUTHORIZED, REFUSED),
+        Err(LoginError::Unavailable(_)) => unavailable(),
+    }
+}
+
+/// `POST /api/account/{account}/refresh`.
+pub async fn refresh(
+    State(relay): State<RelayService>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check_account(&relay, &account) {
+        return r.into_response();
+    }
+    let bearer = match authenticated(&relay, &headers).await {
+        Ok((bearer, _)) => bearer,
+        Err(r) => return r,
+    };
+    match relay.inner.accounts.refresh(&bearer).await {
+        Ok(session) => session_answer(session, lifetime(&relay)),
+        Err(e) => auth_error(e),
+    }
+}
+
+/// `POST /api/account/{account}/logout`.
+pub async fn logout(
+    State(relay): State<RelayService>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check_account(&relay, &account) {
+        return r.into_response();
+    }
+    let bearer = match authenticated(&relay, &headers).await {
+        Ok((bearer, _)) => bearer,
+        Err(r) => return r,
+    };
+    match relay.inner.accounts.logout(&bearer).await {
+        Ok(()) => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            no_store(&mut r);
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => auth_error(e),
+    }
+}
+
+/// The body of a JSON request: the right content type, within the size limit.
+fn read_json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Reject> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            reject(StatusCode::BAD_REQUEST, "the body could not be read")
+        }
+    })
+}
+
+/// The bearer of a request and its live session: from `Authorization: Bearer`, or from the
+/// session cookie with a matching `X-CSRF-Token`.
+async fn authenticated(
+    relay: &RelayService,
+    headers: &HeaderMap,
+) -> Result<(String, LiveSession), Response> {
+    let accounts = &relay.inner.accounts;
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let bearer = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, b)| b.trim().to_string());
+        let Some(bearer) = bearer else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "send the session as Authorization: Bearer <bearer>",
+            ));
+        };
+        return match accounts.session(&bearer).await {
+            Ok(live) => Ok((bearer, live)),
+            Err(e) => Err(auth_error(e)),
+        };
+    }
+    let Some(bearer) = cookie(headers, SESSION_COOKIE) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "send the session as Authorization: Bearer <bearer>, or its cookie with X-CSRF-Token",
+        ));
+    };
+    let bearer = bearer.to_string();
+    let live = accounts.session(&bearer).await.map_err(auth_error)?;
+    let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    match csrf {
+        Some(csrf) if live.csrf_matches(csrf) => Ok((bearer, live)),
+        _ => Err(error(
+            StatusCode::FORBIDDEN,
+            "a request authenticated by the session cookie must carry the session's X-CSRF-Token",
+        )),
+    }
+}
+
+/// The cookie's lifetime, in seconds: the session's.
+fn lifetime(relay: &RelayService) -> u64 {
+    relay.inner.accounts.config().session_lifetime.0.as_secs()
+}
+
+fn auth_error(e: AgentAuthError) -> Response {
+    match e {
+        AgentAuthError::Invalid => error(
+            StatusCode::UNAUTHORIZED,
+            "the session is not valid (unknown, expired or ended); log in again",
+        ),
+        AgentAuthError::Unavailable(e) => {
+            tracing::error!(error = %e, "cannot check an agent's session");
+            unavailable()
+        }
+    }
+}
+
+/// `200` with the new session, and its cookie.
+fn session_answer(s: NewSession, max_age: u64) -> Response {
+    let expires_at = s
+        .principal
+        .expires_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut r = axum::Json(json!({
+        "bearer": s.bearer.expose(),
+        "csrf": s.csrf.expose(),
+        "expiresAt": expires_at,
+    }))
+    .into_response();
+    no_store(&mut r);
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+        s.bearer.expose()
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// The value of cookie `name` in the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            format!("a=1; {SESSION_COOKIE}=abc; b=2").parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+
+    #[test]
+    fn only_json_bodies_are_read() {
+        let mut h = HeaderMap::new();
+        let body = || Ok(Bytes::from_static(b"{}"));
+        assert_eq!(
+            read_json_body(&h, body()).unwrap_err().0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert!(read_json_body(&h, body()).is_ok());
+    }
+}
