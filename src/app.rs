@@ -325,6 +325,64 @@ pub async fn key_ring(path: &Path) -> Result<(KeyRing, Store), StartError> {
     Ok((ring, store))
 }
 
+/// `brandgate store reseal`: everything sealed under an older data key (signing keys, relay
+/// events, agents' password hashes, device tokens, pending logins), sealed again under the
+/// active one. Returns what it re-sealed, by kind.
+pub async fn reseal(path: &Path) -> Result<Vec<(&'static str, usize)>, StartError> {
+    use crate::store::sealed::SealedColumn;
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let runtime = |e: String| StartError::Runtime(e);
+    let mut done = Vec::new();
+    if let Some(identity) = &config.identity {
+        let ring = KeyRing::new(
+            store.clone(),
+            data_keys.clone(),
+            crate::identity::ring_settings(identity),
+            crate::clock::system(),
+        );
+        let n = ring.reseal().await.map_err(|e| runtime(e.to_string()))?;
+        done.push(("signing keys", n));
+    }
+    for column in SealedColumn::ALL {
+        let mut count = 0;
+        let mut position = String::new();
+        loop {
+            let page = store
+                .list_sealed(column, &position, 500)
+                .await
+                .map_err(|e| runtime(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            position = last.position.clone();
+            for row in page.iter().filter(|r| data_keys.is_stale(&r.sealed)) {
+                let context = crate::relay::seal_context(column, &row.fields)
+                    .or_else(|| crate::identity::seal_context(column, &row.fields))
+                    .ok_or_else(|| runtime(format!("no owner for {}", column.name())))?;
+                let plain = data_keys.open(&context, &row.sealed).map_err(|e| {
+                    runtime(format!(
+                        "{} do not open with the data keys: {e}",
+                        column.name()
+                    ))
+                })?;
+                let sealed = data_keys
+                    .seal(&context, plain.expose())
+                    .map_err(|e| runtime(e.to_string()))?;
+                if store
+                    .replace_sealed(column, &row.fields, &row.sealed, &sealed)
+                    .await
+                    .map_err(|e| runtime(e.to_string()))?
+                {
+                    count += 1;
+                }
+            }
+        }
+        done.push((column.name(), count));
+    }
+    store.close().await;
+    Ok(done)
+}
+
 /// `brandgate agents ...`: the relay's agent accounts, straight from the store. `account` must
 /// be the one the relay serves (agents of another account could never log in here).
 pub async fn agent_accounts(path: &Path, account: &str) -> Result<(Accounts, Store), StartError> {

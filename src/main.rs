@@ -290,19 +290,15 @@ async fn keys(command: KeysCommand) -> ExitCode {
 }
 
 async fn reseal(config: &std::path::Path) -> ExitCode {
-    let (ring, store) = match app::key_ring(config).await {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let code = match ring.reseal().await {
-        Ok(n) => {
-            println!("re-sealed {n} signing key(s) under the active data key");
+    match app::reseal(config).await {
+        Ok(done) => {
+            for (what, n) in done {
+                println!("re-sealed {n} {what} under the active data key");
+            }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(StartError::Runtime(e.to_string())),
-    };
-    store.close().await;
-    code
+        Err(e) => fail(e),
+    }
 }
 
 async fn agents(command: AgentsCommand) -> ExitCode {

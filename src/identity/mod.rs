@@ -41,6 +41,20 @@ pub use metrics::IdentityMetrics;
 pub use mint::{Claims, MintError, Minted};
 pub use verify::{ConsumerIdentity, VerifyError};
 
+/// The associated data an identity record's sealed value is bound to, from the fields
+/// [`crate::store::Store::list_sealed`] gives; `None` for a column the identity bridge does
+/// not own. (Signing keys re-seal through [`KeyRing::reseal`].)
+pub fn seal_context(
+    column: crate::store::sealed::SealedColumn,
+    fields: &[String],
+) -> Option<Vec<u8>> {
+    match (column, fields) {
+        // A pending grant is bound to its record id.
+        (crate::store::sealed::SealedColumn::PendingGrants, [id]) => Some(id.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
 use crate::clock::Clock;
 use crate::config::{IdentityConfig, Problems};
 use crate::limiter::SourceLimiter;

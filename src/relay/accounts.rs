@@ -639,7 +639,7 @@ fn check_username(username: &str) -> Result<(), AccountError> {
 }
 
 /// The associated data binding a sealed password hash to its agent.
-fn seal_context(agent_id: &str) -> Vec<u8> {
+pub(super) fn seal_context(agent_id: &str) -> Vec<u8> {
     format!("agent_password:{agent_id}").into_bytes()
 }
 

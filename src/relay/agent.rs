@@ -74,7 +74,8 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
     };
     let principal = match relay.inner.accounts.authenticate(bearer).await {
         Ok(p) => p,
-        Err(AgentAuthError::Unavailable(_)) => {
+        Err(e @ AgentAuthError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "an agent's session could not be checked");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "sessions cannot be checked right now; retry",

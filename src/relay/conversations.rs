@@ -100,7 +100,7 @@ fn millis(clock: &dyn Clock) -> i64 {
 }
 
 /// The associated data a stored event's body is sealed with.
-fn seal_context(event_id: &str) -> Vec<u8> {
+pub(super) fn seal_context(event_id: &str) -> Vec<u8> {
     format!("relay_event:{event_id}").into_bytes()
 }
 

@@ -58,6 +58,20 @@ use crate::limiter::{SourceLimiter, SourceSlots};
 use crate::push::PushService;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
+use crate::store::sealed::SealedColumn;
+
+/// The associated data a relay record's sealed value is bound to, from the fields
+/// [`Store::list_sealed`] gives; `None` for a column the relay does not own.
+pub fn seal_context(column: SealedColumn, fields: &[String]) -> Option<Vec<u8>> {
+    match (column, fields) {
+        (SealedColumn::RelayEvents, [event_id]) => Some(conversations::seal_context(event_id)),
+        (SealedColumn::AgentPasswords, [agent_id]) => Some(accounts::seal_context(agent_id)),
+        (SealedColumn::PushTokens, [account, consumer, app]) => {
+            Some(away::seal_context(account, consumer, app))
+        }
+        _ => None,
+    }
+}
 
 /// What the relay stands on: the other roles' doors, the store and the clock.
 pub struct RelayBase {

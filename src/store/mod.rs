@@ -29,6 +29,7 @@ mod grants;
 pub mod migrate;
 pub mod relay;
 pub mod seal;
+pub mod sealed;
 
 use std::path::Path;
 use std::str::FromStr;

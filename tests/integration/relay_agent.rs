@@ -444,11 +444,12 @@ async fn pushes(
     }
 }
 
-#[tokio::test]
-async fn an_away_consumer_gets_one_masked_push_per_burst() {
-    const APP: &str = "com.brand.app";
-    const TOKEN: &str = "0f744707bebcf74f9b7c25d48e3358945f6aa01da5ddb387462c7eaf61bbad78";
-    const MASK: &str = "You have a new message";
+const APP: &str = "com.brand.app";
+const DEVICE: &str = "0f744707bebcf74f9b7c25d48e3358945f6aa01da5ddb387462c7eaf61bbad78";
+const MASK: &str = "You have a new message";
+
+/// A relay with one push app (a fake APNs, the text masked) and short away delays.
+async fn relay_with_push_app() -> (Relay, crate::support::fake_apns::FakeApns) {
     let env = TestEnv::new();
     let (fake, key) = crate::support::apns(APP).await;
     let app = env.apns_app(
@@ -465,7 +466,36 @@ async fn an_away_consumer_gets_one_masked_push_per_burst() {
         "",
         &format!("{RELAY_EXTRA}\n[relay.away]\nack_delay = \"1s\"\nburst = \"2s\""),
     );
-    let relay = Relay::start_on(env, &format!("{relay_config}\n{app}")).await;
+    (
+        Relay::start_on(env, &format!("{relay_config}\n{app}")).await,
+        fake,
+    )
+}
+
+/// Registers the consumer's device for [`APP`]; returns the answer's status.
+async fn register_device(relay: &Relay, token: &str, body: Value) -> u16 {
+    relay
+        .env
+        .client()
+        .send(
+            http::Method::PUT,
+            &relay
+                .daemon
+                .url(&format!("/api/v1/push-registrations/{APP}")),
+            &[
+                ("authorization", &format!("jwt {token}")),
+                ("content-type", "application/json"),
+            ],
+            bytes::Bytes::from(body.to_string()),
+        )
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn an_away_consumer_gets_one_masked_push_per_burst() {
+    const TOKEN: &str = DEVICE;
+    let (relay, fake) = relay_with_push_app().await;
 
     let bearer = relay.agent("dave").await;
     let mut agent = online_agent(&relay, &bearer).await;
@@ -482,40 +512,17 @@ async fn an_away_consumer_gets_one_masked_push_per_burst() {
     // The consumer registers its device (REST, its identity token), checked on the way in.
     let client = relay.env.client();
     let auth = format!("jwt {token}");
-    let url = relay
-        .daemon
-        .url(&format!("/api/v1/push-registrations/{APP}"));
-    let put = |body: Value| {
-        let client = client.clone();
-        let url = url.clone();
-        let auth = auth.clone();
-        async move {
-            client
-                .send(
-                    http::Method::PUT,
-                    &url,
-                    &[
-                        ("authorization", auth.as_str()),
-                        ("content-type", "application/json"),
-                    ],
-                    bytes::Bytes::from(body.to_string()),
-                )
-                .await
-        }
-    };
+    let put = |body: Value| register_device(&relay, &token, body);
     assert_eq!(
-        put(json!({"provider": "apns", "token": "not-hex"}))
-            .await
-            .status,
+        put(json!({"provider": "apns", "token": "not-hex"})).await,
         400
     );
     assert_eq!(
-        put(json!({"provider": "fcm", "token": "abc"})).await.status,
+        put(json!({"provider": "fcm", "token": "abc"})).await,
         404,
         "the app has no FCM"
     );
-    let ok = put(json!({"provider": "apns", "token": TOKEN})).await;
-    assert_eq!(ok.status, 204, "{}", ok.body);
+    assert_eq!(put(json!({"provider": "apns", "token": TOKEN})).await, 204);
     let listed = client
         .get_with_headers(
             &relay.daemon.url("/api/v1/push-registrations"),
@@ -610,4 +617,67 @@ async fn an_away_consumer_gets_one_masked_push_per_burst() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     agent.check_schemas(DIFFERS).await;
+}
+
+#[tokio::test]
+async fn relay_records_are_resealed_under_a_new_data_key() {
+    let (relay, _fake) = relay_with_push_app().await;
+    let bearer = relay.agent("erin").await;
+    let mut agent = online_agent(&relay, &bearer).await;
+    let (mut consumer, conv, token) = relay.consumer().await;
+    let (_, task) = ring_state(&mut agent, &conv).await;
+    let r = agent
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": task["ringsDetails"][0]["ringId"], "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    let sent = publish(&mut consumer, &conv, text("sealed before the rotation")).await;
+    assert_eq!(sent["code"], 200);
+    let device = json!({"provider": "apns", "token": DEVICE});
+    assert_eq!(register_device(&relay, &token, device.clone()).await, 204);
+    consumer.close_now().await;
+    agent.close_now().await;
+    let Relay { env, mut daemon } = relay;
+    daemon.stop().await;
+
+    // A new data key in front (it becomes active); everything re-sealed under it.
+    let old = std::fs::read_to_string(env.path().join("data-keys")).unwrap();
+    let new_key = crate::support::identity_world::data_key_line("k2");
+    env.secret("data-keys", &format!("{new_key}{old}"));
+    let path = env.path().join("brandgate.toml");
+    let args = ["store", "reseal", "--config", path.to_str().unwrap()];
+    let (code, out, err) = crate::support::daemon::run(&args, &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for line in [
+        "re-sealed 1 relay events",
+        "re-sealed 1 agent passwords",
+        "re-sealed 1 device tokens",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    // The old key can go: the agent logs in, the history opens, the device is still there.
+    env.secret("data-keys", &new_key);
+    let config = std::fs::read_to_string(&path).unwrap();
+    let relay = Relay::start_on(env, &config).await;
+    let bearer = relay.login("erin", "erin-password-1").await;
+    let history = relay
+        .env
+        .client()
+        .get_with_headers(
+            &relay
+                .daemon
+                .url(&format!("/api/v1/conversations/{conv}/events")),
+            &[("authorization", &format!("Bearer {bearer}"))],
+        )
+        .await;
+    assert_eq!(history.status, 200, "{}", history.body);
+    assert_eq!(
+        history.json()["events"][0]["event"]["message"],
+        "sealed before the rotation"
+    );
+    let (_, out, _) = crate::support::daemon::run(&args, &[]).await;
+    assert!(out.contains("re-sealed 0 relay events"), "{out}");
+    assert!(out.contains("re-sealed 0 device tokens"), "{out}");
 }
