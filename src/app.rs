@@ -373,6 +373,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                     crate::clock::system(),
                 )
             });
+            if let Some(relay) = &relay {
+                relay.register_metrics(&mut registry);
+            }
             (Some(service), relay)
         }
         None => (None, None),

@@ -9,7 +9,8 @@
 //! - `rest`: a conversation's history over HTTPS;
 //! - `conversations`: the only code that writes conversations and events (access rules,
 //!   sequences, sealing); `bus`: fan-out of committed events to followers, with catch-up
-//!   from the store so nothing is skipped; `protocol`: the envelopes.
+//!   from the store so nothing is skipped; `fanout`: the same across nodes sharing one
+//!   PostgreSQL (LISTEN/NOTIFY); `protocol`: the envelopes.
 //!
 //! Built so far: the consumer side and history. The agent side, away pushes and webhooks
 //! come next.
@@ -17,6 +18,7 @@
 mod bus;
 mod consumer;
 mod conversations;
+mod fanout;
 mod protocol;
 mod rest;
 
@@ -55,6 +57,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Every open session, so shutdown can wait for their close frames.
     sessions: TaskTracker,
+    /// Fan-out to the other nodes (PostgreSQL only), stopped once the sessions have ended.
+    fanout: Option<fanout::Fanout>,
 }
 
 impl RelayService {
@@ -65,11 +69,12 @@ impl RelayService {
         data_keys: Arc<DataKeys>,
         clock: Arc<dyn Clock>,
     ) -> RelayService {
+        let (bus, fanout) = fanout::Fanout::bus_for(&store);
         let conversations = conversations::Conversations::new(
             config.account.clone(),
             store,
             data_keys,
-            Arc::new(bus::Bus::default()),
+            bus,
             clock,
             config.max_message_bytes,
         );
@@ -82,6 +87,7 @@ impl RelayService {
                 unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
+                fanout,
             }),
         }
     }
@@ -104,8 +110,19 @@ impl RelayService {
         self.inner.sessions.close();
     }
 
-    /// Waits until every session has ended (after [`RelayService::shutdown`]).
+    /// Waits until every session has ended (after [`RelayService::shutdown`]), then for
+    /// the fan-out to send what they published to the other nodes.
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
+        if let Some(fanout) = &self.inner.fanout {
+            fanout.stop().await;
+        }
+    }
+
+    /// Adds the relay's metrics (the fan-out's, on PostgreSQL) to `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(fanout) = &self.inner.fanout {
+            fanout.metrics().register(registry);
+        }
     }
 }
