@@ -16,4 +16,5 @@ mod login;
 mod push_apns;
 mod push_fcm;
 mod relay_consumer;
+mod relay_nodes;
 mod store;
