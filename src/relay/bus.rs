@@ -406,6 +406,94 @@ mod tests {
     use crate::store::Store;
     use crate::store::seal::DataKeys;
 
+    /// Two nodes on one store, each with its own bus. A follower on the first gets what the
+    /// second commits when a hint says so, or when told to re-check (after a listener
+    /// reconnect); stale hints and hints for conversations nobody follows cost nothing.
+    #[tokio::test]
+    async fn hints_from_another_node_make_a_follower_read_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_temporary(dir.path()).await;
+        let keys = Arc::new(DataKeys::generate_for_test());
+        let node = |store: Store| {
+            Arc::new(Conversations::new(
+                "acct".into(),
+                store,
+                keys.clone(),
+                Arc::new(Bus::default()),
+                Arc::new(FakeClock::new()),
+                1000,
+            ))
+        };
+        let (here, there) = (node(store.clone()), node(store));
+        let who = Participant::Consumer("c1".into());
+        let (conv, _) = there.request("c1").await.unwrap();
+        let publish_there = |i: i64| {
+            let there = there.clone();
+            let (who, conv) = (who.clone(), conv.id.clone());
+            async move {
+                let event = there
+                    .check_event(&json!({"type": "ContentEvent", "contentType": "text/plain",
+                        "message": format!("m{i}")}))
+                    .unwrap();
+                assert_eq!(there.publish(&who, &conv, event, None).await.unwrap(), i);
+            }
+        };
+        let (outbox, mut queue) = Outbox::new(100_000);
+        let cancel = CancellationToken::new();
+        let follower = tokio::spawn(follow(
+            here.clone(),
+            conv.id.clone(),
+            0,
+            outbox,
+            cancel.clone(),
+        ));
+        while here.bus().subscribers(&conv.id) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut next_frame = async || {
+            let Some(Outgoing::Frame(frame, _permit)) = queue.recv().await else {
+                panic!("the follower closed the socket");
+            };
+            let frame: Value = serde_json::from_str(&frame).unwrap();
+            frame["body"]["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["sequence"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        };
+
+        for i in 0..3 {
+            publish_there(i).await;
+        }
+        here.bus().committed_elsewhere(&conv.id, 2);
+        assert_eq!(next_frame().await, vec![0, 1, 2]);
+        // Stale: already delivered.
+        here.bus().committed_elsewhere(&conv.id, 1);
+        for i in 3..5 {
+            publish_there(i).await;
+        }
+        // Its notifications were lost: a re-check finds them.
+        here.bus().recheck_all();
+        assert_eq!(next_frame().await, vec![3, 4]);
+        publish_there(5).await;
+        here.bus().committed_elsewhere(&conv.id, 5);
+        assert_eq!(next_frame().await, vec![5]);
+
+        // Nobody here follows this one: no channel is made, nothing is read.
+        here.bus().committed_elsewhere("another-conversation", 0);
+        assert!(
+            !here
+                .bus()
+                .conversations
+                .lock()
+                .unwrap()
+                .contains_key("another-conversation")
+        );
+        cancel.cancel();
+        follower.await.unwrap();
+    }
+
     /// A follower whose socket does not read: its task blocks on the byte budget, the live
     /// channel overflows (600 events > 256), and it catches up from the store. Every event
     /// arrives once, in order, chat states included in between.
