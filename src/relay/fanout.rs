@@ -80,6 +80,14 @@ enum Body {
 }
 
 #[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("the database refused or is unreachable: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
 enum DecodeError {
     #[error("not a relay notification: {0}")]
     Json(#[from] serde_json::Error),
@@ -133,11 +141,11 @@ fn is_chat_state_name(state: &str) -> bool {
     (1..=32).contains(&state.len()) && state.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
 }
 
-/// Hands another node's notification to this node's bus; its own are ignored.
-fn inject(bus: &Bus, own_node: &str, payload: &str) -> Result<(), DecodeError> {
+/// Hands another node's notification to this node's bus (then `true`); its own are ignored.
+fn inject(bus: &Bus, own_node: &str, payload: &str) -> Result<bool, DecodeError> {
     let wire: Wire = serde_json::from_str(payload)?;
     if wire.node == own_node {
-        return Ok(());
+        return Ok(false);
     }
     match wire.body {
         Body::Event { conversation, seq } => bus.committed_elsewhere(&conversation, seq),
@@ -178,7 +186,7 @@ fn inject(bus: &Bus, own_node: &str, payload: &str) -> Result<(), DecodeError> {
         }),
         Body::Resync => bus.recheck_all(),
     }
-    Ok(())
+    Ok(true)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -337,7 +345,7 @@ impl Fanout {
 }
 
 /// Sends `payloads` in one statement (one transaction: delivered together, in order).
-async fn notify(pool: &PgPool, payloads: &[String]) -> Result<(), sqlx::Error> {
+async fn notify(pool: &PgPool, payloads: &[String]) -> Result<(), SendError> {
     sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
         .bind(CHANNEL)
         .bind(payloads)
@@ -385,7 +393,7 @@ async fn send(
             let sent = if stopping {
                 tokio::time::timeout(STOP_LIMIT, notify(&pool, chunk))
                     .await
-                    .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
+                    .unwrap_or(Err(SendError::TimedOut(STOP_LIMIT)))
             } else {
                 notify(&pool, chunk).await
             };
@@ -485,7 +493,8 @@ async fn listen(
             };
             match received {
                 Ok(Some(notification)) => match inject(&bus, &node, notification.payload()) {
-                    Ok(()) => metrics.count("received", 1),
+                    Ok(true) => metrics.count("received", 1),
+                    Ok(false) => {}
                     Err(e) => {
                         metrics.count("invalid", 1);
                         tracing::debug!(error = %e, "ignored a notification on the relay channel");
@@ -641,7 +650,7 @@ mod tests {
             },
         )
         .unwrap();
-        inject(&bus, "me", &own).unwrap();
+        assert!(!inject(&bus, "me", &own).unwrap());
         let other = encode(
             "other",
             Body::State {
@@ -651,7 +660,7 @@ mod tests {
             },
         )
         .unwrap();
-        inject(&bus, "me", &other).unwrap();
+        assert!(inject(&bus, "me", &other).unwrap());
         let got = watcher.recv().await.unwrap();
         assert_eq!(got.conversation_id, "c1");
         assert_eq!(got.agent_id.as_deref(), Some("a"));
