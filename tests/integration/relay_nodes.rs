@@ -18,6 +18,7 @@ const PLATFORM_PATH: &str = "/ws_api/account/acme/messaging/consumer?v=3";
 const DIFFERS: &[(&str, &str)] = &[];
 /// Longest wait for something the test polls the database or the metrics for.
 const DEADLINE: Duration = Duration::from_secs(20);
+const SECRET: &str = "the-account-number-is-4711-0815";
 
 struct Node {
     env: TestEnv,
@@ -183,9 +184,19 @@ async fn events_and_typing_published_on_one_node_reach_a_follower_on_the_other()
     let mut on_b = nodes.b.connect(&token).await;
     // One store: b finds the conversation a opened.
     assert_eq!(open_conversation(&mut on_b).await, conv);
+    // The test listens too, to see what travels between the nodes.
+    let mut wiretap = sqlx::postgres::PgListener::connect(&nodes.db.url)
+        .await
+        .unwrap();
+    wiretap.listen("brandgate_relay").await.unwrap();
 
     for i in 0..30 {
-        assert_eq!(publish(&mut on_b, &conv, text(&format!("m{i}"))).await, i);
+        let message = if i == 13 {
+            SECRET.to_string()
+        } else {
+            format!("m{i}")
+        };
+        assert_eq!(publish(&mut on_b, &conv, text(&message)).await, i);
         if i == 9 {
             let typing = json!({"type": "ChatStateEvent", "chatState": "COMPOSING"});
             assert_eq!(publish(&mut on_b, &conv, typing).await, 9);
@@ -203,6 +214,7 @@ async fn events_and_typing_published_on_one_node_reach_a_follower_on_the_other()
         .iter()
         .filter_map(|c| c["event"]["message"].as_str())
         .collect();
+    assert_eq!(messages[13], SECRET);
     assert_eq!(messages[29], "m29");
     let typing: Vec<&Value> = changes
         .iter()
@@ -225,6 +237,27 @@ async fn events_and_typing_published_on_one_node_reach_a_follower_on_the_other()
     assert_eq!(next[0]["sequence"], 30);
     on_a.check_schemas(DIFFERS).await;
     on_b.check_schemas(DIFFERS).await;
+
+    // Every notification up to the last event's: small, and never the message text.
+    loop {
+        let n = tokio::time::timeout(DEADLINE, wiretap.recv())
+            .await
+            .expect("the last event's notification")
+            .unwrap();
+        let payload = n.payload();
+        assert!(!payload.contains(SECRET), "{payload}");
+        assert!(payload.len() < 1000, "{payload}");
+        let wire: Value = serde_json::from_str(payload).unwrap();
+        if wire["kind"] == "event" && wire["seq"] == 30 {
+            break;
+        }
+    }
+    // Both stop cleanly (the fan-out sends what is queued, then lets go), never having
+    // logged the text.
+    let (mut a, mut b) = (nodes.a, nodes.b);
+    for log in [a.daemon.stop().await, b.daemon.stop().await] {
+        assert!(!log.contains(SECRET));
+    }
     nodes.db.drop().await;
 }
 
