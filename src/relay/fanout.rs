@@ -45,6 +45,12 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long stopping may take to send what is queued and to let the listener go.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long the listener's connection may take to be made and to listen.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// How long the listener's connection may be quiet before it is asked whether it is there,
+/// and how long it may take to answer.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PING_LIMIT: Duration = Duration::from_secs(10);
 
 /// A notification as it travels: which node sent it, and what it says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +91,14 @@ enum SendError {
     Database(#[from] sqlx::Error),
     #[error("the database did not answer within {0:?}")]
     TimedOut(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error("{0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the connection did not answer within {0:?}")]
+    Unresponsive(Duration),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -429,96 +443,134 @@ async fn send(
 
 /// The listener: the other nodes' notifications to this node's bus. Its own connection
 /// (named in `pg_stat_activity` as the store's application name plus "relay listener"), made
-/// again whenever it drops; after every (re)connection the node's followers and watchers
-/// re-check the store, since notifications sent meanwhile are lost.
+/// again whenever it drops or stops answering; after every (re)connection the node's
+/// followers and watchers re-check the store, since notifications sent meanwhile are lost.
 async fn listen(
-    pool: PgPool,
+    store: PgPool,
     node: Arc<str>,
     bus: Arc<Bus>,
     stop: CancellationToken,
     metrics: FanoutMetrics,
 ) {
-    let options = pool.connect_options();
+    let options = store.connect_options();
     let name = match options.get_application_name() {
         Some(app) => format!("{app} relay listener"),
         None => "brandgate relay listener".to_string(),
     };
     let options = (*options).clone().application_name(&name);
-    // Two connections: a lost one may still be closing while its replacement is made.
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .min_connections(0)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options);
     let mut connected_before = false;
     let mut retry = RETRY_MIN;
-    'connect: loop {
+    loop {
+        // A pool of its own for each connection: one the network lost without a word may take
+        // long to let go, and must not hold up its replacement. Two: sqlx may make the next
+        // while the lost one is still closing.
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(CONNECT_LIMIT)
+            .connect_lazy_with(options.clone());
         let attempt = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
+            Ok::<_, ListenError>(listener)
         };
         let connected = tokio::select! {
-            _ = stop.cancelled() => break 'connect,
-            c = attempt => c,
-        };
-        let mut listener = match connected {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?retry, "the relay listener cannot reach PostgreSQL");
-                tokio::select! {
-                    _ = stop.cancelled() => break 'connect,
-                    _ = tokio::time::sleep(retry) => {}
-                }
-                retry = (retry * 2).min(RETRY_MAX);
-                continue;
+            _ = stop.cancelled() => break,
+            c = tokio::time::timeout(CONNECT_LIMIT, attempt) => {
+                c.unwrap_or(Err(ListenError::Unresponsive(CONNECT_LIMIT)))
             }
         };
-        retry = RETRY_MIN;
-        if connected_before {
-            reconnected(&metrics);
-        } else {
-            tracing::debug!("the relay listener is listening");
+        let ended = match connected {
+            Ok(mut listener) => {
+                retry = RETRY_MIN;
+                if connected_before {
+                    reconnected(&metrics);
+                } else {
+                    tracing::debug!("the relay listener is listening");
+                }
+                connected_before = true;
+                // Followers that started before this LISTEN took effect may have missed
+                // something.
+                bus.recheck_all();
+                let ended = receive(&mut listener, &node, &bus, &stop, &metrics).await;
+                if let Ended::Lost(e) = &ended {
+                    tracing::warn!(error = %e, "the relay listener lost PostgreSQL");
+                }
+                ended
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "the relay listener cannot reach PostgreSQL");
+                retry = (retry * 2).min(RETRY_MAX);
+                Ended::Lost(e)
+            }
+        };
+        if matches!(ended, Ended::Stopped) {
+            let _ = tokio::time::timeout(STOP_LIMIT, pool.close()).await;
+            break;
         }
-        connected_before = true;
-        // Followers that started before the LISTEN took effect may have missed something.
-        bus.recheck_all();
-        loop {
-            let received = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break 'connect,
-                r = listener.try_recv() => r,
-            };
-            match received {
-                Ok(Some(notification)) => match inject(&bus, &node, notification.payload()) {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// How a listening connection's time ended.
+enum Ended {
+    Stopped,
+    Lost(ListenError),
+}
+
+/// Hands notifications to the bus until stopped or the connection is lost (and sqlx could
+/// not make it again). Asks the connection something when it has been quiet for
+/// [`PING_EVERY`]: one the network dropped without a word (no FIN, no RST) would otherwise
+/// look quiet forever while notifications go elsewhere.
+async fn receive(
+    listener: &mut PgListener,
+    node: &str,
+    bus: &Bus,
+    stop: &CancellationToken,
+    metrics: &FanoutMetrics,
+) -> Ended {
+    let mut ping_at = tokio::time::Instant::now() + PING_EVERY;
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ended::Stopped,
+            _ = tokio::time::sleep_until(ping_at) => {
+                let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                match tokio::time::timeout(PING_LIMIT, ping).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Ended::Lost(e.into()),
+                    Err(_) => return Ended::Lost(ListenError::Unresponsive(PING_LIMIT)),
+                }
+                ping_at = tokio::time::Instant::now() + PING_EVERY;
+                continue;
+            }
+            r = listener.try_recv() => r,
+        };
+        match received {
+            Ok(Some(notification)) => {
+                ping_at = tokio::time::Instant::now() + PING_EVERY;
+                match inject(bus, node, notification.payload()) {
                     Ok(true) => metrics.count("received", 1),
                     Ok(false) => {}
                     Err(e) => {
                         metrics.count("invalid", 1);
                         tracing::debug!(error = %e, "ignored a notification on the relay channel");
                     }
-                },
-                // The connection dropped and sqlx made it again (and listens again).
-                Ok(None) => {
-                    reconnected(&metrics);
-                    bus.recheck_all();
-                }
-                // It dropped and could not be made again: start over, after a pause.
-                Err(e) => {
-                    tracing::warn!(error = %e, "the relay listener lost PostgreSQL");
-                    break;
                 }
             }
-        }
-        drop(listener);
-        tokio::select! {
-            _ = stop.cancelled() => break 'connect,
-            _ = tokio::time::sleep(retry) => {}
+            // The connection dropped and sqlx made it again (and listens again).
+            Ok(None) => {
+                reconnected(metrics);
+                bus.recheck_all();
+            }
+            Err(e) => return Ended::Lost(e.into()),
         }
     }
-    let _ = tokio::time::timeout(STOP_LIMIT, pool.close()).await;
 }
 
 fn reconnected(metrics: &FanoutMetrics) {
