@@ -31,28 +31,77 @@ struct Nodes {
     db: Database,
     a: Node,
     b: Node,
+    /// The database role node a logs in as, when it has one of its own.
+    a_role: Option<String>,
 }
+
+/// A database role's password (the test server may trust local connections and ignore it).
+const ROLE_PASSWORD: &str = "node-a-password";
 
 impl Nodes {
     async fn start() -> Option<Nodes> {
+        Self::start_with(false).await
+    }
+
+    /// With `own_role_for_a`, node a logs in as a role of its own, so the test can stop that
+    /// node alone from connecting (`ALTER ROLE ... NOLOGIN`).
+    async fn start_with(own_role_for_a: bool) -> Option<Nodes> {
         let db = Database::create().await?;
         let keys = data_key_line("k1");
-        let a = Node::start(&db, "node-a", &keys).await;
-        // After a: b loads the signing key a made, so a's tokens are good on b.
-        let b = Node::start(&db, "node-b", &keys).await;
-        Some(Nodes { db, a, b })
+        // b first: it migrates and makes the signing key, which a then loads, so a's tokens
+        // are good on b.
+        let b = Node::start("node-b", &keys, &db.url, None).await;
+        let (a, a_role) = if own_role_for_a {
+            let role = format!("{}_a", db.name());
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{ROLE_PASSWORD}'"
+            )))
+            .execute(db.admin())
+            .await
+            .unwrap();
+            // postgres://[user[:password]@]host[:port]/name, as user `role`.
+            let rest = db.url.split_once("://").map_or(db.url.as_str(), |r| r.1);
+            let host = rest.rsplit_once('@').map_or(rest, |r| r.1);
+            let url = format!("postgres://{role}@{host}");
+            let a = Node::start("node-a", &keys, &url, Some(ROLE_PASSWORD)).await;
+            (a, Some(role))
+        } else {
+            (Node::start("node-a", &keys, &db.url, None).await, None)
+        };
+        Some(Nodes { db, a, b, a_role })
+    }
+
+    /// Stops both nodes and drops the database (and node a's role).
+    async fn end(self) {
+        drop(self.a);
+        drop(self.b);
+        let admin = self.db.admin().clone();
+        self.db.drop().await;
+        if let Some(role) = self.a_role {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
     }
 }
 
 impl Node {
-    async fn start(db: &Database, name: &str, keys: &str) -> Node {
+    async fn start(name: &str, keys: &str, url: &str, password: Option<&str>) -> Node {
         let env = TestEnv::new();
         let keys = env.secret("data-keys", keys);
+        let password = password.map_or(String::new(), |p| {
+            format!(
+                "password_file = \"{}\"",
+                env.secret("db-password", p).display()
+            )
+        });
         let config = env.config(&format!(
             r#"
 [store]
 data_keys_file = "{keys}"
 url = "{url}?application_name={name}"
+{password}
 [identity]
 issuer = "https://brandgate.test"
 token_lifetime = "1h"
@@ -66,7 +115,6 @@ max_message_bytes = 2000
 requests_per_second = 100000
 "#,
             keys = keys.display(),
-            url = db.url,
         ));
         let daemon = Daemon::start(env.path(), &config).await;
         Node { env, daemon }
@@ -254,11 +302,11 @@ async fn events_and_typing_published_on_one_node_reach_a_follower_on_the_other()
     }
     // Both stop cleanly (the fan-out sends what is queued, then lets go), never having
     // logged the text.
-    let (mut a, mut b) = (nodes.a, nodes.b);
-    for log in [a.daemon.stop().await, b.daemon.stop().await] {
+    let mut nodes = nodes;
+    for log in [nodes.a.daemon.stop().await, nodes.b.daemon.stop().await] {
         assert!(!log.contains(SECRET));
     }
-    nodes.db.drop().await;
+    nodes.end().await;
 }
 
 #[tokio::test]
@@ -287,7 +335,8 @@ async fn a_close_on_one_node_reaches_a_watcher_on_the_other() {
         .await;
     assert_eq!(r["code"], 200, "{r}");
     // The list comes first (and again if a's listener connected meanwhile: an UPSERT of
-    // the same state); then the close.
+    // the same state); then the close, by its notification or, if a was started so
+    // recently that it did not listen yet, by the re-check its listener makes on connecting.
     loop {
         let n = on_a
             .notification("cqm.ExConversationChangeNotification")
@@ -299,15 +348,15 @@ async fn a_close_on_one_node_reaches_a_watcher_on_the_other() {
         }
     }
     on_a.check_schemas(DIFFERS).await;
-    nodes.db.drop().await;
+    nodes.end().await;
 }
 
-/// Node a's listener connection is ended by PostgreSQL and cannot come back (the database
-/// refuses new connections) while node b publishes: those notifications are lost. Once a
-/// reconnects, its follower re-checks the store and gets every event, once, in order.
+/// Node a's listener connection is ended by PostgreSQL and cannot come back (a's database
+/// role may not log in for a while) while node b publishes: those notifications are lost.
+/// Once a reconnects, its follower re-checks the store and gets every event, once, in order.
 #[tokio::test]
 async fn a_follower_misses_nothing_when_its_nodes_listener_reconnects() {
-    let Some(nodes) = Nodes::start().await else {
+    let Some(nodes) = Nodes::start_with(true).await else {
         return;
     };
     let (db, a, b) = (&nodes.db, &nodes.a, &nodes.b);
@@ -331,17 +380,19 @@ async fn a_follower_misses_nothing_when_its_nodes_listener_reconnects() {
         .map(|c| c["sequence"].as_i64().unwrap())
         .collect();
     assert_eq!(seen, (0..5).collect::<Vec<_>>());
+    // b counts a notification once PostgreSQL has answered, which may be after a got it.
+    until("b counted its five notifications", || async {
+        b.metric(SENT).await >= 5
+    })
+    .await;
     let sent_before = b.metric(SENT).await;
-    assert!(sent_before >= 5, "{sent_before}");
 
-    let refuse = |allow: bool| {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
-            db.name()
-        )))
-        .execute(db.admin())
+    let role = nodes.a_role.as_deref().unwrap_or_default();
+    let login = |allow: bool| {
+        let how = if allow { "LOGIN" } else { "NOLOGIN" };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} {how}"))).execute(db.admin())
     };
-    refuse(false).await.unwrap();
+    login(false).await.unwrap();
     let ended: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = $1 AND application_name = 'node-a relay listener'",
@@ -363,7 +414,7 @@ async fn a_follower_misses_nothing_when_its_nodes_listener_reconnects() {
         b.metric(SENT).await >= sent_before + 5
     })
     .await;
-    refuse(true).await.unwrap();
+    login(true).await.unwrap();
 
     let seen: Vec<i64> = on_a
         .changes(5)
@@ -379,9 +430,7 @@ async fn a_follower_misses_nothing_when_its_nodes_listener_reconnects() {
     assert_eq!(next.len(), 1, "{next:?}");
     assert_eq!(next[0]["sequence"], 10);
     on_a.check_schemas(DIFFERS).await;
-    drop(nodes.a);
-    drop(nodes.b);
-    nodes.db.drop().await;
+    nodes.end().await;
 }
 
 /// The plain case: PostgreSQL ends node a's listener connection while node b publishes, and
@@ -433,7 +482,5 @@ async fn a_listener_ended_by_postgresql_reconnects_and_its_follower_misses_nothi
         .collect();
     assert_eq!(seen, (0..41).collect::<Vec<_>>());
     on_a.check_schemas(DIFFERS).await;
-    drop(nodes.a);
-    drop(nodes.b);
-    nodes.db.drop().await;
+    nodes.end().await;
 }
