@@ -9,9 +9,12 @@
 //! built from ids, sequences, a chat state's name and a timestamp only ([`encode`]).
 //!
 //! Notifications are not stored by PostgreSQL: those sent while a listener is disconnected
-//! are lost. So every time the listener (re)connects, every follower and watcher on the node
-//! re-checks the store; and when this node could not send some (queue full, database
-//! unreachable), it sends "resync" once it can. SQLite is one node: no fan-out.
+//! are lost. So every time the listener (re)connects (also after its connection stopped
+//! answering), every follower and watcher on the node re-checks the store; and when this node
+//! could not send some (queue full, database unreachable), it sends "resync" once it can.
+//! The notification is sent after the commit, not inside its transaction: a node that dies
+//! in between leaves the others' followers without that hint until the conversation's next
+//! event (or their next re-check). SQLite is one node: no fan-out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
