@@ -1,9 +1,16 @@
-//! Fan-out of committed events to the sockets following a conversation, on this node.
+//! Fan-out of committed events to the sockets following a conversation, and of conversation
+//! state changes to the sockets watching a consumer's conversations.
 //!
 //! A broadcast channel per conversation with followers, made on first subscription and dropped
 //! with the last. The bus may drop events for a follower that falls behind (a bounded channel
 //! must); [`follow`] never does: it detects the gap and reads what it missed from the store, so
 //! a subscriber sees every stored event exactly once, in order.
+//!
+//! With several nodes on one PostgreSQL, what is published here also goes to the other nodes
+//! (`fanout`), and what they publish comes in as hints: "sequence n of this conversation is
+//! committed" makes followers read it from the store, "notifications may have been lost" makes
+//! every follower and watcher re-check the store. The bus never hands message text to another
+//! node.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::conversations::{Conversations, RelayError};
+use super::fanout::Outbound;
 use super::protocol::notification;
 
 /// Events a follower may be behind by before it reads from the store instead.
@@ -121,23 +129,71 @@ pub fn messaging_notification(changes: &[Change]) -> String {
     )
 }
 
-/// A conversation's state changed.
-#[derive(Debug, Clone)]
+/// A conversation's state changed (opened, closed, taken by an agent, returned to the queue).
+/// Watchers read the conversation from the store; this only says which one and whose.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateChange {
     pub conversation_id: String,
     pub consumer_id: String,
+    /// The agent concerned, when an agent took or returned the conversation.
+    pub agent_id: Option<String>,
+}
+
+/// What a conversation's followers are sent.
+#[derive(Debug, Clone)]
+enum Live {
+    /// An event published on this node, or a chat state from another node.
+    Change(Arc<Change>),
+    /// Another node committed the event with this sequence: it is in the store.
+    Committed(i64),
+    /// Notifications from other nodes may have been lost: check the store.
+    Recheck,
+}
+
+/// What state watchers are sent.
+#[derive(Debug, Clone)]
+enum StateSignal {
+    Changed(StateChange),
+    /// Notifications from other nodes may have been lost: read the list again.
+    Resync,
+}
+
+/// A watcher's receiver of conversation state changes. Reads like a broadcast receiver:
+/// `Err(Lagged(_))` means changes may have been missed (this watcher fell behind, or another
+/// node's notifications were lost), so the watcher reads its list from the store again.
+pub struct StateChanges(broadcast::Receiver<StateSignal>);
+
+impl StateChanges {
+    /// The next change. Cancel-safe, as `broadcast::Receiver::recv` is.
+    pub async fn recv(&mut self) -> Result<StateChange, broadcast::error::RecvError> {
+        match self.0.recv().await {
+            Ok(StateSignal::Changed(change)) => Ok(change),
+            Ok(StateSignal::Resync) => Err(broadcast::error::RecvError::Lagged(0)),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Bus {
-    conversations: Mutex<HashMap<String, broadcast::Sender<Arc<Change>>>>,
+    conversations: Mutex<HashMap<String, broadcast::Sender<Live>>>,
     /// Conversations whose state changed (opened, closed, taken), with their consumer.
-    states: Mutex<Option<broadcast::Sender<StateChange>>>,
+    states: Mutex<Option<broadcast::Sender<StateSignal>>>,
+    /// Where this node's publications go to reach the other nodes (PostgreSQL only).
+    outbound: Option<Outbound>,
 }
 
 impl Bus {
+    /// A bus whose publications also reach the other nodes through `outbound`.
+    pub(super) fn with_outbound(outbound: Outbound) -> Bus {
+        Bus {
+            outbound: Some(outbound),
+            ..Bus::default()
+        }
+    }
+
     /// Live events of a conversation from now on.
-    pub fn subscribe(&self, conversation_id: &str) -> broadcast::Receiver<Arc<Change>> {
+    fn subscribe(&self, conversation_id: &str) -> broadcast::Receiver<Live> {
         let mut map = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
         // Channels whose followers all left are dropped here (and on publish), so the map
         // holds only conversations someone follows.
@@ -159,38 +215,90 @@ impl Bus {
             .map_or(0, |s| s.receiver_count())
     }
 
-    /// Hands a committed event to the followers of its conversation on this node.
+    /// Hands a committed event (or a chat state) to the followers of its conversation, here
+    /// and on the other nodes.
     pub fn publish(&self, change: Change) {
+        if let Some(outbound) = &self.outbound {
+            outbound.change(&change);
+        }
+        let conversation_id = change.conversation_id.clone();
+        self.deliver(&conversation_id, Live::Change(Arc::new(change)));
+    }
+
+    /// To the followers of a conversation on this node; nothing when nobody here follows it.
+    fn deliver(&self, conversation_id: &str, live: Live) {
         let mut map = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = map.get(&change.conversation_id) {
+        if let Some(sender) = map.get(conversation_id) {
             if sender.receiver_count() == 0 {
-                map.remove(&change.conversation_id);
+                map.remove(conversation_id);
             } else {
-                let _ = sender.send(Arc::new(change));
+                let _ = sender.send(live);
             }
         }
     }
 
-    /// Conversation state changes from now on.
-    pub fn state_changes(&self) -> broadcast::Receiver<StateChange> {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states
-            .get_or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-            .subscribe()
+    /// Another node committed an event: followers here read it from the store.
+    pub(super) fn committed_elsewhere(&self, conversation_id: &str, seq: i64) {
+        self.deliver(conversation_id, Live::Committed(seq));
     }
 
-    /// Tells state followers that a conversation of `consumer_id` changed.
+    /// A chat state published on another node: to the followers here only.
+    pub(super) fn chat_state_elsewhere(&self, change: Change) {
+        let conversation_id = change.conversation_id.clone();
+        self.deliver(&conversation_id, Live::Change(Arc::new(change)));
+    }
+
+    /// A state change on another node: to the watchers here only.
+    pub(super) fn state_changed_elsewhere(&self, change: StateChange) {
+        self.send_state(StateSignal::Changed(change));
+    }
+
+    /// Notifications from other nodes may have been lost (the listener reconnected): every
+    /// follower and watcher on this node checks the store again.
+    pub(super) fn recheck_all(&self) {
+        self.conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, sender| sender.send(Live::Recheck).is_ok());
+        self.send_state(StateSignal::Resync);
+    }
+
+    /// Conversation state changes from now on.
+    pub fn state_changes(&self) -> StateChanges {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        StateChanges(
+            states
+                .get_or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .subscribe(),
+        )
+    }
+
+    /// Tells state watchers, here and on the other nodes, that a conversation of
+    /// `consumer_id` changed.
     pub fn state_changed(&self, conversation_id: &str, consumer_id: &str) {
+        self.publish_state(StateChange {
+            conversation_id: conversation_id.to_string(),
+            consumer_id: consumer_id.to_string(),
+            agent_id: None,
+        });
+    }
+
+    /// Tells state watchers, here and on the other nodes, of a state change.
+    pub fn publish_state(&self, change: StateChange) {
+        if let Some(outbound) = &self.outbound {
+            outbound.state(&change);
+        }
+        self.send_state(StateSignal::Changed(change));
+    }
+
+    fn send_state(&self, signal: StateSignal) {
         if let Some(sender) = self
             .states
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let _ = sender.send(StateChange {
-                conversation_id: conversation_id.to_string(),
-                consumer_id: consumer_id.to_string(),
-            });
+            let _ = sender.send(signal);
         }
     }
 }
@@ -257,15 +365,15 @@ async fn follow_until_done(
         match received {
             // A chat state carries the last sequence this follower has delivered, so a client
             // resuming from the highest sequence it saw never skips a stored event.
-            Ok(change) if !change.stored => {
+            Ok(Live::Change(change)) if !change.stored => {
                 let mut change = (*change).clone();
                 change.seq = next - 1;
                 if !out.send(messaging_notification(&[change]), cancel).await {
                     return Ok(());
                 }
             }
-            Ok(change) if change.seq < next => {}
-            Ok(change) if change.seq == next => {
+            Ok(Live::Change(change)) if change.seq < next => {}
+            Ok(Live::Change(change)) if change.seq == next => {
                 next += 1;
                 if !out
                     .send(messaging_notification(&[(*change).clone()]), cancel)
@@ -275,7 +383,11 @@ async fn follow_until_done(
                 }
             }
             // A later event arrived first (two writers): the store has everything committed.
-            Ok(_) => catch_up!(),
+            Ok(Live::Change(_)) => catch_up!(),
+            // Another node committed it (its notification is sent after the commit): read it,
+            // and anything before it, from the store.
+            Ok(Live::Committed(seq)) if seq < next => {}
+            Ok(Live::Committed(_) | Live::Recheck) => catch_up!(),
             // This follower fell behind the live channel: the same, from the store.
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "a follower fell behind; catching up from the store");
@@ -293,6 +405,94 @@ mod tests {
     use crate::relay::conversations::{Conversations, Participant};
     use crate::store::Store;
     use crate::store::seal::DataKeys;
+
+    /// Two nodes on one store, each with its own bus. A follower on the first gets what the
+    /// second commits when a hint says so, or when told to re-check (after a listener
+    /// reconnect); stale hints and hints for conversations nobody follows cost nothing.
+    #[tokio::test]
+    async fn hints_from_another_node_make_a_follower_read_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_temporary(dir.path()).await;
+        let keys = Arc::new(DataKeys::generate_for_test());
+        let node = |store: Store| {
+            Arc::new(Conversations::new(
+                "acct".into(),
+                store,
+                keys.clone(),
+                Arc::new(Bus::default()),
+                Arc::new(FakeClock::new()),
+                1000,
+            ))
+        };
+        let (here, there) = (node(store.clone()), node(store));
+        let who = Participant::Consumer("c1".into());
+        let (conv, _) = there.request("c1").await.unwrap();
+        let publish_there = |i: i64| {
+            let there = there.clone();
+            let (who, conv) = (who.clone(), conv.id.clone());
+            async move {
+                let event = there
+                    .check_event(&json!({"type": "ContentEvent", "contentType": "text/plain",
+                        "message": format!("m{i}")}))
+                    .unwrap();
+                assert_eq!(there.publish(&who, &conv, event, None).await.unwrap(), i);
+            }
+        };
+        let (outbox, mut queue) = Outbox::new(100_000);
+        let cancel = CancellationToken::new();
+        let follower = tokio::spawn(follow(
+            here.clone(),
+            conv.id.clone(),
+            0,
+            outbox,
+            cancel.clone(),
+        ));
+        while here.bus().subscribers(&conv.id) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut next_frame = async || {
+            let Some(Outgoing::Frame(frame, _permit)) = queue.recv().await else {
+                panic!("the follower closed the socket");
+            };
+            let frame: Value = serde_json::from_str(&frame).unwrap();
+            frame["body"]["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["sequence"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        };
+
+        for i in 0..3 {
+            publish_there(i).await;
+        }
+        here.bus().committed_elsewhere(&conv.id, 2);
+        assert_eq!(next_frame().await, vec![0, 1, 2]);
+        // Stale: already delivered.
+        here.bus().committed_elsewhere(&conv.id, 1);
+        for i in 3..5 {
+            publish_there(i).await;
+        }
+        // Its notifications were lost: a re-check finds them.
+        here.bus().recheck_all();
+        assert_eq!(next_frame().await, vec![3, 4]);
+        publish_there(5).await;
+        here.bus().committed_elsewhere(&conv.id, 5);
+        assert_eq!(next_frame().await, vec![5]);
+
+        // Nobody here follows this one: no channel is made, nothing is read.
+        here.bus().committed_elsewhere("another-conversation", 0);
+        assert!(
+            !here
+                .bus()
+                .conversations
+                .lock()
+                .unwrap()
+                .contains_key("another-conversation")
+        );
+        cancel.cancel();
+        follower.await.unwrap();
+    }
 
     /// A follower whose socket does not read: its task blocks on the byte budget, the live
     /// channel overflows (600 events > 256), and it catches up from the store. Every event

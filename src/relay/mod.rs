@@ -15,7 +15,8 @@
 //!   `away`: pushes to consumers who do not acknowledge agents' messages;
 //! - `conversations`: the only code that writes conversations and events (access rules,
 //!   sequences, sealing); `bus`: fan-out of committed events to followers, with catch-up
-//!   from the store so nothing is skipped; `protocol`: the envelopes;
+//!   from the store so nothing is skipped; `fanout`: the same across nodes sharing one
+//!   PostgreSQL (LISTEN/NOTIFY); `protocol`: the envelopes;
 //! - `webhooks`: signed POSTs to the brand's backend about committed changes, never
 //!   blocking the relay.
 //!
@@ -28,6 +29,7 @@ mod bus;
 mod consumer;
 mod conversations;
 mod devices;
+mod fanout;
 mod login;
 mod protocol;
 mod rest;
@@ -109,6 +111,8 @@ struct Inner {
     /// Every open session, so shutdown can wait for their close frames.
     sessions: TaskTracker,
     webhooks: webhooks::Webhooks,
+    /// Fan-out to the other nodes (PostgreSQL only), stopped once the sessions have ended.
+    fanout: Option<fanout::Fanout>,
 }
 
 /// The relay's settings that need files (the webhook secret, trust anchors), read and
@@ -166,11 +170,15 @@ impl RelayService {
             clock.clone(),
             webhooks::WebhookMetrics::register(registry),
         );
+        let (bus, fanout) = fanout::Fanout::bus_for(&store);
+        if let Some(fanout) = &fanout {
+            fanout.metrics().register(registry);
+        }
         let conversations = conversations::Conversations::new(
             config.account.clone(),
             store.clone(),
             data_keys.clone(),
-            Arc::new(bus::Bus::default()),
+            bus,
             clock,
             config.max_message_bytes,
         )
@@ -191,6 +199,7 @@ impl RelayService {
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
                 webhooks,
+                fanout,
             }),
         }
     }
@@ -262,5 +271,8 @@ impl RelayService {
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
         self.inner.webhooks.drain().await;
+        if let Some(fanout) = &self.inner.fanout {
+            fanout.stop().await;
+        }
     }
 }

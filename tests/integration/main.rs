@@ -18,5 +18,6 @@ mod push_apns;
 mod push_fcm;
 mod relay_agent;
 mod relay_consumer;
+mod relay_nodes;
 mod relay_webhooks;
 mod store;

@@ -53,6 +53,17 @@ impl Database {
         })
     }
 
+    /// The database's name (as `pg_stat_activity.datname` shows it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection to the server's maintenance database, as a superuser: for what a test
+    /// does to the server itself (ending backends, refusing connections).
+    pub fn admin(&self) -> &sqlx::PgPool {
+        &self.admin
+    }
+
     pub async fn drop(self) {
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",

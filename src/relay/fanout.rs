@@ -1,0 +1,743 @@
+//! Relay fan-out across brandgate nodes sharing one PostgreSQL, over LISTEN/NOTIFY (no broker).
+//!
+//! Owns the two tasks of a node: the sender, which `pg_notify`s each publication of this
+//! node's bus (after its commit: the bus only sees committed events), and the listener, which
+//! hands the other nodes' notifications to this node's bus. A notification is a hint, never
+//! the event: "sequence n of conversation c is committed" (followers read it from the store),
+//! "this chat state", "this conversation's state changed", or "resync" (notifications may
+//! have been lost: re-check the store). It must never carry message text: the payload is
+//! built from ids, sequences, a chat state's name and a timestamp only ([`encode`]).
+//!
+//! Notifications are not stored by PostgreSQL: those sent while a listener is disconnected
+//! are lost. So every time the listener (re)connects (also after its connection stopped
+//! answering), every follower and watcher on the node re-checks the store; and when this node
+//! could not send some (queue full, database unreachable), it sends "resync" once it can.
+//! The notification is sent after the commit, not inside its transaction: a node that dies
+//! in between leaves the others' followers without that hint until the conversation's next
+//! event (or their next re-check). SQLite is one node: no fan-out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::bus::{Bus, Change, StateChange};
+use crate::store::Store;
+
+/// The PostgreSQL notification channel every node sends on and listens to.
+pub const CHANNEL: &str = "brandgate_relay";
+/// The largest payload sent. PostgreSQL refuses more than 8000 bytes; ids are at most 255
+/// characters (identity subjects), so real payloads stay far below this.
+pub const MAX_PAYLOAD: usize = 4000;
+/// Publications waiting to be sent. When full, they are dropped and a resync is sent instead.
+const QUEUE_CAPACITY: usize = 8192;
+/// Notifications sent in one statement.
+const MAX_BATCH: usize = 256;
+/// Waits between attempts to reach the database, doubling up to the maximum.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long stopping may take to send what is queued and to let the listener go.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long the listener's connection may take to be made and to listen.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// How long the listener's connection may be quiet before it is asked whether it is there,
+/// and how long it may take to answer.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PING_LIMIT: Duration = Duration::from_secs(10);
+
+/// A notification as it travels: which node sent it, and what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Wire {
+    node: String,
+    #[serde(flatten)]
+    body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Body {
+    /// A stored event was committed; its content stays in the store.
+    Event { conversation: String, seq: i64 },
+    /// A chat state (not stored): its name, who, and when; `seq` is the last stored one.
+    ChatState {
+        conversation: String,
+        seq: i64,
+        originator: String,
+        role: String,
+        at: i64,
+        state: String,
+    },
+    /// A conversation's state changed (opened, closed, taken, returned).
+    State {
+        conversation: String,
+        consumer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// The sender lost some notifications: re-check everything.
+    Resync,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("the database refused or is unreachable: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error("{0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the connection did not answer within {0:?}")]
+    Unresponsive(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    #[error("not a relay notification: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not a chat state name")]
+    ChatState,
+}
+
+impl Body {
+    /// What a bus publication says to the other nodes: ids, sequences and a chat state's
+    /// name, never the event's content.
+    fn of_change(change: &Change) -> Option<Body> {
+        if change.stored {
+            return Some(Body::Event {
+                conversation: change.conversation_id.clone(),
+                seq: change.seq,
+            });
+        }
+        let state = change.event.get("chatState").and_then(|s| s.as_str())?;
+        Some(Body::ChatState {
+            conversation: change.conversation_id.clone(),
+            seq: change.seq,
+            originator: change.originator_id.clone(),
+            role: change.originator_role.to_string(),
+            at: change.server_timestamp,
+            state: state.to_string(),
+        })
+    }
+
+    fn of_state(change: &StateChange) -> Body {
+        Body::State {
+            conversation: change.conversation_id.clone(),
+            consumer: change.consumer_id.clone(),
+            agent: change.agent_id.clone(),
+        }
+    }
+}
+
+/// The payload for `body` from `node`, or `None` if it would exceed [`MAX_PAYLOAD`] (only
+/// possible with unusually long ids; see [`Outbound`] for what is sent instead).
+fn encode(node: &str, body: Body) -> Option<String> {
+    let payload = serde_json::to_string(&Wire {
+        node: node.to_string(),
+        body,
+    })
+    .ok()?;
+    (payload.len() <= MAX_PAYLOAD).then_some(payload)
+}
+
+/// A chat state's name as the protocol spells them (`COMPOSING`, `PAUSE`, ...).
+fn is_chat_state_name(state: &str) -> bool {
+    (1..=32).contains(&state.len()) && state.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+}
+
+/// Hands another node's notification to this node's bus (then `true`); its own are ignored.
+fn inject(bus: &Bus, own_node: &str, payload: &str) -> Result<bool, DecodeError> {
+    let wire: Wire = serde_json::from_str(payload)?;
+    if wire.node == own_node {
+        return Ok(false);
+    }
+    match wire.body {
+        Body::Event { conversation, seq } => bus.committed_elsewhere(&conversation, seq),
+        Body::ChatState {
+            conversation,
+            seq,
+            originator,
+            role,
+            at,
+            state,
+        } => {
+            if !is_chat_state_name(&state) {
+                return Err(DecodeError::ChatState);
+            }
+            bus.chat_state_elsewhere(Change {
+                conversation_id: conversation,
+                seq,
+                originator_id: originator,
+                // The same two roles the store gives back (`Conversations::events`).
+                originator_role: if role == "CONSUMER" {
+                    "CONSUMER"
+                } else {
+                    "ASSIGNED_AGENT"
+                },
+                server_timestamp: at,
+                event: json!({"type": "ChatStateEvent", "chatState": state}),
+                stored: false,
+            });
+        }
+        Body::State {
+            conversation,
+            consumer,
+            agent,
+        } => bus.state_changed_elsewhere(StateChange {
+            conversation_id: conversation,
+            consumer_id: consumer,
+            agent_id: agent,
+        }),
+        Body::Resync => bus.recheck_all(),
+    }
+    Ok(true)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    /// `sent`, `failed` (the database refused or was unreachable), `dropped` (the queue was
+    /// full), `received` (from another node), `invalid` (received, not understood).
+    outcome: &'static str,
+}
+
+/// The fan-out's metrics. Label values are fixed words, never ids.
+#[derive(Clone, Default)]
+pub struct FanoutMetrics {
+    notifications: Family<NotificationLabels, Counter>,
+    reconnects: Counter,
+}
+
+impl FanoutMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "brandgate_relay_fanout_notifications",
+            "Relay notifications between nodes over PostgreSQL, by outcome (sent, failed, dropped, received, invalid)",
+            self.notifications.clone(),
+        );
+        registry.register(
+            "brandgate_relay_fanout_listener_reconnects",
+            "Times the relay's PostgreSQL listener connection was re-established (each makes every follower and watcher re-check the store)",
+            self.reconnects.clone(),
+        );
+    }
+
+    fn count(&self, outcome: &'static str, n: usize) {
+        self.notifications
+            .get_or_create(&NotificationLabels { outcome })
+            .inc_by(n as u64);
+    }
+}
+
+/// Where the bus puts its publications for the other nodes. Never blocks the publisher: when
+/// the queue is full the publication is dropped and a resync is owed instead.
+#[derive(Clone)]
+pub struct Outbound {
+    node: Arc<str>,
+    tx: mpsc::Sender<String>,
+    overflowed: Arc<AtomicBool>,
+    metrics: FanoutMetrics,
+}
+
+impl Outbound {
+    /// A stored event (its sequence only) or a chat state.
+    pub fn change(&self, change: &Change) {
+        if let Some(body) = Body::of_change(change) {
+            match encode(&self.node, body) {
+                Some(payload) => self.enqueue(payload),
+                // A chat state is transient: one with outlandish ids is not worth a resync.
+                None if !change.stored => {
+                    tracing::debug!("a chat state is too large to notify; not sent to other nodes");
+                }
+                None => self.owe_resync(),
+            }
+        }
+    }
+
+    /// A conversation state change.
+    pub fn state(&self, change: &StateChange) {
+        match encode(&self.node, Body::of_state(change)) {
+            Some(payload) => self.enqueue(payload),
+            None => self.owe_resync(),
+        }
+    }
+
+    fn enqueue(&self, payload: String) {
+        if self.tx.try_send(payload).is_err() {
+            self.metrics.count("dropped", 1);
+            self.owe_resync();
+        }
+    }
+
+    /// The other nodes will be told to re-check everything, since something was not sent.
+    /// The queue is full or the payload too large; the sender sees the flag on its next round,
+    /// and a full queue guarantees there is one.
+    fn owe_resync(&self) {
+        self.overflowed.store(true, Ordering::SeqCst);
+        // Wakes the sender if the queue happens to be empty (an oversized payload).
+        let _ = self.tx.try_send(String::new());
+    }
+}
+
+/// The running fan-out of one node: stop it after the sessions have ended.
+pub struct Fanout {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    metrics: FanoutMetrics,
+}
+
+impl Fanout {
+    /// The bus for `store`: with fan-out to the other nodes on PostgreSQL, local on SQLite.
+    pub fn bus_for(store: &Store) -> (Arc<Bus>, Option<Fanout>) {
+        match store {
+            Store::Sqlite(_) => (Arc::new(Bus::default()), None),
+            Store::Postgres(pool) => {
+                let (bus, fanout) = Fanout::start(pool);
+                (bus, Some(fanout))
+            }
+        }
+    }
+
+    fn start(pool: &PgPool) -> (Arc<Bus>, Fanout) {
+        let node: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let metrics = FanoutMetrics::default();
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let bus = Arc::new(Bus::with_outbound(Outbound {
+            node: node.clone(),
+            tx,
+            overflowed: overflowed.clone(),
+            metrics: metrics.clone(),
+        }));
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(send(
+            pool.clone(),
+            node.clone(),
+            rx,
+            overflowed,
+            stop.clone(),
+            metrics.clone(),
+        ));
+        tasks.spawn(listen(
+            pool.clone(),
+            node.clone(),
+            bus.clone(),
+            stop.clone(),
+            metrics.clone(),
+        ));
+        tracing::info!(node = %node, "relay fan-out to other nodes over PostgreSQL LISTEN/NOTIFY");
+        (
+            bus,
+            Fanout {
+                stop,
+                tasks,
+                metrics,
+            },
+        )
+    }
+
+    pub fn metrics(&self) -> &FanoutMetrics {
+        &self.metrics
+    }
+
+    /// Sends what is still queued, stops listening, and waits for both.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Sends `payloads` in one statement (one transaction: delivered together, in order).
+async fn notify(pool: &PgPool, payloads: &[String]) -> Result<(), SendError> {
+    sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
+        .bind(CHANNEL)
+        .bind(payloads)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The sender: queued publications to `pg_notify`, in batches, in order. Owes the other
+/// nodes a resync after anything it could not send, and sends it as soon as it can.
+async fn send(
+    pool: PgPool,
+    node: Arc<str>,
+    mut rx: mpsc::Receiver<String>,
+    overflowed: Arc<AtomicBool>,
+    stop: CancellationToken,
+    metrics: FanoutMetrics,
+) {
+    let resync = encode(&node, Body::Resync).unwrap_or_default();
+    let mut owe_resync = false;
+    let mut retry = RETRY_MIN;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n == 0,
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(retry), if owe_resync => false,
+        };
+        if stopping {
+            while let Ok(payload) = rx.try_recv() {
+                batch.push(payload);
+            }
+        }
+        if overflowed.swap(false, Ordering::SeqCst) {
+            owe_resync = true;
+        }
+        // Empty payloads only wake this task up.
+        batch.retain(|p| !p.is_empty());
+        if owe_resync {
+            batch.push(resync.clone());
+        }
+        let mut failed = false;
+        for chunk in batch.chunks(MAX_BATCH) {
+            let sent = if stopping {
+                tokio::time::timeout(STOP_LIMIT, notify(&pool, chunk))
+                    .await
+                    .unwrap_or(Err(SendError::TimedOut(STOP_LIMIT)))
+            } else {
+                notify(&pool, chunk).await
+            };
+            match sent {
+                Ok(()) => metrics.count("sent", chunk.len()),
+                Err(e) => {
+                    metrics.count("failed", chunk.len());
+                    if !failed {
+                        tracing::warn!(error = %e, "relay notifications to other nodes failed; they will be told to re-check the store");
+                    }
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            owe_resync = true;
+            retry = (retry * 2).min(RETRY_MAX);
+        } else if !batch.is_empty() {
+            owe_resync = false;
+            retry = RETRY_MIN;
+        }
+        batch.clear();
+        if stopping {
+            if owe_resync {
+                tracing::warn!(
+                    "stopping with relay notifications unsent; other nodes' followers catch up on the next event"
+                );
+            }
+            return;
+        }
+    }
+}
+
+/// The listener: the other nodes' notifications to this node's bus. Its own connection
+/// (named in `pg_stat_activity` as the store's application name plus "relay listener"), made
+/// again whenever it drops or stops answering; after every (re)connection the node's
+/// followers and watchers re-check the store, since notifications sent meanwhile are lost.
+async fn listen(
+    store: PgPool,
+    node: Arc<str>,
+    bus: Arc<Bus>,
+    stop: CancellationToken,
+    metrics: FanoutMetrics,
+) {
+    let options = store.connect_options();
+    let name = match options.get_application_name() {
+        Some(app) => format!("{app} relay listener"),
+        None => "brandgate relay listener".to_string(),
+    };
+    let options = (*options).clone().application_name(&name);
+    let mut connected_before = false;
+    let mut retry = RETRY_MIN;
+    loop {
+        // A pool of its own for each connection: one the network lost without a word may take
+        // long to let go, and must not hold up its replacement. Two: sqlx may make the next
+        // while the lost one is still closing.
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(CONNECT_LIMIT)
+            .connect_lazy_with(options.clone());
+        let attempt = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, ListenError>(listener)
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = tokio::time::timeout(CONNECT_LIMIT, attempt) => {
+                c.unwrap_or(Err(ListenError::Unresponsive(CONNECT_LIMIT)))
+            }
+        };
+        let ended = match connected {
+            Ok(mut listener) => {
+                retry = RETRY_MIN;
+                if connected_before {
+                    reconnected(&metrics);
+                } else {
+                    tracing::debug!("the relay listener is listening");
+                }
+                connected_before = true;
+                // Followers that started before this LISTEN took effect may have missed
+                // something.
+                bus.recheck_all();
+                let ended = receive(&mut listener, &node, &bus, &stop, &metrics).await;
+                if let Ended::Lost(e) = &ended {
+                    tracing::warn!(error = %e, "the relay listener lost PostgreSQL");
+                }
+                ended
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "the relay listener cannot reach PostgreSQL");
+                retry = (retry * 2).min(RETRY_MAX);
+                Ended::Lost(e)
+            }
+        };
+        if matches!(ended, Ended::Stopped) {
+            let _ = tokio::time::timeout(STOP_LIMIT, pool.close()).await;
+            break;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// How a listening connection's time ended.
+enum Ended {
+    Stopped,
+    Lost(ListenError),
+}
+
+/// Hands notifications to the bus until stopped or the connection is lost (and sqlx could
+/// not make it again). Asks the connection something when it has been quiet for
+/// [`PING_EVERY`]: one the network dropped without a word (no FIN, no RST) would otherwise
+/// look quiet forever while notifications go elsewhere.
+async fn receive(
+    listener: &mut PgListener,
+    node: &str,
+    bus: &Bus,
+    stop: &CancellationToken,
+    metrics: &FanoutMetrics,
+) -> Ended {
+    let mut ping_at = tokio::time::Instant::now() + PING_EVERY;
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ended::Stopped,
+            _ = tokio::time::sleep_until(ping_at) => {
+                let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                match tokio::time::timeout(PING_LIMIT, ping).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Ended::Lost(e.into()),
+                    Err(_) => return Ended::Lost(ListenError::Unresponsive(PING_LIMIT)),
+                }
+                ping_at = tokio::time::Instant::now() + PING_EVERY;
+                continue;
+            }
+            r = listener.try_recv() => r,
+        };
+        match received {
+            Ok(Some(notification)) => {
+                ping_at = tokio::time::Instant::now() + PING_EVERY;
+                match inject(bus, node, notification.payload()) {
+                    Ok(true) => metrics.count("received", 1),
+                    Ok(false) => {}
+                    Err(e) => {
+                        metrics.count("invalid", 1);
+                        tracing::debug!(error = %e, "ignored a notification on the relay channel");
+                    }
+                }
+            }
+            // The connection dropped and sqlx made it again (and listens again).
+            Ok(None) => {
+                reconnected(metrics);
+                bus.recheck_all();
+            }
+            Err(e) => return Ended::Lost(e.into()),
+        }
+    }
+}
+
+fn reconnected(metrics: &FanoutMetrics) {
+    metrics.reconnects.inc();
+    tracing::info!(
+        "the relay listener reconnected to PostgreSQL; followers and watchers re-check the store"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(stored: bool, event: serde_json::Value) -> Change {
+        Change {
+            conversation_id: "4f9a1f4e-5b7c-4d7e-9a51-0d1c3c1b7e21".into(),
+            seq: 41,
+            originator_id: "consumer-1".into(),
+            originator_role: "CONSUMER",
+            server_timestamp: 1_700_000_000_000,
+            event,
+            stored,
+        }
+    }
+
+    #[test]
+    fn a_stored_event_is_notified_by_its_sequence_never_its_text() {
+        let secret = "the-account-number-is-4711-0815";
+        let c = change(
+            true,
+            json!({"type": "ContentEvent", "contentType": "text/plain", "message": secret}),
+        );
+        let payload = encode("node-a", Body::of_change(&c).unwrap()).unwrap();
+        assert!(!payload.contains(secret), "{payload}");
+        assert!(!payload.contains("ContentEvent"), "{payload}");
+        let wire: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            wire,
+            json!({"node": "node-a", "kind": "event",
+                "conversation": "4f9a1f4e-5b7c-4d7e-9a51-0d1c3c1b7e21", "seq": 41})
+        );
+    }
+
+    #[test]
+    fn a_chat_state_carries_its_name_and_nothing_else_of_the_event() {
+        let c = change(
+            false,
+            json!({"type": "ChatStateEvent", "chatState": "COMPOSING", "message": "secret"}),
+        );
+        let payload = encode("node-a", Body::of_change(&c).unwrap()).unwrap();
+        assert!(!payload.contains("secret"), "{payload}");
+        let wire: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(wire["kind"], "chat_state");
+        assert_eq!(wire["state"], "COMPOSING");
+    }
+
+    #[test]
+    fn payloads_stay_under_the_bound_even_with_the_longest_ids() {
+        // Identity subjects are at most 255 characters; four bytes each at worst in UTF-8.
+        let long = "\u{1F600}".repeat(255);
+        let body = Body::State {
+            conversation: uuid::Uuid::new_v4().to_string(),
+            consumer: long.clone(),
+            agent: Some(long.clone()),
+        };
+        let payload = encode(&uuid::Uuid::new_v4().simple().to_string(), body).unwrap();
+        assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
+        let mut c = change(
+            false,
+            json!({"type": "ChatStateEvent", "chatState": "PAUSE"}),
+        );
+        c.originator_id = long;
+        let payload = encode("node-a", Body::of_change(&c).unwrap()).unwrap();
+        assert!(payload.len() <= MAX_PAYLOAD);
+        // Beyond the bound nothing is encoded (the caller sends a resync instead).
+        let body = Body::State {
+            conversation: "c".into(),
+            consumer: "x".repeat(MAX_PAYLOAD),
+            agent: None,
+        };
+        assert_eq!(encode("node-a", body), None);
+        const { assert!(MAX_PAYLOAD < 8000) };
+    }
+
+    #[test]
+    fn every_kind_decodes_to_what_was_encoded() {
+        let bodies = [
+            Body::Event {
+                conversation: "c1".into(),
+                seq: 7,
+            },
+            Body::ChatState {
+                conversation: "c1".into(),
+                seq: 6,
+                originator: "u".into(),
+                role: "CONSUMER".into(),
+                at: 5,
+                state: "PAUSE".into(),
+            },
+            Body::State {
+                conversation: "c1".into(),
+                consumer: "u".into(),
+                agent: Some("agent-7".into()),
+            },
+            Body::State {
+                conversation: "c1".into(),
+                consumer: "u".into(),
+                agent: None,
+            },
+            Body::Resync,
+        ];
+        for body in bodies {
+            let payload = encode("n", body.clone()).unwrap();
+            let wire: Wire = serde_json::from_str(&payload).unwrap();
+            assert_eq!(wire.body, body);
+        }
+    }
+
+    #[tokio::test]
+    async fn another_nodes_state_change_reaches_watchers_and_its_own_is_ignored() {
+        let bus = Bus::default();
+        let mut watcher = bus.state_changes();
+        let own = encode(
+            "me",
+            Body::State {
+                conversation: "c-own".into(),
+                consumer: "u".into(),
+                agent: None,
+            },
+        )
+        .unwrap();
+        assert!(!inject(&bus, "me", &own).unwrap());
+        let other = encode(
+            "other",
+            Body::State {
+                conversation: "c1".into(),
+                consumer: "u".into(),
+                agent: Some("a".into()),
+            },
+        )
+        .unwrap();
+        assert!(inject(&bus, "me", &other).unwrap());
+        let got = watcher.recv().await.unwrap();
+        assert_eq!(got.conversation_id, "c1");
+        assert_eq!(got.agent_id.as_deref(), Some("a"));
+        // A resync reads as "you may have missed changes".
+        inject(&bus, "me", &encode("other", Body::Resync).unwrap()).unwrap();
+        assert!(matches!(
+            watcher.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+        ));
+        assert!(inject(&bus, "me", "{\"node\":\"x\",\"kind\":\"nope\"}").is_err());
+        let bad_state = encode(
+            "other",
+            Body::ChatState {
+                conversation: "c1".into(),
+                seq: 1,
+                originator: "u".into(),
+                role: "CONSUMER".into(),
+                at: 0,
+                state: "<script>".into(),
+            },
+        )
+        .unwrap();
+        assert!(inject(&bus, "me", &bad_state).is_err());
+    }
+}
