@@ -85,7 +85,7 @@ async fn run(s: Settings) {
         &env,
         "1h",
         "",
-        "requests_per_second = 1000000\nmax_sockets = 100000\nmax_frame_bytes = 16384",
+        "requests_per_second = 1000000\nmax_sockets = 100000",
     );
     let daemon = Daemon::start_with_env(
         env.path(),

@@ -463,25 +463,36 @@ impl Accounts {
         })
     }
 
-    /// Replaces the session of `bearer` by a new one (new bearer, CSRF token and lifetime);
-    /// the old bearer stops working.
+    /// Extends the session of `bearer` by a whole lifetime from now, with a new CSRF token. The
+    /// bearer stays (as on the platform): the agent's open sockets hold it and live on.
     pub async fn refresh(&self, bearer: &str) -> Result<NewSession, AgentAuthError> {
         let live = self.session(bearer).await?;
         let now = self.now_ms();
-        let p = &live.principal;
-        let (session, minted) = self
-            .mint(&p.agent_id, &p.username, now)
-            .map_err(AgentAuthError::Unavailable)?;
-        let replaced = self
+        let csrf = random_token().map_err(AgentAuthError::Unavailable)?;
+        let expires_at = now.saturating_add(millis_of(self.config.session_lifetime.0));
+        let extended = self
             .store
-            .replace_agent_session(&sha256(bearer.as_bytes()), &session, now)
+            .extend_agent_session(
+                &sha256(bearer.as_bytes()),
+                &sha256(csrf.as_bytes()),
+                expires_at,
+                now,
+            )
             .await
             .map_err(|e| AgentAuthError::Unavailable(e.to_string()))?;
-        if !replaced {
+        if !extended {
             return Err(AgentAuthError::Invalid);
         }
+        let p = live.principal;
         tracing::info!(account = %self.account, username = %p.username, "agent session refreshed");
-        Ok(minted)
+        Ok(NewSession {
+            bearer: Secret::new(bearer.to_string()),
+            csrf: Secret::new(csrf),
+            principal: AgentPrincipal {
+                expires_at: from_millis(expires_at),
+                ..p
+            },
+        })
     }
 
     /// Ends the session of `bearer`.
@@ -824,20 +835,25 @@ mod tests {
         assert_eq!(p.expires_at, w.clock.now() + Duration::from_secs(3600));
         assert!(!format!("{s:?}").contains(s.bearer.expose().as_str()));
 
+        // A refresh half-way extends the same session by a whole lifetime, with a new CSRF token.
+        w.clock.advance(Duration::from_secs(1800));
         let r = a.refresh(s.bearer.expose()).await.unwrap();
-        assert!(matches!(
-            a.authenticate(s.bearer.expose()).await,
-            Err(AgentAuthError::Invalid)
-        ));
-        assert!(matches!(
-            a.refresh(s.bearer.expose()).await,
-            Err(AgentAuthError::Invalid)
-        ));
+        assert_eq!(r.bearer.expose(), s.bearer.expose());
+        assert_eq!(
+            r.principal.expires_at,
+            w.clock.now() + Duration::from_secs(3600)
+        );
         let live = a.session(r.bearer.expose()).await.unwrap();
         assert!(live.csrf_matches(r.csrf.expose()));
         assert!(!live.csrf_matches(s.csrf.expose()));
-
-        w.clock.advance(Duration::from_secs(3600));
+        // Past the first end, still live; at the new one, gone and not refreshable.
+        w.clock.advance(Duration::from_secs(2400));
+        assert!(a.authenticate(r.bearer.expose()).await.is_ok());
+        w.clock.advance(Duration::from_secs(1200));
+        assert!(matches!(
+            a.refresh(r.bearer.expose()).await,
+            Err(AgentAuthError::Invalid)
+        ));
         assert!(matches!(
             a.authenticate(r.bearer.expose()).await,
             Err(AgentAuthError::Invalid)

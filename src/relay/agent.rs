@@ -4,10 +4,10 @@
 //!
 //! Besides the requests every socket has (`socket`), an agent sets its availability and
 //! answers rings (`routing`). It sees only the conversations routed to and taken by it. The
-//! session is read again before a request when [`RECHECK`] has passed, and every
-//! [`IDLE_RECHECK`] anyway (a logout, a disabled agent or a reset password ends the socket with
-//! 4401); when it expires the
-//! socket gets a `brandgate.SessionExpired` notification and is closed with 4410.
+//! session is read again before a request when [`RECHECK`] has passed, every [`IDLE_RECHECK`]
+//! anyway, and at its end: a refresh (`POST .../refresh`) extends it and the socket lives on;
+//! a logout, a disabled agent or a reset password ends the socket with 4401; a session that
+//! ran out gets a `brandgate.SessionExpired` notification and a close with 4410.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +23,7 @@ use super::accounts::{AgentAuthError, AgentPrincipal};
 use super::conversations::{Participant, RelayError};
 use super::protocol::{notification, response, text_response};
 use super::routing::{self, Availability, Desk};
-use super::socket::{Deadline, Link, Next, Role, close_code, error_response, run};
+use super::socket::{Link, Next, Role, close_code, error_response, run};
 
 /// How often, at most, a busy socket re-reads its session.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -95,14 +95,7 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
             let _permit = permit;
             let _tracked = relay.inner.sessions.token();
             tracing::info!(agent = %principal.agent_id, "an agent connected");
-            let link = Link::new(relay.clone(), socket);
-            // An idle socket learns of a logout or a disabled agent too.
-            tokio::spawn(watch_session(
-                relay,
-                bearer.clone(),
-                link.outbox.clone(),
-                link.lifetime(),
-            ));
+            let link = Link::new(relay, socket);
             let role = AgentRole {
                 principal,
                 bearer,
@@ -111,29 +104,6 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
             };
             run(role, link).await;
         })
-}
-
-/// Reads the session every [`IDLE_RECHECK`] until the socket ends; closes it (4401) once the
-/// session is gone (logout, disabled agent, new password).
-async fn watch_session(
-    relay: RelayService,
-    bearer: String,
-    out: super::bus::Outbox,
-    lifetime: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = lifetime.cancelled() => return,
-            _ = tokio::time::sleep(IDLE_RECHECK) => {}
-        }
-        match relay.inner.accounts.authenticate(&bearer).await {
-            Ok(_) | Err(AgentAuthError::Unavailable(_)) => {}
-            Err(_) => {
-                out.close(close_code::UNAUTHENTICATED, "the session ended");
-                return;
-            }
-        }
-    }
 }
 
 /// An agent's side of a socket.
@@ -146,46 +116,36 @@ struct AgentRole {
 }
 
 impl Role for AgentRole {
-    fn deadline(&self) -> Deadline {
-        Deadline {
-            at: tokio::time::Instant::now()
-                + self
-                    .principal
-                    .expires_at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO),
-            code: close_code::TOKEN_EXPIRED,
-            reason: "session expired",
-            notice: Some(expired_notification()),
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let end = now
+            + self
+                .principal
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+        let next_check = now + IDLE_RECHECK.saturating_sub(self.checked.elapsed());
+        end.min(next_check)
+    }
+
+    async fn deadline_passed(&mut self, link: &mut Link) -> Next {
+        match self.recheck(link).await {
+            Ok(()) => Next::Continue,
+            Err(next) => next,
         }
     }
 
     async fn frame(&mut self, link: &mut Link, text: &str) -> Next {
-        if self.principal.expires_at <= SystemTime::now() {
-            let _ = link.send(expired_notification()).await;
-            return Next::Close(close_code::TOKEN_EXPIRED, "session expired");
+        let due = self.checked.elapsed() >= RECHECK;
+        if (due || self.principal.expires_at <= SystemTime::now())
+            && let Err(next) = self.recheck(link).await
+        {
+            return next;
         }
         let request = match link.read(text).await {
             Ok(r) => r,
             Err(next) => return next,
         };
-        if self.checked.elapsed() >= RECHECK {
-            match link.relay.inner.accounts.authenticate(&self.bearer).await {
-                Ok(p) => {
-                    self.principal = p;
-                    self.checked = Instant::now();
-                }
-                // The store is down: the session was valid a moment ago; requests will fail
-                // on their own if the store stays down.
-                Err(AgentAuthError::Unavailable(_)) => {}
-                Err(_) => {
-                    let _ = link
-                        .send(text_response(&request.id, 401, "the session ended; log in"))
-                        .await;
-                    return Next::Close(close_code::UNAUTHENTICATED, "the session ended");
-                }
-            }
-        }
         let who = Participant::Agent(self.principal.agent_id.clone());
         let answer = match request.kind.as_str() {
             // The bearer authenticated the socket already.
@@ -242,6 +202,35 @@ impl Role for AgentRole {
 }
 
 impl AgentRole {
+    /// Reads the session again (a refresh extends it; a logout, a disabled agent or a new
+    /// password ends it). `Err` says how the socket closes: 4401 when the session ended, 4410
+    /// after a `brandgate.SessionExpired` notification when it ran out.
+    async fn recheck(&mut self, link: &mut Link) -> Result<(), Next> {
+        let answer = link.relay.inner.accounts.authenticate(&self.bearer).await;
+        self.checked = Instant::now();
+        match answer {
+            Ok(p) => {
+                self.principal = p;
+                Ok(())
+            }
+            // The store cannot say: the session was valid until its known end.
+            Err(AgentAuthError::Unavailable(e))
+                if self.principal.expires_at > SystemTime::now() =>
+            {
+                tracing::warn!(error = %e, "an agent's session could not be checked again");
+                Ok(())
+            }
+            Err(_) if self.principal.expires_at <= SystemTime::now() => {
+                let _ = link.send(expired_notification()).await;
+                Err(Next::Close(close_code::TOKEN_EXPIRED, "session expired"))
+            }
+            Err(_) => Err(Next::Close(
+                close_code::UNAUTHENTICATED,
+                "the session ended",
+            )),
+        }
+    }
+
     /// `routing.SubscribeRoutingTasks` (`tasks`) or `routing.SubscribeAgentsState`.
     fn subscribe(
         &mut self,

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::conversations::{Conversations, RelayError};
+use super::conversations::{Conversations, Participant, RelayError};
 use super::fanout::Outbound;
 use super::protocol::notification;
 
@@ -310,12 +310,21 @@ impl Bus {
 /// closed (1011) so the client reconnects and catches up: a subscription never dies silently.
 pub async fn follow(
     conversations: Arc<Conversations>,
+    who: Participant,
     conversation_id: String,
     from_seq: i64,
     out: Outbox,
     cancel: CancellationToken,
 ) {
-    let result = follow_until_done(&conversations, &conversation_id, from_seq, &out, &cancel).await;
+    let result = follow_until_done(
+        &conversations,
+        &who,
+        &conversation_id,
+        from_seq,
+        &out,
+        &cancel,
+    )
+    .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "a subscription to a conversation failed; closing its socket");
         out.close(
@@ -327,12 +336,23 @@ pub async fn follow(
 
 async fn follow_until_done(
     conversations: &Conversations,
+    who: &Participant,
     conversation_id: &str,
     from_seq: i64,
     out: &Outbox,
     cancel: &CancellationToken,
 ) -> Result<(), RelayError> {
     let mut live = conversations.bus().subscribe(conversation_id);
+    // An agent loses a conversation it transfers: its state changes are watched, and the
+    // subscription ends once the agent may no longer see it. (A consumer's never changes.)
+    let mut states = match who {
+        Participant::Agent(_) => {
+            let states = conversations.bus().state_changes();
+            conversations.get(who, conversation_id).await?;
+            Some(states)
+        }
+        Participant::Consumer(_) => None,
+    };
     let mut next = from_seq.max(0);
     // Sends stored events from `next` on; ends the subscription when cancelled or gone.
     macro_rules! catch_up {
@@ -360,6 +380,29 @@ async fn follow_until_done(
         let received = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
+            changed = async {
+                match states.as_mut() {
+                    Some(states) => states.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let concerned = match &changed {
+                    Ok(change) => change.conversation_id == conversation_id,
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        states = None;
+                        false
+                    }
+                };
+                if concerned {
+                    match conversations.get(who, conversation_id).await {
+                        Ok(_) => {}
+                        Err(RelayError::NotFound) => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
+            }
             r = live.recv() => r,
         };
         match received {
@@ -402,7 +445,7 @@ async fn follow_until_done(
 mod tests {
     use super::*;
     use crate::clock::fake::FakeClock;
-    use crate::relay::conversations::{Conversations, Participant};
+    use crate::relay::conversations::Conversations;
     use crate::store::Store;
     use crate::store::seal::DataKeys;
 
@@ -442,6 +485,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let follower = tokio::spawn(follow(
             here.clone(),
+            who.clone(),
             conv.id.clone(),
             0,
             outbox,
@@ -514,6 +558,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let follower = tokio::spawn(follow(
             conversations.clone(),
+            who.clone(),
             conv.id.clone(),
             0,
             outbox,

@@ -24,7 +24,7 @@ use super::RelayService;
 use super::away::Presence;
 use super::conversations::Participant;
 use super::protocol::{Request, notification, response, text_response};
-use super::socket::{Deadline, Link, Next, Role, close_code, error_response, run};
+use super::socket::{Link, Next, Role, close_code, error_response, run};
 use crate::identity::VerifyError;
 use crate::limiter::SourceSlot;
 use crate::tls::Peer;
@@ -151,24 +151,30 @@ struct ConsumerRole {
 }
 
 impl Role for ConsumerRole {
-    fn deadline(&self) -> Deadline {
+    fn deadline(&self) -> tokio::time::Instant {
         match &self.consumer {
-            None => Deadline {
-                at: self.auth_deadline,
-                code: close_code::UNAUTHENTICATED,
-                reason: "no InitConnection with a token in time",
-                notice: None,
-            },
-            Some(c) => Deadline {
-                at: tokio::time::Instant::now()
+            None => self.auth_deadline,
+            Some(c) => {
+                tokio::time::Instant::now()
                     + c.valid_until
                         .duration_since(SystemTime::now())
-                        .unwrap_or(Duration::ZERO),
-                code: close_code::TOKEN_EXPIRED,
-                reason: "token expired",
-                notice: Some(expired_notification()),
-            },
+                        .unwrap_or(Duration::ZERO)
+            }
         }
+    }
+
+    async fn deadline_passed(&mut self, link: &mut Link) -> Next {
+        if self.consumer.is_none() {
+            return Next::Close(
+                close_code::UNAUTHENTICATED,
+                "no InitConnection with a token in time",
+            );
+        }
+        if !self.expired() {
+            return Next::Continue;
+        }
+        let _ = link.send(expired_notification()).await;
+        Next::Close(close_code::TOKEN_EXPIRED, "token expired")
     }
 
     async fn frame(&mut self, link: &mut Link, text: &str) -> Next {

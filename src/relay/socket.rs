@@ -54,19 +54,13 @@ pub(super) enum Next {
     Close(u16, &'static str),
 }
 
-/// When a socket ends unless something changes first, and how.
-pub(super) struct Deadline {
-    pub at: tokio::time::Instant,
-    pub code: u16,
-    pub reason: &'static str,
-    /// A last notification sent before the close frame.
-    pub notice: Option<String>,
-}
-
 /// Who speaks on a socket: what authenticates it and the requests only it makes.
 pub(super) trait Role: Send {
-    /// When the socket ends (authentication not done in time, credential expired).
-    fn deadline(&self) -> Deadline;
+    /// When the role must look at its credential again (authentication not done in time, a
+    /// credential's end, a periodic check).
+    fn deadline(&self) -> tokio::time::Instant;
+    /// The deadline passed: the role closes the socket or carries on.
+    fn deadline_passed(&mut self, link: &mut Link) -> impl Future<Output = Next> + Send;
     /// Handles one text frame (within the size limit).
     fn frame(&mut self, link: &mut Link, text: &str) -> impl Future<Output = Next> + Send;
 }
@@ -178,11 +172,6 @@ impl Link {
         Ok(token)
     }
 
-    /// A token cancelled when the socket ends, for tasks that live as long as it.
-    pub fn lifetime(&self) -> CancellationToken {
-        self.cancel.child_token()
-    }
-
     /// Starts `subscription` once the current request's response is sent.
     pub fn start_after_reply(&mut self, subscription: impl Future<Output = ()> + Send + 'static) {
         self.pending = Some(Box::pin(subscription));
@@ -275,6 +264,7 @@ impl Link {
         self.followed.insert(dialog.clone(), token.clone());
         self.start_after_reply(follow(
             conversations,
+            who.clone(),
             dialog,
             from,
             self.outbox.clone(),
@@ -441,12 +431,10 @@ pub(super) async fn run<R: Role>(mut role: R, mut link: Link) {
                 }
                 Some(Outgoing::Close(code, reason)) => break Some((code, reason)),
             },
-            _ = tokio::time::sleep_until(deadline.at) => {
-                if let Some(notice) = deadline.notice {
-                    let _ = link.send(notice).await;
-                }
-                break Some((deadline.code, deadline.reason));
-            }
+            _ = tokio::time::sleep_until(deadline) => match role.deadline_passed(&mut link).await {
+                Next::Continue => {}
+                Next::Close(code, why) => break Some((code, why)),
+            },
             _ = link.cancel.cancelled() => {
                 break Some((close_code::GOING_AWAY, "the server is stopping"));
             }

@@ -12,8 +12,8 @@
 //!   is enabled and not locked at that moment, atomically with respect to
 //!   `set_agent_disabled` and `replace_agent_password`, which end every session of the agent:
 //!   no session outlives a disable or a password reset.
-//! - `replace_agent_session` ends the old session and stores the new one only if the old one
-//!   was still live: of two refreshes of one session, one wins.
+//! - `extend_agent_session` gives a session a new CSRF digest and a new end only while it is
+//!   live and its agent enabled (a refresh: the bearer stays, as sockets hold it).
 //! - `list_agents` is ordered by username; `list_agent_audit` newest first.
 //!
 //! Times are Unix milliseconds.
@@ -348,32 +348,30 @@ impl Store {
         Ok(row)
     }
 
-    /// Ends the session `old_hash` and stores `new` for the same agent, only if the old one
-    /// was live at `now` and its agent is enabled. Returns whether it did.
-    pub async fn replace_agent_session(
+    /// Extends a live session of an enabled agent: a new CSRF digest and end. Returns whether
+    /// it did (`false`: no such live session).
+    pub async fn extend_agent_session(
         &self,
-        old_hash: &[u8],
-        new: &AgentSessionRow,
+        token_hash: &[u8],
+        csrf_hash: &[u8],
+        expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        in_transaction!(self, tx => {
-            let ended = sqlx::query(
-                "DELETE FROM agent_sessions WHERE token_hash = $1 AND agent_id = $2 AND expires_at > $3 \
+        let done = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE agent_sessions SET csrf_hash = $1, expires_at = $2 \
+                 WHERE token_hash = $3 AND expires_at > $4 \
                  AND agent_id IN (SELECT id FROM agents WHERE NOT disabled)",
             )
-            .bind(old_hash)
-            .bind(&new.agent_id)
+            .bind(csrf_hash)
+            .bind(expires_at)
+            .bind(token_hash)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(pool)
             .await?
-            .rows_affected();
-            if ended != 1 {
-                return Ok(false);
-            }
-            insert_session!(tx, new)?;
-            tx.commit().await?;
-            Ok(true)
-        })
+            .rows_affected()
+        });
+        Ok(done == 1)
     }
 
     /// Ends a session. Returns whether it existed.

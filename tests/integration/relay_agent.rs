@@ -245,8 +245,40 @@ async fn whole_conversation(relay: &Relay) {
     assert_eq!(r["code"], 200, "{r}");
     let r = publish(&mut winner, &conv, text("still here")).await;
     assert_eq!(r["code"], 404, "{r}");
+    let r = loser
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 0}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
     let r = publish(&mut loser, &conv, text("Billing here, I take it from now")).await;
     assert_eq!(r["code"], 200, "{r}");
+    // The new agent's own follow delivers it; the same fan-out would have reached the old
+    // agent's follow by now, had it not ended with the transfer.
+    loop {
+        let got = loser.changes(1).await;
+        if got
+            .iter()
+            .any(|c| c["event"]["message"] == "Billing here, I take it from now")
+        {
+            break;
+        }
+    }
+    winner.request("GetClock", Value::Null).await;
+    let leaked: Vec<_> = winner
+        .log
+        .iter()
+        .filter(|(dir, f)| *dir == "got" && f.to_string().contains("Billing here"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the agent who let it go still gets it: {leaked:?}"
+    );
+    let r = winner
+        .request("ms.SubscribeMessagingEvents", json!({"dialogId": conv}))
+        .await;
+    assert_eq!(r["code"], 404, "{r}");
 
     // The new agent closes it: the consumer's list shows it closed.
     let r = loser

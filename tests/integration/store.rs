@@ -228,34 +228,31 @@ async fn agents_conform(store: &Store) {
         Err(StoreError::Conflict)
     ));
 
-    // A refresh replaces a live session once; the second refresh of it finds nothing.
+    // A refresh extends a live session: a new CSRF digest and end; an ended one stays ended.
     assert!(
         store
-            .replace_agent_session(&[1; 32], &session(2, "a1", 9_500), 4_000)
+            .extend_agent_session(&[1; 32], &[7; 32], 9_500, 4_000)
             .await
             .unwrap()
     );
-    assert!(
-        !store
-            .replace_agent_session(&[1; 32], &session(3, "a1", 9_500), 4_000)
-            .await
-            .unwrap()
-    );
+    let extended = store
+        .get_live_agent_session(&[1; 32], 9_200)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        store.get_live_agent_session(&[1; 32], 4_000).await.unwrap(),
-        None
+        (extended.csrf_hash, extended.expires_at),
+        (vec![7; 32], 9_500)
     );
-    assert!(
-        store
-            .get_live_agent_session(&[2; 32], 4_000)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    // An expired session is not refreshed.
     assert!(
         !store
-            .replace_agent_session(&[2; 32], &session(4, "a1", 9_900), 9_500)
+            .extend_agent_session(&[1; 32], &[8; 32], 9_900, 9_500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .extend_agent_session(&[9; 32], &[8; 32], 9_900, 4_000)
             .await
             .unwrap()
     );
