@@ -7,12 +7,18 @@
 //! `relay.away.burst`, so messages sent together make one push. The badge is the number of
 //! agent messages not acknowledged yet. A token the provider reports dead is removed.
 //!
-//! What is unread is kept in memory (bounded): a restart forgets pushes not sent yet.
+//! Before a push, the consumer's receipts are looked for in the store too (they may have been
+//! committed on another node). What is unread is kept in memory, bounded (when full, the
+//! conversations without a push pending are forgotten first) and dropped when the
+//! conversation closes: a restart forgets pushes not sent yet. Presence is per node: with
+//! several nodes, a consumer connected to another node counts as away (its receipts still
+//! prevent the push).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
 use crate::push::{Attempt, DeviceToken, Provider, PushRequest, PushService};
@@ -23,7 +29,9 @@ use crate::store::seal::DataKeys;
 /// Conversations with unread agent messages tracked at once; beyond, new ones get no push.
 const MAX_TRACKED: usize = 100_000;
 /// Unread sequences kept per conversation (the badge stops counting there).
-const MAX_UNREAD: usize = 10_000;
+const MAX_UNREAD: usize = 100;
+/// Stored events read at most when looking for the consumer's receipts before a push.
+const RECEIPTS_READ: i64 = 500;
 
 /// The associated data a device token is sealed with.
 pub fn seal_context(account: &str, consumer_id: &str, app: &str) -> Vec<u8> {
@@ -137,10 +145,14 @@ impl Away {
         let arm = {
             let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
             if unread.len() >= MAX_TRACKED && !unread.contains_key(conversation_id) {
-                tracing::warn!(
-                    "too many conversations with unread messages; no away push for this one"
-                );
-                return;
+                // Those with no push pending only keep a badge count: they go first.
+                unread.retain(|_, e| e.armed);
+                if unread.len() >= MAX_TRACKED {
+                    tracing::warn!(
+                        "too many conversations with pushes pending; no away push for this one"
+                    );
+                    return;
+                }
             }
             let entry = unread
                 .entry(conversation_id.to_string())
@@ -179,14 +191,69 @@ impl Away {
         }
     }
 
+    /// The conversation closed: nothing of it is pushed any more.
+    pub fn closed(&self, conversation_id: &str) {
+        self.unread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(conversation_id);
+    }
+
+    /// The newest sequence the consumer acknowledged (ACCEPT or READ) in the stored events
+    /// from `from` on, wherever it was committed.
+    async fn acknowledged_in_store(&self, conversation_id: &str, from: i64) -> Option<i64> {
+        let rows = match self
+            .store
+            .list_events(conversation_id, from, RECEIPTS_READ)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a conversation's receipts before an away push");
+                return None;
+            }
+        };
+        rows.iter()
+            .filter(|r| r.originator_role == "CONSUMER")
+            .filter_map(|r| {
+                let context = super::conversations::seal_context(&r.event_id);
+                let plain = self.data_keys.open(&context, &r.sealed).ok()?;
+                let event: Value = serde_json::from_slice(plain.expose()).ok()?;
+                if event.get("type").and_then(Value::as_str) != Some("AcceptStatusEvent") {
+                    return None;
+                }
+                event
+                    .get("sequenceList")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_i64)
+                    .max()
+            })
+            .max()
+    }
+
     /// The timer ran out: push if something new is still unread.
     async fn check(&self, conversation_id: &str) {
-        let due = {
+        let oldest = {
             let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
             let Some(entry) = unread.get_mut(conversation_id) else {
                 return;
             };
             entry.armed = false;
+            entry.seqs.first().copied()
+        };
+        let acknowledged = match oldest {
+            Some(oldest) => self.acknowledged_in_store(conversation_id, oldest).await,
+            None => None,
+        };
+        let due = {
+            let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(entry) = unread.get_mut(conversation_id) else {
+                return;
+            };
+            if let Some(acknowledged) = acknowledged {
+                entry.seqs.retain(|s| *s > acknowledged);
+            }
             match entry.seqs.last().copied() {
                 Some(newest) if newest > entry.pushed_through => {
                     entry.pushed_through = newest;

@@ -479,6 +479,9 @@ impl Conversations {
             .await?
         {
             tracing::info!(conversation = %conversation_id, "a conversation was closed");
+            if let Some(away) = &self.away {
+                away.closed(conversation_id);
+            }
             self.bus.state_changed(conversation_id, &row.consumer_id);
             let event = WebhookEvent::ConversationClosed;
             self.webhooks.emit(&row, closed_at, event);

@@ -95,6 +95,9 @@ pub async fn ring(
     // Tasks shown as waiting, by conversation.
     let mut ringing: HashMap<String, ConversationRow> = HashMap::new();
     let mut resync = true;
+    // The last read of the queue was cut at MAX_RINGS: when a ring ends, read it again so the
+    // conversations beyond get their turn.
+    let mut capped = false;
     loop {
         if resync {
             resync = false;
@@ -107,6 +110,7 @@ pub async fn ring(
             } else {
                 Vec::new()
             };
+            capped = waiting.len() as i64 >= MAX_RINGS;
             let waiting_ids: HashSet<&str> = waiting.iter().map(|c| c.id.as_str()).collect();
             let ended: Vec<String> = ringing
                 .keys()
@@ -159,6 +163,7 @@ pub async fn ring(
                     };
                     if was_ringing && !waiting {
                         ringing.remove(&row.id);
+                        resync = capped;
                         let how = if row.agent_id.as_deref() == Some(agent_id.as_str()) {
                             Ending::Accepted
                         } else {

@@ -230,12 +230,14 @@ impl Link {
         let seq = conversations
             .publish(who, &dialog, event, client_id)
             .await?;
-        Ok(response(
-            &r.id,
-            200,
-            "ms.PublishEventResponse",
-            json!({ "sequence": seq }),
-        ))
+        // A chat state before the first stored event has no sequence to carry (the schema
+        // allows none below 0).
+        let body = if seq >= 0 {
+            json!({ "sequence": seq })
+        } else {
+            json!({})
+        };
+        Ok(response(&r.id, 200, "ms.PublishEventResponse", body))
     }
 
     async fn follow(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
@@ -495,7 +497,31 @@ async fn watch(
     loop {
         if send_all {
             send_all = false;
-            for c in conversations.list_for(&who).await? {
+            let listed = conversations.list_for(&who).await?;
+            // What was shown and is no longer the participant's (changed while this
+            // subscription was behind, or on another node meanwhile) leaves the list.
+            let gone: Vec<String> = shown
+                .iter()
+                .filter(|id| !listed.iter().any(|c| &c.id == *id))
+                .cloned()
+                .collect();
+            for id in gone {
+                match conversations.get(&who, &id).await {
+                    Err(RelayError::NotFound) => {
+                        shown.remove(&id);
+                        if let Some(c) = conversations.get_for_routing(&id).await?
+                            && !out
+                                .send(conversation_gone(&subscription, &c), &cancel)
+                                .await
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
+            }
+            for c in listed {
                 if wanted(&c) {
                     shown.insert(c.id.clone());
                     if !out
@@ -528,12 +554,12 @@ async fn watch(
                 }
                 Ok(_) => {}
                 Err(RelayError::NotFound) if shown.remove(&change.conversation_id) => {
-                    if !out
-                        .send(
-                            conversation_gone(&subscription, &change.conversation_id),
-                            &cancel,
-                        )
-                        .await
+                    if let Some(c) = conversations
+                        .get_for_routing(&change.conversation_id)
+                        .await?
+                        && !out
+                            .send(conversation_gone(&subscription, &c), &cancel)
+                            .await
                     {
                         return Ok(());
                     }
@@ -550,6 +576,15 @@ async fn watch(
 
 /// A conversation as `cqm.ExConversationChangeNotification` shows it.
 pub fn conversation_change(subscription: &str, c: &ConversationRow) -> String {
+    change_notification(subscription, "UPSERT", c)
+}
+
+/// A conversation leaving a subscriber's list (an agent's, after a transfer), as it is now.
+fn conversation_gone(subscription: &str, c: &ConversationRow) -> String {
+    change_notification(subscription, "DELETE", c)
+}
+
+fn change_notification(subscription: &str, kind: &str, c: &ConversationRow) -> String {
     let mut participants = vec![json!({"id": c.consumer_id, "role": "CONSUMER"})];
     if let Some(agent) = &c.agent_id {
         participants.push(json!({"id": agent, "role": "ASSIGNED_AGENT"}));
@@ -559,7 +594,7 @@ pub fn conversation_change(subscription: &str, c: &ConversationRow) -> String {
         json!({
             "subscriptionId": subscription,
             "changes": [{
-                "type": "UPSERT",
+                "type": kind,
                 "result": {
                     "convId": c.id,
                     "conversationDetails": {
@@ -571,17 +606,6 @@ pub fn conversation_change(subscription: &str, c: &ConversationRow) -> String {
                     }
                 }
             }]
-        }),
-    )
-}
-
-/// A conversation leaving a subscriber's list (an agent's, after a transfer).
-fn conversation_gone(subscription: &str, conversation_id: &str) -> String {
-    notification(
-        "cqm.ExConversationChangeNotification",
-        json!({
-            "subscriptionId": subscription,
-            "changes": [{"type": "DELETE", "result": {"convId": conversation_id}}]
         }),
     )
 }

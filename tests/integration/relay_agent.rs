@@ -87,6 +87,16 @@ async fn whole_conversation(relay: &Relay) {
         )
         .await;
     assert_eq!(r["code"], 200);
+    // Typing before anything is stored: no sequence to carry (the schema has none below 0).
+    let typing = publish(
+        &mut consumer,
+        &conv,
+        json!({"type": "ChatStateEvent", "chatState": "COMPOSING"}),
+    )
+    .await;
+    assert_eq!(typing["code"], 200, "{typing}");
+    assert_eq!(typing["body"].get("sequence"), None, "{typing}");
+    consumer.notification("ms.MessagingEventNotification").await;
     let hello = publish(&mut consumer, &conv, text("hello, is anyone there?")).await;
     assert_eq!(hello["body"]["sequence"], 0);
     consumer.changes(1).await;
@@ -222,6 +232,19 @@ async fn whole_conversation(relay: &Relay) {
         conv.as_str()
     );
 
+    // The winner's own list holds it, until it lets it go.
+    let r = winner
+        .request("cqm.SubscribeExConversations", json!({}))
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let listed = winner
+        .notification("cqm.ExConversationChangeNotification")
+        .await;
+    assert_eq!(
+        listed["body"]["changes"][0]["result"]["convId"],
+        conv.as_str()
+    );
+
     // Transfer back to the queue with a skill: the other agent is rung with that skill and
     // takes it; the first one can no longer write.
     let r = winner
@@ -236,6 +259,14 @@ async fn whole_conversation(relay: &Relay) {
     let (state, task) = ring_state(&mut loser, &conv).await;
     assert_eq!(state, "WAITING");
     assert_eq!(task["skillId"], "billing");
+    let gone = winner
+        .notification("cqm.ExConversationChangeNotification")
+        .await;
+    assert_eq!(gone["body"]["changes"][0]["type"], "DELETE", "{gone}");
+    assert_eq!(
+        gone["body"]["changes"][0]["result"]["convId"],
+        conv.as_str()
+    );
     let r = loser
         .request(
             "routing.UpdateRingState",
