@@ -23,7 +23,7 @@ use super::accounts::{AgentAuthError, AgentPrincipal};
 use super::conversations::{Participant, RelayError};
 use super::protocol::{notification, response, text_response};
 use super::routing::{self, Availability, Desk};
-use super::socket::{Link, Next, Role, close_code, error_response, run};
+use super::socket::{Link, Next, Role, close_code, error_response, run, websocket};
 
 /// How often, at most, a busy socket re-reads its session.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -88,22 +88,19 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
         }
     };
     let bearer = bearer.to_string();
-    let config = &relay.inner.config;
-    ws.max_frame_size(config.max_frame_bytes * 2)
-        .max_message_size(config.max_frame_bytes * 2)
-        .on_upgrade(move |socket| async move {
-            let _permit = permit;
-            let _tracked = relay.inner.sessions.token();
-            tracing::info!(agent = %principal.agent_id, "an agent connected");
-            let link = Link::new(relay, socket);
-            let role = AgentRole {
-                principal,
-                bearer,
-                checked: Instant::now(),
-                desk: watch::Sender::new(Desk::default()),
-            };
-            run(role, link).await;
-        })
+    websocket(ws, &relay.inner.config).on_upgrade(move |socket| async move {
+        let _permit = permit;
+        let _tracked = relay.inner.sessions.token();
+        tracing::info!(agent = %principal.agent_id, "an agent connected");
+        let link = Link::new(relay, socket);
+        let role = AgentRole {
+            principal,
+            bearer,
+            checked: Instant::now(),
+            desk: watch::Sender::new(Desk::default()),
+        };
+        run(role, link).await;
+    })
 }
 
 /// An agent's side of a socket.

@@ -24,7 +24,7 @@ use super::RelayService;
 use super::away::Presence;
 use super::conversations::Participant;
 use super::protocol::{Request, notification, response, text_response};
-use super::socket::{Link, Next, Role, close_code, error_response, run};
+use super::socket::{Link, Next, Role, close_code, error_response, run, websocket};
 use crate::identity::VerifyError;
 use crate::limiter::SourceSlot;
 use crate::tls::Peer;
@@ -106,30 +106,25 @@ async fn upgrade(
         }
         _ => None,
     };
-    // The WebSocket layer stops anything past twice the limit (bounded memory); frames between
-    // the limit and that are refused by the session with a clean 1009 close.
-    let config = &relay.inner.config;
-    ws.max_frame_size(config.max_frame_bytes * 2)
-        .max_message_size(config.max_frame_bytes * 2)
-        .on_upgrade(move |socket| async move {
-            let _permit = permit;
-            // Counted until the session ends, so shutdown can wait for the close frames.
-            let _tracked = relay.inner.sessions.token();
-            let auth_deadline = tokio::time::Instant::now() + relay.inner.config.auth_timeout.0;
-            let presence = identity
-                .as_ref()
-                .map(|i| relay.inner.away.connected(&i.subject));
-            let role = ConsumerRole {
-                consumer: identity.map(|i| Consumer {
-                    id: i.subject,
-                    valid_until: i.valid_until,
-                }),
-                auth_deadline,
-                unauthenticated_slot: slot,
-                presence,
-            };
-            run(role, Link::new(relay, socket)).await;
-        })
+    websocket(ws, &relay.inner.config).on_upgrade(move |socket| async move {
+        let _permit = permit;
+        // Counted until the session ends, so shutdown can wait for the close frames.
+        let _tracked = relay.inner.sessions.token();
+        let auth_deadline = tokio::time::Instant::now() + relay.inner.config.auth_timeout.0;
+        let presence = identity
+            .as_ref()
+            .map(|i| relay.inner.away.connected(&i.subject));
+        let role = ConsumerRole {
+            consumer: identity.map(|i| Consumer {
+                id: i.subject,
+                valid_until: i.valid_until,
+            }),
+            auth_deadline,
+            unauthenticated_slot: slot,
+            presence,
+        };
+        run(role, Link::new(relay, socket)).await;
+    })
 }
 
 /// The consumer a socket speaks for, once authenticated.

@@ -302,7 +302,7 @@ impl Fanout {
     /// The bus for `store`: with fan-out to the other nodes on PostgreSQL, local on SQLite.
     pub fn bus_for(store: &Store) -> (Arc<Bus>, Option<Fanout>) {
         match store {
-            Store::Sqlite(_) => (Arc::new(Bus::default()), None),
+            Store::Sqlite(..) => (Arc::new(Bus::default()), None),
             Store::Postgres(pool) => {
                 let (bus, fanout) = Fanout::start(pool);
                 (bus, Some(fanout))

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use super::RelayService;
 use super::bus::{Outbox, Outgoing, follow};
 use super::conversations::{Conversations, Participant, RelayError};
 use super::protocol::{self, Request, malformed_response, notification, response, text_response};
+use crate::config::RelayConfig;
 use crate::store::relay::ConversationRow;
 
 /// Conversations one socket may follow at once, and conversation-list subscriptions.
@@ -396,6 +397,20 @@ pub(super) fn id_field(body: &Value, field: &str) -> Result<String, RelayError> 
         .map(str::to_string)
         .ok_or_else(|| RelayError::BadRequest(format!("body.{field} must be an id")))
 }
+
+/// The WebSocket settings every relay socket gets. The layer stops anything past twice the
+/// frame limit (bounded memory); frames between the limit and that are refused by the session
+/// with a clean 1009 close. Buffers start small (an idle socket holds a few KiB, not the
+/// library's 128 KiB read buffer) and grow for the frame at hand; frames are written at once.
+pub(super) fn websocket(ws: WebSocketUpgrade, config: &RelayConfig) -> WebSocketUpgrade {
+    ws.max_frame_size(config.max_frame_bytes * 2)
+        .max_message_size(config.max_frame_bytes * 2)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+}
+
+/// The read buffer a socket starts with.
+const READ_BUFFER: usize = 4096;
 
 /// Runs a socket until it closes: frames in, queued frames out, deadlines, shutdown.
 pub(super) async fn run<R: Role>(mut role: R, mut link: Link) {

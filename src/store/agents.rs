@@ -139,7 +139,7 @@ macro_rules! agent_row {
 macro_rules! in_transaction {
     ($store:expr, $tx:ident => $body:expr) => {
         match $store {
-            Store::Sqlite(pool) => {
+            Store::Sqlite(pool, _) => {
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 $body
             }

@@ -220,7 +220,7 @@ const PG_LOCK: i64 = 0x6272_616e_6467_6174;
 /// The newest schema version this build knows.
 pub fn latest(store: &Store) -> i64 {
     let list = match store {
-        Store::Sqlite(_) => SQLITE,
+        Store::Sqlite(..) => SQLITE,
         Store::Postgres(_) => POSTGRES,
     };
     list.last().map_or(0, |(v, _)| *v)
@@ -254,7 +254,7 @@ pub async fn run(store: &Store) -> Result<(), StoreError> {
         }};
     }
     match store {
-        Store::Sqlite(pool) => {
+        Store::Sqlite(pool, _) => {
             // IMMEDIATE: the write lock is taken at once, so a second process waits here.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             apply!(tx, SQLITE);

@@ -17,7 +17,7 @@
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            Store::Sqlite($pool) => $body,
+            Store::Sqlite($pool, _) => $body,
             Store::Postgres($pool) => $body,
         }
     };
@@ -41,7 +41,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("already exists")]
     Conflict,
@@ -69,7 +69,8 @@ impl From<sqlx::Error> for StoreError {
 /// The handle. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    /// The pool, and the writer that commits relay events in groups (see `relay`).
+    Sqlite(SqlitePool, std::sync::Arc<relay::SqliteAppender>),
     Postgres(PgPool),
 }
 
@@ -122,7 +123,8 @@ impl Store {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
             }
-            Ok(Store::Sqlite(pool))
+            let appender = std::sync::Arc::new(relay::SqliteAppender::start(pool.clone()));
+            Ok(Store::Sqlite(pool, appender))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut connect = PgConnectOptions::from_str(url).map_err(invalid)?;
             if let Some(pw) = options.password {
@@ -162,7 +164,7 @@ impl Store {
 
     pub fn backend(&self) -> &'static str {
         match self {
-            Store::Sqlite(_) => "sqlite",
+            Store::Sqlite(..) => "sqlite",
             Store::Postgres(_) => "postgres",
         }
     }

@@ -16,6 +16,8 @@
 //!   the same conversation, on any number of nodes, exactly one succeeds.
 
 use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
 
@@ -116,6 +118,58 @@ macro_rules! event_row {
             sealed: $r.try_get("sealed")?,
             created_at: $r.try_get("created_at")?,
         }
+    };
+}
+
+/// The sequence a re-send (same originator, same client event id) got the first time, in
+/// transaction `$tx` of either backend.
+macro_rules! earlier_seq {
+    ($tx:ident, $e:expr) => {
+        match $e.client_event_id {
+            Some(client_id) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT seq FROM events WHERE conversation_id = $1 AND originator_id = $2 AND client_event_id = $3",
+                )
+                .bind($e.conversation_id)
+                .bind($e.originator_id)
+                .bind(client_id)
+                .fetch_optional(&mut *$tx)
+                .await
+            }
+            None => Ok(None),
+        }
+    };
+}
+
+/// Takes the next sequence of an open conversation (`None`: closed or unknown).
+macro_rules! next_seq {
+    ($tx:ident, $conversation:expr) => {
+        sqlx::query_scalar::<_, i64>(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 AND is_open RETURNING last_seq",
+        )
+        .bind($conversation)
+        .fetch_optional(&mut *$tx)
+        .await
+    };
+}
+
+macro_rules! insert_event {
+    ($tx:ident, $e:expr, $seq:expr) => {
+        sqlx::query(concat!(
+            "INSERT INTO events (",
+            event_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind($e.conversation_id)
+        .bind($seq)
+        .bind($e.event_id)
+        .bind($e.originator_id)
+        .bind($e.originator_role)
+        .bind($e.client_event_id)
+        .bind($e.sealed)
+        .bind($e.created_at)
+        .execute(&mut *$tx)
+        .await
     };
 }
 
@@ -283,75 +337,38 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// Appends an event (see the module's contract).
+    /// Appends an event (see the module's contract). On SQLite, appends waiting at the same
+    /// time are committed together by [`SqliteAppender`] (one sync to disk for the group);
+    /// each returns once its group is committed.
     pub async fn append_event(&self, e: &NewEvent<'_>) -> Result<Appended, StoreError> {
-        // The same steps in each backend's transaction. Taking the next sequence first locks
-        // the conversation's row (PostgreSQL) or the database (SQLite, BEGIN IMMEDIATE), so
-        // the duplicate check after it sees every committed re-send.
-        macro_rules! append {
-            ($tx:ident) => {{
-                // A re-send of a stored event answers with its sequence, even if the
-                // conversation closed since.
-                macro_rules! earlier {
-                    () => {
-                        match e.client_event_id {
-                            Some(client_id) => sqlx::query_scalar::<_, i64>(
-                                "SELECT seq FROM events WHERE conversation_id = $1 AND originator_id = $2 AND client_event_id = $3",
-                            )
-                            .bind(e.conversation_id)
-                            .bind(e.originator_id)
-                            .bind(client_id)
-                            .fetch_optional(&mut *$tx)
-                            .await?,
-                            None => None,
-                        }
-                    };
-                }
-                if let Some(seq) = earlier!() {
-                    return Ok(Appended { seq, created: false });
-                }
-                let next: Option<i64> = sqlx::query_scalar(
-                    "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 AND is_open RETURNING last_seq",
-                )
-                .bind(e.conversation_id)
-                .fetch_optional(&mut *$tx)
-                .await?;
-                let Some(seq) = next else {
-                    return Err(StoreError::NotFound);
-                };
-                // Again under the conversation's lock: a concurrent re-send may have committed
-                // between the first look and the lock (PostgreSQL, READ COMMITTED).
-                if let Some(seq) = earlier!() {
-                    // Dropping the transaction rolls the sequence back.
-                    return Ok(Appended { seq, created: false });
-                }
-                sqlx::query(concat!(
-                    "INSERT INTO events (",
-                    event_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                ))
-                .bind(e.conversation_id)
-                .bind(seq)
-                .bind(e.event_id)
-                .bind(e.originator_id)
-                .bind(e.originator_role)
-                .bind(e.client_event_id)
-                .bind(e.sealed)
-                .bind(e.created_at)
-                .execute(&mut *$tx)
-                .await?;
-                $tx.commit().await?;
-                Ok(Appended { seq, created: true })
-            }};
-        }
         match self {
-            Store::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                append!(tx)
-            }
+            Store::Sqlite(_, appender) => appender.append(e).await,
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                append!(tx)
+                // A re-send of a stored event answers with its sequence, even if the
+                // conversation closed since.
+                if let Some(seq) = earlier_seq!(tx, e)? {
+                    return Ok(Appended {
+                        seq,
+                        created: false,
+                    });
+                }
+                // Taking the next sequence locks the conversation's row...
+                let Some(seq) = next_seq!(tx, e.conversation_id)? else {
+                    return Err(StoreError::NotFound);
+                };
+                // ...so this second look sees a concurrent re-send that committed between the
+                // first look and the lock (READ COMMITTED).
+                if let Some(seq) = earlier_seq!(tx, e)? {
+                    // Dropping the transaction rolls the sequence back.
+                    return Ok(Appended {
+                        seq,
+                        created: false,
+                    });
+                }
+                insert_event!(tx, e, seq)?;
+                tx.commit().await?;
+                Ok(Appended { seq, created: true })
             }
         }
     }
@@ -376,4 +393,130 @@ impl Store {
         });
         Ok(rows)
     }
+}
+
+/// Appends waiting at once, committed together: SQLite syncs the disk once per commit, so
+/// one commit for a group of appends multiplies what a node can acknowledge. One task owns
+/// the writing; each append waits for its group's commit before it is answered, so nothing
+/// is acknowledged that a crash could take back.
+#[derive(Debug)]
+pub struct SqliteAppender {
+    jobs: mpsc::Sender<AppendJob>,
+}
+
+/// Appends committed at most in one group.
+const GROUP: usize = 256;
+
+#[derive(Debug)]
+struct AppendJob {
+    event: OwnedEvent,
+    done: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// A [`NewEvent`] that can wait in a queue.
+#[derive(Debug)]
+struct OwnedEvent {
+    conversation_id: String,
+    event_id: String,
+    originator_id: String,
+    originator_role: String,
+    client_event_id: Option<String>,
+    sealed: Vec<u8>,
+    created_at: i64,
+}
+
+impl OwnedEvent {
+    fn new(e: &NewEvent<'_>) -> OwnedEvent {
+        OwnedEvent {
+            conversation_id: e.conversation_id.to_string(),
+            event_id: e.event_id.to_string(),
+            originator_id: e.originator_id.to_string(),
+            originator_role: e.originator_role.to_string(),
+            client_event_id: e.client_event_id.map(str::to_string),
+            sealed: e.sealed.to_vec(),
+            created_at: e.created_at,
+        }
+    }
+
+    fn as_new(&self) -> NewEvent<'_> {
+        NewEvent {
+            conversation_id: &self.conversation_id,
+            event_id: &self.event_id,
+            originator_id: &self.originator_id,
+            originator_role: &self.originator_role,
+            client_event_id: self.client_event_id.as_deref(),
+            sealed: &self.sealed,
+            created_at: self.created_at,
+        }
+    }
+}
+
+impl SqliteAppender {
+    /// Starts the writer (inside a tokio runtime); it ends when the last handle is dropped.
+    pub(super) fn start(pool: SqlitePool) -> SqliteAppender {
+        let (jobs, queue) = mpsc::channel(4 * GROUP);
+        tokio::spawn(write_groups(pool, queue));
+        SqliteAppender { jobs }
+    }
+
+    async fn append(&self, e: &NewEvent<'_>) -> Result<Appended, StoreError> {
+        let (done, answer) = oneshot::channel();
+        let job = AppendJob {
+            event: OwnedEvent::new(e),
+            done,
+        };
+        let stopped = || StoreError::Unavailable("the store's writer has stopped".into());
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn write_groups(pool: SqlitePool, mut queue: mpsc::Receiver<AppendJob>) {
+    let mut group = Vec::with_capacity(GROUP);
+    while queue.recv_many(&mut group, GROUP).await > 0 {
+        match commit_group(&pool, &group).await {
+            Ok(results) => {
+                for (job, result) in group.drain(..).zip(results) {
+                    let _ = job.done.send(result);
+                }
+            }
+            // Nothing of the group was committed: every append fails (a re-send with the
+            // same client event id is safe).
+            Err(e) => {
+                let e = StoreError::from(e);
+                for job in group.drain(..) {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole group. `BEGIN IMMEDIATE` holds the database's write lock, so
+/// each check sees everything committed and every append before it in the group, and nothing
+/// else writes in between: no append needs undoing within the transaction.
+async fn commit_group(
+    pool: &SqlitePool,
+    group: &[AppendJob],
+) -> Result<Vec<Result<Appended, StoreError>>, sqlx::Error> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut results = Vec::with_capacity(group.len());
+    for job in group {
+        let e = job.event.as_new();
+        if let Some(seq) = earlier_seq!(tx, e)? {
+            results.push(Ok(Appended {
+                seq,
+                created: false,
+            }));
+            continue;
+        }
+        let Some(seq) = next_seq!(tx, e.conversation_id)? else {
+            results.push(Err(StoreError::NotFound));
+            continue;
+        };
+        insert_event!(tx, e, seq)?;
+        results.push(Ok(Appended { seq, created: true }));
+    }
+    tx.commit().await?;
+    Ok(results)
 }

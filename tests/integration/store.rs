@@ -90,7 +90,7 @@ async fn conforms(store: &Store) {
     let future = migrate::latest(store) + 1;
     let insert = "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)";
     match store {
-        Store::Sqlite(pool) => sqlx::query(insert)
+        Store::Sqlite(pool, _) => sqlx::query(insert)
             .bind(future)
             .execute(pool)
             .await
