@@ -424,7 +424,9 @@ pub(super) async fn run<R: Role>(mut role: R, mut link: Link) {
                     Message::Text(text) if text.len() > max_frame => {
                         break Some((close_code::TOO_BIG, "frame larger than relay.max_frame_bytes"));
                     }
-                    Message::Text(text) => match role.frame(&mut link, text.as_str()).await {
+                    // Boxed: the request's future (store calls and all) is allocated while it
+                    // runs, not held by every idle socket.
+                    Message::Text(text) => match Box::pin(role.frame(&mut link, text.as_str())).await {
                         Next::Continue => {}
                         Next::Close(code, why) => break Some((code, why)),
                     },
@@ -448,7 +450,7 @@ pub(super) async fn run<R: Role>(mut role: R, mut link: Link) {
                 }
                 Some(Outgoing::Close(code, reason)) => break Some((code, reason)),
             },
-            _ = tokio::time::sleep_until(deadline) => match role.deadline_passed(&mut link).await {
+            _ = tokio::time::sleep_until(deadline) => match Box::pin(role.deadline_passed(&mut link)).await {
                 Next::Continue => {}
                 Next::Close(code, why) => break Some((code, why)),
             },
