@@ -55,7 +55,14 @@ fn main() {
             paced_seconds: 10,
         }
     };
-    raise_open_files();
+    let open_files = raise_open_files();
+    // Each socket is a descriptor here and one in the daemon; keep room for the rest.
+    let settings = Settings {
+        idle_sockets: settings
+            .idle_sockets
+            .min((open_files as usize).saturating_sub(500)),
+        ..settings
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,18 +71,28 @@ fn main() {
     runtime.block_on(run(settings));
 }
 
-/// Sockets need file descriptors on both ends: the soft limit goes up to the hard one (the
-/// daemon, started from here, inherits it).
-fn raise_open_files() {
+/// Sockets need file descriptors on both ends: the limit goes up to 65,536 where allowed
+/// (root), else the soft limit to the hard one (the daemon, started from here, inherits it).
+/// Returns the limit in force.
+fn raise_open_files() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
         }
+        let wanted = libc::rlimit {
+            rlim_cur: 65_536,
+            rlim_max: limit.rlim_max.max(65_536),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return wanted.rlim_cur;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        limit.rlim_cur
     }
 }
 
@@ -137,8 +154,10 @@ async fn idle_sockets(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>, n: us
             let auth = auth.clone();
             tokio::spawn(async move {
                 let _permit = gate.acquire().await.unwrap();
-                MessagingClient::socket(&tls, addr, PLATFORM_PATH, Some(&auth))
+                let open = MessagingClient::socket(&tls, addr, PLATFORM_PATH, Some(&auth));
+                tokio::time::timeout(Duration::from_secs(30), open)
                     .await
+                    .expect("a socket opens within 30 s")
                     .unwrap()
             })
         })

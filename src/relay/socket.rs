@@ -410,7 +410,7 @@ pub(super) fn websocket(ws: WebSocketUpgrade, config: &RelayConfig) -> WebSocket
 }
 
 /// The read buffer a socket starts with.
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 1024;
 
 /// Runs a socket until it closes: frames in, queued frames out, deadlines, shutdown.
 pub(super) async fn run<R: Role>(mut role: R, mut link: Link) {
