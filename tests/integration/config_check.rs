@@ -502,7 +502,12 @@ async fn an_unreadable_secret_says_how_to_fix_it() {
     ));
     let path = env.file("locked.toml", &config);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut command = std::process::Command::new(crate::support::daemon::binary());
+    // The unprivileged user may not reach the build directory (a checkout under a 0700
+    // directory): it runs a copy from the test's own world-readable directory.
+    let binary = env.path().join("brandgate");
+    std::fs::copy(crate::support::daemon::binary(), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = std::process::Command::new(&binary);
     command.args(["check-config", "--config", path.to_str().unwrap()]);
     if root {
         command.uid(65534).gid(65534);
