@@ -392,13 +392,19 @@ impl Conversations {
                         originator_id: who.id(),
                         originator_role: who.role(),
                         client_event_id,
+                        holder: match who {
+                            Participant::Agent(id) => Some(id),
+                            Participant::Consumer(_) => None,
+                        },
                         sealed: &sealed,
                         created_at: now,
                     })
                     .await
-                    .map_err(|e| match e {
-                        StoreError::NotFound => RelayError::Closed,
-                        other => other.into(),
+                    .map_err(|e| match (e, who) {
+                        // Transferred away in the meantime: no longer this agent's.
+                        (StoreError::NotFound, Participant::Agent(_)) => RelayError::NotFound,
+                        (StoreError::NotFound, Participant::Consumer(_)) => RelayError::Closed,
+                        (other, _) => other.into(),
                     })?;
                 if appended.created {
                     if let Some(away) = &self.away {

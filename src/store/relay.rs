@@ -8,7 +8,8 @@
 //!   when it returns `Ok`, the event is committed (an acknowledged message survives a crash).
 //!   An event with a client event id already stored for the same originator returns the
 //!   sequence it got the first time and stores nothing (a re-send after a lost ack).
-//! - Events are only appended to open conversations ([`StoreError::NotFound`] otherwise);
+//! - Events are only appended to open conversations, and an agent's only while it holds the
+//!   conversation ([`StoreError::NotFound`] otherwise);
 //!   a re-send of an event stored before the close still answers with its sequence.
 //! - `list_events` returns events in sequence order.
 //! - An event's body is sealed by the caller; the store never sees message text.
@@ -50,6 +51,9 @@ pub struct NewEvent<'a> {
     pub originator_role: &'a str,
     /// The client's own id for the event, making a re-send idempotent.
     pub client_event_id: Option<&'a str>,
+    /// For an agent's event: the agent that must still hold the conversation when it is
+    /// appended (a transfer in between refuses it).
+    pub holder: Option<&'a str>,
     pub sealed: &'a [u8],
     /// Unix milliseconds.
     pub created_at: i64,
@@ -141,13 +145,16 @@ macro_rules! earlier_seq {
     };
 }
 
-/// Takes the next sequence of an open conversation (`None`: closed or unknown).
+/// Takes the next sequence of an open conversation (`None`: closed, unknown, or no longer
+/// held by the event's holder).
 macro_rules! next_seq {
-    ($tx:ident, $conversation:expr) => {
+    ($tx:ident, $e:expr) => {
         sqlx::query_scalar::<_, i64>(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 AND is_open RETURNING last_seq",
+            "UPDATE conversations SET last_seq = last_seq + 1 \
+             WHERE id = $1 AND is_open AND ($2 IS NULL OR agent_id = $2) RETURNING last_seq",
         )
-        .bind($conversation)
+        .bind($e.conversation_id)
+        .bind($e.holder)
         .fetch_optional(&mut *$tx)
         .await
     };
@@ -354,7 +361,7 @@ impl Store {
                     });
                 }
                 // Taking the next sequence locks the conversation's row...
-                let Some(seq) = next_seq!(tx, e.conversation_id)? else {
+                let Some(seq) = next_seq!(tx, e)? else {
                     return Err(StoreError::NotFound);
                 };
                 // ...so this second look sees a concurrent re-send that committed between the
@@ -421,6 +428,7 @@ struct OwnedEvent {
     originator_id: String,
     originator_role: String,
     client_event_id: Option<String>,
+    holder: Option<String>,
     sealed: Vec<u8>,
     created_at: i64,
 }
@@ -433,6 +441,7 @@ impl OwnedEvent {
             originator_id: e.originator_id.to_string(),
             originator_role: e.originator_role.to_string(),
             client_event_id: e.client_event_id.map(str::to_string),
+            holder: e.holder.map(str::to_string),
             sealed: e.sealed.to_vec(),
             created_at: e.created_at,
         }
@@ -445,6 +454,7 @@ impl OwnedEvent {
             originator_id: &self.originator_id,
             originator_role: &self.originator_role,
             client_event_id: self.client_event_id.as_deref(),
+            holder: self.holder.as_deref(),
             sealed: &self.sealed,
             created_at: self.created_at,
         }
@@ -510,7 +520,7 @@ async fn commit_group(
             }));
             continue;
         }
-        let Some(seq) = next_seq!(tx, e.conversation_id)? else {
+        let Some(seq) = next_seq!(tx, e)? else {
             results.push(Err(StoreError::NotFound));
             continue;
         };

@@ -443,6 +443,7 @@ fn new_event<'a>(conv: &'a str, event_id: &'a str, client: Option<&'a str>) -> N
         originator_id: "consumer-1",
         originator_role: "CONSUMER",
         client_event_id: client,
+        holder: None,
         sealed: b"sealed",
         created_at: 2_000,
     }
@@ -710,6 +711,16 @@ async fn routing_conforms(store: &Store) {
     assert_eq!(returned.skill.as_deref(), Some("billing"));
     assert!(store.take_conversation("q0", "agent-x").await.unwrap());
     assert!(store.take_conversation("q1", "agent-x").await.unwrap());
+    // An agent's event goes in only while the agent holds the conversation.
+    let by = |holder| NewEvent {
+        holder: Some(holder),
+        ..new_event("q1", "by-agent", None)
+    };
+    assert!(matches!(
+        store.append_event(&by("agent-y")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.append_event(&by("agent-x")).await.unwrap().created);
     assert_eq!(
         store
             .list_agent_conversations("acct", "agent-x", 10)
