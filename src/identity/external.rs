@@ -6,8 +6,9 @@
 //! header's, `iss`, `aud` one of the accepted audiences, `exp`, `iat` and the longest lifetime,
 //! `sub`.
 //!
-//! Its consumers are `"<id>:<sub>"`, so an external `sub` is never one of brandgate's own
-//! consumers nor another issuer's. A JWKS that cannot be read while a set is cached keeps the
+//! Its consumers are `"<id>:<sub>"`, so an external `sub` is never another issuer's; and
+//! brandgate's own tokens with a subject of that form are refused (`owns_subject`), so it is
+//! never one of brandgate's own consumers either. A JWKS that cannot be read while a set is cached keeps the
 //! cached set; with none, tokens are `Unavailable` (a retry may work), never refused.
 //!
 //! It never logs a token or a claim; a refusal names the check that failed.
@@ -82,6 +83,16 @@ impl ExternalIssuers {
             );
         }
         ExternalIssuers { by_issuer }
+    }
+
+    /// Whether `subject` is of the form `"<id>:..."` for one of these issuers' ids: reserved
+    /// for their consumers.
+    pub fn owns_subject(&self, subject: &str) -> bool {
+        self.by_issuer.values().any(|x| {
+            subject
+                .strip_prefix(x.id.as_str())
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
     }
 
     /// The issuer a token names, if it is one of these.

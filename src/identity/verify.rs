@@ -114,7 +114,9 @@ impl IdentityService {
         }
         let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation)
             .map_err(|e| refusal(&e))?;
-        if data.claims.sub.is_empty() {
+        // "<id>:<sub>" belongs to external issuer <id>: brandgate's own consumer of that name
+        // (a trusted backend or a login can name one) would be the external one.
+        if data.claims.sub.is_empty() || live.external.owns_subject(&data.claims.sub) {
             return Err(VerifyError::Invalid("subject"));
         }
         let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(data.claims.exp);
