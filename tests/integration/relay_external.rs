@@ -23,9 +23,15 @@ fn now() -> u64 {
 
 /// A relay accepting tokens of `issuer` (JWKS at `<issuer>/jwks`) as external issuer "shop".
 async fn relay_trusting(env: TestEnv, issuer: &str) -> Relay {
+    let config = config_trusting(&env, issuer, &[AUDIENCE, "other-app"]);
+    Relay::start_on(env, &config).await
+}
+
+/// The relay's config with external issuer "shop" at `issuer`, for `audiences`.
+fn config_trusting(env: &TestEnv, issuer: &str, audiences: &[&str]) -> String {
     let ca = env.ca.write(env.path(), "idp-ca");
-    let config = relay_world::config(
-        &env,
+    relay_world::config(
+        env,
         "1h",
         "",
         "requests_per_second = 100000\nauth_timeout = \"1s\"",
@@ -35,13 +41,13 @@ async fn relay_trusting(env: TestEnv, issuer: &str) -> Relay {
 id = "shop"
 issuer = "{issuer}"
 jwks_url = "{issuer}/jwks"
-audiences = ["{AUDIENCE}", "other-app"]
+audiences = {audiences}
 extra_trust_anchors = ["{ca}"]
 jwks_min_refetch = "1s"
 "#,
+        audiences = json!(audiences),
         ca = ca.display(),
-    );
-    Relay::start_on(env, &config).await
+    )
 }
 
 /// The upgrade with `token`: the socket, or the status it was refused with.
@@ -143,6 +149,9 @@ async fn an_external_consumer_converses_apart_from_brandgates_own() {
         )
         .await;
     assert_eq!(r["code"], 404, "{r}");
+    // Nor can brandgate's own tokens name the external consumer.
+    let impostor = relay.token_for("shop:alice").await;
+    assert_refused(&relay, &impostor, "subject").await;
     idp.stop().await;
 }
 
@@ -231,6 +240,34 @@ async fn external_tokens_failing_a_check_are_refused() {
     }
     // The good token still passes: nothing above poisoned the cached keys.
     upgrade(&relay, &good).await.expect("accepted");
+    idp.stop().await;
+    // Refusals are logged by reason, never with the token or its claims.
+    let logs = relay.daemon.logs();
+    assert!(logs.contains("refused"), "{logs}");
+    assert!(!logs.contains(good.split('.').nth(1).unwrap()));
+    assert!(!logs.contains("someone-else"));
+}
+
+#[tokio::test]
+async fn a_reload_applies_changed_external_issuers() {
+    let env = TestEnv::new();
+    let idp = Idp::start(&env, vec![], json!({})).await;
+    let mut relay = relay_trusting(env, &idp.issuer).await;
+    let late = idp
+        .sign(
+            json!({"sub": "erin", "aud": "late-app", "iat": now(), "exp": now() + 600}),
+            "provider",
+        )
+        .await;
+    assert_refused(&relay, &late, "audience").await;
+
+    let config = config_trusting(&relay.env, &idp.issuer, &[AUDIENCE, "late-app"]);
+    relay.daemon.rewrite_config(&config);
+    relay.daemon.reload().await;
+    let mut c = upgrade(&relay, &late)
+        .await
+        .expect("accepted after the reload");
+    open_conversation(&mut c).await;
     idp.stop().await;
 }
 
