@@ -49,6 +49,9 @@ pub struct IdentityConfig {
     /// The brand's own systems that ask for tokens at `POST /identity/v1/token`.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Other issuers whose consumer tokens the relay accepts, checked against their JWKS.
+    #[serde(default)]
+    pub external_issuers: Vec<ExternalIssuerConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +286,39 @@ pub struct BackendConfig {
     pub accepted_audiences: Vec<String>,
 }
 
+/// An issuer of consumer tokens other than brandgate (the brand's own token service, say): the
+/// relay accepts its tokens as consumer identities, checked against its published JWKS. Its
+/// consumers are `"<id>:<sub>"` in the relay, so they never meet brandgate's own or another
+/// issuer's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIssuerConfig {
+    /// A short name (letters, digits, `-`, `_`): the prefix of its consumers' ids, and the name
+    /// in logs.
+    pub id: String,
+    /// The `iss` its tokens carry, compared exactly.
+    pub issuer: String,
+    /// Where its JWKS is published (https).
+    pub jwks_url: String,
+    /// The `aud` values accepted (a token must name one).
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted (asymmetric only).
+    #[serde(default = "defaults::external_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for the JWKS URL, besides the system's.
+    #[serde(default)]
+    pub extra_trust_anchors: Vec<PathBuf>,
+    /// Tokens whose `exp - iat` is longer (or that have no `iat`) are refused.
+    #[serde(default = "defaults::external_max_token_lifetime")]
+    pub max_token_lifetime: Span,
+    /// The JWKS is read again this often (and when a token names a key not seen yet).
+    #[serde(default = "defaults::jwks_refresh")]
+    pub jwks_refresh: Span,
+    /// The JWKS is read at most this often, whatever tokens name.
+    #[serde(default = "defaults::jwks_min_refetch")]
+    pub jwks_min_refetch: Span,
+}
+
 impl IdentityConfig {
     /// The upstream's redirect URI: configured, or `<issuer>/callback`.
     pub fn callback_uri(&self) -> Option<String> {
@@ -441,6 +477,86 @@ impl IdentityConfig {
                 );
             }
         }
+        self.check_external_issuers(p);
+    }
+
+    fn check_external_issuers(&self, p: &mut Problems) {
+        let mut ids = std::collections::HashSet::new();
+        let mut issuers = std::collections::HashSet::new();
+        for (i, x) in self.external_issuers.iter().enumerate() {
+            let key = format!("identity.external_issuers[{i}]");
+            if x.id.is_empty()
+                || x.id.len() > 32
+                || !x
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                p.push(
+                    format!("{key}.id"),
+                    "must be 1 to 32 letters, digits, '-' or '_'",
+                );
+            }
+            if !ids.insert(x.id.as_str()) {
+                p.push(
+                    format!("{key}.id"),
+                    format!("{:?} is configured twice", x.id),
+                );
+            }
+            if x.issuer.is_empty() {
+                p.push(format!("{key}.issuer"), "must not be empty");
+            } else if x.issuer.trim_end_matches('/') == self.issuer.trim_end_matches('/') {
+                p.push(
+                    format!("{key}.issuer"),
+                    "is brandgate's own issuer; its tokens are checked against its own key ring",
+                );
+            } else if !issuers.insert(x.issuer.as_str()) {
+                p.push(
+                    format!("{key}.issuer"),
+                    format!("{:?} is configured twice", x.issuer),
+                );
+            }
+            match crate::http_client::check_url(&x.jwks_url) {
+                Ok(u) if u.scheme_str() == Some("https") => {}
+                Ok(_) => p.push(format!("{key}.jwks_url"), "must be an https:// URL"),
+                Err(e) => p.push(format!("{key}.jwks_url"), e),
+            }
+            if x.audiences.is_empty() || x.audiences.iter().any(String::is_empty) {
+                p.push(
+                    format!("{key}.audiences"),
+                    "list the accepted aud values (non-empty): a token for someone else must not pass",
+                );
+            }
+            if x.algorithms.is_empty() {
+                p.push(format!("{key}.algorithms"), "list at least one algorithm");
+            }
+            for (j, alg) in x.algorithms.iter().enumerate() {
+                if !UPSTREAM_ALGORITHMS.contains(&alg.as_str()) {
+                    p.push(
+                        format!("{key}.algorithms[{j}]"),
+                        format!("{alg:?} is not one of {}", UPSTREAM_ALGORITHMS.join(", ")),
+                    );
+                }
+            }
+            if x.max_token_lifetime.0.is_zero()
+                || x.max_token_lifetime.0 > Duration::from_secs(30 * 86_400)
+            {
+                p.push(
+                    format!("{key}.max_token_lifetime"),
+                    "must be above 0 and at most 30d",
+                );
+            }
+            if x.jwks_min_refetch.0 < Duration::from_secs(1) {
+                p.push(format!("{key}.jwks_min_refetch"), "must be at least 1s");
+            }
+            if x.jwks_refresh.0 < Duration::from_secs(60) || x.jwks_refresh.0 < x.jwks_min_refetch.0
+            {
+                p.push(
+                    format!("{key}.jwks_refresh"),
+                    "must be at least 1m and at least jwks_min_refetch",
+                );
+            }
+        }
     }
 }
 
@@ -529,6 +645,18 @@ mod defaults {
             .map(String::from)
             .collect()
     }
+    pub fn external_algorithms() -> Vec<String> {
+        ["RS256", "ES256"].into_iter().map(String::from).collect()
+    }
+    pub fn external_max_token_lifetime() -> Span {
+        Span(Duration::from_secs(86_400))
+    }
+    pub fn jwks_refresh() -> Span {
+        Span(Duration::from_secs(3600))
+    }
+    pub fn jwks_min_refetch() -> Span {
+        Span(Duration::from_secs(30))
+    }
     pub fn upstream_timeout() -> Span {
         Span(Duration::from_secs(10))
     }
@@ -572,5 +700,70 @@ mod tests {
         assert!(check_redirect_uri("https://x.example/cb#frag").is_err());
         assert!(check_redirect_uri("javascript://alert(1)").is_err());
         assert!(check_redirect_uri("JavaScript://alert(1)").is_err());
+    }
+
+    fn external(extra: serde_json::Value) -> Vec<String> {
+        let mut issuer = serde_json::json!({
+            "id": "shop", "issuer": "https://login.shop.example",
+            "jwks_url": "https://login.shop.example/jwks", "audiences": ["chat"]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            issuer[k] = v.clone();
+        }
+        let config: IdentityConfig = serde_json::from_value(serde_json::json!({
+            "issuer": "https://id.brand.example", "external_issuers": [issuer]
+        }))
+        .unwrap();
+        let mut p = Problems::default();
+        config.check_shape(&mut p);
+        p.0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn external_issuers_are_checked() {
+        assert!(external(serde_json::json!({})).is_empty());
+        for (bad, key) in [
+            (serde_json::json!({"id": "a:b"}), ".id"),
+            (serde_json::json!({"id": ""}), ".id"),
+            (serde_json::json!({"audiences": []}), ".audiences"),
+            (
+                serde_json::json!({"jwks_url": "http://login.shop.example/jwks"}),
+                ".jwks_url",
+            ),
+            (
+                serde_json::json!({"jwks_url": "http://127.0.0.1/jwks"}),
+                ".jwks_url",
+            ),
+            (
+                serde_json::json!({"algorithms": ["none"]}),
+                ".algorithms[0]",
+            ),
+            (
+                serde_json::json!({"algorithms": ["HS256"]}),
+                ".algorithms[0]",
+            ),
+            (serde_json::json!({"algorithms": []}), ".algorithms"),
+            (
+                serde_json::json!({"issuer": "https://id.brand.example/"}),
+                ".issuer",
+            ),
+            (
+                serde_json::json!({"max_token_lifetime": "0s"}),
+                ".max_token_lifetime",
+            ),
+            (serde_json::json!({"jwks_refresh": "10s"}), ".jwks_refresh"),
+        ] {
+            let found = external(bad.clone());
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.contains(&format!("identity.external_issuers[0]{key}"))),
+                "{bad}: {found:?}"
+            );
+        }
+        let unknown: Result<ExternalIssuerConfig, _> = serde_json::from_value(serde_json::json!({
+            "id": "shop", "issuer": "x", "jwks_url": "https://x/", "audiences": ["a"], "extra": 1
+        }));
+        assert!(unknown.is_err());
     }
 }

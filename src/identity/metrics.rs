@@ -17,10 +17,17 @@ struct TokenLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JwksLabels {
+    /// `ok` or `failed`.
+    outcome: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct IdentityMetrics {
     logins: Family<LoginLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    jwks_fetches: Family<JwksLabels, Counter>,
 }
 
 impl IdentityMetrics {
@@ -36,7 +43,18 @@ impl IdentityMetrics {
             "Consumer token requests, by flow and outcome (issued, refused, client_refused, failed)",
             m.tokens.clone(),
         );
+        registry.register(
+            "brandgate_identity_external_jwks_fetches",
+            "JWKS fetches from external token issuers, by outcome (ok, failed)",
+            m.jwks_fetches.clone(),
+        );
         m
+    }
+
+    pub fn jwks_fetch(&self, outcome: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&JwksLabels { outcome })
+            .inc();
     }
 
     pub fn login(&self, outcome: &'static str) {

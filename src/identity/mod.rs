@@ -14,11 +14,13 @@
 //! - `claims`: the subject rule and the claim mapping; `callers`: who may ask for tokens;
 //!   `grants`: single-use states and codes, sealed in the store;
 //! - `keys` manages the ring (it makes and seals key material); `mint` is the only code that
-//!   opens a private key and signs; `verify` checks the consumer tokens it signed.
+//!   opens a private key and signs; `verify` checks the consumer tokens it signed, and hands
+//!   those of configured external issuers to `external` (their JWKS, their checks).
 
 mod callers;
 mod claims;
 mod endpoints;
+mod external;
 mod grants;
 mod issue;
 pub mod keys;
@@ -85,7 +87,8 @@ struct Inner {
     logins: SourceLimiter,
     /// Failed client and backend authentications, per source.
     failures: SourceLimiter,
-    /// What a reload replaces: the login provider, the claim mapping, clients and backends.
+    /// What a reload replaces: the login provider, the claim mapping, clients, backends and
+    /// external issuers.
     live: std::sync::RwLock<Arc<Prepared>>,
     grants: grants::Grants,
     metrics: IdentityMetrics,
@@ -100,6 +103,7 @@ pub struct Prepared {
     upstream: Option<Arc<upstream::Upstream>>,
     mapper: claims::ClaimMapper,
     callers: callers::Callers,
+    external: external::ExternalIssuers,
 }
 
 impl IdentityService {
@@ -121,10 +125,12 @@ impl IdentityService {
             client_ca_configured,
             &mut problems,
         );
+        let external = external::ExternalIssuers::build(&config.external_issuers, &mut problems);
         problems.into_result(Prepared {
             upstream,
             mapper,
             callers,
+            external,
         })
     }
 

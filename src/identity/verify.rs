@@ -1,5 +1,6 @@
-//! Checks the consumer identity tokens brandgate minted itself, for the rest of the process
-//! (the relay's consumers): signed by a key the ring publishes now (next, active or retired,
+//! Checks consumer identity tokens for the rest of the process (the relay's consumers): a
+//! token whose `iss` is a configured external issuer goes to `external`; any other must be one
+//! brandgate minted itself: signed by a key the ring publishes now (next, active or retired,
 //! so a token outlives its key's retirement), with the algorithm of that key, `iss` this
 //! issuer, `aud` the configured audience, and `exp` (and `iat`) within the leeway.
 //!
@@ -11,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::IdentityService;
 use super::keys::Algorithm;
+use super::{IdentityService, external};
 
 /// Longest token accepted (the platform's own limit for a consumer JWT).
 pub const MAX_TOKEN: usize = 2048;
@@ -28,15 +29,16 @@ pub struct ConsumerIdentity {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
-    #[error("not a token brandgate issued")]
+    #[error("not a token brandgate issued or accepts")]
     Malformed,
-    #[error("signed by a key brandgate does not publish")]
+    #[error("signed by a key its issuer does not publish")]
     UnknownKey,
     #[error("expired")]
     Expired,
     #[error("fails a check: {0}")]
     Invalid(&'static str),
-    #[error("the key ring cannot be read")]
+    /// The key ring, or an external issuer's JWKS, cannot be read: a retry may work.
+    #[error("the signing keys cannot be read")]
     Unavailable,
 }
 
@@ -50,11 +52,42 @@ struct TokenClaims {
 #[derive(Default)]
 pub(super) struct KeyCache(Mutex<HashMap<String, (Algorithm, jsonwebtoken::DecodingKey)>>);
 
+/// Which check a token failed, from jsonwebtoken's error (its kind, never its text).
+pub(super) fn refusal(e: &jsonwebtoken::errors::Error) -> VerifyError {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => VerifyError::Expired,
+        ErrorKind::InvalidIssuer => VerifyError::Invalid("issuer"),
+        ErrorKind::InvalidAudience => VerifyError::Invalid("audience"),
+        ErrorKind::InvalidSignature => VerifyError::Invalid("signature"),
+        ErrorKind::ImmatureSignature => VerifyError::Invalid("not valid yet"),
+        _ => VerifyError::Invalid("claims"),
+    }
+}
+
 impl IdentityService {
-    /// Checks a consumer token brandgate minted.
+    /// Checks a consumer token: one brandgate minted, or one of a configured external issuer
+    /// (whose consumers are `"<id>:<sub>"`).
     pub async fn verify_consumer(&self, token: &str) -> Result<ConsumerIdentity, VerifyError> {
         if token.len() > MAX_TOKEN {
             return Err(VerifyError::Malformed);
+        }
+        // Chosen by the unverified `iss`: exactly one candidate checks the token. A token
+        // naming another issuer goes on to the own-token checks, which refuse it.
+        let live = self.live();
+        if let Some(external) = external::unverified_issuer(token)
+            .as_deref()
+            .and_then(|iss| live.external.get(iss))
+        {
+            let config = &self.inner.config;
+            return external
+                .verify(
+                    token,
+                    self.inner.clock.as_ref(),
+                    config.leeway.0,
+                    &self.inner.metrics,
+                )
+                .await;
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
         let kid = header.kid.ok_or(VerifyError::Malformed)?;
@@ -79,18 +112,11 @@ impl IdentityService {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => VerifyError::Expired,
-                ErrorKind::InvalidIssuer => VerifyError::Invalid("issuer"),
-                ErrorKind::InvalidAudience => VerifyError::Invalid("audience"),
-                ErrorKind::InvalidSignature => VerifyError::Invalid("signature"),
-                ErrorKind::ImmatureSignature => VerifyError::Invalid("not valid yet"),
-                _ => VerifyError::Invalid("claims"),
-            }
-        })?;
-        if data.claims.sub.is_empty() {
+        let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation)
+            .map_err(|e| refusal(&e))?;
+        // "<id>:<sub>" belongs to external issuer <id>: brandgate's own consumer of that name
+        // (a trusted backend or a login can name one) would be the external one.
+        if data.claims.sub.is_empty() || live.external.owns_subject(&data.claims.sub) {
             return Err(VerifyError::Invalid("subject"));
         }
         let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(data.claims.exp);

@@ -77,6 +77,14 @@ async fn upgrade(
     let identity = match header_token(&headers) {
         Some(token) => match relay.inner.identity.verify_consumer(token).await {
             Ok(id) => Some(id),
+            // Not the token's fault (an external issuer's keys cannot be read): retry later.
+            Err(VerifyError::Unavailable) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tokens cannot be checked right now",
+                )
+                    .into_response();
+            }
             Err(e) => {
                 tracing::info!(reason = %e, "a consumer's token was refused on the upgrade");
                 return (

@@ -18,6 +18,7 @@ mod push_apns;
 mod push_fcm;
 mod relay_agent;
 mod relay_consumer;
+mod relay_external;
 mod relay_nodes;
 mod relay_webhooks;
 mod store;

@@ -39,6 +39,17 @@ impl Idp {
     /// Starts the provider with brandgate registered as a confidential client (HTTP Basic
     /// only: idp.mjs enforces the registered method), plus `extra_clients`, and `accounts` (login name → extra claims).
     pub async fn start(env: &TestEnv, extra_clients: Vec<Value>, accounts: Value) -> Idp {
+        Self::start_on(env, extra_clients, accounts, 0).await
+    }
+
+    /// [`Idp::start`] on loopback `port` (0: any free one), so its issuer URL is known before
+    /// it runs.
+    pub async fn start_on(
+        env: &TestEnv,
+        extra_clients: Vec<Value>,
+        accounts: Value,
+        port: u16,
+    ) -> Idp {
         let mut clients = vec![json!({
             "client_id": UPSTREAM_CLIENT,
             "client_secret": UPSTREAM_SECRET,
@@ -53,6 +64,7 @@ impl Idp {
             "tls": {"cert": cert, "key": key},
             "clients": clients,
             "accounts": accounts,
+            "port": port,
         });
         let file = env.file("idp.json", &config.to_string());
         // oidc-provider's start-up sometimes stalls on Node 20 (REFERENCE.md); the script
