@@ -744,3 +744,67 @@ async fn relay_records_are_resealed_under_a_new_data_key() {
     assert!(out.contains("re-sealed 0 relay events"), "{out}");
     assert!(out.contains("re-sealed 0 device tokens"), "{out}");
 }
+
+/// A conversation between a consumer and an agent, both writing; a `kill -9` right after the
+/// last acknowledgement; a start on the same store: every acknowledged message is there, in
+/// order, for both, and the agent's session survived with it.
+async fn a_kill_mid_conversation_loses_nothing(store_extra: &str) {
+    let relay = Relay::start_with("1h", store_extra, RELAY_EXTRA).await;
+    let bearer = relay.agent("frank").await;
+    let mut agent = online_agent(&relay, &bearer).await;
+    let (mut consumer, conv, token) = relay.consumer().await;
+    let (_, task) = ring_state(&mut agent, &conv).await;
+    let r = agent
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": task["ringsDetails"][0]["ringId"], "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        for (who, c) in [("consumer", &mut consumer), ("agent", &mut agent)] {
+            let message = format!("{who} {i}");
+            assert_eq!(publish(c, &conv, text(&message)).await["code"], 200);
+            sent.push(message);
+        }
+    }
+    let Relay { env, mut daemon } = relay;
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(10)).await;
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let relay = Relay::start_on(env, &config).await;
+    for mut c in [
+        relay.connect(Some(&token)).await,
+        relay.connect_agent(&bearer).await,
+    ] {
+        let r = c
+            .request(
+                "ms.SubscribeMessagingEvents",
+                json!({"dialogId": conv, "fromSeq": 0}),
+            )
+            .await;
+        assert_eq!(r["code"], 200, "{r}");
+        let seen: Vec<String> = c
+            .changes(sent.len())
+            .await
+            .iter()
+            .map(|c| c["event"]["message"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(seen, sent);
+    }
+}
+
+#[tokio::test]
+async fn a_kill_mid_conversation_loses_nothing_on_sqlite() {
+    a_kill_mid_conversation_loses_nothing("").await;
+}
+
+#[tokio::test]
+async fn a_kill_mid_conversation_loses_nothing_on_postgresql() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    a_kill_mid_conversation_loses_nothing(&format!("url = \"{}\"", db.url)).await;
+    db.drop().await;
+}
