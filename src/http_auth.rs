@@ -1,5 +1,6 @@
 //! What a caller presents to prove who it is, read the same way by every role: HTTP Basic
-//! credentials (RFC 7617) and the names of a verified client certificate.
+//! credentials (RFC 7617), tokens in `Authorization` (`Bearer`, the platform's `jwt`), cookies,
+//! and the names of a verified client certificate.
 //!
 //! Only reading lives here; each role decides what it accepts, and compares secrets with
 //! [`crate::secret::Secret::matches`] (constant time).
@@ -22,6 +23,29 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_string(), p.to_string()))
+}
+
+/// The token of an `Authorization: <scheme> <token>` header whose scheme is one of `schemes`
+/// (compared without letter case).
+pub fn authorization_token<'a>(headers: &'a HeaderMap, schemes: &[&str]) -> Option<&'a str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    schemes
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+        .then_some(token.trim())
+}
+
+/// The value of cookie `name` among the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// Whether the connection's client certificate carries one of `accepted` as its subject

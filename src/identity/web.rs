@@ -141,17 +141,7 @@ pub fn with_params(base: &str, pairs: &[(&str, &str)], in_fragment: bool) -> Str
     format!("{base}{sep}{encoded}")
 }
 
-/// The value of cookie `name` in the request, if any.
-pub fn cookie<'a>(request: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    request
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
+pub use crate::http_auth::cookie;
 
 /// `Set-Cookie` for the login cookie, living `max_age` seconds.
 pub fn login_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {

@@ -48,19 +48,14 @@ pub async fn own_path(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let bearer = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_string());
-    let Some(bearer) = bearer else {
+    let Some(bearer) = crate::http_auth::authorization_token(&headers, &["bearer"]) else {
         return (
             StatusCode::UNAUTHORIZED,
             "send the agent's session: Authorization: Bearer <bearer>",
         )
             .into_response();
     };
+    let bearer = bearer.to_string();
     upgrade(relay, &bearer, ws).await
 }
 

@@ -55,10 +55,7 @@ pub async fn own_path(
 
 /// The token of `Authorization: jwt <token>` (or `Bearer`).
 pub(super) fn header_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("jwt") || scheme.eq_ignore_ascii_case("bearer"))
-        .then_some(token.trim())
+    crate::http_auth::authorization_token(headers, &["jwt", "bearer"])
 }
 
 async fn upgrade(

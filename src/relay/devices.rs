@@ -73,11 +73,7 @@ pub async fn register(
         Ok(c) => c,
         Err(response) => return response,
     };
-    if !headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
-    {
+    if !super::rest::is_json(&headers) {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send JSON (Content-Type: application/json)",

@@ -25,6 +25,7 @@ use serde_json::json;
 use super::RelayService;
 use super::accounts::{AgentAuthError, LiveSession, LoginError, NewSession};
 use crate::config::MAX_PASSWORD_BYTES;
+use crate::http_auth::{authorization_token, cookie};
 use crate::secret::Secret;
 use crate::tls::Peer;
 
@@ -198,12 +199,7 @@ fn read_json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, Reject> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
+    if !super::rest::is_json(headers) {
         return Err(reject(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send the body as Content-Type: application/json",
@@ -228,14 +224,8 @@ async fn authenticated(
     headers: &HeaderMap,
 ) -> Result<(String, LiveSession), Response> {
     let accounts = &relay.inner.accounts;
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let bearer = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, b)| b.trim().to_string());
-        let Some(bearer) = bearer else {
+    if headers.contains_key(header::AUTHORIZATION) {
+        let Some(bearer) = authorization_token(headers, &["bearer"]).map(str::to_string) else {
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "send the session as Authorization: Bearer <bearer>",
@@ -303,18 +293,6 @@ fn session_answer(s: NewSession, max_age: u64) -> Response {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
-}
-
-/// The value of cookie `name` in the request.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -157,6 +157,16 @@ pub(super) async fn caller(
     }
 }
 
+/// Whether the request says its body is JSON (`Content-Type: application/json`, parameters
+/// allowed).
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
 fn no_store(mut response: Response) -> Response {
     response.headers_mut().insert(
         http::header::CACHE_CONTROL,
