@@ -86,10 +86,15 @@ impl Callers {
         }
     }
 
+    /// The configured client `id`.
+    pub fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.id == id)
+    }
+
     /// The client a login names, or the only client when it names none.
     pub fn client_for_login(&self, id: Option<&str>) -> Option<&Client> {
         match id {
-            Some(id) => self.clients.iter().find(|c| c.id == id),
+            Some(id) => self.client(id),
             None if self.clients.len() == 1 => self.clients.first(),
             None => None,
         }
@@ -97,7 +102,7 @@ impl Callers {
 
     /// The client whose id and secret these are.
     pub fn authenticate_client(&self, id: &str, secret: &str) -> Option<&Client> {
-        let client = self.clients.iter().find(|c| c.id == id);
+        let client = self.client(id);
         let expected = client
             .and_then(|c| c.secret.as_ref())
             .unwrap_or(&self.decoy);

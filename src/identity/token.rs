@@ -90,10 +90,17 @@ async fn exchange(
         (None, Some(id), Some(secret)) => vec![(id.to_string(), secret.to_string())],
         (None, _, None) | (None, None, Some(_)) => Vec::new(),
     };
-    // Failures are counted per source and presented client id, so a stranger failing from a
-    // shared address does not lock the platform's own client out as easily.
-    let presented_id = candidates.first().map_or("", |(id, _)| id.as_str());
-    let scope = format!("oauth_token:{presented_id}");
+    // Failures are counted per source and client, so a stranger failing from a shared address
+    // does not lock the platform's own client out as easily. The client is the configured one
+    // the presented id names in any of its readings (so `br%61nd` counts as `brand`); ids that
+    // name no client share one scope, so made-up ids cannot multiply the allowance.
+    let scope = match candidates
+        .iter()
+        .find_map(|(id, _)| live.callers.client(id))
+    {
+        Some(known) => format!("oauth_token:client:{}", known.id),
+        None => "oauth_token:unknown".to_string(),
+    };
     if let Some(wait) = s.failures_wait(peer, &scope) {
         return retry_after(
             oauth_error(
@@ -192,6 +199,10 @@ async fn exchange(
         .await
     {
         Ok(m) => m,
+        Err(e) if e.refusal().is_some() => {
+            tracing::warn!(error = %e, "a code's identity cannot become a consumer token");
+            return invalid_grant(&e.to_string());
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot mint a consumer token");
             return oauth_error(
