@@ -97,12 +97,13 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
         Err(e) => problems.push(e.key, e.message),
     }
     if let Some(identity) = &config.identity {
-        if let Err(p) = IdentityService::prepare(
+        match IdentityService::prepare(
             identity,
             config.server.tls.client_ca.is_some(),
             crate::clock::system(),
         ) {
-            problems.0.extend(p.0);
+            Ok(prepared) => notes.push(prepared.claims_note()),
+            Err(p) => problems.0.extend(p.0),
         }
         match &config.store.data_keys_file {
             Some(file) => {

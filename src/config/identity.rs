@@ -170,18 +170,16 @@ pub struct SubjectConfig {
 
 /// Which upstream claim fills each claim of a consumer token. Each value names an upstream
 /// claim (a top-level member of the upstream ID token, or of a trusted backend's `claims`).
-#[derive(Debug, Clone, Deserialize)]
+/// Only what is written here is sent: there are no defaults, so a line removed is a claim
+/// never sent (the shipped config writes the usual ones out). `check-config` prints what
+/// consumer tokens will carry.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimsConfig {
-    #[serde(default = "defaults::given_name")]
     pub given_name: Option<String>,
-    #[serde(default = "defaults::family_name")]
     pub family_name: Option<String>,
-    #[serde(default = "defaults::email")]
     pub email: Option<String>,
-    #[serde(default = "defaults::phone_number")]
     pub phone_number: Option<String>,
-    #[serde(default = "defaults::preferred_username")]
     pub preferred_username: Option<String>,
     pub gender: Option<String>,
     /// `lp_sdes` entry `{"type": "ctmrinfo", "info": {...}}`.
@@ -190,21 +188,6 @@ pub struct ClaimsConfig {
     /// `lp_sdes` entry `{"type": "personal", "personal": {...}}`.
     #[serde(default)]
     pub personal: PersonalClaims,
-}
-
-impl Default for ClaimsConfig {
-    fn default() -> Self {
-        ClaimsConfig {
-            given_name: defaults::given_name(),
-            family_name: defaults::family_name(),
-            email: defaults::email(),
-            phone_number: defaults::phone_number(),
-            preferred_username: defaults::preferred_username(),
-            gender: None,
-            ctmrinfo: CtmrinfoClaims::default(),
-            personal: PersonalClaims::default(),
-        }
-    }
 }
 
 /// The platform's customer-info fields (`ctmrinfo`), each filled from the named upstream claim.
@@ -668,21 +651,6 @@ mod defaults {
     }
     pub fn login_timeout() -> Span {
         Span(Duration::from_secs(600))
-    }
-    pub fn given_name() -> Option<String> {
-        Some("given_name".into())
-    }
-    pub fn family_name() -> Option<String> {
-        Some("family_name".into())
-    }
-    pub fn email() -> Option<String> {
-        Some("email".into())
-    }
-    pub fn phone_number() -> Option<String> {
-        Some("phone_number".into())
-    }
-    pub fn preferred_username() -> Option<String> {
-        Some("preferred_username".into())
     }
 }
 

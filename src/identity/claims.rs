@@ -83,72 +83,25 @@ impl ClaimMapper {
 
     /// The profile claims for a consumer token, from upstream claims.
     pub fn profile(&self, upstream: &Map<String, Value>) -> Map<String, Value> {
-        let m = &self.mapping;
         let mut out = Map::new();
-        let top = [
-            ("given_name", &m.given_name),
-            ("family_name", &m.family_name),
-            ("email", &m.email),
-            ("phone_number", &m.phone_number),
-            ("preferred_username", &m.preferred_username),
-            ("gender", &m.gender),
-        ];
-        for (target, source) in top {
-            if let Some(v) = take(upstream, source, Kind::Text, target) {
-                out.insert(target.into(), v);
-            }
-        }
-
-        let c = &m.ctmrinfo;
-        let info_fields = [
-            ("cstatus", &c.cstatus, Kind::Text),
-            ("ctype", &c.ctype, Kind::Text),
-            ("customerId", &c.customerId, Kind::Text),
-            ("balance", &c.balance, Kind::Number),
-            ("currency", &c.currency, Kind::Text),
-            ("socialId", &c.socialId, Kind::Text),
-            ("imei", &c.imei, Kind::Text),
-            ("userName", &c.userName, Kind::Text),
-            ("companySize", &c.companySize, Kind::Integer),
-            ("companyBranch", &c.companyBranch, Kind::Text),
-            ("accountName", &c.accountName, Kind::Text),
-            ("role", &c.role, Kind::Text),
-            ("storeId", &c.storeId, Kind::Text),
-            ("storeNumber", &c.storeNumber, Kind::Text),
-            ("lastPaymentDate", &c.lastPaymentDate, Kind::Date),
-            ("registrationDate", &c.registrationDate, Kind::Date),
-        ];
         let mut info = Map::new();
-        for (target, source, kind) in info_fields {
-            if let Some(v) = take(upstream, source, kind, target) {
-                info.insert(target.into(), v);
-            }
-        }
-
-        let p = &m.personal;
         let mut personal = Map::new();
-        for (target, source, kind) in [
-            ("firstname", &p.firstname, Kind::Text),
-            ("lastname", &p.lastname, Kind::Text),
-            ("age", &p.age, Kind::Age),
-            ("gender", &p.gender, Kind::Gender),
-            ("company", &p.company, Kind::Text),
-            ("language", &p.language, Kind::Text),
-        ] {
-            if let Some(v) = take(upstream, source, kind, target) {
-                personal.insert(target.into(), v);
-            }
-        }
         let mut contact = Map::new();
-        for (target, source) in [("email", &p.email), ("phone", &p.phone)] {
-            if let Some(v) = take(upstream, source, Kind::Text, target) {
-                contact.insert(target.into(), v);
-            }
+        for (place, target, source, kind) in mapped(&self.mapping) {
+            let Some(v) = take(upstream, source, kind, target) else {
+                continue;
+            };
+            let into = match place {
+                Place::Top => &mut out,
+                Place::Ctmrinfo => &mut info,
+                Place::Personal => &mut personal,
+                Place::Contact => &mut contact,
+            };
+            into.insert(target.into(), v);
         }
         if !contact.is_empty() {
             personal.insert("contacts".into(), json!([contact]));
         }
-
         let mut sdes = Vec::new();
         if !info.is_empty() {
             sdes.push(json!({"type": "ctmrinfo", "info": info}));
@@ -161,6 +114,97 @@ impl ClaimMapper {
         }
         out
     }
+
+    /// What consumer tokens carry besides the subject, one `claim <- upstream claim` per
+    /// mapped claim (for `check-config`: a privacy review reads it there).
+    pub fn describe(&self) -> Vec<String> {
+        mapped(&self.mapping)
+            .filter_map(|(place, target, source, _)| {
+                let source = source.as_deref()?;
+                let path = match place {
+                    Place::Top => target.to_string(),
+                    Place::Ctmrinfo => format!("lp_sdes ctmrinfo.{target}"),
+                    Place::Personal => format!("lp_sdes personal.{target}"),
+                    Place::Contact => format!("lp_sdes personal.contacts.{target}"),
+                };
+                Some(format!("{path} <- {source}"))
+            })
+            .collect()
+    }
+}
+
+/// Where a mapped claim goes in the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Top,
+    Ctmrinfo,
+    Personal,
+    Contact,
+}
+
+/// Every claim a mapping can fill: where it goes, its name, the upstream claim configured for
+/// it (if any) and its kind.
+fn mapped(m: &ClaimsConfig) -> impl Iterator<Item = (Place, &'static str, &Option<String>, Kind)> {
+    let c = &m.ctmrinfo;
+    let p = &m.personal;
+    [
+        (Place::Top, "given_name", &m.given_name, Kind::Text),
+        (Place::Top, "family_name", &m.family_name, Kind::Text),
+        (Place::Top, "email", &m.email, Kind::Text),
+        (Place::Top, "phone_number", &m.phone_number, Kind::Text),
+        (
+            Place::Top,
+            "preferred_username",
+            &m.preferred_username,
+            Kind::Text,
+        ),
+        (Place::Top, "gender", &m.gender, Kind::Text),
+        (Place::Ctmrinfo, "cstatus", &c.cstatus, Kind::Text),
+        (Place::Ctmrinfo, "ctype", &c.ctype, Kind::Text),
+        (Place::Ctmrinfo, "customerId", &c.customerId, Kind::Text),
+        (Place::Ctmrinfo, "balance", &c.balance, Kind::Number),
+        (Place::Ctmrinfo, "currency", &c.currency, Kind::Text),
+        (Place::Ctmrinfo, "socialId", &c.socialId, Kind::Text),
+        (Place::Ctmrinfo, "imei", &c.imei, Kind::Text),
+        (Place::Ctmrinfo, "userName", &c.userName, Kind::Text),
+        (
+            Place::Ctmrinfo,
+            "companySize",
+            &c.companySize,
+            Kind::Integer,
+        ),
+        (
+            Place::Ctmrinfo,
+            "companyBranch",
+            &c.companyBranch,
+            Kind::Text,
+        ),
+        (Place::Ctmrinfo, "accountName", &c.accountName, Kind::Text),
+        (Place::Ctmrinfo, "role", &c.role, Kind::Text),
+        (Place::Ctmrinfo, "storeId", &c.storeId, Kind::Text),
+        (Place::Ctmrinfo, "storeNumber", &c.storeNumber, Kind::Text),
+        (
+            Place::Ctmrinfo,
+            "lastPaymentDate",
+            &c.lastPaymentDate,
+            Kind::Date,
+        ),
+        (
+            Place::Ctmrinfo,
+            "registrationDate",
+            &c.registrationDate,
+            Kind::Date,
+        ),
+        (Place::Personal, "firstname", &p.firstname, Kind::Text),
+        (Place::Personal, "lastname", &p.lastname, Kind::Text),
+        (Place::Personal, "age", &p.age, Kind::Age),
+        (Place::Personal, "gender", &p.gender, Kind::Gender),
+        (Place::Personal, "company", &p.company, Kind::Text),
+        (Place::Personal, "language", &p.language, Kind::Text),
+        (Place::Contact, "email", &p.email, Kind::Text),
+        (Place::Contact, "phone", &p.phone, Kind::Text),
+    ]
+    .into_iter()
 }
 
 /// The upstream claim named by `source`, converted to `kind`; `None` (and a log line naming
@@ -190,7 +234,9 @@ fn take(
 fn convert(value: &Value, kind: Kind) -> Option<Value> {
     match kind {
         Kind::Text => match value {
-            Value::String(s) if !s.is_empty() && s.len() <= MAX_TEXT => {
+            Value::String(s)
+                if !s.is_empty() && s.len() <= MAX_TEXT && super::subject::is_printable(s) =>
+            {
                 Some(Value::from(s.as_str()))
             }
             Value::Number(n) => Some(Value::from(n.to_string())),
@@ -297,6 +343,9 @@ mod tests {
                 gender: Some("gender".into()),
                 ..Default::default()
             },
+            given_name: Some("given_name".into()),
+            email: Some("email".into()),
+            phone_number: Some("phone_number".into()),
             ..ClaimsConfig::default()
         };
         let mapper = ClaimMapper::build(&config(mapping), &mut Problems::default());
@@ -334,6 +383,54 @@ mod tests {
             personal["contacts"],
             json!([{"email": "alice@example.test"}])
         );
+    }
+
+    #[test]
+    fn only_the_lines_written_are_sent_and_described() {
+        // The shipped config's lines, with email and phone_number removed.
+        let cfg: IdentityConfig = figment::Figment::new()
+            .merge(
+                <figment::providers::Toml as figment::providers::Format>::string(
+                    "issuer = \"https://id.brand.example\"\n[claims]\ngiven_name = \"given_name\"\n\
+                 family_name = \"family_name\"\n[claims.personal]\nphone = \"mobile\"\n",
+                ),
+            )
+            .extract()
+            .unwrap();
+        let mapper = ClaimMapper::build(&cfg, &mut Problems::default());
+        let upstream = json!({
+            "given_name": "Alice", "family_name": "Liddell", "email": "alice@example.test",
+            "phone_number": "+4412345", "preferred_username": "al", "mobile": "+4499"
+        });
+        let profile = mapper.profile(upstream.as_object().unwrap());
+        let keys: Vec<&str> = profile.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["family_name", "given_name", "lp_sdes"]);
+        assert_eq!(
+            mapper.describe(),
+            [
+                "given_name <- given_name",
+                "family_name <- family_name",
+                "lp_sdes personal.contacts.phone <- mobile"
+            ]
+        );
+        // No table at all: nothing but the subject.
+        let cfg: IdentityConfig =
+            serde_json::from_value(json!({"issuer": "https://id.brand.example"})).unwrap();
+        let mapper = ClaimMapper::build(&cfg, &mut Problems::default());
+        assert!(mapper.profile(upstream.as_object().unwrap()).is_empty());
+        assert!(mapper.describe().is_empty());
+    }
+
+    #[test]
+    fn text_with_control_characters_is_left_out() {
+        let mapping = ClaimsConfig {
+            given_name: Some("given_name".into()),
+            family_name: Some("family_name".into()),
+            ..ClaimsConfig::default()
+        };
+        let mapper = ClaimMapper::build(&config(mapping), &mut Problems::default());
+        let upstream = json!({"given_name": "Eve\nINFO forged", "family_name": "O\u{202E}gnirts"});
+        assert!(mapper.profile(upstream.as_object().unwrap()).is_empty());
     }
 
     #[test]

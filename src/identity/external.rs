@@ -3,8 +3,8 @@
 //! (fetched over HTTPS, bounded in size and keys, cached, read again after `jwks_refresh` and
 //! when a token names a key not seen yet, at most once per `jwks_min_refetch`, one fetch at a
 //! time), and the checks of its tokens: the key's own algorithm, allowed and equal to the
-//! header's, `iss`, `aud` one of the accepted audiences, `exp`, `iat` and the longest lifetime,
-//! `sub`.
+//! header's, `iss`, `aud` one of the accepted audiences, `exp`, `iat`, `nbf` and the longest
+//! lifetime, `sub` (the same time and subject checks as brandgate's own tokens).
 //!
 //! Its consumers are `"<id>:<sub>"`, so an external `sub` is never another issuer's; and
 //! brandgate's own tokens with a subject of that form are refused (`owns_subject`), so it is
@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::metrics::IdentityMetrics;
-use super::verify::{ConsumerIdentity, VerifyError};
+use super::verify::{ConsumerIdentity, TokenClaims, VerifyError};
 use crate::clock::Clock;
 use crate::config::{ExternalIssuerConfig, Problems};
 use crate::http_client::{HttpClient, check_url};
@@ -34,8 +34,6 @@ const MAX_JWKS_BYTES: usize = 64 * 1024;
 const MAX_KEYS: usize = 32;
 /// One JWKS fetch fits in this.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest `sub` accepted (the platform's limit for a consumer id).
-const MAX_SUBJECT: usize = 255;
 
 /// The configured external issuers, by `iss`. Rebuilt on reload (the caches start empty).
 #[derive(Default)]
@@ -137,13 +135,6 @@ struct KeySet {
     at: Instant,
 }
 
-#[derive(Deserialize)]
-struct ExternalClaims {
-    sub: String,
-    exp: u64,
-    iat: Option<u64>,
-}
-
 impl External {
     /// Checks a token whose unverified `iss` is this issuer's.
     pub async fn verify(
@@ -171,25 +162,13 @@ impl External {
         // Times are checked below against the injected clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let data = jsonwebtoken::decode::<ExternalClaims>(token, &key, &validation)
+        let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation)
             .map_err(|e| super::verify::refusal(&e))?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT {
+        if super::subject::check(&claims.sub).is_err() {
             return Err(VerifyError::Invalid("subject"));
         }
-        let now = clock.now();
-        let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp);
-        if expires_at + leeway <= now {
-            return Err(VerifyError::Expired);
-        }
-        let iat = claims.iat.ok_or(VerifyError::Invalid("issued at"))?;
-        let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(iat);
-        if issued_at > now + leeway {
-            return Err(VerifyError::Invalid("not valid yet"));
-        }
-        if claims.exp.saturating_sub(iat) > self.max_lifetime.as_secs() || claims.exp < iat {
-            return Err(VerifyError::Invalid("lifetime"));
-        }
+        let expires_at = claims.check_times(clock.now(), leeway, self.max_lifetime)?;
         Ok(ConsumerIdentity {
             subject: format!("{}:{}", self.id, claims.sub),
             expires_at,

@@ -128,10 +128,10 @@ async fn handle(
                     "this backend may only present ID tokens (it is not trusted to name subjects)",
                 );
             }
-            if subject.is_empty() || subject.len() > 255 || subject.chars().any(char::is_control) {
+            if let Err(e) = super::subject::check(&subject) {
                 return json_error(
                     StatusCode::BAD_REQUEST,
-                    "subject must be 1 to 255 printable characters",
+                    &format!("subject must be 1 to 255 bytes of printable text: {e}"),
                 );
             }
             let claims = claims.unwrap_or_default();
@@ -165,6 +165,12 @@ async fn handle(
                 .into_response(),
             )
         }
-        Err(e) => s.unavailable("cannot mint a consumer token", e),
+        Err(e) => match e.refusal() {
+            Some(reason) => json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("no consumer token can be made for this identity: {reason}"),
+            ),
+            None => s.unavailable("cannot mint a consumer token", e),
+        },
     }
 }

@@ -293,6 +293,23 @@ pub async fn callback(
     };
     let subject = live.mapper.subject(&identity.issuer, &identity.subject);
     let profile = live.mapper.profile(&identity.claims);
+    // Refused here, not when the platform exchanges the code: a login whose identity can
+    // never be a token brandgate or the platform accepts (see `mint`) is told so at once.
+    let claims = s.consumer_claims(subject.clone(), profile.clone(), pending.app_nonce.clone());
+    if let Err(e) = s.inner.mint.check_fit(&claims).await {
+        let Some(reason) = e.refusal() else {
+            return s.unavailable("cannot prepare a consumer token", e);
+        };
+        tracing::warn!(%reason, "a login's identity cannot become a consumer token");
+        s.inner.metrics.login("refused");
+        return answer_error(
+            &pending.app_return(),
+            &headers,
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            &format!("this login cannot become a consumer identity: {reason}"),
+        );
+    }
     s.inner.metrics.login("completed");
 
     match pending.answer {
@@ -331,10 +348,7 @@ pub async fn callback(
             redirect(&with_params(&pending.redirect_uri, &pairs, false))
         }
         Answer::TokenInFragment | Answer::TokenAsJson => {
-            let minted = match s
-                .mint_consumer(subject, profile, pending.app_nonce.clone())
-                .await
-            {
+            let minted = match s.mint(&claims).await {
                 Ok(m) => m,
                 Err(e) => return s.unavailable("cannot mint a consumer token", e),
             };

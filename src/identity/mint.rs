@@ -6,6 +6,13 @@
 //! store once and kept parsed in memory, so a signature costs one private-key operation and no
 //! key parsing. Claims are typed ([`Claims`]), and every token carries `iss`, `sub`, `iat`,
 //! `exp`, `jti` and the signing key's `kid`.
+//!
+//! It never signs a token that brandgate or the platform would refuse: the subject must pass
+//! [`subject::check`](super::subject::check), and a token is never longer than
+//! [`MAX_TOKEN`] bytes (the platform's limit). When the optional profile claims would make it
+//! longer, they are left out one by one in the order of [`DROP_ORDER`] until it fits, and the
+//! names of those left out are logged (never their values); when even the token without them
+//! is too long, minting is refused ([`MintError::TooLarge`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -18,6 +25,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::keys::{Algorithm, KeyError, KeyRing, seal_context};
+use super::subject::{self, SubjectError};
+use super::verify::MAX_TOKEN;
 use crate::clock::{Clock, unix_seconds};
 use crate::store::SigningKeyRow;
 
@@ -47,6 +56,57 @@ pub enum MintError {
     Keys(#[from] KeyError),
     #[error("the signing key cannot be opened: {0}")]
     Unusable(String),
+    #[error("{0}")]
+    Subject(#[from] SubjectError),
+    #[error("the consumer token would be longer than 2048 bytes even without optional claims")]
+    TooLarge,
+}
+
+impl MintError {
+    /// Why the identity itself cannot become a token (its subject, or its size): the caller's
+    /// to hear. `None` for a failure of brandgate's own (keys, store), which is logged instead.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            MintError::Subject(_) | MintError::TooLarge => Some(self.to_string()),
+            MintError::Keys(_) | MintError::Unusable(_) => None,
+        }
+    }
+}
+
+/// The optional claims a token too long for [`MAX_TOKEN`] loses, first to last: the `lp_sdes`
+/// personal entry, then its customer-info entry, then the profile claims the platform shows
+/// least. `sub`, `iss`, `aud`, the times, `jti` and the app's `nonce` are never left out.
+pub const DROP_ORDER: &[&str] = &[
+    "lp_sdes.personal",
+    "lp_sdes.ctmrinfo",
+    "gender",
+    "preferred_username",
+    "phone_number",
+    "email",
+    "family_name",
+    "given_name",
+];
+
+/// Removes `name` (one of [`DROP_ORDER`]) from a profile; whether it was there.
+fn drop_claim(profile: &mut Map<String, Value>, name: &str) -> bool {
+    let Some(entry) = name.strip_prefix("lp_sdes.") else {
+        return profile.remove(name).is_some();
+    };
+    let Some(Value::Array(sdes)) = profile.get_mut("lp_sdes") else {
+        return false;
+    };
+    let before = sdes.len();
+    sdes.retain(|e| e.get("type").and_then(Value::as_str) != Some(entry));
+    let dropped = sdes.len() != before;
+    if sdes.is_empty() {
+        profile.remove("lp_sdes");
+    }
+    dropped
+}
+
+/// Length of `n` bytes in unpadded base64url.
+fn b64_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
 }
 
 /// A private key, parsed.
@@ -78,6 +138,14 @@ impl Signer {
                 "unknown algorithm {:?}",
                 row.algorithm
             ))),
+        }
+    }
+
+    /// Length of this key's signatures in bytes.
+    fn signature_len(&self) -> usize {
+        match self {
+            Signer::Rsa(k) => k.public_modulus_len(),
+            Signer::Ecdsa(_) | Signer::Ed25519(_) => 64,
         }
     }
 
@@ -152,13 +220,83 @@ impl Mint {
         Ok((row, signer))
     }
 
-    /// Signs a token for `claims`.
+    /// Signs a token for `claims`, leaving out optional claims (logged) if it would be too
+    /// long.
     pub async fn mint(&self, claims: &Claims) -> Result<Minted, MintError> {
         let (row, signer) = self.signer().await?;
         let now = self.clock.now();
         let expires_at = now + claims.lifetime;
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).map_err(|_| MintError::Unusable("no randomness".into()))?;
+        let header = serde_json::to_vec(&Header {
+            alg: &row.algorithm,
+            typ: "JWT",
+            kid: &row.kid,
+        })
+        .map_err(|e| MintError::Unusable(e.to_string()))?;
+        let (payload, dropped) = self.fitting_payload(claims, now, &jti, &header, &signer)?;
+        if !dropped.is_empty() {
+            tracing::warn!(
+                left_out = ?dropped,
+                "a consumer token would be longer than 2048 bytes; optional claims left out"
+            );
+        }
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let signing_input = format!("{}.{}", b64(&header), b64(&payload));
+        let signature = signer.sign(signing_input.as_bytes())?;
+        let jwt = format!("{signing_input}.{}", b64(&signature));
+        debug_assert!(jwt.len() <= MAX_TOKEN);
+        Ok(Minted {
+            jwt,
+            kid: row.kid,
+            expires_at,
+        })
+    }
+
+    /// Signs any payload with the active key, as the mint would: for tests of what verifiers
+    /// refuse (claims the mint never writes).
+    #[cfg(test)]
+    pub(super) async fn sign_any(&self, payload: &str) -> String {
+        let (row, signer) = self.signer().await.unwrap();
+        let header = serde_json::to_vec(&Header {
+            alg: &row.algorithm,
+            typ: "JWT",
+            kid: &row.kid,
+        })
+        .unwrap();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let input = format!("{}.{}", b64(&header), b64(payload.as_bytes()));
+        let signature = signer.sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(&signature))
+    }
+
+    /// Which optional claims of `claims` the active key's token would have to leave out to fit
+    /// (in [`DROP_ORDER`]), or why it cannot be minted at all. Lets a login refuse or warn
+    /// when it starts rather than when its code is exchanged.
+    pub async fn check_fit(&self, claims: &Claims) -> Result<Vec<&'static str>, MintError> {
+        let (row, signer) = self.signer().await?;
+        let header = serde_json::to_vec(&Header {
+            alg: &row.algorithm,
+            typ: "JWT",
+            kid: &row.kid,
+        })
+        .map_err(|e| MintError::Unusable(e.to_string()))?;
+        let (_, dropped) =
+            self.fitting_payload(claims, self.clock.now(), &[0; 16], &header, &signer)?;
+        Ok(dropped)
+    }
+
+    /// The payload of a token for `claims`, short enough that with `header` and a signature of
+    /// `signer` it is at most [`MAX_TOKEN`] bytes, and the optional claims it left out.
+    fn fitting_payload(
+        &self,
+        claims: &Claims,
+        now: SystemTime,
+        jti: &[u8; 16],
+        header: &[u8],
+        signer: &Signer,
+    ) -> Result<(Vec<u8>, Vec<&'static str>), MintError> {
+        subject::check(&claims.subject)?;
         let mut body = Map::new();
         body.insert("iss".into(), Value::from(self.issuer.as_str()));
         body.insert("sub".into(), Value::from(claims.subject.as_str()));
@@ -166,26 +304,33 @@ impl Mint {
             body.insert("aud".into(), Value::from(aud.as_str()));
         }
         body.insert("iat".into(), Value::from(unix_seconds(now)));
-        body.insert("exp".into(), Value::from(unix_seconds(expires_at)));
-        body.insert("jti".into(), Value::from(crate::hex::encode(&jti)));
+        body.insert(
+            "exp".into(),
+            Value::from(unix_seconds(now + claims.lifetime)),
+        );
+        body.insert("jti".into(), Value::from(crate::hex::encode(jti)));
+        let fixed: Vec<String> = body.keys().cloned().collect();
         for (k, v) in &claims.profile {
             body.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let header = serde_json::to_vec(&Header {
-            alg: &row.algorithm,
-            typ: "JWT",
-            kid: &row.kid,
-        })
-        .map_err(|e| MintError::Unusable(e.to_string()))?;
-        let payload = serde_json::to_vec(&body).map_err(|e| MintError::Unusable(e.to_string()))?;
-        let signing_input = format!("{}.{}", b64(&header), b64(&payload));
-        let signature = signer.sign(signing_input.as_bytes())?;
-        Ok(Minted {
-            jwt: format!("{signing_input}.{}", b64(&signature)),
-            kid: row.kid,
-            expires_at,
-        })
+        let room = MAX_TOKEN - b64_len(header.len()) - 2 - b64_len(signer.signature_len());
+        let mut dropped = Vec::new();
+        let mut next = DROP_ORDER.iter();
+        loop {
+            let payload =
+                serde_json::to_vec(&body).map_err(|e| MintError::Unusable(e.to_string()))?;
+            if b64_len(payload.len()) <= room {
+                return Ok((payload, dropped));
+            }
+            // Only profile claims go, never one of the token's own (a profile cannot
+            // replace `sub` either: the token's own claims were set first).
+            let Some(&name) = next.next() else {
+                return Err(MintError::TooLarge);
+            };
+            if !fixed.iter().any(|f| f == name) && drop_claim(&mut body, name) {
+                dropped.push(name);
+            }
+        }
     }
 }
 

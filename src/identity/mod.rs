@@ -11,7 +11,8 @@
 //! - `login` (`/login`, `/callback`), `token` (`/oauth/token`, the platform's code exchange),
 //!   `issue` (`/identity/v1/token`, server-to-server), `endpoints` (publication, anonymous
 //!   sign-up): the HTTP side;
-//! - `claims`: the subject rule and the claim mapping; `callers`: who may ask for tokens;
+//! - `claims`: the subject mode and the claim mapping; `subject`: what a consumer's `sub` may
+//!   be, for every token minted or accepted; `callers`: who may ask for tokens;
 //!   `grants`: single-use states and codes, sealed in the store;
 //! - `keys` manages the ring (it makes and seals key material); `mint` is the only code that
 //!   opens a private key and signs; `verify` checks the consumer tokens it signed, and hands
@@ -27,6 +28,7 @@ pub mod keys;
 mod login;
 mod metrics;
 mod mint;
+mod subject;
 mod token;
 mod upstream;
 mod verify;
@@ -104,6 +106,21 @@ pub struct Prepared {
     mapper: claims::ClaimMapper,
     callers: callers::Callers,
     external: external::ExternalIssuers,
+}
+
+impl Prepared {
+    /// What consumer tokens carry besides the subject, for `check-config`.
+    pub fn claims_note(&self) -> String {
+        let mapped = self.mapper.describe();
+        if mapped.is_empty() {
+            "identity.claims: consumer tokens carry no profile claims (none is mapped)".into()
+        } else {
+            format!(
+                "identity.claims: consumer tokens carry {} (only these: a line removed is never sent)",
+                mapped.join(", ")
+            )
+        }
+    }
 }
 
 impl IdentityService {
@@ -217,24 +234,34 @@ impl IdentityService {
         self.inner.mint.mint(claims).await
     }
 
-    /// Signs a consumer token for a login or a backend: the configured audience and lifetime,
-    /// the app's nonce when it sent one.
-    async fn mint_consumer(
+    /// What a consumer token for a login or a backend says: the configured audience and
+    /// lifetime, the app's nonce when it sent one.
+    fn consumer_claims(
         &self,
         subject: String,
         mut profile: Map<String, Value>,
         nonce: Option<String>,
-    ) -> Result<Minted, MintError> {
+    ) -> Claims {
         if let Some(n) = nonce {
             profile.insert("nonce".into(), Value::from(n));
         }
-        self.mint(&Claims {
+        Claims {
             subject,
             audience: self.inner.config.audience.clone(),
             lifetime: self.inner.config.token_lifetime.0,
             profile,
-        })
-        .await
+        }
+    }
+
+    /// Signs a consumer token for a login or a backend (see [`Self::consumer_claims`]).
+    async fn mint_consumer(
+        &self,
+        subject: String,
+        profile: Map<String, Value>,
+        nonce: Option<String>,
+    ) -> Result<Minted, MintError> {
+        self.mint(&self.consumer_claims(subject, profile, nonce))
+            .await
     }
 
     /// How long `peer` must wait, after too many failed caller authentications in `scope`

@@ -2,7 +2,10 @@
 //! token whose `iss` is a configured external issuer goes to `external`; any other must be one
 //! brandgate minted itself: signed by a key the ring publishes now (next, active or retired,
 //! so a token outlives its key's retirement), with the algorithm of that key, `iss` this
-//! issuer, `aud` the configured audience, and `exp` (and `iat`) within the leeway.
+//! issuer, `aud` present and the configured audience (when one is configured), a subject that
+//! passes `subject::check`, `exp` not passed, `iat` present and neither `iat` nor `nbf` in the
+//! future (all within the leeway), and a lifetime (`exp - iat`) no longer than the longest
+//! this brandgate mints plus the leeway. A claim named twice is refused.
 //!
 //! The verdict says which check failed, never anything from the token.
 
@@ -42,10 +45,45 @@ pub enum VerifyError {
     Unavailable,
 }
 
+/// The claims every consumer token is checked for. Each is read once: a payload naming one
+/// of them twice is refused as malformed JSON (serde refuses a duplicate field), so no two
+/// readers of a token can see two different values.
 #[derive(Deserialize)]
-struct TokenClaims {
-    sub: String,
-    exp: u64,
+pub(super) struct TokenClaims {
+    pub sub: String,
+    pub exp: u64,
+    pub iat: Option<u64>,
+    pub nbf: Option<u64>,
+    #[allow(dead_code)]
+    pub iss: Option<String>,
+    #[allow(dead_code)]
+    pub aud: Option<serde_json::Value>,
+}
+
+impl TokenClaims {
+    /// The time checks, against `now`: `exp` not passed, `iat` present and `iat`/`nbf` not
+    /// in the future (both within `leeway`), and `exp - iat` at most `max_lifetime`. Returns
+    /// when the token expires.
+    pub fn check_times(
+        &self,
+        now: SystemTime,
+        leeway: Duration,
+        max_lifetime: Duration,
+    ) -> Result<SystemTime, VerifyError> {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let expires_at = at(self.exp);
+        if expires_at + leeway <= now {
+            return Err(VerifyError::Expired);
+        }
+        let iat = self.iat.ok_or(VerifyError::Invalid("issued at"))?;
+        if at(iat) > now + leeway || self.nbf.is_some_and(|nbf| at(nbf) > now + leeway) {
+            return Err(VerifyError::Invalid("not valid yet"));
+        }
+        if self.exp < iat || self.exp - iat > max_lifetime.as_secs() {
+            return Err(VerifyError::Invalid("lifetime"));
+        }
+        Ok(expires_at)
+    }
 }
 
 /// Parsed public keys by kid (parsing a JWK costs more than a signature check).
@@ -61,6 +99,12 @@ pub(super) fn refusal(e: &jsonwebtoken::errors::Error) -> VerifyError {
         ErrorKind::InvalidAudience => VerifyError::Invalid("audience"),
         ErrorKind::InvalidSignature => VerifyError::Invalid("signature"),
         ErrorKind::ImmatureSignature => VerifyError::Invalid("not valid yet"),
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "aud" => VerifyError::Invalid("audience"),
+            "iss" => VerifyError::Invalid("issuer"),
+            "sub" => VerifyError::Invalid("subject"),
+            _ => VerifyError::Invalid("claims"),
+        },
         _ => VerifyError::Invalid("claims"),
     }
 }
@@ -105,24 +149,37 @@ impl IdentityService {
         let mut validation = jsonwebtoken::Validation::new(alg);
         validation.leeway = config.leeway.0.as_secs();
         validation.set_issuer(&[self.inner.mint.issuer()]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
-        // Expiry is checked below against the injected clock.
+        // Times are checked below against the injected clock.
         validation.validate_exp = false;
+        validation.validate_nbf = false;
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+            }
+            None => {
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+            }
         }
         let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation)
             .map_err(|e| refusal(&e))?;
         // "<id>:<sub>" belongs to external issuer <id>: brandgate's own consumer of that name
         // (a trusted backend or a login can name one) would be the external one.
-        if data.claims.sub.is_empty() || live.external.owns_subject(&data.claims.sub) {
+        if super::subject::check(&data.claims.sub).is_err()
+            || live.external.owns_subject(&data.claims.sub)
+        {
             return Err(VerifyError::Invalid("subject"));
         }
-        let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(data.claims.exp);
-        if expires_at + config.leeway.0 <= self.inner.clock.now() {
-            return Err(VerifyError::Expired);
+        // No token brandgate mints lives longer than the lifetime of the kind it mints.
+        let mut longest = config.token_lifetime.0;
+        if config.anonymous.enabled {
+            longest = longest.max(config.anonymous.token_lifetime.0);
         }
+        let max_lifetime = longest + config.leeway.0;
+        let expires_at =
+            data.claims
+                .check_times(self.inner.clock.now(), config.leeway.0, max_lifetime)?;
         Ok(ConsumerIdentity {
             subject: data.claims.sub,
             expires_at,
@@ -215,6 +272,118 @@ mod tests {
         assert_eq!(s.verify_consumer(&token).await, Err(VerifyError::Expired));
     }
 
+    /// Tokens signed by the ring's own active key, with claims the mint never writes: each is
+    /// refused for its own reason (the first case, written as the mint would, passes).
+    #[tokio::test]
+    async fn claims_the_mint_never_writes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let s = service(dir.path(), clock.clone()).await;
+        let now = crate::clock::unix_seconds(crate::clock::Clock::now(clock.as_ref()));
+        let iss = "https://id.brand.example";
+        let good = serde_json::json!({"iss": iss, "sub": "c1", "aud": "platform", "iat": now, "exp": now + 600});
+        let with = |patch: serde_json::Value| {
+            let mut claims = good.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            claims
+        };
+        let year = 365 * 24 * 3600;
+        let cases = [
+            ("as minted", good.clone(), None),
+            (
+                "no aud",
+                with(serde_json::json!({"aud": null})),
+                Some(VerifyError::Invalid("audience")),
+            ),
+            (
+                "iat 61 s ahead",
+                with(serde_json::json!({"iat": now + 61})),
+                Some(VerifyError::Invalid("not valid yet")),
+            ),
+            (
+                "iat 59 s ahead (leeway)",
+                with(serde_json::json!({"iat": now + 59})),
+                None,
+            ),
+            (
+                "nbf 1 h ahead",
+                with(serde_json::json!({"nbf": now + 3600})),
+                Some(VerifyError::Invalid("not valid yet")),
+            ),
+            ("nbf now", with(serde_json::json!({"nbf": now})), None),
+            (
+                "exp 100 years ahead",
+                with(serde_json::json!({"exp": now + 100 * year})),
+                Some(VerifyError::Invalid("lifetime")),
+            ),
+            (
+                "lifetime 1 h + leeway + 1 s",
+                with(serde_json::json!({"exp": now + 3600 + 61})),
+                Some(VerifyError::Invalid("lifetime")),
+            ),
+            (
+                "lifetime 1 h + leeway",
+                with(serde_json::json!({"exp": now + 3600 + 60})),
+                None,
+            ),
+            (
+                "exp before iat",
+                with(serde_json::json!({"iat": now + 50, "exp": now + 30})),
+                Some(VerifyError::Invalid("lifetime")),
+            ),
+            (
+                "no iat",
+                with(serde_json::json!({"iat": null})),
+                Some(VerifyError::Invalid("issued at")),
+            ),
+            (
+                "sub with a line break",
+                with(serde_json::json!({"sub": "evil\nINFO forged"})),
+                Some(VerifyError::Invalid("subject")),
+            ),
+            (
+                "sub with ESC",
+                with(serde_json::json!({"sub": "a\u{1b}[31m"})),
+                Some(VerifyError::Invalid("subject")),
+            ),
+            (
+                "sub of 256 bytes",
+                with(serde_json::json!({"sub": "s".repeat(256)})),
+                Some(VerifyError::Invalid("subject")),
+            ),
+        ];
+        for (name, claims, expected) in cases {
+            let token = s.inner.mint.sign_any(&claims.to_string()).await;
+            let got = s.verify_consumer(&token).await;
+            match expected {
+                None => assert!(got.is_ok(), "{name}: {got:?}"),
+                Some(e) => assert_eq!(got, Err(e), "{name}"),
+            }
+        }
+        // A claim named twice: serde refuses the duplicate field, whichever value comes first.
+        for doubled in ["sub", "exp", "iat", "nbf", "iss", "aud"] {
+            let mut text = good.to_string();
+            text.pop();
+            let value = good.get(doubled).cloned().unwrap_or(serde_json::json!(now));
+            if good.get(doubled).is_none() {
+                text.push_str(&format!(r#","{doubled}":{value}"#));
+            }
+            text.push_str(&format!(r#","{doubled}":{value}}}"#));
+            let token = s.inner.mint.sign_any(&text).await;
+            assert_eq!(
+                s.verify_consumer(&token).await,
+                Err(VerifyError::Invalid("claims")),
+                "{doubled} twice"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn foreign_altered_or_mistargeted_tokens_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -253,6 +422,7 @@ mod tests {
         );
 
         assert_eq!(s.verify_consumer("abc").await, Err(VerifyError::Malformed));
+        // (Duplicate claims: see `claims_the_mint_never_writes_are_refused`.)
         let huge = format!("{}.{}.x", "a".repeat(1500), "b".repeat(1500));
         assert_eq!(s.verify_consumer(&huge).await, Err(VerifyError::Malformed));
     }

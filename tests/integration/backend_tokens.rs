@@ -199,3 +199,92 @@ async fn only_trusted_backends_name_subjects() {
         .await;
     assert_eq!(answer.status, 415);
 }
+
+/// A consumer whose claims would make a token longer than 2,048 bytes (the platform's limit,
+/// and the relay's) still gets one: optional claims are left out in the documented order,
+/// their names logged, never their values.
+#[tokio::test]
+async fn a_token_never_outgrows_2048_bytes() {
+    let (mut w, _) = world().await;
+    let client = w.env.client();
+    let auth = basic("login", BACKEND_SECRET);
+    // A 241-character login name (the acceptance run's case), and long names and email.
+    let long = |c: char, n: usize| c.to_string().repeat(n);
+    let token = id_token(
+        &w,
+        json!({
+            "preferred_username": long('u', 241),
+            "given_name": long('g', 300),
+            "family_name": long('f', 300),
+            "email": format!("{}@example.test", long('e', 200)),
+            "customer_id": long('7', 200),
+        }),
+        "provider",
+    )
+    .await;
+    let answer = ask(&w, &client, Some(&auth), &json!({"id_token": token})).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let jwt = answer.json()["jwt"].as_str().unwrap().to_string();
+    assert!(jwt.len() <= 2048, "{} bytes", jwt.len());
+    let payload = w.verify(&jwt).await.unwrap()["payload"].clone();
+    assert_eq!(payload["sub"], "alice");
+
+    // What went is a prefix of the order, and what stayed is whole.
+    let order = [
+        "lp_sdes.personal",
+        "lp_sdes.ctmrinfo",
+        "preferred_username",
+        "email",
+        "family_name",
+        "given_name",
+    ];
+    let present = |name: &str| match name.strip_prefix("lp_sdes.") {
+        Some(entry) => payload["lp_sdes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["type"] == entry)),
+        None => payload.get(name).is_some(),
+    };
+    let gone: Vec<&str> = order.iter().copied().take_while(|n| !present(n)).collect();
+    assert!(
+        gone.len() >= 3,
+        "at least lp_sdes and the login name go: {payload}"
+    );
+    assert!(order[gone.len()..].iter().all(|n| present(n)), "{payload}");
+    assert_eq!(payload["given_name"], long('g', 300));
+
+    let log = w.daemon.stop().await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("optional claims left out"))
+        .unwrap_or_else(|| panic!("no log line: {log}"));
+    for name in &gone {
+        assert!(line.contains(name), "{name} not named: {line}");
+    }
+    assert!(!log.contains(&long('u', 241)), "a value was logged");
+}
+
+/// A provider subject that is not printable text never becomes a consumer id.
+#[tokio::test]
+async fn unprintable_subjects_are_refused() {
+    let (w, _) = world().await;
+    let client = w.env.client();
+    let auth = basic("login", BACKEND_SECRET);
+    for sub in [
+        "evil\nINFO forged",
+        "a\r\nb",
+        "bell\u{7}",
+        "esc\u{1b}[2J",
+        "rtl\u{202E}",
+    ] {
+        let token = id_token(&w, json!({ "sub": sub }), "provider").await;
+        let answer = ask(&w, &client, Some(&auth), &json!({"id_token": token})).await;
+        assert_eq!(answer.status, 400, "{sub:?}: {}", answer.body);
+        assert!(
+            answer
+                .body
+                .contains("control, line-separator or bidirectional-override"),
+            "{sub:?}: {}",
+            answer.body
+        );
+    }
+}

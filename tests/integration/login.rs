@@ -21,7 +21,7 @@ fn page(landing: Landing) -> Answer {
 
 #[tokio::test]
 async fn a_consumer_logs_in_and_the_platform_exchanges_the_code() {
-    let w = World::start("", "", "").await;
+    let mut w = World::start("", "", "").await;
     let mut browser = w.browser();
     let code = w.login_for_code(&mut browser, "alice").await;
     assert!(code.len() >= 22, "a code carries at least 128 bits");
@@ -76,13 +76,6 @@ async fn a_consumer_logs_in_and_the_platform_exchanges_the_code() {
     assert_eq!(seen["token"][0]["auth_method"], "client_secret_basic");
     assert!(seen["token"][0]["params"]["code_verifier"].is_string());
 
-    // Nothing secret reached the log.
-    let logs = w.daemon.logs();
-    assert!(!logs.contains(id_token.split('.').nth(2).unwrap()));
-    assert!(!logs.contains(&code));
-    assert!(!logs.contains(PLATFORM_SECRET));
-    assert!(!logs.contains("alice@example.test"));
-
     // The metrics count it.
     let metrics = w.env.client().get(&w.daemon.ops_url("/metrics")).await.body;
     assert!(
@@ -92,6 +85,73 @@ async fn a_consumer_logs_in_and_the_platform_exchanges_the_code() {
     assert!(
         metrics.contains("brandgate_identity_tokens_total{flow=\"code\",outcome=\"issued\"} 1")
     );
+
+    // Nothing secret reached the log (read once the daemon has stopped, so every line is in).
+    let id_token = id_token.to_string();
+    let logs = w.daemon.stop().await;
+    assert!(
+        logs.contains("exchanged a code for a consumer token"),
+        "{logs}"
+    );
+    assert!(!logs.contains(id_token.split('.').nth(2).unwrap()));
+    assert!(!logs.contains(&code));
+    assert!(!logs.contains(PLATFORM_SECRET));
+    assert!(!logs.contains("alice@example.test"));
+}
+
+/// A login name that is not printable text (a forged log line, a terminal escape) never
+/// becomes a consumer: the app hears why at once, and no code is issued.
+#[tokio::test]
+async fn a_login_whose_subject_is_not_printable_is_refused() {
+    let w = World::start("", "", "").await;
+    for login in ["evil%0AINFO+forged", "bell%07", "esc%1B%5B2J"] {
+        let mut browser = w.browser();
+        let query = format!(
+            "client_id={PLATFORM_CLIENT}&redirect_uri={}&state=s1",
+            crate::support::identity_world::enc(APP_CALLBACK)
+        );
+        let Landing::App(url) = browser.login(&query, login).await else {
+            panic!("{login}: the app was not told");
+        };
+        let p = url_params(&url);
+        assert_eq!(p["error"], "access_denied", "{login}: {url}");
+        assert!(
+            p["error_description"].contains("control, line-separator or bidirectional-override"),
+            "{login}: {url}"
+        );
+        assert!(!p.contains_key("code"), "{url}");
+        assert_eq!(p["state"], "s1");
+    }
+}
+
+/// A 241-character login name with the mapped profile made a 2,116-byte token the relay
+/// refused: now optional claims are left out and the token stays within 2,048 bytes.
+#[tokio::test]
+async fn a_long_login_name_still_gets_a_token_within_the_limit() {
+    let w = World::start("", "", "").await;
+    let name = "n".repeat(241);
+    // The provider's ID token for this login carries a full profile.
+    w.idp
+        .admin(
+            "tamper",
+            json!({"claims": {
+                "given_name": "G".repeat(200), "family_name": "F".repeat(200),
+                "email": format!("{}@example.test", "e".repeat(150)),
+                "preferred_username": name, "customer_tier": "platinum", "customer_id": "C-1"
+            }}),
+        )
+        .await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, &name).await;
+    let answer = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let token = answer.json()["id_token"].as_str().unwrap().to_string();
+    assert!(token.len() <= 2048, "{} bytes", token.len());
+    let verified = w.verify(&token).await.expect("jose verifies it");
+    assert_eq!(verified["payload"]["sub"], name.as_str());
+    // The lp_sdes entries went first; the names stayed.
+    assert!(verified["payload"].get("lp_sdes").is_none(), "{verified}");
+    assert_eq!(verified["payload"]["given_name"], "G".repeat(200));
 }
 
 #[tokio::test]

@@ -73,6 +73,12 @@ audience = "platform-audience"
 token_lifetime = "10m"
 {identity_extra}
 {upstream}
+[identity.claims]
+given_name = "given_name"
+family_name = "family_name"
+email = "email"
+phone_number = "phone_number"
+preferred_username = "preferred_username"
 [identity.claims.ctmrinfo]
 ctype = "customer_tier"
 customerId = "customer_id"
