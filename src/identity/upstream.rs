@@ -4,7 +4,8 @@
 //! What it owns: the provider's discovery document and keys (read at start and again, rate
 //! limited, when a token names a key not seen yet, so the provider's key rotation is followed),
 //! the client secret, and the checks of every upstream ID token: signature with an allowed
-//! algorithm, `iss`, `aud`, `exp` and `iat` within the leeway, `nonce` when the login sent one,
+//! algorithm, `iss`, `aud`, `exp`, `iat` and `nbf` within the leeway, no claim named twice,
+//! `nonce` when the login sent one,
 //! `at_hash` when present. The HTTP client never follows a redirect.
 //!
 //! It never logs a token, a code or the client secret; what a failed check says is about the
@@ -13,7 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -66,7 +67,7 @@ pub enum TokenProblem {
     Malformed,
     #[error("expired")]
     Expired,
-    #[error("issued in the future")]
+    #[error("issued in the future or not valid yet")]
     NotYetValid,
     #[error("wrong issuer")]
     Issuer,
@@ -474,13 +475,59 @@ impl Upstream {
                 return Err(TokenProblem::AccessTokenHash);
             }
         }
-        let claims = unverified_claims(&id_token.to_string()).ok_or(TokenProblem::Malformed)?;
+        // The signature covers these bytes; read them once more, refusing a claim named twice
+        // (the verifier and the claim mapping must not see two different values), and check
+        // `nbf`, which the verifier does not.
+        let claims = unique_claims(&id_token.to_string())?;
+        if claims
+            .get("nbf")
+            .and_then(Value::as_u64)
+            .is_some_and(|nbf| UNIX_EPOCH + Duration::from_secs(nbf) > now + leeway)
+        {
+            return Err(TokenProblem::NotYetValid);
+        }
         Ok(UpstreamIdentity {
             issuer: verified.issuer().as_str().to_string(),
             subject: verified.subject().as_str().to_string(),
             claims,
         })
     }
+}
+
+/// The top-level claims of a signed JWT, refusing a payload that names a claim twice.
+fn unique_claims(jwt: &str) -> Result<Map<String, Value>, TokenProblem> {
+    struct Unique(Map<String, Value>);
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Unique;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Unique, A::Error> {
+                    let mut map = Map::new();
+                    while let Some((k, v)) = a.next_entry::<String, Value>()? {
+                        if map.insert(k, v).is_some() {
+                            return Err(serde::de::Error::custom("a claim is named twice"));
+                        }
+                    }
+                    Ok(Unique(map))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    let payload = jwt.split('.').nth(1).ok_or(TokenProblem::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| TokenProblem::Malformed)?;
+    serde_json::from_slice::<Unique>(&bytes)
+        .map(|u| u.0)
+        .map_err(|_| TokenProblem::Other("a claim is named twice, or the claims are not an object"))
 }
 
 /// The claims of a JWT whose signature has been (or is about to be) checked elsewhere.
@@ -583,5 +630,19 @@ mod tests {
         let claims = unverified_claims(jwt).unwrap();
         assert_eq!(claims["sub"], "a");
         assert!(unverified_claims("not-a-jwt").is_none());
+        assert_eq!(unique_claims(jwt).unwrap()["sub"], "a");
+    }
+
+    #[test]
+    fn a_claim_named_twice_is_refused() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!(
+            "e30.{}.c2ln",
+            b64(r#"{"sub":"alice","email":"a@x","sub":"mallory"}"#)
+        );
+        assert!(matches!(unique_claims(&jwt), Err(TokenProblem::Other(_))));
+        // Nested objects may repeat a key of the top level.
+        let jwt = format!("e30.{}.c2ln", b64(r#"{"sub":"alice","x":{"sub":"b"}}"#));
+        assert!(unique_claims(&jwt).is_ok());
     }
 }
