@@ -167,15 +167,25 @@ impl Role for AgentRole {
                     .await
                     .map(|()| text_response(&request.id, 200, "OK")),
                 Ok((conversation, false)) => {
-                    self.desk.send_modify(|d| {
-                        // Bounded: the oldest rejections are forgotten first (the set is
-                        // small; order is not kept, so all are forgotten at the cap).
-                        if d.rejected.len() >= 1000 {
-                            d.rejected.clear();
+                    match link
+                        .conversations()
+                        .reject(&self.principal.agent_id, &conversation)
+                        .await
+                    {
+                        Ok(()) => {
+                            // This socket's ring ends as REJECTED (the store keeps the rejection;
+                            // this set only names how its rings end). Bounded: all forgotten
+                            // at the cap, and then labelled CANCELLED, which is still true.
+                            self.desk.send_modify(|d| {
+                                if d.rejected.len() >= 1000 {
+                                    d.rejected.clear();
+                                }
+                                d.rejected.insert(conversation);
+                            });
+                            Ok(text_response(&request.id, 200, "OK"))
                         }
-                        d.rejected.insert(conversation);
-                    });
-                    Ok(text_response(&request.id, 200, "OK"))
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             },

@@ -3,8 +3,8 @@
 //! The only code that writes conversations and events. A consumer only ever reaches its own
 //! conversations; an agent only those it took (waiting ones are offered by `routing`). Stored
 //! events (content, accept/read receipts) get the next sequence from the store and are
-//! acknowledged only once committed; chat states (typing) are not stored and carry the
-//! conversation's current last sequence. Every stored event body is sealed (AES-256-GCM under
+//! acknowledged only once committed; chat states (typing) are not stored and have no
+//! sequence. Every stored event body is sealed (AES-256-GCM under
 //! the data keys) and bound to its event id: the database never holds message text.
 
 use std::sync::Arc;
@@ -61,8 +61,14 @@ pub enum RelayError {
     /// Another agent took the conversation first, or it left the queue.
     #[error("the conversation is no longer waiting")]
     Taken,
+    /// This agent rejected the conversation's ring in its current queue round.
+    #[error("this agent rejected the ring")]
+    Rejected,
     #[error("{0}")]
     BadRequest(String),
+    /// The client's event id names another event already stored (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the store cannot be used: {0}")]
     Store(#[from] StoreError),
     #[error("sealing failed: {0}")]
@@ -196,12 +202,45 @@ impl Conversations {
         })
     }
 
-    /// Open conversations waiting for an agent, oldest first (at most `limit`).
-    pub async fn waiting(&self, limit: i64) -> Result<Vec<ConversationRow>, RelayError> {
+    /// Open conversations waiting for an agent that `agent_id` has not rejected, oldest first
+    /// (at most `limit`).
+    pub async fn waiting_for(
+        &self,
+        agent_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ConversationRow>, RelayError> {
         Ok(self
             .store
-            .list_waiting_conversations(&self.account, limit)
+            .list_waiting_conversations(&self.account, Some(agent_id), limit)
             .await?)
+    }
+
+    /// Whether `agent_id` rejected the waiting conversation's ring (since it last joined the
+    /// queue).
+    pub async fn rejected_by(
+        &self,
+        agent_id: &str,
+        conversation_id: &str,
+    ) -> Result<bool, RelayError> {
+        Ok(self
+            .store
+            .has_rejected_ring(conversation_id, agent_id)
+            .await?)
+    }
+
+    /// An agent rejects a waiting conversation's ring: it is not rung for it again, on any
+    /// socket or node, and cannot take it, until the conversation returns to the queue.
+    pub async fn reject(&self, agent_id: &str, conversation_id: &str) -> Result<(), RelayError> {
+        let Some(row) = self.get_for_routing(conversation_id).await? else {
+            return Err(RelayError::NotFound);
+        };
+        if !self.store.reject_ring(conversation_id, agent_id).await? {
+            return Err(RelayError::Taken);
+        }
+        tracing::info!(conversation = %conversation_id, agent = %agent_id, "an agent rejected a ring");
+        // The agent's other sockets end their ring too.
+        self.bus.state_changed(conversation_id, &row.consumer_id);
+        Ok(())
     }
 
     /// A conversation of this account whoever holds it, for routing (which shows agents
@@ -228,6 +267,13 @@ impl Conversations {
             .take_conversation(conversation_id, agent_id)
             .await?
         {
+            if self
+                .store
+                .has_rejected_ring(conversation_id, agent_id)
+                .await?
+            {
+                return Err(RelayError::Rejected);
+            }
             return Err(RelayError::Taken);
         }
         tracing::info!(conversation = %conversation_id, agent = %agent_id, "an agent took a conversation");
@@ -350,17 +396,33 @@ impl Conversations {
     }
 
     /// Publishes an event to a conversation `who` may see. Returns the sequence once the
-    /// event is committed (stored events), or the current last sequence (chat states).
+    /// event is committed (stored events); a chat state has none.
+    ///
+    /// A client event id already stored for this participant answers with that event's
+    /// sequence when the event is the same (a re-send), and [`RelayError::Conflict`] when it is
+    /// another: nothing is stored either way. Receipts may only name sequences that exist.
     pub async fn publish(
         &self,
         who: &Participant,
         conversation_id: &str,
         event: Event,
         client_event_id: Option<&str>,
-    ) -> Result<i64, RelayError> {
+    ) -> Result<Option<i64>, RelayError> {
         let conversation = self.get(who, conversation_id).await?;
         if !conversation.open {
             return Err(RelayError::Closed);
+        }
+        if let Event::Stored(body) = &event
+            && let Some(highest) = body
+                .get("sequenceList")
+                .and_then(Value::as_array)
+                .and_then(|l| l.iter().filter_map(Value::as_i64).max())
+            && highest > conversation.last_seq
+        {
+            return Err(RelayError::BadRequest(format!(
+                "sequenceList names sequence {highest}, but the conversation's last is {}",
+                conversation.last_seq
+            )));
         }
         let now = millis(&*self.clock);
         match event {
@@ -374,7 +436,7 @@ impl Conversations {
                     event: body,
                     stored: false,
                 });
-                Ok(conversation.last_seq)
+                Ok(None)
             }
             Event::Stored(body) => {
                 let event_id = uuid::Uuid::new_v4().to_string();
@@ -406,6 +468,14 @@ impl Conversations {
                         (StoreError::NotFound, Participant::Consumer(_)) => RelayError::Closed,
                         (other, _) => other.into(),
                     })?;
+                if let Some((earlier_id, earlier_sealed)) = &appended.earlier {
+                    let earlier = self.open_event(earlier_id, earlier_sealed)?;
+                    if earlier != body {
+                        return Err(RelayError::Conflict(
+                            "event.eventId was already used for another event".into(),
+                        ));
+                    }
+                }
                 if appended.created {
                     if let Some(away) = &self.away {
                         notify_away(away, who, &conversation, appended.seq, &body);
@@ -422,9 +492,18 @@ impl Conversations {
                         stored: true,
                     });
                 }
-                Ok(appended.seq)
+                Ok(Some(appended.seq))
             }
         }
+    }
+
+    /// A stored event's body, opened.
+    fn open_event(&self, event_id: &str, sealed: &[u8]) -> Result<Value, RelayError> {
+        let plain = self
+            .data_keys
+            .open(&seal_context(event_id), sealed)
+            .map_err(|e| RelayError::Seal(e.to_string()))?;
+        serde_json::from_slice(plain.expose()).map_err(|e| RelayError::Seal(e.to_string()))
     }
 
     /// Stored events of a conversation `who` may see, from `from_seq`, at most `limit`.
@@ -452,12 +531,7 @@ impl Conversations {
             .await?;
         rows.into_iter()
             .map(|r| {
-                let plain = self
-                    .data_keys
-                    .open(&seal_context(&r.event_id), &r.sealed)
-                    .map_err(|e| RelayError::Seal(e.to_string()))?;
-                let event: Value = serde_json::from_slice(plain.expose())
-                    .map_err(|e| RelayError::Seal(e.to_string()))?;
+                let event = self.open_event(&r.event_id, &r.sealed)?;
                 Ok(Change {
                     conversation_id: r.conversation_id,
                     seq: r.seq,

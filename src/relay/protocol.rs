@@ -50,10 +50,31 @@ fn usable_id(v: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The request id of a frame that is not valid JSON, when its `"id": "..."` can still be
+/// read (a usable id, without escapes), so the client learns which request failed.
+fn id_in_broken_json(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(at) = rest.find("\"id\"") {
+        rest = &rest[at + 4..];
+        let Some(value) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let Some(quoted) = value.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let end = quoted.find(['"', '\\'])?;
+        return (quoted[end..].starts_with('"'))
+            .then(|| Value::from(&quoted[..end]))
+            .as_ref()
+            .and_then(usable_id);
+    }
+    None
+}
+
 /// Reads one text frame as a request.
 pub fn parse_request(text: &str) -> Result<Request, Malformed> {
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| Malformed {
-        id: None,
+        id: id_in_broken_json(text),
         reason: format!("not a JSON object: {e}"),
     })?;
     let id = envelope.id.as_ref().and_then(usable_id);
@@ -106,8 +127,8 @@ pub fn text_response(req_id: &str, code: u16, text: &str) -> String {
     )
 }
 
-/// The answer to a malformed request: `400` with the reason. A request without a usable id
-/// is answered with the id `"invalid"` (the schema requires a non-empty one).
+/// The answer to a malformed request: `400` with the reason. A request whose id cannot be
+/// read is answered with the id `"invalid"` (the schema requires a non-empty one).
 pub fn malformed_response(m: &Malformed) -> String {
     text_response(m.id.as_deref().unwrap_or("invalid"), 400, &m.reason)
 }
@@ -132,6 +153,23 @@ mod tests {
 
         let e = parse_request("[1,2]").unwrap_err();
         assert_eq!(e.id, None);
+        // Not JSON, but its id can be read: the answer names it.
+        let e = parse_request(r#"{"kind":"req", "id" : "41","type":"ms.PublishEvent","body":{"#)
+            .unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("41"));
+        assert!(e.reason.starts_with("not a JSON object"), "{e:?}");
+        for unreadable in [
+            r#"{"id":41,"type":"#,
+            r#"{"id":"4\"1","#,
+            r#"{"id":"41"#,
+            "{",
+        ] {
+            assert_eq!(
+                parse_request(unreadable).unwrap_err().id,
+                None,
+                "{unreadable}"
+            );
+        }
         let e = parse_request(r#"{"id":7,"type":"x"}"#).unwrap_err();
         assert!(e.reason.contains("id must be"), "{e:?}");
         let e = parse_request(r#"{"id":"9","type":5}"#).unwrap_err();

@@ -6,7 +6,8 @@
 //! conversation waiting in the queue as a task with one `WAITING` ring; the ring id is the
 //! conversation id. `routing.UpdateRingState` `ACCEPTED` takes the conversation (the store lets
 //! exactly one agent win; the others' tasks complete as `CANCELLED`), `REJECTED` ends the ring
-//! for this agent only. The queue is read from the store and changes arrive over the bus, so
+//! for this agent only, on all its sockets and nodes: kept in the store, it is neither rung nor
+//! able to take the conversation again until the conversation returns to the queue. The queue is read from the store and changes arrive over the bus, so
 //! agents on other nodes are rung as well.
 
 use std::collections::{HashMap, HashSet};
@@ -106,7 +107,7 @@ pub async fn ring(
                 (d.availability == Availability::Online, d.rejected.clone())
             };
             let waiting = if online {
-                conversations.waiting(MAX_RINGS).await?
+                conversations.waiting_for(&agent_id, MAX_RINGS).await?
             } else {
                 Vec::new()
             };
@@ -161,6 +162,8 @@ pub async fn ring(
                         let d = desk.borrow();
                         (d.availability == Availability::Online, d.rejected.contains(&row.id))
                     };
+                    // Rejected on another socket or node of this agent: the store knows.
+                    let rejected_elsewhere = || conversations.rejected_by(&agent_id, &row.id);
                     if was_ringing && !waiting {
                         ringing.remove(&row.id);
                         resync = capped;
@@ -172,8 +175,15 @@ pub async fn ring(
                         if !out.send(task(&subscription, &row, Some(how)), &cancel).await {
                             return Ok(());
                         }
+                    } else if was_ringing && (rejected || rejected_elsewhere().await?) {
+                        ringing.remove(&row.id);
+                        resync = capped;
+                        if !out.send(task(&subscription, &row, Some(Ending::Rejected)), &cancel).await {
+                            return Ok(());
+                        }
                     } else if !was_ringing && waiting && online && !rejected
                         && ringing.len() < MAX_RINGS as usize
+                        && !rejected_elsewhere().await?
                     {
                         if !out.send(task(&subscription, &row, None), &cancel).await {
                             return Ok(());

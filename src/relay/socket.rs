@@ -47,6 +47,10 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame larger than `relay.max_frame_bytes` (RFC 6455's "message too big").
     pub const TOO_BIG: u16 = 1009;
+    /// A frame the WebSocket layer cannot read (RFC 6455's "protocol error").
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8 (RFC 6455's "invalid frame payload data").
+    pub const INVALID_DATA: u16 = 1007;
 }
 
 /// What the socket's task does after a frame.
@@ -198,17 +202,13 @@ impl Link {
                 })
             }
             "cm.UpdateConversationField" => self.update_conversation(who, r).await,
+            // The schema's 200 body is a string: the clock in Unix milliseconds, as text.
             "GetClock" => {
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
-                Ok(response(
-                    &r.id,
-                    200,
-                    "GetClock$Response",
-                    json!({ "currentTime": now }),
-                ))
+                Ok(text_response(&r.id, 200, &now.to_string()))
             }
             "KeepAlive" => Ok(text_response(&r.id, 200, "OK")),
             _ => return None,
@@ -228,26 +228,25 @@ impl Link {
             .filter(|s| !s.is_empty() && s.len() <= 64);
         let conversations = &self.relay.inner.conversations;
         let event = conversations.check_event(raw)?;
-        let seq = conversations
+        // A chat state is not stored and gets no sequence.
+        let body = match conversations
             .publish(who, &dialog, event, client_id)
-            .await?;
-        // A chat state before the first stored event has no sequence to carry (the schema
-        // allows none below 0).
-        let body = if seq >= 0 {
-            json!({ "sequence": seq })
-        } else {
-            json!({})
+            .await?
+        {
+            Some(seq) => json!({ "sequence": seq }),
+            None => json!({}),
         };
         Ok(response(&r.id, 200, "ms.PublishEventResponse", body))
     }
 
     async fn follow(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
         let dialog = id_field(&r.body, "dialogId")?;
+        // As the history REST reads it: a sequence, 0 or more.
         let from = match r.body.get("fromSeq") {
             None | Some(Value::Null) => 0,
-            Some(v) => v
-                .as_i64()
-                .ok_or_else(|| RelayError::BadRequest("body.fromSeq must be an integer".into()))?,
+            Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+                RelayError::BadRequest("body.fromSeq must be a sequence (0 or more)".into())
+            })?,
         };
         let conversations = self.conversations();
         let row = conversations.get(who, &dialog).await?;
@@ -399,8 +398,8 @@ pub(super) fn id_field(body: &Value, field: &str) -> Result<String, RelayError> 
 }
 
 /// The WebSocket settings every relay socket gets. The layer stops anything past twice the
-/// frame limit (bounded memory); frames between the limit and that are refused by the session
-/// with a clean 1009 close. Buffers start small (an idle socket holds a few KiB, not the
+/// frame limit before reading it (bounded memory), frames between the limit and that are read
+/// and refused by the session: either way the client gets a 1009 close. Buffers start small (an idle socket holds a few KiB, not the
 /// library's 128 KiB read buffer) and grow for the frame at hand; frames are written at once.
 pub(super) fn websocket(ws: WebSocketUpgrade, config: &RelayConfig) -> WebSocketUpgrade {
     ws.max_frame_size(config.max_frame_bytes * 2)
@@ -412,61 +411,116 @@ pub(super) fn websocket(ws: WebSocketUpgrade, config: &RelayConfig) -> WebSocket
 /// The read buffer a socket starts with.
 const READ_BUFFER: usize = 1024;
 
+/// How long a closing socket waits for the other side's part of the closing handshake.
+const CLOSING_WAIT: Duration = Duration::from_secs(5);
+
+/// How a socket's loop ended.
+enum Ending {
+    /// The client sent a Close frame: it is answered (RFC 6455 §5.5.1), then TCP ends.
+    ClosedByClient,
+    /// brandgate closes with this code and reason, then waits for the client's Close.
+    Close(u16, &'static str),
+    /// The connection is gone (reset, or ended without a Close): nothing to send.
+    Gone,
+}
+
+/// The Close a read error calls for, if the connection can still carry one: a frame over the
+/// layer's limit (1009), a broken frame (1002) or text that is not UTF-8 (1007).
+fn close_for(error: axum::Error) -> Ending {
+    use tungstenite::error::{CapacityError, Error};
+    match error.into_inner().downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => Ending::Close(
+            close_code::TOO_BIG,
+            "frame larger than relay.max_frame_bytes",
+        ),
+        Some(Error::Capacity(_) | Error::Protocol(_)) => {
+            Ending::Close(close_code::PROTOCOL_ERROR, "not a valid WebSocket frame")
+        }
+        Some(Error::Utf8(_)) => Ending::Close(close_code::INVALID_DATA, "text is not UTF-8"),
+        _ => Ending::Gone,
+    }
+}
+
 /// Runs a socket until it closes: frames in, queued frames out, deadlines, shutdown.
 pub(super) async fn run<R: Role>(mut role: R, mut link: Link) {
     let max_frame = link.relay.inner.config.max_frame_bytes;
-    let close = loop {
+    let ending = loop {
         let deadline = role.deadline();
         tokio::select! {
             incoming = link.socket.recv() => {
-                let Some(Ok(message)) = incoming else { break None };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => break close_for(e),
+                    None => break Ending::Gone,
+                };
                 match message {
                     Message::Text(text) if text.len() > max_frame => {
-                        break Some((close_code::TOO_BIG, "frame larger than relay.max_frame_bytes"));
+                        break Ending::Close(close_code::TOO_BIG, "frame larger than relay.max_frame_bytes");
                     }
                     // Boxed: the request's future (store calls and all) is allocated while it
                     // runs, not held by every idle socket.
                     Message::Text(text) => match Box::pin(role.frame(&mut link, text.as_str())).await {
                         Next::Continue => {}
-                        Next::Close(code, why) => break Some((code, why)),
+                        Next::Close(code, why) => break Ending::Close(code, why),
                     },
                     Message::Binary(_) => {
                         let reason = if link.within_rate() { "frames must be text (JSON)" } else { "too many requests; slow down" };
                         let m = protocol::Malformed { id: None, reason: reason.into() };
-                        if link.send(malformed_response(&m)).await.is_err() { break None; }
+                        if link.send(malformed_response(&m)).await.is_err() { break Ending::Gone; }
                     }
-                    Message::Close(_) => break None,
+                    Message::Close(_) => break Ending::ClosedByClient,
                     // axum answers pings itself.
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
             queued = link.queue.recv() => match queued {
-                None => break None,
+                None => break Ending::Gone,
                 // The permit (the frame's share of the byte budget) is released once sent.
                 Some(Outgoing::Frame(frame, _permit)) => {
                     if link.send(frame).await.is_err() {
-                        break Some((close_code::TOO_SLOW, "the socket does not read what it is sent"));
+                        break Ending::Close(close_code::TOO_SLOW, "the socket does not read what it is sent");
                     }
                 }
-                Some(Outgoing::Close(code, reason)) => break Some((code, reason)),
+                Some(Outgoing::Close(code, reason)) => break Ending::Close(code, reason),
             },
             _ = tokio::time::sleep_until(deadline) => match Box::pin(role.deadline_passed(&mut link)).await {
                 Next::Continue => {}
-                Next::Close(code, why) => break Some((code, why)),
+                Next::Close(code, why) => break Ending::Close(code, why),
             },
             _ = link.cancel.cancelled() => {
-                break Some((close_code::GOING_AWAY, "the server is stopping"));
+                break Ending::Close(close_code::GOING_AWAY, "the server is stopping");
             }
         }
     };
     link.cancel.cancel();
-    if let Some((code, reason)) = close {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = tokio::time::timeout(SEND_TIMEOUT, link.socket.send(frame)).await;
+    finish_closing(&mut link.socket, ending).await;
+}
+
+/// The closing handshake (RFC 6455 §7.1.2): a client's Close is answered with a Close (the
+/// library queued the echo; the next read sends it and then reports the end); a Close of ours
+/// is sent, then the client's answer awaited (what it still sends is read and dropped). Bounded
+/// by [`CLOSING_WAIT`]; then TCP ends when the socket is dropped.
+async fn finish_closing(socket: &mut WebSocket, ending: Ending) {
+    match ending {
+        Ending::Gone => return,
+        Ending::ClosedByClient => {}
+        Ending::Close(code, reason) => {
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            if !matches!(
+                tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
     }
+    let _ = tokio::time::timeout(CLOSING_WAIT, async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
 }
 
 /// A `400`/`404`/... answer for a failed request; our own failures are logged, not shown.
@@ -478,7 +532,13 @@ pub(super) fn error_response(req_id: &str, e: &RelayError) -> String {
             409,
             "the conversation was taken by another agent or left the queue".to_string(),
         ),
+        RelayError::Rejected => (
+            409,
+            "you rejected this ring; it rings again once the conversation is back in the queue"
+                .to_string(),
+        ),
         RelayError::BadRequest(why) => (400, why.clone()),
+        RelayError::Conflict(why) => (409, why.clone()),
         RelayError::Store(_) | RelayError::Seal(_) => {
             tracing::error!(error = %e, "a relay request failed");
             (

@@ -109,6 +109,16 @@ const SQLITE: &[(i64, &str)] = &[
             PRIMARY KEY (account, consumer_id, app)
         )",
     ),
+    (
+        6,
+        "ALTER TABLE conversations ADD COLUMN queue_round INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE ring_rejections (
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            agent_id TEXT NOT NULL,
+            queue_round INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, agent_id)
+        )",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -210,6 +220,16 @@ const POSTGRES: &[(i64, &str)] = &[
             token_hash TEXT NOT NULL,
             updated_at BIGINT NOT NULL,
             PRIMARY KEY (account, consumer_id, app)
+        )",
+    ),
+    (
+        6,
+        "ALTER TABLE conversations ADD COLUMN queue_round BIGINT NOT NULL DEFAULT 0;
+        CREATE TABLE ring_rejections (
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            agent_id TEXT NOT NULL,
+            queue_round BIGINT NOT NULL,
+            PRIMARY KEY (conversation_id, agent_id)
         )",
     ),
 ];

@@ -7,14 +7,17 @@
 //!   at 0, with no gap and no repeat, whatever the number of writers and nodes. It is atomic:
 //!   when it returns `Ok`, the event is committed (an acknowledged message survives a crash).
 //!   An event with a client event id already stored for the same originator returns the
-//!   sequence it got the first time and stores nothing (a re-send after a lost ack).
+//!   sequence it got the first time, with that event's id and sealed body, and stores nothing
+//!   (a re-send after a lost ack; the caller tells it from another event under the same id).
 //! - Events are only appended to open conversations, and an agent's only while it holds the
 //!   conversation ([`StoreError::NotFound`] otherwise);
 //!   a re-send of an event stored before the close still answers with its sequence.
 //! - `list_events` returns events in sequence order.
 //! - An event's body is sealed by the caller; the store never sees message text.
 //! - `take_conversation` gives a waiting conversation to one agent: of concurrent takers of
-//!   the same conversation, on any number of nodes, exactly one succeeds.
+//!   the same conversation, on any number of nodes, exactly one succeeds. An agent that
+//!   rejected its ring (`reject_ring`) cannot take it, nor is it listed for that agent, until
+//!   the conversation joins the queue again (`return_conversation` starts a new round).
 
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
@@ -73,11 +76,32 @@ pub struct EventRow {
 }
 
 /// What `append_event` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub seq: i64,
     /// `false` when the client event id was already stored: nothing new was written.
     pub created: bool,
+    /// When not created: the stored event's id and sealed body, so the caller can tell a
+    /// re-send (the same event) from another event under the same client id.
+    pub earlier: Option<(String, Vec<u8>)>,
+}
+
+impl Appended {
+    fn created(seq: i64) -> Appended {
+        Appended {
+            seq,
+            created: true,
+            earlier: None,
+        }
+    }
+
+    fn repeat((seq, event_id, sealed): (i64, String, Vec<u8>)) -> Appended {
+        Appended {
+            seq,
+            created: false,
+            earlier: Some((event_id, sealed)),
+        }
+    }
 }
 
 /// Column lists, as macros so queries stay literal strings (`concat!`).
@@ -125,14 +149,27 @@ macro_rules! event_row {
     };
 }
 
-/// The sequence a re-send (same originator, same client event id) got the first time, in
-/// transaction `$tx` of either backend.
+/// SQL that is true when the agent bound at `$agent` rejected the `conversations` row at hand
+/// in its current queue round (false when the agent is NULL).
+macro_rules! rejected_by {
+    ($agent:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM ring_rejections r WHERE r.conversation_id = conversations.id \
+             AND r.agent_id = ",
+            $agent,
+            " AND r.queue_round = conversations.queue_round)"
+        )
+    };
+}
+
+/// The sequence, event id and sealed body of the event stored the first time under a client
+/// event id (same originator), in transaction `$tx` of either backend.
 macro_rules! earlier_seq {
     ($tx:ident, $e:expr) => {
         match $e.client_event_id {
             Some(client_id) => {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT seq FROM events WHERE conversation_id = $1 AND originator_id = $2 AND client_event_id = $3",
+                sqlx::query_as::<_, (i64, String, Vec<u8>)>(
+                    "SELECT seq, event_id, sealed FROM events WHERE conversation_id = $1 AND originator_id = $2 AND client_event_id = $3",
                 )
                 .bind($e.conversation_id)
                 .bind($e.originator_id)
@@ -253,17 +290,21 @@ impl Store {
         Ok(rows)
     }
 
-    /// Open conversations waiting for an agent in the account, oldest first, at most `limit`.
+    /// Open conversations waiting for an agent in the account, oldest first, at most `limit`;
+    /// with `for_agent`, without those that agent rejected since they last joined the queue.
     pub async fn list_waiting_conversations(
         &self,
         account: &str,
+        for_agent: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ConversationRow>, StoreError> {
         let rows = on_pool!(self, pool => {
             sqlx::query(concat!("SELECT ", conversation_columns!(), " FROM conversations \
-                 WHERE account = $1 AND is_open AND agent_id IS NULL ORDER BY created_at, id LIMIT $2"))
+                 WHERE account = $1 AND is_open AND agent_id IS NULL AND NOT ", rejected_by!("$3"),
+                 " ORDER BY created_at, id LIMIT $2"))
             .bind(account)
             .bind(limit)
+            .bind(for_agent)
             .fetch_all(pool)
             .await?
             .iter()
@@ -296,11 +337,13 @@ impl Store {
         Ok(rows)
     }
 
-    /// Gives a waiting open conversation to an agent. Returns whether it did: of agents
-    /// taking the same conversation at once, exactly one gets `true`.
+    /// Gives a waiting open conversation to an agent that has not rejected it since it last
+    /// joined the queue. Returns whether it did: of agents taking the same conversation at
+    /// once, exactly one gets `true`.
     pub async fn take_conversation(&self, id: &str, agent_id: &str) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
-            sqlx::query("UPDATE conversations SET agent_id = $1 WHERE id = $2 AND is_open AND agent_id IS NULL")
+            sqlx::query(concat!("UPDATE conversations SET agent_id = $1 \
+                 WHERE id = $2 AND is_open AND agent_id IS NULL AND NOT ", rejected_by!("$1")))
                 .bind(agent_id)
                 .bind(id)
                 .execute(pool)
@@ -310,8 +353,39 @@ impl Store {
         Ok(done == 1)
     }
 
+    /// An agent rejects a waiting conversation's ring: until the conversation joins the queue
+    /// again (returned by its agent), this agent is not offered it and cannot take it. Returns
+    /// whether the conversation was waiting.
+    pub async fn reject_ring(&self, id: &str, agent_id: &str) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => {
+            sqlx::query("INSERT INTO ring_rejections (conversation_id, agent_id, queue_round) \
+                 SELECT id, $2, queue_round FROM conversations WHERE id = $1 AND is_open AND agent_id IS NULL \
+                 ON CONFLICT (conversation_id, agent_id) DO UPDATE SET queue_round = excluded.queue_round")
+                .bind(id)
+                .bind(agent_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Whether `agent_id` rejected the conversation since it last joined the queue.
+    pub async fn has_rejected_ring(&self, id: &str, agent_id: &str) -> Result<bool, StoreError> {
+        let found = on_pool!(self, pool => {
+            sqlx::query(concat!("SELECT 1 FROM conversations WHERE id = $2 AND ", rejected_by!("$1")))
+                .bind(agent_id)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+        });
+        Ok(found)
+    }
+
     /// Puts an open conversation held by `agent_id` back in the queue, with a new skill when
-    /// given. Returns whether it did.
+    /// given: a new round, in which every agent is offered it again (rejections of earlier
+    /// rounds no longer count). Returns whether it did.
     pub async fn return_conversation(
         &self,
         id: &str,
@@ -319,8 +393,8 @@ impl Store {
         skill: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
-            sqlx::query("UPDATE conversations SET agent_id = NULL, skill = COALESCE($1, skill) \
-                 WHERE id = $2 AND agent_id = $3 AND is_open")
+            sqlx::query("UPDATE conversations SET agent_id = NULL, skill = COALESCE($1, skill), \
+                 queue_round = queue_round + 1 WHERE id = $2 AND agent_id = $3 AND is_open")
                 .bind(skill)
                 .bind(id)
                 .bind(agent_id)
@@ -331,15 +405,21 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// Closes an open conversation. Returns whether it was open.
+    /// Closes an open conversation (its ring rejections go: it never rings again). Returns
+    /// whether it was open.
     pub async fn close_conversation(&self, id: &str, closed_at: i64) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
-            sqlx::query("UPDATE conversations SET is_open = FALSE, closed_at = $1 WHERE id = $2 AND is_open")
+            let done = sqlx::query("UPDATE conversations SET is_open = FALSE, closed_at = $1 WHERE id = $2 AND is_open")
                 .bind(closed_at)
                 .bind(id)
                 .execute(pool)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            sqlx::query("DELETE FROM ring_rejections WHERE conversation_id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?;
+            done
         });
         Ok(done == 1)
     }
@@ -354,11 +434,8 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 // A re-send of a stored event answers with its sequence, even if the
                 // conversation closed since.
-                if let Some(seq) = earlier_seq!(tx, e)? {
-                    return Ok(Appended {
-                        seq,
-                        created: false,
-                    });
+                if let Some(earlier) = earlier_seq!(tx, e)? {
+                    return Ok(Appended::repeat(earlier));
                 }
                 // Taking the next sequence locks the conversation's row...
                 let Some(seq) = next_seq!(tx, e)? else {
@@ -366,16 +443,13 @@ impl Store {
                 };
                 // ...so this second look sees a concurrent re-send that committed between the
                 // first look and the lock (READ COMMITTED).
-                if let Some(seq) = earlier_seq!(tx, e)? {
+                if let Some(earlier) = earlier_seq!(tx, e)? {
                     // Dropping the transaction rolls the sequence back.
-                    return Ok(Appended {
-                        seq,
-                        created: false,
-                    });
+                    return Ok(Appended::repeat(earlier));
                 }
                 insert_event!(tx, e, seq)?;
                 tx.commit().await?;
-                Ok(Appended { seq, created: true })
+                Ok(Appended::created(seq))
             }
         }
     }
@@ -513,11 +587,8 @@ async fn commit_group(
     let mut results = Vec::with_capacity(group.len());
     for job in group {
         let e = job.event.as_new();
-        if let Some(seq) = earlier_seq!(tx, e)? {
-            results.push(Ok(Appended {
-                seq,
-                created: false,
-            }));
+        if let Some(earlier) = earlier_seq!(tx, e)? {
+            results.push(Ok(Appended::repeat(earlier)));
             continue;
         }
         let Some(seq) = next_seq!(tx, e)? else {
@@ -525,7 +596,7 @@ async fn commit_group(
             continue;
         };
         insert_event!(tx, e, seq)?;
-        results.push(Ok(Appended { seq, created: true }));
+        results.push(Ok(Appended::created(seq)));
     }
     tx.commit().await?;
     Ok(results)

@@ -8,19 +8,17 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::TestEnv;
+use crate::support::messaging::{
+    CHAT_STATE_WITHOUT_SEQUENCE, CONSUMER_GET_CLOCK, Difference, SESSION_EXPIRED,
+};
 use crate::support::messaging::{MessagingClient, Side};
 use crate::support::relay_world::{ACCOUNT, Relay, config, publish, text};
 
 /// Deliberate differences from the published schemas, named for the reader.
-const DIFFERS: &[(&str, &str)] = &[
-    (
-        "GetClock",
-        "the schemas list GetClock for agents only; brandgate answers consumers too",
-    ),
-    (
-        "brandgate.SessionExpired",
-        "the schemas have no session-expiry notification; brandgate sends one before closing",
-    ),
+const DIFFERS: &[Difference] = &[
+    CONSUMER_GET_CLOCK,
+    SESSION_EXPIRED,
+    CHAT_STATE_WITHOUT_SEQUENCE,
 ];
 
 const RELAY_EXTRA: &str = "requests_per_second = 100000";

@@ -7,19 +7,17 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
+use crate::support::messaging::{
+    CHAT_STATE_WITHOUT_SEQUENCE, CONSUMER_GET_CLOCK, Difference, TOKEN_EXPIRED,
+};
 use crate::support::messaging::{MessagingClient, Side};
 use crate::support::relay_world::{PLATFORM_PATH, Relay, publish, text};
 
 /// Deliberate differences from the published schemas, named for the reader.
-const DIFFERS: &[(&str, &str)] = &[
-    (
-        "GetClock",
-        "the schemas list GetClock for agents only; brandgate answers consumers too",
-    ),
-    (
-        "brandgate.TokenExpired",
-        "the schemas have no token-expiry notification; brandgate sends one before closing",
-    ),
+const DIFFERS: &[Difference] = &[
+    CONSUMER_GET_CLOCK,
+    TOKEN_EXPIRED,
+    CHAT_STATE_WITHOUT_SEQUENCE,
 ];
 
 #[tokio::test]
@@ -63,14 +61,15 @@ async fn a_consumer_converses_over_the_platform_protocol() {
     assert_eq!(changes[0]["dialogId"], conv.as_str());
     assert_eq!(changes[0]["originatorMetadata"]["role"], "CONSUMER");
 
-    // Typing is not stored: it carries the last sequence and takes none.
+    // Typing is not stored: it carries no sequence and takes none.
     let typing = publish(
         &mut c,
         &conv,
         json!({"type": "ChatStateEvent", "chatState": "COMPOSING"}),
     )
     .await;
-    assert_eq!(typing["body"]["sequence"], 0);
+    assert_eq!(typing["code"], 200, "{typing}");
+    assert_eq!(typing["body"], json!({}));
     let read = publish(
         &mut c,
         &conv,
@@ -80,10 +79,15 @@ async fn a_consumer_converses_over_the_platform_protocol() {
     assert_eq!(read["body"]["sequence"], 1);
     let changes = c.changes(1).await;
     assert_eq!(changes[0]["event"]["chatState"], "COMPOSING");
+    assert!(changes[0].get("sequence").is_none(), "{}", changes[0]);
     assert_eq!(changes[1]["event"]["status"], "READ");
+    assert_eq!(changes[1]["sequence"], 1);
 
+    // The clock, as the schema's string body: Unix milliseconds.
     let clock = c.request("GetClock", Value::Null).await;
-    assert!(clock["body"]["currentTime"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(clock["code"], 200);
+    let millis: u64 = clock["body"].as_str().unwrap().parse().unwrap();
+    assert!(millis > 1_700_000_000_000);
 
     let closed = c
         .request(

@@ -502,18 +502,21 @@ async fn relay_conforms(store: &Store) {
         first,
         Appended {
             seq: 20,
-            created: true
+            created: true,
+            earlier: None,
         }
     );
     let again = store
         .append_event(&new_event("c1", "x2", Some("client-7")))
         .await
         .unwrap();
+    // ...with the first event's id and sealed body, to compare with.
     assert_eq!(
         again,
         Appended {
             seq: 20,
-            created: false
+            created: false,
+            earlier: Some(("x1".into(), b"sealed".to_vec())),
         }
     );
     let next = store
@@ -548,7 +551,8 @@ async fn relay_conforms(store: &Store) {
             .unwrap(),
         Appended {
             seq: 20,
-            created: false
+            created: false,
+            earlier: Some(("x1".into(), b"sealed".to_vec())),
         }
     );
     let closed = store.get_conversation("c1").await.unwrap().unwrap();
@@ -657,10 +661,44 @@ async fn routing_conforms(store: &Store) {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        queue(store.list_waiting_conversations("acct", 100).await.unwrap()),
+        queue(
+            store
+                .list_waiting_conversations("acct", None, 100)
+                .await
+                .unwrap()
+        ),
         waiting,
         "oldest first"
     );
+
+    // An agent that rejects a ring is no longer offered it and cannot take it (until the
+    // conversation joins the queue again, below); other agents still are and can.
+    assert!(store.reject_ring("q1", "agent-r").await.unwrap());
+    assert!(
+        store.reject_ring("q1", "agent-r").await.unwrap(),
+        "again: no error"
+    );
+    assert!(store.has_rejected_ring("q1", "agent-r").await.unwrap());
+    assert!(!store.has_rejected_ring("q1", "agent-s").await.unwrap());
+    assert_eq!(
+        queue(
+            store
+                .list_waiting_conversations("acct", Some("agent-r"), 100)
+                .await
+                .unwrap()
+        ),
+        ["q0", "q2"]
+    );
+    assert_eq!(
+        queue(
+            store
+                .list_waiting_conversations("acct", Some("agent-s"), 100)
+                .await
+                .unwrap()
+        ),
+        waiting
+    );
+    assert!(!store.take_conversation("q1", "agent-r").await.unwrap());
 
     // Ten agents take q0 at once: exactly one wins.
     let takers: Vec<_> = (0..10)
@@ -689,9 +727,16 @@ async fn routing_conforms(store: &Store) {
     let taken = store.get_conversation("q0").await.unwrap().unwrap();
     assert_eq!(taken.agent_id.as_deref(), Some(winner.as_str()));
     assert_eq!(
-        queue(store.list_waiting_conversations("acct", 100).await.unwrap()),
+        queue(
+            store
+                .list_waiting_conversations("acct", None, 100)
+                .await
+                .unwrap()
+        ),
         ["q1", "q2"]
     );
+    // A ring of a conversation that is not waiting cannot be rejected.
+    assert!(!store.reject_ring("q0", "agent-r").await.unwrap());
 
     // Only its agent returns it; with a new skill; then it waits again and can be taken.
     assert!(
@@ -743,6 +788,7 @@ async fn routing_conforms(store: &Store) {
     );
     assert!(store.close_conversation("q2", 20_000).await.unwrap());
     assert!(!store.take_conversation("q2", "agent-x").await.unwrap());
+
     assert_eq!(
         store
             .list_agent_conversations("acct", "agent-x", 10)
@@ -751,6 +797,42 @@ async fn routing_conforms(store: &Store) {
             .len(),
         2
     );
+    // q0 joins the queue again: a new round, offered to everyone, the rejection of an
+    // earlier round forgotten.
+    assert!(store.reject_ring("q0", "agent-r").await.is_ok());
+    assert!(
+        store
+            .return_conversation("q0", "agent-x", None)
+            .await
+            .unwrap()
+    );
+    assert!(store.reject_ring("q0", "agent-r").await.unwrap());
+    assert!(
+        store
+            .return_conversation("q0", "agent-r", None)
+            .await
+            .is_ok_and(|done| !done),
+        "not agent-r's to return"
+    );
+    assert!(!store.take_conversation("q0", "agent-r").await.unwrap());
+    assert!(store.take_conversation("q0", "agent-y").await.unwrap());
+    assert!(
+        store
+            .return_conversation("q0", "agent-y", None)
+            .await
+            .unwrap()
+    );
+    assert!(!store.has_rejected_ring("q0", "agent-r").await.unwrap());
+    assert_eq!(
+        queue(
+            store
+                .list_waiting_conversations("acct", Some("agent-r"), 100)
+                .await
+                .unwrap()
+        ),
+        ["q0"]
+    );
+    assert!(store.take_conversation("q0", "agent-r").await.unwrap());
 }
 
 #[tokio::test]
