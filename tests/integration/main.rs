@@ -6,6 +6,7 @@
 mod support;
 
 mod agents;
+mod attacks;
 mod backend_tokens;
 mod caller_auth;
 mod config_check;
@@ -18,6 +19,7 @@ mod push_apns;
 mod push_fcm;
 mod relay_agent;
 mod relay_consumer;
+mod relay_edges;
 mod relay_external;
 mod relay_nodes;
 mod relay_webhooks;

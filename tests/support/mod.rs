@@ -3,6 +3,7 @@
 //! tests and the benchmarks.
 #![allow(dead_code)]
 
+pub mod attack_tokens;
 pub mod client;
 pub mod daemon;
 pub mod fake;
