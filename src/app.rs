@@ -223,7 +223,8 @@ impl Public {
     }
 }
 
-/// Every role's routes on the public listener, and JSON answers for what none of them serves.
+/// Every role's routes on the public listener, and JSON answers for what none of them serves;
+/// every answer carries the security headers.
 fn public_router(
     push: &PushService,
     identity: Option<&IdentityService>,
@@ -240,7 +241,7 @@ fn public_router(
     if let Some(relay) = relay {
         router = router.merge(relay.router());
     }
-    router
+    let router = router
         .method_not_allowed_fallback(|| async {
             refusal(
                 http::StatusCode::METHOD_NOT_ALLOWED,
@@ -252,7 +253,8 @@ fn public_router(
                 http::StatusCode::NOT_FOUND,
                 "no such endpoint (pushes go to POST /push/{app})",
             )
-        })
+        });
+    crate::security_headers::layer(router)
 }
 
 /// The store and the data keys that seal what it holds. Without a data-key file, a

@@ -15,7 +15,8 @@
 //! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
 //! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
 //! [`http_auth`] (Basic credentials and client-certificate names, read one way),
-//! [`hex`], [`limiter`] (per-source limits).
+//! [`hex`], [`limiter`] (per-source limits), [`security_headers`] (what every public answer
+//! carries).
 
 pub mod app;
 pub mod clock;
@@ -30,5 +31,6 @@ pub mod ops;
 pub mod push;
 pub mod relay;
 pub mod secret;
+pub mod security_headers;
 pub mod store;
 pub mod tls;

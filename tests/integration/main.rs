@@ -23,4 +23,5 @@ mod relay_edges;
 mod relay_external;
 mod relay_nodes;
 mod relay_webhooks;
+mod security_headers;
 mod store;
