@@ -22,8 +22,9 @@ need_debian_packages() {
     fi
 }
 
-# openssl makes the PKCS#12 bundles the APNs certificate tests load.
-need_debian_packages openssl
+# openssl makes the PKCS#12 bundles the APNs certificate tests load; curl is the HTTP/2 client
+# (nghttp2) the early-refusal test sends bodies with.
+need_debian_packages openssl curl
 
 # The store's conformance suite runs against a real PostgreSQL on 127.0.0.1:5432 (it creates
 # and drops its own databases). Under CI it must not be skipped: make sure the server runs.

@@ -169,36 +169,14 @@ async fn receive(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Delivery, Refusal> {
-    // An unknown app is not counted against the caller: the platform itself may push for an
-    // app not configured yet, and must not lock itself out of the others.
-    let Some(app) = app else {
-        return Err(PushError::UnknownApp(app_id.to_string()).into());
-    };
-    let ip = peer.as_ref().map(|p| p.addr.ip());
-    let limit = generation.settings.auth_failures_per_minute;
-    if let Some(ip) = ip
-        && let Some(retry_after) = service.shared.limiter.blocked(ip, &app.id, limit)
-    {
-        return Err(Refusal::RateLimited { retry_after });
-    }
-    let certificate = peer.as_ref().and_then(|p| p.certificate.as_deref());
-    if let Err(failure) = app.auth.check(headers, certificate) {
-        if let Some(ip) = ip {
-            service.shared.limiter.count(ip, &app.id);
-        }
-        tracing::warn!(app = %app.id, peer = ?ip, %failure, "caller authentication failed");
-        return Err(Refusal::Unauthenticated {
-            basic: app.auth.uses_basic(),
-        });
-    }
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        if !essence.eq_ignore_ascii_case("application/json") {
-            return Err(Refusal::NotJson);
-        }
-    }
     let limit = generation.settings.body_limit;
+    let app = match admit(service, generation, app_id, app, peer, headers) {
+        Ok(app) => app,
+        Err(refusal) => {
+            discard(body, limit).await;
+            return Err(refusal);
+        }
+    };
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Err(_) => return Err(Refusal::BodyTimeout),
         Ok(Err(e)) => {
@@ -229,6 +207,59 @@ async fn receive(
             Err(Refusal::Internal)
         }
     }
+}
+
+/// Longest a refused request's body is read for, before the refusal is sent anyway.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads and drops what a refused caller is still sending (at most the body limit, for at
+/// most [`DISCARD_TIMEOUT`]), so the refusal arrives as a status. Over HTTP/2, a stream
+/// answered before its body ended is reset (RST_STREAM NO_ERROR), and common clients (curl,
+/// nghttp2) then report a network error instead of the 401 or 429.
+async fn discard(body: Body, limit: usize) {
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, axum::body::to_bytes(body, limit)).await;
+}
+
+/// The checks made before the body is read: a configured app, the caller not rate limited,
+/// its authentication, a JSON content type.
+fn admit(
+    service: &PushService,
+    generation: &Arc<super::Generation>,
+    app_id: &str,
+    app: Option<Arc<super::App>>,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+) -> Result<Arc<super::App>, Refusal> {
+    // An unknown app is not counted against the caller: the platform itself may push for an
+    // app not configured yet, and must not lock itself out of the others.
+    let Some(app) = app else {
+        return Err(PushError::UnknownApp(app_id.to_string()).into());
+    };
+    let ip = peer.as_ref().map(|p| p.addr.ip());
+    let limit = generation.settings.auth_failures_per_minute;
+    if let Some(ip) = ip
+        && let Some(retry_after) = service.shared.limiter.blocked(ip, &app.id, limit)
+    {
+        return Err(Refusal::RateLimited { retry_after });
+    }
+    let certificate = peer.as_ref().and_then(|p| p.certificate.as_deref());
+    if let Err(failure) = app.auth.check(headers, certificate) {
+        if let Some(ip) = ip {
+            service.shared.limiter.count(ip, &app.id);
+        }
+        tracing::warn!(app = %app.id, peer = ?ip, %failure, "caller authentication failed");
+        return Err(Refusal::Unauthenticated {
+            basic: app.auth.uses_basic(),
+        });
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(Refusal::NotJson);
+        }
+    }
+    Ok(app)
 }
 
 /// Maps a finished push to the platform's codes. Exhaustive over [`Attempt`].

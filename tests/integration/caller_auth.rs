@@ -343,3 +343,53 @@ async fn apns_certificate_auth_pem_and_pkcs12() {
     }
     assert_eq!(fake.delivered_to(TOKEN).len(), 3);
 }
+
+/// A refusal that comes before the body is read (wrong password, rate limited, unknown app)
+/// still reaches an HTTP/2 client that is sending a body as a status: curl (nghttp2) used to
+/// report error 92 (stream reset) for about one in ten, with no status at all.
+#[tokio::test]
+async fn early_refusals_reach_an_http2_client_sending_a_body() {
+    let env = TestEnv::new();
+    let (_fake, _k, daemon) = start(&env, "", "", &env.basic_auth()).await;
+    let ca = env.ca.write(env.path(), "curl-ca");
+    // A push of about 40 KiB (under the 64 KiB limit): the client is still sending when the
+    // refusal is decided.
+    let body = ios_push(TOKEN, &"x".repeat(40_000), "c", 1).to_string();
+    let body_file = env.file("push.json", &body);
+    // 40 wrong passwords: 401 until the limit (30 a minute), then 429: both early.
+    let cases = [
+        (
+            format!("/push/{APP}"),
+            basic("platform", "wrong-password"),
+            &[401, 429][..],
+        ),
+        ("/push/no.such.app".to_string(), platform_auth(), &[404][..]),
+    ];
+    for (path, auth, statuses) in cases {
+        let url = daemon.url(&path);
+        let mut failures = Vec::new();
+        for i in 0..40 {
+            let out = tokio::process::Command::new("curl")
+                .args(["--http2", "--silent", "--show-error", "--cacert"])
+                .arg(&ca)
+                .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+                .args(["-H", &format!("authorization: {auth}")])
+                .args(["-H", "content-type: application/json"])
+                .arg("--data-binary")
+                .arg(format!("@{}", body_file.display()))
+                .arg(&url)
+                .output()
+                .await
+                .expect("curl");
+            let said = String::from_utf8_lossy(&out.stdout).to_string();
+            if !out.status.success() || !statuses.iter().any(|s| said == format!("{s} 2")) {
+                failures.push(format!(
+                    "#{i}: exit {:?}, {said:?}, {}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{path}:\n{}", failures.join("\n"));
+    }
+}
