@@ -23,8 +23,8 @@ mod h2pool;
 mod ingress;
 mod metrics;
 mod outcome;
-mod payload;
-mod request;
+pub(crate) mod payload;
+pub(crate) mod request;
 mod retry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -287,6 +287,7 @@ impl PushService {
                             id: None,
                         },
                         attempts: 0,
+                        gave_up: None,
                         duplicate: true,
                     });
                 }
@@ -312,7 +313,7 @@ impl PushService {
         let background = payload::is_background(&request);
         let series = app.metrics.provider(provider);
         let (latency, retries) = (&series.latency, &series.retries);
-        let (last, attempts) = retry::run(
+        let (last, attempts, gave_up) = retry::run(
             deadline,
             retry::Backoff::default(),
             |_| {
@@ -345,6 +346,7 @@ impl PushService {
             provider,
             last,
             attempts,
+            gave_up,
             duplicate: false,
         };
         if let Some(g) = guard
@@ -412,7 +414,8 @@ impl PushService {
                 ));
             }
             Attempt::Transient { status, .. } => {
-                tracing::warn!(app = %app_id, %provider, %token, reason, status, attempts, "push not delivered before the deadline");
+                let why = d.gave_up.map_or("not retried", retry::GaveUp::describe);
+                tracing::warn!(app = %app_id, %provider, %token, reason, status, attempts, "push not delivered: {why}");
             }
             Attempt::Permanent { status, .. } => {
                 tracing::error!(app = %app_id, %provider, %token, reason, status, "provider refused the push: check this app's configuration");

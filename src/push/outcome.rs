@@ -70,9 +70,11 @@ impl Attempt {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     pub provider: Provider,
-    /// The last attempt's answer. A transient answer here means the deadline ran out.
+    /// The last attempt's answer. A transient answer here means retrying stopped.
     pub last: Attempt,
     pub attempts: u32,
+    /// Why retrying stopped, when the last answer is transient.
+    pub gave_up: Option<super::retry::GaveUp>,
     /// Set when nothing was sent because this push was already delivered.
     pub duplicate: bool,
 }

@@ -289,6 +289,17 @@ async fn transient_answers_are_retried_within_the_deadline() {
         metrics.contains("brandgate_push_retries_total{app=\"com.brand.app\",provider=\"apns\"}"),
         "{metrics}"
     );
+    // The log says why each gave up: retries used up (0b02) or a wait past the deadline (0b03).
+    let mut w = w;
+    let log = w.daemon.stop().await;
+    let line = |token: &str| {
+        log.lines()
+            .find(|l| l.contains("push not delivered") && l.contains(token))
+            .unwrap_or_else(|| panic!("no line for {token}: {log}"))
+            .to_string()
+    };
+    assert!(line("0b02").contains("every retry was used before the deadline"));
+    assert!(line("0b03").contains("the next retry would start after the deadline"));
 }
 
 #[tokio::test]
@@ -321,6 +332,12 @@ async fn a_slow_provider_is_cut_off_at_the_deadline() {
     assert_eq!(answer.status, 500, "{}", answer.body);
     let took = started.elapsed();
     assert!(took < Duration::from_secs(4), "took {took:?}");
+    let mut daemon = daemon;
+    let log = daemon.stop().await;
+    assert!(
+        log.contains("push not delivered: the deadline came during an attempt"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
