@@ -84,8 +84,12 @@ fn ensure_state_dir(dir: &Path) -> Result<(), Problems> {
 /// Returns warnings and a summary on success.
 pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems> {
     tls::install_crypto_provider();
-    let config = Config::load(path)?;
-    let mut problems = Problems::default();
+    // Keys that are unknown or malformed are named and left out; the rest is checked too, so
+    // one run shows every problem (a typo and a missing key file together).
+    let (config, mut problems) = Config::load_lenient(path);
+    let Some(config) = config else {
+        return Err(problems);
+    };
     let mut notes = config.warnings();
     match tls::check_server_config(&config.server.tls) {
         Ok(None) => notes.push(format!(

@@ -503,35 +503,45 @@ mod defaults {
 impl Config {
     /// Reads the file and the environment. Fails with every syntax or shape problem found.
     pub fn load(path: &Path) -> Result<Config, Problems> {
-        Self::load_with_env(path, Env::prefixed("BRANDGATE_").split("__"))
+        let (config, problems) = Self::load_lenient(path);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(problems),
+        }
     }
 
-    fn load_with_env(path: &Path, env: Env) -> Result<Config, Problems> {
+    /// Reads the file and the environment, reporting every problem at once: each unknown or
+    /// malformed key is named and left out, so the rest is still read (and `check-config` can
+    /// go on to check the files and URLs it names). The config is `None` only when what is
+    /// left cannot make one (a required key missing, the file unreadable).
+    pub fn load_lenient(path: &Path) -> (Option<Config>, Problems) {
+        Self::load_lenient_with_env(path, Env::prefixed("BRANDGATE_").split("__"))
+    }
+
+    fn load_lenient_with_env(path: &Path, env: Env) -> (Option<Config>, Problems) {
         // `%d/name` without systemd credentials means `secrets/name` beside the config file.
         if let Some(dir) = path.parent() {
             crate::secret::set_credentials_fallback(dir.join("secrets"));
         }
+        let unreadable = |message: String| (None, Problems(vec![Problem::new("", message)]));
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => {
-                return Err(Problems(vec![Problem::new(
-                    "",
-                    format!("config file {} is not a regular file", path.display()),
-                )]));
+                return unreadable(format!(
+                    "config file {} is not a regular file",
+                    path.display()
+                ));
             }
             Err(e) => {
-                return Err(Problems(vec![Problem::new(
-                    "",
-                    format!("cannot read config file {}: {e}", path.display()),
-                )]));
+                return unreadable(format!("cannot read config file {}: {e}", path.display()));
             }
         }
-        let config: Config = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(env)
-            .extract()
-            .map_err(|e| Problems(e.into_iter().map(figment_problem).collect()))?;
-        config.check_shape().into_result(config)
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        let (config, mut problems) = extract_every_problem(&figment);
+        if let Some(config) = &config {
+            problems.0.extend(config.check_shape().0);
+        }
+        (config, problems)
     }
 
     /// Every file that holds a secret, with the key that names it.
@@ -696,20 +706,146 @@ impl Config {
 
 /// Turns one figment error into a problem naming the key (`server.listen`) and, where known, the
 /// source (the file or the environment variable).
-fn figment_problem(e: figment::Error) -> Problem {
-    let mut key = e.path.join(".");
-    if key.is_empty()
-        && let figment::error::Kind::UnknownField(field, _) = &e.kind
-    {
-        key = field.clone();
+/// Extracts the config, and on each error names it and leaves its key out, then tries again
+/// (every unknown key of one run is reported, not only the first). A key whose value was left
+/// out is not reported again as missing.
+fn extract_every_problem(figment: &Figment) -> (Option<Config>, Problems) {
+    use figment::value::Dict;
+    let mut problems = Problems::default();
+    let mut data: Dict = match figment.extract() {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                None,
+                Problems(e.into_iter().map(|e| figment_problem(e, figment)).collect()),
+            );
+        }
+    };
+    let mut left_out: Vec<Vec<String>> = Vec::new();
+    // Bounded: each round removes a key, and a config has not many more than this.
+    for _ in 0..256 {
+        let attempt = Figment::from(figment::providers::Serialized::globals(&data));
+        let error = match attempt.extract::<Config>() {
+            Ok(config) => return (Some(config), problems),
+            Err(e) => e,
+        };
+        let mut removed_any = false;
+        for e in error {
+            let at = key_path(&e);
+            let missing = matches!(e.kind, figment::error::Kind::MissingField(_));
+            if !(missing && left_out.iter().any(|l| at.starts_with(l))) {
+                problems.0.push(figment_problem(e, figment));
+            }
+            // A missing key cannot be left out: its table is, so the rest can still be read.
+            let table = &at[..at.len().saturating_sub(1)];
+            let leave_out = if missing { table } else { &at[..] };
+            if remove_key(&mut data, leave_out) {
+                removed_any = true;
+                left_out.push(leave_out.to_vec());
+            }
+        }
+        if !removed_any {
+            break;
+        }
     }
+    // What is left cannot be made a config; every problem on the way is named.
+    (None, problems)
+}
+
+/// The path of the key an error is about (for an unknown field, the field itself).
+fn key_path(e: &figment::Error) -> Vec<String> {
+    let mut path = e.path.clone();
+    match &e.kind {
+        figment::error::Kind::UnknownField(field, _)
+            if path.last().map(String::as_str) != Some(field.as_str()) =>
+        {
+            path.push(field.clone());
+        }
+        figment::error::Kind::MissingField(field)
+            if path.last().map(String::as_str) != Some(field.as_ref()) =>
+        {
+            path.push(field.to_string());
+        }
+        _ => {}
+    }
+    path
+}
+
+/// Removes the key at `path` from `data`; whether there was one.
+fn remove_key(data: &mut figment::value::Dict, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => data.remove(last.as_str()).is_some(),
+        [first, rest @ ..] => data
+            .get_mut(first.as_str())
+            .is_some_and(|v| remove_in(v, rest)),
+    }
+}
+
+fn remove_in(value: &mut figment::value::Value, path: &[String]) -> bool {
+    use figment::value::Value;
+    match value {
+        Value::Dict(_, d) => remove_key(d, path),
+        Value::Array(_, items) => {
+            let Some((index, rest)) = path.split_first() else {
+                return false;
+            };
+            let Some(n) = index.parse::<usize>().ok().filter(|n| *n < items.len()) else {
+                return false;
+            };
+            if rest.is_empty() {
+                items.remove(n);
+                true
+            } else {
+                remove_in(&mut items[n], rest)
+            }
+        }
+        _ => false,
+    }
+}
+
+/// A figment error as a problem: the key in the spelling the roles use
+/// (`push.apps[0].apns.key_id`) and, when it came from the environment, which variable.
+fn figment_problem(e: figment::Error, figment: &Figment) -> Problem {
+    let path = key_path(&e);
+    let key = display_key(&path);
     let mut message = e.kind.to_string();
-    if let Some(meta) = &e.metadata
-        && let Some(source) = &meta.source
-    {
-        message = format!("{message} (in {source})");
+    let dotted = path.join(".");
+    let source = figment
+        .find_metadata(&dotted)
+        .or(e.metadata.as_ref())
+        .map(|m| (m.name.to_string(), m.source.as_ref().map(|s| s.to_string())));
+    match source {
+        Some((name, _)) if name.to_ascii_lowercase().contains("environment") => {
+            let variable = format!(
+                "BRANDGATE_{}",
+                path.iter()
+                    .map(|p| p.to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+                    .join("__")
+            );
+            message = format!("{message} (from the environment: {variable})");
+        }
+        Some((_, Some(file))) => message = format!("{message} (in {file})"),
+        _ => {}
     }
     Problem { key, message }
+}
+
+/// `["push", "apps", "0", "apns", "key_id"]` as `push.apps[0].apns.key_id`.
+fn display_key(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() && !key.is_empty() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
 }
 
 #[cfg(test)]
@@ -731,7 +867,12 @@ mod tests {
             // nothing else reads.
             unsafe { std::env::set_var(format!("{prefix}{k}"), v) };
         }
-        let r = Config::load_with_env(&path, Env::prefixed(&prefix).split("__"));
+        let (config, problems) =
+            Config::load_lenient_with_env(&path, Env::prefixed(&prefix).split("__"));
+        let r = match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(problems),
+        };
         for (k, _) in &vars {
             unsafe { std::env::remove_var(format!("{prefix}{k}")) };
         }
@@ -750,6 +891,54 @@ mod tests {
     fn unknown_keys_are_named() {
         let e = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n", &[]).unwrap_err();
         assert!(e.0.iter().any(|p| p.key.contains("listen_port")), "{e}");
+    }
+
+    #[test]
+    fn every_unknown_key_of_one_run_is_named_in_the_roles_spelling() {
+        let e = load_str(
+            "[server]\nlisten_port = 3\n[ops]\nlisen = \"127.0.0.1:1\"\n\
+             [[push.apps]]\nid = \"a\"\n[push.apps.apns]\nkey_idd = \"K\"\n",
+            &[("PUSH__DEADLIN", "5s")],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "server.listen_port",
+            "ops.lisen",
+            "push.apps[0].apns.key_idd",
+            "push.deadlin",
+        ] {
+            assert!(keys.contains(&key), "{key} not in {keys:?}");
+        }
+        let from_env = e.0.iter().find(|p| p.key == "push.deadlin").unwrap();
+        assert!(
+            from_env
+                .message
+                .contains("from the environment: BRANDGATE_PUSH__DEADLIN"),
+            "{from_env}"
+        );
+        let from_file = e.0.iter().find(|p| p.key == "ops.lisen").unwrap();
+        assert!(from_file.message.contains("c.toml"), "{from_file}");
+    }
+
+    #[test]
+    fn a_bad_value_is_named_once_and_the_rest_is_still_read() {
+        let (config, problems) = {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(
+                &path,
+                "[push]\ndeadline = \"12s\"\ntypo = 1\n[ops]\nlisten = \"127.0.0.1:9999\"\n",
+            )
+            .unwrap();
+            Config::load_lenient_with_env(&path, Env::prefixed("BGTEST_NOTHING_"))
+        };
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, ["push.deadline", "push.typo"], "{problems}");
+        // The rest of the file was read (and a default stands in for the bad value).
+        assert_eq!(config.unwrap().ops.listen.port(), 9999);
     }
 
     #[test]

@@ -95,6 +95,61 @@ service_account_file = "/nonexistent/sa.json"
     assert!(err.lines().all(|l| l.starts_with("brandgate: ")), "{err}");
 }
 
+/// Two typos and a missing key file: all three in one run, one line each, and a bad key that
+/// came from the environment says which variable.
+#[tokio::test]
+async fn typos_and_file_problems_are_reported_together() {
+    let env = TestEnv::new();
+    let config = env.config(&format!(
+        r#"
+[push]
+dedup_window = "1m"
+[[push.apps]]
+id = "{APP}"
+[push.apps.auth]
+allow_unauthenticated = true
+[push.apps.apns]
+topic = "{APP}"
+token_key_file = "/nonexistent/AuthKey.p8"
+key_idd = "ABC123DEFG"
+key_id = "ABC123DEFG"
+team_id = "DEF123GHIJ"
+"#
+    ));
+    let (code, _, err) = check(&env, &config, &[("BRANDGATE_OPS__LISTN", "127.0.0.1:1")]).await;
+    assert_eq!(code, 78, "{err}");
+    for expected in [
+        "push.dedup_window: unknown field",
+        "push.apps[0].apns.key_idd: unknown field",
+        "ops.listn: unknown field",
+        "(from the environment: BRANDGATE_OPS__LISTN)",
+        "push.apps[0].apns.token_key_file: cannot read /nonexistent/AuthKey.p8",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert_eq!(err.lines().count(), 4, "{err}");
+}
+
+/// check-config shows what consumer tokens carry: a privacy review reads it there.
+#[tokio::test]
+async fn check_config_shows_the_claims_tokens_carry() {
+    let env = TestEnv::new();
+    let base = env.config("[identity]\nissuer = \"https://id.brand.example\"\n");
+    let (code, out, err) = check(&env, &base, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("identity.claims: consumer tokens carry no profile claims"),
+        "{out}"
+    );
+    let mapped = format!("{base}[identity.claims]\nemail = \"mail\"\n");
+    let (code, out, err) = check(&env, &mapped, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("identity.claims: consumer tokens carry email <- mail (only these"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn environment_overrides_are_checked_like_the_file() {
     let env = TestEnv::new();
