@@ -412,7 +412,7 @@ pub(super) fn websocket(ws: WebSocketUpgrade, config: &RelayConfig) -> WebSocket
 const READ_BUFFER: usize = 1024;
 
 /// How long a closing socket waits for the other side's part of the closing handshake.
-const CLOSING_WAIT: Duration = Duration::from_secs(5);
+const CLOSING_WAIT: Duration = Duration::from_secs(2);
 
 /// How a socket's loop ended.
 enum Ending {

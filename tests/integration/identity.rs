@@ -106,15 +106,21 @@ async fn anonymous_identities_verify_with_an_independent_library() {
         .as_str()
         .unwrap()
         .to_string();
+    let wrong_issuer = jose::verify(&token, Key::Jwks(&set), Some("https://evil.test"), None)
+        .await
+        .unwrap_err();
     assert!(
-        jose::verify(&token, Key::Jwks(&set), Some("https://evil.test"), None)
-            .await
-            .is_err()
+        wrong_issuer.contains("ERR_JWT_CLAIM_VALIDATION_FAILED")
+            && wrong_issuer.contains("\"iss\""),
+        "{wrong_issuer}"
     );
+    let wrong_audience = jose::verify(&token, Key::Jwks(&set), None, Some("someone-else"))
+        .await
+        .unwrap_err();
     assert!(
-        jose::verify(&token, Key::Jwks(&set), None, Some("someone-else"))
-            .await
-            .is_err()
+        wrong_audience.contains("ERR_JWT_CLAIM_VALIDATION_FAILED")
+            && wrong_audience.contains("\"aud\""),
+        "{wrong_audience}"
     );
 }
 

@@ -386,11 +386,16 @@ async fn the_providers_key_rotation_is_followed() {
 
     // Rate limited: within the interval the keys are not read again, so a token signed with
     // a key published after the last read is refused.
-    let w = World::start("", "rediscover_interval = \"1h\"", "").await;
+    let mut w = World::start("", "rediscover_interval = \"1h\"", "").await;
     w.idp.admin("rotate", json!({})).await;
     let p = tampered_login(&w, json!({"key": "rotated"})).await;
     assert!(p.contains("key the provider does not publish"), "{p}");
-    assert!(!w.daemon.logs().contains("reading its keys again"));
+    let log = w.daemon.stop().await;
+    assert!(
+        log.contains("an ID token from the login provider failed a check"),
+        "{log}"
+    );
+    assert!(!log.contains("reading its keys again"), "{log}");
 }
 
 #[tokio::test]

@@ -159,7 +159,7 @@ async fn an_external_consumer_converses_apart_from_brandgates_own() {
 async fn external_tokens_failing_a_check_are_refused() {
     let env = TestEnv::new();
     let idp = Idp::start(&env, vec![], json!({})).await;
-    let relay = relay_trusting(env, &idp.issuer).await;
+    let mut relay = relay_trusting(env, &idp.issuer).await;
     let good = idp.sign(claims("bob"), "provider").await;
     upgrade(&relay, &good).await.expect("accepted");
 
@@ -241,8 +241,9 @@ async fn external_tokens_failing_a_check_are_refused() {
     // The good token still passes: nothing above poisoned the cached keys.
     upgrade(&relay, &good).await.expect("accepted");
     idp.stop().await;
-    // Refusals are logged by reason, never with the token or its claims.
-    let logs = relay.daemon.logs();
+    // Refusals are logged by reason, never with the token or its claims (read once stopped,
+    // so every line is in).
+    let logs = relay.daemon.stop().await;
     assert!(logs.contains("refused"), "{logs}");
     assert!(!logs.contains(good.split('.').nth(1).unwrap()));
     assert!(!logs.contains("someone-else"));

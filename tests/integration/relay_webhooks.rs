@@ -180,13 +180,15 @@ async fn a_conversation_reaches_the_brand_signed_in_order_without_text() {
     let log = world.daemon.stop().await;
     assert!(!log.contains(TEXT), "the message text was logged");
     assert!(!log.contains(SECRET), "the webhook secret was logged");
+    // Stopped: nothing more can come, and nothing more did.
+    assert_eq!(receiver.deliveries().await.len(), 3);
 }
 
 #[tokio::test]
 async fn the_text_goes_out_when_the_brand_asks_and_only_chosen_events() {
     let env = TestEnv::new();
     let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
-    let world = start(
+    let mut world = start(
         env,
         &receiver,
         "include_text = true\nevents = [\"message.created\", \"conversation.closed\"]",
@@ -204,13 +206,16 @@ async fn the_text_goes_out_when_the_brand_asks_and_only_chosen_events() {
     assert_eq!(got[0]["signatureValid"], true);
     assert_eq!(got[1]["body"]["type"], "conversation.closed");
     assert!(got[1]["body"].get("text").is_none());
+    // No conversation.created ever: once stopped, still these two.
+    world.daemon.stop().await;
+    assert_eq!(receiver.deliveries().await.len(), 2);
 }
 
 #[tokio::test]
 async fn a_failing_receiver_gets_the_same_webhook_again_until_it_takes_it() {
     let env = TestEnv::new();
     let receiver = WebhookReceiver::start(&env, SECRET, json!([503, 503])).await;
-    let world = start(env, &receiver, "events = [\"conversation.created\"]").await;
+    let mut world = start(env, &receiver, "events = [\"conversation.created\"]").await;
     let mut c = world.consumer().await;
     let conversation = open(&mut c).await;
 
@@ -234,37 +239,70 @@ async fn a_failing_receiver_gets_the_same_webhook_again_until_it_takes_it() {
             r#"brandgate_relay_webhooks_total{type="conversation.created",result="delivered"} 1"#,
         )
         .await;
+    // Taken: not sent again. Once stopped, still three.
+    world.daemon.stop().await;
+    assert_eq!(receiver.deliveries().await.len(), 3);
 }
 
 #[tokio::test]
 async fn a_webhook_waiting_for_its_retry_does_not_hold_back_other_conversations() {
     let env = TestEnv::new();
-    // The first webhook is told to come back in 30 s (Retry-After); the rest are taken.
-    let receiver =
-        WebhookReceiver::start(&env, SECRET, json!([{"status": 503, "retryAfter": "30"}])).await;
+    // The first webhook is told to come back in 3 s (Retry-After); a later one in 30 s.
+    let receiver = WebhookReceiver::start(
+        &env,
+        SECRET,
+        json!([{"status": 503, "retryAfter": "3"}, 200, 200, 200, {"status": 503, "retryAfter": "30"}]),
+    )
+    .await;
     let mut world = start(env, &receiver, "").await;
     let mut first = world.consumer().await;
     let waiting = open(&mut first).await;
     receiver.wait_for(1, Duration::from_secs(20)).await;
 
+    // Another conversation's webhook goes out meanwhile; the first conversation's close waits
+    // behind its retry.
     let mut second = world.consumer().await;
     let other = open(&mut second).await;
-    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
-    assert_eq!(got[0]["body"]["conversationId"], waiting.as_str());
-    assert_eq!(got[0]["status"], 503);
-    assert_eq!(got[1]["body"]["conversationId"], other.as_str());
-    assert_eq!(got[1]["status"], 200);
-    // The first conversation's next webhook waits behind its retry: still only two after
-    // 1.5 s, when a retry on the backoff schedule alone would have come within 1 s.
+    receiver.wait_for(2, Duration::from_secs(10)).await;
     close(&mut first, &waiting).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = receiver.wait_for(4, Duration::from_secs(20)).await;
+    let seen: Vec<(String, String, i64)> = got
+        .iter()
+        .map(|d| {
+            (
+                d["body"]["conversationId"].as_str().unwrap().to_string(),
+                d["body"]["type"].as_str().unwrap().to_string(),
+                d["status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let created = "conversation.created".to_string();
     assert_eq!(
-        receiver.deliveries().await.len(),
-        2,
-        "Retry-After honoured, order kept"
+        seen,
+        [
+            (waiting.clone(), created.clone(), 503),
+            (other.clone(), created.clone(), 200),
+            (waiting.clone(), created.clone(), 200),
+            (waiting.clone(), "conversation.closed".to_string(), 200),
+        ],
+        "order kept per conversation"
+    );
+    let at = |i: usize| got[i]["receivedAt"].as_i64().unwrap();
+    assert!(
+        at(2) - at(0) >= 3000,
+        "Retry-After honoured: {} ms",
+        at(2) - at(0)
+    );
+    assert_eq!(
+        got[0]["delivery"], got[2]["delivery"],
+        "the same webhook again"
     );
 
-    // Stopping does not wait 30 s for the retry: it is abandoned, and said so.
+    // A webhook waiting for a 30 s retry when the daemon stops is abandoned, and said so;
+    // stopping does not wait for it.
+    let mut third = world.consumer().await;
+    open(&mut third).await;
+    receiver.wait_for(5, Duration::from_secs(20)).await;
     let started = Instant::now();
     let log = world.daemon.stop().await;
     assert!(
@@ -276,6 +314,7 @@ async fn a_webhook_waiting_for_its_retry_does_not_hold_back_other_conversations(
         log.contains("a webhook waiting for a retry was abandoned"),
         "{log}"
     );
+    assert_eq!(receiver.deliveries().await.len(), 5);
 }
 
 #[tokio::test]
@@ -283,7 +322,7 @@ async fn a_receiver_that_never_answers_does_not_delay_the_consumer() {
     let env = TestEnv::new();
     let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
     receiver.hang().await;
-    let world = start(env, &receiver, "timeout = \"30s\"").await;
+    let mut world = start(env, &receiver, "timeout = \"6s\"").await;
     let mut c = world.consumer().await;
     let conversation = open(&mut c).await;
     // The conversation.created webhook is now held by the receiver.
@@ -300,18 +339,65 @@ async fn a_receiver_that_never_answers_does_not_delay_the_consumer() {
         let sent = publish(&mut c, &conversation, &format!("message {i}")).await;
         assert_eq!(sent["code"], 200, "{sent}");
         assert_eq!(sent["body"]["sequence"], i);
-        // Far below the 30 s the webhook attempt may take.
+        // Far below the 6 s the webhook attempt may take.
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(3),
             "publish acknowledged after {:?}",
             started.elapsed()
         );
     }
     close(&mut c, &conversation).await;
-    // Nothing else was sent meanwhile: the conversation's next webhooks wait behind the first.
-    let got = receiver.deliveries().await;
-    assert_eq!(got.len(), 1, "{got:#?}");
-    assert!(got[0]["status"].is_null());
+    // The receiver answers again: the held attempt times out and is retried, and only then do
+    // the conversation's other webhooks follow, in order.
+    let answering_from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    receiver.answer_again().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = receiver.deliveries().await;
+        if got.len() >= 8 && got[1..].iter().all(|d| !d["status"].is_null()) {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "{got:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    world.daemon.stop().await;
+    let got_after_stop = receiver.deliveries().await;
+    assert_eq!(got_after_stop.len(), 8, "{got_after_stop:#?}");
+    let kinds: Vec<(&str, Option<i64>)> = got
+        .iter()
+        .map(|d| {
+            (
+                d["body"]["type"].as_str().unwrap(),
+                d["body"]["sequence"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("conversation.created", None),
+            ("conversation.created", None),
+            ("message.created", Some(0)),
+            ("message.created", Some(1)),
+            ("message.created", Some(2)),
+            ("message.created", Some(3)),
+            ("message.created", Some(4)),
+            ("conversation.closed", None),
+        ]
+    );
+    assert!(
+        got[0]["status"].is_null(),
+        "the first attempt was never answered"
+    );
+    assert!(
+        got[2..]
+            .iter()
+            .all(|d| d["receivedAt"].as_i64().unwrap() >= answering_from),
+        "nothing of the conversation went out while its first webhook was held: {got:#?}"
+    );
 }
 
 #[tokio::test]
@@ -370,10 +456,13 @@ async fn a_receiver_with_another_secret_refuses_and_a_reload_reads_the_new_one()
         .secret("relay-webhook-secret", "another-secret-entirely\n");
     world.daemon.reload().await;
     close(&mut c, &conversation).await;
+    // Exactly two: a retry of the refused one would be one more.
     let got = receiver.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(got[1]["body"]["type"], "conversation.closed");
     assert_eq!(got[1]["signatureValid"], true, "{got:#?}");
     assert_eq!(got[1]["status"], 200);
+    world.daemon.stop().await;
+    assert_eq!(receiver.deliveries().await.len(), 2);
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@
 // Admin API (JSON), same server:
 //   GET  /__test/deliveries   200 [{ "delivery", "event", "timestamp", "signatureValid",
 //                                   "status" (what it answered, null while hanging),
+//                                   "receivedAt" (Unix ms),
 //                                   "body" (parsed) }, ...], oldest first
 //   POST /__test/script {"answers": [...], "hang": bool}   replaces the behaviour
 import { createHmac, timingSafeEqual } from "node:crypto";
@@ -94,6 +95,7 @@ const server = https.createServer(
       contentType: req.headers["content-type"] ?? null,
       signatureValid: valid,
       status: null,
+      receivedAt: Date.now(),
       body,
     };
     deliveries.push(record);

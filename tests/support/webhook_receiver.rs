@@ -89,12 +89,28 @@ impl WebhookReceiver {
         serde_json::from_str(&a.body).unwrap()
     }
 
-    /// Waits (at most `limit`) until `n` webhooks were received and answered.
+    /// Makes the receiver answer again (after [`WebhookReceiver::hang`]), 200 from now on.
+    pub async fn answer_again(&self) {
+        let a = self
+            .client
+            .post_json(
+                &format!("{}/__test/script", self.base),
+                &[],
+                &json!({"hang": false, "answers": []}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+
+    /// Waits (at most `limit`) until `n` webhooks were received and answered; more than `n`
+    /// fails. (A caller asserting that nothing more comes must wait for what would show it,
+    /// such as the daemon's stop, and look again.)
     pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Value> {
         let deadline = Instant::now() + limit;
         loop {
             let got = self.deliveries().await;
-            if got.len() >= n && got.iter().all(|d| !d["status"].is_null()) {
+            assert!(got.len() <= n, "more than {n} webhooks: {got:#?}");
+            if got.len() == n && got.iter().all(|d| !d["status"].is_null()) {
                 return got;
             }
             assert!(
