@@ -61,11 +61,7 @@ pub async fn own_path(
 
 async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections; retry later",
-        )
-            .into_response();
+        return super::too_many_sockets();
     };
     let principal = match relay.inner.accounts.authenticate(bearer).await {
         Ok(p) => p,

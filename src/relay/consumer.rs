@@ -65,11 +65,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections; retry later",
-        )
-            .into_response();
+        return super::too_many_sockets();
     };
     let identity = match header_token(&headers) {
         Some(token) => match relay.inner.identity.verify_consumer(token).await {

@@ -121,6 +121,17 @@ pub struct PreparedRelay {
     webhooks: Option<webhooks::Settings>,
 }
 
+/// The answer to an upgrade past `relay.max_sockets`: `503`, the reason, and when to retry.
+fn too_many_sockets() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        [(http::header::RETRY_AFTER, "1")],
+        "too many connections; retry later",
+    )
+        .into_response()
+}
+
 impl RelayService {
     /// Reads and checks what the relay needs besides its config's shape; every problem is
     /// reported, naming its key.

@@ -15,6 +15,7 @@ mod identity;
 mod identity_config;
 mod lifecycle;
 mod login;
+mod overload;
 mod push_apns;
 mod push_fcm;
 mod relay_agent;
