@@ -12,7 +12,7 @@ use crate::support::messaging::{
     CHAT_STATE_WITHOUT_SEQUENCE, CONSUMER_GET_CLOCK, Difference, SESSION_EXPIRED,
 };
 use crate::support::messaging::{MessagingClient, Side};
-use crate::support::relay_world::{ACCOUNT, Relay, config, publish, text};
+use crate::support::relay_world::{ACCOUNT, Relay, config, publish, ring_state, text};
 
 /// Deliberate differences from the published schemas, named for the reader.
 const DIFFERS: &[Difference] = &[
@@ -22,37 +22,6 @@ const DIFFERS: &[Difference] = &[
 ];
 
 const RELAY_EXTRA: &str = "requests_per_second = 100000";
-
-/// An agent online with its routing tasks subscribed.
-async fn online_agent(relay: &Relay, bearer: &str) -> MessagingClient {
-    let mut agent = relay.connect_agent(bearer).await;
-    let r = agent
-        .request("routing.SetAgentState", json!({"availability": "ONLINE"}))
-        .await;
-    assert_eq!(r["code"], 200, "{r}");
-    let r = agent
-        .request("routing.SubscribeRoutingTasks", json!({}))
-        .await;
-    assert_eq!(r["code"], 200, "{r}");
-    agent
-}
-
-/// The next routing task of `conversation` on an agent's socket: its ring state.
-async fn ring_state(agent: &mut MessagingClient, conversation: &str) -> (String, Value) {
-    loop {
-        let n = agent.notification("routing.routingTaskNotification").await;
-        let result = &n["body"]["changes"][0]["result"];
-        if result["conversationId"] == conversation {
-            return (
-                result["ringsDetails"][0]["ringState"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-                result.clone(),
-            );
-        }
-    }
-}
 
 fn close_field() -> Value {
     json!([{"field": "ConversationStateField", "conversationState": "CLOSE"}])
@@ -64,8 +33,8 @@ fn close_field() -> Value {
 async fn whole_conversation(relay: &Relay) {
     let alice_bearer = relay.agent("alice").await;
     let bob_bearer = relay.agent("bob").await;
-    let mut alice = online_agent(relay, &alice_bearer).await;
-    let mut bob = online_agent(relay, &bob_bearer).await;
+    let mut alice = relay.online_agent(&alice_bearer).await;
+    let mut bob = relay.online_agent(&bob_bearer).await;
 
     let (mut consumer, conv, consumer_token) = relay.consumer().await;
     let r = consumer
@@ -559,7 +528,7 @@ async fn an_away_consumer_gets_one_masked_push_per_burst() {
     let (relay, fake) = relay_with_push_app().await;
 
     let bearer = relay.agent("dave").await;
-    let mut agent = online_agent(&relay, &bearer).await;
+    let mut agent = relay.online_agent(&bearer).await;
     let (consumer, conv, token) = relay.consumer().await;
     let (_, task) = ring_state(&mut agent, &conv).await;
     let r = agent
@@ -684,7 +653,7 @@ async fn an_away_consumer_gets_one_masked_push_per_burst() {
 async fn relay_records_are_resealed_under_a_new_data_key() {
     let (relay, _fake) = relay_with_push_app().await;
     let bearer = relay.agent("erin").await;
-    let mut agent = online_agent(&relay, &bearer).await;
+    let mut agent = relay.online_agent(&bearer).await;
     let (mut consumer, conv, token) = relay.consumer().await;
     let (_, task) = ring_state(&mut agent, &conv).await;
     let r = agent
@@ -749,7 +718,7 @@ async fn relay_records_are_resealed_under_a_new_data_key() {
 async fn a_kill_mid_conversation_loses_nothing(store_extra: &str) {
     let relay = Relay::start_with("1h", store_extra, RELAY_EXTRA).await;
     let bearer = relay.agent("frank").await;
-    let mut agent = online_agent(&relay, &bearer).await;
+    let mut agent = relay.online_agent(&bearer).await;
     let (mut consumer, conv, token) = relay.consumer().await;
     let (_, task) = ring_state(&mut agent, &conv).await;
     let r = agent

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::messaging::{MessagingClient, Stream};
-use crate::support::relay_world::{ACCOUNT, PLATFORM_PATH, Relay, publish, text};
+use crate::support::relay_world::{ACCOUNT, PLATFORM_PATH, Relay, publish, ring_state, text};
 
 /// How long the test waits for the server's side of a close.
 const WAIT: Duration = Duration::from_secs(10);
@@ -110,15 +110,15 @@ async fn a_rejected_ring_stays_rejected_until_the_conversation_is_requeued() {
     let bob = relay.agent("bob").await;
     let (_consumer, conv, _) = relay.consumer().await;
 
-    let mut first = online(&relay, &alice).await;
-    let mut second = online(&relay, &alice).await;
-    assert_eq!(ring_of(&mut first, &conv).await, "WAITING");
-    assert_eq!(ring_of(&mut second, &conv).await, "WAITING");
+    let mut first = relay.online_agent(&alice).await;
+    let mut second = relay.online_agent(&alice).await;
+    assert_eq!(ring_state_of(&mut first, &conv).await, "WAITING");
+    assert_eq!(ring_state_of(&mut second, &conv).await, "WAITING");
     let r = ring(&mut first, &conv, "REJECTED").await;
     assert_eq!(r["code"], 200, "{r}");
     // Both of alice's sockets see the ring end.
-    assert_eq!(ring_of(&mut first, &conv).await, "REJECTED");
-    assert_eq!(ring_of(&mut second, &conv).await, "REJECTED");
+    assert_eq!(ring_state_of(&mut first, &conv).await, "REJECTED");
+    assert_eq!(ring_state_of(&mut second, &conv).await, "REJECTED");
 
     // Accepting it after all: refused, with the reason.
     let r = ring(&mut second, &conv, "ACCEPTED").await;
@@ -133,9 +133,9 @@ async fn a_rejected_ring_stays_rejected_until_the_conversation_is_requeued() {
 
     // A new socket does not ring alice for it. What would show it: the queue is offered oldest
     // first, so once a newer conversation rings this socket, an older ring would have come.
-    let mut third = online(&relay, &alice).await;
+    let mut third = relay.online_agent(&alice).await;
     let (_other, newer, _) = relay.consumer().await;
-    assert_eq!(ring_of(&mut third, &newer).await, "WAITING");
+    assert_eq!(ring_state_of(&mut third, &newer).await, "WAITING");
     let rung: Vec<&Value> = third
         .log
         .iter()
@@ -143,8 +143,8 @@ async fn a_rejected_ring_stays_rejected_until_the_conversation_is_requeued() {
         .map(|(_, f)| &f["body"]["changes"][0]["result"]["conversationId"])
         .collect();
     assert_eq!(rung, [&json!(newer)], "alice was rung again");
-    let mut bobs = online(&relay, &bob).await;
-    assert_eq!(ring_of(&mut bobs, &conv).await, "WAITING");
+    let mut bobs = relay.online_agent(&bob).await;
+    assert_eq!(ring_state_of(&mut bobs, &conv).await, "WAITING");
 
     // Bob takes it and transfers it back: a new round, alice is rung again and may take it.
     assert_eq!(ring(&mut bobs, &conv, "ACCEPTED").await["code"], 200);
@@ -156,21 +156,8 @@ async fn a_rejected_ring_stays_rejected_until_the_conversation_is_requeued() {
         )
         .await;
     assert_eq!(transfer["code"], 200, "{transfer}");
-    assert_eq!(ring_of(&mut third, &conv).await, "WAITING");
+    assert_eq!(ring_state_of(&mut third, &conv).await, "WAITING");
     assert_eq!(ring(&mut third, &conv, "ACCEPTED").await["code"], 200);
-}
-
-async fn online(relay: &Relay, bearer: &str) -> MessagingClient {
-    let mut agent = relay.connect_agent(bearer).await;
-    let r = agent
-        .request("routing.SetAgentState", json!({"availability": "ONLINE"}))
-        .await;
-    assert_eq!(r["code"], 200, "{r}");
-    let r = agent
-        .request("routing.SubscribeRoutingTasks", json!({}))
-        .await;
-    assert_eq!(r["code"], 200, "{r}");
-    agent
 }
 
 async fn ring(agent: &mut MessagingClient, conv: &str, state: &str) -> Value {
@@ -180,20 +167,6 @@ async fn ring(agent: &mut MessagingClient, conv: &str, state: &str) -> Value {
             json!({"ringId": conv, "ringState": state}),
         )
         .await
-}
-
-/// The state of the next routing task of `conv` on this socket.
-async fn ring_of(agent: &mut MessagingClient, conv: &str) -> String {
-    loop {
-        let n = agent.notification("routing.routingTaskNotification").await;
-        let result = &n["body"]["changes"][0]["result"];
-        if result["conversationId"] == conv {
-            return result["ringsDetails"][0]["ringState"]
-                .as_str()
-                .unwrap()
-                .to_string();
-        }
-    }
 }
 
 /// Typing takes no sequence and carries none; the receipt after it gets the next one, so a
@@ -266,18 +239,7 @@ async fn an_event_id_reused_for_other_content_is_refused() {
     assert_eq!(r["code"], 409, "{r}");
 
     // Nothing else was stored: the history holds the first text only.
-    let history = relay
-        .env
-        .client()
-        .send(
-            http::Method::GET,
-            &relay
-                .daemon
-                .url(&format!("/api/v1/conversations/{conv}/events?fromSeq=0")),
-            &[("authorization", &format!("Bearer {token}"))],
-            bytes::Bytes::new(),
-        )
-        .await;
+    let history = history(&relay, &conv, "fromSeq=0", &token).await;
     assert_eq!(history.status, 200, "{}", history.body);
     let events = history.json();
     let events = events["events"].as_array().unwrap().clone();
@@ -309,18 +271,7 @@ async fn small_protocol_edges_agree() {
             .unwrap()
             .contains("fromSeq must be a sequence (0 or more)")
     );
-    let rest = relay
-        .env
-        .client()
-        .send(
-            http::Method::GET,
-            &relay
-                .daemon
-                .url(&format!("/api/v1/conversations/{conv}/events?fromSeq=-5")),
-            &[("authorization", &format!("Bearer {token}"))],
-            bytes::Bytes::new(),
-        )
-        .await;
+    let rest = history(&relay, &conv, "fromSeq=-5", &token).await;
     assert_eq!(rest.status, 400);
     assert!(
         rest.body.contains("fromSeq must be a sequence (0 or more)"),
@@ -359,4 +310,28 @@ async fn small_protocol_edges_agree() {
         publish(&mut c, &conv, text("two")).await["body"]["sequence"],
         1
     );
+}
+
+/// The state of the next routing task of `conv` on this socket.
+async fn ring_state_of(agent: &mut MessagingClient, conv: &str) -> String {
+    ring_state(agent, conv).await.0
+}
+
+/// The history REST with the consumer's token.
+async fn history(
+    relay: &Relay,
+    conv: &str,
+    query: &str,
+    token: &str,
+) -> crate::support::client::Answer {
+    relay
+        .env
+        .client()
+        .get_with_headers(
+            &relay
+                .daemon
+                .url(&format!("/api/v1/conversations/{conv}/events?{query}")),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
 }

@@ -142,6 +142,20 @@ impl Relay {
         answer.json()["jwt"].as_str().unwrap().to_string()
     }
 
+    /// An agent's socket, online, with its routing tasks subscribed.
+    pub async fn online_agent(&self, bearer: &str) -> MessagingClient {
+        let mut agent = self.connect_agent(bearer).await;
+        let r = agent
+            .request("routing.SetAgentState", json!({"availability": "ONLINE"}))
+            .await;
+        assert_eq!(r["code"], 200, "{r}");
+        let r = agent
+            .request("routing.SubscribeRoutingTasks", json!({}))
+            .await;
+        assert_eq!(r["code"], 200, "{r}");
+        agent
+    }
+
     /// A token for a named consumer (a trusted backend vouching for it).
     pub async fn token_for(&self, subject: &str) -> String {
         let answer = self
@@ -195,4 +209,21 @@ pub async fn publish(c: &mut MessagingClient, dialog: &str, event: Value) -> Val
         json!({"dialogId": dialog, "event": event}),
     )
     .await
+}
+
+/// The next routing task of `conversation` on an agent's socket: its ring state and the task.
+pub async fn ring_state(agent: &mut MessagingClient, conversation: &str) -> (String, Value) {
+    loop {
+        let n = agent.notification("routing.routingTaskNotification").await;
+        let result = &n["body"]["changes"][0]["result"];
+        if result["conversationId"] == conversation {
+            return (
+                result["ringsDetails"][0]["ringState"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                result.clone(),
+            );
+        }
+    }
 }
