@@ -22,7 +22,10 @@ use crate::duration::Span;
 mod identity;
 mod relay;
 pub use identity::*;
-pub use relay::{AgentsConfig, MAX_PASSWORD_BYTES, RelayConfig, WebhooksConfig};
+pub use relay::{
+    AgentsConfig, CannedResponse, DemoConfig, MAX_PASSWORD_BYTES, RelayConfig, WebhooksConfig,
+    WorkspaceConfig,
+};
 
 /// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,6 +60,22 @@ pub fn certificate_matches(peer: Option<&PeerIdentity>, accepted: &[String]) -> 
     })
 }
 
+/// The authority (`host[:port]`) a request was addressed to: HTTP/1.1's `Host`, or HTTP/2's
+/// `:authority` (which the request's URI carries). Only a plain authority is returned.
+pub fn request_authority<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+    headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +113,18 @@ mod tests {
             None,
             &["push.platform.example".into()]
         ));
+    }
+
+    #[test]
+    fn the_request_authority_is_host_or_the_http2_authority_and_plain() {
+        let mut h = HeaderMap::new();
+        let h2: http::Uri = "https://chat.brand.example:8443/ws/agent".parse().unwrap();
+        let h1: http::Uri = "/ws/agent".parse().unwrap();
+        assert_eq!(request_authority(&h, &h2), Some("chat.brand.example:8443"));
+        assert_eq!(request_authority(&h, &h1), None);
+        h.insert(http::header::HOST, "localhost:8443".parse().unwrap());
+        assert_eq!(request_authority(&h, &h1), Some("localhost:8443"));
+        h.insert(http::header::HOST, "evil.example; script-src *".parse().unwrap());
+        assert_eq!(request_authority(&h, &h1), None, "not a plain authority");
     }
 }

@@ -50,6 +50,120 @@ pub struct RelayConfig {
     /// Agents' accounts, logins and sessions.
     #[serde(default)]
     pub agents: AgentsConfig,
+    /// The agents' browser workspace at `/workspace/`.
+    #[serde(default)]
+    pub workspace: WorkspaceConfig,
+    /// A consumer chat page at `/demo/` for trying the relay out; off unless enabled.
+    #[serde(default)]
+    pub demo: DemoConfig,
+}
+
+/// `[relay.workspace]`: the agents' browser workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    /// Serve it at `/workspace/` (the agent API works either way).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// The origins (`https://host[:port]`) a browser may open an agent socket from with the
+    /// session cookie. Empty: only the origin the request is addressed to (its `Host`).
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Skills an agent may transfer a conversation to (none: transfers go to the queue as
+    /// they are).
+    #[serde(default)]
+    pub skills: Vec<String>,
+    /// Canned responses, inserted in a reply by their shortcut.
+    #[serde(default)]
+    pub canned: Vec<CannedResponse>,
+}
+
+impl Default for WorkspaceConfig {
+    fn default() -> Self {
+        WorkspaceConfig {
+            enabled: true,
+            origins: Vec::new(),
+            skills: Vec::new(),
+            canned: Vec::new(),
+        }
+    }
+}
+
+/// One canned response: `/shortcut` in the reply box inserts `text`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CannedResponse {
+    pub shortcut: String,
+    pub text: String,
+}
+
+/// `[relay.demo]`: a minimal consumer chat page (anonymous sign-up) at `/demo/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+impl WorkspaceConfig {
+    fn check_shape(&self, max_message_bytes: usize, p: &mut Problems) {
+        for (i, origin) in self.origins.iter().enumerate() {
+            if !is_https_origin(origin) {
+                p.push(
+                    format!("relay.workspace.origins[{i}]"),
+                    "must be an https origin: https://host or https://host:port, no path",
+                );
+            }
+        }
+        for (i, skill) in self.skills.iter().enumerate() {
+            if skill.is_empty() || skill.len() > 64 || skill.chars().any(char::is_control) {
+                p.push(
+                    format!("relay.workspace.skills[{i}]"),
+                    "must be 1 to 64 printable characters (a skill id)",
+                );
+            }
+        }
+        for (i, c) in self.canned.iter().enumerate() {
+            let shortcut_ok = (2..=32).contains(&c.shortcut.len())
+                && c.shortcut.starts_with('/')
+                && c.shortcut[1..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !shortcut_ok {
+                p.push(
+                    format!("relay.workspace.canned[{i}].shortcut"),
+                    "must be '/' and 1 to 31 letters, digits, '-' or '_'",
+                );
+            }
+            if c.text.is_empty() || c.text.len() > max_message_bytes {
+                p.push(
+                    format!("relay.workspace.canned[{i}].text"),
+                    format!("must be 1 to {max_message_bytes} bytes (relay.max_message_bytes)"),
+                );
+            }
+            if self.canned[..i].iter().any(|o| o.shortcut == c.shortcut) {
+                p.push(
+                    format!("relay.workspace.canned[{i}].shortcut"),
+                    "is used twice",
+                );
+            }
+        }
+        if self.canned.len() > 500 {
+            p.push("relay.workspace.canned", "at most 500 canned responses");
+        }
+    }
+}
+
+/// `https://host` or `https://host:port`, nothing else (how browsers send `Origin`).
+fn is_https_origin(origin: &str) -> bool {
+    let Some(authority) = origin.strip_prefix("https://") else {
+        return false;
+    };
+    !authority.is_empty()
+        && authority.len() <= 255
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// `[relay.away]`: when an agent's message makes a push to the consumer's devices.
@@ -217,12 +331,16 @@ impl RelayConfig {
             webhooks.check_shape(p);
         }
         self.agents.check_shape(p);
+        self.workspace.check_shape(self.max_message_bytes, p);
     }
 }
 
 mod defaults {
     use super::*;
 
+    pub fn yes() -> bool {
+        true
+    }
     pub fn max_message_bytes() -> usize {
         8 * 1024
     }

@@ -150,7 +150,11 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
         subject: uuid::Uuid::new_v4().to_string(),
         audience: s.inner.config.audience.clone(),
         lifetime: settings.token_lifetime.0,
-        profile: Default::default(),
+        // Tells this consumer's token from a login's (the agents' workspace shows it).
+        profile: serde_json::Map::from_iter([(
+            super::verify::ANONYMOUS.to_string(),
+            serde_json::Value::Bool(true),
+        )]),
     };
     match s.mint(&claims).await {
         Ok(minted) => {

@@ -169,10 +169,14 @@ impl External {
             return Err(VerifyError::Invalid("subject"));
         }
         let expires_at = claims.check_times(clock.now(), leeway, self.max_lifetime)?;
+        // The issuer's own consumers: logged in there, whatever its token says.
+        let (profile, _) = super::verify::profile_of(token);
         Ok(ConsumerIdentity {
             subject: format!("{}:{}", self.id, claims.sub),
             expires_at,
             valid_until: expires_at + leeway,
+            authenticated: true,
+            profile,
         })
     }
 

@@ -28,6 +28,48 @@ pub struct ConsumerIdentity {
     pub expires_at: SystemTime,
     /// Until when it is accepted: its expiry plus the clock leeway.
     pub valid_until: SystemTime,
+    /// Whether the consumer logged in (or a brand system vouched for it), rather than signing
+    /// up anonymously.
+    pub authenticated: bool,
+    /// What the token says about the consumer, as minted: the profile claims of [`PROFILE`]
+    /// that it carries (what the agents' workspace shows).
+    pub profile: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The claims of a consumer token that describe the consumer (the identity bridge's mapping
+/// fills them; an external issuer may send them too).
+pub const PROFILE: &[&str] = &[
+    "given_name",
+    "family_name",
+    "email",
+    "phone_number",
+    "preferred_username",
+    "gender",
+    "lp_sdes",
+];
+
+/// The claim brandgate's anonymous tokens carry (`true`), telling them from logins.
+pub const ANONYMOUS: &str = "brandgate_anonymous";
+
+/// The profile claims of a token whose signature has been checked, and whether it is
+/// anonymous (its [`ANONYMOUS`] claim).
+pub(super) fn profile_of(token: &str) -> (serde_json::Map<String, serde_json::Value>, bool) {
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).ok()
+        })
+        .and_then(|bytes| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+        })
+        .unwrap_or_default();
+    let anonymous = claims.get(ANONYMOUS) == Some(&serde_json::Value::Bool(true));
+    let profile = claims
+        .into_iter()
+        .filter(|(k, _)| PROFILE.contains(&k.as_str()))
+        .collect();
+    (profile, anonymous)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -180,10 +222,13 @@ impl IdentityService {
         let expires_at =
             data.claims
                 .check_times(self.inner.clock.now(), config.leeway.0, max_lifetime)?;
+        let (profile, anonymous) = profile_of(token);
         Ok(ConsumerIdentity {
             subject: data.claims.sub,
             expires_at,
             valid_until: expires_at + config.leeway.0,
+            authenticated: !anonymous,
+            profile,
         })
     }
 

@@ -54,11 +54,15 @@ pub enum AgentAuthError {
 }
 
 /// Why a login was refused. The caller gets one answer for all the refusals (the audit keeps
-/// which one it was).
+/// which one it was), except a locked agent that gave its right password: only someone who
+/// knows the password learns that the agent is locked, and until when.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     #[error("login refused ({})", .0.as_str())]
     Refused(Refusal),
+    /// The password was right, but the agent is locked out until then.
+    #[error("the agent is locked out")]
+    Locked { until: SystemTime },
     #[error("logins cannot be checked right now: {0}")]
     Unavailable(String),
 }
@@ -321,6 +325,7 @@ impl Accounts {
         let (outcome, agent_id) = match &result {
             Ok(s) => ("success", Some(s.principal.agent_id.as_str())),
             Err((LoginError::Refused(r), id)) => (r.as_str(), id.as_deref()),
+            Err((LoginError::Locked { .. }, id)) => ("locked_right_password", id.as_deref()),
             Err((LoginError::Unavailable(_), id)) => ("unavailable", id.as_deref()),
         };
         match &result {
@@ -332,7 +337,7 @@ impl Accounts {
                 lockout = ?self.config.lockout.0,
                 "agent login refused; the agent is locked out after {} failures", self.config.max_failed_logins
             ),
-            Err((LoginError::Refused(_), _)) => {
+            Err((LoginError::Refused(_) | LoginError::Locked { .. }, _)) => {
                 tracing::info!(account = %self.account, username, outcome, source = ?source, "agent login refused")
             }
             Err((LoginError::Unavailable(e), _)) => {
@@ -371,18 +376,12 @@ impl Accounts {
             return Err(refused(Refusal::UnknownUsername, None));
         };
         let id = Some(agent.id.as_str());
-        // Disabled and locked agents cost the same as any other attempt, and their real
-        // password is not even checked.
-        if agent.disabled || agent.locked_until.is_some_and(|t| t > now) {
+        // A disabled agent costs the same as any other attempt; its password is not checked.
+        if agent.disabled {
             self.verify_dummy(password)
                 .await
                 .map_err(|e| unavailable(&e, id))?;
-            let why = if agent.disabled {
-                Refusal::Disabled
-            } else {
-                Refusal::Locked
-            };
-            return Err(refused(why, id));
+            return Err(refused(Refusal::Disabled, id));
         }
         let hash = self
             .data_keys
@@ -394,6 +393,16 @@ impl Accounts {
             .verify(password, Secret::new(hash))
             .await
             .map_err(|e| unavailable(&e, id))?;
+        // Locked: no session whatever the password, and a wrong one does not count. Who gave
+        // the right one is told until when (the agent itself, waiting for the lock to lift).
+        if let Some(until) = agent.locked_until.filter(|t| *t > now) {
+            if right {
+                let until = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(until).unwrap_or(0));
+                return Err((LoginError::Locked { until }, id.map(str::to_string)));
+            }
+            return Err(refused(Refusal::Locked, id));
+        }
         let now = self.now_ms();
         if !right {
             let lock_until = now.saturating_add(millis_of(self.config.lockout.0));

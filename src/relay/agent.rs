@@ -1,5 +1,6 @@
 //! An agent's WebSocket: `GET /ws/agent` with `Authorization: Bearer <session>` (the bearer
-//! from the agent login, `POST /api/account/{account}/login`), also at the platform's own path
+//! from the agent login, `POST /api/account/{account}/login`) or, from the browser workspace,
+//! the session cookie and an allowed `Origin`; also at the platform's own path
 //! `/ws_api/account/{account}/messaging/brand/{bearer}`.
 //!
 //! Besides the requests every socket has (`socket`), an agent sets its availability and
@@ -42,21 +43,53 @@ pub async fn platform_path(
     upgrade(relay, &bearer, ws).await
 }
 
-/// `GET /ws/agent`.
+/// `GET /ws/agent`: the session as `Authorization: Bearer <bearer>` (programs), or as the
+/// session cookie from a browser page of an allowed origin (browsers cannot set headers on a
+/// WebSocket; the `Origin` check keeps another site's page from using the agent's cookie).
 pub async fn own_path(
     State(relay): State<RelayService>,
+    uri: http::Uri,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(bearer) = crate::http_auth::authorization_token(&headers, &["bearer"]) else {
+    if let Some(bearer) = crate::http_auth::authorization_token(&headers, &["bearer"]) {
+        let bearer = bearer.to_string();
+        return upgrade(relay, &bearer, ws).await;
+    }
+    let Some(bearer) = crate::http_auth::cookie(&headers, super::login::SESSION_COOKIE) else {
         return (
             StatusCode::UNAUTHORIZED,
-            "send the agent's session: Authorization: Bearer <bearer>",
+            "send the agent's session: Authorization: Bearer <bearer>, or its cookie from the workspace",
         )
             .into_response();
     };
+    if !origin_allowed(&headers, &uri, &relay.inner.config.workspace.origins) {
+        tracing::warn!("an agent socket with the session cookie came from another origin; refused");
+        return (
+            StatusCode::FORBIDDEN,
+            "the session cookie is only accepted from the workspace's own origin",
+        )
+            .into_response();
+    }
     let bearer = bearer.to_string();
     upgrade(relay, &bearer, ws).await
+}
+
+/// Whether the request's `Origin` is one of `allowed`, or, with none configured, the origin
+/// the request is addressed to (`https://` and its `Host`). No `Origin` is not allowed: every
+/// browser sends one on a WebSocket.
+fn origin_allowed(headers: &HeaderMap, uri: &http::Uri, allowed: &[String]) -> bool {
+    let Some(origin) = headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    if !allowed.is_empty() {
+        return allowed.iter().any(|a| a.eq_ignore_ascii_case(origin));
+    }
+    crate::http_auth::request_authority(headers, uri)
+        .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("https://{host}")))
 }
 
 async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Response {

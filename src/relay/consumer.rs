@@ -111,6 +111,9 @@ async fn upgrade(
         let _permit = permit;
         // Counted until the session ends, so shutdown can wait for the close frames.
         let _tracked = relay.inner.sessions.token();
+        if let Some(identity) = &identity {
+            relay.inner.profiles.record(identity).await;
+        }
         let auth_deadline = tokio::time::Instant::now() + relay.inner.config.auth_timeout.0;
         let presence = identity
             .as_ref()
@@ -266,6 +269,7 @@ impl ConsumerRole {
                 if self.presence.is_none() {
                     self.presence = Some(link.relay.inner.away.connected(&id.subject));
                 }
+                link.relay.inner.profiles.record(&id).await;
                 self.consumer = Some(Consumer {
                     id: id.subject,
                     valid_until: id.valid_until,

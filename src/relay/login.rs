@@ -8,7 +8,9 @@
 //! Refresh and logout take the bearer as `Authorization: Bearer <bearer>`, or from the cookie
 //! together with `X-CSRF-Token` (the session's CSRF token, compared in constant time): a cookie
 //! alone is what a cross-site request would carry. Every refused login gets the same `401`;
-//! the audit keeps the reason. Login attempts are limited per source address.
+//! the audit keeps the reason. The one exception: a locked agent that gives its right password
+//! gets `423` with when the lock lifts (nobody without the password learns of the lock). Login
+//! attempts are limited per source address.
 //!
 //! Never logs a password, a bearer or a CSRF token.
 
@@ -75,6 +77,10 @@ fn unavailable() -> Response {
 struct LoginBody {
     username: String,
     password: String,
+    /// The browser workspace asks for the cookie only: the bearer is then not in the answer,
+    /// so no script of the page ever holds it.
+    #[serde(default, rename = "cookieOnly")]
+    cookie_only: bool,
 }
 
 /// Refuses a request for another account than the relay's.
@@ -118,7 +124,12 @@ pub async fn login(
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let Ok(LoginBody { username, password }) = serde_json::from_slice::<LoginBody>(&body) else {
+    let Ok(LoginBody {
+        username,
+        password,
+        cookie_only,
+    }) = serde_json::from_slice::<LoginBody>(&body)
+    else {
         // Not the parser's message: it may quote what was sent.
         return error(
             StatusCode::BAD_REQUEST,
@@ -141,8 +152,20 @@ pub async fn login(
         );
     }
     match accounts.login(&username, &password, source).await {
-        Ok(session) => session_answer(session, lifetime(&relay)),
+        Ok(session) => session_answer(session, lifetime(&relay), !cookie_only),
         Err(LoginError::Refused(_)) => error(StatusCode::UNAUTHORIZED, REFUSED),
+        Err(LoginError::Locked { until }) => {
+            let mut r = (
+                StatusCode::LOCKED,
+                axum::Json(json!({
+                    "error": "this agent is locked after too many failed logins; it unlocks at lockedUntil",
+                    "lockedUntil": crate::clock::unix_millis(until),
+                })),
+            )
+                .into_response();
+            no_store(&mut r);
+            r
+        }
         Err(LoginError::Unavailable(_)) => unavailable(),
     }
 }
@@ -160,8 +183,10 @@ pub async fn refresh(
         Ok((bearer, _)) => bearer,
         Err(r) => return r,
     };
+    // A caller that sent the bearer gets it back; one that used the cookie does not.
+    let by_header = headers.contains_key(header::AUTHORIZATION);
     match relay.inner.accounts.refresh(&bearer).await {
-        Ok(session) => session_answer(session, lifetime(&relay)),
+        Ok(session) => session_answer(session, lifetime(&relay), by_header),
         Err(e) => auth_error(e),
     }
 }
@@ -194,6 +219,31 @@ pub async fn logout(
     }
 }
 
+/// `GET /api/v1/workspace`: what the signed-in agent's workspace needs: who it is, when its
+/// session ends, and the account's settings (message size limit, skills to transfer to,
+/// canned responses). Bearer, or cookie with `X-CSRF-Token`.
+pub async fn workspace(State(relay): State<RelayService>, headers: HeaderMap) -> Response {
+    let live = match authenticated(&relay, &headers).await {
+        Ok((_, live)) => live,
+        Err(r) => return r,
+    };
+    let config = &relay.inner.config;
+    let expires_at = crate::clock::unix_millis(live.principal.expires_at);
+    let mut r = axum::Json(json!({
+        "account": config.account,
+        "username": live.principal.username,
+        "expiresAt": expires_at,
+        "maxMessageBytes": config.max_message_bytes,
+        "skills": config.workspace.skills,
+        "canned": config.workspace.canned.iter()
+            .map(|c| json!({"shortcut": c.shortcut, "text": c.text}))
+            .collect::<Vec<_>>(),
+    }))
+    .into_response();
+    no_store(&mut r);
+    r
+}
+
 /// The body of a JSON request: the right content type, within the size limit.
 fn read_json_body(
     headers: &HeaderMap,
@@ -219,7 +269,7 @@ fn read_json_body(
 
 /// The bearer of a request and its live session: from `Authorization: Bearer`, or from the
 /// session cookie with a matching `X-CSRF-Token`.
-async fn authenticated(
+pub(super) async fn authenticated(
     relay: &RelayService,
     headers: &HeaderMap,
 ) -> Result<(String, LiveSession), Response> {
@@ -273,18 +323,21 @@ fn auth_error(e: AgentAuthError) -> Response {
 }
 
 /// `200` with the new session, and its cookie.
-fn session_answer(s: NewSession, max_age: u64) -> Response {
+fn session_answer(s: NewSession, max_age: u64, with_bearer: bool) -> Response {
     let expires_at = s
         .principal
         .expires_at
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let mut r = axum::Json(json!({
-        "bearer": s.bearer.expose(),
+    let mut body = json!({
         "csrf": s.csrf.expose(),
         "expiresAt": expires_at,
-    }))
-    .into_response();
+        "username": s.principal.username,
+    });
+    if with_bearer {
+        body["bearer"] = json!(s.bearer.expose());
+    }
+    let mut r = axum::Json(body).into_response();
     no_store(&mut r);
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}",

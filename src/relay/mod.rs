@@ -31,7 +31,8 @@ mod conversations;
 mod devices;
 mod fanout;
 mod login;
-mod protocol;
+mod profiles;
+pub(crate) mod protocol;
 mod rest;
 mod routing;
 mod socket;
@@ -70,6 +71,9 @@ pub fn seal_context(column: SealedColumn, fields: &[String]) -> Option<Vec<u8>> 
         (SealedColumn::AgentPasswords, [agent_id]) => Some(accounts::seal_context(agent_id)),
         (SealedColumn::PushTokens, [account, consumer, app]) => {
             Some(away::seal_context(account, consumer, app))
+        }
+        (SealedColumn::ConsumerProfiles, [account, consumer]) => {
+            Some(profiles::seal_context(account, consumer))
         }
         _ => None,
     }
@@ -113,6 +117,8 @@ struct Inner {
     webhooks: webhooks::Webhooks,
     /// Fan-out to the other nodes (PostgreSQL only), stopped once the sessions have ended.
     fanout: Option<fanout::Fanout>,
+    /// What consumers' tokens said about them, for their agents.
+    profiles: profiles::Profiles,
 }
 
 /// The relay's settings that need files (the webhook secret, trust anchors), read and
@@ -185,6 +191,12 @@ impl RelayService {
         if let Some(fanout) = &fanout {
             fanout.metrics().register(registry);
         }
+        let profiles = profiles::Profiles::new(
+            config.account.clone(),
+            store.clone(),
+            data_keys.clone(),
+            clock.clone(),
+        );
         let conversations = conversations::Conversations::new(
             config.account.clone(),
             store.clone(),
@@ -211,6 +223,7 @@ impl RelayService {
                 sessions: TaskTracker::new(),
                 webhooks,
                 fanout,
+                profiles,
             }),
         }
     }
@@ -248,6 +261,7 @@ impl RelayService {
                 get(agent::platform_path),
             )
             .route("/api/v1/conversations", get(rest::list))
+            .route("/api/v1/workspace", get(login::workspace))
             .route("/api/v1/push-registrations", get(devices::list))
             .route(
                 "/api/v1/push-registrations/{app}",
@@ -256,6 +270,10 @@ impl RelayService {
                     .layer(DefaultBodyLimit::max(devices::MAX_BODY)),
             )
             .route("/api/v1/conversations/{id}/events", get(rest::events))
+            .route(
+                "/api/v1/conversations/{id}/consumer",
+                get(profiles::consumer),
+            )
             .route(
                 "/ws_api/account/{account}/messaging/consumer",
                 get(consumer::platform_path),

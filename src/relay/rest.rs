@@ -119,11 +119,18 @@ pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Resp
 
 /// Who calls: a consumer by its identity token (a JWT: `Authorization: jwt <token>` or
 /// `Bearer <token>`), or an agent by its session (`Authorization: Bearer <bearer>`; a bearer
-/// is not a JWT, so the two never mix).
+/// is not a JWT, so the two never mix), or, from the browser workspace, by the session cookie
+/// with the session's `X-CSRF-Token`.
 pub(super) async fn caller(
     relay: &RelayService,
     headers: &HeaderMap,
 ) -> Result<Participant, Response> {
+    if !headers.contains_key(http::header::AUTHORIZATION)
+        && crate::http_auth::cookie(headers, super::login::SESSION_COOKIE).is_some()
+    {
+        let (_, live) = super::login::authenticated(relay, headers).await?;
+        return Ok(Participant::Agent(live.principal.agent_id));
+    }
     let Some(token) = super::consumer::header_token(headers) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,

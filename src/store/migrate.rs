@@ -119,6 +119,16 @@ const SQLITE: &[(i64, &str)] = &[
             PRIMARY KEY (conversation_id, agent_id)
         )",
     ),
+    (
+        7,
+        "CREATE TABLE consumer_profiles (
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (account, consumer_id)
+        )",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -230,6 +240,16 @@ const POSTGRES: &[(i64, &str)] = &[
             agent_id TEXT NOT NULL,
             queue_round BIGINT NOT NULL,
             PRIMARY KEY (conversation_id, agent_id)
+        )",
+    ),
+    (
+        7,
+        "CREATE TABLE consumer_profiles (
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            sealed BYTEA NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (account, consumer_id)
         )",
     ),
 ];

@@ -19,6 +19,8 @@ pub enum SealedColumn {
     PushTokens,
     /// The identity bridge's pending logins and codes, bound to their id.
     PendingGrants,
+    /// What consumers' tokens said about them, bound to account and consumer.
+    ConsumerProfiles,
 }
 
 /// One sealed value and the fields it is bound to, in the column's order.
@@ -31,11 +33,12 @@ pub struct SealedRow {
 }
 
 impl SealedColumn {
-    pub const ALL: [SealedColumn; 4] = [
+    pub const ALL: [SealedColumn; 5] = [
         SealedColumn::RelayEvents,
         SealedColumn::AgentPasswords,
         SealedColumn::PushTokens,
         SealedColumn::PendingGrants,
+        SealedColumn::ConsumerProfiles,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl SealedColumn {
             SealedColumn::AgentPasswords => "agent passwords",
             SealedColumn::PushTokens => "device tokens",
             SealedColumn::PendingGrants => "pending logins and codes",
+            SealedColumn::ConsumerProfiles => "consumer profiles",
         }
     }
 
@@ -76,6 +80,15 @@ impl SealedColumn {
                  WHERE id > $1 ORDER BY id LIMIT $2",
                 "UPDATE pending_grants SET sealed = $1 WHERE sealed = $2 AND id = $3",
                 1,
+            ),
+            SealedColumn::ConsumerProfiles => (
+                "SELECT account || '|' || consumer_id AS position, account AS f0, \
+                 consumer_id AS f1, sealed AS s FROM consumer_profiles \
+                 WHERE account || '|' || consumer_id > $1 \
+                 ORDER BY account || '|' || consumer_id LIMIT $2",
+                "UPDATE consumer_profiles SET sealed = $1 WHERE sealed = $2 \
+                 AND account = $3 AND consumer_id = $4",
+                2,
             ),
         }
     }

@@ -196,8 +196,37 @@ async fn an_agent_added_on_the_command_line_logs_in_refreshes_and_logs_out() {
         .post("refresh", &[("cookie", &jar), ("x-csrf-token", &csrf2)])
         .await;
     assert_eq!(by_cookie.status, 200, "{}", by_cookie.body);
-    let bearer3 = by_cookie.json()["bearer"].as_str().unwrap().to_string();
+    // A caller that used the cookie is not handed the bearer (a page's script never holds it);
+    // the session, and so its cookie, stays the same.
+    assert!(
+        by_cookie.json().get("bearer").is_none(),
+        "{}",
+        by_cookie.body
+    );
+    let bearer3 = bearer2.clone();
     let csrf3 = by_cookie.json()["csrf"].as_str().unwrap().to_string();
+    // The browser workspace signs in with cookieOnly: the answer holds no bearer either.
+    let cookie_only = w
+        .env
+        .client()
+        .post_json(
+            &w.url("login"),
+            &[],
+            &json!({ "username": "ann", "password": password, "cookieOnly": true }),
+        )
+        .await;
+    assert_eq!(cookie_only.status, 200, "{}", cookie_only.body);
+    assert!(
+        cookie_only.json().get("bearer").is_none(),
+        "{}",
+        cookie_only.body
+    );
+    assert_eq!(cookie_only.json()["username"], "ann");
+    let set = cookie_only.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        set.starts_with(&format!("{COOKIE}=")) && set.contains("HttpOnly"),
+        "{set}"
+    );
 
     // Logout ends the session (by cookie, with its CSRF token).
     let out = w
@@ -281,7 +310,13 @@ async fn an_agent_added_on_the_command_line_logs_in_refreshes_and_logs_out() {
     let outcomes: Vec<&str> = audit.iter().rev().map(|a| a.outcome.as_str()).collect();
     assert_eq!(
         outcomes,
-        ["added", "success", "wrong_password", "unknown_username"]
+        [
+            "added",
+            "success",
+            "success",
+            "wrong_password",
+            "unknown_username"
+        ]
     );
     assert_eq!(audit[0].username, "nobody");
     assert_eq!(audit[0].source.as_deref(), Some("127.0.0.1"));
@@ -330,13 +365,27 @@ async fn failed_logins_lock_the_agent_until_the_lockout_ends_or_a_reset() {
         .await;
     assert_eq!(code, 0, "{err}");
 
-    // Three failures (the configured count) lock; then even the right password is refused.
+    // Three failures (the configured count) lock; then even the right password gets no
+    // session. Who gives the right password learns until when (423); a wrong one learns
+    // nothing (the same 401 as ever).
     for _ in 0..3 {
         assert_eq!(w.login("ann", "wrong-password").await.status, 401);
     }
     let locked_at = Instant::now();
     let refused = w.login("ann", "first-password").await;
-    assert_eq!((refused.status, refused.body.as_str()), (401, REFUSED));
+    assert_eq!(refused.status, 423, "{}", refused.body);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let until = refused.json()["lockedUntil"].as_i64().unwrap();
+    assert!(
+        (now_ms..=now_ms + 3_500).contains(&until),
+        "locked until {until}, now {now_ms}"
+    );
+    assert!(refused.json()["error"].as_str().unwrap().contains("locked"));
+    let wrong = w.login("ann", "wrong-password").await;
+    assert_eq!((wrong.status, wrong.body.as_str()), (401, REFUSED));
     let listed = w.list().await;
     assert!(listed.contains("locked until"), "{listed}");
 
@@ -347,7 +396,7 @@ async fn failed_logins_lock_the_agent_until_the_lockout_ends_or_a_reset() {
         if a.status == 200 {
             break;
         }
-        assert_eq!(a.status, 401, "{}", a.body);
+        assert_eq!(a.status, 423, "{}", a.body);
         assert!(Instant::now() < deadline, "still locked after 30s");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -368,7 +417,7 @@ async fn failed_logins_lock_the_agent_until_the_lockout_ends_or_a_reset() {
     for _ in 0..3 {
         assert_eq!(w.login("ann", "wrong-password").await.status, 401);
     }
-    assert_eq!(w.login("ann", "first-password").await.status, 401);
+    assert_eq!(w.login("ann", "first-password").await.status, 423);
     let (code, out, err) = w
         .agents(
             &["reset-password", "--username", "ann"],
@@ -392,7 +441,8 @@ async fn failed_logins_lock_the_agent_until_the_lockout_ends_or_a_reset() {
     let count = |o: &str| outcomes.iter().filter(|x| *x == o).count();
     assert_eq!(count("locked_out"), 2, "{outcomes:?}");
     assert_eq!(count("password_reset"), 1, "{outcomes:?}");
-    assert!(count("locked") >= 2, "{outcomes:?}");
+    assert!(count("locked_right_password") >= 2, "{outcomes:?}");
+    assert!(count("locked") >= 1, "{outcomes:?}");
     store.close().await;
 }
 

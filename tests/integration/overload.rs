@@ -82,7 +82,10 @@ async fn ten_times_the_pushes_in_flight_are_refused_not_queued() {
                     200 => delivered += 1,
                     503 => {
                         refused += 1;
-                        assert_eq!(a.json()["error"], "too many pushes in flight; retry shortly");
+                        assert_eq!(
+                            a.json()["error"],
+                            "too many pushes in flight; retry shortly"
+                        );
                         assert_eq!(a.headers["retry-after"], "1");
                     }
                     other => panic!("set {set}: {other} {}", a.body),

@@ -12,7 +12,7 @@ use crate::support::messaging::{
     CHAT_STATE_WITHOUT_SEQUENCE, CONSUMER_GET_CLOCK, Difference, SESSION_EXPIRED,
 };
 use crate::support::messaging::{MessagingClient, Side};
-use crate::support::relay_world::{ACCOUNT, Relay, config, publish, ring_state, text};
+use crate::support::relay_world::{self, ACCOUNT, Relay, config, publish, ring_state, text};
 
 /// Deliberate differences from the published schemas, named for the reader.
 const DIFFERS: &[Difference] = &[
@@ -774,4 +774,120 @@ async fn a_kill_mid_conversation_loses_nothing_on_postgresql() {
     };
     a_kill_mid_conversation_loses_nothing(&format!("url = \"{}\"", db.url)).await;
     db.drop().await;
+}
+
+/// Who the consumer is, for the agent holding its conversation only: what its token said
+/// (authenticated, the claims as minted), sealed at rest; an anonymous consumer shows as not
+/// authenticated.
+#[tokio::test]
+async fn the_holding_agent_sees_who_the_consumer_is() {
+    let env = TestEnv::new();
+    let config = relay_world::config(
+        &env,
+        "1h",
+        "",
+        &format!(
+            "{RELAY_EXTRA}\n[identity.claims]\ngiven_name = \"given_name\"\nemail = \"email\"\n"
+        ),
+    );
+    let relay = Relay::start_on(env, &config).await;
+    let alice = relay.agent("alice").await;
+    let bob = relay.agent("bob").await;
+    let mut agent = relay.online_agent(&alice).await;
+
+    let answer = relay
+        .env
+        .client()
+        .post_json(
+            &relay.daemon.url("/identity/v1/token"),
+            &[(
+                "authorization",
+                &crate::support::client::basic("crm", relay_world::BACKEND_SECRET),
+            )],
+            &json!({"subject": "cust-7", "claims": {"given_name": "Ada", "email": "ada@example.test"}}),
+        )
+        .await;
+    let token = answer.json()["jwt"].as_str().unwrap().to_string();
+    let mut consumer = relay.connect(Some(&token)).await;
+    let conv = consumer
+        .request("cm.ConsumerRequestConversation", json!({}))
+        .await["body"]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = relay
+        .daemon
+        .url(&format!("/api/v1/conversations/{conv}/consumer"));
+    let get = |auth: String| {
+        let client = relay.env.client();
+        let url = url.clone();
+        async move {
+            client
+                .get_with_headers(&url, &[("authorization", auth.as_str())])
+                .await
+        }
+    };
+    // Not taken yet: nobody's to see.
+    assert_eq!(get(format!("Bearer {alice}")).await.status, 404);
+    assert_eq!(ring_state(&mut agent, &conv).await.0, "WAITING");
+    let r = agent
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": conv, "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    let seen = get(format!("Bearer {alice}")).await;
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    assert_eq!(seen.headers["cache-control"], "no-store");
+    assert_eq!(
+        seen.json(),
+        json!({"consumerId": "cust-7", "authenticated": true,
+            "claims": {"given_name": "Ada", "email": "ada@example.test"}})
+    );
+    // Another agent, and the consumer itself: not theirs.
+    let other = get(format!("Bearer {bob}")).await;
+    assert_eq!(
+        (other.status, other.json()["error"].clone()),
+        (404, json!("no such conversation"))
+    );
+    assert_eq!(get(format!("jwt {token}")).await.status, 403);
+
+    // Sealed at rest: the email is nowhere in the database files.
+    let mut searched = 0;
+    for entry in std::fs::read_dir(relay.env.path().join("state")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("brandgate.db") {
+            searched += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(16).any(|w| w == b"ada@example.test"),
+                "{} holds the email",
+                path.display()
+            );
+        }
+    }
+    assert!(searched > 0);
+
+    // An anonymous consumer: not authenticated, no claims.
+    let (_c, anon_conv, _) = relay.consumer().await;
+    assert_eq!(ring_state(&mut agent, &anon_conv).await.0, "WAITING");
+    agent
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": anon_conv, "ringState": "ACCEPTED"}),
+        )
+        .await;
+    let anon = relay
+        .env
+        .client()
+        .get_with_headers(
+            &relay
+                .daemon
+                .url(&format!("/api/v1/conversations/{anon_conv}/consumer")),
+            &[("authorization", &format!("Bearer {alice}"))],
+        )
+        .await;
+    assert_eq!(anon.json()["authenticated"], false, "{}", anon.body);
+    assert_eq!(anon.json()["claims"], json!({}));
 }

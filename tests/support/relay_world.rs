@@ -75,6 +75,12 @@ impl Relay {
     /// Adds an agent with the command line (`brandgate agents add`) and logs it in over
     /// HTTPS; returns its session bearer.
     pub async fn agent(&self, username: &str) -> String {
+        let password = self.add_agent(username).await;
+        self.login(username, &password).await
+    }
+
+    /// Adds an agent with the command line (`brandgate agents add`); returns its password.
+    pub async fn add_agent(&self, username: &str) -> String {
         let password = format!("{username}-password-1");
         let file = self.env.secret(&format!("password-{username}"), &password);
         let config = self.env.path().join("brandgate.toml");
@@ -95,7 +101,7 @@ impl Relay {
         )
         .await;
         assert_eq!(code, 0, "agents add: {out}{err}");
-        self.login(username, &password).await
+        password
     }
 
     /// Logs an agent in; returns its session bearer.
