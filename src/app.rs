@@ -232,7 +232,7 @@ impl Public {
 fn public_router(
     push: &PushService,
     identity: Option<&IdentityService>,
-    relay: Option<&RelayService>,
+    relay: Option<(&RelayService, &crate::config::RelayConfig)>,
 ) -> Router {
     fn refusal(status: http::StatusCode, message: &str) -> axum::response::Response {
         use axum::response::IntoResponse;
@@ -242,8 +242,10 @@ fn public_router(
     if let Some(identity) = identity {
         router = router.merge(identity.router());
     }
-    if let Some(relay) = relay {
-        router = router.merge(relay.router());
+    if let Some((relay, config)) = relay {
+        router = router
+            .merge(relay.router())
+            .merge(crate::workspace::router(config));
     }
     let router = router
         .method_not_allowed_fallback(|| async {
@@ -532,7 +534,11 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     let public = Arc::new(Public {
         tls: RwLock::new(server_tls.config),
-        router: public_router(&push, identity.as_ref(), relay.as_ref()),
+        router: public_router(
+            &push,
+            identity.as_ref(),
+            relay.as_ref().zip(config.relay.as_ref()),
+        ),
         http: http_builder(&config),
         handshake_timeout: config.server.handshake_timeout.0,
         idle_timeout: config.server.idle_timeout.0,

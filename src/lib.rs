@@ -11,6 +11,8 @@
 //! - [`identity`]: the identity bridge role. Its door is [`identity::IdentityService`].
 //! - [`relay`]: the self-hosted relay role. Its door is [`relay::RelayService`].
 //! - [`store`]: SQLite or PostgreSQL behind one handle; [`store::seal`] seals secrets at rest.
+//! - [`workspace`]: the agents' browser workspace and the demo page (files only: they are
+//!   clients of the relay).
 //!
 //! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
 //! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
@@ -22,6 +24,8 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod duration;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hex;
 pub mod http_auth;
 pub mod http_client;
@@ -34,3 +38,4 @@ pub mod secret;
 pub mod security_headers;
 pub mod store;
 pub mod tls;
+pub mod workspace;

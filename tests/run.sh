@@ -25,6 +25,9 @@ need_debian_packages() {
 # openssl makes the PKCS#12 bundles the APNs certificate tests load; curl is the HTTP/2 client
 # (nghttp2) the early-refusal test sends bodies with.
 need_debian_packages openssl curl
+# The agents' workspace is tested in Debian's Chromium (driven by playwright-core, which cannot
+# download a browser here).
+need_debian_packages chromium
 
 # The store's conformance suite runs against a real PostgreSQL on 127.0.0.1:5432 (it creates
 # and drops its own databases). Under CI it must not be skipped: make sure the server runs.
@@ -40,7 +43,7 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
 fi
 
 # Independent test peers written in JavaScript (jose verifies what brandgate mints; the
-# brand's OpenID provider).
+# brand's OpenID provider; playwright-core and ws for the workspace in Chromium).
 log "npm ci (tests/node)"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 

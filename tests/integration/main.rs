@@ -26,3 +26,4 @@ mod relay_nodes;
 mod relay_webhooks;
 mod security_headers;
 mod store;
+mod workspace;

@@ -1,0 +1,215 @@
+//! The agents' workspace: how its files are served (policy, encodings, caching), and the
+//! application itself in Debian's Chromium (tests/node/workspace-e2e.mjs, driven by
+//! playwright-core) against a running relay, with test consumers on the relay's socket.
+//! Screenshots of sign-in, the queue, a conversation, a reconnect and an ended session are
+//! saved in `target/workspace-screenshots/`.
+
+use std::path::PathBuf;
+
+use http::Method;
+use serde_json::json;
+
+use crate::support::TestEnv;
+use crate::support::client::Client;
+use crate::support::relay_world::{self, ACCOUNT, BACKEND_SECRET, Relay};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// What the workspace world adds to the relay's config: the demo page, skills and canned
+/// responses, a lock after three failures, and the claims consumers' tokens carry.
+fn extra(login_attempts_per_minute: u32) -> String {
+    format!(
+        r#"requests_per_second = 100000
+[relay.demo]
+enabled = true
+[relay.workspace]
+skills = ["billing", "tech"]
+[[relay.workspace.canned]]
+shortcut = "/order"
+text = "Your order number, please? It is in your confirmation email."
+[relay.agents]
+max_failed_logins = 3
+login_attempts_per_minute = {login_attempts_per_minute}
+[identity.claims]
+given_name = "given_name"
+family_name = "family_name"
+email = "email"
+phone_number = "phone_number"
+[identity.claims.ctmrinfo]
+customerId = "customer_id"
+ctype = "tier"
+"#
+    )
+}
+
+async fn world(login_attempts_per_minute: u32) -> Relay {
+    let env = TestEnv::new();
+    let config = relay_world::config(&env, "1h", "", &extra(login_attempts_per_minute));
+    Relay::start_on(env, &config).await
+}
+
+/// Runs `scenarios` of tests/node/workspace-e2e.mjs against `relay`, with the agents it
+/// needs; panics with the script's report when any fails.
+async fn in_chromium(relay: &Relay, scenarios: &[&str], agents: &[&str]) {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "Debian's chromium is needed (tests/run.sh installs it)"
+    );
+    let mut passwords = serde_json::Map::new();
+    for agent in agents {
+        passwords.insert(agent.to_string(), json!(relay.add_agent(agent).await));
+    }
+    let screenshots =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/workspace-screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let ca = relay.env.ca.write(relay.env.path(), "e2e-ca");
+    let config = relay.env.file(
+        "workspace-e2e.json",
+        &json!({
+            "base": format!("https://localhost:{}", relay.daemon.public.port()),
+            "chromium": CHROMIUM,
+            "screenshots": screenshots,
+            "brandgate": crate::support::daemon::binary(),
+            "brandgateConfig": relay.env.path().join("brandgate.toml"),
+            "account": ACCOUNT,
+            "agents": passwords,
+            "backend": {"id": "crm", "secret": BACKEND_SECRET},
+            "scenarios": scenarios,
+        })
+        .to_string(),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/workspace-e2e.mjs");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .arg("--config")
+            .arg(&config)
+            .env("NODE_EXTRA_CA_CERTS", &ca)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser scenarios did not finish within 5 minutes")
+    .expect("node");
+    let report = String::from_utf8_lossy(&out.stdout);
+    for scenario in scenarios {
+        assert!(
+            report.contains(&format!("ok {scenario}\n")),
+            "{scenario} in Chromium:\n{report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(out.status.success(), "{report}");
+}
+
+#[tokio::test]
+async fn the_workspace_in_chromium() {
+    let relay = world(1000).await;
+    in_chromium(
+        &relay,
+        &[
+            "conversation",
+            "xss",
+            "crossSite",
+            "reconnect",
+            "revoked",
+            "signinErrors",
+            "demo",
+        ],
+        &[
+            "alice", "bob", "carol", "dave", "erin", "frank", "grace", "ivan",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_sign_in_says_how_long_to_wait() {
+    let relay = world(30).await;
+    in_chromium(&relay, &["rateLimit"], &["heidi"]).await;
+}
+
+/// The pages' files: their policy (no inline code, Trusted Types, no framing, the socket's
+/// origin), the smallest encoding the browser takes, ETags that answer 304, and only what
+/// exists.
+#[tokio::test]
+async fn workspace_files_are_served_with_their_policy_and_encodings() {
+    let relay = world(1000).await;
+    let client = relay.env.client();
+    let url = |p: &str| relay.daemon.url(p);
+    let page = client
+        .get_with_headers(&url("/workspace/"), &[("accept-encoding", "gzip, br")])
+        .await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["content-encoding"], "br");
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers["cache-control"], "no-cache");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "require-trusted-types-for 'script'",
+        &format!(
+            "connect-src 'self' wss://127.0.0.1:{}",
+            relay.daemon.public.port()
+        ),
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers["referrer-policy"], "no-referrer");
+
+    // As written for a client that takes no encoding, gzip for one that takes only that.
+    let plain = client.get(&url("/workspace/js/app.js")).await;
+    assert_eq!(plain.status, 200);
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert_eq!(
+        plain.headers["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(plain.body.contains("import"), "{}", &plain.body[..100]);
+    let gz = client
+        .get_with_headers(&url("/workspace/js/app.js"), &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(gz.headers["content-encoding"], "gzip");
+    // The ETag names the file, whatever the encoding: a revalidation gets 304.
+    let etag = plain.headers["etag"].to_str().unwrap().to_string();
+    assert_eq!(gz.headers["etag"], etag.as_str());
+    let again = client
+        .get_with_headers(&url("/workspace/js/app.js"), &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+
+    for (path, status) in [
+        ("/workspace", 308),
+        ("/workspace/nothing.js", 404),
+        ("/workspace/../Cargo.toml", 404),
+        ("/demo/", 200),
+    ] {
+        let a = client.get(&url(path)).await;
+        assert_eq!(a.status, status, "{path}");
+    }
+    let config = client.get(&url("/workspace/config.json")).await.json();
+    assert_eq!(config["account"], ACCOUNT);
+
+    // Without [relay.demo], no demo page.
+    let env = TestEnv::new();
+    let plain_relay = relay_world::config(&env, "1h", "", "");
+    let other = Relay::start_on(env, &plain_relay).await;
+    let a = Client::new(&other.env.ca.cert_pem)
+        .send(
+            Method::GET,
+            &other.daemon.url("/demo/"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(a.status, 404);
+}
