@@ -272,7 +272,16 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
 /// Writes a file only its owner can read.
 pub fn write_private_file(path: &Path, content: &[u8]) -> Result<(), String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    // Its directory too, if it is not there yet (a command run before the first start), only
+    // for the service.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::support::TestEnv;
 use crate::support::client::Client;
+use crate::support::daemon::Daemon;
 use crate::support::relay_world::{self, ACCOUNT, BACKEND_SECRET, Relay};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -51,47 +52,74 @@ async fn world(login_attempts_per_minute: u32) -> Relay {
 /// Runs `scenarios` of tests/node/workspace-e2e.mjs against `relay`, with the agents it
 /// needs; panics with the script's report when any fails.
 async fn in_chromium(relay: &Relay, scenarios: &[&str], agents: &[&str]) {
+    let mut passwords = Vec::new();
+    for agent in agents {
+        passwords.push((agent.to_string(), relay.add_agent(agent).await));
+    }
+    let ca = relay.env.ca.write(relay.env.path(), "e2e-ca");
+    run_scenarios(
+        relay.env.path(),
+        relay.daemon.public.port(),
+        &relay.env.path().join("brandgate.toml"),
+        ACCOUNT,
+        &passwords,
+        Some(&ca),
+        scenarios,
+    )
+    .await;
+}
+
+/// Runs `scenarios` against the brandgate listening on `port` (its config at `config`).
+async fn run_scenarios(
+    dir: &std::path::Path,
+    port: u16,
+    config: &std::path::Path,
+    account: &str,
+    agents: &[(String, String)],
+    ca: Option<&std::path::Path>,
+    scenarios: &[&str],
+) {
     assert!(
         std::path::Path::new(CHROMIUM).exists(),
         "Debian's chromium is needed (tests/run.sh installs it)"
     );
-    let mut passwords = serde_json::Map::new();
-    for agent in agents {
-        passwords.insert(agent.to_string(), json!(relay.add_agent(agent).await));
-    }
     let screenshots =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/workspace-screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
-    let ca = relay.env.ca.write(relay.env.path(), "e2e-ca");
-    let config = relay.env.file(
-        "workspace-e2e.json",
-        &json!({
-            "base": format!("https://localhost:{}", relay.daemon.public.port()),
+    let file = dir.join("workspace-e2e.json");
+    std::fs::write(
+        &file,
+        json!({
+            "base": format!("https://localhost:{port}"),
             "chromium": CHROMIUM,
             "screenshots": screenshots,
             "brandgate": crate::support::daemon::binary(),
-            "brandgateConfig": relay.env.path().join("brandgate.toml"),
-            "account": ACCOUNT,
-            "agents": passwords,
+            "brandgateConfig": config,
+            "account": account,
+            "agents": agents
+                .iter()
+                .map(|(name, password)| (name.clone(), json!(password)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
             "backend": {"id": "crm", "secret": BACKEND_SECRET},
             "scenarios": scenarios,
         })
         .to_string(),
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/workspace-e2e.mjs");
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(300),
-        tokio::process::Command::new("node")
-            .arg(script)
-            .arg("--config")
-            .arg(&config)
-            .env("NODE_EXTRA_CA_CERTS", &ca)
-            .kill_on_drop(true)
-            .output(),
     )
-    .await
-    .expect("the browser scenarios did not finish within 5 minutes")
-    .expect("node");
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/workspace-e2e.mjs");
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(script)
+        .arg("--config")
+        .arg(&file)
+        .kill_on_drop(true);
+    if let Some(ca) = ca {
+        command.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(300), command.output())
+        .await
+        .expect("the browser scenarios did not finish within 5 minutes")
+        .expect("node");
     let report = String::from_utf8_lossy(&out.stdout);
     for scenario in scenarios {
         assert!(
@@ -101,6 +129,52 @@ async fn in_chromium(relay: &Relay, scenarios: &[&str], agents: &[&str]) {
         );
     }
     assert!(out.status.success(), "{report}");
+}
+
+/// The README's "Try it": the shipped config/try-it.toml as it is (only its ports and state
+/// directory moved for the test), an agent added with the CLI, and the demo page chatting with
+/// the workspace.
+#[tokio::test]
+async fn try_it_works_as_the_readme_says() {
+    let env = TestEnv::new();
+    let state = env.path().join("state");
+    let try_it = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/try-it.toml");
+    let overrides = [
+        ("BRANDGATE_SERVER__LISTEN", "127.0.0.1:0"),
+        ("BRANDGATE_OPS__LISTEN", "127.0.0.1:0"),
+        ("BRANDGATE_SERVER__STATE_DIR", state.to_str().unwrap()),
+    ];
+    let password = "a-long-demo-password";
+    let password_file = env.secret("ivan-password", password);
+    let (code, out, err) = crate::support::daemon::run(
+        &[
+            "agents",
+            "add",
+            "--config",
+            try_it.to_str().unwrap(),
+            "--account",
+            "demo",
+            "--username",
+            "ivan",
+            "--password-file",
+            password_file.to_str().unwrap(),
+        ],
+        &overrides,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let mut daemon = Daemon::start_with_config_file(env.path(), &try_it, &overrides).await;
+    run_scenarios(
+        env.path(),
+        daemon.public.port(),
+        &try_it,
+        "demo",
+        &[("ivan".to_string(), password.to_string())],
+        None,
+        &["demo"],
+    )
+    .await;
+    daemon.stop().await;
 }
 
 #[tokio::test]
