@@ -766,18 +766,24 @@ mod tests {
             refusal(a.login("ann", &pw("nope nope"), None).await),
             Refusal::LockedOut
         );
-        // Locked: even the right password is refused.
+        // Locked: even the right password gets no session; who gives it learns until when
+        // (the lock's end, 60 s on), a wrong one only that it is refused.
+        let locked_until = w.clock.now() + Duration::from_secs(60);
+        assert!(matches!(
+            a.login("ann", &pw("correct horse"), None).await,
+            Err(LoginError::Locked { until }) if until == locked_until
+        ));
         assert_eq!(
-            refusal(a.login("ann", &pw("correct horse"), None).await),
+            refusal(a.login("ann", &pw("nope nope"), None).await),
             Refusal::Locked
         );
         let listed = a.list_agents().await.unwrap();
         assert!(matches!(listed[0].state, AgentState::LockedUntil(_)));
         w.clock.advance(Duration::from_secs(59));
-        assert_eq!(
-            refusal(a.login("ann", &pw("correct horse"), None).await),
-            Refusal::Locked
-        );
+        assert!(matches!(
+            a.login("ann", &pw("correct horse"), None).await,
+            Err(LoginError::Locked { .. })
+        ));
         w.clock.advance(Duration::from_secs(1));
         // The lock ran out: the count restarts (one failure does not lock again).
         assert_eq!(
@@ -798,8 +804,9 @@ mod tests {
                 "wrong_password",
                 "wrong_password",
                 "locked_out",
+                "locked_right_password",
                 "locked",
-                "locked",
+                "locked_right_password",
                 "wrong_password",
                 "success"
             ]
@@ -815,10 +822,10 @@ mod tests {
         for _ in 0..3 {
             let _ = a.login("ann", &pw("nope nope"), None).await;
         }
-        assert_eq!(
-            refusal(a.login("ann", &pw("correct horse"), None).await),
-            Refusal::Locked
-        );
+        assert!(matches!(
+            a.login("ann", &pw("correct horse"), None).await,
+            Err(LoginError::Locked { .. })
+        ));
         a.reset_password("ann", &pw("battery staple"))
             .await
             .unwrap();

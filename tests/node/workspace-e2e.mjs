@@ -132,7 +132,7 @@ class Consumer {
 
 let browser;
 
-async function agentPage(name, { signIn = true, port = null } = {}) {
+async function agentPage(name, { signIn = true, port = null, connectionErrors = false } = {}) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 760 } });
   const page = await context.newPage();
   const problems = [];
@@ -142,7 +142,10 @@ async function agentPage(name, { signIn = true, port = null } = {}) {
     d.dismiss();
   });
   page.on("console", (m) => {
-    if (m.type() === "error" && !m.text().includes("Failed to load resource")) problems.push(`console: ${m.text()}`);
+    const text = m.text();
+    // A cut connection makes the browser log each failed reconnect: expected there only.
+    const expected = text.includes("Failed to load resource") || (connectionErrors && text.startsWith("WebSocket connection to"));
+    if (m.type() === "error" && !expected) problems.push(`console: ${text}`);
   });
   // Every CSP violation the page reports (added by the browser, not by the page's own code).
   await page.addInitScript(() => {
@@ -400,7 +403,7 @@ const scenarios = {
    *  the workspace shows it, reconnects by itself, and shows every message once, in order. */
   async reconnect() {
     const proxy = await Proxy.start(Number(origin.port));
-    const agent = await agentPage("erin", { port: proxy.port });
+    const agent = await agentPage("erin", { port: proxy.port, connectionErrors: true });
     await goOnline(agent.page);
     const consumer = await Consumer.named("cust-reconnect", { given_name: "Grace" });
     await consumer.say("before 1");
