@@ -184,6 +184,7 @@ async fn the_workspace_in_chromium() {
         &relay,
         &[
             "conversation",
+            "history",
             "xss",
             "crossSite",
             "reconnect",
@@ -192,7 +193,7 @@ async fn the_workspace_in_chromium() {
             "demo",
         ],
         &[
-            "alice", "bob", "carol", "dave", "erin", "frank", "grace", "ivan",
+            "alice", "bob", "carol", "dave", "erin", "frank", "grace", "ivan", "judy",
         ],
     )
     .await;

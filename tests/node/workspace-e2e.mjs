@@ -213,6 +213,20 @@ const scenarios = {
     await goOnline(alice.page);
     const bob = await agentPage("bob");
 
+    // Two agents Online are rung for the same conversation; the one alice takes leaves bob's
+    // queue at once.
+    await goOnline(bob.page);
+    const raced = await Consumer.named("cust-1000", { given_name: "Race" });
+    await raced.say("first come, first served");
+    const racedRing = `#queue li[data-conversation="${raced.conversation}"]`;
+    await bob.page.waitForSelector(racedRing, { timeout: WAIT });
+    await accept(alice.page, raced.conversation);
+    await bob.page.waitForSelector(racedRing, { state: "detached", timeout: WAIT });
+    await alice.page.click("#close");
+    raced.close();
+    await bob.page.selectOption("#availability", "OFFLINE");
+    await bob.page.waitForSelector("#availability-shown[data-state=OFFLINE]", { timeout: WAIT });
+
     const consumer = await Consumer.named("cust-1001", {
       given_name: "Ada",
       family_name: "Lovelace",
@@ -293,6 +307,31 @@ const scenarios = {
     consumer.close();
     await alice.context.close();
     await bob.context.close();
+  },
+
+  /** A long conversation opens at its last page; earlier messages come from the history REST,
+   *  each once and in order. */
+  async history() {
+    const agent = await agentPage("judy");
+    await goOnline(agent.page);
+    const consumer = await Consumer.named("cust-history", { given_name: "Long" });
+    const sent = [];
+    for (let i = 0; i < 65; i += 1) {
+      sent.push(`message ${i}`);
+      await consumer.say(`message ${i}`);
+    }
+    await accept(agent.page, consumer.conversation);
+    await until("the last page", async () => (await shownMessages(agent.page)).includes("message 64"));
+    const first = await shownMessages(agent.page);
+    check(first.length === 50 && first[0] === "message 15", `the last page: ${first.length}, from ${first[0]}`);
+    check(await agent.page.isVisible("#older"), "no way to earlier messages");
+    await agent.page.click("#older");
+    await until("the earlier messages", async () => (await shownMessages(agent.page)).length === 65);
+    check(JSON.stringify(await shownMessages(agent.page)) === JSON.stringify(sent), "not every message once, in order");
+    check(!(await agent.page.isVisible("#older")), "the whole history is shown, yet more is offered");
+    await clean(agent);
+    consumer.close();
+    await agent.context.close();
   },
 
   /** Hostile text in messages, the consumer's name and every lp_sdes field: shown as typed,
