@@ -124,7 +124,10 @@ mod tests {
         assert_eq!(request_authority(&h, &h1), None);
         h.insert(http::header::HOST, "localhost:8443".parse().unwrap());
         assert_eq!(request_authority(&h, &h1), Some("localhost:8443"));
-        h.insert(http::header::HOST, "evil.example; script-src *".parse().unwrap());
+        h.insert(
+            http::header::HOST,
+            "evil.example; script-src *".parse().unwrap(),
+        );
         assert_eq!(request_authority(&h, &h1), None, "not a plain authority");
     }
 }

@@ -275,7 +275,10 @@ pub fn write_private_file(path: &Path, content: &[u8]) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     // Its directory too, if it is not there yet (a command run before the first start), only
     // for the service.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
