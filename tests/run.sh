@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, unit and integration tests, and the
-# benchmarks in quick mode. Installs what the tests need when it is missing.
+# The whole test suite, as CI runs it: formatting, lints, unit and integration tests (the
+# attack matrix, the workspace in Chromium, overload), the benchmarks in quick mode, and every
+# fuzz target for a short bounded time. Installs what the tests need when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +65,8 @@ cargo fmt --all -- --check
 
 log "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+# The fuzz targets' doors (src/fuzzing.rs) build only with this feature.
+cargo clippy --lib --locked --features fuzzing -- -D warnings
 
 log "tests"
 cargo nextest run --locked --profile "$profile"
@@ -75,3 +78,6 @@ cargo bench --locked --bench push_throughput -- --quick
 cargo bench --locked --bench mint -- --quick
 cargo bench --locked --bench code_flow -- --quick
 cargo bench --locked --bench relay -- --quick
+
+log "fuzzing (short mode: each target 30 s; FUZZ_MODE=long for 10 million executions each)"
+bash tests/fuzz.sh
