@@ -222,8 +222,41 @@ const scenarios = {
     await bob.page.waitForSelector(racedRing, { timeout: WAIT });
     await accept(alice.page, raced.conversation);
     await bob.page.waitForSelector(racedRing, { state: "detached", timeout: WAIT });
-    await alice.page.click("#close");
-    raced.close();
+    // In alice's list: its name, its last message, the unread count once the consumer writes
+    // while she looks elsewhere, and how long the consumer waits.
+    const item = `#conversations li[data-conversation="${raced.conversation}"]`;
+    check((await alice.page.textContent(`${item} .name`)) === "Race", "the list shows the name");
+    check((await alice.page.textContent(`${item} .last`)) === "first come, first served", "the list shows the last message");
+    check((await alice.page.textContent(`${item} .waiting`)).startsWith("waiting"), "the list shows the waiting time");
+    // Declined: alice's ring goes, and she is not rung for it again.
+    const declined = await Consumer.named("cust-1002", { given_name: "Declined" });
+    await declined.say("anyone?");
+    const declinedRing = `#queue li[data-conversation="${declined.conversation}"]`;
+    await alice.page.waitForSelector(declinedRing, { timeout: WAIT });
+    await alice.page.click(`${declinedRing} .decline`);
+    await alice.page.waitForSelector(declinedRing, { state: "detached", timeout: WAIT });
+    // bob takes it (so it does not ring anyone later).
+    await accept(bob.page, declined.conversation);
+    await bob.page.click("#close");
+    declined.close();
+    // Unread: alice takes another conversation (it is the one she looks at); the first
+    // consumer writes twice meanwhile: 2 unread, until she opens it again.
+    const other = await Consumer.named("cust-1003", { given_name: "Other" });
+    await other.say("me too");
+    await accept(alice.page, other.conversation);
+    await raced.say("still there?");
+    await raced.say("hello?");
+    await until("the unread count", async () => (await alice.page.textContent(`${item} .unread`).catch(() => "")) === "2");
+    check((await alice.page.textContent(`${item} .last`)) === "hello?", "the list shows the newest message");
+    const order = await alice.page.$$eval("#conversations li", (items) => items.map((i) => i.dataset.conversation));
+    check(order[0] === raced.conversation, "newest activity first");
+    await alice.page.click(item);
+    await until("the unread count to clear", async () => (await alice.page.$(`${item} .unread`)) === null);
+    for (const c of [raced, other]) {
+      await alice.page.click(`#conversations li[data-conversation="${c.conversation}"]`);
+      await alice.page.click("#close");
+      c.close();
+    }
     await bob.page.selectOption("#availability", "OFFLINE");
     await bob.page.waitForSelector("#availability-shown[data-state=OFFLINE]", { timeout: WAIT });
 
