@@ -180,6 +180,9 @@ impl StateChanges {
     }
 }
 
+/// A follower's live events of one conversation (see [`Bus::follower`]).
+pub struct LiveEvents(broadcast::Receiver<Live>);
+
 #[derive(Default)]
 pub struct Bus {
     conversations: Mutex<HashMap<String, broadcast::Sender<Live>>>,
@@ -196,6 +199,13 @@ impl Bus {
             outbound: Some(outbound),
             ..Bus::default()
         }
+    }
+
+    /// A follower's live events of a conversation, from now on: taken before the follow's
+    /// answer is sent, so whatever is published after the answer (a typing state, which is not
+    /// stored and so cannot be caught up) reaches it.
+    pub fn follower(&self, conversation_id: &str) -> LiveEvents {
+        LiveEvents(self.subscribe(conversation_id))
     }
 
     /// Live events of a conversation from now on.
@@ -311,8 +321,9 @@ impl Bus {
 
 /// Sends a conversation's events from `from_seq` to `out` until `cancel` or the socket goes:
 /// the stored ones first, then live ones, with no gap and no repeat across the switch (the
-/// live subscription starts before the store is read; anything seen twice is skipped by
-/// sequence, anything missed is read from the store). If the store fails, the socket is
+/// live subscription, `live`, starts before the store is read, and before the follow is
+/// answered; anything seen twice is skipped by sequence, anything missed is read from the
+/// store). If the store fails, the socket is
 /// closed (1011) so the client reconnects and catches up: a subscription never dies silently.
 pub async fn follow(
     conversations: Arc<Conversations>,
@@ -321,6 +332,7 @@ pub async fn follow(
     from_seq: i64,
     out: Outbox,
     cancel: CancellationToken,
+    live: LiveEvents,
 ) {
     let result = follow_until_done(
         &conversations,
@@ -329,6 +341,7 @@ pub async fn follow(
         from_seq,
         &out,
         &cancel,
+        live.0,
     )
     .await;
     if let Err(e) = result {
@@ -347,8 +360,8 @@ async fn follow_until_done(
     from_seq: i64,
     out: &Outbox,
     cancel: &CancellationToken,
+    mut live: broadcast::Receiver<Live>,
 ) -> Result<(), RelayError> {
-    let mut live = conversations.bus().subscribe(conversation_id);
     // An agent loses a conversation it transfers: its state changes are watched, and the
     // subscription ends once the agent may no longer see it. (A consumer's never changes.)
     let mut states = match who {
@@ -499,6 +512,7 @@ mod tests {
             0,
             outbox,
             cancel.clone(),
+            here.bus().follower(&conv.id),
         ));
         while here.bus().subscribers(&conv.id) == 0 {
             tokio::task::yield_now().await;
@@ -572,6 +586,7 @@ mod tests {
             0,
             outbox,
             cancel.clone(),
+            conversations.bus().follower(&conv.id),
         ));
         // Let the follower subscribe before anything is published.
         while conversations.bus().subscribers(&conv.id) == 0 {

@@ -264,6 +264,9 @@ impl Link {
         let from = from.min(row.last_seq + 1);
         let token = self.cancel.child_token();
         self.followed.insert(dialog.clone(), token.clone());
+        // Live events are taken from now, before the answer: whatever comes after the answer
+        // reaches this follower (a typing state cannot be caught up from the store).
+        let live = conversations.bus().follower(&dialog);
         self.start_after_reply(follow(
             conversations,
             who.clone(),
@@ -271,6 +274,7 @@ impl Link {
             from,
             self.outbox.clone(),
             token,
+            live,
         ));
         Ok(response(&r.id, 200, "GenericSubscribeResponse", json!({})))
     }
