@@ -225,9 +225,10 @@ const scenarios = {
     // In alice's list: its name, its last message, the unread count once the consumer writes
     // while she looks elsewhere, and how long the consumer waits.
     const item = `#conversations li[data-conversation="${raced.conversation}"]`;
-    check((await alice.page.textContent(`${item} .name`)) === "Race", "the list shows the name");
-    check((await alice.page.textContent(`${item} .last`)) === "first come, first served", "the list shows the last message");
-    check((await alice.page.textContent(`${item} .waiting`)).startsWith("waiting"), "the list shows the waiting time");
+    const text = (selector) => alice.page.textContent(selector).catch(() => "");
+    await until("the name in the list", async () => (await text(`${item} .name`)) === "Race");
+    await until("the last message in the list", async () => (await text(`${item} .last`)) === "first come, first served");
+    await until("the waiting time in the list", async () => (await text(`${item} .waiting`)).startsWith("waiting"));
     // Declined: alice's ring goes, and she is not rung for it again.
     const declined = await Consumer.named("cust-1002", { given_name: "Declined" });
     await declined.say("anyone?");
@@ -246,8 +247,8 @@ const scenarios = {
     await accept(alice.page, other.conversation);
     await raced.say("still there?");
     await raced.say("hello?");
-    await until("the unread count", async () => (await alice.page.textContent(`${item} .unread`).catch(() => "")) === "2");
-    check((await alice.page.textContent(`${item} .last`)) === "hello?", "the list shows the newest message");
+    await until("the unread count", async () => (await text(`${item} .unread`)) === "2");
+    await until("the newest message in the list", async () => (await text(`${item} .last`)) === "hello?");
     const order = await alice.page.$$eval("#conversations li", (items) => items.map((i) => i.dataset.conversation));
     check(order[0] === raced.conversation, "newest activity first");
     await alice.page.click(item);
@@ -280,7 +281,8 @@ const scenarios = {
     check((await alice.page.$(ring)) === null, "the ring stayed after accepting");
 
     await until("the consumer's message", async () => (await shownMessages(alice.page)).includes("Hello, my order has not arrived"));
-    // Who the consumer is, exactly as minted.
+    // Who the consumer is, exactly as minted (fetched once the conversation is taken).
+    await until("the consumer's identity", async () => (await alice.page.textContent("#consumer-details")).includes("Authenticated"));
     const details = await alice.page.textContent("#consumer-details");
     for (const expected of ["Authenticated", "cust-1001", "Ada", "Lovelace", "ada@example.test", "+44 20 7946 0000", "C-1001", "gold"]) {
       check(details.includes(expected), `the consumer panel lacks ${expected}: ${details}`);
@@ -396,6 +398,7 @@ const scenarios = {
     await until("every message", async () => (await shownMessages(agent.page)).length >= corpus.length);
     const shown = await shownMessages(agent.page);
     for (const text of corpus) check(shown.includes(text), `not shown as typed: ${JSON.stringify(text.slice(0, 60))}`);
+    await until("the consumer's identity", async () => (await agent.page.textContent("#consumer-details")).includes("Authenticated"));
     const details = await agent.page.textContent("#consumer-details");
     for (const text of [corpus[0], corpus[1], corpus[2], corpus[3], corpus[4]]) {
       check(details.includes(text), `the consumer panel does not show as typed: ${JSON.stringify(text.slice(0, 40))}`);
@@ -594,7 +597,7 @@ const scenarios = {
     const conversation = await until("the demo's conversation", () => demo.getAttribute("#messages", "data-conversation"));
     await accept(agent.page, conversation);
     await until("the demo's message", async () => (await shownMessages(agent.page)).includes("hello from the demo"));
-    check((await agent.page.textContent("#consumer-details")).includes("Not authenticated"), "an anonymous consumer shows as such");
+    await until("an anonymous consumer shown as such", async () => (await agent.page.textContent("#consumer-details")).includes("Not authenticated"));
     await agent.page.fill("#reply", "hello from the workspace");
     await agent.page.press("#reply", "Enter");
     await demo.waitForSelector("#messages li:not(.mine)", { timeout: WAIT });
