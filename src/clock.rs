@@ -31,6 +31,12 @@ pub fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The time `secs` seconds after the Unix epoch, or `None` when no `SystemTime` can hold it
+/// (a token's `exp` of 2^63 seconds and more: adding it would panic).
+pub fn from_unix_seconds(secs: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
 /// Milliseconds since the Unix epoch (how the relay stores times); before 1970 reads as 0.
 pub fn unix_millis(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

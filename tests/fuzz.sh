@@ -147,6 +147,8 @@ for t in "${targets[@]}"; do
         failed+=("$t")
         for j in $(seq "$jobs"); do
             echo "!! $t failed (exit $status); the end of its log ($work/log.$j):" >&2
+            # The panic's message first: a backtrace is longer than the tail below.
+            grep -a -A 3 "panicked at" "$work/log.$j" | head -n 12 >&2 || true
             tail -n 40 "$work/log.$j" >&2
         done
         for a in "$work"/artifacts/*; do

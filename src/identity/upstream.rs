@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -482,7 +482,9 @@ impl Upstream {
         if claims
             .get("nbf")
             .and_then(Value::as_u64)
-            .is_some_and(|nbf| UNIX_EPOCH + Duration::from_secs(nbf) > now + leeway)
+            .is_some_and(|nbf| {
+                crate::clock::from_unix_seconds(nbf).is_none_or(|nbf| nbf > now + leeway)
+            })
         {
             return Err(TokenProblem::NotYetValid);
         }

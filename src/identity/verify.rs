@@ -112,19 +112,26 @@ impl TokenClaims {
         leeway: Duration,
         max_lifetime: Duration,
     ) -> Result<SystemTime, VerifyError> {
-        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-        let expires_at = at(self.exp);
-        if expires_at + leeway <= now {
+        // Any number a token carries, up to u64::MAX: one past what a `SystemTime` holds is
+        // far in the future, never a panic.
+        let at = crate::clock::from_unix_seconds;
+        let latest = now + leeway;
+        if at(self.exp)
+            .and_then(|exp| exp.checked_add(leeway))
+            .is_some_and(|limit| limit <= now)
+        {
             return Err(VerifyError::Expired);
         }
         let iat = self.iat.ok_or(VerifyError::Invalid("issued at"))?;
-        if at(iat) > now + leeway || self.nbf.is_some_and(|nbf| at(nbf) > now + leeway) {
+        let in_future = |secs: u64| at(secs).is_none_or(|t| t > latest);
+        if in_future(iat) || self.nbf.is_some_and(in_future) {
             return Err(VerifyError::Invalid("not valid yet"));
         }
         if self.exp < iat || self.exp - iat > max_lifetime.as_secs() {
             return Err(VerifyError::Invalid("lifetime"));
         }
-        Ok(expires_at)
+        // `iat` is at most `latest` and `exp` at most `max_lifetime` after it.
+        at(self.exp).ok_or(VerifyError::Invalid("lifetime"))
     }
 }
 
@@ -366,6 +373,23 @@ mod tests {
                 "exp 100 years ahead",
                 with(serde_json::json!({"exp": now + 100 * year})),
                 Some(VerifyError::Invalid("lifetime")),
+            ),
+            // Numbers past what a SystemTime holds (2^63 s): refused, never a panic (found
+            // by the consumer_token fuzz target).
+            (
+                "exp u64::MAX",
+                with(serde_json::json!({"exp": u64::MAX})),
+                Some(VerifyError::Invalid("lifetime")),
+            ),
+            (
+                "iat and exp u64::MAX",
+                with(serde_json::json!({"iat": u64::MAX, "exp": u64::MAX})),
+                Some(VerifyError::Invalid("not valid yet")),
+            ),
+            (
+                "nbf u64::MAX",
+                with(serde_json::json!({"nbf": u64::MAX})),
+                Some(VerifyError::Invalid("not valid yet")),
             ),
             (
                 "lifetime 1 h + leeway + 1 s",

@@ -35,6 +35,8 @@ const AUDIENCE: &str = "platform-audience";
 const LIFETIME: u64 = 600;
 const LEEWAY: u64 = 60;
 const TEN_YEARS: u64 = 10 * 365 * 86_400;
+/// Seconds past the largest a `SystemTime` holds (2^63 - 1), exactly as a JavaScript number.
+const BEYOND_SYSTEM_TIME: u64 = 9_223_372_036_854_776_000;
 
 /// What a case must get.
 #[derive(Clone, Copy, Debug)]
@@ -295,6 +297,14 @@ fn own_cases(w: &OwnWorld, attacker: &RsaSigner, tripwire: &Tripwire) -> Vec<Cas
             NOT_YET,
         ),
         case("nbf 1 h ahead", sign(json!({"nbf": t + 3600})), NOT_YET),
+        // Past what a SystemTime holds (2^63 s): refused for its reason, not a panic.
+        case("exp 2^64 - 1", sign(json!({"exp": u64::MAX})), LIFE),
+        case("nbf 2^64 - 1", sign(json!({"nbf": u64::MAX})), NOT_YET),
+        case(
+            "iat and exp 2^64 - 1",
+            sign(json!({"iat": u64::MAX, "exp": u64::MAX})),
+            NOT_YET,
+        ),
         case(
             "nbf 10 years ahead",
             sign(json!({"nbf": t + TEN_YEARS})),
@@ -1035,6 +1045,18 @@ jwks_min_refetch = "1s"
             sign(json!({"nbf": t + TEN_YEARS})).await,
             NOT_YET,
         ),
+        // Past what a SystemTime holds (2^63 s; the provider's signer writes numbers as
+        // JavaScript does, so not 2^64 - 1 itself): refused for its reason, not a panic.
+        case(
+            "nbf past 2^63 s",
+            sign(json!({"nbf": BEYOND_SYSTEM_TIME})).await,
+            NOT_YET,
+        ),
+        case(
+            "exp past 2^63 s",
+            sign(json!({"exp": BEYOND_SYSTEM_TIME})).await,
+            LIFE,
+        ),
         case(
             "iat 1 h ahead",
             sign(json!({"iat": t + 3600, "exp": t + 3600 + 600})).await,
@@ -1197,6 +1219,11 @@ async fn presented_id_tokens() {
         case(
             "nbf 10 years ahead",
             sign(json!({"nbf": t + TEN_YEARS})).await,
+            Expect::Refused(&["future", "not valid yet"]),
+        ),
+        case(
+            "nbf past 2^63 s",
+            sign(json!({"nbf": BEYOND_SYSTEM_TIME})).await,
             Expect::Refused(&["future", "not valid yet"]),
         ),
         case(
