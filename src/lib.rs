@@ -21,12 +21,14 @@
 //! carries).
 
 pub mod app;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod duration;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hex;
+pub mod http_answer;
 pub mod http_auth;
 pub mod http_client;
 pub mod identity;
@@ -38,4 +40,5 @@ pub mod secret;
 pub mod security_headers;
 pub mod store;
 pub mod tls;
+pub mod webhook_signature;
 pub mod workspace;

@@ -21,8 +21,8 @@ use base64::Engine;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::web::{json_error, retry_after};
 use super::{Claims, IdentityService};
+use crate::http_answer::{json_error, with_retry_after};
 use crate::tls::Peer;
 
 /// Largest body of a token request (form or JSON).
@@ -136,7 +136,7 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
         let ip = peer.addr.ip();
         if let Some(wait) = s.inner.signups.blocked(ip, "signup", settings.per_minute) {
             s.inner.metrics.token("anonymous", "refused");
-            return retry_after(
+            return with_retry_after(
                 json_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "too many sign-ups from this address; retry later",

@@ -16,7 +16,8 @@ use serde_json::{Map, Value, json};
 
 use super::IdentityService;
 use super::upstream::UpstreamError;
-use super::web::{basic_challenge, has_content_type, json_error, no_store, retry_after};
+use super::web::basic_challenge;
+use crate::http_answer::{has_media_type, json_error, no_store, with_retry_after};
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
@@ -48,7 +49,7 @@ async fn handle(
 ) -> Response {
     let live = s.live();
     if let Some(wait) = s.failures_wait(peer, "identity_token") {
-        return retry_after(
+        return with_retry_after(
             json_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed authentications from this address; retry later",
@@ -70,7 +71,7 @@ async fn handle(
         ));
     };
 
-    if !has_content_type(headers, "application/json") {
+    if !has_media_type(headers, "application/json") {
         return json_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be application/json",

@@ -21,9 +21,8 @@ use serde_json::{Map, Value, json};
 use super::IdentityService;
 use super::grants::{GrantKind, Grants};
 use super::upstream::UpstreamError;
-use super::web::{
-    LOGIN_COOKIE, cookie, login_cookie, page_error, params, redirect, retry_after, with_params,
-};
+use super::web::{LOGIN_COOKIE, cookie, login_cookie, page_error, params, redirect, with_params};
+use crate::http_answer::with_retry_after;
 use crate::tls::Peer;
 
 /// How the login answers the app in the end.
@@ -109,7 +108,7 @@ pub async fn login(
             .blocked(ip, "login", upstream.logins_per_minute())
         {
             s.inner.metrics.login("throttled");
-            return retry_after(
+            return with_retry_after(
                 page_error(
                     &headers,
                     StatusCode::TOO_MANY_REQUESTS,
@@ -363,7 +362,7 @@ pub async fn callback(
                 if let Some(st) = app_state {
                     body["state"] = Value::from(st);
                 }
-                return super::web::no_store(axum::Json(body).into_response());
+                return crate::http_answer::no_store(axum::Json(body).into_response());
             }
             let mut pairs = vec![
                 ("id_token", minted.jwt.as_str()),

@@ -283,7 +283,7 @@ impl IdentityService {
     /// `503` for a failure of ours (logged, never shown).
     fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> Response {
         tracing::error!(error = %e, "{what}");
-        web::json_error(
+        crate::http_answer::json_error(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "the identity service cannot answer right now",
         )

@@ -16,7 +16,8 @@ use serde_json::json;
 use super::IdentityService;
 use super::grants::GrantKind;
 use super::login::{IssuedCode, is_pkce_text};
-use super::web::{basic_challenge, has_content_type, no_store, params, retry_after};
+use super::web::{basic_challenge, params};
+use crate::http_answer::{has_media_type, no_store, with_retry_after};
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
@@ -57,7 +58,7 @@ async fn exchange(
     body: &[u8],
 ) -> Response {
     let live = s.live();
-    if !has_content_type(headers, "application/x-www-form-urlencoded") {
+    if !has_media_type(headers, "application/x-www-form-urlencoded") {
         return invalid_request("the body must be application/x-www-form-urlencoded");
     }
     let Ok(text) = std::str::from_utf8(body) else {
@@ -102,7 +103,7 @@ async fn exchange(
         None => "oauth_token:unknown".to_string(),
     };
     if let Some(wait) = s.failures_wait(peer, &scope) {
-        return retry_after(
+        return with_retry_after(
             oauth_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_client",

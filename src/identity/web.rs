@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::json;
+
+use crate::http_answer::{json_error, no_store};
 
 /// The longest parameter value accepted anywhere (states, nonces, codes, tokens).
 pub const MAX_PARAM: usize = 4096;
@@ -27,19 +28,6 @@ pub fn params(raw: &str) -> Result<HashMap<String, String>, String> {
         }
     }
     Ok(out)
-}
-
-/// Marks an answer as never to be stored by a cache (tokens, codes, logins).
-pub fn no_store(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
-
-/// `{"error": message}` with `status`.
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    no_store((status, axum::Json(json!({ "error": message }))).into_response())
 }
 
 /// An error a person in a browser may see: a minimal page when the request accepts HTML,
@@ -84,15 +72,6 @@ fn escape_html(text: &str) -> String {
     out
 }
 
-/// `response` with `Retry-After` (whole seconds, at least 1).
-pub fn retry_after(mut response: Response, wait: std::time::Duration) -> Response {
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(wait.as_secs().max(1)),
-    );
-    response
-}
-
 /// `response` inviting HTTP Basic credentials (RFC 7235 §4.1).
 pub fn basic_challenge(mut response: Response) -> Response {
     response.headers_mut().insert(
@@ -100,15 +79,6 @@ pub fn basic_challenge(mut response: Response) -> Response {
         HeaderValue::from_static("Basic realm=\"brandgate\""),
     );
     response
-}
-
-/// Whether the request's body is of media type `expected` (parameters ignored).
-pub fn has_content_type(request: &HeaderMap, expected: &str) -> bool {
-    request
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
 }
 
 /// A `303 See Other` to `location`.

@@ -152,7 +152,7 @@ impl ApnsClient {
         })
     }
 
-    /// One call to APNs for one device. The token must have passed [`is_token`].
+    /// One call to APNs for one device. The token must have passed [`Provider::check_token`](super::Provider::check_token).
     pub async fn attempt(
         &self,
         device: &DeviceToken,
@@ -271,12 +271,6 @@ fn classify(
         // BadPath (404); MethodNotAllowed (405); PayloadTooLarge (413).
         _ => permanent(),
     }
-}
-
-/// Whether a token can be an APNs device token: hex digits (it goes into the request path, so
-/// nothing else may pass).
-pub fn is_token(token: &str) -> bool {
-    !token.is_empty() && token.len() <= 200 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// `apns-collapse-id` is limited to 64 bytes: a longer conversation id is replaced by its hash.

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::{PushMetrics, ResultLabels};
 use super::request::DeviceToken;
+use crate::backoff::Backoff;
 use crate::clock::unix_seconds;
 use crate::config::{FeedbackConfig, Problems};
 use crate::http_client::HttpClient;
@@ -27,6 +28,8 @@ use crate::secret::{Secret, read_secret_file};
 
 const QUEUE: usize = 1024;
 const WEBHOOK_ATTEMPTS: u32 = 4;
+/// Between attempts: 0.5–1 s, then 1–2 s, then 2–4 s.
+const WEBHOOK_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
 /// The record file is rotated (to `.1`) past this size.
 const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 pub const RECORD_FILE: &str = "dead-tokens.jsonl";
@@ -246,19 +249,17 @@ async fn deliver(hook: &Webhook, body: String) -> bool {
             ),
             Err(e) => tracing::warn!(error = %e, attempt, "dead-token webhook failed"),
         }
-        tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+        if attempt < WEBHOOK_ATTEMPTS {
+            tokio::time::sleep(WEBHOOK_BACKOFF.delay(attempt)).await;
+        }
     }
     false
 }
 
-/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`: the receiver recomputes it with the
-/// shared secret and refuses old timestamps, so a captured call cannot be replayed later.
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (see [`crate::webhook_signature`]).
 pub fn sign(secret: &Secret<Vec<u8>>, t: u64, body: &[u8]) -> String {
-    use aws_lc_rs::hmac;
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose());
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(t.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    format!("t={t},v1={}", crate::hex::encode(ctx.sign().as_ref()))
+    format!(
+        "t={t},v1={}",
+        crate::webhook_signature::sign(secret, t, body)
+    )
 }

@@ -44,14 +44,14 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// `Retry-After`, when the provider sent one in seconds (at most an hour: beyond the
-    /// deadline anyway, and no provider's number can overflow a clock).
+    /// `Retry-After`, in seconds or as a date (at most an hour: beyond any push's deadline
+    /// anyway).
     pub fn retry_after(&self) -> Option<Duration> {
-        self.headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)))
+        crate::backoff::retry_after(
+            &self.headers,
+            std::time::SystemTime::now(),
+            Duration::from_secs(3600),
+        )
     }
 }
 

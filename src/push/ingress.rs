@@ -63,7 +63,7 @@ impl Refusal {
             Refusal::Push(PushError::Unsupported) => StatusCode::NOT_IMPLEMENTED,
             Refusal::Push(PushError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Push(PushError::Payload(_)) => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::Push(PushError::InvalidToken) => StatusCode::FORBIDDEN,
+            Refusal::Push(PushError::InvalidToken(_)) => StatusCode::FORBIDDEN,
             Refusal::Push(PushError::ConcurrentAttemptFailed) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -252,12 +252,8 @@ fn admit(
             basic: app.auth.uses_basic(),
         });
     }
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        if !essence.eq_ignore_ascii_case("application/json") {
-            return Err(Refusal::NotJson);
-        }
+    if !crate::http_answer::is_json(headers) {
+        return Err(Refusal::NotJson);
     }
     Ok(app)
 }

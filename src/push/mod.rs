@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 pub use feedback::RECORD_FILE as DEAD_TOKEN_FILE;
 pub use metrics::PushMetrics;
 pub use outcome::{Attempt, Delivery};
-pub use request::{Alert, DeviceToken, Provider, PushMeta, PushRequest};
+pub use request::{Alert, DeviceToken, Provider, PushMeta, PushRequest, TokenShape};
 
 use crate::clock::Clock;
 use crate::config::{AppConfig, Problems, PushConfig};
@@ -62,8 +62,8 @@ pub enum PushError {
     Unsupported,
     #[error("too many pushes in flight; retry shortly")]
     Overloaded,
-    #[error("the device token is not an APNs token (hex digits expected)")]
-    InvalidToken,
+    #[error("{0}")]
+    InvalidToken(TokenShape),
     #[error("a concurrent attempt at this same push just failed; a retry may succeed")]
     ConcurrentAttemptFailed,
     #[error(transparent)]
@@ -239,13 +239,13 @@ impl PushService {
             Provider::Apns if app.apns.is_none() => return Err(no_provider()),
             Provider::Fcm if app.fcm.is_none() => return Err(no_provider()),
             Provider::Huawei => return Err(PushError::Unsupported),
-            // Checked here, not left to APNs: the token goes into the request path. Not a
-            // dead token either (the platform may send opaque ids), so it is not recorded.
-            Provider::Apns if !apns::is_token(request.device_token.as_str()) => {
-                return Err(PushError::InvalidToken);
-            }
             Provider::Apns | Provider::Fcm => {}
         }
+        // Checked here, not left to the provider (an APNs token goes into the request path).
+        // Not a dead token either (the platform may send opaque ids), so it is not recorded.
+        provider
+            .check_token(request.device_token.as_str())
+            .map_err(PushError::InvalidToken)?;
         let presentation = Presentation {
             mask_text: app.mask_text.as_deref(),
             mutable_content: app.mutable_content,
@@ -315,7 +315,7 @@ impl PushService {
         let (latency, retries) = (&series.latency, &series.retries);
         let (last, attempts, gave_up) = retry::run(
             deadline,
-            retry::Backoff::default(),
+            retry::RetryPolicy::default(),
             |_| {
                 retries.inc();
             },

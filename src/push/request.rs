@@ -31,6 +31,46 @@ impl Provider {
     }
 }
 
+/// Why a device token cannot be its provider's (the text is for the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenShape {
+    #[error("an APNs device token is 2 to 200 hexadecimal digits (whole bytes)")]
+    Apns,
+    #[error("an FCM registration token is 1 to 4096 printable ASCII characters")]
+    Fcm,
+    #[error("Huawei push is not supported yet")]
+    Huawei,
+}
+
+impl Provider {
+    /// The one rule for a device token of this provider, wherever a token comes in (the push
+    /// proxy's requests, the relay's device registrations). An APNs token goes into the
+    /// request path, so nothing but hex digits may pass.
+    pub fn check_token(self, token: &str) -> Result<(), TokenShape> {
+        let fits = match self {
+            Provider::Apns => {
+                (2..=200).contains(&token.len())
+                    && token.len().is_multiple_of(2)
+                    && token.bytes().all(|b| b.is_ascii_hexdigit())
+            }
+            Provider::Fcm => {
+                (1..=MAX_TOKEN_LEN).contains(&token.len())
+                    && token.bytes().all(|b| b.is_ascii_graphic())
+            }
+            Provider::Huawei => false,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(match self {
+                Provider::Apns => TokenShape::Apns,
+                Provider::Fcm => TokenShape::Fcm,
+                Provider::Huawei => TokenShape::Huawei,
+            })
+        }
+    }
+}
+
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -374,6 +414,24 @@ mod tests {
             let e = parse(body.as_bytes()).unwrap_err();
             assert!(e.0.contains(expected), "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn device_tokens_follow_their_provider_rule() {
+        let apns = |t: &str| Provider::Apns.check_token(t);
+        assert_eq!(apns(&"ab".repeat(32)), Ok(()));
+        assert_eq!(apns("1d01"), Ok(()));
+        assert_eq!(apns(&"A".repeat(200)), Ok(()));
+        for bad in ["", "a", "abc", "not-hex", "0g", &"a".repeat(202), "ab cd"] {
+            assert_eq!(apns(bad), Err(TokenShape::Apns), "{bad:?}");
+        }
+        let fcm = |t: &str| Provider::Fcm.check_token(t);
+        assert_eq!(fcm("dXJnZW50:APA91b-_x"), Ok(()));
+        assert_eq!(fcm(&"x".repeat(4096)), Ok(()));
+        for bad in ["", "a b", "a\u{7f}", "tok\u{e9}n", &"x".repeat(4097)] {
+            assert_eq!(fcm(bad), Err(TokenShape::Fcm), "{bad:?}");
+        }
+        assert_eq!(Provider::Huawei.check_token("x"), Err(TokenShape::Huawei));
     }
 
     #[test]

@@ -9,45 +9,23 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::outcome::Attempt;
+use crate::backoff::Backoff;
 
-/// Backoff between attempts: `base * 2^(n-1)` capped at `max`, then "equal jitter" (a random
-/// point in the upper half), so a burst of failures does not come back in lockstep.
+/// How a push retries a transient answer: at most `max_attempts` attempts, waiting `backoff`
+/// between them (when the provider gives no `Retry-After`).
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
+pub struct RetryPolicy {
+    pub backoff: Backoff,
     pub max_attempts: u32,
 }
 
-impl Default for Backoff {
+impl Default for RetryPolicy {
     fn default() -> Self {
-        Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(2),
+        RetryPolicy {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             max_attempts: 6,
         }
     }
-}
-
-impl Backoff {
-    /// The wait after the `attempt`-th failure (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max);
-        let half = exp / 2;
-        half + half.mul_f64(random_unit())
-    }
-}
-
-/// A random number in [0, 1).
-fn random_unit() -> f64 {
-    let mut bytes = [0u8; 8];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Why retrying stopped with a transient answer (for the log: an operator tells a provider
@@ -78,7 +56,7 @@ impl GaveUp {
 /// metric).
 pub async fn run<F, Fut>(
     deadline: Instant,
-    backoff: Backoff,
+    policy: RetryPolicy,
     mut on_retry: impl FnMut(&Attempt),
     mut attempt: F,
 ) -> (Attempt, u32, Option<GaveUp>)
@@ -102,10 +80,10 @@ where
         let Attempt::Transient { retry_after, .. } = &answer else {
             return (answer, made, None);
         };
-        if made >= backoff.max_attempts {
+        if made >= policy.max_attempts {
             return (answer, made, Some(GaveUp::AttemptsUsed));
         }
-        let wait = retry_after.unwrap_or_else(|| backoff.delay(made));
+        let wait = retry_after.unwrap_or_else(|| policy.backoff.delay(made));
         // A wait that would end past the deadline is pointless: the platform re-sends anyway.
         // (checked: a provider's Retry-After can be any number.)
         match Instant::now().checked_add(wait) {
@@ -147,7 +125,7 @@ mod tests {
         let mut retries = 0;
         let (last, n, why) = run(
             start + deadline,
-            Backoff::default(),
+            RetryPolicy::default(),
             |_| retries += 1,
             || {
                 let next = script.lock().unwrap().pop_front().unwrap();
@@ -210,7 +188,7 @@ mod tests {
         let start = Instant::now();
         let (last, n, why) = run(
             start + Duration::from_secs(3),
-            Backoff::default(),
+            RetryPolicy::default(),
             |_| {},
             std::future::pending::<Attempt>,
         )
@@ -218,15 +196,5 @@ mod tests {
         assert_eq!((last.label(), n), ("transient", 1));
         assert_eq!(why, Some(GaveUp::DeadlineReached));
         assert_eq!(start.elapsed(), Duration::from_secs(3));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let b = Backoff::default();
-        for n in 1..10 {
-            let d = b.delay(n);
-            let exp = (b.base * (1 << (n - 1))).min(b.max);
-            assert!(d >= exp / 2 && d <= exp, "attempt {n}: {d:?} vs {exp:?}");
-        }
     }
 }

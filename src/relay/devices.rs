@@ -17,7 +17,8 @@ use serde_json::json;
 use super::RelayService;
 use super::away::seal_context;
 use super::conversations::Participant;
-use super::rest::{caller, error};
+use super::rest::caller;
+use crate::http_answer::{is_json, json_error};
 use crate::push::{DeviceToken, Provider};
 use crate::store::devices::PushRegistration;
 
@@ -35,31 +36,10 @@ struct Registration {
 async fn consumer(relay: &RelayService, headers: &HeaderMap) -> Result<String, Response> {
     match caller(relay, headers).await? {
         Participant::Consumer(id) => Ok(id),
-        Participant::Agent(_) => Err(error(
+        Participant::Agent(_) => Err(json_error(
             StatusCode::FORBIDDEN,
             "devices are registered by consumers",
         )),
-    }
-}
-
-/// Checks a device token's shape for its provider.
-fn check_token(provider: Provider, token: &str) -> Result<(), &'static str> {
-    match provider {
-        Provider::Apns => {
-            if (64..=200).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_hexdigit()) {
-                Ok(())
-            } else {
-                Err("an APNs device token is 64 to 200 hexadecimal characters")
-            }
-        }
-        Provider::Fcm => {
-            if (1..=4096).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic()) {
-                Ok(())
-            } else {
-                Err("an FCM registration token is 1 to 4096 printable characters")
-            }
-        }
-        Provider::Huawei => Err("Huawei push is not supported"),
     }
 }
 
@@ -73,19 +53,19 @@ pub async fn register(
         Ok(c) => c,
         Err(response) => return response,
     };
-    if !super::rest::is_json(&headers) {
-        return error(
+    if !is_json(&headers) {
+        return json_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send JSON (Content-Type: application/json)",
         );
     }
     if body.len() > MAX_BODY {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 8 KiB");
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 8 KiB");
     }
     let registration: Registration = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
+            return json_error(
                 StatusCode::BAD_REQUEST,
                 &format!("expected {{\"provider\", \"token\"}}: {e}"),
             );
@@ -94,13 +74,13 @@ pub async fn register(
     let provider = match registration.provider.as_str() {
         "apns" => Provider::Apns,
         "fcm" => Provider::Fcm,
-        _ => return error(StatusCode::BAD_REQUEST, "provider must be apns or fcm"),
+        _ => return json_error(StatusCode::BAD_REQUEST, "provider must be apns or fcm"),
     };
-    if let Err(why) = check_token(provider, &registration.token) {
-        return error(StatusCode::BAD_REQUEST, why);
+    if let Err(why) = provider.check_token(&registration.token) {
+        return json_error(StatusCode::BAD_REQUEST, &why.to_string());
     }
     if !relay.inner.away.push().serves(&app, provider) {
-        return error(
+        return json_error(
             StatusCode::NOT_FOUND,
             &format!("no app {app:?} delivering through {}", provider.as_str()),
         );
@@ -113,7 +93,7 @@ pub async fn register(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot seal a device token");
-            return error(
+            return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service cannot answer right now",
             );
@@ -132,7 +112,7 @@ pub async fn register(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot store a push registration");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service cannot answer right now",
             )
@@ -156,10 +136,10 @@ pub async fn unregister(
         .await
     {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, "no device registered for this app"),
+        Ok(false) => json_error(StatusCode::NOT_FOUND, "no device registered for this app"),
         Err(e) => {
             tracing::error!(error = %e, "cannot remove a push registration");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service cannot answer right now",
             )
@@ -186,7 +166,7 @@ pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Resp
         .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot list push registrations");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service cannot answer right now",
             )

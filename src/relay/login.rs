@@ -27,6 +27,7 @@ use serde_json::json;
 use super::RelayService;
 use super::accounts::{AgentAuthError, LiveSession, LoginError, NewSession};
 use crate::config::MAX_PASSWORD_BYTES;
+use crate::http_answer::{is_json, json_error, no_store};
 use crate::http_auth::{authorization_token, cookie};
 use crate::secret::Secret;
 use crate::tls::Peer;
@@ -46,7 +47,7 @@ struct Reject(StatusCode, String);
 
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
-        error(self.0, &self.1)
+        json_error(self.0, &self.1)
     }
 }
 
@@ -54,19 +55,8 @@ fn reject(status: StatusCode, message: &str) -> Reject {
     Reject(status, message.to_string())
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    let mut r = (status, axum::Json(json!({ "error": message }))).into_response();
-    no_store(&mut r);
-    r
-}
-
-fn no_store(r: &mut Response) {
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
 fn unavailable() -> Response {
-    error(
+    json_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "the service cannot answer right now; try again",
     )
@@ -109,7 +99,7 @@ pub async fn login(
     if let Some(ip) = source {
         let limit = accounts.config().login_attempts_per_minute;
         if let Some(wait) = relay.inner.login_attempts.blocked(ip, "agent-login", limit) {
-            let mut r = error(
+            let mut r = json_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many login attempts from this address; try again in a minute",
             );
@@ -131,20 +121,20 @@ pub async fn login(
     }) = serde_json::from_slice::<LoginBody>(&body)
     else {
         // Not the parser's message: it may quote what was sent.
-        return error(
+        return json_error(
             StatusCode::BAD_REQUEST,
             r#"the body must be a JSON object {"username": "...", "password": "..."}"#,
         );
     };
     let password = Secret::new(password);
     if username.is_empty() || password.expose().is_empty() {
-        return error(
+        return json_error(
             StatusCode::BAD_REQUEST,
             "username and password must not be empty",
         );
     }
     if username.len() > 256 || password.expose().len() > MAX_PASSWORD_BYTES {
-        return error(
+        return json_error(
             StatusCode::BAD_REQUEST,
             &format!(
                 "the username or password is too long (passwords: at most {MAX_PASSWORD_BYTES} bytes)"
@@ -153,7 +143,7 @@ pub async fn login(
     }
     match accounts.login(&username, &password, source).await {
         Ok(session) => session_answer(session, lifetime(&relay), !cookie_only),
-        Err(LoginError::Refused(_)) => error(StatusCode::UNAUTHORIZED, REFUSED),
+        Err(LoginError::Refused(_)) => json_error(StatusCode::UNAUTHORIZED, REFUSED),
         Err(LoginError::Locked { until }) => {
             let mut r = (
                 StatusCode::LOCKED,
@@ -163,7 +153,7 @@ pub async fn login(
                 })),
             )
                 .into_response();
-            no_store(&mut r);
+            r = no_store(r);
             r
         }
         Err(LoginError::Unavailable(_)) => unavailable(),
@@ -207,7 +197,7 @@ pub async fn logout(
     match relay.inner.accounts.logout(&bearer).await {
         Ok(()) => {
             let mut r = StatusCode::NO_CONTENT.into_response();
-            no_store(&mut r);
+            r = no_store(r);
             if let Ok(v) = HeaderValue::from_str(&format!(
                 "{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
             )) {
@@ -240,7 +230,7 @@ pub async fn workspace(State(relay): State<RelayService>, headers: HeaderMap) ->
             .collect::<Vec<_>>(),
     }))
     .into_response();
-    no_store(&mut r);
+    r = no_store(r);
     r
 }
 
@@ -249,7 +239,7 @@ fn read_json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, Reject> {
-    if !super::rest::is_json(headers) {
+    if !is_json(headers) {
         return Err(reject(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send the body as Content-Type: application/json",
@@ -276,7 +266,7 @@ pub(super) async fn authenticated(
     let accounts = &relay.inner.accounts;
     if headers.contains_key(header::AUTHORIZATION) {
         let Some(bearer) = authorization_token(headers, &["bearer"]).map(str::to_string) else {
-            return Err(error(
+            return Err(json_error(
                 StatusCode::UNAUTHORIZED,
                 "send the session as Authorization: Bearer <bearer>",
             ));
@@ -287,7 +277,7 @@ pub(super) async fn authenticated(
         };
     }
     let Some(bearer) = cookie(headers, SESSION_COOKIE) else {
-        return Err(error(
+        return Err(json_error(
             StatusCode::UNAUTHORIZED,
             "send the session as Authorization: Bearer <bearer>, or its cookie with X-CSRF-Token",
         ));
@@ -297,7 +287,7 @@ pub(super) async fn authenticated(
     let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
     match csrf {
         Some(csrf) if live.csrf_matches(csrf) => Ok((bearer, live)),
-        _ => Err(error(
+        _ => Err(json_error(
             StatusCode::FORBIDDEN,
             "a request authenticated by the session cookie must carry the session's X-CSRF-Token",
         )),
@@ -311,7 +301,7 @@ fn lifetime(relay: &RelayService) -> u64 {
 
 fn auth_error(e: AgentAuthError) -> Response {
     match e {
-        AgentAuthError::Invalid => error(
+        AgentAuthError::Invalid => json_error(
             StatusCode::UNAUTHORIZED,
             "the session is not valid (unknown, expired or ended); log in again",
         ),
@@ -338,7 +328,7 @@ fn session_answer(s: NewSession, max_age: u64, with_bearer: bool) -> Response {
         body["bearer"] = json!(s.bearer.expose());
     }
     let mut r = axum::Json(body).into_response();
-    no_store(&mut r);
+    r = no_store(r);
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}",
         s.bearer.expose()

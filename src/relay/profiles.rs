@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use super::RelayService;
 use super::conversations::{Participant, RelayError};
-use super::rest::{caller, error};
+use super::rest::caller;
 use crate::clock::Clock;
+use crate::http_answer::json_error;
 use crate::identity::ConsumerIdentity;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
@@ -103,7 +104,7 @@ pub async fn consumer(
     let who = match caller(&relay, &headers).await {
         Ok(who @ Participant::Agent(_)) => who,
         Ok(Participant::Consumer(_)) => {
-            return error(
+            return json_error(
                 StatusCode::FORBIDDEN,
                 "this is for the conversation's agent",
             );
@@ -113,7 +114,7 @@ pub async fn consumer(
     let row = match relay.inner.conversations.get(&who, &conversation).await {
         Ok(row) => row,
         Err(RelayError::NotFound) => {
-            return error(StatusCode::NOT_FOUND, "no such conversation");
+            return json_error(StatusCode::NOT_FOUND, "no such conversation");
         }
         Err(e) => return unavailable(e),
     };
@@ -138,7 +139,7 @@ pub async fn consumer(
 
 fn unavailable(e: RelayError) -> Response {
     tracing::error!(error = %e, "cannot read a consumer's profile");
-    error(
+    json_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "the service cannot answer right now",
     )

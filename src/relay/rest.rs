@@ -13,14 +13,11 @@ use serde_json::json;
 use super::RelayService;
 use super::accounts::AgentAuthError;
 use super::conversations::{Participant, RelayError};
+use crate::http_answer::{json_error, no_store};
 use crate::identity::VerifyError;
 
 /// Most events in one answer.
 const MAX_LIMIT: i64 = 1000;
-
-pub(super) fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
-}
 
 pub async fn events(
     State(relay): State<RelayService>,
@@ -40,7 +37,7 @@ pub async fn events(
             "fromSeq" => match number() {
                 Some(n) if n >= 0 => from_seq = n,
                 _ => {
-                    return error(
+                    return json_error(
                         StatusCode::BAD_REQUEST,
                         "fromSeq must be a sequence (0 or more)",
                     );
@@ -48,9 +45,11 @@ pub async fn events(
             },
             "limit" => match number() {
                 Some(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000"),
+                _ => {
+                    return json_error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
+                }
             },
-            _ => return error(StatusCode::BAD_REQUEST, &format!("unknown parameter {k}")),
+            _ => return json_error(StatusCode::BAD_REQUEST, &format!("unknown parameter {k}")),
         }
     }
     match relay
@@ -66,10 +65,10 @@ pub async fn events(
             }))
             .into_response(),
         ),
-        Err(RelayError::NotFound) => error(StatusCode::NOT_FOUND, "no such conversation"),
+        Err(RelayError::NotFound) => json_error(StatusCode::NOT_FOUND, "no such conversation"),
         Err(e) => {
             tracing::error!(error = %e, "cannot read a conversation's history");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service cannot answer right now",
             )
@@ -82,7 +81,7 @@ pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Resp
     let who = match caller(&relay, &headers).await {
         Ok(who @ Participant::Agent(_)) => who,
         Ok(Participant::Consumer(_)) => {
-            return error(
+            return json_error(
                 StatusCode::FORBIDDEN,
                 "the conversation list is for agents; a consumer subscribes to its own",
             );
@@ -109,7 +108,7 @@ pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Resp
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot list an agent's conversations");
-            error(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service cannot answer right now",
             )
@@ -132,7 +131,7 @@ pub(super) async fn caller(
         return Ok(Participant::Agent(live.principal.agent_id));
     }
     let Some(token) = super::consumer::header_token(headers) else {
-        return Err(error(
+        return Err(json_error(
             StatusCode::UNAUTHORIZED,
             "send a consumer's identity token (Authorization: jwt <token>) or an agent's session (Authorization: Bearer <bearer>)",
         ));
@@ -140,11 +139,11 @@ pub(super) async fn caller(
     if token.contains('.') {
         match relay.inner.identity.verify_consumer(token).await {
             Ok(c) => Ok(Participant::Consumer(c.subject)),
-            Err(VerifyError::Unavailable) => Err(error(
+            Err(VerifyError::Unavailable) => Err(json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "tokens cannot be checked right now",
             )),
-            Err(e) => Err(error(
+            Err(e) => Err(json_error(
                 StatusCode::UNAUTHORIZED,
                 &format!("the token is not accepted: {e}"),
             )),
@@ -152,32 +151,14 @@ pub(super) async fn caller(
     } else {
         match relay.inner.accounts.authenticate(token).await {
             Ok(agent) => Ok(Participant::Agent(agent.agent_id)),
-            Err(AgentAuthError::Unavailable(_)) => Err(error(
+            Err(AgentAuthError::Unavailable(_)) => Err(json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "sessions cannot be checked right now",
             )),
-            Err(_) => Err(error(
+            Err(_) => Err(json_error(
                 StatusCode::UNAUTHORIZED,
                 "the session is not valid; log in",
             )),
         }
     }
-}
-
-/// Whether the request says its body is JSON (`Content-Type: application/json`, parameters
-/// allowed).
-pub(super) fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-}
-
-fn no_store(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    response
 }

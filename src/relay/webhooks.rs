@@ -29,14 +29,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conversations::Participant;
+use crate::backoff::{Backoff, retry_after};
 use crate::clock::{Clock, unix_seconds};
 use crate::config::{Problems, WebhooksConfig};
 use crate::http_client::{HttpClient, HttpError};
 use crate::secret::{Secret, read_secret_for};
 use crate::store::relay::ConversationRow;
+use crate::webhook_signature::sign;
 
-/// The first retry waits between half of this and this; each next one twice as long.
-const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The first retry waits between half a second and a second, each next one twice as long; no
+/// wait is longer than [`LONGEST_WAIT`].
+const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), LONGEST_WAIT);
 /// No wait between attempts is longer, whatever the backoff or `Retry-After` say.
 const LONGEST_WAIT: Duration = Duration::from_secs(300);
 /// A full queue is logged at most this often (with the number dropped meanwhile).
@@ -422,61 +425,12 @@ fn classify(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Next {
         Next::Delivered
     } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         Next::Retry {
-            retry_after: retry_after(headers, now),
+            retry_after: retry_after(headers, now, LONGEST_WAIT),
         }
     } else {
         // 1xx and 3xx (redirects are never followed) are refusals too.
         Next::Refused
     }
-}
-
-/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3), at most [`LONGEST_WAIT`].
-fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let wait = match text.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => {
-            let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
-            let at = u64::try_from(at.timestamp()).ok()?;
-            Duration::from_secs(at.saturating_sub(unix_seconds(now)))
-        }
-    };
-    Some(wait.min(LONGEST_WAIT))
-}
-
-/// The wait before attempt `attempt + 1`: [`FIRST_RETRY`] doubled for each attempt made
-/// before, at most [`LONGEST_WAIT`], of which a random part (`jitter` in `[0, 1)`) of the
-/// second half, so receivers coming back are not hit by every sender at once.
-fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let full = FIRST_RETRY
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(LONGEST_WAIT);
-    full / 2 + (full / 2).mul_f64(jitter.clamp(0.0, 1.0))
-}
-
-/// A random number in `[0, 1)`.
-fn jitter() -> f64 {
-    let mut bytes = [0u8; 8];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// `hex(HMAC-SHA256(secret, "<timestamp>.<body>"))`: the receiver recomputes it with the shared
-/// secret and refuses old timestamps, so a captured webhook cannot be replayed later.
-fn sign(secret: &Secret<Vec<u8>>, timestamp: u64, body: &[u8]) -> String {
-    use aws_lc_rs::hmac;
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose());
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(timestamp.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    crate::hex::encode(ctx.sign().as_ref())
 }
 
 fn header(name: &'static str, value: &str) -> Option<(HeaderName, HeaderValue)> {
@@ -557,7 +511,7 @@ async fn deliver(shared: Arc<Shared>, d: Delivery) {
                 return;
             }
             Next::Retry { retry_after } => {
-                let wait = retry_after.unwrap_or_else(|| backoff(attempt, jitter()));
+                let wait = retry_after.unwrap_or_else(|| BACKOFF.delay(attempt));
                 tracing::info!(delivery = %d.id, r#type = d.event_type, attempt, status, error, ?wait, "webhook not delivered; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -576,31 +530,6 @@ async fn deliver(shared: Arc<Shared>, d: Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signature_matches_an_independent_hmac() {
-        // printf '%s' '1700000000.{"id":"x"}' | openssl dgst -sha256 -hmac 'whsec-test'
-        let secret = Secret::new(b"whsec-test".to_vec());
-        assert_eq!(
-            sign(&secret, 1_700_000_000, br#"{"id":"x"}"#),
-            "a011cc83d9ed494fd1b9659f5bcf0bc7dd5349dd15d02b313d6fc3b03064ce6a"
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        assert_eq!(backoff(1, 0.0), Duration::from_millis(500));
-        assert!(backoff(1, 0.999_999) < Duration::from_secs(1));
-        assert_eq!(backoff(2, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, 0.5), Duration::from_secs(3));
-        assert_eq!(backoff(9, 1.0), Duration::from_secs(256));
-        assert_eq!(backoff(10, 1.0), LONGEST_WAIT);
-        assert_eq!(backoff(40, 0.0), LONGEST_WAIT / 2);
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.0..1.0).contains(&j));
-        }
-    }
 
     #[test]
     fn answers_are_classified_by_what_to_do_next() {
@@ -623,20 +552,14 @@ mod tests {
                 retry_after: Some(Duration::from_secs(7))
             }
         );
-        // 1700000000 is Tue, 14 Nov 2023 22:13:20 GMT.
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Tue, 14 Nov 2023 22:13:50 GMT"),
-        );
-        assert_eq!(
-            retry_after(&h, now),
-            Some(Duration::from_secs(30)),
-            "an HTTP date"
-        );
+        // Capped at the longest wait.
         h.insert("retry-after", HeaderValue::from_static("86400"));
-        assert_eq!(retry_after(&h, now), Some(LONGEST_WAIT));
-        h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h, now), None);
+        assert_eq!(
+            classify(s(503), &h, now),
+            Next::Retry {
+                retry_after: Some(LONGEST_WAIT)
+            }
+        );
     }
 
     fn row() -> ConversationRow {

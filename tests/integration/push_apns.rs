@@ -487,6 +487,23 @@ async fn malformed_requests_get_a_reason() {
     assert!(a.json()["error"].as_str().unwrap().contains("device-token"));
     let a = post(r#"{"push-service":1,"device-token":"aa"}"#, "text/plain").await;
     assert_eq!(a.status, 415);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/json")
+    );
+    // No Content-Type at all: refused the same way (one rule for every JSON body).
+    let a = client
+        .send(
+            Method::POST,
+            &url,
+            &[("authorization", &auth)],
+            bytes::Bytes::from_static(br#"{"push-service":1,"device-token":"aa"}"#),
+        )
+        .await;
+    assert_eq!(a.status, 415);
+    assert!(w.fake.received().is_empty());
     let a = post(
         r#"{"push-service":3,"device-token":"aa","notificationType":"huawei"}"#,
         "application/json",
