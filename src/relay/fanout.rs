@@ -26,13 +26,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::bus::{Bus, Change, StateChange};
 use crate::store::Store;
+use crate::store::notify::{Heard, Listener, Notifier, NotifyError};
 
 /// The PostgreSQL notification channel every node sends on and listens to.
 pub const CHANNEL: &str = "brandgate_relay";
@@ -91,7 +91,7 @@ enum Body {
 #[derive(Debug, thiserror::Error)]
 enum SendError {
     #[error("the database refused or is unreachable: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] NotifyError),
     #[error("the database did not answer within {0:?}")]
     TimedOut(Duration),
 }
@@ -99,7 +99,7 @@ enum SendError {
 #[derive(Debug, thiserror::Error)]
 enum ListenError {
     #[error("{0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] NotifyError),
     #[error("the connection did not answer within {0:?}")]
     Unresponsive(Duration),
 }
@@ -301,16 +301,16 @@ pub struct Fanout {
 impl Fanout {
     /// The bus for `store`: with fan-out to the other nodes on PostgreSQL, local on SQLite.
     pub fn bus_for(store: &Store) -> (Arc<Bus>, Option<Fanout>) {
-        match store {
-            Store::Sqlite(..) => (Arc::new(Bus::default()), None),
-            Store::Postgres(pool) => {
-                let (bus, fanout) = Fanout::start(pool);
+        match store.notifier() {
+            None => (Arc::new(Bus::default()), None),
+            Some(notifier) => {
+                let (bus, fanout) = Fanout::start(notifier);
                 (bus, Some(fanout))
             }
         }
     }
 
-    fn start(pool: &PgPool) -> (Arc<Bus>, Fanout) {
+    fn start(notifier: Notifier) -> (Arc<Bus>, Fanout) {
         let node: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let metrics = FanoutMetrics::default();
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -324,7 +324,7 @@ impl Fanout {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(send(
-            pool.clone(),
+            notifier.clone(),
             node.clone(),
             rx,
             overflowed,
@@ -332,7 +332,7 @@ impl Fanout {
             metrics.clone(),
         ));
         tasks.spawn(listen(
-            pool.clone(),
+            notifier,
             node.clone(),
             bus.clone(),
             stop.clone(),
@@ -361,20 +361,10 @@ impl Fanout {
     }
 }
 
-/// Sends `payloads` in one statement (one transaction: delivered together, in order).
-async fn notify(pool: &PgPool, payloads: &[String]) -> Result<(), SendError> {
-    sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
-        .bind(CHANNEL)
-        .bind(payloads)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// The sender: queued publications to `pg_notify`, in batches, in order. Owes the other
 /// nodes a resync after anything it could not send, and sends it as soon as it can.
 async fn send(
-    pool: PgPool,
+    notifier: Notifier,
     node: Arc<str>,
     mut rx: mpsc::Receiver<String>,
     overflowed: Arc<AtomicBool>,
@@ -408,11 +398,15 @@ async fn send(
         let mut failed = false;
         for chunk in batch.chunks(MAX_BATCH) {
             let sent = if stopping {
-                tokio::time::timeout(STOP_LIMIT, notify(&pool, chunk))
+                tokio::time::timeout(STOP_LIMIT, notifier.notify(CHANNEL, chunk))
                     .await
+                    .map(|sent| sent.map_err(SendError::from))
                     .unwrap_or(Err(SendError::TimedOut(STOP_LIMIT)))
             } else {
-                notify(&pool, chunk).await
+                notifier
+                    .notify(CHANNEL, chunk)
+                    .await
+                    .map_err(SendError::from)
             };
             match sent {
                 Ok(()) => metrics.count("sent", chunk.len()),
@@ -449,35 +443,21 @@ async fn send(
 /// again whenever it drops or stops answering; after every (re)connection the node's
 /// followers and watchers re-check the store, since notifications sent meanwhile are lost.
 async fn listen(
-    store: PgPool,
+    notifier: Notifier,
     node: Arc<str>,
     bus: Arc<Bus>,
     stop: CancellationToken,
     metrics: FanoutMetrics,
 ) {
-    let options = store.connect_options();
-    let name = match options.get_application_name() {
-        Some(app) => format!("{app} relay listener"),
-        None => "brandgate relay listener".to_string(),
-    };
-    let options = (*options).clone().application_name(&name);
     let mut connected_before = false;
     let mut retry = RETRY_MIN;
     loop {
-        // A pool of its own for each connection: one the network lost without a word may take
-        // long to let go, and must not hold up its replacement. Two: sqlx may make the next
-        // while the lost one is still closing.
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(CONNECT_LIMIT)
-            .connect_lazy_with(options.clone());
         let attempt = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
-            Ok::<_, ListenError>(listener)
+            Ok::<_, ListenError>(
+                notifier
+                    .listen(CHANNEL, "relay listener", CONNECT_LIMIT)
+                    .await?,
+            )
         };
         let connected = tokio::select! {
             _ = stop.cancelled() => break,
@@ -498,8 +478,11 @@ async fn listen(
                 // something.
                 bus.recheck_all();
                 let ended = receive(&mut listener, &node, &bus, &stop, &metrics).await;
-                if let Ended::Lost(e) = &ended {
-                    tracing::warn!(error = %e, "the relay listener lost PostgreSQL");
+                match &ended {
+                    Ended::Lost(e) => {
+                        tracing::warn!(error = %e, "the relay listener lost PostgreSQL");
+                    }
+                    Ended::Stopped => listener.close(STOP_LIMIT).await,
                 }
                 ended
             }
@@ -510,7 +493,6 @@ async fn listen(
             }
         };
         if matches!(ended, Ended::Stopped) {
-            let _ = tokio::time::timeout(STOP_LIMIT, pool.close()).await;
             break;
         }
         tokio::select! {
@@ -526,12 +508,12 @@ enum Ended {
     Lost(ListenError),
 }
 
-/// Hands notifications to the bus until stopped or the connection is lost (and sqlx could
-/// not make it again). Asks the connection something when it has been quiet for
+/// Hands notifications to the bus until stopped or the connection is lost (and could not be
+/// made again). Asks the connection something when it has been quiet for
 /// [`PING_EVERY`]: one the network dropped without a word (no FIN, no RST) would otherwise
 /// look quiet forever while notifications go elsewhere.
 async fn receive(
-    listener: &mut PgListener,
+    listener: &mut Listener,
     node: &str,
     bus: &Bus,
     stop: &CancellationToken,
@@ -543,21 +525,20 @@ async fn receive(
             biased;
             _ = stop.cancelled() => return Ended::Stopped,
             _ = tokio::time::sleep_until(ping_at) => {
-                let ping = sqlx::query("SELECT 1").execute(&mut *listener);
-                match tokio::time::timeout(PING_LIMIT, ping).await {
-                    Ok(Ok(_)) => {}
+                match tokio::time::timeout(PING_LIMIT, listener.ping()).await {
+                    Ok(Ok(())) => {}
                     Ok(Err(e)) => return Ended::Lost(e.into()),
                     Err(_) => return Ended::Lost(ListenError::Unresponsive(PING_LIMIT)),
                 }
                 ping_at = tokio::time::Instant::now() + PING_EVERY;
                 continue;
             }
-            r = listener.try_recv() => r,
+            r = listener.recv() => r,
         };
         match received {
-            Ok(Some(notification)) => {
+            Ok(Heard::Payload(payload)) => {
                 ping_at = tokio::time::Instant::now() + PING_EVERY;
-                match inject(bus, node, notification.payload()) {
+                match inject(bus, node, &payload) {
                     Ok(true) => metrics.count("received", 1),
                     Ok(false) => {}
                     Err(e) => {
@@ -566,8 +547,8 @@ async fn receive(
                     }
                 }
             }
-            // The connection dropped and sqlx made it again (and listens again).
-            Ok(None) => {
+            // The connection dropped and was made again (and listens again).
+            Ok(Heard::Reconnected) => {
                 reconnected(metrics);
                 bus.recheck_all();
             }

@@ -27,6 +27,7 @@ pub mod agents;
 pub mod devices;
 mod grants;
 pub mod migrate;
+pub mod notify;
 pub mod profiles;
 pub mod relay;
 pub mod seal;

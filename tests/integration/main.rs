@@ -13,6 +13,7 @@ mod config_check;
 mod feedback;
 mod identity;
 mod identity_config;
+mod layering;
 mod lifecycle;
 mod login;
 mod overload;
