@@ -9,7 +9,6 @@
 //!
 //! This module never holds a secret: the config names files, and the roles read them.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +17,8 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::duration::Span;
+pub use crate::ops::log::LogFormat;
+pub use crate::problems::{Problem, Problems};
 
 mod identity;
 mod relay;
@@ -26,67 +27,6 @@ pub use relay::{
     AgentsConfig, CannedResponse, DemoConfig, MAX_PASSWORD_BYTES, RelayConfig, WebhooksConfig,
     WorkspaceConfig,
 };
-
-/// One thing wrong with the config: the dotted key it concerns and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
-        }
-    }
-}
-
-/// Every problem found in one pass over the config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
-pub struct Problems(pub Vec<Problem>);
-
-impl Problems {
-    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem::new(key, message));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `Ok(value)` when nothing was found, else the problems.
-    pub fn into_result<T>(self, value: T) -> Result<T, Problems> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(self)
-        }
-    }
-}
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
-    }
-}
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -207,14 +147,6 @@ impl Default for OpsConfig {
             listen: defaults::ops_listen(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]

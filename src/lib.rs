@@ -34,6 +34,7 @@ pub mod http_client;
 pub mod identity;
 pub mod limiter;
 pub mod ops;
+pub mod problems;
 pub mod push;
 pub mod relay;
 pub mod secret;

@@ -143,7 +143,7 @@ pub fn read_secret_file(path: &Path) -> Result<Secret<Vec<u8>>, SecretFileError>
 pub fn read_secret_for(
     key: impl Into<String>,
     path: &Path,
-    problems: &mut crate::config::Problems,
+    problems: &mut crate::problems::Problems,
 ) -> Option<Secret<Vec<u8>>> {
     read_secret_file(path)
         .map_err(|e| problems.push(key, e.to_string()))

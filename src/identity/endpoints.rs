@@ -152,7 +152,7 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
         lifetime: settings.token_lifetime.0,
         // Tells this consumer's token from a login's (the agents' workspace shows it).
         profile: serde_json::Map::from_iter([(
-            super::verify::ANONYMOUS.to_string(),
+            super::verdict::ANONYMOUS.to_string(),
             serde_json::Value::Bool(true),
         )]),
     };

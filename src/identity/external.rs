@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::metrics::IdentityMetrics;
-use super::verify::{ConsumerIdentity, TokenClaims, VerifyError};
+use super::verdict::{ConsumerIdentity, TokenClaims, VerifyError, profile_of, refusal};
 use crate::clock::Clock;
 use crate::config::{ExternalIssuerConfig, Problems};
 use crate::http_client::{HttpClient, check_url};
@@ -163,14 +163,14 @@ impl External {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &validation)
-            .map_err(|e| super::verify::refusal(&e))?;
+            .map_err(|e| refusal(&e))?;
         let claims = data.claims;
         if super::subject::check(&claims.sub).is_err() {
             return Err(VerifyError::Invalid("subject"));
         }
         let expires_at = claims.check_times(clock.now(), leeway, self.max_lifetime)?;
         // The issuer's own consumers: logged in there, whatever its token says.
-        let (profile, _) = super::verify::profile_of(token);
+        let (profile, _) = profile_of(token);
         Ok(ConsumerIdentity {
             subject: format!("{}:{}", self.id, claims.sub),
             expires_at,

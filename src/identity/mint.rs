@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use super::keys::{Algorithm, KeyError, KeyRing, seal_context};
 use super::subject::{self, SubjectError};
-use super::verify::MAX_TOKEN;
+use super::verdict::MAX_TOKEN;
 use crate::clock::{Clock, unix_seconds};
 use crate::store::SigningKeyRow;
 

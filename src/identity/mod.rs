@@ -31,6 +31,7 @@ mod mint;
 mod subject;
 mod token;
 mod upstream;
+mod verdict;
 mod verify;
 mod web;
 
@@ -43,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use keys::{Algorithm, KeyRing, KeyState, RingKey, RingSettings};
 pub use metrics::IdentityMetrics;
 pub use mint::{Claims, MintError, Minted};
-pub use verify::{ANONYMOUS, ConsumerIdentity, PROFILE, VerifyError};
+pub use verdict::{ANONYMOUS, ConsumerIdentity, PROFILE, VerifyError};
 
 /// The associated data an identity record's sealed value is bound to, from the fields
 /// [`crate::store::Store::list_sealed`] gives; `None` for a column the identity bridge does

@@ -5,12 +5,20 @@
 //! What is logged is decided at each call site: never message text, full device tokens,
 //! passwords, keys or bearer tokens (see `push::DeviceToken`'s `Display` and `secret::Secret`).
 
+use serde::Deserialize;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{LogConfig, LogFormat};
+/// How each line is written (`log.format`): text for people, JSON for log shippers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 /// Parses a filter such as `info` or `debug,h2=trace`. The bare level applies to brandgate;
 /// libraries log warnings and errors only, unless named: their debug output is noisy and some
@@ -36,16 +44,17 @@ pub fn parse_filter(text: &str) -> Result<Targets, String> {
     Ok(filter)
 }
 
-/// Installs the process's log subscriber. Later calls do nothing.
-pub fn init(cfg: &LogConfig) {
-    let filter = parse_filter(&cfg.level)
-        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+/// Installs the process's log subscriber (`level` as [`parse_filter`] reads it; `info` if it
+/// cannot). Later calls do nothing.
+pub fn init(level: &str, format: LogFormat) {
+    let filter =
+        parse_filter(level).unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false);
-    let result = match (cfg.format, journald) {
+    let result = match (format, journald) {
         (LogFormat::Json, _) => tracing_subscriber::registry()
             .with(fmt.json().flatten_event(true).with_filter(filter))
             .try_init(),

@@ -10,7 +10,8 @@
 //! a logout, a disabled agent or a reset password ends the socket with 4401; a session that
 //! ran out gets a `brandgate.SessionExpired` notification and a close with 4410.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
@@ -25,6 +26,7 @@ use super::conversations::{Participant, RelayError};
 use super::protocol::{notification, response, text_response};
 use super::routing::{self, Availability, Desk};
 use super::socket::{Link, Next, Role, close_code, error_response, run, websocket};
+use crate::clock::Clock;
 
 /// How often, at most, a busy socket re-reads its session.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -122,6 +124,7 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
             bearer,
             checked: Instant::now(),
             desk: watch::Sender::new(Desk::default()),
+            clock: link.relay.inner.clock.clone(),
         };
         run(role, link).await;
     })
@@ -134,6 +137,7 @@ struct AgentRole {
     /// When the session was last read.
     checked: Instant,
     desk: watch::Sender<Desk>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Role for AgentRole {
@@ -143,7 +147,7 @@ impl Role for AgentRole {
             + self
                 .principal
                 .expires_at
-                .duration_since(SystemTime::now())
+                .duration_since(self.clock.now())
                 .unwrap_or(Duration::ZERO);
         let next_check = now + IDLE_RECHECK.saturating_sub(self.checked.elapsed());
         end.min(next_check)
@@ -158,7 +162,7 @@ impl Role for AgentRole {
 
     async fn frame(&mut self, link: &mut Link, text: &str) -> Next {
         let due = self.checked.elapsed() >= RECHECK;
-        if (due || self.principal.expires_at <= SystemTime::now())
+        if (due || self.principal.expires_at <= self.clock.now())
             && let Err(next) = self.recheck(link).await
         {
             return next;
@@ -245,13 +249,11 @@ impl AgentRole {
                 Ok(())
             }
             // The store cannot say: the session was valid until its known end.
-            Err(AgentAuthError::Unavailable(e))
-                if self.principal.expires_at > SystemTime::now() =>
-            {
+            Err(AgentAuthError::Unavailable(e)) if self.principal.expires_at > self.clock.now() => {
                 tracing::warn!(error = %e, "an agent's session could not be checked again");
                 Ok(())
             }
-            Err(_) if self.principal.expires_at <= SystemTime::now() => {
+            Err(_) if self.principal.expires_at <= self.clock.now() => {
                 let _ = link.send(expired_notification()).await;
                 Err(Next::Close(close_code::TOKEN_EXPIRED, "session expired"))
             }

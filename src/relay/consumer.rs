@@ -12,6 +12,7 @@
 //! The socket itself (queue, subscriptions, shared requests) is `socket`'s; here is what only
 //! a consumer does: authenticate and request its conversation.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -25,6 +26,7 @@ use super::away::Presence;
 use super::conversations::Participant;
 use super::protocol::{Request, notification, response, text_response};
 use super::socket::{Link, Next, Role, close_code, error_response, run, websocket};
+use crate::clock::Clock;
 use crate::identity::VerifyError;
 use crate::limiter::SourceSlot;
 use crate::tls::Peer;
@@ -126,6 +128,7 @@ async fn upgrade(
             auth_deadline,
             unauthenticated_slot: slot,
             presence,
+            clock: relay.inner.clock.clone(),
         };
         run(role, Link::new(relay, socket)).await;
     })
@@ -147,6 +150,7 @@ struct ConsumerRole {
     unauthenticated_slot: Option<SourceSlot>,
     /// Counts the consumer as connected (for away pushes) while the socket lives.
     presence: Option<Presence>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Role for ConsumerRole {
@@ -156,7 +160,7 @@ impl Role for ConsumerRole {
             Some(c) => {
                 tokio::time::Instant::now()
                     + c.valid_until
-                        .duration_since(SystemTime::now())
+                        .duration_since(self.clock.now())
                         .unwrap_or(Duration::ZERO)
             }
         }
@@ -230,7 +234,7 @@ impl ConsumerRole {
     fn expired(&self) -> bool {
         self.consumer
             .as_ref()
-            .is_some_and(|c| c.valid_until <= SystemTime::now())
+            .is_some_and(|c| c.valid_until <= self.clock.now())
     }
 
     /// Authenticates (first time) or refreshes the token (same consumer) in-band.

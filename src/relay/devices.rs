@@ -106,7 +106,7 @@ pub async fn register(
         provider: provider.as_str().to_string(),
         token_sealed: sealed,
         token_hash: DeviceToken::new(registration.token).sha256_hex(),
-        updated_at: crate::clock::unix_seconds(std::time::SystemTime::now()) as i64 * 1000,
+        updated_at: crate::clock::unix_millis(relay.inner.clock.now()),
     };
     match relay.inner.store.put_push_registration(&row).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

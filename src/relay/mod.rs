@@ -119,6 +119,8 @@ struct Inner {
     fanout: Option<fanout::Fanout>,
     /// What consumers' tokens said about them, for their agents.
     profiles: profiles::Profiles,
+    /// The relay's time (a test's fake clock moves it).
+    clock: Arc<dyn Clock>,
 }
 
 /// The relay's settings that need files (the webhook secret, trust anchors), read and
@@ -202,7 +204,7 @@ impl RelayService {
             store.clone(),
             data_keys.clone(),
             bus,
-            clock,
+            clock.clone(),
             config.max_message_bytes,
         )
         .with_away(away.clone())
@@ -224,6 +226,7 @@ impl RelayService {
                 webhooks,
                 fanout,
                 profiles,
+                clock,
             }),
         }
     }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use serde_json::{Value, json};
@@ -204,10 +204,7 @@ impl Link {
             "cm.UpdateConversationField" => self.update_conversation(who, r).await,
             // The schema's 200 body is a string: the clock in Unix milliseconds, as text.
             "GetClock" => {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
+                let now = crate::clock::unix_millis(self.relay.inner.clock.now());
                 Ok(text_response(&r.id, 200, &now.to_string()))
             }
             "KeepAlive" => Ok(text_response(&r.id, 200, "OK")),

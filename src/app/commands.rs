@@ -1,0 +1,283 @@
+//! The one-shot commands: `check-config`, `push-test`, `keys`, `store reseal`, `agents`. Each
+//! loads the config and opens only what it needs; none binds a port.
+
+use std::path::Path;
+
+use prometheus_client::registry::Registry;
+
+use crate::config::{Config, Problems};
+use crate::identity::{IdentityService, KeyRing};
+use crate::push::{self, Delivery, Provider, PushService};
+use crate::relay::{Accounts, RelayService};
+use crate::secret::Secret;
+use crate::store::Store;
+use crate::store::seal::DataKeys;
+use crate::tls;
+
+use super::{StartError, open_store, problem};
+
+/// `brandgate check-config`: everything start-up checks, without binding or writing anything.
+/// Returns warnings and a summary on success.
+pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems> {
+    tls::install_crypto_provider();
+    // Keys that are unknown or malformed are named and left out; the rest is checked too, so
+    // one run shows every problem (a typo and a missing key file together).
+    let (config, mut problems) = Config::load_lenient(path);
+    let Some(config) = config else {
+        return Err(problems);
+    };
+    let mut notes = config.warnings();
+    match tls::check_server_config(&config.server.tls) {
+        Ok(None) => notes.push(format!(
+            "server.tls: no certificate configured; a self-signed development certificate will be \
+             generated in {}/dev-tls (not for production)",
+            config.server.state_dir.display()
+        )),
+        Ok(Some(())) => {}
+        Err(e) => problems.push(e.key, e.message),
+    }
+    if let Some(identity) = &config.identity {
+        match IdentityService::prepare(
+            identity,
+            config.server.tls.client_ca.is_some(),
+            crate::clock::system(),
+        ) {
+            Ok(prepared) => notes.push(prepared.claims_note()),
+            Err(p) => problems.0.extend(p.0),
+        }
+        match &config.store.data_keys_file {
+            Some(file) => {
+                if let Err(e) = DataKeys::load(file, config.store.active_data_key.as_deref()) {
+                    problems.push("store.data_keys_file", e);
+                }
+            }
+            None => notes.push(format!(
+                "store.data_keys_file: not configured; a development data key will be generated in {}",
+                config.server.state_dir.display()
+            )),
+        }
+        if let Some(url) = &config.store.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            problems.push("store.url", "must be a sqlite: or postgres:// URL");
+        }
+        if let Some(f) = &config.store.password_file
+            && let Err(e) = crate::secret::read_secret_file(f)
+        {
+            problems.push("store.password_file", e.to_string());
+        }
+    }
+    if let Some(relay) = &config.relay
+        && let Err(p) = RelayService::prepare(relay)
+    {
+        problems.0.extend(p.0);
+    }
+    if config.server.state_dir.exists() && !config.server.state_dir.is_dir() {
+        problems.push(
+            "server.state_dir",
+            format!("{} is not a directory", config.server.state_dir.display()),
+        );
+    }
+    let push = PushService::build(
+        &config.push,
+        None,
+        config.server.tls.client_ca.is_some(),
+        push::PushMetrics::register(&mut Registry::default()),
+        crate::clock::system(),
+    );
+    let apps = match push {
+        Ok(service) => service.app_count(),
+        Err(p) => {
+            problems.0.extend(p.0);
+            0
+        }
+    };
+    problems.into_result((
+        notes,
+        format!(
+            "configuration OK: {apps} push app(s), identity bridge {}; public listener {}, ops listener {}",
+            config
+                .identity
+                .as_ref()
+                .map_or("off".to_string(), |i| format!("on (issuer {})", i.issuer)),
+            config.server.listen,
+            config.ops.listen
+        ),
+    ))
+}
+
+/// `brandgate push-test`: one push through the same pipeline the proxy uses.
+pub async fn push_test(
+    path: &Path,
+    app: &str,
+    token: &str,
+    text: Option<String>,
+    provider: Option<Provider>,
+) -> Result<Delivery, StartError> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let Some(app_cfg) = config.push.apps.iter().find(|a| a.id == app) else {
+        return Err(problem("--app", format!("no app {app:?} in push.apps")).into());
+    };
+    let provider = match (provider, app_cfg.apns.is_some(), app_cfg.fcm.is_some()) {
+        (Some(p), _, _) => p,
+        (None, true, false) => Provider::Apns,
+        (None, false, true) => Provider::Fcm,
+        (None, _, _) => {
+            return Err(problem(
+                "--provider",
+                "this app has both APNs and FCM: say which (apns or fcm)",
+            )
+            .into());
+        }
+    };
+    let service = PushService::build(
+        &config.push,
+        None,
+        config.server.tls.client_ca.is_some(),
+        push::PushMetrics::register(&mut Registry::default()),
+        crate::clock::system(),
+    )?;
+    let request = push::PushRequest::text(provider, push::DeviceToken::new(token), text);
+    service
+        .send(app, request)
+        .await
+        .map_err(|e| StartError::Runtime(e.to_string()))
+}
+
+/// `brandgate keys list|rotate`: the signing key ring, straight from the store.
+pub async fn key_ring(path: &Path) -> Result<(KeyRing, Store), StartError> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let Some(identity) = &config.identity else {
+        return Err(problem(
+            "identity",
+            "the identity bridge is not configured ([identity] section)",
+        )
+        .into());
+    };
+    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let ring = KeyRing::new(
+        store.clone(),
+        data_keys,
+        crate::identity::ring_settings(identity),
+        crate::clock::system(),
+    );
+    Ok((ring, store))
+}
+
+/// `brandgate store reseal`: everything sealed under an older data key (signing keys, relay
+/// events, agents' password hashes, device tokens, pending logins), sealed again under the
+/// active one. Returns what it re-sealed, by kind.
+pub async fn reseal(path: &Path) -> Result<Vec<(&'static str, usize)>, StartError> {
+    use crate::store::sealed::SealedColumn;
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let runtime = |e: String| StartError::Runtime(e);
+    let mut done = Vec::new();
+    if let Some(identity) = &config.identity {
+        let ring = KeyRing::new(
+            store.clone(),
+            data_keys.clone(),
+            crate::identity::ring_settings(identity),
+            crate::clock::system(),
+        );
+        let n = ring.reseal().await.map_err(|e| runtime(e.to_string()))?;
+        done.push(("signing keys", n));
+    }
+    for column in SealedColumn::ALL {
+        let mut count = 0;
+        let mut position = String::new();
+        loop {
+            let page = store
+                .list_sealed(column, &position, 500)
+                .await
+                .map_err(|e| runtime(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            position = last.position.clone();
+            for row in page.iter().filter(|r| data_keys.is_stale(&r.sealed)) {
+                let context = crate::relay::seal_context(column, &row.fields)
+                    .or_else(|| crate::identity::seal_context(column, &row.fields))
+                    .ok_or_else(|| runtime(format!("no owner for {}", column.name())))?;
+                let plain = data_keys.open(&context, &row.sealed).map_err(|e| {
+                    runtime(format!(
+                        "{} do not open with the data keys: {e}",
+                        column.name()
+                    ))
+                })?;
+                let sealed = data_keys
+                    .seal(&context, plain.expose())
+                    .map_err(|e| runtime(e.to_string()))?;
+                if store
+                    .replace_sealed(column, &row.fields, &row.sealed, &sealed)
+                    .await
+                    .map_err(|e| runtime(e.to_string()))?
+                {
+                    count += 1;
+                }
+            }
+        }
+        done.push((column.name(), count));
+    }
+    store.close().await;
+    Ok(done)
+}
+
+/// `brandgate agents ...`: the relay's agent accounts, straight from the store. `account` must
+/// be the one the relay serves (agents of another account could never log in here).
+pub async fn agent_accounts(path: &Path, account: &str) -> Result<(Accounts, Store), StartError> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let Some(relay) = &config.relay else {
+        return Err(problem("relay", "the relay is not configured ([relay] section)").into());
+    };
+    if relay.account != account {
+        return Err(StartError::Runtime(format!(
+            "this relay serves account {:?}, not {account:?}",
+            relay.account
+        )));
+    }
+    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let accounts = RelayService::accounts(relay, store.clone(), data_keys, crate::clock::system());
+    Ok((accounts, store))
+}
+
+/// A password for `brandgate agents add|reset-password`: the content of `file` (one trailing
+/// newline dropped), or else the first line of standard input. A terminal is refused rather
+/// than echoing the password on the screen.
+pub fn read_password(file: Option<&Path>) -> Result<Secret<String>, StartError> {
+    use std::io::{BufRead, IsTerminal};
+    let bytes = match file {
+        Some(f) => crate::secret::read_secret_file(f)
+            .map_err(|e| StartError::Runtime(e.to_string()))?
+            .expose()
+            .clone(),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                return Err(StartError::Runtime(
+                    "give the password with --password-file <path>, or on standard input (a pipe); \
+                     it is not read from a terminal, where it would show"
+                        .into(),
+                ));
+            }
+            let mut line = String::new();
+            stdin
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| StartError::Runtime(format!("cannot read standard input: {e}")))?;
+            let line = line.strip_suffix('\n').unwrap_or(&line);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            line.as_bytes().to_vec()
+        }
+    };
+    let password = String::from_utf8(bytes)
+        .map_err(|_| StartError::Runtime("the password is not UTF-8 text".into()))?;
+    if password.is_empty() {
+        return Err(StartError::Runtime("the password is empty".into()));
+    }
+    Ok(Secret::new(password))
+}

@@ -1,0 +1,382 @@
+//! The daemon's lifecycle.
+//!
+//! - Start: load and check the config, build every role (reading every credential), bind the
+//!   public HTTPS listener and the ops listener, then tell systemd READY=1.
+//! - SIGHUP: build a whole new configuration beside the running one; if anything is wrong it is
+//!   refused, logged, and the running one stays. Connections and in-flight pushes are untouched:
+//!   new TLS handshakes use the new certificate, new requests the new apps.
+//! - SIGTERM/SIGINT: stop accepting, tell open connections to finish (HTTP/2 GOAWAY, HTTP/1
+//!   close after the current response), wait for in-flight requests and for pushes whose caller
+//!   already hung up, up to the grace period, exit 0.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, IdentityConfig, Problems, RelayConfig};
+use crate::identity::{IdentityMetrics, IdentityService};
+use crate::ops::{self, Health, OpsState, systemd};
+use crate::push::{self, PushService};
+use crate::relay::{RelayBase, RelayService};
+use crate::tls;
+
+use super::server::{Public, accept_loop, bind, local_addr, public_router};
+use super::{StartError, ensure_state_dir, open_store};
+
+/// `brandgate serve`: runs until SIGTERM/SIGINT.
+pub async fn serve(path: &Path) -> Result<(), StartError> {
+    tls::install_crypto_provider();
+    let mut config = Config::load(path)?;
+    ops::log::init(&config.log.level, config.log.format);
+    // Before READY=1: a `systemctl reload` right after start must find SIGHUP handled, not
+    // fall to its default action (terminate).
+    let mut signals = Signals::listen()?;
+    let state_dir = config.server.state_dir.clone();
+    ensure_state_dir(&state_dir)?;
+
+    let server_tls = tls::server_config(&config.server.tls, &state_dir).map_err(Problems::from)?;
+    announce_development_certificate(server_tls.development_certificate.as_ref());
+
+    let mut registry = Registry::default();
+    let push_metrics = push::PushMetrics::register(&mut registry);
+    let push = PushService::build(
+        &config.push,
+        Some(&state_dir),
+        config.server.tls.client_ca.is_some(),
+        push_metrics,
+        crate::clock::system(),
+    )?;
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+
+    let (identity, relay) = match &config.identity {
+        Some(id_config) => {
+            let prepared = IdentityService::prepare(
+                id_config,
+                config.server.tls.client_ca.is_some(),
+                crate::clock::system(),
+            )?;
+            let relay_prepared = config
+                .relay
+                .as_ref()
+                .map(RelayService::prepare)
+                .transpose()?;
+            let (store, data_keys) = open_store(&config, &state_dir).await?;
+            let service = IdentityService::start(
+                id_config,
+                prepared,
+                store.clone(),
+                data_keys.clone(),
+                crate::clock::system(),
+                IdentityMetrics::register(&mut registry),
+            )
+            .await
+            .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
+            let relay =
+                config
+                    .relay
+                    .as_ref()
+                    .zip(relay_prepared)
+                    .map(|(relay_config, prepared)| {
+                        RelayService::new(
+                            relay_config,
+                            prepared,
+                            RelayBase {
+                                identity: service.clone(),
+                                store,
+                                data_keys,
+                                push: push.clone(),
+                                clock: crate::clock::system(),
+                            },
+                            &mut registry,
+                        )
+                    });
+            (Some(service), relay)
+        }
+        None => (None, None),
+    };
+
+    let public_listener = bind(config.server.listen, "server.listen").await?;
+    let ops_listener = bind(config.ops.listen, "ops.listen").await?;
+    let public_addr = local_addr(&public_listener)?;
+    let ops_addr = local_addr(&ops_listener)?;
+
+    let health = Arc::new(Health::default());
+    health.add_check(Arc::new(push.clone()));
+    if let Some(identity) = &identity {
+        health.add_check(Arc::new(identity.clone()));
+    }
+    let public = Arc::new(Public::new(
+        server_tls.config,
+        public_router(
+            &push,
+            identity.as_ref(),
+            relay.as_ref().zip(config.relay.as_ref()),
+        ),
+        &config,
+    ));
+
+    // Three stages of stopping: accepting ends, open connections are told to finish, and the
+    // ops listener (where /readyz says "draining") closes last.
+    let stop_accepting = CancellationToken::new();
+    let close_connections = CancellationToken::new();
+    let close_ops = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept = tokio::spawn(accept_loop(
+        public_listener,
+        public.clone(),
+        stop_accepting.clone(),
+        close_connections.clone(),
+        connections.clone(),
+    ));
+    let ops_router = ops::router(OpsState {
+        registry: Arc::new(registry),
+        health: health.clone(),
+    });
+    let ops_task = tokio::spawn({
+        let close_ops = close_ops.clone();
+        async move {
+            let server = axum::serve(ops_listener, ops_router)
+                .with_graceful_shutdown(close_ops.cancelled_owned());
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "ops listener failed");
+            }
+        }
+    });
+
+    health.set_listening();
+    let status = format!("listening on https://{public_addr} (ops http://{ops_addr})");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        apps = push.app_count(),
+        "brandgate ready: {status}"
+    );
+    systemd::ready(&status);
+    systemd::spawn_watchdog(close_ops.clone());
+    if let Some(identity) = &identity {
+        identity.spawn_maintenance(close_ops.clone());
+    }
+
+    signals
+        .until_stop(
+            path,
+            &mut config,
+            &state_dir,
+            &public,
+            Roles {
+                push: &push,
+                identity: identity.as_ref(),
+                relay: relay.as_ref(),
+            },
+            &status,
+        )
+        .await;
+
+    // Draining.
+    health.set_draining();
+    systemd::stopping();
+    tracing::info!(grace = ?config.server.shutdown_grace.0, "shutting down: draining in-flight requests");
+    stop_accepting.cancel();
+    let _ = accept.await;
+    close_connections.cancel();
+    if let Some(relay) = &relay {
+        relay.shutdown();
+    }
+    connections.close();
+    let grace = config.server.shutdown_grace.0;
+    // Pushes run detached from their connection (a caller that hung up does not cancel its
+    // push), so they are waited for on their own, within the same grace period.
+    let drained = async { tokio::join!(connections.wait(), push.drain()) };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(_) => tracing::info!("all connections closed and every push finished"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            open = connections.len(),
+            pushes = push.pending_deliveries(),
+            "grace period over; closing the remaining connections and abandoning unfinished pushes"
+        ),
+    }
+    if let Some(relay) = &relay {
+        // Sessions got their close frames at the start of the drain; they end quickly.
+        let _ = tokio::time::timeout(grace, relay.drained()).await;
+    }
+    close_ops.cancel();
+    let _ = ops_task.await;
+    if let Some(identity) = &identity {
+        identity.close().await;
+    }
+    Ok(())
+}
+
+fn announce_development_certificate(dev: Option<&tls::DevCertificate>) {
+    if let Some(dev) = dev {
+        let how = if dev.generated { "generated" } else { "using" };
+        tracing::warn!(
+            cert = %dev.cert.display(),
+            "no server.tls.cert configured: {how} a self-signed development certificate; \
+             configure server.tls.cert and server.tls.key before production"
+        );
+    }
+}
+
+/// The signals the daemon acts on: SIGHUP reloads, SIGTERM and SIGINT stop.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Signals, StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind| {
+            signal(kind).map_err(|e| StartError::Runtime(format!("cannot listen for signals: {e}")))
+        };
+        Ok(Signals {
+            hup: listen(SignalKind::hangup())?,
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on every SIGHUP until SIGTERM or SIGINT arrives.
+    async fn until_stop(
+        &mut self,
+        path: &Path,
+        config: &mut Config,
+        state_dir: &Path,
+        public: &Public,
+        roles: Roles<'_>,
+        status: &str,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    systemd::reloading();
+                    match reload(path, config, state_dir, public, roles) {
+                        Ok(()) => tracing::info!(apps = roles.push.app_count(), "configuration reloaded"),
+                        Err(problems) => {
+                            for p in &problems.0 {
+                                tracing::error!(problem = %p, "reload refused; the running configuration stays");
+                            }
+                        }
+                    }
+                    systemd::ready(status);
+                }
+            }
+        }
+    }
+}
+
+/// The roles a reload reaches.
+#[derive(Clone, Copy)]
+struct Roles<'a> {
+    push: &'a PushService,
+    identity: Option<&'a IdentityService>,
+    relay: Option<&'a RelayService>,
+}
+
+/// Builds everything from the file again and swaps it in, or changes nothing.
+fn reload(
+    path: &Path,
+    config: &mut Config,
+    state_dir: &Path,
+    public: &Public,
+    roles: Roles<'_>,
+) -> Result<(), Problems> {
+    let Roles {
+        push,
+        identity,
+        relay,
+    } = roles;
+    let new = Config::load(path)?;
+    let server_tls = tls::server_config(&new.server.tls, state_dir)?;
+    // Everything is read and checked before anything is swapped: a reload happens whole or not
+    // at all.
+    let identity_update = match (identity, &new.identity) {
+        (Some(service), Some(cfg)) => Some((
+            service,
+            IdentityService::prepare(
+                cfg,
+                new.server.tls.client_ca.is_some(),
+                crate::clock::system(),
+            )?,
+        )),
+        _ => None,
+    };
+    let relay_update = match (relay, &new.relay) {
+        (Some(service), Some(cfg)) => Some((service, RelayService::prepare(cfg)?)),
+        _ => None,
+    };
+    push.reload(&new.push, new.server.tls.client_ca.is_some())?;
+    if let Some((service, prepared)) = identity_update {
+        service.apply(prepared);
+    }
+    if let Some((service, prepared)) = relay_update {
+        service.apply(prepared);
+    }
+    for w in new.warnings() {
+        tracing::warn!("{w}");
+    }
+    announce_development_certificate(server_tls.development_certificate.as_ref());
+    public.replace_tls(server_tls.config);
+    for (key, changed) in restart_only_changes(config, &new) {
+        if changed {
+            tracing::warn!(key, "this setting changes only after a restart");
+        }
+    }
+    *config = new;
+    Ok(())
+}
+
+/// Settings bound at start-up (listeners, limits baked into the listener, logging).
+fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 12] {
+    let (o, n) = (&old.server, &new.server);
+    [
+        ("server.listen", o.listen != n.listen),
+        ("server.state_dir", o.state_dir != n.state_dir),
+        (
+            "server.max_connections",
+            o.max_connections != n.max_connections,
+        ),
+        (
+            "server.handshake_timeout",
+            o.handshake_timeout != n.handshake_timeout,
+        ),
+        (
+            "server.header_timeout",
+            o.header_timeout != n.header_timeout,
+        ),
+        ("server.idle_timeout", o.idle_timeout != n.idle_timeout),
+        (
+            "server.max_concurrent_streams",
+            o.max_concurrent_streams != n.max_concurrent_streams,
+        ),
+        ("ops.listen", old.ops.listen != new.ops.listen),
+        // Compared by their Debug form: it names files and settings, never a secret.
+        (
+            "store",
+            format!("{:?}", old.store) != format!("{:?}", new.store),
+        ),
+        (
+            "identity (issuer, audience, lifetimes, algorithm, keys, anonymous, callback path)",
+            old.identity.as_ref().map(IdentityConfig::bound_at_start)
+                != new.identity.as_ref().map(IdentityConfig::bound_at_start),
+        ),
+        (
+            "relay (all but webhooks' url, secret, events, include_text, trust anchors, timeout, attempts)",
+            old.relay.as_ref().map(RelayConfig::bound_at_start)
+                != new.relay.as_ref().map(RelayConfig::bound_at_start),
+        ),
+        (
+            "log",
+            old.log.level != new.log.level || old.log.format != new.log.format,
+        ),
+    ]
+}

@@ -1,0 +1,109 @@
+//! Wires the roles together: the one-shot commands (`commands`), the daemon's lifecycle
+//! (`lifecycle`: start, reload, stop) and the public HTTPS server (`server`), with what they
+//! share: the start-up error, the state directory and the store.
+
+mod commands;
+mod lifecycle;
+mod server;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Config, Problems};
+use crate::store::seal::DataKeys;
+use crate::store::{Store, StoreOptions};
+use crate::tls;
+
+pub use commands::{agent_accounts, check_config, key_ring, push_test, read_password, reseal};
+pub use lifecycle::serve;
+
+/// Exit status for a configuration that cannot be used (sysexits' EX_CONFIG). The unit file
+/// lists it in `RestartPreventExitStatus=`, so systemd does not restart-loop on a bad config.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Why the daemon or a command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(Problems),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl From<Problems> for StartError {
+    fn from(p: Problems) -> Self {
+        StartError::Config(p)
+    }
+}
+
+fn problem(key: &str, message: impl Into<String>) -> Problems {
+    Problems(vec![crate::config::Problem::new(key, message)])
+}
+
+/// The state directory exists (created 0750 if missing) and is a directory.
+fn ensure_state_dir(dir: &Path) -> Result<(), Problems> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| {
+            problem(
+                "server.state_dir",
+                format!(
+                    "cannot create {}: {e} (under systemd, StateDirectory= makes it)",
+                    dir.display()
+                ),
+            )
+        })
+}
+
+/// The store and the data keys that seal what it holds. Without a data-key file, a
+/// development key is made in the state directory (and the log says so).
+async fn open_store(
+    config: &Config,
+    state_dir: &Path,
+) -> Result<(Store, Arc<DataKeys>), StartError> {
+    let data_keys = match &config.store.data_keys_file {
+        Some(file) => DataKeys::load(file, config.store.active_data_key.as_deref())
+            .map_err(|e| problem("store.data_keys_file", e))?,
+        None => {
+            let path = state_dir.join("data-keys");
+            if !path.exists() {
+                let line = DataKeys::generate_line("dev1").map_err(StartError::Runtime)?;
+                tls::write_private_file(&path, line.as_bytes()).map_err(StartError::Runtime)?;
+                tracing::warn!(file = %path.display(), "no store.data_keys_file configured: generated a development data key; \
+                    what it seals is only as safe as this file: configure store.data_keys_file (LoadCredential=) before production");
+            }
+            DataKeys::load(&path, config.store.active_data_key.as_deref())
+                .map_err(|e| problem("store.data_keys_file", e))?
+        }
+    };
+    let password = match &config.store.password_file {
+        Some(f) => Some(
+            crate::secret::read_secret_file(f)
+                .map_err(|e| problem("store.password_file", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let password = match &password {
+        Some(p) => Some(
+            std::str::from_utf8(p.expose())
+                .map_err(|_| problem("store.password_file", "the password is not UTF-8"))?,
+        ),
+        None => None,
+    };
+    let url = config
+        .store
+        .url
+        .clone()
+        .unwrap_or_else(|| Store::default_url(state_dir));
+    let store = Store::open(StoreOptions {
+        url: &url,
+        password,
+        max_connections: config.store.max_connections,
+    })
+    .await
+    .map_err(|e| StartError::Runtime(format!("store ({}): {e}", crate::store::redact_url(&url))))?;
+    Ok((store, Arc::new(data_keys)))
+}
