@@ -47,7 +47,9 @@ fn random_unit() -> f64 {
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3) read against `now`, at
-/// most `longest` (the other side's number can be anything; no wait overflows a clock).
+/// most `longest` (the other side's number can be anything; no wait overflows a clock). No
+/// wait at all (`0`, a date passed) is `None`: the caller's backoff applies, so a receiver
+/// saying "now" is not hammered.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime, longest: Duration) -> Option<Duration> {
     let text = headers
         .get(http::header::RETRY_AFTER)?
@@ -62,7 +64,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime, longest: Duration) -> O
             Duration::from_secs(at.saturating_sub(unix_seconds(now)))
         }
     };
-    Some(wait.min(longest))
+    Some(wait.min(longest)).filter(|w| !w.is_zero())
 }
 
 #[cfg(test)]
@@ -103,7 +105,8 @@ mod tests {
             with("Tue, 14 Nov 2023 22:13:50 GMT"),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(with("Tue, 14 Nov 2023 22:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(with("Tue, 14 Nov 2023 22:00:00 GMT"), None, "a date passed");
+        assert_eq!(with("0"), None);
         assert_eq!(with("99999999999999999999"), None);
         assert_eq!(with("86400"), Some(longest));
         assert_eq!(with("soon"), None);

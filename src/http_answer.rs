@@ -2,8 +2,9 @@
 //! `Retry-After`, and the one Content-Type rule for request bodies.
 //!
 //! The rule: a handler reads a body only as the media type its `Content-Type` names (parameters
-//! such as `charset` ignored, case-insensitive); a missing or different type is refused with
-//! `415` before the body is read. It keeps a cross-site form (which can send only
+//! such as `charset` ignored, case-insensitive); a missing or different type is refused before
+//! the body is read, with `415` (the OAuth token endpoints answer `400 invalid_request`, as
+//! RFC 6749 asks). It keeps a cross-site form (which can send only
 //! `application/x-www-form-urlencoded`, `multipart/form-data` or `text/plain` without a
 //! preflight) from reaching a JSON endpoint, and a body from being guessed at.
 

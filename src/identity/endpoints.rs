@@ -22,7 +22,7 @@ use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::{Claims, IdentityService};
-use crate::http_answer::{json_error, with_retry_after};
+use crate::http_answer::{json_error, no_store, with_retry_after};
 use crate::tls::Peer;
 
 /// Largest body of a token request (form or JSON).
@@ -159,11 +159,7 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
     match s.mint(&claims).await {
         Ok(minted) => {
             s.inner.metrics.token("anonymous", "issued");
-            let mut response = axum::Json(json!({ "jwt": minted.jwt })).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
+            no_store(axum::Json(json!({ "jwt": minted.jwt })).into_response())
         }
         Err(e) => s.unavailable("cannot mint an anonymous identity", e),
     }

@@ -89,6 +89,21 @@ pub enum TokenProblem {
     Other(&'static str),
 }
 
+/// An ID token's `nbf`: a NumericDate (RFC 7519 §2: seconds, possibly with a fraction) no
+/// later than `now + leeway`. Any number counts, up to what no clock holds; anything else is
+/// not a date.
+fn check_not_before(nbf: &Value, now: SystemTime, leeway: Duration) -> Result<(), TokenProblem> {
+    let seconds = nbf
+        .as_f64()
+        .filter(|s| s.is_finite())
+        .ok_or(TokenProblem::Other("nbf is not a date"))?;
+    let latest = crate::clock::unix_seconds(now + leeway) as f64;
+    if seconds > latest {
+        return Err(TokenProblem::NotYetValid);
+    }
+    Ok(())
+}
+
 /// Who logged in, as the provider said it (checked).
 #[derive(Debug, Clone)]
 pub struct UpstreamIdentity {
@@ -479,14 +494,8 @@ impl Upstream {
         // (the verifier and the claim mapping must not see two different values), and check
         // `nbf`, which the verifier does not.
         let claims = unique_claims(&id_token.to_string())?;
-        if claims
-            .get("nbf")
-            .and_then(Value::as_u64)
-            .is_some_and(|nbf| {
-                crate::clock::from_unix_seconds(nbf).is_none_or(|nbf| nbf > now + leeway)
-            })
-        {
-            return Err(TokenProblem::NotYetValid);
+        if let Some(nbf) = claims.get("nbf") {
+            check_not_before(nbf, now, leeway)?;
         }
         Ok(UpstreamIdentity {
             issuer: verified.issuer().as_str().to_string(),
@@ -623,6 +632,36 @@ mod tests {
             transport.call(request).await,
             Err(HttpError::NotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn nbf_is_any_date_no_later_than_now_and_the_leeway() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let leeway = Duration::from_secs(60);
+        let check = |nbf: Value| check_not_before(&nbf, now, leeway);
+        assert_eq!(check(serde_json::json!(1_800_000_000u64)), Ok(()));
+        assert_eq!(check(serde_json::json!(1_800_000_060u64)), Ok(()));
+        assert_eq!(check(serde_json::json!(-1)), Ok(()));
+        assert_eq!(check(serde_json::json!(1_799_999_999.5)), Ok(()));
+        for later in [
+            serde_json::json!(1_800_000_061u64),
+            serde_json::json!(1_800_000_060.5),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1e20),
+        ] {
+            assert_eq!(
+                check(later.clone()),
+                Err(TokenProblem::NotYetValid),
+                "{later}"
+            );
+        }
+        for not_a_date in [serde_json::json!("1800000000"), serde_json::json!(null)] {
+            assert_eq!(
+                check(not_a_date.clone()),
+                Err(TokenProblem::Other("nbf is not a date")),
+                "{not_a_date}"
+            );
+        }
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl ApnsClient {
             .get("apns-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let retry_after = answer.retry_after();
+        let retry_after = answer.retry_after(self.clock.now());
         let body: ErrorBody = if answer.body.is_empty() {
             ErrorBody::default()
         } else {

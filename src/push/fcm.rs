@@ -213,7 +213,7 @@ impl FcmClient {
             Err(attempt) => return attempt,
         };
         let status = answer.status.as_u16();
-        let retry_after = answer.retry_after();
+        let retry_after = answer.retry_after(self.tokens.clock.now());
         let attempt = classify(status, &answer.body, retry_after);
         if attempt.reason() == "UNAUTHENTICATED" {
             self.tokens.discard(&bearer);

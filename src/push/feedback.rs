@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::{PushMetrics, ResultLabels};
 use super::request::DeviceToken;
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, retry_after};
 use crate::clock::unix_seconds;
 use crate::config::{FeedbackConfig, Problems};
 use crate::http_client::HttpClient;
@@ -28,8 +28,10 @@ use crate::secret::{Secret, read_secret_file};
 
 const QUEUE: usize = 1024;
 const WEBHOOK_ATTEMPTS: u32 = 4;
-/// Between attempts: 0.5–1 s, then 1–2 s, then 2–4 s.
+/// Between attempts: 0.5–1 s, then 1–2 s, then 2–4 s, unless the receiver's `Retry-After`
+/// asks for another wait (at most [`LONGEST_WAIT`]).
 const WEBHOOK_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+const LONGEST_WAIT: Duration = Duration::from_secs(60);
 /// The record file is rotated (to `.1`) past this size.
 const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 pub const RECORD_FILE: &str = "dead-tokens.jsonl";
@@ -218,6 +220,8 @@ fn append(path: &Path, line: &str) -> Result<(), String> {
 /// POSTs one record, retrying with backoff. Returns whether the receiver took it (2xx).
 async fn deliver(hook: &Webhook, body: String) -> bool {
     let body = body.into_bytes();
+    // The receiver's Retry-After, when its last answer gave one.
+    let mut asked_wait = None;
     for attempt in 1..=WEBHOOK_ATTEMPTS {
         let mut headers = vec![(
             HeaderName::from_static("content-type"),
@@ -242,15 +246,21 @@ async fn deliver(hook: &Webhook, body: String) -> bool {
                 );
                 return false;
             }
-            Ok(r) => tracing::warn!(
-                status = r.status.as_u16(),
-                attempt,
-                "dead-token webhook failed"
-            ),
+            Ok(r) => {
+                tracing::warn!(
+                    status = r.status.as_u16(),
+                    attempt,
+                    "dead-token webhook failed"
+                );
+                asked_wait = retry_after(&r.headers, SystemTime::now(), LONGEST_WAIT);
+            }
             Err(e) => tracing::warn!(error = %e, attempt, "dead-token webhook failed"),
         }
         if attempt < WEBHOOK_ATTEMPTS {
-            tokio::time::sleep(WEBHOOK_BACKOFF.delay(attempt)).await;
+            let wait = asked_wait
+                .take()
+                .unwrap_or_else(|| WEBHOOK_BACKOFF.delay(attempt));
+            tokio::time::sleep(wait).await;
         }
     }
     false

@@ -44,14 +44,10 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// `Retry-After`, in seconds or as a date (at most an hour: beyond any push's deadline
-    /// anyway).
-    pub fn retry_after(&self) -> Option<Duration> {
-        crate::backoff::retry_after(
-            &self.headers,
-            std::time::SystemTime::now(),
-            Duration::from_secs(3600),
-        )
+    /// `Retry-After`, in seconds or as a date read against `now` (at most an hour: beyond any
+    /// push's deadline anyway).
+    pub fn retry_after(&self, now: std::time::SystemTime) -> Option<Duration> {
+        crate::backoff::retry_after(&self.headers, now, Duration::from_secs(3600))
     }
 }
 

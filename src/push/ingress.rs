@@ -17,6 +17,7 @@ use serde_json::json;
 use super::metrics::{RequestLabels, ResultLabels};
 use super::outcome::{Attempt, Delivery};
 use super::{PushError, PushService};
+use crate::http_answer::{is_json, json_error, with_retry_after};
 use crate::tls::Peer;
 
 /// Time allowed to receive the whole body once the headers are in.
@@ -78,29 +79,22 @@ impl Refusal {
     }
 
     fn into_response(self) -> Response {
-        let status = self.status();
-        let mut response =
-            (status, axum::Json(json!({ "error": self.to_string() }))).into_response();
-        let headers = response.headers_mut();
+        let response = json_error(self.status(), &self.to_string());
         match &self {
             Refusal::Unauthenticated { basic: true } => {
-                headers.insert(
+                let mut response = response;
+                response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"brandgate\", charset=\"UTF-8\""),
                 );
+                response
             }
-            Refusal::RateLimited { retry_after } => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after.as_secs().max(1)),
-                );
-            }
+            Refusal::RateLimited { retry_after } => with_retry_after(response, *retry_after),
             Refusal::Push(PushError::Overloaded) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                with_retry_after(response, Duration::from_secs(1))
             }
-            _ => {}
+            _ => response,
         }
-        response
     }
 }
 
@@ -252,7 +246,7 @@ fn admit(
             basic: app.auth.uses_basic(),
         });
     }
-    if !crate::http_answer::is_json(headers) {
+    if !is_json(headers) {
         return Err(Refusal::NotJson);
     }
     Ok(app)

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::bus::{Bus, Change, StateChange};
+use crate::backoff::Backoff;
 use crate::store::Store;
 use crate::store::notify::{Heard, Listener, Notifier, NotifyError};
 
@@ -43,9 +44,9 @@ pub const MAX_PAYLOAD: usize = 4000;
 const QUEUE_CAPACITY: usize = 8192;
 /// Notifications sent in one statement.
 const MAX_BATCH: usize = 256;
-/// Waits between attempts to reach the database, doubling up to the maximum.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Waits between attempts to reach the database: 0.1-0.2 s, doubling up to 2.5-5 s, jittered
+/// so the nodes do not all come back to a restarted database at the same instant.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 /// How long stopping may take to send what is queued and to let the listener go.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 /// How long the listener's connection may take to be made and to listen.
@@ -373,7 +374,8 @@ async fn send(
 ) {
     let resync = encode(&node, Body::Resync).unwrap_or_default();
     let mut owe_resync = false;
-    let mut retry = RETRY_MIN;
+    let mut failures = 0u32;
+    let mut retry = RETRY.delay(1);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let stopping = tokio::select! {
@@ -421,10 +423,11 @@ async fn send(
         }
         if failed {
             owe_resync = true;
-            retry = (retry * 2).min(RETRY_MAX);
+            failures += 1;
+            retry = RETRY.delay(failures);
         } else if !batch.is_empty() {
             owe_resync = false;
-            retry = RETRY_MIN;
+            failures = 0;
         }
         batch.clear();
         if stopping {
@@ -450,7 +453,7 @@ async fn listen(
     metrics: FanoutMetrics,
 ) {
     let mut connected_before = false;
-    let mut retry = RETRY_MIN;
+    let mut failures = 0u32;
     loop {
         let attempt = async {
             Ok::<_, ListenError>(
@@ -467,7 +470,7 @@ async fn listen(
         };
         let ended = match connected {
             Ok(mut listener) => {
-                retry = RETRY_MIN;
+                failures = 0;
                 if connected_before {
                     reconnected(&metrics);
                 } else {
@@ -487,8 +490,8 @@ async fn listen(
                 ended
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?retry, "the relay listener cannot reach PostgreSQL");
-                retry = (retry * 2).min(RETRY_MAX);
+                failures += 1;
+                tracing::warn!(error = %e, failures, "the relay listener cannot reach PostgreSQL");
                 Ended::Lost(e)
             }
         };
@@ -497,7 +500,7 @@ async fn listen(
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(retry) => {}
+            _ = tokio::time::sleep(RETRY.delay(failures.max(1))) => {}
         }
     }
 }

@@ -27,7 +27,7 @@ use serde_json::json;
 use super::RelayService;
 use super::accounts::{AgentAuthError, LiveSession, LoginError, NewSession};
 use crate::config::MAX_PASSWORD_BYTES;
-use crate::http_answer::{is_json, json_error, no_store};
+use crate::http_answer::{is_json, json_error, no_store, with_retry_after};
 use crate::http_auth::{authorization_token, cookie};
 use crate::secret::Secret;
 use crate::tls::Peer;
@@ -99,14 +99,13 @@ pub async fn login(
     if let Some(ip) = source {
         let limit = accounts.config().login_attempts_per_minute;
         if let Some(wait) = relay.inner.login_attempts.blocked(ip, "agent-login", limit) {
-            let mut r = json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many login attempts from this address; try again in a minute",
+            return with_retry_after(
+                json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many login attempts from this address; try again in a minute",
+                ),
+                wait,
             );
-            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
         }
         relay.inner.login_attempts.count(ip, "agent-login");
     }

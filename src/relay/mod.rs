@@ -132,12 +132,14 @@ pub struct PreparedRelay {
 /// The answer to an upgrade past `relay.max_sockets`: `503`, the reason, and when to retry.
 fn too_many_sockets() -> axum::response::Response {
     use axum::response::IntoResponse;
-    (
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        [(http::header::RETRY_AFTER, "1")],
-        "too many connections; retry later",
+    crate::http_answer::with_retry_after(
+        (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections; retry later",
+        )
+            .into_response(),
+        std::time::Duration::from_secs(1),
     )
-        .into_response()
 }
 
 impl RelayService {

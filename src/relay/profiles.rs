@@ -17,7 +17,7 @@ use super::RelayService;
 use super::conversations::{Participant, RelayError};
 use super::rest::caller;
 use crate::clock::Clock;
-use crate::http_answer::json_error;
+use crate::http_answer::{json_error, no_store};
 use crate::identity::ConsumerIdentity;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
@@ -121,17 +121,14 @@ pub async fn consumer(
     match relay.inner.profiles.get(&row.consumer_id).await {
         Ok(profile) => {
             let profile = profile.unwrap_or_else(|| json!({"authenticated": false, "claims": {}}));
-            let mut response = axum::Json(json!({
-                "consumerId": row.consumer_id,
-                "authenticated": profile["authenticated"],
-                "claims": profile["claims"],
-            }))
-            .into_response();
-            response.headers_mut().insert(
-                http::header::CACHE_CONTROL,
-                http::HeaderValue::from_static("no-store"),
-            );
-            response
+            no_store(
+                axum::Json(json!({
+                    "consumerId": row.consumer_id,
+                    "authenticated": profile["authenticated"],
+                    "claims": profile["claims"],
+                }))
+                .into_response(),
+            )
         }
         Err(e) => unavailable(e),
     }
