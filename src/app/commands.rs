@@ -6,15 +6,15 @@ use std::path::Path;
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, Problems};
-use crate::identity::{IdentityService, KeyRing};
+use crate::identity::KeyRing;
 use crate::push::{self, Delivery, Provider, PushService};
 use crate::relay::{Accounts, RelayService};
 use crate::secret::Secret;
 use crate::store::Store;
-use crate::store::seal::DataKeys;
 use crate::tls;
 
-use super::{StartError, open_store, problem};
+use super::prepare::prepare;
+use super::{StartError, open_configured_store, problem};
 
 /// `brandgate check-config`: everything start-up checks, without binding or writing anything.
 /// Returns warnings and a summary on success.
@@ -26,7 +26,7 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
     let Some(config) = config else {
         return Err(problems);
     };
-    let mut notes = config.warnings();
+    let mut notes = Vec::new();
     match tls::check_server_config(&config.server.tls) {
         Ok(None) => notes.push(format!(
             "server.tls: no certificate configured; a self-signed development certificate will be \
@@ -36,59 +36,24 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
         Ok(Some(())) => {}
         Err(e) => problems.push(e.key, e.message),
     }
-    if let Some(identity) = &config.identity {
-        match IdentityService::prepare(
-            identity,
-            config.server.tls.client_ca.is_some(),
-            crate::clock::system(),
-        ) {
-            Ok(prepared) => notes.push(prepared.claims_note()),
-            Err(p) => problems.0.extend(p.0),
-        }
-        match &config.store.data_keys_file {
-            Some(file) => {
-                if let Err(e) = DataKeys::load(file, config.store.active_data_key.as_deref()) {
-                    problems.push("store.data_keys_file", e);
-                }
-            }
-            None => notes.push(format!(
-                "store.data_keys_file: not configured; a development data key will be generated in {}",
-                config.server.state_dir.display()
-            )),
-        }
-        if let Some(url) = &config.store.url
-            && !(url.starts_with("sqlite:")
-                || url.starts_with("postgres://")
-                || url.starts_with("postgresql://"))
-        {
-            problems.push("store.url", "must be a sqlite: or postgres:// URL");
-        }
-        if let Some(f) = &config.store.password_file
-            && let Err(e) = crate::secret::read_secret_file(f)
-        {
-            problems.push("store.password_file", e.to_string());
-        }
-    }
-    if let Some(relay) = &config.relay
-        && let Err(p) = RelayService::prepare(relay)
-    {
-        problems.0.extend(p.0);
-    }
     if config.server.state_dir.exists() && !config.server.state_dir.is_dir() {
         problems.push(
             "server.state_dir",
             format!("{} is not a directory", config.server.state_dir.display()),
         );
     }
-    let push = PushService::build(
-        &config.push,
+    // What `serve` reads and checks before it starts, with no record directory: nothing is
+    // written.
+    let apps = match prepare(
+        &config,
         None,
-        config.server.tls.client_ca.is_some(),
         push::PushMetrics::register(&mut Registry::default()),
-        crate::clock::system(),
-    );
-    let apps = match push {
-        Ok(service) => service.app_count(),
+    ) {
+        Ok(prepared) => {
+            notes.splice(0..0, prepared.warnings);
+            notes.extend(prepared.notes);
+            prepared.push.app_count()
+        }
         Err(p) => {
             problems.0.extend(p.0);
             0
@@ -158,7 +123,7 @@ pub async fn key_ring(path: &Path) -> Result<(KeyRing, Store), StartError> {
         )
         .into());
     };
-    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let (store, data_keys) = open_configured_store(&config).await?;
     let ring = KeyRing::new(
         store.clone(),
         data_keys,
@@ -172,56 +137,27 @@ pub async fn key_ring(path: &Path) -> Result<(KeyRing, Store), StartError> {
 /// events, agents' password hashes, device tokens, pending logins), sealed again under the
 /// active one. Returns what it re-sealed, by kind.
 pub async fn reseal(path: &Path) -> Result<Vec<(&'static str, usize)>, StartError> {
-    use crate::store::sealed::SealedColumn;
     tls::install_crypto_provider();
     let config = Config::load(path)?;
-    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let (store, data_keys) = open_configured_store(&config).await?;
     let runtime = |e: String| StartError::Runtime(e);
-    let mut done = Vec::new();
-    if let Some(identity) = &config.identity {
-        let ring = KeyRing::new(
+    let ring = config.identity.as_ref().map(|identity| {
+        KeyRing::new(
             store.clone(),
             data_keys.clone(),
             crate::identity::ring_settings(identity),
             crate::clock::system(),
-        );
-        let n = ring.reseal().await.map_err(|e| runtime(e.to_string()))?;
-        done.push(("signing keys", n));
-    }
-    for column in SealedColumn::ALL {
-        let mut count = 0;
-        let mut position = String::new();
-        loop {
-            let page = store
-                .list_sealed(column, &position, 500)
-                .await
-                .map_err(|e| runtime(e.to_string()))?;
-            let Some(last) = page.last() else { break };
-            position = last.position.clone();
-            for row in page.iter().filter(|r| data_keys.is_stale(&r.sealed)) {
-                let context = crate::relay::seal_context(column, &row.fields)
-                    .or_else(|| crate::identity::seal_context(column, &row.fields))
-                    .ok_or_else(|| runtime(format!("no owner for {}", column.name())))?;
-                let plain = data_keys.open(&context, &row.sealed).map_err(|e| {
-                    runtime(format!(
-                        "{} do not open with the data keys: {e}",
-                        column.name()
-                    ))
-                })?;
-                let sealed = data_keys
-                    .seal(&context, plain.expose())
-                    .map_err(|e| runtime(e.to_string()))?;
-                if store
-                    .replace_sealed(column, &row.fields, &row.sealed, &sealed)
-                    .await
-                    .map_err(|e| runtime(e.to_string()))?
-                {
-                    count += 1;
-                }
-            }
-        }
-        done.push((column.name(), count));
-    }
+        )
+    });
+    // Each role re-seals the records it owns: only it knows what they are bound to.
+    let mut done = crate::identity::reseal(&store, &data_keys, ring.as_ref())
+        .await
+        .map_err(|e| runtime(e.to_string()))?;
+    done.extend(
+        crate::relay::reseal(&store, &data_keys)
+            .await
+            .map_err(|e| runtime(e.to_string()))?,
+    );
     store.close().await;
     Ok(done)
 }
@@ -240,7 +176,7 @@ pub async fn agent_accounts(path: &Path, account: &str) -> Result<(Accounts, Sto
             relay.account
         )));
     }
-    let (store, data_keys) = open_store(&config, &config.server.state_dir).await?;
+    let (store, data_keys) = open_configured_store(&config).await?;
     let accounts = RelayService::accounts(relay, store.clone(), data_keys, crate::clock::system());
     Ok((accounts, store))
 }

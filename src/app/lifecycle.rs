@@ -23,6 +23,7 @@ use crate::push::{self, PushService};
 use crate::relay::{RelayBase, RelayService};
 use crate::tls;
 
+use super::prepare::prepare;
 use super::server::{Public, accept_loop, bind, local_addr, public_router};
 use super::{StartError, ensure_state_dir, open_store};
 
@@ -41,50 +42,38 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     announce_development_certificate(server_tls.development_certificate.as_ref());
 
     let mut registry = Registry::default();
-    let push_metrics = push::PushMetrics::register(&mut registry);
-    let push = PushService::build(
-        &config.push,
+    let prepared = prepare(
+        &config,
         Some(&state_dir),
-        config.server.tls.client_ca.is_some(),
-        push_metrics,
-        crate::clock::system(),
+        push::PushMetrics::register(&mut registry),
     )?;
-    for w in config.warnings() {
-        tracing::warn!("{w}");
+    for warning in &prepared.warnings {
+        tracing::warn!("{warning}");
     }
+    for note in &prepared.notes {
+        tracing::info!("{note}");
+    }
+    let push = prepared.push;
 
-    let (identity, relay) = match &config.identity {
-        Some(id_config) => {
-            let prepared = IdentityService::prepare(
-                id_config,
-                config.server.tls.client_ca.is_some(),
-                crate::clock::system(),
-            )?;
-            let relay_prepared = config
-                .relay
-                .as_ref()
-                .map(RelayService::prepare)
-                .transpose()?;
-            let (store, data_keys) = open_store(&config, &state_dir).await?;
-            let service = IdentityService::start(
-                id_config,
-                prepared,
-                store.clone(),
-                data_keys.clone(),
-                crate::clock::system(),
-                IdentityMetrics::register(&mut registry),
-            )
-            .await
-            .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
-            let relay =
-                config
-                    .relay
-                    .as_ref()
-                    .zip(relay_prepared)
-                    .map(|(relay_config, prepared)| {
+    let (identity, relay) =
+        match (&config.identity, prepared.identity, prepared.store) {
+            (Some(id_config), Some(identity_prepared), Some(store_settings)) => {
+                let (store, data_keys) = open_store(&config, store_settings, &state_dir).await?;
+                let service = IdentityService::start(
+                    id_config,
+                    identity_prepared,
+                    store.clone(),
+                    data_keys.clone(),
+                    crate::clock::system(),
+                    IdentityMetrics::register(&mut registry),
+                )
+                .await
+                .map_err(|e| StartError::Runtime(format!("identity: {e}")))?;
+                let relay = config.relay.as_ref().zip(prepared.relay).map(
+                    |(relay_config, relay_prepared)| {
                         RelayService::new(
                             relay_config,
-                            prepared,
+                            relay_prepared,
                             RelayBase {
                                 identity: service.clone(),
                                 store,
@@ -94,11 +83,12 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                             },
                             &mut registry,
                         )
-                    });
-            (Some(service), relay)
-        }
-        None => (None, None),
-    };
+                    },
+                );
+                (Some(service), relay)
+            }
+            _ => (None, None),
+        };
 
     let public_listener = bind(config.server.listen, "server.listen").await?;
     let ops_listener = bind(config.ops.listen, "ops.listen").await?;

@@ -4,6 +4,7 @@
 
 mod commands;
 mod lifecycle;
+mod prepare;
 mod server;
 
 use std::path::Path;
@@ -13,6 +14,8 @@ use crate::config::{Config, Problems};
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreOptions};
 use crate::tls;
+
+use prepare::{StoreSettings, store_settings};
 
 pub use commands::{agent_accounts, check_config, key_ring, push_test, read_password, reseal};
 pub use lifecycle::serve;
@@ -58,15 +61,16 @@ fn ensure_state_dir(dir: &Path) -> Result<(), Problems> {
         })
 }
 
-/// The store and the data keys that seal what it holds. Without a data-key file, a
-/// development key is made in the state directory (and the log says so).
+/// The store and the data keys that seal what it holds, from settings [`prepare`] checked.
+/// Without a data-key file, a development key is made in the state directory (and the log
+/// says so).
 async fn open_store(
     config: &Config,
+    settings: StoreSettings,
     state_dir: &Path,
 ) -> Result<(Store, Arc<DataKeys>), StartError> {
-    let data_keys = match &config.store.data_keys_file {
-        Some(file) => DataKeys::load(file, config.store.active_data_key.as_deref())
-            .map_err(|e| problem("store.data_keys_file", e))?,
+    let data_keys = match settings.data_keys {
+        Some(keys) => keys,
         None => {
             let path = state_dir.join("data-keys");
             if !path.exists() {
@@ -79,31 +83,21 @@ async fn open_store(
                 .map_err(|e| problem("store.data_keys_file", e))?
         }
     };
-    let password = match &config.store.password_file {
-        Some(f) => Some(
-            crate::secret::read_secret_file(f)
-                .map_err(|e| problem("store.password_file", e.to_string()))?,
-        ),
-        None => None,
-    };
-    let password = match &password {
-        Some(p) => Some(
-            std::str::from_utf8(p.expose())
-                .map_err(|_| problem("store.password_file", "the password is not UTF-8"))?,
-        ),
-        None => None,
-    };
-    let url = config
-        .store
+    let url = settings
         .url
-        .clone()
         .unwrap_or_else(|| Store::default_url(state_dir));
     let store = Store::open(StoreOptions {
         url: &url,
-        password,
+        password: settings.password.as_ref().map(|p| p.expose().as_str()),
         max_connections: config.store.max_connections,
     })
     .await
     .map_err(|e| StartError::Runtime(format!("store ({}): {e}", crate::store::redact_url(&url))))?;
     Ok((store, Arc::new(data_keys)))
+}
+
+/// The store `config` names, for a one-shot command.
+async fn open_configured_store(config: &Config) -> Result<(Store, Arc<DataKeys>), StartError> {
+    let settings = store_settings(config)?;
+    open_store(config, settings, &config.server.state_dir).await
 }

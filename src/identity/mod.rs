@@ -46,18 +46,38 @@ pub use metrics::IdentityMetrics;
 pub use mint::{Claims, MintError, Minted};
 pub use verdict::{ANONYMOUS, ConsumerIdentity, PROFILE, VerifyError};
 
-/// The associated data an identity record's sealed value is bound to, from the fields
-/// [`crate::store::Store::list_sealed`] gives; `None` for a column the identity bridge does
-/// not own. (Signing keys re-seal through [`KeyRing::reseal`].)
-pub fn seal_context(
-    column: crate::store::sealed::SealedColumn,
-    fields: &[String],
-) -> Option<Vec<u8>> {
-    match (column, fields) {
-        // A pending grant is bound to its record id.
-        (crate::store::sealed::SealedColumn::PendingGrants, [id]) => Some(id.as_bytes().to_vec()),
-        _ => None,
+/// Seals the identity bridge's records again under the active data key (`brandgate store
+/// reseal`): the signing keys when the bridge is configured (`ring`), and the pending logins
+/// and codes. Returns how many of each kind it re-sealed.
+pub async fn reseal(
+    store: &Store,
+    data_keys: &DataKeys,
+    ring: Option<&KeyRing>,
+) -> Result<Vec<(&'static str, usize)>, ResealFailure> {
+    use crate::store::sealed::SealedColumn;
+    let mut done = Vec::new();
+    if let Some(ring) = ring {
+        done.push(("signing keys", ring.reseal().await?));
     }
+    let column = SealedColumn::PendingGrants;
+    // A pending grant is bound to its record id.
+    let n = store
+        .reseal_column(column, data_keys, |fields| match fields {
+            [id] => Some(id.as_bytes().to_vec()),
+            _ => None,
+        })
+        .await?;
+    done.push((column.name(), n));
+    Ok(done)
+}
+
+/// Why re-sealing the identity bridge's records stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ResealFailure {
+    #[error("signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
+    #[error(transparent)]
+    Records(#[from] crate::store::sealed::ResealError),
 }
 
 use crate::clock::Clock;

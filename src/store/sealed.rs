@@ -6,6 +6,7 @@
 
 use sqlx::Row;
 
+use super::seal::{DataKeys, SealError};
 use super::{Store, StoreError};
 
 /// A sealed column.
@@ -149,4 +150,52 @@ impl Store {
         });
         Ok(done == 1)
     }
+
+    /// Seals again, under the active data key, every value of `column` sealed under an older
+    /// one; `context_of` gives the context a row is bound to (the column's owner knows it).
+    /// Returns how many were re-sealed; a row changed meanwhile by someone else is left alone.
+    pub async fn reseal_column(
+        &self,
+        column: SealedColumn,
+        data_keys: &DataKeys,
+        context_of: impl Fn(&[String]) -> Option<Vec<u8>>,
+    ) -> Result<usize, ResealError> {
+        let mut count = 0;
+        let mut position = String::new();
+        loop {
+            let page = self.list_sealed(column, &position, 500).await?;
+            let Some(last) = page.last() else { break };
+            position = last.position.clone();
+            for row in page.iter().filter(|r| data_keys.is_stale(&r.sealed)) {
+                let context =
+                    context_of(&row.fields).ok_or(ResealError::NoContext(column.name()))?;
+                let plain = data_keys
+                    .open(&context, &row.sealed)
+                    .map_err(|e| ResealError::Open(column.name(), e))?;
+                let sealed = data_keys
+                    .seal(&context, plain.expose())
+                    .map_err(|e| ResealError::Seal(column.name(), e))?;
+                if self
+                    .replace_sealed(column, &row.fields, &row.sealed, &sealed)
+                    .await?
+                {
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// Why re-sealing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ResealError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}: a row whose fields do not say what it is bound to")]
+    NoContext(&'static str),
+    #[error("{0} do not open with the data keys: {1}")]
+    Open(&'static str, SealError),
+    #[error("{0}: {1}")]
+    Seal(&'static str, SealError),
 }
