@@ -20,12 +20,13 @@ use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::RelayService;
 use super::accounts::{AgentAuthError, AgentPrincipal};
-use super::conversations::{Participant, RelayError};
+use super::close_code;
 use super::protocol::{notification, response, text_response};
 use super::routing::{self, Availability, Desk};
-use super::socket::{Link, Next, Role, close_code, error_response, run, websocket};
+use super::service::RelayService;
+use super::socket::{Link, Next, Role, error_response, run, websocket};
+use super::vocabulary::{Participant, RelayError};
 use crate::clock::Clock;
 
 /// How often, at most, a busy socket re-reads its session.
@@ -96,7 +97,7 @@ fn origin_allowed(headers: &HeaderMap, uri: &http::Uri, allowed: &[String]) -> b
 
 async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
-        return super::too_many_sockets();
+        return super::socket::too_many_sockets();
     };
     let principal = match relay.inner.accounts.authenticate(bearer).await {
         Ok(p) => p,

@@ -216,7 +216,7 @@ impl Away {
         rows.iter()
             .filter(|r| r.originator_role == "CONSUMER")
             .filter_map(|r| {
-                let context = super::conversations::seal_context(&r.event_id);
+                let context = super::vocabulary::event_seal_context(&r.event_id);
                 let plain = self.data_keys.open(&context, &r.sealed).ok()?;
                 let event: Value = serde_json::from_slice(plain.expose()).ok()?;
                 if event.get("type").and_then(Value::as_str) != Some("AcceptStatusEvent") {

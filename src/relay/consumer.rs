@@ -21,11 +21,12 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::RelayService;
 use super::away::Presence;
-use super::conversations::Participant;
+use super::close_code;
 use super::protocol::{Request, notification, response, text_response};
-use super::socket::{Link, Next, Role, close_code, error_response, run, websocket};
+use super::service::RelayService;
+use super::socket::{Link, Next, Role, error_response, run, websocket};
+use super::vocabulary::Participant;
 use crate::clock::Clock;
 use crate::identity::VerifyError;
 use crate::limiter::SourceSlot;
@@ -67,7 +68,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
-        return super::too_many_sockets();
+        return super::socket::too_many_sockets();
     };
     let identity = match header_token(&headers) {
         Some(token) => match relay.inner.identity.verify_consumer(token).await {

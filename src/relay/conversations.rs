@@ -12,77 +12,13 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::away::Away;
-use super::bus::{Bus, Change};
+use super::bus::Bus;
+use super::vocabulary::{Change, Event, Participant, RelayError, event_seal_context};
 use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::Clock;
 use crate::store::relay::{ConversationRow, NewEvent};
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreError};
-
-/// Who acts: a consumer, by its id from its identity token, or an agent, by its account id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Participant {
-    Consumer(String),
-    Agent(String),
-}
-
-impl Participant {
-    pub fn id(&self) -> &str {
-        match self {
-            Participant::Consumer(id) | Participant::Agent(id) => id,
-        }
-    }
-
-    /// The platform's role name.
-    pub fn role(&self) -> &'static str {
-        match self {
-            Participant::Consumer(_) => "CONSUMER",
-            Participant::Agent(_) => "ASSIGNED_AGENT",
-        }
-    }
-
-    /// Whether this participant may see the conversation.
-    fn may_see(&self, c: &ConversationRow) -> bool {
-        match self {
-            Participant::Consumer(id) => c.consumer_id == *id,
-            Participant::Agent(id) => c.agent_id.as_deref() == Some(id.as_str()),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// No such conversation, or not one this participant may see (the same answer: nobody
-    /// learns that another consumer's conversation exists).
-    #[error("no such conversation")]
-    NotFound,
-    #[error("the conversation is closed")]
-    Closed,
-    /// Another agent took the conversation first, or it left the queue.
-    #[error("the conversation is no longer waiting")]
-    Taken,
-    /// This agent rejected the conversation's ring in its current queue round.
-    #[error("this agent rejected the ring")]
-    Rejected,
-    #[error("{0}")]
-    BadRequest(String),
-    /// The client's event id names another event already stored (409).
-    #[error("{0}")]
-    Conflict(String),
-    #[error("the store cannot be used: {0}")]
-    Store(#[from] StoreError),
-    #[error("sealing failed: {0}")]
-    Seal(String),
-}
-
-/// An event a participant publishes, checked.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// Stored, sequenced: `ContentEvent` (text) or `AcceptStatusEvent` (receipts).
-    Stored(Value),
-    /// Not stored: `ChatStateEvent`.
-    Ephemeral(Value),
-}
 
 /// The conversations of one account. Cheap to share (`Arc`).
 pub struct Conversations {
@@ -103,11 +39,6 @@ fn millis(clock: &dyn Clock) -> i64 {
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// The associated data a stored event's body is sealed with.
-pub(super) fn seal_context(event_id: &str) -> Vec<u8> {
-    format!("relay_event:{event_id}").into_bytes()
 }
 
 impl Conversations {
@@ -444,7 +375,7 @@ impl Conversations {
                     serde_json::to_vec(&body).map_err(|e| RelayError::Seal(e.to_string()))?;
                 let sealed = self
                     .data_keys
-                    .seal(&seal_context(&event_id), &plain)
+                    .seal(&event_seal_context(&event_id), &plain)
                     .map_err(|e| RelayError::Seal(e.to_string()))?;
                 let appended = self
                     .store
@@ -501,7 +432,7 @@ impl Conversations {
     fn open_event(&self, event_id: &str, sealed: &[u8]) -> Result<Value, RelayError> {
         let plain = self
             .data_keys
-            .open(&seal_context(event_id), sealed)
+            .open(&event_seal_context(event_id), sealed)
             .map_err(|e| RelayError::Seal(e.to_string()))?;
         serde_json::from_slice(plain.expose()).map_err(|e| RelayError::Seal(e.to_string()))
     }

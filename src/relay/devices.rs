@@ -14,10 +14,10 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::RelayService;
 use super::away::seal_context;
-use super::conversations::Participant;
 use super::rest::caller;
+use super::service::RelayService;
+use super::vocabulary::Participant;
 use crate::http_answer::{is_json, json_error};
 use crate::push::{DeviceToken, Provider};
 use crate::store::devices::PushRegistration;

@@ -30,7 +30,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::bus::{Bus, Change, StateChange};
+use super::bus::{Bus, Outward};
+use super::vocabulary::{Change, StateChange};
 use crate::backoff::Backoff;
 use crate::store::Store;
 use crate::store::notify::{Heard, Listener, Notifier, NotifyError};
@@ -245,16 +246,16 @@ impl FanoutMetrics {
 /// Where the bus puts its publications for the other nodes. Never blocks the publisher: when
 /// the queue is full the publication is dropped and a resync is owed instead.
 #[derive(Clone)]
-pub struct Outbound {
+struct Outbound {
     node: Arc<str>,
     tx: mpsc::Sender<String>,
     overflowed: Arc<AtomicBool>,
     metrics: FanoutMetrics,
 }
 
-impl Outbound {
+impl Outward for Outbound {
     /// A stored event (its sequence only) or a chat state.
-    pub fn change(&self, change: &Change) {
+    fn change(&self, change: &Change) {
         if let Some(body) = Body::of_change(change) {
             match encode(&self.node, body) {
                 Some(payload) => self.enqueue(payload),
@@ -268,13 +269,15 @@ impl Outbound {
     }
 
     /// A conversation state change.
-    pub fn state(&self, change: &StateChange) {
+    fn state(&self, change: &StateChange) {
         match encode(&self.node, Body::of_state(change)) {
             Some(payload) => self.enqueue(payload),
             None => self.owe_resync(),
         }
     }
+}
 
+impl Outbound {
     fn enqueue(&self, payload: String) {
         if self.tx.try_send(payload).is_err() {
             self.metrics.count("dropped", 1);

@@ -24,8 +24,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::RelayService;
 use super::accounts::{AgentAuthError, LiveSession, LoginError, NewSession};
+use super::service::RelayService;
 use crate::config::MAX_PASSWORD_BYTES;
 use crate::http_answer::{is_json, json_error, no_store, with_retry_after};
 use crate::http_auth::{authorization_token, cookie};

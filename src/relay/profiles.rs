@@ -1,23 +1,14 @@
 //! What a consumer's identity token says about it (its profile claims, as the identity bridge
 //! or an external issuer minted them, and whether it logged in or is anonymous), kept sealed
-//! in the store at each authentication, for the agent who holds one of its conversations:
-//! `GET /api/v1/conversations/{id}/consumer`.
-//!
-//! Only the agent holding the conversation gets it (the same `404` as for a conversation that
-//! does not exist otherwise). Never logs a claim.
+//! in the store at each authentication, for the agent who holds one of its conversations
+//! (`rest::consumer_profile`). Never logs a claim.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::RelayService;
-use super::conversations::{Participant, RelayError};
-use super::rest::caller;
+use super::vocabulary::RelayError;
 use crate::clock::Clock;
-use crate::http_answer::{json_error, no_store};
 use crate::identity::ConsumerIdentity;
 use crate::store::Store;
 use crate::store::seal::DataKeys;
@@ -91,53 +82,4 @@ impl Profiles {
             .map(Some)
             .map_err(|e| RelayError::Seal(e.to_string()))
     }
-}
-
-/// `GET /api/v1/conversations/{id}/consumer`: who the conversation's consumer is, for the
-/// agent holding it. `{"consumerId", "authenticated", "claims": {...}}`; a consumer whose
-/// profile was never recorded shows as not authenticated with no claims.
-pub async fn consumer(
-    State(relay): State<RelayService>,
-    Path(conversation): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let who = match caller(&relay, &headers).await {
-        Ok(who @ Participant::Agent(_)) => who,
-        Ok(Participant::Consumer(_)) => {
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "this is for the conversation's agent",
-            );
-        }
-        Err(response) => return response,
-    };
-    let row = match relay.inner.conversations.get(&who, &conversation).await {
-        Ok(row) => row,
-        Err(RelayError::NotFound) => {
-            return json_error(StatusCode::NOT_FOUND, "no such conversation");
-        }
-        Err(e) => return unavailable(e),
-    };
-    match relay.inner.profiles.get(&row.consumer_id).await {
-        Ok(profile) => {
-            let profile = profile.unwrap_or_else(|| json!({"authenticated": false, "claims": {}}));
-            no_store(
-                axum::Json(json!({
-                    "consumerId": row.consumer_id,
-                    "authenticated": profile["authenticated"],
-                    "claims": profile["claims"],
-                }))
-                .into_response(),
-            )
-        }
-        Err(e) => unavailable(e),
-    }
-}
-
-fn unavailable(e: RelayError) -> Response {
-    tracing::error!(error = %e, "cannot read a consumer's profile");
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the service cannot answer right now",
-    )
 }

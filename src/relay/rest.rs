@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
-use super::RelayService;
 use super::accounts::AgentAuthError;
-use super::conversations::{Participant, RelayError};
+use super::service::RelayService;
+use super::vocabulary::{Participant, RelayError};
 use crate::http_answer::{json_error, no_store};
 use crate::identity::VerifyError;
 
@@ -161,4 +161,55 @@ pub(super) async fn caller(
             )),
         }
     }
+}
+
+/// `GET /api/v1/conversations/{id}/consumer`: who the conversation's consumer is, for the
+/// agent holding it. `{"consumerId", "authenticated", "claims": {...}}`; a consumer whose
+/// profile was never recorded shows as not authenticated with no claims. Only the agent holding
+/// the conversation gets it (the same `404` as for a conversation that does not exist
+/// otherwise).
+pub async fn consumer_profile(
+    State(relay): State<RelayService>,
+    Path(conversation): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match caller(&relay, &headers).await {
+        Ok(who @ Participant::Agent(_)) => who,
+        Ok(Participant::Consumer(_)) => {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "this is for the conversation's agent",
+            );
+        }
+        Err(response) => return response,
+    };
+    let row = match relay.inner.conversations.get(&who, &conversation).await {
+        Ok(row) => row,
+        Err(RelayError::NotFound) => {
+            return json_error(StatusCode::NOT_FOUND, "no such conversation");
+        }
+        Err(e) => return profile_unavailable(e),
+    };
+    match relay.inner.profiles.get(&row.consumer_id).await {
+        Ok(profile) => {
+            let profile = profile.unwrap_or_else(|| json!({"authenticated": false, "claims": {}}));
+            no_store(
+                axum::Json(json!({
+                    "consumerId": row.consumer_id,
+                    "authenticated": profile["authenticated"],
+                    "claims": profile["claims"],
+                }))
+                .into_response(),
+            )
+        }
+        Err(e) => profile_unavailable(e),
+    }
+}
+
+fn profile_unavailable(e: RelayError) -> Response {
+    tracing::error!(error = %e, "cannot read a consumer's profile");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service cannot answer right now",
+    )
 }

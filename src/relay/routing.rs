@@ -17,9 +17,10 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::bus::Outbox;
-use super::conversations::{Conversations, RelayError};
+use super::conversations::Conversations;
+use super::outbox::Outbox;
 use super::protocol::notification;
+use super::vocabulary::RelayError;
 use crate::store::relay::ConversationRow;
 
 /// Waiting conversations one agent is rung for at once (the oldest).

@@ -18,10 +18,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::RelayService;
-use super::bus::{Outbox, Outgoing, follow};
-use super::conversations::{Conversations, Participant, RelayError};
+use super::close_code;
+use super::conversations::Conversations;
+use super::outbox::{Outbox, Outgoing};
 use super::protocol::{self, Request, malformed_response, notification, response, text_response};
+use super::service::RelayService;
+use super::subscriptions::follow;
+use super::vocabulary::{Participant, RelayError};
 use crate::config::RelayConfig;
 use crate::store::relay::ConversationRow;
 
@@ -31,27 +34,6 @@ const MAX_WATCHES: usize = 4;
 
 /// How long one frame may take to leave: a client that does not read is let go.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Close codes (the private range, RFC 6455 §7.4.2).
-pub mod close_code {
-    /// No valid credential: none on the upgrade and no `InitConnection` in time, it failed, or
-    /// an agent's session ended.
-    pub const UNAUTHENTICATED: u16 = 4401;
-    /// The token (or an agent's session) expired and no fresh one came in-band.
-    pub const TOKEN_EXPIRED: u16 = 4410;
-    /// The socket did not read what it was sent.
-    pub const TOO_SLOW: u16 = super::super::bus::TOO_SLOW;
-    /// A subscription failed (the store); reconnect and catch up with `fromSeq`.
-    pub const SUBSCRIPTION_FAILED: u16 = super::super::bus::SUBSCRIPTION_FAILED;
-    /// The daemon is stopping.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A frame larger than `relay.max_frame_bytes` (RFC 6455's "message too big").
-    pub const TOO_BIG: u16 = 1009;
-    /// A frame the WebSocket layer cannot read (RFC 6455's "protocol error").
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A text frame that is not UTF-8 (RFC 6455's "invalid frame payload data").
-    pub const INVALID_DATA: u16 = 1007;
-}
 
 /// What the socket's task does after a frame.
 pub(super) enum Next {
@@ -685,5 +667,18 @@ fn change_notification(subscription: &str, kind: &str, c: &ConversationRow) -> S
                 }
             }]
         }),
+    )
+}
+
+/// The answer to an upgrade past `relay.max_sockets`: `503`, the reason, and when to retry.
+pub(super) fn too_many_sockets() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    crate::http_answer::with_retry_after(
+        (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections; retry later",
+        )
+            .into_response(),
+        std::time::Duration::from_secs(1),
     )
 }

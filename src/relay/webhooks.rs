@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::conversations::Participant;
+use super::vocabulary::Participant;
 use crate::backoff::{Backoff, retry_after};
 use crate::clock::{Clock, unix_seconds};
 use crate::config::{Problems, WebhooksConfig};

@@ -164,6 +164,29 @@ fn resolve(path: &str, module: &[String]) -> String {
 /// out, and each `crate::`, `super::` or `self::` path anywhere else, resolved from `module`;
 /// and every use of an identifier (for crate names such as `sqlx`).
 fn paths(text: &str, module: &[String]) -> Vec<(usize, String)> {
+    // Modules this file declares (`mod x;`): a path starting with one is relative to here.
+    let children: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let l = code(l).trim();
+            let l = l.strip_prefix("pub ").unwrap_or(l);
+            let l = l
+                .strip_prefix("pub(crate) ")
+                .or_else(|| l.strip_prefix("pub(super) "))
+                .unwrap_or(l);
+            l.strip_prefix("mod ")?
+                .strip_suffix(';')
+                .map(str::to_string)
+        })
+        .collect();
+    let resolve = |path: &str| {
+        let first = path.split("::").next().unwrap_or("");
+        if children.iter().any(|c| c == first) {
+            resolve(&format!("self::{path}"), module)
+        } else {
+            resolve(path, module)
+        }
+    };
     let mut out = Vec::new();
     let mut statement: Option<(usize, String)> = None;
     for (n, line) in text.lines().enumerate() {
@@ -185,11 +208,17 @@ fn paths(text: &str, module: &[String]) -> Vec<(usize, String)> {
             && let Some(end) = text.find(';')
         {
             for path in expand(&text[..end]) {
-                out.push((*start, resolve(&path, module)));
+                out.push((*start, resolve(&path)));
             }
             statement = None;
         }
-        // Paths and identifiers in the line's code.
+        // Paths and identifiers in the line's code (a `mod x;` declaration names nothing).
+        if children
+            .iter()
+            .any(|c| trimmed.trim_end().ends_with(&format!("mod {c};")))
+        {
+            continue;
+        }
         let chars: Vec<(usize, char)> = line.char_indices().collect();
         let mut i = 0;
         while i < chars.len() {
@@ -214,7 +243,7 @@ fn paths(text: &str, module: &[String]) -> Vec<(usize, String)> {
                     break;
                 }
             }
-            out.push((n + 1, resolve(&line[at..end], module)));
+            out.push((n + 1, resolve(&line[at..end])));
             i = j.max(i + 1);
         }
     }
@@ -296,4 +325,83 @@ fn the_check_reads_paths_as_the_compiler_does() {
     ));
     assert!(!reaches("use crate::relayed::X;", "crate::relay"));
     assert!(!reaches("let my_sqlx_note = 1;", "sqlx"));
+}
+
+/// The relay's modules and which of them each one names (a file's own module aside).
+fn relay_imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("relay"), &mut files);
+    let mut graph = std::collections::BTreeMap::new();
+    for file in &files {
+        let relative = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let module = module_of(&relative).join("::");
+        let text = std::fs::read_to_string(file).unwrap();
+        // What tests import is not the module's design.
+        let text = text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or(&text);
+        let named: std::collections::BTreeSet<String> = paths(text, &module_of(&relative))
+            .into_iter()
+            .filter_map(|(_, path)| {
+                let rest = path.strip_prefix("crate::")?;
+                let mut parts = rest.split("::");
+                let (first, second) = (parts.next()?, parts.next());
+                if first != "relay" {
+                    return None;
+                }
+                // `crate::relay::x::...` is module relay::x when x is one of the relay's files.
+                let target = match second {
+                    Some(x) if files.iter().any(|f| f.file_stem().is_some_and(|s| s == x)) => {
+                        format!("relay::{x}")
+                    }
+                    _ => "relay".to_string(),
+                };
+                (target != module).then_some(target)
+            })
+            .collect();
+        graph.insert(module, named);
+    }
+    graph
+}
+
+#[test]
+fn no_relay_module_imports_one_that_imports_it_back() {
+    let graph = relay_imports();
+    assert!(graph.len() > 10, "{graph:?}");
+    // Every cycle, found by walking from each module.
+    let mut cycles = std::collections::BTreeSet::new();
+    fn walk(
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        cycles: &mut std::collections::BTreeSet<String>,
+    ) {
+        let here = path.last().unwrap().clone();
+        for next in graph.get(&here).into_iter().flatten() {
+            if let Some(at) = path.iter().position(|m| m == next) {
+                let mut cycle = path[at..].to_vec();
+                // One spelling per cycle: starting at its smallest module.
+                let min = cycle.iter().enumerate().min_by_key(|(_, m)| *m).unwrap().0;
+                cycle.rotate_left(min);
+                cycles.insert(cycle.join(" -> "));
+            } else if path.len() < 12 {
+                path.push(next.clone());
+                walk(graph, path, cycles);
+                path.pop();
+            }
+        }
+    }
+    for start in graph.keys() {
+        walk(&graph, &mut vec![start.clone()], &mut cycles);
+    }
+    assert!(
+        cycles.is_empty(),
+        "import cycles in src/relay:\n{}",
+        cycles.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }

@@ -1,0 +1,202 @@
+//! The relay's door, [`RelayService`]: what it is built from, what its modules share, and its
+//! lifecycle (prepare, start, reload, shut down, drain). Its routes are in `routes`.
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::accounts::{self, Accounts};
+use super::{away, conversations, fanout, profiles, webhooks};
+use crate::clock::Clock;
+use crate::config::{Problems, RelayConfig};
+use crate::identity::IdentityService;
+use crate::limiter::{SourceLimiter, SourceSlots};
+use crate::push::PushService;
+use crate::store::Store;
+use crate::store::seal::DataKeys;
+
+/// What the relay stands on: the other roles' doors, the store and the clock.
+pub struct RelayBase {
+    /// Verifies consumers' identity tokens.
+    pub identity: IdentityService,
+    pub store: Store,
+    pub data_keys: Arc<DataKeys>,
+    /// Sends away pushes.
+    pub push: PushService,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The relay. Cheap to clone.
+#[derive(Clone)]
+pub struct RelayService {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// What the relay's modules share; each handler reaches it through its `RelayService`.
+pub(super) struct Inner {
+    pub(super) config: RelayConfig,
+    pub(super) identity: IdentityService,
+    pub(super) conversations: Arc<conversations::Conversations>,
+    pub(super) accounts: Arc<accounts::Accounts>,
+    pub(super) away: Arc<away::Away>,
+    pub(super) store: Store,
+    pub(super) data_keys: Arc<DataKeys>,
+    /// Agents' login attempts per source address.
+    pub(super) login_attempts: SourceLimiter,
+    /// One permit per open socket.
+    pub(super) sockets: Arc<Semaphore>,
+    /// Sockets not authenticated yet, per source address.
+    pub(super) unauthenticated: SourceSlots,
+    /// Cancelled at shutdown: every socket closes with 1001.
+    pub(super) shutdown: CancellationToken,
+    /// Every open session, so shutdown can wait for their close frames.
+    pub(super) sessions: TaskTracker,
+    pub(super) webhooks: webhooks::Webhooks,
+    /// Fan-out to the other nodes (PostgreSQL only), stopped once the sessions have ended.
+    pub(super) fanout: Option<fanout::Fanout>,
+    /// What consumers' tokens said about them, for their agents.
+    pub(super) profiles: profiles::Profiles,
+    /// The relay's time (a test's fake clock moves it).
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+/// The relay's settings that need files (the webhook secret, trust anchors), read and
+/// checked: what a start or a reload puts in use.
+pub struct PreparedRelay {
+    webhooks: Option<super::webhooks::Settings>,
+}
+
+impl RelayService {
+    /// Reads and checks what the relay needs besides its config's shape; every problem is
+    /// reported, naming its key.
+    pub fn prepare(config: &RelayConfig) -> Result<PreparedRelay, Problems> {
+        let webhooks = config
+            .webhooks
+            .as_ref()
+            .map(webhooks::Settings::prepare)
+            .transpose()?;
+        Ok(PreparedRelay { webhooks })
+    }
+
+    pub fn new(
+        config: &RelayConfig,
+        prepared: PreparedRelay,
+        base: RelayBase,
+        registry: &mut Registry,
+    ) -> RelayService {
+        let RelayBase {
+            identity,
+            store,
+            data_keys,
+            push,
+            clock,
+        } = base;
+        let accounts = Arc::new(RelayService::accounts(
+            config,
+            store.clone(),
+            data_keys.clone(),
+            clock.clone(),
+        ));
+        // The dummy hash for unknown usernames, made before the first login needs it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let accounts = accounts.clone();
+            runtime.spawn(async move { accounts.warm_up().await });
+        }
+        let away = Arc::new(away::Away::new(
+            config.account.clone(),
+            push,
+            store.clone(),
+            data_keys.clone(),
+            config.away.ack_delay.0,
+            config.away.burst.0,
+        ));
+        let webhooks = webhooks::Webhooks::start(
+            prepared.webhooks,
+            clock.clone(),
+            webhooks::WebhookMetrics::register(registry),
+        );
+        let (bus, fanout) = fanout::Fanout::bus_for(&store);
+        if let Some(fanout) = &fanout {
+            fanout.metrics().register(registry);
+        }
+        let profiles = profiles::Profiles::new(
+            config.account.clone(),
+            store.clone(),
+            data_keys.clone(),
+            clock.clone(),
+        );
+        let conversations = conversations::Conversations::new(
+            config.account.clone(),
+            store.clone(),
+            data_keys.clone(),
+            bus,
+            clock.clone(),
+            config.max_message_bytes,
+        )
+        .with_away(away.clone())
+        .with_webhooks(webhooks.clone());
+        RelayService {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                identity,
+                conversations: Arc::new(conversations),
+                accounts,
+                login_attempts: SourceLimiter::default(),
+                away,
+                store,
+                data_keys,
+                sockets: Arc::new(Semaphore::new(config.max_sockets)),
+                unauthenticated: SourceSlots::default(),
+                shutdown: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+                webhooks,
+                fanout,
+                profiles,
+                clock,
+            }),
+        }
+    }
+
+    /// The agent accounts of the relay's account, on their own (for `brandgate agents`).
+    pub fn accounts(
+        config: &RelayConfig,
+        store: Store,
+        data_keys: Arc<DataKeys>,
+        clock: Arc<dyn Clock>,
+    ) -> Accounts {
+        Accounts::new(
+            config.account.clone(),
+            config.agents.clone(),
+            store,
+            data_keys,
+            clock,
+        )
+    }
+
+    /// Closes every socket (code 1001): clients reconnect elsewhere and catch up.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.away.shutdown();
+        self.inner.sessions.close();
+    }
+
+    /// Puts reloaded settings in use (see [`RelayService::prepare`]): today the webhooks'
+    /// (their secret file is read again).
+    pub fn apply(&self, prepared: PreparedRelay) {
+        self.inner.webhooks.apply(prepared.webhooks);
+    }
+
+    /// Waits until every session has ended (after [`RelayService::shutdown`]), then until the
+    /// webhooks already queued have had an attempt (none waits for a retry any more).
+    /// The caller bounds the wait.
+    pub async fn drained(&self) {
+        self.inner.sessions.wait().await;
+        self.inner.webhooks.drain().await;
+        if let Some(fanout) = &self.inner.fanout {
+            fanout.stop().await;
+        }
+    }
+}
