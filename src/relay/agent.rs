@@ -23,9 +23,10 @@ use tokio::sync::watch;
 use super::accounts::{AgentAuthError, AgentPrincipal};
 use super::close_code;
 use super::protocol::{notification, response, text_response};
-use super::routing::{self, Availability, Desk};
+use super::requests::{AgentRequest, Unreadable};
+use super::routing::{self, Desk};
 use super::service::RelayService;
-use super::socket::{Link, Next, Role, error_response, run, websocket};
+use super::socket::{Link, Next, Role, error_response, run, unknown_type, websocket};
 use super::vocabulary::{Participant, RelayError};
 use crate::clock::Clock;
 
@@ -173,64 +174,56 @@ impl Role for AgentRole {
             Err(next) => return next,
         };
         let who = Participant::Agent(self.principal.agent_id.clone());
-        let answer = match request.kind.as_str() {
+        let parsed = match AgentRequest::parse(&request) {
+            Ok(parsed) => parsed,
+            Err(Unreadable::Unknown(kind)) => {
+                return link.reply(unknown_type(&request.id, &kind)).await;
+            }
+            Err(Unreadable::Body(e)) => return link.reply(error_response(&request.id, &e)).await,
+        };
+        let id = &request.id;
+        let answer = match parsed {
             // The bearer authenticated the socket already.
-            "InitConnection" => Ok(text_response(&request.id, 200, "OK")),
-            "routing.SetAgentState" => {
-                match request
-                    .body
-                    .get("availability")
-                    .and_then(|v| v.as_str())
-                    .and_then(Availability::parse)
+            AgentRequest::InitConnection => Ok(text_response(id, 200, "OK")),
+            AgentRequest::SetAgentState(availability) => {
+                self.desk.send_modify(|d| d.availability = availability);
+                Ok(text_response(id, 200, "OK"))
+            }
+            AgentRequest::SubscribeRoutingTasks => self.subscribe(link, id, true),
+            AgentRequest::SubscribeAgentsState => self.subscribe(link, id, false),
+            AgentRequest::UpdateRingState {
+                conversation,
+                accept: true,
+            } => link
+                .conversations()
+                .take(&self.principal.agent_id, &conversation)
+                .await
+                .map(|()| text_response(id, 200, "OK")),
+            AgentRequest::UpdateRingState {
+                conversation,
+                accept: false,
+            } => {
+                match link
+                    .conversations()
+                    .reject(&self.principal.agent_id, &conversation)
+                    .await
                 {
-                    Some(availability) => {
-                        self.desk.send_modify(|d| d.availability = availability);
-                        Ok(text_response(&request.id, 200, "OK"))
+                    Ok(()) => {
+                        // This socket's ring ends as REJECTED (the store keeps the rejection;
+                        // this set only names how its rings end). Bounded: all forgotten
+                        // at the cap, and then labelled CANCELLED, which is still true.
+                        self.desk.send_modify(|d| {
+                            if d.rejected.len() >= 1000 {
+                                d.rejected.clear();
+                            }
+                            d.rejected.insert(conversation);
+                        });
+                        Ok(text_response(id, 200, "OK"))
                     }
-                    None => Err(RelayError::BadRequest(
-                        "body.availability must be ONLINE, AWAY, BACK_SOON or OFFLINE".into(),
-                    )),
+                    Err(e) => Err(e),
                 }
             }
-            "routing.SubscribeRoutingTasks" => self.subscribe(link, &request.id, true),
-            "routing.SubscribeAgentsState" => self.subscribe(link, &request.id, false),
-            "routing.UpdateRingState" => match routing::ring_answer(&request.body) {
-                Ok((conversation, true)) => link
-                    .conversations()
-                    .take(&self.principal.agent_id, &conversation)
-                    .await
-                    .map(|()| text_response(&request.id, 200, "OK")),
-                Ok((conversation, false)) => {
-                    match link
-                        .conversations()
-                        .reject(&self.principal.agent_id, &conversation)
-                        .await
-                    {
-                        Ok(()) => {
-                            // This socket's ring ends as REJECTED (the store keeps the rejection;
-                            // this set only names how its rings end). Bounded: all forgotten
-                            // at the cap, and then labelled CANCELLED, which is still true.
-                            self.desk.send_modify(|d| {
-                                if d.rejected.len() >= 1000 {
-                                    d.rejected.clear();
-                                }
-                                d.rejected.insert(conversation);
-                            });
-                            Ok(text_response(&request.id, 200, "OK"))
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            },
-            _ => match link.shared(&who, &request).await {
-                Some(answer) => answer,
-                None => Ok(text_response(
-                    &request.id,
-                    400,
-                    &format!("unknown request type {:?}", request.kind),
-                )),
-            },
+            AgentRequest::Shared(shared) => link.shared(&who, id, shared).await,
         };
         let frame = answer.unwrap_or_else(|e| error_response(&request.id, &e));
         link.reply(frame).await

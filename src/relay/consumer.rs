@@ -24,8 +24,9 @@ use serde_json::{Value, json};
 use super::away::Presence;
 use super::close_code;
 use super::protocol::{Request, notification, response, text_response};
+use super::requests::{ConsumerRequest, Unreadable};
 use super::service::RelayService;
-use super::socket::{Link, Next, Role, error_response, run, websocket};
+use super::socket::{Link, Next, Role, error_response, run, unknown_type, websocket};
 use super::vocabulary::Participant;
 use crate::clock::Clock;
 use crate::identity::VerifyError;
@@ -191,25 +192,33 @@ impl Role for ConsumerRole {
             Ok(r) => r,
             Err(next) => return next,
         };
-        if request.kind == "InitConnection" {
-            return self.init_connection(link, &request).await;
-        }
-        let Some(consumer) = &self.consumer else {
-            let _ = link
-                .send(text_response(
-                    &request.id,
-                    401,
-                    "send InitConnection with a token first",
-                ))
-                .await;
-            return Next::Close(close_code::UNAUTHENTICATED, "not authenticated");
-        };
-        let who = Participant::Consumer(consumer.id.clone());
-        let answer = match request.kind.as_str() {
-            "cm.ConsumerRequestConversation" => {
+        let who = self
+            .consumer
+            .as_ref()
+            .map(|c| Participant::Consumer(c.id.clone()));
+        let id = &request.id;
+        let answer = match (ConsumerRequest::parse(&request), who) {
+            (Ok(ConsumerRequest::InitConnection), _) => {
+                return self.init_connection(link, &request).await;
+            }
+            (_, None) => {
+                let _ = link
+                    .send(text_response(
+                        id,
+                        401,
+                        "send InitConnection with a token first",
+                    ))
+                    .await;
+                return Next::Close(close_code::UNAUTHENTICATED, "not authenticated");
+            }
+            (Err(Unreadable::Unknown(kind)), Some(_)) => {
+                return link.reply(unknown_type(id, &kind)).await;
+            }
+            (Err(Unreadable::Body(e)), Some(_)) => Err(e),
+            (Ok(ConsumerRequest::RequestConversation), Some(who)) => {
                 match link.conversations().request(who.id()).await {
                     Ok((c, _)) => Ok(response(
-                        &request.id,
+                        id,
                         200,
                         "cm.RequestConversationResponse",
                         json!({ "conversationId": c.id }),
@@ -217,14 +226,7 @@ impl Role for ConsumerRole {
                     Err(e) => Err(e),
                 }
             }
-            _ => match link.shared(&who, &request).await {
-                Some(answer) => answer,
-                None => Ok(text_response(
-                    &request.id,
-                    400,
-                    &format!("unknown request type {:?}", request.kind),
-                )),
-            },
+            (Ok(ConsumerRequest::Shared(shared)), Some(who)) => link.shared(&who, id, shared).await,
         };
         let frame = answer.unwrap_or_else(|e| error_response(&request.id, &e));
         link.reply(frame).await

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -255,18 +255,5 @@ pub async fn report_state(
             _ = cancel.cancelled() => return,
             changed = desk.changed() => if changed.is_err() { return },
         }
-    }
-}
-
-/// `routing.UpdateRingState`'s body: the ring (conversation) and `ACCEPTED` (`true`) or
-/// `REJECTED` (`false`).
-pub fn ring_answer(body: &Value) -> Result<(String, bool), RelayError> {
-    let ring = super::socket::id_field(body, "ringId")?;
-    match body.get("ringState").and_then(Value::as_str) {
-        Some("ACCEPTED") => Ok((ring, true)),
-        Some("REJECTED") => Ok((ring, false)),
-        _ => Err(RelayError::BadRequest(
-            "body.ringState must be ACCEPTED or REJECTED".into(),
-        )),
     }
 }

@@ -22,6 +22,7 @@ use super::close_code;
 use super::conversations::Conversations;
 use super::outbox::{Outbox, Outgoing};
 use super::protocol::{self, Request, malformed_response, notification, response, text_response};
+use super::requests::{FieldChange, Shared};
 use super::service::RelayService;
 use super::subscriptions::follow;
 use super::vocabulary::{Participant, RelayError};
@@ -164,69 +165,87 @@ impl Link {
         self.pending = Some(Box::pin(subscription));
     }
 
-    /// Answers a request consumers and agents share; `None` when `r` is not one of them.
+    /// Answers a request consumers and agents share (request id `id`).
     pub async fn shared(
         &mut self,
         who: &Participant,
-        r: &Request,
-    ) -> Option<Result<String, RelayError>> {
-        let answer = match r.kind.as_str() {
-            "ms.PublishEvent" => self.publish(who, r).await,
-            "ms.SubscribeMessagingEvents" => self.follow(who, r).await,
-            "cqm.SubscribeExConversations" => self.watch(who, r),
-            "cqm.UnsubscribeExConversations" => {
-                id_field(&r.body, "subscriptionId").and_then(|id| match self.watching.remove(&id) {
+        id: &str,
+        request: Shared,
+    ) -> Result<String, RelayError> {
+        match request {
+            Shared::PublishEvent {
+                dialog,
+                event,
+                client_event_id,
+            } => {
+                self.publish(who, id, &dialog, &event, client_event_id.as_deref())
+                    .await
+            }
+            Shared::SubscribeMessagingEvents { dialog, from_seq } => {
+                self.follow(who, id, dialog, from_seq).await
+            }
+            Shared::SubscribeExConversations { states } => self.watch(who, id, states),
+            Shared::UnsubscribeExConversations { subscription } => {
+                match self.watching.remove(&subscription) {
                     Some(t) => {
                         t.cancel();
-                        Ok(text_response(&r.id, 200, "OK"))
+                        Ok(text_response(id, 200, "OK"))
                     }
                     None => Err(RelayError::NotFound),
-                })
+                }
             }
-            "cm.UpdateConversationField" => self.update_conversation(who, r).await,
+            Shared::UpdateConversationField {
+                conversation,
+                change,
+            } => {
+                let conversations = &self.relay.inner.conversations;
+                match change {
+                    FieldChange::Close => conversations.close(who, &conversation).await?,
+                    FieldChange::Transfer { skill } => {
+                        conversations
+                            .return_to_queue(who, &conversation, skill.as_deref())
+                            .await?
+                    }
+                }
+                Ok(text_response(id, 200, "OK"))
+            }
             // The schema's 200 body is a string: the clock in Unix milliseconds, as text.
-            "GetClock" => {
+            Shared::GetClock => {
                 let now = crate::clock::unix_millis(self.relay.inner.clock.now());
-                Ok(text_response(&r.id, 200, &now.to_string()))
+                Ok(text_response(id, 200, &now.to_string()))
             }
-            "KeepAlive" => Ok(text_response(&r.id, 200, "OK")),
-            _ => return None,
-        };
-        Some(answer)
+            Shared::KeepAlive => Ok(text_response(id, 200, "OK")),
+        }
     }
 
-    async fn publish(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
-        let dialog = id_field(&r.body, "dialogId")?;
-        let raw = r
-            .body
-            .get("event")
-            .ok_or_else(|| RelayError::BadRequest("body.event is missing".into()))?;
-        let client_id = raw
-            .get("eventId")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 64);
+    async fn publish(
+        &mut self,
+        who: &Participant,
+        id: &str,
+        dialog: &str,
+        raw: &Value,
+        client_event_id: Option<&str>,
+    ) -> Result<String, RelayError> {
         let conversations = &self.relay.inner.conversations;
         let event = conversations.check_event(raw)?;
         // A chat state is not stored and gets no sequence.
         let body = match conversations
-            .publish(who, &dialog, event, client_id)
+            .publish(who, dialog, event, client_event_id)
             .await?
         {
             Some(seq) => json!({ "sequence": seq }),
             None => json!({}),
         };
-        Ok(response(&r.id, 200, "ms.PublishEventResponse", body))
+        Ok(response(id, 200, "ms.PublishEventResponse", body))
     }
 
-    async fn follow(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
-        let dialog = id_field(&r.body, "dialogId")?;
-        // As the history REST reads it: a sequence, 0 or more.
-        let from = match r.body.get("fromSeq") {
-            None | Some(Value::Null) => 0,
-            Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
-                RelayError::BadRequest("body.fromSeq must be a sequence (0 or more)".into())
-            })?,
-        };
+    async fn follow(
+        &mut self,
+        who: &Participant,
+        id: &str,
+        dialog: String,
+        from: i64,
+    ) -> Result<String, RelayError> {
         let conversations = self.conversations();
         let row = conversations.get(who, &dialog).await?;
         if let Some(old) = self.followed.remove(&dialog) {
@@ -255,21 +274,15 @@ impl Link {
             token,
             live,
         ));
-        Ok(response(&r.id, 200, "GenericSubscribeResponse", json!({})))
+        Ok(response(id, 200, "GenericSubscribeResponse", json!({})))
     }
 
-    fn watch(&mut self, who: &Participant, r: &Request) -> Result<String, RelayError> {
-        let states: Vec<String> = r
-            .body
-            .get("convState")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+    fn watch(
+        &mut self,
+        who: &Participant,
+        req_id: &str,
+        states: Vec<String>,
+    ) -> Result<String, RelayError> {
         let id = uuid::Uuid::new_v4().to_string();
         let token = self.new_subscription(&id)?;
         let conversations = self.conversations();
@@ -286,98 +299,12 @@ impl Link {
             }
         });
         Ok(response(
-            &r.id,
+            req_id,
             200,
             "cqm.SubscribeExConversationsResponse",
             json!({ "subscriptionId": id }),
         ))
     }
-
-    /// `cm.UpdateConversationField`: close (consumer or its agent), or transfer back to the
-    /// queue (the agent: `ParticipantsChange` REMOVE `ASSIGNED_AGENT`, with an optional
-    /// `Skill` UPDATE).
-    async fn update_conversation(
-        &mut self,
-        who: &Participant,
-        r: &Request,
-    ) -> Result<String, RelayError> {
-        let conversation = id_field(&r.body, "conversationId")?;
-        let fields = r
-            .body
-            .get("conversationField")
-            .and_then(Value::as_array)
-            .filter(|f| !f.is_empty() && f.len() <= 8)
-            .ok_or_else(|| {
-                RelayError::BadRequest("body.conversationField must be a list of 1 to 8".into())
-            })?;
-        let mut close = false;
-        let mut leave = false;
-        let mut skill = None;
-        for f in fields {
-            let text = |name: &str| f.get(name).and_then(Value::as_str);
-            match text("field") {
-                Some("ConversationStateField") if text("conversationState") == Some("CLOSE") => {
-                    close = true;
-                }
-                Some("ParticipantsChange")
-                    if text("type") == Some("REMOVE") && text("role") == Some("ASSIGNED_AGENT") =>
-                {
-                    leave = true;
-                }
-                Some("Skill") if text("type").unwrap_or("UPDATE") == "UPDATE" => {
-                    skill = Some(
-                        text("skill")
-                            .filter(|s| !s.is_empty() && s.len() <= 64)
-                            .ok_or_else(|| {
-                                RelayError::BadRequest("a Skill change needs a skill id".into())
-                            })?
-                            .to_string(),
-                    );
-                }
-                _ => {
-                    return Err(RelayError::BadRequest(match who {
-                        Participant::Consumer(_) => {
-                            "a consumer may only close its conversation (ConversationStateField CLOSE)"
-                        }
-                        Participant::Agent(_) => {
-                            "supported: ConversationStateField CLOSE, ParticipantsChange REMOVE ASSIGNED_AGENT, Skill UPDATE"
-                        }
-                    }
-                    .into()));
-                }
-            }
-        }
-        let conversations = &self.relay.inner.conversations;
-        match (close, leave || skill.is_some()) {
-            (true, false) => conversations.close(who, &conversation).await?,
-            (false, true) if leave => {
-                conversations
-                    .return_to_queue(who, &conversation, skill.as_deref())
-                    .await?
-            }
-            (false, true) => {
-                return Err(RelayError::BadRequest(
-                    "a Skill change goes with ParticipantsChange REMOVE ASSIGNED_AGENT (a transfer)"
-                        .into(),
-                ));
-            }
-            _ => {
-                return Err(RelayError::BadRequest(
-                    "close or transfer, not both in one request".into(),
-                ));
-            }
-        }
-        Ok(text_response(&r.id, 200, "OK"))
-    }
-}
-
-/// `body.{field}`: an id (1 to 64 characters).
-pub(super) fn id_field(body: &Value, field: &str) -> Result<String, RelayError> {
-    body.get(field)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= 64)
-        .map(str::to_string)
-        .ok_or_else(|| RelayError::BadRequest(format!("body.{field} must be an id")))
 }
 
 /// The WebSocket settings every relay socket gets. The layer stops anything past twice the
@@ -507,6 +434,11 @@ async fn finish_closing(socket: &mut WebSocket, ending: Ending) {
 }
 
 /// A `400`/`404`/... answer for a failed request; our own failures are logged, not shown.
+/// The answer to a request of a type the relay does not know, or not one this role sends.
+pub(super) fn unknown_type(req_id: &str, kind: &str) -> String {
+    text_response(req_id, 400, &format!("unknown request type {kind:?}"))
+}
+
 pub(super) fn error_response(req_id: &str, e: &RelayError) -> String {
     let (code, text) = match e {
         RelayError::NotFound => (404, "no such conversation".to_string()),
