@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
+use super::vocabulary::{Event, Role};
 use crate::push::{Attempt, DeviceToken, Provider, PushRequest, PushService};
 use crate::store::Store;
 use crate::store::devices::PushRegistration;
@@ -214,20 +215,12 @@ impl Away {
             }
         };
         rows.iter()
-            .filter(|r| r.originator_role == "CONSUMER")
+            .filter(|r| Role::from_name(&r.originator_role) == Role::Consumer)
             .filter_map(|r| {
                 let context = super::vocabulary::event_seal_context(&r.event_id);
                 let plain = self.data_keys.open(&context, &r.sealed).ok()?;
-                let event: Value = serde_json::from_slice(plain.expose()).ok()?;
-                if event.get("type").and_then(Value::as_str) != Some("AcceptStatusEvent") {
-                    return None;
-                }
-                event
-                    .get("sequenceList")?
-                    .as_array()?
-                    .iter()
-                    .filter_map(Value::as_i64)
-                    .max()
+                let body: Value = serde_json::from_slice(plain.expose()).ok()?;
+                Event::from_stored(&body)?.newest_receipt()
             })
             .max()
     }

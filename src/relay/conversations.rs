@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::away::Away;
 use super::bus::Bus;
-use super::vocabulary::{Change, Event, Participant, RelayError, event_seal_context};
+use super::vocabulary::{Change, Event, Participant, RelayError, Role, event_seal_context};
 use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::Clock;
 use crate::store::relay::{ConversationRow, NewEvent};
@@ -260,70 +260,10 @@ impl Conversations {
         }
     }
 
-    /// Checks an event a participant publishes (`ms.PublishEvent`'s `event`).
+    /// Checks an event a participant publishes (`ms.PublishEvent`'s `event`) against the
+    /// relay's limits.
     pub fn check_event(&self, event: &Value) -> Result<Event, RelayError> {
-        let bad = |why: &str| Err(RelayError::BadRequest(why.to_string()));
-        match event.get("type").and_then(Value::as_str) {
-            Some("ContentEvent") => {
-                if event.get("contentType").and_then(Value::as_str) != Some("text/plain") {
-                    return bad("contentType must be text/plain");
-                }
-                let Some(message) = event.get("message").and_then(Value::as_str) else {
-                    return bad("message must be text");
-                };
-                if message.is_empty() {
-                    return bad("message is empty");
-                }
-                if message.len() > self.max_message_bytes {
-                    return Err(RelayError::BadRequest(format!(
-                        "message is longer than {} bytes",
-                        self.max_message_bytes
-                    )));
-                }
-                // Control characters other than line breaks and tabs.
-                if message
-                    .chars()
-                    .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-                {
-                    return bad("message holds control characters");
-                }
-                Ok(Event::Stored(json!({
-                    "type": "ContentEvent", "contentType": "text/plain", "message": message
-                })))
-            }
-            Some("AcceptStatusEvent") => {
-                let status = event.get("status").and_then(Value::as_str);
-                if !matches!(status, Some("ACCEPT" | "READ")) {
-                    return bad("status must be ACCEPT or READ");
-                }
-                let Some(list) = event.get("sequenceList").and_then(Value::as_array) else {
-                    return bad("sequenceList must be a list of sequences");
-                };
-                if list.is_empty()
-                    || list.len() > 1000
-                    || !list.iter().all(|s| s.as_i64().is_some_and(|n| n >= 0))
-                {
-                    return bad("sequenceList must hold 1 to 1000 sequences");
-                }
-                Ok(Event::Stored(json!({
-                    "type": "AcceptStatusEvent", "status": status, "sequenceList": list
-                })))
-            }
-            Some("ChatStateEvent") => {
-                let state = event.get("chatState").and_then(Value::as_str);
-                if !matches!(
-                    state,
-                    Some("ACTIVE" | "INACTIVE" | "GONE" | "COMPOSING" | "PAUSE")
-                ) {
-                    return bad("chatState must be ACTIVE, INACTIVE, GONE, COMPOSING or PAUSE");
-                }
-                Ok(Event::Ephemeral(
-                    json!({"type": "ChatStateEvent", "chatState": state}),
-                ))
-            }
-            Some(_) => bad("event type must be ContentEvent, AcceptStatusEvent or ChatStateEvent"),
-            None => bad("event needs a type"),
-        }
+        Event::check(event, self.max_message_bytes)
     }
 
     /// Publishes an event to a conversation `who` may see. Returns the sequence once the
@@ -343,11 +283,7 @@ impl Conversations {
         if !conversation.open {
             return Err(RelayError::Closed);
         }
-        if let Event::Stored(body) = &event
-            && let Some(highest) = body
-                .get("sequenceList")
-                .and_then(Value::as_array)
-                .and_then(|l| l.iter().filter_map(Value::as_i64).max())
+        if let Some(highest) = event.newest_receipt()
             && highest > conversation.last_seq
         {
             return Err(RelayError::BadRequest(format!(
@@ -356,85 +292,82 @@ impl Conversations {
             )));
         }
         let now = millis(&*self.clock);
-        match event {
-            Event::Ephemeral(body) => {
-                self.bus.publish(Change {
-                    conversation_id: conversation_id.to_string(),
-                    seq: conversation.last_seq,
-                    originator_id: who.id().to_string(),
-                    originator_role: who.role(),
-                    server_timestamp: now,
-                    event: body,
-                    stored: false,
-                });
-                Ok(None)
-            }
-            Event::Stored(body) => {
-                let event_id = uuid::Uuid::new_v4().to_string();
-                let plain =
-                    serde_json::to_vec(&body).map_err(|e| RelayError::Seal(e.to_string()))?;
-                let sealed = self
-                    .data_keys
-                    .seal(&event_seal_context(&event_id), &plain)
-                    .map_err(|e| RelayError::Seal(e.to_string()))?;
-                let appended = self
-                    .store
-                    .append_event(&NewEvent {
-                        conversation_id,
-                        event_id: &event_id,
-                        originator_id: who.id(),
-                        originator_role: who.role(),
-                        client_event_id,
-                        holder: match who {
-                            Participant::Agent(id) => Some(id),
-                            Participant::Consumer(_) => None,
-                        },
-                        sealed: &sealed,
-                        created_at: now,
-                    })
-                    .await
-                    .map_err(|e| match (e, who) {
-                        // Transferred away in the meantime: no longer this agent's.
-                        (StoreError::NotFound, Participant::Agent(_)) => RelayError::NotFound,
-                        (StoreError::NotFound, Participant::Consumer(_)) => RelayError::Closed,
-                        (other, _) => other.into(),
-                    })?;
-                if let Some((earlier_id, earlier_sealed)) = &appended.earlier {
-                    let earlier = self.open_event(earlier_id, earlier_sealed)?;
-                    if earlier != body {
-                        return Err(RelayError::Conflict(
-                            "event.eventId was already used for another event".into(),
-                        ));
-                    }
-                }
-                if appended.created {
-                    if let Some(away) = &self.away {
-                        notify_away(away, who, &conversation, appended.seq, &body);
-                    }
-                    let event = WebhookEvent::message(appended.seq, who, &body);
-                    self.webhooks.emit(&conversation, now, event);
-                    self.bus.publish(Change {
-                        conversation_id: conversation_id.to_string(),
-                        seq: appended.seq,
-                        originator_id: who.id().to_string(),
-                        originator_role: who.role(),
-                        server_timestamp: now,
-                        event: body,
-                        stored: true,
-                    });
-                }
-                Ok(Some(appended.seq))
+        if !event.is_stored() {
+            self.bus.publish(Change {
+                conversation_id: conversation_id.to_string(),
+                seq: conversation.last_seq,
+                originator_id: who.id().to_string(),
+                originator_role: who.role(),
+                server_timestamp: now,
+                event,
+            });
+            return Ok(None);
+        }
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let plain =
+            serde_json::to_vec(&event.to_json()).map_err(|e| RelayError::Seal(e.to_string()))?;
+        let sealed = self
+            .data_keys
+            .seal(&event_seal_context(&event_id), &plain)
+            .map_err(|e| RelayError::Seal(e.to_string()))?;
+        let appended = self
+            .store
+            .append_event(&NewEvent {
+                conversation_id,
+                event_id: &event_id,
+                originator_id: who.id(),
+                originator_role: who.role().name(),
+                client_event_id,
+                holder: match who {
+                    Participant::Agent(id) => Some(id),
+                    Participant::Consumer(_) => None,
+                },
+                sealed: &sealed,
+                created_at: now,
+            })
+            .await
+            .map_err(|e| match (e, who) {
+                // Transferred away in the meantime: no longer this agent's.
+                (StoreError::NotFound, Participant::Agent(_)) => RelayError::NotFound,
+                (StoreError::NotFound, Participant::Consumer(_)) => RelayError::Closed,
+                (other, _) => other.into(),
+            })?;
+        if let Some((earlier_id, earlier_sealed)) = &appended.earlier {
+            let earlier = self.open_event(earlier_id, earlier_sealed)?;
+            if earlier != event {
+                return Err(RelayError::Conflict(
+                    "event.eventId was already used for another event".into(),
+                ));
             }
         }
+        if appended.created {
+            if let Some(away) = &self.away {
+                notify_away(away, who, &conversation, appended.seq, &event);
+            }
+            let webhook = WebhookEvent::message(appended.seq, who, &event);
+            self.webhooks.emit(&conversation, now, webhook);
+            self.bus.publish(Change {
+                conversation_id: conversation_id.to_string(),
+                seq: appended.seq,
+                originator_id: who.id().to_string(),
+                originator_role: who.role(),
+                server_timestamp: now,
+                event,
+            });
+        }
+        Ok(Some(appended.seq))
     }
 
-    /// A stored event's body, opened.
-    fn open_event(&self, event_id: &str, sealed: &[u8]) -> Result<Value, RelayError> {
+    /// A stored event, opened and read.
+    fn open_event(&self, event_id: &str, sealed: &[u8]) -> Result<Event, RelayError> {
         let plain = self
             .data_keys
             .open(&event_seal_context(event_id), sealed)
             .map_err(|e| RelayError::Seal(e.to_string()))?;
-        serde_json::from_slice(plain.expose()).map_err(|e| RelayError::Seal(e.to_string()))
+        let body: Value =
+            serde_json::from_slice(plain.expose()).map_err(|e| RelayError::Seal(e.to_string()))?;
+        Event::from_stored(&body)
+            .ok_or_else(|| RelayError::Seal(format!("stored event {event_id} is not an event")))
     }
 
     /// Stored events of a conversation `who` may see, from `from_seq`, at most `limit`.
@@ -467,14 +400,9 @@ impl Conversations {
                     conversation_id: r.conversation_id,
                     seq: r.seq,
                     originator_id: r.originator_id,
-                    originator_role: if r.originator_role == "CONSUMER" {
-                        "CONSUMER"
-                    } else {
-                        "ASSIGNED_AGENT"
-                    },
+                    originator_role: Role::from_name(&r.originator_role),
                     server_timestamp: r.created_at,
                     event,
-                    stored: true,
                 })
             })
             .collect()
@@ -502,19 +430,13 @@ impl Conversations {
 }
 
 /// Tells the away pushes about a committed event: an agent's message, or a consumer's receipt.
-fn notify_away(away: &Arc<Away>, who: &Participant, c: &ConversationRow, seq: i64, body: &Value) {
-    match (who, body.get("type").and_then(Value::as_str)) {
-        (Participant::Agent(_), Some("ContentEvent")) => {
-            if let Some(text) = body.get("message").and_then(Value::as_str) {
-                away.agent_message(&c.id, &c.consumer_id, seq, text);
-            }
+fn notify_away(away: &Arc<Away>, who: &Participant, c: &ConversationRow, seq: i64, event: &Event) {
+    match (who, event) {
+        (Participant::Agent(_), Event::Content { message }) => {
+            away.agent_message(&c.id, &c.consumer_id, seq, message);
         }
-        (Participant::Consumer(_), Some("AcceptStatusEvent")) => {
-            if let Some(newest) = body
-                .get("sequenceList")
-                .and_then(Value::as_array)
-                .and_then(|l| l.iter().filter_map(Value::as_i64).max())
-            {
+        (Participant::Consumer(_), Event::AcceptStatus { .. }) => {
+            if let Some(newest) = event.newest_receipt() {
                 away.acknowledged(&c.id, newest);
             }
         }

@@ -25,13 +25,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::bus::{Bus, Outward};
-use super::vocabulary::{Change, StateChange};
+use super::vocabulary::{Change, ChatState, Event, Role, StateChange};
 use crate::backoff::Backoff;
 use crate::store::Store;
 use crate::store::notify::{Heard, Listener, Notifier, NotifyError};
@@ -118,21 +117,20 @@ impl Body {
     /// What a bus publication says to the other nodes: ids, sequences and a chat state's
     /// name, never the event's content.
     fn of_change(change: &Change) -> Option<Body> {
-        if change.stored {
-            return Some(Body::Event {
+        match &change.event {
+            Event::ChatState(state) => Some(Body::ChatState {
                 conversation: change.conversation_id.clone(),
                 seq: change.seq,
-            });
+                originator: change.originator_id.clone(),
+                role: change.originator_role.name().to_string(),
+                at: change.server_timestamp,
+                state: state.name().to_string(),
+            }),
+            Event::Content { .. } | Event::AcceptStatus { .. } => Some(Body::Event {
+                conversation: change.conversation_id.clone(),
+                seq: change.seq,
+            }),
         }
-        let state = change.event.get("chatState").and_then(|s| s.as_str())?;
-        Some(Body::ChatState {
-            conversation: change.conversation_id.clone(),
-            seq: change.seq,
-            originator: change.originator_id.clone(),
-            role: change.originator_role.to_string(),
-            at: change.server_timestamp,
-            state: state.to_string(),
-        })
     }
 
     fn of_state(change: &StateChange) -> Body {
@@ -155,11 +153,6 @@ fn encode(node: &str, body: Body) -> Option<String> {
     (payload.len() <= MAX_PAYLOAD).then_some(payload)
 }
 
-/// A chat state's name as the protocol spells them (`COMPOSING`, `PAUSE`, ...).
-fn is_chat_state_name(state: &str) -> bool {
-    (1..=32).contains(&state.len()) && state.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-}
-
 /// Hands another node's notification to this node's bus (then `true`); its own are ignored.
 fn inject(bus: &Bus, own_node: &str, payload: &str) -> Result<bool, DecodeError> {
     let wire: Wire = serde_json::from_str(payload)?;
@@ -176,22 +169,15 @@ fn inject(bus: &Bus, own_node: &str, payload: &str) -> Result<bool, DecodeError>
             at,
             state,
         } => {
-            if !is_chat_state_name(&state) {
-                return Err(DecodeError::ChatState);
-            }
+            let state = ChatState::from_name(&state).ok_or(DecodeError::ChatState)?;
             bus.chat_state_elsewhere(Change {
                 conversation_id: conversation,
                 seq,
                 originator_id: originator,
                 // The same two roles the store gives back (`Conversations::events`).
-                originator_role: if role == "CONSUMER" {
-                    "CONSUMER"
-                } else {
-                    "ASSIGNED_AGENT"
-                },
+                originator_role: Role::from_name(&role),
                 server_timestamp: at,
-                event: json!({"type": "ChatStateEvent", "chatState": state}),
-                stored: false,
+                event: Event::ChatState(state),
             });
         }
         Body::State {
@@ -260,7 +246,7 @@ impl Outward for Outbound {
             match encode(&self.node, body) {
                 Some(payload) => self.enqueue(payload),
                 // A chat state is transient: one with outlandish ids is not worth a resync.
-                None if !change.stored => {
+                None if !change.event.is_stored() => {
                     tracing::debug!("a chat state is too large to notify; not sent to other nodes");
                 }
                 None => self.owe_resync(),
@@ -573,26 +559,25 @@ fn reconnected(metrics: &FanoutMetrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn change(stored: bool, event: serde_json::Value) -> Change {
+    /// A change carrying `event` as a client would publish it (checked as the relay does).
+    fn change(event: serde_json::Value) -> Change {
         Change {
             conversation_id: "4f9a1f4e-5b7c-4d7e-9a51-0d1c3c1b7e21".into(),
             seq: 41,
             originator_id: "consumer-1".into(),
-            originator_role: "CONSUMER",
+            originator_role: Role::Consumer,
             server_timestamp: 1_700_000_000_000,
-            event,
-            stored,
+            event: Event::check(&event, 4096).unwrap(),
         }
     }
 
     #[test]
     fn a_stored_event_is_notified_by_its_sequence_never_its_text() {
         let secret = "the-account-number-is-4711-0815";
-        let c = change(
-            true,
-            json!({"type": "ContentEvent", "contentType": "text/plain", "message": secret}),
-        );
+        let c =
+            change(json!({"type": "ContentEvent", "contentType": "text/plain", "message": secret}));
         let payload = encode("node-a", Body::of_change(&c).unwrap()).unwrap();
         assert!(!payload.contains(secret), "{payload}");
         assert!(!payload.contains("ContentEvent"), "{payload}");
@@ -607,7 +592,6 @@ mod tests {
     #[test]
     fn a_chat_state_carries_its_name_and_nothing_else_of_the_event() {
         let c = change(
-            false,
             json!({"type": "ChatStateEvent", "chatState": "COMPOSING", "message": "secret"}),
         );
         let payload = encode("node-a", Body::of_change(&c).unwrap()).unwrap();
@@ -628,10 +612,7 @@ mod tests {
         };
         let payload = encode(&uuid::Uuid::new_v4().simple().to_string(), body).unwrap();
         assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
-        let mut c = change(
-            false,
-            json!({"type": "ChatStateEvent", "chatState": "PAUSE"}),
-        );
+        let mut c = change(json!({"type": "ChatStateEvent", "chatState": "PAUSE"}));
         c.originator_id = long;
         let payload = encode("node-a", Body::of_change(&c).unwrap()).unwrap();
         assert!(payload.len() <= MAX_PAYLOAD);

@@ -122,7 +122,7 @@ async fn follow_until_done(
         };
         match received {
             // A chat state is sent as it comes; it has no sequence (see `Change::to_json`).
-            Ok(Live::Change(change)) if !change.stored => {
+            Ok(Live::Change(change)) if !change.event.is_stored() => {
                 if !out
                     .send(messaging_notification(&[(*change).clone()]), cancel)
                     .await

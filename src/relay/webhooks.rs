@@ -22,13 +22,13 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::vocabulary::Participant;
+use super::vocabulary::{Event, Participant, Role};
 use crate::backoff::{Backoff, retry_after};
 use crate::clock::{Clock, unix_seconds};
 use crate::config::{Problems, WebhooksConfig};
@@ -56,15 +56,15 @@ pub enum WebhookEvent<'a> {
     MessageCreated {
         sequence: i64,
         originator_id: &'a str,
-        originator_role: &'a str,
-        event: &'a Value,
+        originator_role: Role,
+        event: &'a Event,
     },
     ConversationClosed,
 }
 
 impl<'a> WebhookEvent<'a> {
     /// `event`, stored at `sequence` by `who`.
-    pub fn message(sequence: i64, who: &'a Participant, event: &'a Value) -> WebhookEvent<'a> {
+    pub fn message(sequence: i64, who: &'a Participant, event: &'a Event) -> WebhookEvent<'a> {
         WebhookEvent::MessageCreated {
             sequence,
             originator_id: who.id(),
@@ -328,14 +328,14 @@ fn body(
         event,
     } = event
     {
-        if event.get("type").and_then(Value::as_str) != Some("ContentEvent") {
+        let Event::Content { message } = event else {
             return None;
-        }
+        };
         body["sequence"] = sequence.into();
         body["originatorId"] = originator_id.into();
-        body["originatorRole"] = originator_role.into();
-        if include_text && let Some(text) = event.get("message") {
-            body["text"] = text.clone();
+        body["originatorRole"] = originator_role.name().into();
+        if include_text {
+            body["text"] = message.as_str().into();
         }
     }
     serde_json::to_vec(&body).ok().map(Bytes::from)
@@ -530,6 +530,7 @@ async fn deliver(shared: Arc<Shared>, d: Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn answers_are_classified_by_what_to_do_next() {
@@ -578,11 +579,13 @@ mod tests {
 
     #[test]
     fn message_text_is_sent_only_when_asked() {
-        let event = json!({"type": "ContentEvent", "contentType": "text/plain", "message": "hi"});
+        let event = Event::Content {
+            message: "hi".into(),
+        };
         let message = WebhookEvent::MessageCreated {
             sequence: 3,
             originator_id: "u1",
-            originator_role: "CONSUMER",
+            originator_role: Role::Consumer,
             event: &event,
         };
         let without: Value =
@@ -596,11 +599,14 @@ mod tests {
         let with: Value =
             serde_json::from_slice(&body("d1", &row(), 9, message, true).unwrap()).unwrap();
         assert_eq!(with["text"], "hi");
-        let receipt = json!({"type": "AcceptStatusEvent", "status": "READ", "sequenceList": [0]});
+        let receipt = Event::AcceptStatus {
+            status: crate::relay::vocabulary::AcceptStatus::Read,
+            sequences: vec![0],
+        };
         let receipt = WebhookEvent::MessageCreated {
             sequence: 4,
             originator_id: "u1",
-            originator_role: "CONSUMER",
+            originator_role: Role::Consumer,
             event: &receipt,
         };
         assert!(body("d2", &row(), 9, receipt, true).is_none());
