@@ -15,15 +15,16 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::away::seal_context;
+use super::refusal::{HttpRefusal, MAX_BODY_BYTES};
 use super::rest::caller;
 use super::service::RelayService;
 use super::vocabulary::Participant;
-use crate::http_answer::{is_json, json_error};
+use crate::http_answer::{is_json, no_store};
 use crate::push::{DeviceToken, Provider};
 use crate::store::devices::PushRegistration;
 
 /// Largest registration body accepted.
-pub const MAX_BODY: usize = 8 * 1024;
+pub const MAX_BODY: usize = MAX_BODY_BYTES;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,12 +33,11 @@ struct Registration {
     token: String,
 }
 
-/// The consumer calling, or the answer refusing the call.
-async fn consumer(relay: &RelayService, headers: &HeaderMap) -> Result<String, Response> {
+/// The consumer calling, or why the call is refused.
+async fn consumer(relay: &RelayService, headers: &HeaderMap) -> Result<String, HttpRefusal> {
     match caller(relay, headers).await? {
         Participant::Consumer(id) => Ok(id),
-        Participant::Agent(_) => Err(json_error(
-            StatusCode::FORBIDDEN,
+        Participant::Agent(_) => Err(HttpRefusal::WrongRole(
             "devices are registered by consumers",
         )),
     }
@@ -48,57 +48,44 @@ pub async fn register(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let consumer = match consumer(&relay, &headers).await {
-        Ok(c) => c,
-        Err(response) => return response,
-    };
+) -> Result<Response, HttpRefusal> {
+    let consumer = consumer(&relay, &headers).await?;
     if !is_json(&headers) {
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send JSON (Content-Type: application/json)",
-        );
+        return Err(HttpRefusal::NotJson);
     }
     if body.len() > MAX_BODY {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 8 KiB");
+        return Err(HttpRefusal::BodyTooLarge);
     }
-    let registration: Registration = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"provider\", \"token\"}}: {e}"),
-            );
-        }
-    };
+    let registration: Registration = serde_json::from_slice(&body).map_err(|e| {
+        HttpRefusal::BadRequest(format!("expected {{\"provider\", \"token\"}}: {e}"))
+    })?;
     let provider = match registration.provider.as_str() {
         "apns" => Provider::Apns,
         "fcm" => Provider::Fcm,
-        _ => return json_error(StatusCode::BAD_REQUEST, "provider must be apns or fcm"),
-    };
-    if let Err(why) = provider.check_token(&registration.token) {
-        return json_error(StatusCode::BAD_REQUEST, &why.to_string());
-    }
-    if !relay.inner.away.push().serves(&app, provider) {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            &format!("no app {app:?} delivering through {}", provider.as_str()),
-        );
-    }
-    let account = &relay.inner.config.account;
-    let sealed = match relay.inner.data_keys.seal(
-        &seal_context(account, &consumer, &app),
-        registration.token.as_bytes(),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot seal a device token");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service cannot answer right now",
-            );
+        _ => {
+            return Err(HttpRefusal::BadRequest(
+                "provider must be apns or fcm".into(),
+            ));
         }
     };
+    provider
+        .check_token(&registration.token)
+        .map_err(|why| HttpRefusal::BadRequest(why.to_string()))?;
+    if !relay.inner.away.push().serves(&app, provider) {
+        return Err(HttpRefusal::NotFound(format!(
+            "no app {app:?} delivering through {}",
+            provider.as_str()
+        )));
+    }
+    let account = &relay.inner.config.account;
+    let sealed = relay
+        .inner
+        .data_keys
+        .seal(
+            &seal_context(account, &consumer, &app),
+            registration.token.as_bytes(),
+        )
+        .map_err(|e| HttpRefusal::unavailable("cannot seal a device token", e))?;
     let row = PushRegistration {
         account: account.clone(),
         consumer_id: consumer,
@@ -108,68 +95,53 @@ pub async fn register(
         token_hash: DeviceToken::new(registration.token).sha256_hex(),
         updated_at: crate::clock::unix_millis(relay.inner.clock.now()),
     };
-    match relay.inner.store.put_push_registration(&row).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store a push registration");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service cannot answer right now",
-            )
-        }
-    }
+    relay
+        .inner
+        .store
+        .put_push_registration(&row)
+        .await
+        .map_err(|e| HttpRefusal::unavailable("cannot store a push registration", e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn unregister(
     State(relay): State<RelayService>,
     Path(app): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let consumer = match consumer(&relay, &headers).await {
-        Ok(c) => c,
-        Err(response) => return response,
-    };
-    match relay
+) -> Result<Response, HttpRefusal> {
+    let consumer = consumer(&relay, &headers).await?;
+    let removed = relay
         .inner
         .store
         .delete_push_registration(&relay.inner.config.account, &consumer, &app, None)
         .await
-    {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => json_error(StatusCode::NOT_FOUND, "no device registered for this app"),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot remove a push registration");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service cannot answer right now",
-            )
-        }
+        .map_err(|e| HttpRefusal::unavailable("cannot remove a push registration", e))?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(HttpRefusal::NotFound(
+            "no device registered for this app".into(),
+        ))
     }
 }
 
-pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Response {
-    let consumer = match consumer(&relay, &headers).await {
-        Ok(c) => c,
-        Err(response) => return response,
-    };
-    match relay
+pub async fn list(
+    State(relay): State<RelayService>,
+    headers: HeaderMap,
+) -> Result<Response, HttpRefusal> {
+    let consumer = consumer(&relay, &headers).await?;
+    let rows = relay
         .inner
         .store
         .list_push_registrations(&relay.inner.config.account, &consumer)
         .await
-    {
-        Ok(rows) => axum::Json(json!({
+        .map_err(|e| HttpRefusal::unavailable("cannot list push registrations", e))?;
+    Ok(no_store(
+        axum::Json(json!({
             "registrations": rows.iter().map(|r| json!({
                 "app": r.app, "provider": r.provider, "updatedAt": r.updated_at,
             })).collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list push registrations");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service cannot answer right now",
-            )
-        }
-    }
+    ))
 }

@@ -25,9 +25,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::accounts::{AgentAuthError, LiveSession, LoginError, NewSession};
+use super::refusal::HttpRefusal;
 use super::service::RelayService;
 use crate::config::MAX_PASSWORD_BYTES;
-use crate::http_answer::{is_json, json_error, no_store, with_retry_after};
+use crate::http_answer::{is_json, no_store};
 use crate::http_auth::{authorization_token, cookie};
 use crate::secret::Secret;
 use crate::tls::Peer;
@@ -38,29 +39,7 @@ pub const SESSION_COOKIE: &str = "__Host-brandgate_agent";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Largest login body: a username, a password of at most `MAX_PASSWORD_BYTES` (JSON may
 /// escape each byte as six) and the punctuation.
-pub const MAX_BODY_BYTES: usize = 8 * 1024;
-
-const REFUSED: &str = "the username or password is not accepted";
-
-/// A refusal with its reason, before it becomes a response.
-struct Reject(StatusCode, String);
-
-impl IntoResponse for Reject {
-    fn into_response(self) -> Response {
-        json_error(self.0, &self.1)
-    }
-}
-
-fn reject(status: StatusCode, message: &str) -> Reject {
-    Reject(status, message.to_string())
-}
-
-fn unavailable() -> Response {
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the service cannot answer right now; try again",
-    )
-}
+pub const MAX_BODY_BYTES: usize = super::refusal::MAX_BODY_BYTES;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,11 +53,11 @@ struct LoginBody {
 }
 
 /// Refuses a request for another account than the relay's.
-fn check_account(relay: &RelayService, account: &str) -> Result<(), Reject> {
+fn check_account(relay: &RelayService, account: &str) -> Result<(), HttpRefusal> {
     if account == relay.inner.accounts.account() {
         Ok(())
     } else {
-        Err(reject(StatusCode::NOT_FOUND, "no such account"))
+        Err(HttpRefusal::NotFound("no such account".into()))
     }
 }
 
@@ -89,30 +68,19 @@ pub async fn login(
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if let Err(r) = check_account(&relay, &account) {
-        return r.into_response();
-    }
+) -> Result<Response, HttpRefusal> {
+    check_account(&relay, &account)?;
     let accounts = &relay.inner.accounts;
     let source = peer.map(|p| p.0.addr.ip());
     // Every attempt counts, so a guesser cannot try faster by getting some right.
     if let Some(ip) = source {
         let limit = accounts.config().login_attempts_per_minute;
-        if let Some(wait) = relay.inner.login_attempts.blocked(ip, "agent-login", limit) {
-            return with_retry_after(
-                json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many login attempts from this address; try again in a minute",
-                ),
-                wait,
-            );
+        if let Some(retry_after) = relay.inner.login_attempts.blocked(ip, "agent-login", limit) {
+            return Err(HttpRefusal::TooManyLogins { retry_after });
         }
         relay.inner.login_attempts.count(ip, "agent-login");
     }
-    let body = match read_json_body(&headers, body) {
-        Ok(b) => b,
-        Err(r) => return r.into_response(),
-    };
+    let body = read_json_body(&headers, body)?;
     let Ok(LoginBody {
         username,
         password,
@@ -120,42 +88,26 @@ pub async fn login(
     }) = serde_json::from_slice::<LoginBody>(&body)
     else {
         // Not the parser's message: it may quote what was sent.
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            r#"the body must be a JSON object {"username": "...", "password": "..."}"#,
-        );
+        return Err(HttpRefusal::BadRequest(
+            r#"the body must be a JSON object {"username": "...", "password": "..."}"#.into(),
+        ));
     };
     let password = Secret::new(password);
     if username.is_empty() || password.expose().is_empty() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "username and password must not be empty",
-        );
+        return Err(HttpRefusal::BadRequest(
+            "username and password must not be empty".into(),
+        ));
     }
     if username.len() > 256 || password.expose().len() > MAX_PASSWORD_BYTES {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "the username or password is too long (passwords: at most {MAX_PASSWORD_BYTES} bytes)"
-            ),
-        );
+        return Err(HttpRefusal::CredentialsTooLong);
     }
     match accounts.login(&username, &password, source).await {
-        Ok(session) => session_answer(session, lifetime(&relay), !cookie_only),
-        Err(LoginError::Refused(_)) => json_error(StatusCode::UNAUTHORIZED, REFUSED),
-        Err(LoginError::Locked { until }) => {
-            let mut r = (
-                StatusCode::LOCKED,
-                axum::Json(json!({
-                    "error": "this agent is locked after too many failed logins; it unlocks at lockedUntil",
-                    "lockedUntil": crate::clock::unix_millis(until),
-                })),
-            )
-                .into_response();
-            r = no_store(r);
-            r
+        Ok(session) => Ok(session_answer(session, lifetime(&relay), !cookie_only)),
+        Err(LoginError::Refused(_)) => Err(HttpRefusal::LoginRefused),
+        Err(LoginError::Locked { until }) => Err(HttpRefusal::Locked { until }),
+        Err(LoginError::Unavailable(e)) => {
+            Err(HttpRefusal::unavailable("cannot check an agent's login", e))
         }
-        Err(LoginError::Unavailable(_)) => unavailable(),
     }
 }
 
@@ -164,19 +116,14 @@ pub async fn refresh(
     State(relay): State<RelayService>,
     Path(account): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(r) = check_account(&relay, &account) {
-        return r.into_response();
-    }
-    let bearer = match authenticated(&relay, &headers).await {
-        Ok((bearer, _)) => bearer,
-        Err(r) => return r,
-    };
+) -> Result<Response, HttpRefusal> {
+    check_account(&relay, &account)?;
+    let (bearer, _) = authenticated(&relay, &headers).await?;
     // A caller that sent the bearer gets it back; one that used the cookie does not.
     let by_header = headers.contains_key(header::AUTHORIZATION);
     match relay.inner.accounts.refresh(&bearer).await {
-        Ok(session) => session_answer(session, lifetime(&relay), by_header),
-        Err(e) => auth_error(e),
+        Ok(session) => Ok(session_answer(session, lifetime(&relay), by_header)),
+        Err(e) => Err(auth_error(e)),
     }
 }
 
@@ -185,37 +132,32 @@ pub async fn logout(
     State(relay): State<RelayService>,
     Path(account): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(r) = check_account(&relay, &account) {
-        return r.into_response();
+) -> Result<Response, HttpRefusal> {
+    check_account(&relay, &account)?;
+    let (bearer, _) = authenticated(&relay, &headers).await?;
+    relay
+        .inner
+        .accounts
+        .logout(&bearer)
+        .await
+        .map_err(auth_error)?;
+    let mut r = no_store(StatusCode::NO_CONTENT.into_response());
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
     }
-    let bearer = match authenticated(&relay, &headers).await {
-        Ok((bearer, _)) => bearer,
-        Err(r) => return r,
-    };
-    match relay.inner.accounts.logout(&bearer).await {
-        Ok(()) => {
-            let mut r = StatusCode::NO_CONTENT.into_response();
-            r = no_store(r);
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
-            )) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            r
-        }
-        Err(e) => auth_error(e),
-    }
+    Ok(r)
 }
 
 /// `GET /api/v1/workspace`: what the signed-in agent's workspace needs: who it is, when its
 /// session ends, and the account's settings (message size limit, skills to transfer to,
 /// canned responses). Bearer, or cookie with `X-CSRF-Token`.
-pub async fn workspace(State(relay): State<RelayService>, headers: HeaderMap) -> Response {
-    let live = match authenticated(&relay, &headers).await {
-        Ok((_, live)) => live,
-        Err(r) => return r,
-    };
+pub async fn workspace(
+    State(relay): State<RelayService>,
+    headers: HeaderMap,
+) -> Result<Response, HttpRefusal> {
+    let (_, live) = authenticated(&relay, &headers).await?;
     let config = &relay.inner.config;
     let expires_at = crate::clock::unix_millis(live.principal.expires_at);
     let mut r = axum::Json(json!({
@@ -230,28 +172,22 @@ pub async fn workspace(State(relay): State<RelayService>, headers: HeaderMap) ->
     }))
     .into_response();
     r = no_store(r);
-    r
+    Ok(r)
 }
 
 /// The body of a JSON request: the right content type, within the size limit.
 fn read_json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, Reject> {
+) -> Result<Bytes, HttpRefusal> {
     if !is_json(headers) {
-        return Err(reject(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the body as Content-Type: application/json",
-        ));
+        return Err(HttpRefusal::NotJson);
     }
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            )
+            HttpRefusal::BodyTooLarge
         } else {
-            reject(StatusCode::BAD_REQUEST, "the body could not be read")
+            HttpRefusal::BodyUnreadable
         }
     })
 }
@@ -261,35 +197,22 @@ fn read_json_body(
 pub(super) async fn authenticated(
     relay: &RelayService,
     headers: &HeaderMap,
-) -> Result<(String, LiveSession), Response> {
+) -> Result<(String, LiveSession), HttpRefusal> {
     let accounts = &relay.inner.accounts;
     if headers.contains_key(header::AUTHORIZATION) {
-        let Some(bearer) = authorization_token(headers, &["bearer"]).map(str::to_string) else {
-            return Err(json_error(
-                StatusCode::UNAUTHORIZED,
-                "send the session as Authorization: Bearer <bearer>",
-            ));
-        };
-        return match accounts.session(&bearer).await {
-            Ok(live) => Ok((bearer, live)),
-            Err(e) => Err(auth_error(e)),
-        };
+        let bearer = authorization_token(headers, &["bearer"])
+            .map(str::to_string)
+            .ok_or(HttpRefusal::NotABearer)?;
+        let live = accounts.session(&bearer).await.map_err(auth_error)?;
+        return Ok((bearer, live));
     }
-    let Some(bearer) = cookie(headers, SESSION_COOKIE) else {
-        return Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "send the session as Authorization: Bearer <bearer>, or its cookie with X-CSRF-Token",
-        ));
-    };
-    let bearer = bearer.to_string();
+    let bearer = cookie(headers, SESSION_COOKIE)
+        .ok_or(HttpRefusal::NoSession)?
+        .to_string();
     let live = accounts.session(&bearer).await.map_err(auth_error)?;
-    let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-    match csrf {
+    match headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
         Some(csrf) if live.csrf_matches(csrf) => Ok((bearer, live)),
-        _ => Err(json_error(
-            StatusCode::FORBIDDEN,
-            "a request authenticated by the session cookie must carry the session's X-CSRF-Token",
-        )),
+        _ => Err(HttpRefusal::NoCsrfToken),
     }
 }
 
@@ -298,15 +221,11 @@ fn lifetime(relay: &RelayService) -> u64 {
     relay.inner.accounts.config().session_lifetime.0.as_secs()
 }
 
-fn auth_error(e: AgentAuthError) -> Response {
+fn auth_error(e: AgentAuthError) -> HttpRefusal {
     match e {
-        AgentAuthError::Invalid => json_error(
-            StatusCode::UNAUTHORIZED,
-            "the session is not valid (unknown, expired or ended); log in again",
-        ),
+        AgentAuthError::Invalid => HttpRefusal::SessionNotValid,
         AgentAuthError::Unavailable(e) => {
-            tracing::error!(error = %e, "cannot check an agent's session");
-            unavailable()
+            HttpRefusal::unavailable("cannot check an agent's session", e)
         }
     }
 }
@@ -357,7 +276,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let body = || Ok(Bytes::from_static(b"{}"));
         assert_eq!(
-            read_json_body(&h, body()).unwrap_err().0,
+            read_json_body(&h, body()).unwrap_err().status(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
         h.insert(

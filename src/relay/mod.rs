@@ -42,6 +42,7 @@ mod outbox;
 mod profiles;
 pub(crate) mod protocol;
 mod records;
+mod refusal;
 mod requests;
 mod rest;
 mod routes;

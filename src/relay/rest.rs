@@ -7,13 +7,14 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::json;
 
 use super::accounts::AgentAuthError;
+use super::refusal::HttpRefusal;
 use super::service::RelayService;
 use super::vocabulary::{Participant, RelayError};
-use crate::http_answer::{json_error, no_store};
+use crate::http_answer::no_store;
 use crate::identity::VerifyError;
 
 /// Most events in one answer.
@@ -24,11 +25,8 @@ pub async fn events(
     Path(conversation): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Response {
-    let who = match caller(&relay, &headers).await {
-        Ok(who) => who,
-        Err(response) => return response,
-    };
+) -> Result<Response, HttpRefusal> {
+    let who = caller(&relay, &headers).await?;
     let mut from_seq = 0;
     let mut limit = 100;
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
@@ -36,84 +34,66 @@ pub async fn events(
         match k.as_ref() {
             "fromSeq" => match number() {
                 Some(n) if n >= 0 => from_seq = n,
-                _ => {
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        "fromSeq must be a sequence (0 or more)",
-                    );
-                }
+                _ => return Err(bad("fromSeq must be a sequence (0 or more)")),
             },
             "limit" => match number() {
                 Some(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => {
-                    return json_error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
-                }
+                _ => return Err(bad("limit must be between 1 and 1000")),
             },
-            _ => return json_error(StatusCode::BAD_REQUEST, &format!("unknown parameter {k}")),
+            _ => return Err(HttpRefusal::BadRequest(format!("unknown parameter {k}"))),
         }
     }
-    match relay
+    let changes = relay
         .inner
         .conversations
         .history(&who, &conversation, from_seq, limit)
         .await
-    {
-        Ok(changes) => no_store(
-            axum::Json(json!({
-                "conversationId": conversation,
-                "events": changes.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
-            }))
-            .into_response(),
-        ),
-        Err(RelayError::NotFound) => json_error(StatusCode::NOT_FOUND, "no such conversation"),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read a conversation's history");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service cannot answer right now",
-            )
-        }
-    }
+        .map_err(|e| refused(e, "cannot read a conversation's history"))?;
+    Ok(no_store(
+        axum::Json(json!({
+            "conversationId": conversation,
+            "events": changes.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+    ))
 }
 
 /// `GET /api/v1/conversations`: the calling agent's conversations.
-pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Response {
-    let who = match caller(&relay, &headers).await {
-        Ok(who @ Participant::Agent(_)) => who,
-        Ok(Participant::Consumer(_)) => {
-            return json_error(
-                StatusCode::FORBIDDEN,
+pub async fn list(
+    State(relay): State<RelayService>,
+    headers: HeaderMap,
+) -> Result<Response, HttpRefusal> {
+    let who = match caller(&relay, &headers).await? {
+        who @ Participant::Agent(_) => who,
+        Participant::Consumer(_) => {
+            return Err(HttpRefusal::WrongRole(
                 "the conversation list is for agents; a consumer subscribes to its own",
-            );
+            ));
         }
-        Err(response) => return response,
     };
-    match relay.inner.conversations.list_for(&who).await {
-        Ok(rows) => {
-            let list: Vec<_> = rows
-                .iter()
-                .map(|c| {
-                    json!({
-                        "conversationId": c.id,
-                        "consumerId": c.consumer_id,
-                        "state": if c.open { "OPEN" } else { "CLOSE" },
-                        "skillId": c.skill,
-                        "startTs": c.created_at,
-                        "endTs": c.closed_at,
-                        "lastSequence": c.last_seq,
-                    })
-                })
-                .collect();
-            no_store(axum::Json(json!({ "conversations": list })).into_response())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list an agent's conversations");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service cannot answer right now",
-            )
-        }
-    }
+    let rows = relay
+        .inner
+        .conversations
+        .list_for(&who)
+        .await
+        .map_err(|e| refused(e, "cannot list an agent's conversations"))?;
+    let list: Vec<_> = rows
+        .iter()
+        .map(|c| {
+            json!({
+                "conversationId": c.id,
+                "consumerId": c.consumer_id,
+                "state": if c.open { "OPEN" } else { "CLOSE" },
+                "skillId": c.skill,
+                "startTs": c.created_at,
+                "endTs": c.closed_at,
+                "lastSequence": c.last_seq,
+            })
+        })
+        .collect();
+    Ok(no_store(
+        axum::Json(json!({ "conversations": list })).into_response(),
+    ))
 }
 
 /// Who calls: a consumer by its identity token (a JWT: `Authorization: jwt <token>` or
@@ -123,42 +103,25 @@ pub async fn list(State(relay): State<RelayService>, headers: HeaderMap) -> Resp
 pub(super) async fn caller(
     relay: &RelayService,
     headers: &HeaderMap,
-) -> Result<Participant, Response> {
+) -> Result<Participant, HttpRefusal> {
     if !headers.contains_key(http::header::AUTHORIZATION)
         && crate::http_auth::cookie(headers, super::login::SESSION_COOKIE).is_some()
     {
         let (_, live) = super::login::authenticated(relay, headers).await?;
         return Ok(Participant::Agent(live.principal.agent_id));
     }
-    let Some(token) = super::consumer::header_token(headers) else {
-        return Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "send a consumer's identity token (Authorization: jwt <token>) or an agent's session (Authorization: Bearer <bearer>)",
-        ));
-    };
+    let token = super::consumer::header_token(headers).ok_or(HttpRefusal::NoCredential)?;
     if token.contains('.') {
         match relay.inner.identity.verify_consumer(token).await {
             Ok(c) => Ok(Participant::Consumer(c.subject)),
-            Err(VerifyError::Unavailable) => Err(json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tokens cannot be checked right now",
-            )),
-            Err(e) => Err(json_error(
-                StatusCode::UNAUTHORIZED,
-                &format!("the token is not accepted: {e}"),
-            )),
+            Err(VerifyError::Unavailable) => Err(HttpRefusal::TokensUnavailable),
+            Err(e) => Err(HttpRefusal::TokenRefused(e)),
         }
     } else {
         match relay.inner.accounts.authenticate(token).await {
             Ok(agent) => Ok(Participant::Agent(agent.agent_id)),
-            Err(AgentAuthError::Unavailable(_)) => Err(json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "sessions cannot be checked right now",
-            )),
-            Err(_) => Err(json_error(
-                StatusCode::UNAUTHORIZED,
-                "the session is not valid; log in",
-            )),
+            Err(AgentAuthError::Unavailable(_)) => Err(HttpRefusal::SessionsUnavailable),
+            Err(_) => Err(HttpRefusal::SessionNotValid),
         }
     }
 }
@@ -172,44 +135,47 @@ pub async fn consumer_profile(
     State(relay): State<RelayService>,
     Path(conversation): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let who = match caller(&relay, &headers).await {
-        Ok(who @ Participant::Agent(_)) => who,
-        Ok(Participant::Consumer(_)) => {
-            return json_error(
-                StatusCode::FORBIDDEN,
+) -> Result<Response, HttpRefusal> {
+    let who = match caller(&relay, &headers).await? {
+        who @ Participant::Agent(_) => who,
+        Participant::Consumer(_) => {
+            return Err(HttpRefusal::WrongRole(
                 "this is for the conversation's agent",
-            );
+            ));
         }
-        Err(response) => return response,
     };
-    let row = match relay.inner.conversations.get(&who, &conversation).await {
-        Ok(row) => row,
-        Err(RelayError::NotFound) => {
-            return json_error(StatusCode::NOT_FOUND, "no such conversation");
-        }
-        Err(e) => return profile_unavailable(e),
-    };
-    match relay.inner.profiles.get(&row.consumer_id).await {
-        Ok(profile) => {
-            let profile = profile.unwrap_or_else(|| json!({"authenticated": false, "claims": {}}));
-            no_store(
-                axum::Json(json!({
-                    "consumerId": row.consumer_id,
-                    "authenticated": profile["authenticated"],
-                    "claims": profile["claims"],
-                }))
-                .into_response(),
-            )
-        }
-        Err(e) => profile_unavailable(e),
-    }
+    let row = relay
+        .inner
+        .conversations
+        .get(&who, &conversation)
+        .await
+        .map_err(|e| refused(e, "cannot read a consumer's profile"))?;
+    let profile = relay
+        .inner
+        .profiles
+        .get(&row.consumer_id)
+        .await
+        .map_err(|e| refused(e, "cannot read a consumer's profile"))?
+        .unwrap_or_else(|| json!({"authenticated": false, "claims": {}}));
+    Ok(no_store(
+        axum::Json(json!({
+            "consumerId": row.consumer_id,
+            "authenticated": profile["authenticated"],
+            "claims": profile["claims"],
+        }))
+        .into_response(),
+    ))
 }
 
-fn profile_unavailable(e: RelayError) -> Response {
-    tracing::error!(error = %e, "cannot read a consumer's profile");
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the service cannot answer right now",
-    )
+fn bad(why: &str) -> HttpRefusal {
+    HttpRefusal::BadRequest(why.to_string())
+}
+
+/// A relay error as an HTTPS refusal: `404` for a conversation that is not there (or not the
+/// caller's); anything else is brandgate's own trouble, logged as `what`.
+fn refused(e: RelayError, what: &str) -> HttpRefusal {
+    match e {
+        RelayError::NotFound => HttpRefusal::no_conversation(),
+        other => HttpRefusal::unavailable(what, other),
+    }
 }
