@@ -18,11 +18,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use serde_json::{Value, json};
 
+use super::refusal::Refusal;
 use super::{Claims, IdentityService};
-use crate::http_answer::{json_error, no_store, with_retry_after};
+use crate::http_answer::no_store;
 use crate::tls::Peer;
 
 /// Largest body of a token request (form or JSON).
@@ -124,25 +125,19 @@ async fn public_key(State(s): State<IdentityService>) -> Response {
     cache_for(response, Duration::from_secs(60))
 }
 
-async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<Peer>>) -> Response {
+async fn signup(
+    State(s): State<IdentityService>,
+    peer: Option<axum::Extension<Peer>>,
+) -> Result<Response, Refusal> {
     let settings = &s.inner.config.anonymous;
     if !settings.enabled {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "anonymous identities are not enabled",
-        );
+        return Err(Refusal::AnonymousOff);
     }
     if let Some(axum::Extension(peer)) = &peer {
         let ip = peer.addr.ip();
-        if let Some(wait) = s.inner.signups.blocked(ip, "signup", settings.per_minute) {
+        if let Some(retry_after) = s.inner.signups.blocked(ip, "signup", settings.per_minute) {
             s.inner.metrics.token("anonymous", "refused");
-            return with_retry_after(
-                json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many sign-ups from this address; retry later",
-                ),
-                wait,
-            );
+            return Err(Refusal::TooManySignups { retry_after });
         }
         s.inner.signups.count(ip, "signup");
     }
@@ -159,8 +154,10 @@ async fn signup(State(s): State<IdentityService>, peer: Option<axum::Extension<P
     match s.mint(&claims).await {
         Ok(minted) => {
             s.inner.metrics.token("anonymous", "issued");
-            no_store(axum::Json(json!({ "jwt": minted.jwt })).into_response())
+            Ok(no_store(
+                axum::Json(json!({ "jwt": minted.jwt })).into_response(),
+            ))
         }
-        Err(e) => s.unavailable("cannot mint an anonymous identity", e),
+        Err(e) => Err(Refusal::unavailable("cannot mint an anonymous identity", e)),
     }
 }

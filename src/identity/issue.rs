@@ -10,14 +10,14 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::IdentityService;
+use super::refusal::Refusal;
 use super::upstream::UpstreamError;
-use super::web::basic_challenge;
-use crate::http_answer::{has_media_type, json_error, no_store, with_retry_after};
+use crate::http_answer::{has_media_type, no_store};
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
@@ -36,7 +36,9 @@ pub async fn issue(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = handle(&s, peer.as_ref().map(|p| &p.0), &headers, &body).await;
+    let answer = handle(&s, peer.as_ref().map(|p| &p.0), &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     s.inner.metrics.answered("backend", answer.status());
     answer
 }
@@ -46,16 +48,10 @@ async fn handle(
     peer: Option<&Peer>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Response {
+) -> Result<Response, Refusal> {
     let live = s.live();
-    if let Some(wait) = s.failures_wait(peer, "identity_token") {
-        return with_retry_after(
-            json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed authentications from this address; retry later",
-            ),
-            wait,
-        );
+    if let Some(retry_after) = s.failures_wait(peer, "identity_token") {
+        return Err(Refusal::TooManyFailures { retry_after });
     }
     let basic = basic_credentials(headers);
     let backend = live.callers.authenticate_backend(
@@ -65,22 +61,14 @@ async fn handle(
     let Some(backend) = backend else {
         s.count_failure(peer, "identity_token");
         tracing::info!("a token request failed backend authentication");
-        return basic_challenge(json_error(
-            StatusCode::UNAUTHORIZED,
-            "backend authentication failed",
-        ));
+        return Err(Refusal::BackendUnauthenticated);
     };
 
     if !has_media_type(headers, "application/json") {
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "the body must be application/json",
-        );
+        return Err(Refusal::NotJson);
     }
-    let request: Request = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("malformed request: {e}")),
-    };
+    let request: Request =
+        serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
 
     let (subject, profile) = match request {
         Request {
@@ -88,12 +76,7 @@ async fn handle(
             subject: None,
             claims: None,
         } => {
-            let Some(upstream) = &live.upstream else {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "ID tokens cannot be checked: no [identity.upstream] is configured",
-                );
-            };
+            let upstream = live.upstream.as_ref().ok_or(Refusal::NoUpstream)?;
             match upstream
                 .verify_presented(&token, &backend.accepted_audiences)
                 .await
@@ -104,17 +87,11 @@ async fn handle(
                 ),
                 Err(UpstreamError::Token(problem)) => {
                     tracing::info!(backend = %backend.id, %problem, "a presented ID token failed a check");
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("the ID token is not acceptable: {problem}"),
-                    );
+                    return Err(Refusal::IdToken(problem));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot check a presented ID token");
-                    return json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the login provider cannot be reached to check the token; retry later",
-                    );
+                    return Err(Refusal::UpstreamUnreachable);
                 }
             }
         }
@@ -124,17 +101,9 @@ async fn handle(
             claims,
         } => {
             if !backend.trusted {
-                return json_error(
-                    StatusCode::FORBIDDEN,
-                    "this backend may only present ID tokens (it is not trusted to name subjects)",
-                );
+                return Err(Refusal::NotTrusted);
             }
-            if let Err(e) = super::subject::check(&subject) {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("subject must be 1 to 255 bytes of printable text: {e}"),
-                );
-            }
+            super::subject::check(&subject).map_err(|e| Refusal::Subject(e.to_string()))?;
             let claims = claims.unwrap_or_default();
             let issuer = live
                 .upstream
@@ -146,32 +115,24 @@ async fn handle(
                 live.mapper.profile(&claims),
             )
         }
-        _ => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "send either {\"id_token\": ...} or {\"subject\": ..., \"claims\": {...}}",
-            );
-        }
+        _ => return Err(Refusal::NeitherShape),
     };
 
     match s.mint_consumer(subject, profile, None).await {
         Ok(minted) => {
             tracing::info!(backend = %backend.id, kid = %minted.kid, "issued a consumer token to a backend");
-            no_store(
+            Ok(no_store(
                 axum::Json(json!({
                     "jwt": minted.jwt,
                     "token_type": "Bearer",
                     "expires_in": s.inner.config.token_lifetime.0.as_secs(),
                 }))
                 .into_response(),
-            )
+            ))
         }
-        Err(e) => match e.refusal() {
-            Some(reason) => json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("no consumer token can be made for this identity: {reason}"),
-            ),
-            None => s.unavailable("cannot mint a consumer token", e),
-        },
+        Err(e) => Err(match e.refusal() {
+            Some(reason) => Refusal::Unmintable(reason),
+            None => Refusal::unavailable("cannot mint a consumer token", e),
+        }),
     }
 }

@@ -28,6 +28,7 @@ pub mod keys;
 mod login;
 mod metrics;
 mod mint;
+mod refusal;
 mod subject;
 mod token;
 mod upstream;
@@ -303,11 +304,7 @@ impl IdentityService {
 
     /// `503` for a failure of ours (logged, never shown).
     fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> Response {
-        tracing::error!(error = %e, "{what}");
-        crate::http_answer::json_error(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "the identity service cannot answer right now",
-        )
+        axum::response::IntoResponse::into_response(refusal::Refusal::unavailable(what, e))
     }
 
     /// Looks after the ring on this node until `cancel`: scheduled rotation, removal of keys
