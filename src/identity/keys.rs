@@ -150,7 +150,7 @@ impl KeyRing {
     }
 
     /// The rows, from the store or a recent read of it.
-    async fn rows(&self, fresh: bool) -> Result<Arc<Vec<SigningKeyRow>>, StoreError> {
+    pub(super) async fn rows(&self, fresh: bool) -> Result<Arc<Vec<SigningKeyRow>>, StoreError> {
         if !fresh
             && let Some((at, rows)) = self
                 .cache
@@ -240,33 +240,6 @@ impl KeyRing {
             }
         }
         Ok(())
-    }
-
-    /// Re-seals private keys sealed under an older data key. Returns how many.
-    pub async fn reseal(&self) -> Result<usize, KeyError> {
-        let mut count = 0;
-        for row in self.rows(true).await?.iter() {
-            if !self.data_keys.is_stale(&row.private_sealed) {
-                continue;
-            }
-            let context = seal_context(&row.kid);
-            let plain = self
-                .data_keys
-                .open(&context, &row.private_sealed)
-                .map_err(|_| KeyError::Crypto("a private key does not open with the data keys"))?;
-            let sealed = self
-                .data_keys
-                .seal(&context, plain.expose())
-                .map_err(|_| KeyError::Crypto("sealing failed"))?;
-            if self
-                .store
-                .replace_signing_key_seal(&row.kid, &row.private_sealed, &sealed)
-                .await?
-            {
-                count += 1;
-            }
-        }
-        Ok(count)
     }
 
     /// The JWKS: every published key. Read from the store each time (verifiers fetch it

@@ -109,6 +109,33 @@ fn b64_len(n: usize) -> usize {
     (n * 4).div_ceil(3)
 }
 
+/// Re-seals the ring's private keys sealed under an older data key (`brandgate store
+/// reseal`). Here because only the mint opens a private signing key. Returns how many.
+pub async fn reseal_signing_keys(ring: &KeyRing) -> Result<usize, KeyError> {
+    let data_keys = ring.data_keys();
+    let mut count = 0;
+    for row in ring.rows(true).await?.iter() {
+        if !data_keys.is_stale(&row.private_sealed) {
+            continue;
+        }
+        let context = seal_context(&row.kid);
+        let plain = data_keys
+            .open(&context, &row.private_sealed)
+            .map_err(|_| KeyError::Crypto("a private key does not open with the data keys"))?;
+        let sealed = data_keys
+            .seal(&context, plain.expose())
+            .map_err(|_| KeyError::Crypto("sealing failed"))?;
+        if ring
+            .store()
+            .replace_signing_key_seal(&row.kid, &row.private_sealed, &sealed)
+            .await?
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 /// A private key, parsed.
 enum Signer {
     Rsa(aws_lc_rs::rsa::KeyPair),

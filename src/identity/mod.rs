@@ -24,7 +24,7 @@ mod endpoints;
 mod external;
 mod grants;
 mod issue;
-pub mod keys;
+mod keys;
 mod login;
 mod metrics;
 mod mint;
@@ -58,7 +58,7 @@ pub async fn reseal(
     use crate::store::sealed::SealedColumn;
     let mut done = Vec::new();
     if let Some(ring) = ring {
-        done.push(("signing keys", ring.reseal().await?));
+        done.push(("signing keys", mint::reseal_signing_keys(ring).await?));
     }
     let column = SealedColumn::PendingGrants;
     // A pending grant is bound to its record id.

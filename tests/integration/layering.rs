@@ -405,3 +405,42 @@ fn no_relay_module_imports_one_that_imports_it_back() {
         cycles.into_iter().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// Only the mint opens a private signing key: no other file reads a signing key's sealed
+/// private part (`private_sealed`) and opens sealed data in the same place. (The store holds
+/// the column; the key ring makes and seals keys but never opens one.)
+#[test]
+fn only_the_mint_opens_a_private_signing_key() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut openers = Vec::new();
+    for file in &files {
+        let relative = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let text = std::fs::read_to_string(file).unwrap();
+        let text = text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or(&text);
+        let code: Vec<&str> = text.lines().map(code).collect();
+        // A call of `open(` within three lines of `private_sealed`.
+        let opens = code.iter().enumerate().any(|(n, line)| {
+            line.contains("private_sealed")
+                && code[n.saturating_sub(3)..(n + 4).min(code.len())]
+                    .iter()
+                    .any(|l| l.contains(".open("))
+        });
+        if opens && !relative.starts_with("store/") {
+            openers.push(relative);
+        }
+    }
+    assert_eq!(
+        openers,
+        ["identity/mint.rs"],
+        "files opening a private signing key"
+    );
+}
