@@ -63,14 +63,12 @@ pub async fn list(
     State(relay): State<RelayService>,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
-    let who = match caller(&relay, &headers).await? {
-        who @ Participant::Agent(_) => who,
-        Participant::Consumer(_) => {
-            return Err(HttpRefusal::WrongRole(
-                "the conversation list is for agents; a consumer subscribes to its own",
-            ));
-        }
-    };
+    let who = agent_caller(
+        &relay,
+        &headers,
+        "the conversation list is for agents; a consumer subscribes to its own",
+    )
+    .await?;
     let rows = relay
         .inner
         .conversations
@@ -126,6 +124,18 @@ pub(super) async fn caller(
     }
 }
 
+/// The agent calling; a consumer is refused with `why`.
+async fn agent_caller(
+    relay: &RelayService,
+    headers: &HeaderMap,
+    why: &'static str,
+) -> Result<Participant, HttpRefusal> {
+    match caller(relay, headers).await? {
+        who @ Participant::Agent(_) => Ok(who),
+        Participant::Consumer(_) => Err(HttpRefusal::WrongRole(why)),
+    }
+}
+
 /// `GET /api/v1/conversations/{id}/consumer`: who the conversation's consumer is, for the
 /// agent holding it. `{"consumerId", "authenticated", "claims": {...}}`; a consumer whose
 /// profile was never recorded shows as not authenticated with no claims. Only the agent holding
@@ -136,14 +146,7 @@ pub async fn consumer_profile(
     Path(conversation): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
-    let who = match caller(&relay, &headers).await? {
-        who @ Participant::Agent(_) => who,
-        Participant::Consumer(_) => {
-            return Err(HttpRefusal::WrongRole(
-                "this is for the conversation's agent",
-            ));
-        }
-    };
+    let who = agent_caller(&relay, &headers, "this is for the conversation's agent").await?;
     let row = relay
         .inner
         .conversations
