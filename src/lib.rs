@@ -6,40 +6,44 @@
 //! - [`config`]: the one TOML file plus `BRANDGATE_*` environment overrides, typed and validated.
 //! - [`app`]: wires the roles to the listeners; reload on SIGHUP, drain on SIGTERM.
 //! - [`tls`]: every rustls configuration in the process (TLS 1.2 and 1.3 only).
-//! - [`ops`]: the operator's side: metrics, health and readiness, systemd notifications, logging.
+//! - `ops`: the operator's side: metrics, health and readiness, systemd notifications, logging.
 //! - [`push`]: the push proxy role. Its door is [`push::PushService`].
 //! - [`identity`]: the identity bridge role. Its door is [`identity::IdentityService`].
 //! - [`relay`]: the self-hosted relay role. Its door is [`relay::RelayService`].
 //! - [`store`]: SQLite or PostgreSQL behind one handle; [`store::seal`] seals secrets at rest.
-//! - [`workspace`]: the agents' browser workspace and the demo page (files only: they are
+//! - `workspace`: the agents' browser workspace and the demo page (files only: they are
 //!   clients of the relay).
 //!
 //! Small shared pieces: [`secret`] (values that must never be printed), [`clock`] (injected time),
 //! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
-//! [`http_auth`] (Basic credentials and client-certificate names, read one way),
-//! [`hex`], [`limiter`] (per-source limits), [`security_headers`] (what every public answer
-//! carries).
+//! `http_auth` (Basic credentials and client-certificate names, read one way),
+//! [`hex`], `limiter` (per-source limits), `security_headers` (what every public answer
+//! carries), `backoff`, `http_answer` and `webhook_signature` (one copy each of what several
+//! roles do), [`problems`] (what is wrong with a config).
+//!
+//! Only what the binary, the tests, the benches and the fuzz targets use is `pub`; the shared
+//! pieces only roles use are `pub(crate)`.
 
 pub mod app;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod clock;
 pub mod config;
 pub mod duration;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hex;
-pub mod http_answer;
-pub mod http_auth;
+pub(crate) mod http_answer;
+pub(crate) mod http_auth;
 pub mod http_client;
 pub mod identity;
-pub mod limiter;
-pub mod ops;
+pub(crate) mod limiter;
+pub(crate) mod ops;
 pub mod problems;
 pub mod push;
 pub mod relay;
 pub mod secret;
-pub mod security_headers;
+pub(crate) mod security_headers;
 pub mod store;
 pub mod tls;
-pub mod webhook_signature;
-pub mod workspace;
+pub(crate) mod webhook_signature;
+pub(crate) mod workspace;

@@ -32,7 +32,7 @@ mod accounts;
 mod agent;
 mod away;
 mod bus;
-pub mod close_code;
+pub(crate) mod close_code;
 mod consumer;
 mod conversations;
 mod devices;

@@ -27,11 +27,11 @@ pub mod agents;
 pub mod devices;
 mod grants;
 pub mod migrate;
-pub mod notify;
-pub mod profiles;
+pub(crate) mod notify;
+pub(crate) mod profiles;
 pub mod relay;
 pub mod seal;
-pub mod sealed;
+pub(crate) mod sealed;
 
 use std::path::Path;
 use std::str::FromStr;

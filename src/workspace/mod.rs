@@ -61,7 +61,8 @@ pub fn router(config: &crate::config::RelayConfig) -> Router {
 }
 
 /// The workspace's files, and the demo's, in the order `build.rs` found them.
-pub fn files() -> (&'static [Asset], &'static [Asset]) {
+#[cfg(test)]
+fn files() -> (&'static [Asset], &'static [Asset]) {
     (assets::WORKSPACE, assets::DEMO)
 }
 
