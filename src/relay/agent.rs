@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::accounts::{AgentAuthError, AgentPrincipal};
 use super::close_code;
 use super::protocol::{notification, response, text_response};
+use super::refusal::HttpRefusal;
 use super::requests::{AgentRequest, Unreadable};
 use super::routing::{self, Desk};
 use super::service::RelayService;
@@ -42,7 +43,7 @@ pub async fn platform_path(
     ws: WebSocketUpgrade,
 ) -> Response {
     if account != relay.inner.config.account {
-        return (StatusCode::NOT_FOUND, "no such account").into_response();
+        return HttpRefusal::NotFound("no such account".into()).into_response();
     }
     upgrade(relay, &bearer, ws).await
 }
@@ -61,19 +62,11 @@ pub async fn own_path(
         return upgrade(relay, &bearer, ws).await;
     }
     let Some(bearer) = crate::http_auth::cookie(&headers, super::login::SESSION_COOKIE) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "send the agent's session: Authorization: Bearer <bearer>, or its cookie from the workspace",
-        )
-            .into_response();
+        return HttpRefusal::NoAgentSession.into_response();
     };
     if !origin_allowed(&headers, &uri, &relay.inner.config.workspace.origins) {
         tracing::warn!("an agent socket with the session cookie came from another origin; refused");
-        return (
-            StatusCode::FORBIDDEN,
-            "the session cookie is only accepted from the workspace's own origin",
-        )
-            .into_response();
+        return HttpRefusal::ForeignOrigin.into_response();
     }
     let bearer = bearer.to_string();
     upgrade(relay, &bearer, ws).await
@@ -98,21 +91,17 @@ fn origin_allowed(headers: &HeaderMap, uri: &http::Uri, allowed: &[String]) -> b
 
 async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
-        return super::socket::too_many_sockets();
+        return HttpRefusal::TooManySockets.into_response();
     };
     let principal = match relay.inner.accounts.authenticate(bearer).await {
         Ok(p) => p,
         Err(e @ AgentAuthError::Unavailable(_)) => {
             tracing::warn!(error = %e, "an agent's session could not be checked");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "sessions cannot be checked right now; retry",
-            )
-                .into_response();
+            return HttpRefusal::SessionsUnavailable.into_response();
         }
         Err(e) => {
             tracing::info!(reason = %e, "an agent's session was refused on the upgrade");
-            return (StatusCode::UNAUTHORIZED, "the session is not valid; log in").into_response();
+            return HttpRefusal::SessionNotValid.into_response();
         }
     };
     let bearer = bearer.to_string();

@@ -18,12 +18,13 @@ use std::time::{Duration, SystemTime};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::away::Presence;
 use super::close_code;
 use super::protocol::{Request, notification, response, text_response};
+use super::refusal::HttpRefusal;
 use super::requests::{ConsumerRequest, Unreadable};
 use super::service::RelayService;
 use super::socket::{Link, Next, Role, error_response, run, unknown_type, websocket};
@@ -42,7 +43,7 @@ pub async fn platform_path(
     ws: WebSocketUpgrade,
 ) -> Response {
     if account != relay.inner.config.account {
-        return (StatusCode::NOT_FOUND, "no such account").into_response();
+        return HttpRefusal::NotFound("no such account".into()).into_response();
     }
     upgrade(relay, peer.map(|p| p.0), headers, ws).await
 }
@@ -69,26 +70,18 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
-        return super::socket::too_many_sockets();
+        return HttpRefusal::TooManySockets.into_response();
     };
     let identity = match header_token(&headers) {
         Some(token) => match relay.inner.identity.verify_consumer(token).await {
             Ok(id) => Some(id),
             // Not the token's fault (an external issuer's keys cannot be read): retry later.
             Err(VerifyError::Unavailable) => {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "tokens cannot be checked right now",
-                )
-                    .into_response();
+                return HttpRefusal::TokensUnavailable.into_response();
             }
             Err(e) => {
                 tracing::info!(reason = %e, "a consumer's token was refused on the upgrade");
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    format!("the token is not accepted: {e}"),
-                )
-                    .into_response();
+                return HttpRefusal::TokenRefused(e).into_response();
             }
         },
         None => None,
@@ -100,13 +93,7 @@ async fn upgrade(
             let limit = relay.inner.config.unauthenticated_per_source;
             match relay.inner.unauthenticated.take(peer.addr.ip(), limit) {
                 Some(slot) => Some(slot),
-                None => {
-                    return (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many sockets from this address waiting to authenticate",
-                    )
-                        .into_response();
-                }
+                None => return HttpRefusal::TooManyWaitingSockets.into_response(),
             }
         }
         _ => None,

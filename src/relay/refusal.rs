@@ -1,4 +1,5 @@
-//! Why the relay refuses an HTTPS call (history, lists, devices, the agents' login), as a type:
+//! Why the relay refuses an HTTPS call (history, lists, devices, the agents' login, a socket's
+//! upgrade), as a type:
 //! handlers return one, and [`HttpRefusal::status`] maps every kind to its status in one
 //! exhaustive match, as the push ingress does. The text is the reason the caller reads; it
 //! never holds a secret or anything the caller did not send.
@@ -41,6 +42,14 @@ pub(super) enum HttpRefusal {
     Locked { until: SystemTime },
     #[error("too many login attempts from this address; try again in a minute")]
     TooManyLogins { retry_after: Duration },
+    #[error(
+        "send the agent's session: Authorization: Bearer <bearer>, or its cookie from the workspace"
+    )]
+    NoAgentSession,
+    #[error("the session cookie is only accepted from the workspace's own origin")]
+    ForeignOrigin,
+    #[error("too many sockets from this address waiting to authenticate")]
+    TooManyWaitingSockets,
 
     // What it sent.
     #[error("{0}")]
@@ -63,6 +72,8 @@ pub(super) enum HttpRefusal {
     SessionsUnavailable,
     #[error("the service cannot answer right now; try again")]
     Unavailable,
+    #[error("too many connections; retry later")]
+    TooManySockets,
 }
 
 impl HttpRefusal {
@@ -73,10 +84,15 @@ impl HttpRefusal {
             | HttpRefusal::NoSession
             | HttpRefusal::TokenRefused(_)
             | HttpRefusal::SessionNotValid
-            | HttpRefusal::LoginRefused => StatusCode::UNAUTHORIZED,
-            HttpRefusal::NoCsrfToken | HttpRefusal::WrongRole(_) => StatusCode::FORBIDDEN,
+            | HttpRefusal::LoginRefused
+            | HttpRefusal::NoAgentSession => StatusCode::UNAUTHORIZED,
+            HttpRefusal::NoCsrfToken | HttpRefusal::WrongRole(_) | HttpRefusal::ForeignOrigin => {
+                StatusCode::FORBIDDEN
+            }
             HttpRefusal::Locked { .. } => StatusCode::LOCKED,
-            HttpRefusal::TooManyLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
+            HttpRefusal::TooManyLogins { .. } | HttpRefusal::TooManyWaitingSockets => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             HttpRefusal::BadRequest(_)
             | HttpRefusal::BodyUnreadable
             | HttpRefusal::CredentialsTooLong => StatusCode::BAD_REQUEST,
@@ -85,7 +101,8 @@ impl HttpRefusal {
             HttpRefusal::NotFound(_) => StatusCode::NOT_FOUND,
             HttpRefusal::TokensUnavailable
             | HttpRefusal::SessionsUnavailable
-            | HttpRefusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | HttpRefusal::Unavailable
+            | HttpRefusal::TooManySockets => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -119,6 +136,10 @@ impl IntoResponse for HttpRefusal {
             HttpRefusal::TooManyLogins { retry_after } => {
                 let text = self.to_string();
                 with_retry_after(json_error(status, &text), retry_after)
+            }
+            HttpRefusal::TooManySockets => {
+                let text = self.to_string();
+                with_retry_after(json_error(status, &text), Duration::from_secs(1))
             }
             other => json_error(status, &other.to_string()),
         }

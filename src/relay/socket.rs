@@ -601,16 +601,3 @@ fn change_notification(subscription: &str, kind: &str, c: &ConversationRow) -> S
         }),
     )
 }
-
-/// The answer to an upgrade past `relay.max_sockets`: `503`, the reason, and when to retry.
-pub(super) fn too_many_sockets() -> axum::response::Response {
-    use axum::response::IntoResponse;
-    crate::http_answer::with_retry_after(
-        (
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections; retry later",
-        )
-            .into_response(),
-        std::time::Duration::from_secs(1),
-    )
-}
