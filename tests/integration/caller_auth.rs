@@ -160,11 +160,14 @@ async fn client_certificates_are_matched_by_name() {
         )
         .await;
     // The client sees the server's alert (UnknownCA) or, when the connection ends before it
-    // reads it, only the end (TLS 1.3 checks its certificate after its side of the
-    // handshake); the daemon's log says why in every case.
+    // reads it, only the end: closed, reset, or a broken pipe on its next write (TLS 1.3
+    // checks its certificate after its side of the handshake). Never an HTTP answer; the
+    // daemon's log says why in every case (below).
     let e = r.unwrap_err();
     assert!(
-        e.contains("UnknownCA") || e.contains("connection closed"),
+        ["UnknownCA", "connection closed", "broken pipe", "reset"]
+            .iter()
+            .any(|end| e.contains(end)),
         "{e}"
     );
     assert_eq!(fake.received().len(), 1);
