@@ -41,15 +41,16 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     let server_tls = tls::server_config(&config.server.tls, &state_dir).map_err(Problems::from)?;
     announce_development_certificate(server_tls.development_certificate.as_ref());
 
+    // Unwise file modes are said even when something else stops the start.
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let mut registry = Registry::default();
     let prepared = prepare(
         &config,
         Some(&state_dir),
         push::PushMetrics::register(&mut registry),
     )?;
-    for warning in &prepared.warnings {
-        tracing::warn!("{warning}");
-    }
     for note in &prepared.notes {
         tracing::info!("{note}");
     }

@@ -66,10 +66,18 @@ pub(super) fn prepare(
             .map_err(|p| problems.0.extend(p.0))
             .ok();
         if config.store.data_keys_file.is_none() {
-            notes.push(format!(
-                "store.data_keys_file: not configured; a development data key will be generated in {}",
-                config.server.state_dir.display()
-            ));
+            let dev_key = config.server.state_dir.join("data-keys");
+            notes.push(if dev_key.exists() {
+                format!(
+                    "store.data_keys_file: not configured; the development data key in {} is used",
+                    dev_key.display()
+                )
+            } else {
+                format!(
+                    "store.data_keys_file: not configured; a development data key will be generated in {}",
+                    config.server.state_dir.display()
+                )
+            });
         }
     }
     let relay = match config.relay.as_ref().map(RelayService::prepare) {

@@ -433,12 +433,12 @@ async fn finish_closing(socket: &mut WebSocket, ending: Ending) {
     .await;
 }
 
-/// A `400`/`404`/... answer for a failed request; our own failures are logged, not shown.
 /// The answer to a request of a type the relay does not know, or not one this role sends.
 pub(super) fn unknown_type(req_id: &str, kind: &str) -> String {
     text_response(req_id, 400, &format!("unknown request type {kind:?}"))
 }
 
+/// A `400`/`404`/... answer for a failed request; our own failures are logged, not shown.
 pub(super) fn error_response(req_id: &str, e: &RelayError) -> String {
     let (code, text) = match e {
         RelayError::NotFound => (404, "no such conversation".to_string()),
