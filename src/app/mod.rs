@@ -74,13 +74,14 @@ async fn open_store(
         None => {
             let path = state_dir.join("data-keys");
             if !path.exists() {
-                let line = DataKeys::generate_line("dev1").map_err(StartError::Runtime)?;
+                let line = DataKeys::generate_line("dev1")
+                    .map_err(|e| StartError::Runtime(e.to_string()))?;
                 tls::write_private_file(&path, line.as_bytes()).map_err(StartError::Runtime)?;
                 tracing::warn!(file = %path.display(), "no store.data_keys_file configured: generated a development data key; \
                     what it seals is only as safe as this file: configure store.data_keys_file (LoadCredential=) before production");
             }
             DataKeys::load(&path, config.store.active_data_key.as_deref())
-                .map_err(|e| problem("store.data_keys_file", e))?
+                .map_err(|e| problem("store.data_keys_file", e.to_string()))?
         }
     };
     let url = settings

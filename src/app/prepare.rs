@@ -106,7 +106,7 @@ pub(super) fn store_settings(config: &Config) -> Result<StoreSettings, Problems>
     let mut problems = Problems::default();
     let data_keys = match &config.store.data_keys_file {
         Some(file) => DataKeys::load(file, config.store.active_data_key.as_deref())
-            .map_err(|e| problems.push("store.data_keys_file", e))
+            .map_err(|e| problems.push("store.data_keys_file", e.to_string()))
             .ok(),
         None => None,
     };

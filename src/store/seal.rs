@@ -28,6 +28,45 @@ pub enum SealError {
     Damaged,
 }
 
+/// Why a data-key file cannot be used (never shows a key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataKeyError {
+    #[error("the data-key file is not text")]
+    NotText,
+    #[error("line {line}: {problem}")]
+    Line { line: usize, problem: LineProblem },
+    #[error("active data key {0:?} is not in the file")]
+    NoActive(String),
+    #[error("the data-key file holds no key")]
+    Empty,
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{file}: {error}")]
+    In {
+        file: String,
+        error: Box<DataKeyError>,
+    },
+    #[error("no randomness available")]
+    NoRandomness,
+}
+
+/// What is wrong with one line of a data-key file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("expected \"<id> <base64 key>\"")]
+    Shape,
+    #[error("key ids are 1-64 letters, digits, '-' or '_'")]
+    Id,
+    #[error("the key is not base64")]
+    NotBase64,
+    #[error("a data key is 32 bytes (base64 of 32 random bytes)")]
+    Length,
+    #[error("not a usable AES-256 key")]
+    Unusable,
+    #[error("key id {0:?} appears twice")]
+    Twice(String),
+}
+
 /// The data keys.
 pub struct DataKeys {
     keys: HashMap<String, LessSafeKey>,
@@ -46,9 +85,8 @@ impl std::fmt::Debug for DataKeys {
 impl DataKeys {
     /// Parses a data-key file. `active` names the key that seals new values (default: the
     /// first in the file).
-    pub fn parse(text: &[u8], active: Option<&str>) -> Result<DataKeys, String> {
-        let text =
-            std::str::from_utf8(text).map_err(|_| "the data-key file is not text".to_string())?;
+    pub fn parse(text: &[u8], active: Option<&str>) -> Result<DataKeys, DataKeyError> {
+        let text = std::str::from_utf8(text).map_err(|_| DataKeyError::NotText)?;
         let mut keys = HashMap::new();
         let mut first = None;
         for (n, line) in text.lines().enumerate() {
@@ -56,55 +94,56 @@ impl DataKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let bad = |problem| DataKeyError::Line {
+                line: n + 1,
+                problem,
+            };
             let (id, b64) = line
                 .split_once(char::is_whitespace)
-                .ok_or_else(|| format!("line {}: expected \"<id> <base64 key>\"", n + 1))?;
+                .ok_or(bad(LineProblem::Shape))?;
             if id.is_empty()
                 || id.len() > 64
                 || !id
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(format!(
-                    "line {}: key ids are 1-64 letters, digits, '-' or '_'",
-                    n + 1
-                ));
+                return Err(bad(LineProblem::Id));
             }
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
-                .map_err(|_| format!("line {}: the key is not base64", n + 1))?;
+                .map_err(|_| bad(LineProblem::NotBase64))?;
             if raw.len() != 32 {
-                return Err(format!(
-                    "line {}: a data key is 32 bytes (base64 of 32 random bytes)",
-                    n + 1
-                ));
+                return Err(bad(LineProblem::Length));
             }
-            let key = UnboundKey::new(&AES_256_GCM, &raw)
-                .map_err(|_| format!("line {}: not a usable AES-256 key", n + 1))?;
+            let key =
+                UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| bad(LineProblem::Unusable))?;
             if keys.insert(id.to_string(), LessSafeKey::new(key)).is_some() {
-                return Err(format!("line {}: key id {id:?} appears twice", n + 1));
+                return Err(bad(LineProblem::Twice(id.to_string())));
             }
             first.get_or_insert_with(|| id.to_string());
         }
         let active = match active {
             Some(a) if keys.contains_key(a) => a.to_string(),
-            Some(a) => return Err(format!("active data key {a:?} is not in the file")),
-            None => first.ok_or_else(|| "the data-key file holds no key".to_string())?,
+            Some(a) => return Err(DataKeyError::NoActive(a.to_string())),
+            None => first.ok_or(DataKeyError::Empty)?,
         };
         Ok(DataKeys { keys, active })
     }
 
     /// Reads the data-key file.
-    pub fn load(path: &Path, active: Option<&str>) -> Result<DataKeys, String> {
-        let bytes = read_secret_file(path).map_err(|e| e.to_string())?;
-        DataKeys::parse(bytes.expose(), active).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path, active: Option<&str>) -> Result<DataKeys, DataKeyError> {
+        let bytes = read_secret_file(path).map_err(|e| DataKeyError::Unreadable(e.to_string()))?;
+        DataKeys::parse(bytes.expose(), active).map_err(|e| DataKeyError::In {
+            file: path.display().to_string(),
+            error: Box::new(e),
+        })
     }
 
     /// A new file's content with one random key, for `brandgate store new-data-key` and the
     /// development key.
-    pub fn generate_line(id: &str) -> Result<String, String> {
+    pub fn generate_line(id: &str) -> Result<String, DataKeyError> {
         let mut raw = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut raw).map_err(|_| "no randomness available".to_string())?;
+        aws_lc_rs::rand::fill(&mut raw).map_err(|_| DataKeyError::NoRandomness)?;
         Ok(format!(
             "{id} {}\n",
             base64::engine::general_purpose::STANDARD.encode(raw)
@@ -230,27 +269,39 @@ mod tests {
 
     #[test]
     fn bad_files_are_explained() {
-        assert!(
-            DataKeys::parse(b"k1 notbase64!", None)
-                .unwrap_err()
-                .contains("base64")
+        let refused =
+            |text: &[u8], active: Option<&str>| DataKeys::parse(text, active).unwrap_err();
+        let line = |n, problem| DataKeyError::Line { line: n, problem };
+        assert_eq!(
+            refused(b"k1 notbase64!", None),
+            line(1, LineProblem::NotBase64)
         );
-        assert!(
-            DataKeys::parse(b"k1 AAAA", None)
-                .unwrap_err()
-                .contains("32 bytes")
+        assert_eq!(
+            refused(b"# one\nk1 AAAA", None),
+            line(2, LineProblem::Length)
         );
-        assert!(
-            DataKeys::parse(b"# nothing\n", None)
-                .unwrap_err()
-                .contains("no key")
+        assert_eq!(refused(b"k1", None), line(1, LineProblem::Shape));
+        assert_eq!(refused(b"k/1 AAAA", None), line(1, LineProblem::Id));
+        assert_eq!(refused(b"# nothing\n", None), DataKeyError::Empty);
+        assert_eq!(refused(b"\xff", None), DataKeyError::NotText);
+        let key = DataKeys::generate_line("k1").unwrap();
+        assert_eq!(
+            refused(format!("{key}{key}").as_bytes(), None),
+            line(2, LineProblem::Twice("k1".into()))
         );
-        let line = DataKeys::generate_line("k1").unwrap();
-        assert!(
-            DataKeys::parse(line.as_bytes(), Some("k9"))
-                .unwrap_err()
-                .contains("k9")
+        assert_eq!(
+            refused(key.as_bytes(), Some("k9")),
+            DataKeyError::NoActive("k9".into())
         );
-        assert!(format!("{:?}", keys(&line, None)).contains("k1"));
+        // The texts an operator reads, as before.
+        assert_eq!(
+            line(1, LineProblem::Length).to_string(),
+            "line 1: a data key is 32 bytes (base64 of 32 random bytes)"
+        );
+        assert_eq!(
+            DataKeyError::NoActive("k9".into()).to_string(),
+            "active data key \"k9\" is not in the file"
+        );
+        assert!(format!("{:?}", keys(&key, None)).contains("k1"));
     }
 }
