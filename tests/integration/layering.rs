@@ -60,6 +60,45 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A source file: its path under `src/` (`relay/bus.rs`) and its text.
+struct Source {
+    relative: String,
+    text: String,
+}
+
+impl Source {
+    /// The text without its unit tests: what tests import is not the module's design.
+    fn without_tests(&self) -> &str {
+        self.text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or(&self.text)
+    }
+}
+
+/// Every `.rs` file under `src/<under>` (`""`: all of `src/`).
+fn sources(under: &str) -> Vec<Source> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join(under), &mut files);
+    assert!(
+        !files.is_empty(),
+        "no sources under {}",
+        src.join(under).display()
+    );
+    files
+        .iter()
+        .map(|file| Source {
+            relative: file
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .to_string(),
+            text: std::fs::read_to_string(file).unwrap(),
+        })
+        .collect()
+}
+
 /// The module a file under `src/` is: `push/apns.rs` is `push::apns`, `push/mod.rs` is `push`.
 fn module_of(relative: &str) -> Vec<String> {
     let mut parts: Vec<String> = relative
@@ -257,19 +296,11 @@ fn inside(path: &str, module: &str) -> bool {
 
 #[test]
 fn each_layer_imports_only_what_it_may() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    assert!(files.len() > 50, "src/ was not found: {}", src.display());
+    let sources = sources("");
+    assert!(sources.len() > 50, "src/ was not found");
     let mut broken = Vec::new();
-    for file in &files {
-        let relative = file
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let text = std::fs::read_to_string(file).unwrap();
-        let named = paths(&text, &module_of(&relative));
+    for Source { relative, text } in &sources {
+        let named = paths(text, &module_of(relative));
         for rule in RULES {
             if !relative.starts_with(rule.under)
                 || rule.except_under.is_some_and(|e| relative.starts_with(e))
@@ -329,42 +360,35 @@ fn the_check_reads_paths_as_the_compiler_does() {
 
 /// The relay's modules and which of them each one names (a file's own module aside).
 fn relay_imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src.join("relay"), &mut files);
+    let sources = sources("relay");
+    // The relay's modules by file name (`bus` for relay/bus.rs).
+    let stems: Vec<&str> = sources
+        .iter()
+        .filter_map(|s| s.relative.strip_prefix("relay/")?.strip_suffix(".rs"))
+        .collect();
     let mut graph = std::collections::BTreeMap::new();
-    for file in &files {
-        let relative = file
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let module = module_of(&relative).join("::");
-        let text = std::fs::read_to_string(file).unwrap();
-        // What tests import is not the module's design.
-        let text = text
-            .split("#[cfg(test)]\nmod tests")
-            .next()
-            .unwrap_or(&text);
-        let named: std::collections::BTreeSet<String> = paths(text, &module_of(&relative))
-            .into_iter()
-            .filter_map(|(_, path)| {
-                let rest = path.strip_prefix("crate::")?;
-                let mut parts = rest.split("::");
-                let (first, second) = (parts.next()?, parts.next());
-                if first != "relay" {
-                    return None;
-                }
-                // `crate::relay::x::...` is module relay::x when x is one of the relay's files.
-                let target = match second {
-                    Some(x) if files.iter().any(|f| f.file_stem().is_some_and(|s| s == x)) => {
-                        format!("relay::{x}")
+    for source in &sources {
+        let module = module_of(&source.relative).join("::");
+        let named: std::collections::BTreeSet<String> =
+            paths(source.without_tests(), &module_of(&source.relative))
+                .into_iter()
+                .filter_map(|(_, path)| {
+                    let rest = path.strip_prefix("crate::")?;
+                    let mut parts = rest.split("::");
+                    let (first, second) = (parts.next()?, parts.next());
+                    if first != "relay" {
+                        return None;
                     }
-                    _ => "relay".to_string(),
-                };
-                (target != module).then_some(target)
-            })
-            .collect();
+                    // `crate::relay::x::...` is module relay::x when x is one of the relay's files.
+                    let target = match second {
+                        Some(x) if stems.contains(&x) => {
+                            format!("relay::{x}")
+                        }
+                        _ => "relay".to_string(),
+                    };
+                    (target != module).then_some(target)
+                })
+                .collect();
         graph.insert(module, named);
     }
     graph
@@ -411,22 +435,9 @@ fn no_relay_module_imports_one_that_imports_it_back() {
 /// the column; the key ring makes and seals keys but never opens one.)
 #[test]
 fn only_the_mint_opens_a_private_signing_key() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut openers = Vec::new();
-    for file in &files {
-        let relative = file
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let text = std::fs::read_to_string(file).unwrap();
-        let text = text
-            .split("#[cfg(test)]\nmod tests")
-            .next()
-            .unwrap_or(&text);
-        let code: Vec<&str> = text.lines().map(code).collect();
+    for source in sources("") {
+        let code: Vec<&str> = source.without_tests().lines().map(code).collect();
         // A call of `open(` within three lines of `private_sealed`.
         let opens = code.iter().enumerate().any(|(n, line)| {
             line.contains("private_sealed")
@@ -434,8 +445,8 @@ fn only_the_mint_opens_a_private_signing_key() {
                     .iter()
                     .any(|l| l.contains(".open("))
         });
-        if opens && !relative.starts_with("store/") {
-            openers.push(relative);
+        if opens && !source.relative.starts_with("store/") {
+            openers.push(source.relative);
         }
     }
     assert_eq!(
