@@ -26,7 +26,8 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
     let Some(config) = config else {
         return Err(problems);
     };
-    let mut notes = Vec::new();
+    // What is usable but unwise first (secret files every user can read), as `serve` logs it.
+    let mut notes = config.warnings();
     match tls::check_server_config(&config.server.tls) {
         Ok(None) => notes.push(format!(
             "server.tls: no certificate configured; a self-signed development certificate will be \
@@ -50,7 +51,6 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
         push::PushMetrics::register(&mut Registry::default()),
     ) {
         Ok(prepared) => {
-            notes.splice(0..0, prepared.warnings);
             notes.extend(prepared.notes);
             prepared.push.app_count()
         }

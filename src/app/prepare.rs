@@ -27,8 +27,6 @@ pub(super) struct Prepared {
     pub relay: Option<PreparedRelay>,
     /// When `[identity]` is configured: only the identity bridge and the relay keep a store.
     pub store: Option<StoreSettings>,
-    /// What is usable but unwise (secret files every user can read).
-    pub warnings: Vec<String>,
     /// What is worth knowing (what tokens carry, a development key to come).
     pub notes: Vec<String>,
 }
@@ -94,7 +92,6 @@ pub(super) fn prepare(
             identity,
             relay,
             store,
-            warnings: config.warnings(),
             notes,
         }),
         _ => Err(problems),
