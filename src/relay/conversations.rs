@@ -292,15 +292,17 @@ impl Conversations {
             )));
         }
         let now = millis(&*self.clock);
+        // What followers are told: for a chat state, the conversation's last sequence.
+        let change = |seq: i64, event: Event| Change {
+            conversation_id: conversation_id.to_string(),
+            seq,
+            originator_id: who.id().to_string(),
+            originator_role: who.role(),
+            server_timestamp: now,
+            event,
+        };
         if !event.is_stored() {
-            self.bus.publish(Change {
-                conversation_id: conversation_id.to_string(),
-                seq: conversation.last_seq,
-                originator_id: who.id().to_string(),
-                originator_role: who.role(),
-                server_timestamp: now,
-                event,
-            });
+            self.bus.publish(change(conversation.last_seq, event));
             return Ok(None);
         }
         let event_id = uuid::Uuid::new_v4().to_string();
@@ -346,14 +348,7 @@ impl Conversations {
             }
             let webhook = WebhookEvent::message(appended.seq, who, &event);
             self.webhooks.emit(&conversation, now, webhook);
-            self.bus.publish(Change {
-                conversation_id: conversation_id.to_string(),
-                seq: appended.seq,
-                originator_id: who.id().to_string(),
-                originator_role: who.role(),
-                server_timestamp: now,
-                event,
-            });
+            self.bus.publish(change(appended.seq, event));
         }
         Ok(Some(appended.seq))
     }

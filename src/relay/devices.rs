@@ -23,9 +23,6 @@ use crate::http_answer::{is_json, no_store};
 use crate::push::{DeviceToken, Provider};
 use crate::store::devices::PushRegistration;
 
-/// Largest registration body accepted.
-pub const MAX_BODY: usize = MAX_BODY_BYTES;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Registration {
@@ -53,7 +50,7 @@ pub async fn register(
     if !is_json(&headers) {
         return Err(HttpRefusal::NotJson);
     }
-    if body.len() > MAX_BODY {
+    if body.len() > MAX_BODY_BYTES {
         return Err(HttpRefusal::BodyTooLarge);
     }
     let registration: Registration = serde_json::from_slice(&body).map_err(|e| {

@@ -37,9 +37,6 @@ use crate::tls::Peer;
 pub const SESSION_COOKIE: &str = "__Host-brandgate_agent";
 /// The header a cookie-authenticated request must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Largest login body: a username, a password of at most `MAX_PASSWORD_BYTES` (JSON may
-/// escape each byte as six) and the punctuation.
-pub const MAX_BODY_BYTES: usize = super::refusal::MAX_BODY_BYTES;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

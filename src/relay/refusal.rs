@@ -14,7 +14,9 @@ use crate::config::MAX_PASSWORD_BYTES;
 use crate::http_answer::{json_error, no_store, with_retry_after};
 use crate::identity::VerifyError;
 
-/// Largest body of a relay call that takes one (a login, a device registration).
+/// Largest body of a relay call that takes one: a login (a username, a password of at most
+/// `MAX_PASSWORD_BYTES`, which JSON may escape at six bytes each, and the punctuation) or a
+/// device registration.
 pub(super) const MAX_BODY_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]

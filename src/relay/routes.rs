@@ -5,6 +5,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 
+use super::refusal::MAX_BODY_BYTES;
 use super::service::RelayService;
 use super::{agent, consumer, devices, login, rest};
 
@@ -16,7 +17,7 @@ impl RelayService {
             .route("/api/account/{account}/login", post(login::login))
             .route("/api/account/{account}/refresh", post(login::refresh))
             .route("/api/account/{account}/logout", post(login::logout))
-            .layer(axum::extract::DefaultBodyLimit::max(login::MAX_BODY_BYTES));
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
         Router::new()
             .merge(agents)
             .route("/ws/consumer", get(consumer::own_path))
@@ -32,7 +33,7 @@ impl RelayService {
                 "/api/v1/push-registrations/{app}",
                 put(devices::register)
                     .delete(devices::unregister)
-                    .layer(DefaultBodyLimit::max(devices::MAX_BODY)),
+                    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
             )
             .route("/api/v1/conversations/{id}/events", get(rest::events))
             .route(
