@@ -6,12 +6,27 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("{0:?} is not a duration like 500ms, 10s, 5m, 1h or 1d")]
+    NotADuration(String),
+    #[error("{0:?}: number too large")]
+    TooLarge(String),
+    #[error("{0:?} needs a unit (ms, s, m, h or d)")]
+    NoUnit(String),
+    #[error("{text:?}: unknown unit {unit:?} (ms, s, m, h or d)")]
+    UnknownUnit { text: String, unit: String },
+}
+
 /// Parses a human duration. A bare number is refused: a unit must always be written, so `10`
 /// can never silently mean milliseconds in one place and seconds in another.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -20,13 +35,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration like 500ms, 10s, 5m, 1h or 1d"
-            ));
+            return Err(DurationError::NotADuration(text.to_string()));
         }
         let value: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
+            .map_err(|_| DurationError::TooLarge(text.to_string()))?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -39,11 +52,12 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(value.saturating_mul(60)),
             "h" => Duration::from_secs(value.saturating_mul(3600)),
             "d" => Duration::from_secs(value.saturating_mul(86_400)),
-            "" => return Err(format!("{text:?} needs a unit (ms, s, m, h or d)")),
+            "" => return Err(DurationError::NoUnit(text.to_string())),
             other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?} (ms, s, m, h or d)"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    text: text.to_string(),
+                    unit: other.to_string(),
+                });
             }
         };
         total = total.saturating_add(part);
@@ -103,9 +117,23 @@ mod tests {
 
     #[test]
     fn refuses_missing_or_unknown_units() {
-        assert!(parse("10").unwrap_err().contains("needs a unit"));
-        assert!(parse("10 sec").is_err());
-        assert!(parse("s").is_err());
-        assert!(parse("").is_err());
+        assert_eq!(parse("10"), Err(DurationError::NoUnit("10".into())));
+        assert_eq!(
+            parse("10 sec"),
+            Err(DurationError::UnknownUnit {
+                text: "10 sec".into(),
+                unit: " sec".into()
+            })
+        );
+        assert_eq!(parse("s"), Err(DurationError::NotADuration("s".into())));
+        assert_eq!(parse(""), Err(DurationError::Empty));
+        assert_eq!(
+            parse("99999999999999999999s"),
+            Err(DurationError::TooLarge("99999999999999999999s".into()))
+        );
+        assert_eq!(
+            parse("10").unwrap_err().to_string(),
+            "\"10\" needs a unit (ms, s, m, h or d)"
+        );
     }
 }

@@ -110,23 +110,37 @@ impl HttpClient {
 
 /// Checks that a configured URL is one brandgate may call: `https://`, or `http://` to a loopback
 /// address.
-pub fn check_url(text: &str) -> Result<Uri, String> {
+pub fn check_url(text: &str) -> Result<Uri, UrlError> {
     let uri: Uri = text
         .parse()
-        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        .map_err(|e: http::uri::InvalidUri| UrlError::NotAUrl {
+            text: text.to_string(),
+            reason: e.to_string(),
+        })?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("{text:?} has no host"))?
+        .ok_or_else(|| UrlError::NoHost(text.to_string()))?
         .trim_start_matches('[')
         .trim_end_matches(']');
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if is_loopback(host) => Ok(uri),
-        Some("http") => Err(format!(
-            "{text:?}: plain http is only allowed to a loopback address; use https"
-        )),
-        _ => Err(format!("{text:?} must be an https:// URL")),
+        Some("http") => Err(UrlError::PlainHttp(text.to_string())),
+        _ => Err(UrlError::NotHttps(text.to_string())),
     }
+}
+
+/// Why a configured URL may not be called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{text:?} is not a URL: {reason}")]
+    NotAUrl { text: String, reason: String },
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?}: plain http is only allowed to a loopback address; use https")]
+    PlainHttp(String),
+    #[error("{0:?} must be an https:// URL")]
+    NotHttps(String),
 }
 
 fn is_loopback(host: &str) -> bool {

@@ -35,8 +35,9 @@ impl fmt::Display for Problem {
 pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem::new(key, message));
+    /// Records `message` (a text, or an error whose text says what is wrong) under `key`.
+    pub fn push(&mut self, key: impl Into<String>, message: impl std::fmt::Display) {
+        self.0.push(Problem::new(key, message.to_string()));
     }
 
     pub fn is_empty(&self) -> bool {

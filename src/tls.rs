@@ -199,7 +199,9 @@ pub struct DevCertificate {
 
 /// Reuses the development certificate in `state_dir/dev-tls/`, or makes one (valid for a year,
 /// for localhost, the loopback addresses and the host name) when there is none or it expired.
-pub fn ensure_development_certificate(state_dir: &Path) -> Result<DevCertificate, String> {
+pub fn ensure_development_certificate(
+    state_dir: &Path,
+) -> Result<DevCertificate, DevCertificateError> {
     let dir = state_dir.join("dev-tls");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
@@ -223,8 +225,7 @@ pub fn ensure_development_certificate(state_dir: &Path) -> Result<DevCertificate
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         });
     names.extend(host);
-    let mut params = rcgen::CertificateParams::new(names)
-        .map_err(|e| format!("development certificate: {e}"))?;
+    let mut params = rcgen::CertificateParams::new(names)?;
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
         "brandgate development certificate",
@@ -232,14 +233,11 @@ pub fn ensure_development_certificate(state_dir: &Path) -> Result<DevCertificate
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + time::Duration::days(365);
-    let key_pair = rcgen::KeyPair::generate().map_err(|e| format!("development key: {e}"))?;
-    let certificate = params
-        .self_signed(&key_pair)
-        .map_err(|e| format!("development certificate: {e}"))?;
+    let key_pair = rcgen::KeyPair::generate()?;
+    let certificate = params.self_signed(&key_pair)?;
     create_private_dir(&dir)?;
     write_private_file(&key, key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, certificate.pem())
-        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    std::fs::write(&cert, certificate.pem()).map_err(FileError::write(&cert))?;
     Ok(DevCertificate {
         cert,
         key,
@@ -260,30 +258,62 @@ fn development_certificate_expired(path: &Path) -> bool {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), String> {
+/// Why the development certificate cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DevCertificateError {
+    #[error("cannot make the development certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// A file or directory that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {source}", path.display())]
+pub struct FileError {
+    action: &'static str,
+    path: std::path::PathBuf,
+    source: std::io::Error,
+}
+
+impl FileError {
+    fn write(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn create(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError {
+            action: "create",
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), FileError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        .map_err(FileError::create(dir))
 }
 
 /// Writes a file only its owner can read.
-pub fn write_private_file(path: &Path, content: &[u8]) -> Result<(), String> {
+pub fn write_private_file(path: &Path, content: &[u8]) -> Result<(), FileError> {
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     // Its directory too, if it is not there yet (a command run before the first start), only
     // for the service.
     if let Some(dir) = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
     {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        create_private_dir(dir)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -291,9 +321,8 @@ pub fn write_private_file(path: &Path, content: &[u8]) -> Result<(), String> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(content)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(FileError::write(path))?;
+    f.write_all(content).map_err(FileError::write(path))
 }
 
 /// The system's trust store, read once.

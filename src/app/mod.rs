@@ -76,7 +76,8 @@ async fn open_store(
             if !path.exists() {
                 let line = DataKeys::generate_line("dev1")
                     .map_err(|e| StartError::Runtime(e.to_string()))?;
-                tls::write_private_file(&path, line.as_bytes()).map_err(StartError::Runtime)?;
+                tls::write_private_file(&path, line.as_bytes())
+                    .map_err(|e| StartError::Runtime(e.to_string()))?;
                 tracing::warn!(file = %path.display(), "no store.data_keys_file configured: generated a development data key; \
                     what it seals is only as safe as this file: configure store.data_keys_file (LoadCredential=) before production");
             }

@@ -570,26 +570,44 @@ pub const UPSTREAM_ALGORITHMS: &[&str] = &[
 
 /// A redirect URI a login may return to: an absolute URI without a fragment (RFC 6749 §3.1.2),
 /// https, a custom scheme of a native app (`com.brand.app://callback`), or http to loopback.
-pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
-    let parsed: http::Uri = uri
-        .parse()
-        .map_err(|e| format!("{uri:?} is not a URI: {e}"))?;
+pub fn check_redirect_uri(uri: &str) -> Result<(), RedirectUriError> {
+    let parsed: http::Uri =
+        uri.parse()
+            .map_err(|e: http::uri::InvalidUri| RedirectUriError::NotAUri {
+                uri: uri.to_string(),
+                reason: e.to_string(),
+            })?;
     if uri.contains('#') {
-        return Err(format!("{uri:?} must not have a fragment"));
+        return Err(RedirectUriError::Fragment(uri.to_string()));
     }
     match parsed.scheme_str() {
-        None => Err(format!("{uri:?} must be absolute")),
+        None => Err(RedirectUriError::Relative(uri.to_string())),
         Some("https") => Ok(()),
-        Some("http") => crate::http_client::check_url(uri).map(|_| ()),
+        Some("http") => Ok(crate::http_client::check_url(uri).map(|_| ())?),
         Some(s)
             if ["javascript", "data", "file", "vbscript"]
                 .iter()
                 .any(|bad| s.eq_ignore_ascii_case(bad)) =>
         {
-            Err(format!("{uri:?}: that scheme is never a callback"))
+            Err(RedirectUriError::NeverACallback(uri.to_string()))
         }
         Some(_) => Ok(()),
     }
+}
+
+/// Why a URI may not be a login's redirect URI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectUriError {
+    #[error("{uri:?} is not a URI: {reason}")]
+    NotAUri { uri: String, reason: String },
+    #[error("{0:?} must not have a fragment")]
+    Fragment(String),
+    #[error("{0:?} must be absolute")]
+    Relative(String),
+    #[error("{0:?}: that scheme is never a callback")]
+    NeverACallback(String),
+    #[error(transparent)]
+    Url(#[from] crate::http_client::UrlError),
 }
 
 mod defaults {

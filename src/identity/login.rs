@@ -25,6 +25,116 @@ use super::web::{LOGIN_COOKIE, cookie, login_cookie, page_error, params, redirec
 use crate::http_answer::with_retry_after;
 use crate::tls::Peer;
 
+/// Why a login is refused before it knows where to return to: shown to the person in the
+/// browser (a page, or JSON for programs). [`PageRefusal::status`] maps each kind.
+#[derive(Debug, thiserror::Error)]
+enum PageRefusal {
+    #[error("logins are not configured ([identity.upstream])")]
+    NotConfigured,
+    #[error("too many logins from this address; please try again in a minute")]
+    TooManyLogins { retry_after: std::time::Duration },
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl PageRefusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            PageRefusal::NotConfigured => StatusCode::NOT_FOUND,
+            PageRefusal::TooManyLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PageRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn answer(self, headers: &HeaderMap) -> Response {
+        let page = page_error(headers, self.status(), &self.to_string());
+        match self {
+            PageRefusal::TooManyLogins { retry_after } => with_retry_after(page, retry_after),
+            PageRefusal::NotConfigured | PageRefusal::Malformed(_) => page,
+        }
+    }
+}
+
+/// Why a login that knows its app did not succeed: the app hears it the OAuth way (RFC 6749
+/// §4.1.2.1). [`LoginFailure::status`] and [`LoginFailure::error_code`] map each kind.
+#[derive(Debug)]
+enum LoginFailure {
+    /// The provider ended the login with this (known) OAuth error.
+    EndedByProvider(&'static str),
+    /// The identity can never become a consumer token.
+    Unfit(String),
+    /// The provider could not be used, or its answer failed a check.
+    Upstream(UpstreamError),
+}
+
+impl LoginFailure {
+    fn status(&self) -> StatusCode {
+        match self {
+            LoginFailure::EndedByProvider(_) | LoginFailure::Unfit(_) => StatusCode::FORBIDDEN,
+            LoginFailure::Upstream(UpstreamError::Unavailable(_)) => StatusCode::BAD_GATEWAY,
+            LoginFailure::Upstream(UpstreamError::Refused(_) | UpstreamError::Token(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+
+    /// The RFC 6749 §4.1.2.1 `error` value.
+    fn error_code(&self) -> &'static str {
+        match self {
+            LoginFailure::EndedByProvider(error) => error,
+            LoginFailure::Unfit(_) => "access_denied",
+            LoginFailure::Upstream(UpstreamError::Unavailable(_)) => "temporarily_unavailable",
+            LoginFailure::Upstream(UpstreamError::Refused(_) | UpstreamError::Token(_)) => {
+                "server_error"
+            }
+        }
+    }
+
+    /// The `error_description`: names what failed, never a token or code.
+    fn description(&self) -> String {
+        match self {
+            LoginFailure::EndedByProvider(_) => {
+                "the login did not complete at the login provider".to_string()
+            }
+            LoginFailure::Unfit(reason) => {
+                format!("this login cannot become a consumer identity: {reason}")
+            }
+            LoginFailure::Upstream(UpstreamError::Unavailable(_)) => {
+                "the login provider cannot be reached right now; please try again".to_string()
+            }
+            LoginFailure::Upstream(UpstreamError::Refused(_)) => {
+                "the login provider refused this login; please start again".to_string()
+            }
+            LoginFailure::Upstream(UpstreamError::Token(problem)) => {
+                format!(
+                    "the login provider's answer failed a check ({problem}); please start again"
+                )
+            }
+        }
+    }
+
+    /// Logs why (the provider's own words stay in the log).
+    fn log(&self) {
+        match self {
+            LoginFailure::EndedByProvider(error) => {
+                tracing::info!(error, "the login provider ended a login without success");
+            }
+            LoginFailure::Unfit(reason) => {
+                tracing::warn!(%reason, "a login's identity cannot become a consumer token");
+            }
+            LoginFailure::Upstream(UpstreamError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "the login provider is unavailable");
+            }
+            LoginFailure::Upstream(UpstreamError::Refused(why)) => {
+                tracing::info!(error = %why, "the login provider refused to exchange a code");
+            }
+            LoginFailure::Upstream(UpstreamError::Token(problem)) => {
+                tracing::warn!(%problem, "an ID token from the login provider failed a check");
+            }
+        }
+    }
+}
+
 /// How the login answers the app in the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Answer {
@@ -79,25 +189,16 @@ fn is_app_text(text: &str) -> bool {
     !text.is_empty() && text.len() <= 512 && !text.chars().any(char::is_control)
 }
 
-/// The `404` page when the current configuration has no login provider.
-fn no_login_provider(headers: &HeaderMap) -> Response {
-    page_error(
-        headers,
-        StatusCode::NOT_FOUND,
-        "logins are not configured ([identity.upstream])",
-    )
-}
-
 pub async fn login(
     State(s): State<IdentityService>,
     peer: Option<axum::Extension<Peer>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
+    let bad = |message: &str| PageRefusal::Malformed(message.to_string()).answer(&headers);
     let live = s.live();
     let Some(upstream) = live.upstream.clone() else {
-        return no_login_provider(&headers);
+        return PageRefusal::NotConfigured.answer(&headers);
     };
     // Each login keeps a record until it ends: bounded per source.
     if let Some(axum::Extension(peer)) = &peer {
@@ -108,20 +209,13 @@ pub async fn login(
             .blocked(ip, "login", upstream.logins_per_minute())
         {
             s.inner.metrics.login("throttled");
-            return with_retry_after(
-                page_error(
-                    &headers,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many logins from this address; please try again in a minute",
-                ),
-                wait,
-            );
+            return PageRefusal::TooManyLogins { retry_after: wait }.answer(&headers);
         }
         s.inner.logins.count(ip, "login");
     }
     let p = match params(query.as_deref().unwrap_or("")) {
         Ok(p) => p,
-        Err(e) => return bad(&e),
+        Err(e) => return bad(&e.to_string()),
     };
     let get = |k: &str| p.get(k).map(String::as_str);
     let Some(client) = live.callers.client_for_login(get("client_id")) else {
@@ -186,7 +280,7 @@ pub async fn login(
                 state: get("state"),
                 answer,
             };
-            return s.upstream_failed(&to, &headers, e);
+            return answer_error(&to, &headers, LoginFailure::Upstream(e));
         }
     };
     let pending = PendingLogin {
@@ -222,14 +316,14 @@ pub async fn callback(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let bad = |message: &str| page_error(&headers, StatusCode::BAD_REQUEST, message);
+    let bad = |message: &str| PageRefusal::Malformed(message.to_string()).answer(&headers);
     let live = s.live();
     let Some(upstream) = live.upstream.clone() else {
-        return no_login_provider(&headers);
+        return PageRefusal::NotConfigured.answer(&headers);
     };
     let p = match params(query.as_deref().unwrap_or("")) {
         Ok(p) => p,
-        Err(e) => return bad(&e),
+        Err(e) => return bad(&e.to_string()),
     };
     let get = |k: &str| p.get(k).map(String::as_str);
     let Some(state) = get("state") else {
@@ -259,22 +353,19 @@ pub async fn callback(
     // app hears it the OAuth way (RFC 6749 §4.1.2.1).
     if let Some(error) = get("error") {
         s.inner.metrics.login("denied");
-        let error = match error {
-            "access_denied"
-            | "login_required"
-            | "consent_required"
-            | "interaction_required"
-            | "temporarily_unavailable" => error,
-            _ => "server_error",
-        };
-        tracing::info!(error, "the login provider ended a login without success");
-        return answer_error(
-            &pending.app_return(),
-            &headers,
-            StatusCode::FORBIDDEN,
-            error,
-            "the login did not complete at the login provider",
-        );
+        let known = [
+            "access_denied",
+            "login_required",
+            "consent_required",
+            "interaction_required",
+            "temporarily_unavailable",
+        ];
+        let error = known
+            .into_iter()
+            .find(|k| *k == error)
+            .unwrap_or("server_error");
+        let failure = LoginFailure::EndedByProvider(error);
+        return answer_error(&pending.app_return(), &headers, failure);
     }
     let Some(code) = get("code") else {
         return bad("the provider's answer has no code");
@@ -287,7 +378,7 @@ pub async fn callback(
         Ok(identity) => identity,
         Err(e) => {
             s.inner.metrics.login("failed");
-            return s.upstream_failed(&pending.app_return(), &headers, e);
+            return answer_error(&pending.app_return(), &headers, LoginFailure::Upstream(e));
         }
     };
     let subject = live.mapper.subject(&identity.issuer, &identity.subject);
@@ -299,15 +390,9 @@ pub async fn callback(
         let Some(reason) = e.refusal() else {
             return s.unavailable("cannot prepare a consumer token", e);
         };
-        tracing::warn!(%reason, "a login's identity cannot become a consumer token");
         s.inner.metrics.login("refused");
-        return answer_error(
-            &pending.app_return(),
-            &headers,
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            &format!("this login cannot become a consumer identity: {reason}"),
-        );
+        let failure = LoginFailure::Unfit(reason.to_string());
+        return answer_error(&pending.app_return(), &headers, failure);
     }
     s.inner.metrics.login("completed");
 
@@ -379,21 +464,20 @@ pub async fn callback(
 
 /// Tells the app a login did not succeed, where it expects to hear about the login (RFC 6749
 /// §4.1.2.1): on its redirect URI for redirects, as the answer itself for JSON.
-fn answer_error(
-    to: &AppReturn<'_>,
-    headers: &HeaderMap,
-    status: StatusCode,
-    error: &str,
-    description: &str,
-) -> Response {
-    let mut pairs = vec![("error", error), ("error_description", description)];
+fn answer_error(to: &AppReturn<'_>, headers: &HeaderMap, failure: LoginFailure) -> Response {
+    failure.log();
+    let description = failure.description();
+    let mut pairs = vec![
+        ("error", failure.error_code()),
+        ("error_description", description.as_str()),
+    ];
     if let Some(st) = to.state {
         pairs.push(("state", st));
     }
     match to.answer {
         Answer::Code => redirect(&with_params(to.redirect_uri, &pairs, false)),
         Answer::TokenInFragment => redirect(&with_params(to.redirect_uri, &pairs, true)),
-        Answer::TokenAsJson => page_error(headers, status, description),
+        Answer::TokenAsJson => page_error(headers, failure.status(), &description),
     }
 }
 
@@ -411,46 +495,5 @@ impl PendingLogin {
             state: self.app_state.as_deref(),
             answer: self.answer,
         }
-    }
-}
-
-impl IdentityService {
-    /// Tells the app that the provider could not be used or its answer failed a check (and
-    /// logs why).
-    fn upstream_failed(
-        &self,
-        to: &AppReturn<'_>,
-        headers: &HeaderMap,
-        e: UpstreamError,
-    ) -> Response {
-        let (status, error, description) = match e {
-            UpstreamError::Unavailable(why) => {
-                tracing::warn!(error = %why, "the login provider is unavailable");
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "temporarily_unavailable",
-                    "the login provider cannot be reached right now; please try again".to_string(),
-                )
-            }
-            UpstreamError::Refused(why) => {
-                tracing::info!(error = %why, "the login provider refused to exchange a code");
-                (
-                    StatusCode::BAD_REQUEST,
-                    "server_error",
-                    "the login provider refused this login; please start again".to_string(),
-                )
-            }
-            UpstreamError::Token(problem) => {
-                tracing::warn!(%problem, "an ID token from the login provider failed a check");
-                (
-                    StatusCode::BAD_REQUEST,
-                    "server_error",
-                    format!(
-                        "the login provider's answer failed a check ({problem}); please start again"
-                    ),
-                )
-            }
-        };
-        answer_error(to, headers, status, error, &description)
     }
 }

@@ -7,6 +7,8 @@
 //! outcome. Answers are never cached; errors are RFC 6749 §5.2 JSON, and `invalid_client`
 //! comes with 401.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -21,23 +23,69 @@ use crate::http_answer::{has_media_type, no_store, with_retry_after};
 use crate::http_auth::basic_credentials;
 use crate::tls::Peer;
 
-/// An RFC 6749 §5.2 error answer.
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    no_store(
-        (
-            status,
-            axum::Json(json!({ "error": error, "error_description": description })),
-        )
-            .into_response(),
-    )
+/// Why a token call is refused, as RFC 6749 §5.2 names it: [`TokenRefusal::status`] and
+/// [`TokenRefusal::error_code`] map every kind in one exhaustive match each; the text is the
+/// `error_description`, which names a check, never a secret or a code.
+#[derive(Debug, thiserror::Error)]
+enum TokenRefusal {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("client authentication failed")]
+    InvalidClient,
+    #[error("too many failed client authentications from this address; retry later")]
+    TooManyFailures { retry_after: Duration },
+    #[error("only authorization_code is supported")]
+    UnsupportedGrantType,
+    #[error("{0}")]
+    InvalidGrant(String),
+    #[error("the identity service cannot answer right now")]
+    Unavailable,
 }
 
-fn invalid_request(description: &str) -> Response {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+impl TokenRefusal {
+    fn request(description: &str) -> TokenRefusal {
+        TokenRefusal::InvalidRequest(description.to_string())
+    }
+
+    fn grant(description: &str) -> TokenRefusal {
+        TokenRefusal::InvalidGrant(description.to_string())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            TokenRefusal::InvalidRequest(_)
+            | TokenRefusal::UnsupportedGrantType
+            | TokenRefusal::InvalidGrant(_) => StatusCode::BAD_REQUEST,
+            TokenRefusal::InvalidClient => StatusCode::UNAUTHORIZED,
+            TokenRefusal::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            TokenRefusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The RFC 6749 §5.2 `error` value.
+    fn error_code(&self) -> &'static str {
+        match self {
+            TokenRefusal::InvalidRequest(_) => "invalid_request",
+            TokenRefusal::InvalidClient | TokenRefusal::TooManyFailures { .. } => "invalid_client",
+            TokenRefusal::UnsupportedGrantType => "unsupported_grant_type",
+            TokenRefusal::InvalidGrant(_) => "invalid_grant",
+            TokenRefusal::Unavailable => "temporarily_unavailable",
+        }
+    }
 }
 
-fn invalid_grant(description: &str) -> Response {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+impl IntoResponse for TokenRefusal {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error_code(), "error_description": self.to_string() });
+        let response = no_store((self.status(), axum::Json(body)).into_response());
+        match self {
+            TokenRefusal::TooManyFailures { retry_after } => {
+                with_retry_after(response, retry_after)
+            }
+            TokenRefusal::InvalidClient => basic_challenge(response),
+            _ => response,
+        }
+    }
 }
 
 pub async fn token(
@@ -46,7 +94,9 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = exchange(&s, peer.as_ref().map(|p| &p.0), &headers, &body).await;
+    let answer = exchange(&s, peer.as_ref().map(|p| &p.0), &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     s.inner.metrics.answered("code", answer.status());
     answer
 }
@@ -56,17 +106,19 @@ async fn exchange(
     peer: Option<&Peer>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Response {
+) -> Result<Response, TokenRefusal> {
     let live = s.live();
     if !has_media_type(headers, "application/x-www-form-urlencoded") {
-        return invalid_request("the body must be application/x-www-form-urlencoded");
+        return Err(TokenRefusal::request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
     }
     let Ok(text) = std::str::from_utf8(body) else {
-        return invalid_request("the body is not UTF-8");
+        return Err(TokenRefusal::request("the body is not UTF-8"));
     };
     let p = match params(text) {
         Ok(p) => p,
-        Err(e) => return invalid_request(&e),
+        Err(e) => return Err(TokenRefusal::InvalidRequest(e.to_string())),
     };
     let get = |k: &str| p.get(k).map(String::as_str);
 
@@ -77,14 +129,16 @@ async fn exchange(
     let basic = basic_credentials(headers);
     let candidates: Vec<(String, String)> = match (&basic, get("client_id"), get("client_secret")) {
         (Some(_), _, Some(_)) => {
-            return invalid_request(
+            return Err(TokenRefusal::request(
                 "use one client authentication method, not Basic and form fields",
-            );
+            ));
         }
         (Some((u, pw)), form_id, None) => {
             let decoded = (decode_form_component(u), decode_form_component(pw));
             if form_id.is_some_and(|f| f != u && f != decoded.0) {
-                return invalid_request("client_id differs from the authenticated client");
+                return Err(TokenRefusal::request(
+                    "client_id differs from the authenticated client",
+                ));
             }
             vec![(u.clone(), pw.clone()), decoded]
         }
@@ -103,14 +157,7 @@ async fn exchange(
         None => "oauth_token:unknown".to_string(),
     };
     if let Some(wait) = s.failures_wait(peer, &scope) {
-        return with_retry_after(
-            oauth_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "invalid_client",
-                "too many failed client authentications from this address; retry later",
-            ),
-            wait,
-        );
+        return Err(TokenRefusal::TooManyFailures { retry_after: wait });
     }
     let mut client = None;
     for (id, secret) in &candidates {
@@ -123,55 +170,53 @@ async fn exchange(
             presented = !candidates.is_empty(),
             "a token call failed client authentication"
         );
-        return basic_challenge(oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        ));
+        return Err(TokenRefusal::InvalidClient);
     };
 
     match get("grant_type") {
         Some("authorization_code") => {}
         Some(_) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only authorization_code is supported",
-            );
+            return Err(TokenRefusal::UnsupportedGrantType);
         }
-        None => return invalid_request("grant_type is missing"),
+        None => return Err(TokenRefusal::request("grant_type is missing")),
     }
     let Some(code) = get("code") else {
-        return invalid_request("code is missing");
+        return Err(TokenRefusal::request("code is missing"));
     };
     if let Some(v) = get("code_verifier")
         && !is_pkce_text(v)
     {
-        return invalid_request("code_verifier must be 43 to 128 unreserved characters");
+        return Err(TokenRefusal::request(
+            "code_verifier must be 43 to 128 unreserved characters",
+        ));
     }
 
     let issued: IssuedCode = match s.inner.grants.take(GrantKind::Code, code, "").await {
         Ok(Some(c)) => c,
-        Ok(None) => return invalid_grant("the code is unknown, expired or already used"),
+        Ok(None) => {
+            return Err(TokenRefusal::grant(
+                "the code is unknown, expired or already used",
+            ));
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read a code");
-            return oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the identity service cannot answer right now",
-            );
+            return Err(TokenRefusal::Unavailable);
         }
     };
     if issued.client_id != client.id {
         tracing::warn!(client = %client.id, "a client presented a code issued to another client");
-        return invalid_grant("the code was not issued to this client");
+        return Err(TokenRefusal::grant(
+            "the code was not issued to this client",
+        ));
     }
     match get("redirect_uri") {
         Some(uri) if uri != issued.redirect_uri => {
-            return invalid_grant("redirect_uri differs from the login's");
+            return Err(TokenRefusal::grant("redirect_uri differs from the login's"));
         }
         None if issued.redirect_uri_given => {
-            return invalid_grant("redirect_uri is required: the login named one");
+            return Err(TokenRefusal::grant(
+                "redirect_uri is required: the login named one",
+            ));
         }
         _ => {}
     }
@@ -183,14 +228,20 @@ async fn exchange(
                 digest.as_ref(),
             );
             if !crate::secret::constant_time_eq(computed.as_bytes(), challenge.as_bytes()) {
-                return invalid_grant("code_verifier does not match the login's code_challenge");
+                return Err(TokenRefusal::grant(
+                    "code_verifier does not match the login's code_challenge",
+                ));
             }
         }
         (Some(_), None) => {
-            return invalid_grant("code_verifier is required: the login sent a code_challenge");
+            return Err(TokenRefusal::grant(
+                "code_verifier is required: the login sent a code_challenge",
+            ));
         }
         (None, Some(_)) => {
-            return invalid_grant("code_verifier given, but the login sent no code_challenge");
+            return Err(TokenRefusal::grant(
+                "code_verifier given, but the login sent no code_challenge",
+            ));
         }
         (None, None) => {}
     }
@@ -202,19 +253,15 @@ async fn exchange(
         Ok(m) => m,
         Err(e) if e.refusal().is_some() => {
             tracing::warn!(error = %e, "a code's identity cannot become a consumer token");
-            return invalid_grant(&e.to_string());
+            return Err(TokenRefusal::InvalidGrant(e.to_string()));
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot mint a consumer token");
-            return oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the identity service cannot answer right now",
-            );
+            return Err(TokenRefusal::Unavailable);
         }
     };
     tracing::info!(client = %client.id, kid = %minted.kid, "exchanged a code for a consumer token");
-    no_store(
+    Ok(no_store(
         axum::Json(json!({
             "access_token": minted.jwt,
             "token_type": "Bearer",
@@ -222,7 +269,7 @@ async fn exchange(
             "id_token": minted.jwt,
         }))
         .into_response(),
-    )
+    ))
 }
 
 /// One `application/x-www-form-urlencoded` component (`+` is a space, `%XX` a byte).

@@ -599,7 +599,7 @@ impl<'c> AsyncHttpClient<'c> for Transport {
             // to the same rule as configured URLs, so a secret, a code or the keys never cross
             // the network in clear text.
             crate::http_client::check_url(&request.uri().to_string())
-                .map_err(HttpError::NotAllowed)?;
+                .map_err(|e| HttpError::NotAllowed(e.to_string()))?;
             let response = self
                 .client
                 .send(request.map(Bytes::from), self.timeout)

@@ -17,17 +17,26 @@ pub const MAX_PARAM: usize = 4096;
 pub const LOGIN_COOKIE: &str = "__Host-brandgate-login";
 
 /// Parses `a=1&b=2` (query or form body). Refuses a repeated parameter and oversized values.
-pub fn params(raw: &str) -> Result<HashMap<String, String>, String> {
+pub fn params(raw: &str) -> Result<HashMap<String, String>, ParamError> {
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
         if v.len() > MAX_PARAM {
-            return Err(format!("parameter {k} is too long"));
+            return Err(ParamError::TooLong(k.into_owned()));
         }
         if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(format!("parameter {k} is given more than once"));
+            return Err(ParamError::Repeated(k.into_owned()));
         }
     }
     Ok(out)
+}
+
+/// Why a query or form body is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("parameter {0} is too long")]
+    TooLong(String),
+    #[error("parameter {0} is given more than once")]
+    Repeated(String),
 }
 
 /// An error a person in a browser may see: a minimal page when the request accepts HTML,
@@ -128,11 +137,12 @@ mod tests {
     #[test]
     fn repeated_parameters_are_refused() {
         assert_eq!(params("a=1&b=x%20y").unwrap()["b"], "x y");
-        assert!(
-            params("code=1&code=2")
-                .unwrap_err()
-                .contains("more than once")
+        assert_eq!(
+            params("code=1&code=2"),
+            Err(ParamError::Repeated("code".into()))
         );
+        let long = format!("state={}", "x".repeat(MAX_PARAM + 1));
+        assert_eq!(params(&long), Err(ParamError::TooLong("state".into())));
     }
 
     #[test]

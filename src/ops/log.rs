@@ -20,20 +20,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why a text is not a log filter.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{0:?} is not a level (error, warn, info, debug, trace, off)")]
+    NotALevel(String),
+    #[error("{0}")]
+    Directive(String),
+}
+
 /// Parses a filter such as `info` or `debug,h2=trace`. The bare level applies to brandgate;
 /// libraries log warnings and errors only, unless named: their debug output is noisy and some
 /// of it (frames, headers) is not ours to vet for secrets.
-pub fn parse_filter(text: &str) -> Result<Targets, String> {
+pub fn parse_filter(text: &str) -> Result<Targets, FilterError> {
     use tracing_subscriber::filter::LevelFilter;
     // `Targets` would take a bare misspelt level ("debgu") as a module name; refuse it instead.
     for directive in text.split(',').map(str::trim).filter(|d| !d.contains('=')) {
         if directive.parse::<LevelFilter>().is_err() {
-            return Err(format!(
-                "{directive:?} is not a level (error, warn, info, debug, trace, off)"
-            ));
+            return Err(FilterError::NotALevel(directive.to_string()));
         }
     }
-    let asked = text.parse::<Targets>().map_err(|e| e.to_string())?;
+    let asked = text
+        .parse::<Targets>()
+        .map_err(|e| FilterError::Directive(e.to_string()))?;
     let level = asked.default_level().unwrap_or(LevelFilter::INFO);
     let mut filter = Targets::new()
         .with_default(level.min(LevelFilter::WARN))

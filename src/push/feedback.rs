@@ -203,7 +203,7 @@ async fn post_all(mut rx: mpsc::Receiver<DeadToken>, hook: Webhook, metrics: Pus
     }
 }
 
-fn append(path: &Path, line: &str) -> Result<(), String> {
+fn append(path: &Path, line: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if std::fs::metadata(path).is_ok_and(|m| m.len() > ROTATE_BYTES) {
         let _ = std::fs::rename(path, path.with_extension("jsonl.1"));
@@ -212,9 +212,8 @@ fn append(path: &Path, line: &str) -> Result<(), String> {
         .create(true)
         .append(true)
         .mode(0o640)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    writeln!(f, "{line}").map_err(|e| e.to_string())
+        .open(path)?;
+    writeln!(f, "{line}")
 }
 
 /// POSTs one record, retrying with backoff. Returns whether the receiver took it (2xx).

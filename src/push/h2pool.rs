@@ -77,6 +77,17 @@ pub struct H2Pool {
     metrics: PoolMetrics,
 }
 
+/// Why a provider's base URL cannot have a pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolBaseError {
+    #[error("{0} must be an https:// URL")]
+    NotHttps(String),
+    #[error("{0} has no host")]
+    NoHost(String),
+    #[error("{0:?} is not a valid server name")]
+    ServerName(String),
+}
+
 impl H2Pool {
     /// `base` is `https://host[:port]`; `tls` must offer `h2` in ALPN.
     pub fn new(
@@ -84,19 +95,19 @@ impl H2Pool {
         tls: Arc<rustls::ClientConfig>,
         connections: usize,
         metrics: PoolMetrics,
-    ) -> Result<H2Pool, String> {
+    ) -> Result<H2Pool, PoolBaseError> {
         if base.scheme_str() != Some("https") {
-            return Err(format!("{base} must be an https:// URL"));
+            return Err(PoolBaseError::NotHttps(base.to_string()));
         }
         let host = base
             .host()
-            .ok_or_else(|| format!("{base} has no host"))?
+            .ok_or_else(|| PoolBaseError::NoHost(base.to_string()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
         let port = base.port_u16().unwrap_or(443);
         let server_name = ServerName::try_from(host.clone())
-            .map_err(|_| format!("{host:?} is not a valid server name"))?;
+            .map_err(|_| PoolBaseError::ServerName(host.clone()))?;
         let slots = (0..connections.max(1))
             .map(|_| Slot {
                 live: std::sync::Mutex::new(None),

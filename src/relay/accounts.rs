@@ -109,7 +109,24 @@ pub enum AccountError {
     #[error("the stored password cannot be opened: {0}")]
     Seal(#[from] SealError),
     #[error("password hashing failed: {0}")]
-    Hashing(String),
+    Hashing(#[from] HashingError),
+}
+
+/// Why a password could not be hashed or checked (never that it was wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum HashingError {
+    #[error("no randomness available")]
+    NoRandomness,
+    #[error("too many logins are being checked; try again")]
+    Busy,
+    #[error("password hashing is shut down")]
+    ShutDown,
+    #[error("the hashing task failed: {0}")]
+    TaskFailed(String),
+    #[error("argon2: {0}")]
+    Argon2(argon2::password_hash::Error),
+    #[error("a stored password hash cannot be used: {0}")]
+    UnusableHash(argon2::password_hash::Error),
 }
 
 /// A new session: what the agent gets back from a login or a refresh. Prints redacted.
@@ -477,7 +494,7 @@ impl Accounts {
     pub async fn refresh(&self, bearer: &str) -> Result<NewSession, AgentAuthError> {
         let live = self.session(bearer).await?;
         let now = self.now_ms();
-        let csrf = random_token().map_err(AgentAuthError::Unavailable)?;
+        let csrf = random_token().map_err(|e| AgentAuthError::Unavailable(e.to_string()))?;
         let expires_at = now.saturating_add(millis_of(self.config.session_lifetime.0));
         let extended = self
             .store
@@ -525,7 +542,7 @@ impl Accounts {
         agent_id: &str,
         username: &str,
         now: i64,
-    ) -> Result<(AgentSessionRow, NewSession), String> {
+    ) -> Result<(AgentSessionRow, NewSession), HashingError> {
         let bearer = random_token()?;
         let csrf = random_token()?;
         let expires_at = now.saturating_add(millis_of(self.config.session_lifetime.0));
@@ -554,11 +571,11 @@ impl Accounts {
         let password = password.clone();
         self.blocking(move || {
             let mut salt = [0u8; 16];
-            aws_lc_rs::rand::fill(&mut salt).map_err(|_| "no randomness available".to_string())?;
+            aws_lc_rs::rand::fill(&mut salt).map_err(|_| HashingError::NoRandomness)?;
             argon2::Argon2::default()
                 .hash_password_with_salt(password.expose().as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| e.to_string())
+                .map_err(HashingError::Argon2)
         })
         .await
         .map_err(AccountError::Hashing)
@@ -569,7 +586,7 @@ impl Accounts {
         &self,
         password: &Secret<String>,
         hash: Secret<String>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, HashingError> {
         let password = password.clone();
         self.blocking(move || {
             match argon2::Argon2::default()
@@ -577,7 +594,7 @@ impl Accounts {
             {
                 Ok(()) => Ok(true),
                 Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-                Err(e) => Err(format!("a stored password hash cannot be used: {e}")),
+                Err(e) => Err(HashingError::UnusableHash(e)),
             }
         })
         .await
@@ -591,18 +608,21 @@ impl Accounts {
         }
     }
 
-    async fn dummy_hash(&self) -> Result<String, String> {
+    async fn dummy_hash(&self) -> Result<String, HashingError> {
         self.dummy
             .get_or_try_init(|| async {
                 let random = Secret::new(random_token()?);
-                self.hash(&random).await.map_err(|e| e.to_string())
+                self.hash(&random).await.map_err(|e| match e {
+                    AccountError::Hashing(e) => e,
+                    other => HashingError::TaskFailed(other.to_string()),
+                })
             })
             .await
             .cloned()
     }
 
     /// Spends the same effort as a real check, against a hash no password matches.
-    async fn verify_dummy(&self, password: &Secret<String>) -> Result<(), String> {
+    async fn verify_dummy(&self, password: &Secret<String>) -> Result<(), HashingError> {
         let dummy = self.dummy_hash().await?;
         self.verify(password, Secret::new(dummy)).await.map(|_| ())
     }
@@ -610,15 +630,15 @@ impl Accounts {
     /// Runs CPU-heavy hashing on the blocking pool, a few at a time.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> Result<T, String> + Send + 'static,
-    ) -> Result<T, String> {
+        work: impl FnOnce() -> Result<T, HashingError> + Send + 'static,
+    ) -> Result<T, HashingError> {
         let _permit = tokio::time::timeout(HASHING_WAIT, self.hashing.acquire())
             .await
-            .map_err(|_| "too many logins are being checked; try again".to_string())?
-            .map_err(|_| "password hashing is shut down".to_string())?;
+            .map_err(|_| HashingError::Busy)?
+            .map_err(|_| HashingError::ShutDown)?;
         tokio::task::spawn_blocking(work)
             .await
-            .map_err(|e| format!("password hashing failed: {e}"))?
+            .map_err(|e| HashingError::TaskFailed(e.to_string()))?
     }
 
     // ------------------------------------------------------------------ audit
@@ -664,9 +684,9 @@ pub(super) fn seal_context(agent_id: &str) -> Vec<u8> {
 }
 
 /// 256 random bits, base64url without padding (43 characters).
-fn random_token() -> Result<String, String> {
+fn random_token() -> Result<String, HashingError> {
     let mut raw = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut raw).map_err(|_| "no randomness available".to_string())?;
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| HashingError::NoRandomness)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
 }
 
