@@ -37,11 +37,60 @@ pub fn from_unix_seconds(secs: u64) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
-/// Milliseconds since the Unix epoch (how the relay stores times); before 1970 reads as 0.
-pub fn unix_millis(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// A moment as milliseconds since the Unix epoch: how the relay and the store keep times (JWT
+/// times are seconds, as RFC 7519 says, and stay plain numbers in the claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+#[serde(transparent)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    /// `t` in milliseconds; before 1970 reads as 0, beyond i64 as its maximum.
+    pub fn of(t: SystemTime) -> UnixMillis {
+        UnixMillis(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+        )
+    }
+
+    /// Now, by `clock`.
+    pub fn now(clock: &dyn Clock) -> UnixMillis {
+        UnixMillis::of(clock.now())
+    }
+
+    /// `by` later (saturating).
+    pub fn after(self, by: std::time::Duration) -> UnixMillis {
+        UnixMillis(
+            self.0
+                .saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// The same moment as a `SystemTime` (a negative value reads as 1970).
+    pub fn to_system_time(self) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(self.0).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn millis_round_trip_and_saturate() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(UnixMillis::of(t), UnixMillis(1_700_000_000_123));
+        assert_eq!(UnixMillis::of(t).to_system_time(), t);
+        assert_eq!(
+            UnixMillis(i64::MAX - 1).after(Duration::from_secs(1)),
+            UnixMillis(i64::MAX)
+        );
+        assert_eq!(UnixMillis(-5).to_system_time(), SystemTime::UNIX_EPOCH);
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(UnixMillis::of(before_1970), UnixMillis(0));
+    }
 }
 
 #[cfg(test)]

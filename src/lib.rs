@@ -36,6 +36,7 @@ pub(crate) mod http_answer;
 pub(crate) mod http_auth;
 pub mod http_client;
 pub mod identity;
+pub mod ids;
 pub(crate) mod limiter;
 pub(crate) mod ops;
 pub mod problems;

@@ -13,6 +13,7 @@
 //!
 //! It never logs a token or a claim; a refusal names the check that failed.
 
+use crate::ids::ConsumerId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -172,7 +173,7 @@ impl External {
         // The issuer's own consumers: logged in there, whatever its token says.
         let (profile, _) = profile_of(token);
         Ok(ConsumerIdentity {
-            subject: format!("{}:{}", self.id, claims.sub),
+            subject: ConsumerId::new(format!("{}:{}", self.id, claims.sub)),
             expires_at,
             valid_until: expires_at + leeway,
             authenticated: true,

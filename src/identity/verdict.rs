@@ -2,6 +2,7 @@
 //! (brandgate's own in `verify`, an external issuer's in `external`): the verdict, the claims
 //! read once, their time checks, the profile a checked token carries.
 
+use crate::ids::ConsumerId;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -12,7 +13,8 @@ pub const MAX_TOKEN: usize = 2048;
 /// Who a token says the consumer is, once checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerIdentity {
-    pub subject: String,
+    /// The consumer's id: the token's subject (`<issuer>:<sub>` for an external issuer).
+    pub subject: ConsumerId,
     pub expires_at: SystemTime,
     /// Until when it is accepted: its expiry plus the clock leeway.
     pub valid_until: SystemTime,

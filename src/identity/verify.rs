@@ -9,6 +9,7 @@
 //!
 //! The verdict says which check failed, never anything from the token.
 
+use crate::ids::ConsumerId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -93,7 +94,7 @@ impl IdentityService {
                 .check_times(self.inner.clock.now(), config.leeway.0, max_lifetime)?;
         let (profile, anonymous) = profile_of(token);
         Ok(ConsumerIdentity {
-            subject: data.claims.sub,
+            subject: ConsumerId::new(data.claims.sub),
             expires_at,
             valid_until: expires_at + config.leeway.0,
             authenticated: !anonymous,

@@ -23,8 +23,9 @@ use aws_lc_rs::digest;
 use base64::Engine;
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixMillis};
 use crate::config::{AgentsConfig, MAX_PASSWORD_BYTES};
+use crate::ids::AgentId;
 use crate::secret::Secret;
 use crate::store::agents::{AgentAuditRow, AgentRow, AgentSessionRow};
 use crate::store::seal::{DataKeys, SealError};
@@ -36,7 +37,7 @@ const HASHING_WAIT: Duration = Duration::from_secs(10);
 /// Who an agent's bearer belongs to, for the agent socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPrincipal {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub username: String,
     /// The session ends then; the socket must not outlive it.
     pub expires_at: SystemTime,
@@ -162,7 +163,7 @@ pub enum AgentState {
 /// An agent as an operator sees it.
 #[derive(Debug, Clone)]
 pub struct AgentView {
-    pub id: String,
+    pub id: AgentId,
     pub username: String,
     pub state: AgentState,
     pub created_at: SystemTime,
@@ -210,8 +211,8 @@ impl Accounts {
         &self.config
     }
 
-    fn now_ms(&self) -> i64 {
-        millis(self.clock.now())
+    fn now_ms(&self) -> UnixMillis {
+        UnixMillis::now(&*self.clock)
     }
 
     // ------------------------------------------------------------------ operators
@@ -224,7 +225,7 @@ impl Accounts {
     ) -> Result<AgentView, AccountError> {
         check_username(username)?;
         self.check_password(password)?;
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = AgentId::new(uuid::Uuid::new_v4().to_string());
         let hash = self.hash(password).await?;
         let now = self.now_ms();
         let row = AgentRow {
@@ -316,15 +317,15 @@ impl Accounts {
         let now = self.now_ms();
         let state = match (r.disabled, r.locked_until) {
             (true, _) => AgentState::Disabled,
-            (false, Some(until)) if until > now => AgentState::LockedUntil(from_millis(until)),
+            (false, Some(until)) if until > now => AgentState::LockedUntil(until.to_system_time()),
             (false, _) => AgentState::Active,
         };
         AgentView {
             id: r.id.clone(),
             username: r.username.clone(),
             state,
-            created_at: from_millis(r.created_at),
-            last_login_at: r.last_login_at.map(from_millis),
+            created_at: r.created_at.to_system_time(),
+            last_login_at: r.last_login_at.map(UnixMillis::to_system_time),
         }
     }
 
@@ -340,10 +341,10 @@ impl Accounts {
         let result = self.try_login(username, password).await;
         let source = source.map(|s| s.to_string());
         let (outcome, agent_id) = match &result {
-            Ok(s) => ("success", Some(s.principal.agent_id.as_str())),
-            Err((LoginError::Refused(r), id)) => (r.as_str(), id.as_deref()),
-            Err((LoginError::Locked { .. }, id)) => ("locked_right_password", id.as_deref()),
-            Err((LoginError::Unavailable(_), id)) => ("unavailable", id.as_deref()),
+            Ok(s) => ("success", Some(&s.principal.agent_id)),
+            Err((LoginError::Refused(r), id)) => (r.as_str(), id.as_ref()),
+            Err((LoginError::Locked { .. }, id)) => ("locked_right_password", id.as_ref()),
+            Err((LoginError::Unavailable(_), id)) => ("unavailable", id.as_ref()),
         };
         match &result {
             Ok(_) => {
@@ -371,15 +372,11 @@ impl Accounts {
         &self,
         username: &str,
         password: &Secret<String>,
-    ) -> Result<NewSession, (LoginError, Option<String>)> {
-        let unavailable = |e: &dyn std::fmt::Display, id: Option<&str>| {
-            (
-                LoginError::Unavailable(e.to_string()),
-                id.map(str::to_string),
-            )
+    ) -> Result<NewSession, (LoginError, Option<AgentId>)> {
+        let unavailable = |e: &dyn std::fmt::Display, id: Option<&AgentId>| {
+            (LoginError::Unavailable(e.to_string()), id.cloned())
         };
-        let refused =
-            |r: Refusal, id: Option<&str>| (LoginError::Refused(r), id.map(str::to_string));
+        let refused = |r: Refusal, id: Option<&AgentId>| (LoginError::Refused(r), id.cloned());
         let agent = self
             .store
             .get_agent(&self.account, username)
@@ -392,7 +389,7 @@ impl Accounts {
                 .map_err(|e| unavailable(&e, None))?;
             return Err(refused(Refusal::UnknownUsername, None));
         };
-        let id = Some(agent.id.as_str());
+        let id = Some(&agent.id);
         // A disabled agent costs the same as any other attempt; its password is not checked.
         if agent.disabled {
             self.verify_dummy(password)
@@ -414,15 +411,14 @@ impl Accounts {
         // the right one is told until when (the agent itself, waiting for the lock to lift).
         if let Some(until) = agent.locked_until.filter(|t| *t > now) {
             if right {
-                let until = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_millis(u64::try_from(until).unwrap_or(0));
-                return Err((LoginError::Locked { until }, id.map(str::to_string)));
+                let until = until.to_system_time();
+                return Err((LoginError::Locked { until }, id.cloned()));
             }
             return Err(refused(Refusal::Locked, id));
         }
         let now = self.now_ms();
         if !right {
-            let lock_until = now.saturating_add(millis_of(self.config.lockout.0));
+            let lock_until = now.after(self.config.lockout.0);
             let counted = self
                 .store
                 .record_failed_login(
@@ -483,7 +479,7 @@ impl Accounts {
             principal: AgentPrincipal {
                 agent_id: live.agent_id,
                 username: live.username,
-                expires_at: from_millis(live.expires_at),
+                expires_at: live.expires_at.to_system_time(),
             },
             csrf_hash: live.csrf_hash,
         })
@@ -495,7 +491,7 @@ impl Accounts {
         let live = self.session(bearer).await?;
         let now = self.now_ms();
         let csrf = random_token().map_err(|e| AgentAuthError::Unavailable(e.to_string()))?;
-        let expires_at = now.saturating_add(millis_of(self.config.session_lifetime.0));
+        let expires_at = now.after(self.config.session_lifetime.0);
         let extended = self
             .store
             .extend_agent_session(
@@ -515,7 +511,7 @@ impl Accounts {
             bearer: Secret::new(bearer.to_string()),
             csrf: Secret::new(csrf),
             principal: AgentPrincipal {
-                expires_at: from_millis(expires_at),
+                expires_at: expires_at.to_system_time(),
                 ..p
             },
         })
@@ -539,16 +535,16 @@ impl Accounts {
     /// A fresh session for the agent: the row to store and what the agent gets.
     fn mint(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         username: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<(AgentSessionRow, NewSession), HashingError> {
         let bearer = random_token()?;
         let csrf = random_token()?;
-        let expires_at = now.saturating_add(millis_of(self.config.session_lifetime.0));
+        let expires_at = now.after(self.config.session_lifetime.0);
         let row = AgentSessionRow {
             token_hash: sha256(bearer.as_bytes()),
-            agent_id: agent_id.to_string(),
+            agent_id: agent_id.clone(),
             csrf_hash: sha256(csrf.as_bytes()),
             created_at: now,
             expires_at,
@@ -557,9 +553,9 @@ impl Accounts {
             bearer: Secret::new(bearer),
             csrf: Secret::new(csrf),
             principal: AgentPrincipal {
-                agent_id: agent_id.to_string(),
+                agent_id: agent_id.clone(),
                 username: username.to_string(),
-                expires_at: from_millis(expires_at),
+                expires_at: expires_at.to_system_time(),
             },
         };
         Ok((row, session))
@@ -646,7 +642,7 @@ impl Accounts {
     async fn audit(
         &self,
         username: &str,
-        agent_id: Option<&str>,
+        agent_id: Option<&AgentId>,
         outcome: &str,
         source: Option<&str>,
     ) {
@@ -654,7 +650,7 @@ impl Accounts {
             at: self.now_ms(),
             account: self.account.clone(),
             username: username.to_string(),
-            agent_id: agent_id.map(str::to_string),
+            agent_id: agent_id.cloned(),
             outcome: outcome.to_string(),
             source: source.map(str::to_string),
         };
@@ -679,7 +675,7 @@ fn check_username(username: &str) -> Result<(), AccountError> {
 }
 
 /// The associated data binding a sealed password hash to its agent.
-pub(super) fn seal_context(agent_id: &str) -> Vec<u8> {
+pub(super) fn seal_context(agent_id: &AgentId) -> Vec<u8> {
     format!("agent_password:{agent_id}").into_bytes()
 }
 
@@ -700,20 +696,6 @@ fn looks_like_token(token: &str) -> bool {
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     digest::digest(&digest::SHA256, bytes).as_ref().to_vec()
-}
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn millis_of(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 #[cfg(test)]

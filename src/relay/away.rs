@@ -22,6 +22,7 @@ use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
 use super::vocabulary::{Event, Role};
+use crate::ids::{ConsumerId, ConversationId};
 use crate::push::{Attempt, DeviceToken, Provider, PushRequest, PushService};
 use crate::store::Store;
 use crate::store::devices::PushRegistration;
@@ -35,13 +36,13 @@ const MAX_UNREAD: usize = 100;
 const RECEIPTS_READ: i64 = 500;
 
 /// The associated data a device token is sealed with.
-pub fn seal_context(account: &str, consumer_id: &str, app: &str) -> Vec<u8> {
+pub fn seal_context(account: &str, consumer_id: &ConsumerId, app: &str) -> Vec<u8> {
     format!("push_registration:{account}:{consumer_id}:{app}").into_bytes()
 }
 
 /// Agent messages a consumer has not acknowledged, in one conversation.
 struct Unread {
-    consumer_id: String,
+    consumer_id: ConsumerId,
     seqs: BTreeSet<i64>,
     /// The newest message's text (the push shows it, masked by the app's rule).
     text: String,
@@ -60,15 +61,15 @@ pub struct Away {
     ack_delay: Duration,
     burst: Duration,
     /// Consumers with a live socket on this node, and how many.
-    online: Mutex<HashMap<String, usize>>,
-    unread: Mutex<HashMap<String, Unread>>,
+    online: Mutex<HashMap<ConsumerId, usize>>,
+    unread: Mutex<HashMap<ConversationId, Unread>>,
     timers: TaskTracker,
 }
 
 /// Counts a consumer as connected while it lives.
 pub struct Presence {
     away: Arc<Away>,
-    consumer_id: String,
+    consumer_id: ConsumerId,
 }
 
 impl Drop for Presence {
@@ -110,20 +111,20 @@ impl Away {
     }
 
     /// Marks the consumer connected until the returned guard is dropped.
-    pub fn connected(self: &Arc<Self>, consumer_id: &str) -> Presence {
+    pub fn connected(self: &Arc<Self>, consumer_id: &ConsumerId) -> Presence {
         *self
             .online
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(consumer_id.to_string())
+            .entry(consumer_id.clone())
             .or_default() += 1;
         Presence {
             away: self.clone(),
-            consumer_id: consumer_id.to_string(),
+            consumer_id: consumer_id.clone(),
         }
     }
 
-    fn is_online(&self, consumer_id: &str) -> bool {
+    fn is_online(&self, consumer_id: &ConsumerId) -> bool {
         self.online
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -133,8 +134,8 @@ impl Away {
     /// An agent's message was committed.
     pub fn agent_message(
         self: &Arc<Self>,
-        conversation_id: &str,
-        consumer_id: &str,
+        conversation_id: &ConversationId,
+        consumer_id: &ConsumerId,
         seq: i64,
         text: &str,
     ) {
@@ -156,9 +157,9 @@ impl Away {
                 }
             }
             let entry = unread
-                .entry(conversation_id.to_string())
+                .entry(conversation_id.clone())
                 .or_insert_with(|| Unread {
-                    consumer_id: consumer_id.to_string(),
+                    consumer_id: consumer_id.clone(),
                     seqs: BTreeSet::new(),
                     text: String::new(),
                     pushed_through: -1,
@@ -173,7 +174,7 @@ impl Away {
         };
         if arm {
             let away = self.clone();
-            let conversation = conversation_id.to_string();
+            let conversation = conversation_id.clone();
             self.timers.spawn(async move {
                 tokio::time::sleep(delay).await;
                 away.check(&conversation).await;
@@ -182,7 +183,7 @@ impl Away {
     }
 
     /// The consumer acknowledged (ACCEPT or READ) sequences up to `seq` of a conversation.
-    pub fn acknowledged(&self, conversation_id: &str, seq: i64) {
+    pub fn acknowledged(&self, conversation_id: &ConversationId, seq: i64) {
         let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = unread.get_mut(conversation_id) {
             entry.seqs.retain(|s| *s > seq);
@@ -193,7 +194,7 @@ impl Away {
     }
 
     /// The conversation closed: nothing of it is pushed any more.
-    pub fn closed(&self, conversation_id: &str) {
+    pub fn closed(&self, conversation_id: &ConversationId) {
         self.unread
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -202,7 +203,11 @@ impl Away {
 
     /// The newest sequence the consumer acknowledged (ACCEPT or READ) in the stored events
     /// from `from` on, wherever it was committed.
-    async fn acknowledged_in_store(&self, conversation_id: &str, from: i64) -> Option<i64> {
+    async fn acknowledged_in_store(
+        &self,
+        conversation_id: &ConversationId,
+        from: i64,
+    ) -> Option<i64> {
         let rows = match self
             .store
             .list_events(conversation_id, from, RECEIPTS_READ)
@@ -226,7 +231,7 @@ impl Away {
     }
 
     /// The timer ran out: push if something new is still unread.
-    async fn check(&self, conversation_id: &str) {
+    async fn check(&self, conversation_id: &ConversationId) {
         let oldest = {
             let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
             let Some(entry) = unread.get_mut(conversation_id) else {
@@ -287,7 +292,7 @@ impl Away {
     async fn send(
         &self,
         registration: &PushRegistration,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         badge: usize,
         text: &str,
         seq: i64,

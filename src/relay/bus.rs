@@ -12,6 +12,7 @@
 //! every follower and watcher re-check the store. The bus never hands message text to another
 //! node.
 
+use crate::ids::{ConsumerId, ConversationId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -71,7 +72,7 @@ pub(super) trait Outward: Send + Sync {
 
 #[derive(Default)]
 pub struct Bus {
-    conversations: Mutex<HashMap<String, broadcast::Sender<Live>>>,
+    conversations: Mutex<HashMap<ConversationId, broadcast::Sender<Live>>>,
     /// Conversations whose state changed (opened, closed, taken), with their consumer.
     states: Mutex<Option<broadcast::Sender<StateSignal>>>,
     /// Where this node's publications go to reach the other nodes (PostgreSQL only).
@@ -90,26 +91,26 @@ impl Bus {
     /// A follower's live events of a conversation, from now on: taken before the follow's
     /// answer is sent, so whatever is published after the answer (a typing state, which is not
     /// stored and so cannot be caught up) reaches it.
-    pub fn follower(&self, conversation_id: &str) -> LiveEvents {
+    pub fn follower(&self, conversation_id: &ConversationId) -> LiveEvents {
         LiveEvents(self.subscribe(conversation_id))
     }
 
     /// Live events of a conversation from now on.
-    fn subscribe(&self, conversation_id: &str) -> broadcast::Receiver<Live> {
+    fn subscribe(&self, conversation_id: &ConversationId) -> broadcast::Receiver<Live> {
         let mut map = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
         // Channels whose followers all left are dropped here (and on publish), so the map
         // holds only conversations someone follows.
         if map.len() >= 1024 && map.len().is_power_of_two() {
             map.retain(|_, s| s.receiver_count() > 0);
         }
-        map.entry(conversation_id.to_string())
+        map.entry(conversation_id.clone())
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
             .subscribe()
     }
 
     /// How many follow a conversation on this node.
     #[cfg(test)]
-    pub fn subscribers(&self, conversation_id: &str) -> usize {
+    pub fn subscribers(&self, conversation_id: &ConversationId) -> usize {
         self.conversations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -119,7 +120,7 @@ impl Bus {
 
     /// Whether this node has a channel for a conversation (someone followed it).
     #[cfg(test)]
-    pub(super) fn has_channel(&self, conversation_id: &str) -> bool {
+    pub(super) fn has_channel(&self, conversation_id: &ConversationId) -> bool {
         self.conversations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -137,7 +138,7 @@ impl Bus {
     }
 
     /// To the followers of a conversation on this node; nothing when nobody here follows it.
-    fn deliver(&self, conversation_id: &str, live: Live) {
+    fn deliver(&self, conversation_id: &ConversationId, live: Live) {
         let mut map = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sender) = map.get(conversation_id) {
             if sender.receiver_count() == 0 {
@@ -149,7 +150,7 @@ impl Bus {
     }
 
     /// Another node committed an event: followers here read it from the store.
-    pub(super) fn committed_elsewhere(&self, conversation_id: &str, seq: i64) {
+    pub(super) fn committed_elsewhere(&self, conversation_id: &ConversationId, seq: i64) {
         self.deliver(conversation_id, Live::Committed(seq));
     }
 
@@ -186,10 +187,10 @@ impl Bus {
 
     /// Tells state watchers, here and on the other nodes, that a conversation of
     /// `consumer_id` changed.
-    pub fn state_changed(&self, conversation_id: &str, consumer_id: &str) {
+    pub fn state_changed(&self, conversation_id: &ConversationId, consumer_id: &ConsumerId) {
         self.publish_state(StateChange {
-            conversation_id: conversation_id.to_string(),
-            consumer_id: consumer_id.to_string(),
+            conversation_id: conversation_id.clone(),
+            consumer_id: consumer_id.clone(),
             agent_id: None,
         });
     }

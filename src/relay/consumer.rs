@@ -31,6 +31,7 @@ use super::socket::{Link, Next, Role, error_response, run, unknown_type, websock
 use super::vocabulary::Participant;
 use crate::clock::Clock;
 use crate::identity::VerifyError;
+use crate::ids::ConsumerId;
 use crate::limiter::SourceSlot;
 use crate::tls::Peer;
 
@@ -125,7 +126,7 @@ async fn upgrade(
 
 /// The consumer a socket speaks for, once authenticated.
 struct Consumer {
-    id: String,
+    id: ConsumerId,
     /// When the token stops being accepted (its expiry plus the identity leeway).
     valid_until: SystemTime,
 }
@@ -179,10 +180,7 @@ impl Role for ConsumerRole {
             Ok(r) => r,
             Err(next) => return next,
         };
-        let who = self
-            .consumer
-            .as_ref()
-            .map(|c| Participant::Consumer(c.id.clone()));
+        let who = self.consumer.as_ref().map(|c| c.id.clone());
         let id = &request.id;
         let answer = match (ConsumerRequest::parse(&request), who) {
             (Ok(ConsumerRequest::InitConnection), _) => {
@@ -202,8 +200,8 @@ impl Role for ConsumerRole {
                 return link.reply(unknown_type(id, &kind)).await;
             }
             (Err(Unreadable::Body(e)), Some(_)) => Err(e),
-            (Ok(ConsumerRequest::RequestConversation), Some(who)) => {
-                match link.conversations().request(who.id()).await {
+            (Ok(ConsumerRequest::RequestConversation), Some(consumer)) => {
+                match link.conversations().request(&consumer).await {
                     Ok((c, _)) => Ok(response(
                         id,
                         200,
@@ -213,7 +211,10 @@ impl Role for ConsumerRole {
                     Err(e) => Err(e),
                 }
             }
-            (Ok(ConsumerRequest::Shared(shared)), Some(who)) => link.shared(&who, id, shared).await,
+            (Ok(ConsumerRequest::Shared(shared)), Some(consumer)) => {
+                let who = Participant::Consumer(consumer);
+                link.shared(&who, id, shared).await
+            }
         };
         let frame = answer.unwrap_or_else(|e| error_response(&request.id, &e));
         link.reply(frame).await

@@ -15,7 +15,8 @@ use super::away::Away;
 use super::bus::Bus;
 use super::vocabulary::{Change, Event, Participant, RelayError, Role, event_seal_context};
 use super::webhooks::{WebhookEvent, Webhooks};
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixMillis};
+use crate::ids::{AgentId, ConsumerId, ConversationId};
 use crate::store::relay::{ConversationRow, NewEvent};
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreError};
@@ -31,14 +32,6 @@ pub struct Conversations {
     /// Pushes to consumers who are away (none without `[push]` apps).
     away: Option<Arc<Away>>,
     webhooks: Webhooks,
-}
-
-fn millis(clock: &dyn Clock) -> i64 {
-    clock
-        .now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Conversations {
@@ -78,7 +71,10 @@ impl Conversations {
     }
 
     /// The consumer's open conversation, opened now if it has none (then `true`).
-    pub async fn request(&self, consumer: &str) -> Result<(ConversationRow, bool), RelayError> {
+    pub async fn request(
+        &self,
+        consumer: &ConsumerId,
+    ) -> Result<(ConversationRow, bool), RelayError> {
         if let Some(open) = self
             .store
             .get_open_conversation(&self.account, consumer)
@@ -87,13 +83,13 @@ impl Conversations {
             return Ok((open, false));
         }
         let row = ConversationRow {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: ConversationId::new(uuid::Uuid::new_v4().to_string()),
             account: self.account.clone(),
-            consumer_id: consumer.to_string(),
+            consumer_id: consumer.clone(),
             open: true,
             agent_id: None,
             skill: None,
-            created_at: millis(&*self.clock),
+            created_at: UnixMillis::now(&*self.clock),
             closed_at: None,
             last_seq: -1,
         };
@@ -137,7 +133,7 @@ impl Conversations {
     /// (at most `limit`).
     pub async fn waiting_for(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         limit: i64,
     ) -> Result<Vec<ConversationRow>, RelayError> {
         Ok(self
@@ -150,8 +146,8 @@ impl Conversations {
     /// queue).
     pub async fn rejected_by(
         &self,
-        agent_id: &str,
-        conversation_id: &str,
+        agent_id: &AgentId,
+        conversation_id: &ConversationId,
     ) -> Result<bool, RelayError> {
         Ok(self
             .store
@@ -161,7 +157,11 @@ impl Conversations {
 
     /// An agent rejects a waiting conversation's ring: it is not rung for it again, on any
     /// socket or node, and cannot take it, until the conversation returns to the queue.
-    pub async fn reject(&self, agent_id: &str, conversation_id: &str) -> Result<(), RelayError> {
+    pub async fn reject(
+        &self,
+        agent_id: &AgentId,
+        conversation_id: &ConversationId,
+    ) -> Result<(), RelayError> {
         let Some(row) = self.get_for_routing(conversation_id).await? else {
             return Err(RelayError::NotFound);
         };
@@ -178,7 +178,7 @@ impl Conversations {
     /// waiting conversations, never their events).
     pub(super) async fn get_for_routing(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
     ) -> Result<Option<ConversationRow>, RelayError> {
         Ok(self
             .store
@@ -189,7 +189,11 @@ impl Conversations {
 
     /// An agent takes a waiting conversation; of agents accepting it at once, one wins, the
     /// others get [`RelayError::Taken`].
-    pub async fn take(&self, agent_id: &str, conversation_id: &str) -> Result<(), RelayError> {
+    pub async fn take(
+        &self,
+        agent_id: &AgentId,
+        conversation_id: &ConversationId,
+    ) -> Result<(), RelayError> {
         let Some(row) = self.get_for_routing(conversation_id).await? else {
             return Err(RelayError::NotFound);
         };
@@ -217,7 +221,7 @@ impl Conversations {
     pub async fn return_to_queue(
         &self,
         who: &Participant,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         skill: Option<&str>,
     ) -> Result<(), RelayError> {
         let Participant::Agent(agent_id) = who else {
@@ -246,7 +250,7 @@ impl Conversations {
     pub async fn get(
         &self,
         who: &Participant,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
     ) -> Result<ConversationRow, RelayError> {
         let row = self
             .store
@@ -275,7 +279,7 @@ impl Conversations {
     pub async fn publish(
         &self,
         who: &Participant,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         event: Event,
         client_event_id: Option<&str>,
     ) -> Result<Option<i64>, RelayError> {
@@ -291,10 +295,10 @@ impl Conversations {
                 conversation.last_seq
             )));
         }
-        let now = millis(&*self.clock);
+        let now = UnixMillis::now(&*self.clock);
         // What followers are told: for a chat state, the conversation's last sequence.
         let change = |seq: i64, event: Event| Change {
-            conversation_id: conversation_id.to_string(),
+            conversation_id: conversation_id.clone(),
             seq,
             originator_id: who.id().to_string(),
             originator_role: who.role(),
@@ -369,7 +373,7 @@ impl Conversations {
     pub async fn history(
         &self,
         who: &Participant,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         from_seq: i64,
         limit: i64,
     ) -> Result<Vec<Change>, RelayError> {
@@ -380,7 +384,7 @@ impl Conversations {
     /// Stored events, opened (no access check: the caller made it).
     pub(super) async fn events(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         from_seq: i64,
         limit: i64,
     ) -> Result<Vec<Change>, RelayError> {
@@ -404,9 +408,13 @@ impl Conversations {
     }
 
     /// Closes a conversation `who` may see. Closing a closed one is not an error.
-    pub async fn close(&self, who: &Participant, conversation_id: &str) -> Result<(), RelayError> {
+    pub async fn close(
+        &self,
+        who: &Participant,
+        conversation_id: &ConversationId,
+    ) -> Result<(), RelayError> {
         let row = self.get(who, conversation_id).await?;
-        let closed_at = millis(&*self.clock);
+        let closed_at = UnixMillis::now(&*self.clock);
         if self
             .store
             .close_conversation(conversation_id, closed_at)

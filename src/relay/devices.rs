@@ -7,6 +7,7 @@
 //!
 //! The token is sealed at rest; it is only ever read to send the consumer's away pushes.
 
+use crate::ids::ConsumerId;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +32,7 @@ struct Registration {
 }
 
 /// The consumer calling, or why the call is refused.
-async fn consumer(relay: &RelayService, headers: &HeaderMap) -> Result<String, HttpRefusal> {
+async fn consumer(relay: &RelayService, headers: &HeaderMap) -> Result<ConsumerId, HttpRefusal> {
     match caller(relay, headers).await? {
         Participant::Consumer(id) => Ok(id),
         Participant::Agent(_) => Err(HttpRefusal::WrongRole(
@@ -90,7 +91,7 @@ pub async fn register(
         provider: provider.as_str().to_string(),
         token_sealed: sealed,
         token_hash: DeviceToken::new(registration.token).sha256_hex(),
-        updated_at: crate::clock::unix_millis(relay.inner.clock.now()),
+        updated_at: crate::clock::UnixMillis::of(relay.inner.clock.now()).0,
     };
     relay
         .inner

@@ -32,6 +32,8 @@ use tokio_util::task::TaskTracker;
 use super::bus::{Bus, Outward};
 use super::vocabulary::{Change, ChatState, Event, Role, StateChange};
 use crate::backoff::Backoff;
+use crate::clock::UnixMillis;
+use crate::ids::{AgentId, ConsumerId, ConversationId};
 use crate::store::Store;
 use crate::store::notify::{Heard, Listener, Notifier, NotifyError};
 
@@ -68,10 +70,13 @@ struct Wire {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Body {
     /// A stored event was committed; its content stays in the store.
-    Event { conversation: String, seq: i64 },
+    Event {
+        conversation: ConversationId,
+        seq: i64,
+    },
     /// A chat state (not stored): its name, who, and when; `seq` is the last stored one.
     ChatState {
-        conversation: String,
+        conversation: ConversationId,
         seq: i64,
         originator: String,
         role: String,
@@ -80,10 +85,10 @@ enum Body {
     },
     /// A conversation's state changed (opened, closed, taken, returned).
     State {
-        conversation: String,
-        consumer: String,
+        conversation: ConversationId,
+        consumer: ConsumerId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        agent: Option<String>,
+        agent: Option<AgentId>,
     },
     /// The sender lost some notifications: re-check everything.
     Resync,
@@ -123,7 +128,7 @@ impl Body {
                 seq: change.seq,
                 originator: change.originator_id.clone(),
                 role: change.originator_role.name().to_string(),
-                at: change.server_timestamp,
+                at: change.server_timestamp.0,
                 state: state.name().to_string(),
             }),
             Event::Content { .. } | Event::AcceptStatus { .. } => Some(Body::Event {
@@ -176,7 +181,7 @@ fn inject(bus: &Bus, own_node: &str, payload: &str) -> Result<bool, DecodeError>
                 originator_id: originator,
                 // The same two roles the store gives back (`Conversations::events`).
                 originator_role: Role::from_name(&role),
-                server_timestamp: at,
+                server_timestamp: UnixMillis(at),
                 event: Event::ChatState(state),
             });
         }
@@ -568,7 +573,7 @@ mod tests {
             seq: 41,
             originator_id: "consumer-1".into(),
             originator_role: Role::Consumer,
-            server_timestamp: 1_700_000_000_000,
+            server_timestamp: UnixMillis(1_700_000_000_000),
             event: Event::check(&event, 4096).unwrap(),
         }
     }
@@ -606,9 +611,9 @@ mod tests {
         // Identity subjects are at most 255 characters; four bytes each at worst in UTF-8.
         let long = "\u{1F600}".repeat(255);
         let body = Body::State {
-            conversation: uuid::Uuid::new_v4().to_string(),
-            consumer: long.clone(),
-            agent: Some(long.clone()),
+            conversation: uuid::Uuid::new_v4().to_string().into(),
+            consumer: long.clone().into(),
+            agent: Some(long.clone().into()),
         };
         let payload = encode(&uuid::Uuid::new_v4().simple().to_string(), body).unwrap();
         assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
@@ -619,7 +624,7 @@ mod tests {
         // Beyond the bound nothing is encoded (the caller sends a resync instead).
         let body = Body::State {
             conversation: "c".into(),
-            consumer: "x".repeat(MAX_PAYLOAD),
+            consumer: "x".repeat(MAX_PAYLOAD).into(),
             agent: None,
         };
         assert_eq!(encode("node-a", body), None);
@@ -686,7 +691,7 @@ mod tests {
         assert!(inject(&bus, "me", &other).unwrap());
         let got = watcher.recv().await.unwrap();
         assert_eq!(got.conversation_id, "c1");
-        assert_eq!(got.agent_id.as_deref(), Some("a"));
+        assert_eq!(got.agent_id, Some("a".into()));
         // A resync reads as "you may have missed changes".
         inject(&bus, "me", &encode("other", Body::Resync).unwrap()).unwrap();
         assert!(matches!(

@@ -156,7 +156,7 @@ pub async fn workspace(
 ) -> Result<Response, HttpRefusal> {
     let (_, live) = authenticated(&relay, &headers).await?;
     let config = &relay.inner.config;
-    let expires_at = crate::clock::unix_millis(live.principal.expires_at);
+    let expires_at = crate::clock::UnixMillis::of(live.principal.expires_at).0;
     let mut r = axum::Json(json!({
         "account": config.account,
         "username": live.principal.username,

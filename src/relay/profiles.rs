@@ -3,6 +3,7 @@
 //! in the store at each authentication, for the agent who holds one of its conversations
 //! (`rest::consumer_profile`). Never logs a claim.
 
+use crate::ids::ConsumerId;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -14,7 +15,7 @@ use crate::store::Store;
 use crate::store::seal::DataKeys;
 
 /// The associated data a consumer's profile is sealed with.
-pub(super) fn seal_context(account: &str, consumer_id: &str) -> Vec<u8> {
+pub(super) fn seal_context(account: &str, consumer_id: &ConsumerId) -> Vec<u8> {
     format!("consumer_profile:{account}:{consumer_id}").into_bytes()
 }
 
@@ -55,7 +56,7 @@ impl Profiles {
                 return;
             }
         };
-        let at = crate::clock::unix_millis(self.clock.now());
+        let at = crate::clock::UnixMillis::of(self.clock.now()).0;
         if let Err(e) = self
             .store
             .put_consumer_profile(&self.account, &identity.subject, &sealed, at)
@@ -66,7 +67,7 @@ impl Profiles {
     }
 
     /// The consumer's profile as last recorded: `{"authenticated", "claims"}`.
-    pub async fn get(&self, consumer_id: &str) -> Result<Option<Value>, RelayError> {
+    pub async fn get(&self, consumer_id: &ConsumerId) -> Result<Option<Value>, RelayError> {
         let Some(sealed) = self
             .store
             .get_consumer_profile(&self.account, consumer_id)

@@ -2,6 +2,7 @@
 //! active data key.
 
 use super::{accounts, away, profiles, vocabulary};
+use crate::ids::{AgentId, ConsumerId};
 use crate::store::Store;
 use crate::store::seal::DataKeys;
 use crate::store::sealed::{ResealError, SealedColumn};
@@ -32,13 +33,18 @@ pub async fn reseal(
 fn seal_context(column: SealedColumn, fields: &[String]) -> Option<Vec<u8>> {
     match (column, fields) {
         (SealedColumn::RelayEvents, [event_id]) => Some(vocabulary::event_seal_context(event_id)),
-        (SealedColumn::AgentPasswords, [agent_id]) => Some(accounts::seal_context(agent_id)),
-        (SealedColumn::PushTokens, [account, consumer, app]) => {
-            Some(away::seal_context(account, consumer, app))
+        (SealedColumn::AgentPasswords, [agent_id]) => {
+            Some(accounts::seal_context(&AgentId::new(agent_id.as_str())))
         }
-        (SealedColumn::ConsumerProfiles, [account, consumer]) => {
-            Some(profiles::seal_context(account, consumer))
-        }
+        (SealedColumn::PushTokens, [account, consumer, app]) => Some(away::seal_context(
+            account,
+            &ConsumerId::new(consumer.as_str()),
+            app,
+        )),
+        (SealedColumn::ConsumerProfiles, [account, consumer]) => Some(profiles::seal_context(
+            account,
+            &ConsumerId::new(consumer.as_str()),
+        )),
         _ => None,
     }
 }

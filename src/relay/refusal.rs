@@ -130,7 +130,7 @@ impl IntoResponse for HttpRefusal {
                     status,
                     axum::Json(json!({
                         "error": HttpRefusal::Locked { until }.to_string(),
-                        "lockedUntil": crate::clock::unix_millis(until),
+                        "lockedUntil": crate::clock::UnixMillis::of(until).0,
                     })),
                 )
                     .into_response(),

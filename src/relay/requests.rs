@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::protocol::Request;
 use super::routing::Availability;
 use super::vocabulary::RelayError;
+use crate::ids::ConversationId;
 
 /// A request both roles send.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,13 +16,13 @@ pub(super) enum Shared {
     /// `ms.PublishEvent`: an event for a conversation, checked by `conversations` (its limits
     /// are the relay's config); the client's `eventId` when it gave a usable one.
     PublishEvent {
-        dialog: String,
+        dialog: ConversationId,
         event: Value,
         client_event_id: Option<String>,
     },
     /// `ms.SubscribeMessagingEvents`: a conversation's events from a sequence on.
     SubscribeMessagingEvents {
-        dialog: String,
+        dialog: ConversationId,
         from_seq: i64,
     },
     /// `cqm.SubscribeExConversations`: the participant's conversations in these states
@@ -35,7 +36,7 @@ pub(super) enum Shared {
     },
     /// `cm.UpdateConversationField`: close, or (an agent) transfer back to the queue.
     UpdateConversationField {
-        conversation: String,
+        conversation: ConversationId,
         change: FieldChange,
     },
     GetClock,
@@ -74,7 +75,7 @@ pub(super) enum AgentRequest {
     SubscribeAgentsState,
     /// `routing.UpdateRingState`: the ring's conversation, accepted (`true`) or rejected.
     UpdateRingState {
-        conversation: String,
+        conversation: ConversationId,
         accept: bool,
     },
     Shared(Shared),
@@ -128,7 +129,7 @@ impl AgentRequest {
             "routing.SubscribeRoutingTasks" => AgentRequest::SubscribeRoutingTasks,
             "routing.SubscribeAgentsState" => AgentRequest::SubscribeAgentsState,
             "routing.UpdateRingState" => {
-                let conversation = id_field(body, "ringId")?;
+                let conversation = ConversationId::new(id_field(body, "ringId")?);
                 let accept = match body.get("ringState").and_then(Value::as_str) {
                     Some("ACCEPTED") => true,
                     Some("REJECTED") => false,
@@ -149,7 +150,7 @@ impl Shared {
         let body = &r.body;
         Ok(match r.kind.as_str() {
             "ms.PublishEvent" => {
-                let dialog = id_field(body, "dialogId")?;
+                let dialog = ConversationId::new(id_field(body, "dialogId")?);
                 let event = body
                     .get("event")
                     .ok_or_else(|| bad("body.event is missing"))?
@@ -166,7 +167,7 @@ impl Shared {
                 }
             }
             "ms.SubscribeMessagingEvents" => {
-                let dialog = id_field(body, "dialogId")?;
+                let dialog = ConversationId::new(id_field(body, "dialogId")?);
                 // As the history REST reads it: a sequence, 0 or more.
                 let from_seq = match body.get("fromSeq") {
                     None | Some(Value::Null) => 0,
@@ -193,7 +194,7 @@ impl Shared {
                 subscription: id_field(body, "subscriptionId")?,
             },
             "cm.UpdateConversationField" => Shared::UpdateConversationField {
-                conversation: id_field(body, "conversationId")?,
+                conversation: ConversationId::new(id_field(body, "conversationId")?),
                 change: field_change(body, asker)?,
             },
             "GetClock" => Shared::GetClock,
@@ -311,7 +312,7 @@ mod tests {
         ));
         let r = request("ms.SubscribeMessagingEvents", json!({"dialogId": "d1"}));
         let expected = Shared::SubscribeMessagingEvents {
-            dialog: "d1".into(),
+            dialog: ConversationId::new("d1"),
             from_seq: 0,
         };
         assert_eq!(
@@ -389,7 +390,7 @@ mod tests {
             ))
             .unwrap(),
             AgentRequest::Shared(Shared::UpdateConversationField {
-                conversation: "c".into(),
+                conversation: ConversationId::new("c"),
                 change: FieldChange::Transfer {
                     skill: Some("billing".into())
                 }

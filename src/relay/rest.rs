@@ -16,13 +16,14 @@ use super::service::RelayService;
 use super::vocabulary::{Participant, RelayError};
 use crate::http_answer::no_store;
 use crate::identity::VerifyError;
+use crate::ids::ConversationId;
 
 /// Most events in one answer.
 const MAX_LIMIT: i64 = 1000;
 
 pub async fn events(
     State(relay): State<RelayService>,
-    Path(conversation): Path<String>,
+    Path(conversation): Path<ConversationId>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
@@ -143,7 +144,7 @@ async fn agent_caller(
 /// otherwise).
 pub async fn consumer_profile(
     State(relay): State<RelayService>,
-    Path(conversation): Path<String>,
+    Path(conversation): Path<ConversationId>,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
     let who = agent_caller(&relay, &headers, "this is for the conversation's agent").await?;

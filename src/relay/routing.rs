@@ -21,6 +21,7 @@ use super::conversations::Conversations;
 use super::outbox::Outbox;
 use super::protocol::notification;
 use super::vocabulary::RelayError;
+use crate::ids::{AgentId, ConversationId};
 use crate::store::relay::ConversationRow;
 
 /// Waiting conversations one agent is rung for at once (the oldest).
@@ -61,7 +62,7 @@ impl Availability {
 pub struct Desk {
     pub availability: Availability,
     /// Conversations whose ring this agent rejected.
-    pub rejected: HashSet<String>,
+    pub rejected: HashSet<ConversationId>,
 }
 
 impl Default for Desk {
@@ -87,7 +88,7 @@ enum Ending {
 /// Sends the agent's routing tasks until `cancel` (see the module's description).
 pub async fn ring(
     conversations: Arc<Conversations>,
-    agent_id: String,
+    agent_id: AgentId,
     subscription: String,
     mut desk: watch::Receiver<Desk>,
     out: Outbox,
@@ -95,7 +96,7 @@ pub async fn ring(
 ) -> Result<(), RelayError> {
     let mut changes = conversations.bus().state_changes();
     // Tasks shown as waiting, by conversation.
-    let mut ringing: HashMap<String, ConversationRow> = HashMap::new();
+    let mut ringing: HashMap<ConversationId, ConversationRow> = HashMap::new();
     let mut resync = true;
     // The last read of the queue was cut at MAX_RINGS: when a ring ends, read it again so the
     // conversations beyond get their turn.
@@ -113,10 +114,10 @@ pub async fn ring(
                 Vec::new()
             };
             capped = waiting.len() as i64 >= MAX_RINGS;
-            let waiting_ids: HashSet<&str> = waiting.iter().map(|c| c.id.as_str()).collect();
-            let ended: Vec<String> = ringing
+            let waiting_ids: HashSet<&ConversationId> = waiting.iter().map(|c| &c.id).collect();
+            let ended: Vec<ConversationId> = ringing
                 .keys()
-                .filter(|id| !waiting_ids.contains(id.as_str()) || rejected.contains(*id))
+                .filter(|id| !waiting_ids.contains(id) || rejected.contains(*id))
                 .cloned()
                 .collect();
             for id in ended {
@@ -168,7 +169,7 @@ pub async fn ring(
                     if was_ringing && !waiting {
                         ringing.remove(&row.id);
                         resync = capped;
-                        let how = if row.agent_id.as_deref() == Some(agent_id.as_str()) {
+                        let how = if row.agent_id.as_ref() == Some(&agent_id) {
                             Ending::Accepted
                         } else {
                             Ending::Cancelled

@@ -27,6 +27,7 @@ use super::service::RelayService;
 use super::subscriptions::follow;
 use super::vocabulary::{Participant, RelayError};
 use crate::config::RelayConfig;
+use crate::ids::ConversationId;
 use crate::store::relay::ConversationRow;
 
 /// Conversations one socket may follow at once, and conversation-list subscriptions.
@@ -65,7 +66,7 @@ pub(super) struct Link {
     /// Ends every subscription of this socket.
     cancel: CancellationToken,
     /// `ms.SubscribeMessagingEvents` by conversation.
-    followed: HashMap<String, CancellationToken>,
+    followed: HashMap<ConversationId, CancellationToken>,
     /// `cqm.SubscribeExConversations` (and routing subscriptions) by subscription id.
     watching: HashMap<String, CancellationToken>,
     /// Requests in the current second.
@@ -211,7 +212,7 @@ impl Link {
             }
             // The schema's 200 body is a string: the clock in Unix milliseconds, as text.
             Shared::GetClock => {
-                let now = crate::clock::unix_millis(self.relay.inner.clock.now());
+                let now = crate::clock::UnixMillis::of(self.relay.inner.clock.now()).0;
                 Ok(text_response(id, 200, &now.to_string()))
             }
             Shared::KeepAlive => Ok(text_response(id, 200, "OK")),
@@ -222,7 +223,7 @@ impl Link {
         &mut self,
         who: &Participant,
         id: &str,
-        dialog: &str,
+        dialog: &ConversationId,
         raw: &Value,
         client_event_id: Option<&str>,
     ) -> Result<String, RelayError> {
@@ -243,7 +244,7 @@ impl Link {
         &mut self,
         who: &Participant,
         id: &str,
-        dialog: String,
+        dialog: ConversationId,
         from: i64,
     ) -> Result<String, RelayError> {
         let conversations = self.conversations();
@@ -484,7 +485,7 @@ async fn watch(
     };
     let mut changes = conversations.bus().state_changes();
     // What this subscription has shown, so an agent sees a conversation leave.
-    let mut shown: HashSet<String> = HashSet::new();
+    let mut shown: HashSet<ConversationId> = HashSet::new();
     let mut send_all = true;
     loop {
         if send_all {
@@ -492,7 +493,7 @@ async fn watch(
             let listed = conversations.list_for(&who).await?;
             // What was shown and is no longer the participant's (changed while this
             // subscription was behind, or on another node meanwhile) leaves the list.
-            let gone: Vec<String> = shown
+            let gone: Vec<ConversationId> = shown
                 .iter()
                 .filter(|id| !listed.iter().any(|c| &c.id == *id))
                 .cloned()
@@ -593,7 +594,7 @@ fn change_notification(subscription: &str, kind: &str, c: &ConversationRow) -> S
                         "participants": participants,
                         "state": if c.open { "OPEN" } else { "CLOSE" },
                         "startTs": c.created_at,
-                        "endTs": c.closed_at.unwrap_or(-1),
+                        "endTs": c.closed_at.map_or(-1, |t| t.0),
                         "dialogs": [{"dialogId": c.id}],
                     }
                 }

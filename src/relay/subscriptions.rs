@@ -11,6 +11,7 @@ use super::close_code::SUBSCRIPTION_FAILED;
 use super::conversations::Conversations;
 use super::outbox::Outbox;
 use super::vocabulary::{Participant, RelayError, messaging_notification};
+use crate::ids::ConversationId;
 
 /// Events read from the store at once when catching up (one frame).
 const REPLAY_BATCH: i64 = 50;
@@ -24,7 +25,7 @@ const REPLAY_BATCH: i64 = 50;
 pub async fn follow(
     conversations: Arc<Conversations>,
     who: Participant,
-    conversation_id: String,
+    conversation_id: ConversationId,
     from_seq: i64,
     out: Outbox,
     cancel: CancellationToken,
@@ -52,7 +53,7 @@ pub async fn follow(
 async fn follow_until_done(
     conversations: &Conversations,
     who: &Participant,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     from_seq: i64,
     out: &Outbox,
     cancel: &CancellationToken,
@@ -102,7 +103,7 @@ async fn follow_until_done(
                 }
             } => {
                 let concerned = match &changed {
-                    Ok(change) => change.conversation_id == conversation_id,
+                    Ok(change) => change.conversation_id == *conversation_id,
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => {
                         states = None;
@@ -186,7 +187,7 @@ mod tests {
         };
         let (here, there) = (node(store.clone()), node(store));
         let who = Participant::Consumer("c1".into());
-        let (conv, _) = there.request("c1").await.unwrap();
+        let (conv, _) = there.request(&"c1".into()).await.unwrap();
         let publish_there = |i: i64| {
             let there = there.clone();
             let (who, conv) = (who.clone(), conv.id.clone());
@@ -246,8 +247,9 @@ mod tests {
         assert_eq!(next_frame().await, vec![5]);
 
         // Nobody here follows this one: no channel is made, nothing is read.
-        here.bus().committed_elsewhere("another-conversation", 0);
-        assert!(!here.bus().has_channel("another-conversation"));
+        here.bus()
+            .committed_elsewhere(&"another-conversation".into(), 0);
+        assert!(!here.bus().has_channel(&"another-conversation".into()));
         cancel.cancel();
         follower.await.unwrap();
     }
@@ -267,7 +269,7 @@ mod tests {
             1000,
         ));
         let who = Participant::Consumer("c1".into());
-        let (conv, _) = conversations.request("c1").await.unwrap();
+        let (conv, _) = conversations.request(&"c1".into()).await.unwrap();
         let (outbox, mut queue) = Outbox::new(1000);
         let cancel = CancellationToken::new();
         let follower = tokio::spawn(follow(

@@ -7,20 +7,23 @@
 use serde_json::{Value, json};
 
 use super::protocol::notification;
+use crate::clock::UnixMillis;
+use crate::ids::{AgentId, ConsumerId, ConversationId};
 use crate::store::StoreError;
 use crate::store::relay::ConversationRow;
 
 /// Who acts: a consumer, by its id from its identity token, or an agent, by its account id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Participant {
-    Consumer(String),
-    Agent(String),
+    Consumer(ConsumerId),
+    Agent(AgentId),
 }
 
 impl Participant {
     pub fn id(&self) -> &str {
         match self {
-            Participant::Consumer(id) | Participant::Agent(id) => id,
+            Participant::Consumer(id) => id.as_str(),
+            Participant::Agent(id) => id.as_str(),
         }
     }
 
@@ -36,7 +39,7 @@ impl Participant {
     pub(super) fn may_see(&self, c: &ConversationRow) -> bool {
         match self {
             Participant::Consumer(id) => c.consumer_id == *id,
-            Participant::Agent(id) => c.agent_id.as_deref() == Some(id.as_str()),
+            Participant::Agent(id) => c.agent_id.as_ref() == Some(id),
         }
     }
 }
@@ -253,14 +256,13 @@ impl Event {
 /// One event of a conversation, as followers see it.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     /// The event's sequence; for a chat state (not stored), the conversation's last one
     /// (carried between nodes, never sent to a client).
     pub seq: i64,
     pub originator_id: String,
     pub originator_role: Role,
-    /// Unix milliseconds.
-    pub server_timestamp: i64,
+    pub server_timestamp: UnixMillis,
     /// A stored one (a message, a receipt) counts in the sequence; a chat state does not.
     pub event: Event,
 }
@@ -272,7 +274,7 @@ impl Change {
     pub fn to_json(&self) -> Value {
         let mut item = json!({
             "originatorId": self.originator_id,
-            "serverTimestamp": self.server_timestamp,
+            "serverTimestamp": self.server_timestamp.0,
             "event": self.event.to_json(),
             "dialogId": self.conversation_id,
             "originatorMetadata": {"id": self.originator_id, "role": self.originator_role.name()},
@@ -296,10 +298,10 @@ pub fn messaging_notification(changes: &[Change]) -> String {
 /// Watchers read the conversation from the store; this only says which one and whose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateChange {
-    pub conversation_id: String,
-    pub consumer_id: String,
+    pub conversation_id: ConversationId,
+    pub consumer_id: ConsumerId,
     /// The agent concerned, when an agent took or returned the conversation.
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
 }
 
 /// The associated data a stored event's body is sealed with.

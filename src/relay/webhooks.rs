@@ -30,9 +30,11 @@ use tokio_util::task::TaskTracker;
 
 use super::vocabulary::{Event, Participant, Role};
 use crate::backoff::{Backoff, retry_after};
+use crate::clock::UnixMillis;
 use crate::clock::{Clock, unix_seconds};
 use crate::config::{Problems, WebhooksConfig};
 use crate::http_client::{HttpClient, HttpError};
+use crate::ids::ConversationId;
 use crate::secret::{Secret, read_secret_for};
 use crate::store::relay::ConversationRow;
 use crate::webhook_signature::sign;
@@ -169,7 +171,7 @@ impl Settings {
 struct Delivery {
     id: String,
     event_type: &'static str,
-    conversation_id: String,
+    conversation_id: ConversationId,
     body: Bytes,
 }
 
@@ -240,7 +242,7 @@ impl Webhooks {
 
     /// Queues a webhook for `event` on `conversation`, which happened at `at` (Unix
     /// milliseconds). Call only after the change is committed. Never waits, never fails.
-    pub fn emit(&self, conversation: &ConversationRow, at: i64, event: WebhookEvent<'_>) {
+    pub fn emit(&self, conversation: &ConversationRow, at: UnixMillis, event: WebhookEvent<'_>) {
         let Some(shared) = &self.shared else { return };
         let Some(settings) = shared.current() else {
             return;
@@ -309,7 +311,7 @@ impl Shared {
 fn body(
     id: &str,
     conversation: &ConversationRow,
-    at: i64,
+    at: UnixMillis,
     event: WebhookEvent<'_>,
     include_text: bool,
 ) -> Option<Bytes> {
@@ -352,10 +354,10 @@ async fn run(
     capacity: usize,
 ) {
     // Conversations with a delivery running, and their next ones in order.
-    let mut lanes: HashMap<String, VecDeque<Delivery>> = HashMap::new();
+    let mut lanes: HashMap<ConversationId, VecDeque<Delivery>> = HashMap::new();
     let mut waiting = 0usize;
     let mut running: JoinSet<()> = JoinSet::new();
-    let mut running_for: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut running_for: HashMap<tokio::task::Id, ConversationId> = HashMap::new();
     let mut open = true;
     let mut closing = false;
     loop {
@@ -571,7 +573,7 @@ mod tests {
             open: true,
             agent_id: None,
             skill: None,
-            created_at: 5,
+            created_at: UnixMillis(5),
             closed_at: None,
             last_seq: -1,
         }
@@ -589,7 +591,8 @@ mod tests {
             event: &event,
         };
         let without: Value =
-            serde_json::from_slice(&body("d1", &row(), 9, message, false).unwrap()).unwrap();
+            serde_json::from_slice(&body("d1", &row(), UnixMillis(9), message, false).unwrap())
+                .unwrap();
         assert_eq!(
             without,
             json!({"id": "d1", "type": "message.created", "account": "acme",
@@ -597,7 +600,8 @@ mod tests {
                    "originatorId": "u1", "originatorRole": "CONSUMER"})
         );
         let with: Value =
-            serde_json::from_slice(&body("d1", &row(), 9, message, true).unwrap()).unwrap();
+            serde_json::from_slice(&body("d1", &row(), UnixMillis(9), message, true).unwrap())
+                .unwrap();
         assert_eq!(with["text"], "hi");
         let receipt = Event::AcceptStatus {
             status: crate::relay::vocabulary::AcceptStatus::Read,
@@ -609,6 +613,6 @@ mod tests {
             originator_role: Role::Consumer,
             event: &receipt,
         };
-        assert!(body("d2", &row(), 9, receipt, true).is_none());
+        assert!(body("d2", &row(), UnixMillis(9), receipt, true).is_none());
     }
 }

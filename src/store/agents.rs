@@ -18,6 +18,8 @@
 //!
 //! Times are Unix milliseconds.
 
+use crate::clock::UnixMillis;
+use crate::ids::AgentId;
 use sqlx::Row;
 
 use super::{Store, StoreError};
@@ -26,7 +28,7 @@ use super::{Store, StoreError};
 #[derive(Clone, PartialEq, Eq)]
 pub struct AgentRow {
     /// A UUID; the sealed password is bound to it.
-    pub id: String,
+    pub id: AgentId,
     pub account: String,
     pub username: String,
     /// The argon2id PHC string, sealed with the context `agent_password:<id>`.
@@ -35,9 +37,9 @@ pub struct AgentRow {
     /// Consecutive failed logins since the last success, reset or run-out lock.
     pub failed_logins: i64,
     /// Logins are refused until then.
-    pub locked_until: Option<i64>,
-    pub created_at: i64,
-    pub last_login_at: Option<i64>,
+    pub locked_until: Option<UnixMillis>,
+    pub created_at: UnixMillis,
+    pub last_login_at: Option<UnixMillis>,
 }
 
 impl std::fmt::Debug for AgentRow {
@@ -58,37 +60,37 @@ impl std::fmt::Debug for AgentRow {
 pub struct AgentSessionRow {
     /// SHA-256 of the bearer.
     pub token_hash: Vec<u8>,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// SHA-256 of the session's CSRF token.
     pub csrf_hash: Vec<u8>,
-    pub created_at: i64,
-    pub expires_at: i64,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
 }
 
 /// A live session with its agent, as `get_live_agent_session` finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveAgentSession {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub account: String,
     pub username: String,
     pub csrf_hash: Vec<u8>,
-    pub expires_at: i64,
+    pub expires_at: UnixMillis,
 }
 
 /// What `record_failed_login` left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailedLogin {
     pub failed_logins: i64,
-    pub locked_until: Option<i64>,
+    pub locked_until: Option<UnixMillis>,
 }
 
 /// One audited event (a login attempt, or an operator's change to an agent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentAuditRow {
-    pub at: i64,
+    pub at: UnixMillis,
     pub account: String,
     pub username: String,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     /// What happened (`success`, `wrong_password`, `unknown_username`, `locked`, ...).
     pub outcome: String,
     /// The caller's address, or `cli` for the command line.
@@ -204,7 +206,11 @@ impl Store {
 
     /// Disables or enables an agent; disabling ends all its sessions in the same transaction.
     /// Returns whether the agent exists.
-    pub async fn set_agent_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+    pub async fn set_agent_disabled(
+        &self,
+        id: &AgentId,
+        disabled: bool,
+    ) -> Result<bool, StoreError> {
         in_transaction!(self, tx => {
             let found = sqlx::query("UPDATE agents SET disabled = $1 WHERE id = $2")
                 .bind(disabled)
@@ -227,7 +233,7 @@ impl Store {
     /// sessions, in one transaction. Returns whether the agent exists.
     pub async fn replace_agent_password(
         &self,
-        id: &str,
+        id: &AgentId,
         password_sealed: &[u8],
     ) -> Result<bool, StoreError> {
         in_transaction!(self, tx => {
@@ -253,10 +259,10 @@ impl Store {
     /// counted).
     pub async fn record_failed_login(
         &self,
-        id: &str,
-        now: i64,
+        id: &AgentId,
+        now: UnixMillis,
         max_failed: i64,
-        lock_until: i64,
+        lock_until: UnixMillis,
     ) -> Result<Option<FailedLogin>, StoreError> {
         // Every right-hand side reads the row as it was before the update (both backends).
         const EXPIRED: &str = "(locked_until IS NOT NULL AND locked_until <= $1)";
@@ -294,7 +300,7 @@ impl Store {
     pub async fn begin_agent_session(
         &self,
         session: &AgentSessionRow,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<bool, StoreError> {
         in_transaction!(self, tx => {
             // The update locks the agent's row (PostgreSQL) until the commit, so a concurrent
@@ -322,7 +328,7 @@ impl Store {
     pub async fn get_live_agent_session(
         &self,
         token_hash: &[u8],
-        now: i64,
+        now: UnixMillis,
     ) -> Result<Option<LiveAgentSession>, StoreError> {
         let row = on_pool!(self, pool => {
             sqlx::query(
@@ -354,8 +360,8 @@ impl Store {
         &self,
         token_hash: &[u8],
         csrf_hash: &[u8],
-        expires_at: i64,
-        now: i64,
+        expires_at: UnixMillis,
+        now: UnixMillis,
     ) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
             sqlx::query(
@@ -387,7 +393,7 @@ impl Store {
     }
 
     /// Removes sessions that expired at or before `now`. Returns how many.
-    pub async fn delete_expired_agent_sessions(&self, now: i64) -> Result<u64, StoreError> {
+    pub async fn delete_expired_agent_sessions(&self, now: UnixMillis) -> Result<u64, StoreError> {
         let done = on_pool!(self, pool => {
             sqlx::query("DELETE FROM agent_sessions WHERE expires_at <= $1")
                 .bind(now)
@@ -399,7 +405,7 @@ impl Store {
     }
 
     /// How many sessions an agent holds (live or not yet removed).
-    pub async fn count_agent_sessions(&self, agent_id: &str) -> Result<i64, StoreError> {
+    pub async fn count_agent_sessions(&self, agent_id: &AgentId) -> Result<i64, StoreError> {
         let n = on_pool!(self, pool => {
             sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM agent_sessions WHERE agent_id = $1")
                 .bind(agent_id)

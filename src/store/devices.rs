@@ -3,6 +3,7 @@
 //! replaces the old. The token is sealed by the caller; the store keeps its SHA-256 beside it
 //! so that a token a provider reported dead is removed only if it is still the registered one.
 
+use crate::ids::ConsumerId;
 use sqlx::Row;
 
 use super::{Store, StoreError};
@@ -11,7 +12,7 @@ use super::{Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushRegistration {
     pub account: String,
-    pub consumer_id: String,
+    pub consumer_id: ConsumerId,
     /// The app's id in `[[push.apps]]`.
     pub app: String,
     /// `apns` or `fcm`.
@@ -52,7 +53,7 @@ impl Store {
     pub async fn list_push_registrations(
         &self,
         account: &str,
-        consumer_id: &str,
+        consumer_id: &ConsumerId,
     ) -> Result<Vec<PushRegistration>, StoreError> {
         let rows = on_pool!(self, pool => {
             sqlx::query(
@@ -85,7 +86,7 @@ impl Store {
     pub async fn delete_push_registration(
         &self,
         account: &str,
-        consumer_id: &str,
+        consumer_id: &ConsumerId,
         app: &str,
         token_hash: Option<&str>,
     ) -> Result<bool, StoreError> {

@@ -24,6 +24,7 @@ macro_rules! on_pool {
 }
 
 pub mod agents;
+mod columns;
 pub mod devices;
 mod grants;
 pub mod migrate;

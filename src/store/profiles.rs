@@ -4,13 +4,14 @@
 //! never sees a name or an address.
 
 use super::{Store, StoreError};
+use crate::ids::ConsumerId;
 
 impl Store {
     /// Records the consumer's sealed profile, replacing the one before.
     pub async fn put_consumer_profile(
         &self,
         account: &str,
-        consumer_id: &str,
+        consumer_id: &ConsumerId,
         sealed: &[u8],
         updated_at: i64,
     ) -> Result<(), StoreError> {
@@ -34,7 +35,7 @@ impl Store {
     pub async fn get_consumer_profile(
         &self,
         account: &str,
-        consumer_id: &str,
+        consumer_id: &ConsumerId,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let found = on_pool!(self, pool => {
             sqlx::query_scalar::<_, Vec<u8>>(

@@ -24,21 +24,22 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
+use crate::clock::UnixMillis;
+use crate::ids::{AgentId, ConsumerId, ConversationId};
 
 /// A conversation as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationRow {
-    pub id: String,
+    pub id: ConversationId,
     pub account: String,
     /// The consumer's stable id (from its identity token's issuer and subject).
-    pub consumer_id: String,
+    pub consumer_id: ConsumerId,
     pub open: bool,
     /// The agent who took it; `None` while it waits in the queue.
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     pub skill: Option<String>,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    pub closed_at: Option<i64>,
+    pub created_at: UnixMillis,
+    pub closed_at: Option<UnixMillis>,
     /// The highest sequence given to an event, -1 before the first.
     pub last_seq: i64,
 }
@@ -46,7 +47,7 @@ pub struct ConversationRow {
 /// An event to store.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
-    pub conversation_id: &'a str,
+    pub conversation_id: &'a ConversationId,
     /// A server-made unique id; the sealed body is bound to it.
     pub event_id: &'a str,
     pub originator_id: &'a str,
@@ -56,23 +57,22 @@ pub struct NewEvent<'a> {
     pub client_event_id: Option<&'a str>,
     /// For an agent's event: the agent that must still hold the conversation when it is
     /// appended (a transfer in between refuses it).
-    pub holder: Option<&'a str>,
+    pub holder: Option<&'a AgentId>,
     pub sealed: &'a [u8],
-    /// Unix milliseconds.
-    pub created_at: i64,
+    pub created_at: UnixMillis,
 }
 
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     pub seq: i64,
     pub event_id: String,
     pub originator_id: String,
     pub originator_role: String,
     pub client_event_id: Option<String>,
     pub sealed: Vec<u8>,
-    pub created_at: i64,
+    pub created_at: UnixMillis,
 }
 
 /// What `append_event` did.
@@ -237,7 +237,10 @@ impl Store {
         Ok(())
     }
 
-    pub async fn get_conversation(&self, id: &str) -> Result<Option<ConversationRow>, StoreError> {
+    pub async fn get_conversation(
+        &self,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationRow>, StoreError> {
         let row = on_pool!(self, pool => {
             sqlx::query(concat!("SELECT ", conversation_columns!(), " FROM conversations WHERE id = $1"))
                 .bind(id)
@@ -253,7 +256,7 @@ impl Store {
     pub async fn get_open_conversation(
         &self,
         account: &str,
-        consumer_id: &str,
+        consumer_id: &ConsumerId,
     ) -> Result<Option<ConversationRow>, StoreError> {
         let row = on_pool!(self, pool => {
             sqlx::query(concat!("SELECT ", conversation_columns!(), " FROM conversations \
@@ -272,7 +275,7 @@ impl Store {
     pub async fn list_consumer_conversations(
         &self,
         account: &str,
-        consumer_id: &str,
+        consumer_id: &ConsumerId,
         limit: i64,
     ) -> Result<Vec<ConversationRow>, StoreError> {
         let rows = on_pool!(self, pool => {
@@ -295,7 +298,7 @@ impl Store {
     pub async fn list_waiting_conversations(
         &self,
         account: &str,
-        for_agent: Option<&str>,
+        for_agent: Option<&AgentId>,
         limit: i64,
     ) -> Result<Vec<ConversationRow>, StoreError> {
         let rows = on_pool!(self, pool => {
@@ -319,7 +322,7 @@ impl Store {
     pub async fn list_agent_conversations(
         &self,
         account: &str,
-        agent_id: &str,
+        agent_id: &AgentId,
         limit: i64,
     ) -> Result<Vec<ConversationRow>, StoreError> {
         let rows = on_pool!(self, pool => {
@@ -340,7 +343,11 @@ impl Store {
     /// Gives a waiting open conversation to an agent that has not rejected it since it last
     /// joined the queue. Returns whether it did: of agents taking the same conversation at
     /// once, exactly one gets `true`.
-    pub async fn take_conversation(&self, id: &str, agent_id: &str) -> Result<bool, StoreError> {
+    pub async fn take_conversation(
+        &self,
+        id: &ConversationId,
+        agent_id: &AgentId,
+    ) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
             sqlx::query(concat!("UPDATE conversations SET agent_id = $1 \
                  WHERE id = $2 AND is_open AND agent_id IS NULL AND NOT ", rejected_by!("$1")))
@@ -356,7 +363,11 @@ impl Store {
     /// An agent rejects a waiting conversation's ring: until the conversation joins the queue
     /// again (returned by its agent), this agent is not offered it and cannot take it. Returns
     /// whether the conversation was waiting.
-    pub async fn reject_ring(&self, id: &str, agent_id: &str) -> Result<bool, StoreError> {
+    pub async fn reject_ring(
+        &self,
+        id: &ConversationId,
+        agent_id: &AgentId,
+    ) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
             sqlx::query("INSERT INTO ring_rejections (conversation_id, agent_id, queue_round) \
                  SELECT id, $2, queue_round FROM conversations WHERE id = $1 AND is_open AND agent_id IS NULL \
@@ -371,7 +382,11 @@ impl Store {
     }
 
     /// Whether `agent_id` rejected the conversation since it last joined the queue.
-    pub async fn has_rejected_ring(&self, id: &str, agent_id: &str) -> Result<bool, StoreError> {
+    pub async fn has_rejected_ring(
+        &self,
+        id: &ConversationId,
+        agent_id: &AgentId,
+    ) -> Result<bool, StoreError> {
         let found = on_pool!(self, pool => {
             sqlx::query(concat!("SELECT 1 FROM conversations WHERE id = $2 AND ", rejected_by!("$1")))
                 .bind(agent_id)
@@ -388,8 +403,8 @@ impl Store {
     /// rounds no longer count). Returns whether it did.
     pub async fn return_conversation(
         &self,
-        id: &str,
-        agent_id: &str,
+        id: &ConversationId,
+        agent_id: &AgentId,
         skill: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
@@ -407,7 +422,11 @@ impl Store {
 
     /// Closes an open conversation (its ring rejections go: it never rings again). Returns
     /// whether it was open.
-    pub async fn close_conversation(&self, id: &str, closed_at: i64) -> Result<bool, StoreError> {
+    pub async fn close_conversation(
+        &self,
+        id: &ConversationId,
+        closed_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
             let done = sqlx::query("UPDATE conversations SET is_open = FALSE, closed_at = $1 WHERE id = $2 AND is_open")
                 .bind(closed_at)
@@ -457,7 +476,7 @@ impl Store {
     /// Events of a conversation with `seq >= from_seq`, in order, at most `limit`.
     pub async fn list_events(
         &self,
-        conversation_id: &str,
+        conversation_id: &ConversationId,
         from_seq: i64,
         limit: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
@@ -497,25 +516,25 @@ struct AppendJob {
 /// A [`NewEvent`] that can wait in a queue.
 #[derive(Debug)]
 struct OwnedEvent {
-    conversation_id: String,
+    conversation_id: ConversationId,
     event_id: String,
     originator_id: String,
     originator_role: String,
     client_event_id: Option<String>,
-    holder: Option<String>,
+    holder: Option<AgentId>,
     sealed: Vec<u8>,
-    created_at: i64,
+    created_at: UnixMillis,
 }
 
 impl OwnedEvent {
     fn new(e: &NewEvent<'_>) -> OwnedEvent {
         OwnedEvent {
-            conversation_id: e.conversation_id.to_string(),
+            conversation_id: e.conversation_id.clone(),
             event_id: e.event_id.to_string(),
             originator_id: e.originator_id.to_string(),
             originator_role: e.originator_role.to_string(),
             client_event_id: e.client_event_id.map(str::to_string),
-            holder: e.holder.map(str::to_string),
+            holder: e.holder.cloned(),
             sealed: e.sealed.to_vec(),
             created_at: e.created_at,
         }
@@ -528,7 +547,7 @@ impl OwnedEvent {
             originator_id: &self.originator_id,
             originator_role: &self.originator_role,
             client_event_id: self.client_event_id.as_deref(),
-            holder: self.holder.as_deref(),
+            holder: self.holder.as_ref(),
             sealed: &self.sealed,
             created_at: self.created_at,
         }

@@ -2,6 +2,8 @@
 //! way against SQLite and against the PostgreSQL server on 127.0.0.1:5432 (a database of its
 //! own per run; under CI it must not be skipped, see `support::postgres`).
 
+use brandgate::clock::UnixMillis;
+use brandgate::ids::{AgentId, ConversationId};
 use brandgate::store::agents::{AgentAuditRow, AgentRow, AgentSessionRow, FailedLogin};
 use brandgate::store::devices::PushRegistration;
 use brandgate::store::relay::{Appended, ConversationRow, NewEvent};
@@ -116,17 +118,18 @@ fn agent(id: &str, username: &str) -> AgentRow {
         disabled: false,
         failed_logins: 0,
         locked_until: None,
-        created_at: 1_000,
+        created_at: UnixMillis(1_000),
         last_login_at: None,
     }
 }
 
 fn session(hash: u8, agent_id: &str, expires_at: i64) -> AgentSessionRow {
+    let expires_at = UnixMillis(expires_at);
     AgentSessionRow {
         token_hash: vec![hash; 32],
         agent_id: agent_id.into(),
         csrf_hash: vec![hash ^ 0xff; 32],
-        created_at: 1_000,
+        created_at: UnixMillis(1_000),
         expires_at,
     }
 }
@@ -152,7 +155,8 @@ async fn agents_conform(store: &Store) {
     assert_eq!(store.get_agent("acme", "zed").await.unwrap(), None);
 
     // Failures count up to the limit, which locks; a locked agent counts nothing more.
-    let fail = |now| store.record_failed_login("a1", now, 3, now + 100);
+    let a1 = AgentId::new("a1");
+    let fail = |now: i64| store.record_failed_login(&a1, UnixMillis(now), 3, UnixMillis(now + 100));
     assert_eq!(
         fail(2_000).await.unwrap(),
         Some(FailedLogin {
@@ -165,14 +169,14 @@ async fn agents_conform(store: &Store) {
         fail(2_002).await.unwrap(),
         Some(FailedLogin {
             failed_logins: 3,
-            locked_until: Some(2_102)
+            locked_until: Some(UnixMillis(2_102))
         })
     );
     assert_eq!(fail(2_050).await.unwrap(), None);
     // No login while locked.
     assert!(
         !store
-            .begin_agent_session(&session(1, "a1", 9_000), 2_101)
+            .begin_agent_session(&session(1, "a1", 9_000), UnixMillis(2_101))
             .await
             .unwrap()
     );
@@ -186,7 +190,7 @@ async fn agents_conform(store: &Store) {
     );
     assert_eq!(
         store
-            .record_failed_login("nobody", 2_000, 3, 2_100)
+            .record_failed_login(&"nobody".into(), UnixMillis(2_000), 3, UnixMillis(2_100))
             .await
             .unwrap(),
         None
@@ -195,15 +199,15 @@ async fn agents_conform(store: &Store) {
     // A login clears the count and stores the session; it is found while live.
     assert!(
         store
-            .begin_agent_session(&session(1, "a1", 9_000), 3_000)
+            .begin_agent_session(&session(1, "a1", 9_000), UnixMillis(3_000))
             .await
             .unwrap()
     );
     let bob = store.get_agent("acme", "bob").await.unwrap().unwrap();
     assert_eq!((bob.failed_logins, bob.locked_until), (0, None));
-    assert_eq!(bob.last_login_at, Some(3_000));
+    assert_eq!(bob.last_login_at, Some(UnixMillis(3_000)));
     let live = store
-        .get_live_agent_session(&[1; 32], 8_999)
+        .get_live_agent_session(&[1; 32], UnixMillis(8_999))
         .await
         .unwrap()
         .unwrap();
@@ -216,14 +220,17 @@ async fn agents_conform(store: &Store) {
         ("a1", "bob", "acme")
     );
     assert_eq!(live.csrf_hash, vec![0xfe; 32]);
-    assert_eq!(live.expires_at, 9_000);
+    assert_eq!(live.expires_at, UnixMillis(9_000));
     assert_eq!(
-        store.get_live_agent_session(&[1; 32], 9_000).await.unwrap(),
+        store
+            .get_live_agent_session(&[1; 32], UnixMillis(9_000))
+            .await
+            .unwrap(),
         None
     );
     assert!(matches!(
         store
-            .begin_agent_session(&session(1, "a1", 9_000), 3_000)
+            .begin_agent_session(&session(1, "a1", 9_000), UnixMillis(3_000))
             .await,
         Err(StoreError::Conflict)
     ));
@@ -231,28 +238,28 @@ async fn agents_conform(store: &Store) {
     // A refresh extends a live session: a new CSRF digest and end; an ended one stays ended.
     assert!(
         store
-            .extend_agent_session(&[1; 32], &[7; 32], 9_500, 4_000)
+            .extend_agent_session(&[1; 32], &[7; 32], UnixMillis(9_500), UnixMillis(4_000))
             .await
             .unwrap()
     );
     let extended = store
-        .get_live_agent_session(&[1; 32], 9_200)
+        .get_live_agent_session(&[1; 32], UnixMillis(9_200))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         (extended.csrf_hash, extended.expires_at),
-        (vec![7; 32], 9_500)
+        (vec![7; 32], UnixMillis(9_500))
     );
     assert!(
         !store
-            .extend_agent_session(&[1; 32], &[8; 32], 9_900, 9_500)
+            .extend_agent_session(&[1; 32], &[8; 32], UnixMillis(9_900), UnixMillis(9_500))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .extend_agent_session(&[9; 32], &[8; 32], 9_900, 4_000)
+            .extend_agent_session(&[9; 32], &[8; 32], UnixMillis(9_900), UnixMillis(4_000))
             .await
             .unwrap()
     );
@@ -260,68 +267,92 @@ async fn agents_conform(store: &Store) {
     // Disabling ends every session and refuses new ones; enabling does not bring them back.
     assert!(
         store
-            .begin_agent_session(&session(5, "a1", 9_000), 4_000)
+            .begin_agent_session(&session(5, "a1", 9_000), UnixMillis(4_000))
             .await
             .unwrap()
     );
-    assert!(store.set_agent_disabled("a1", true).await.unwrap());
-    assert_eq!(store.count_agent_sessions("a1").await.unwrap(), 0);
+    assert!(store.set_agent_disabled(&"a1".into(), true).await.unwrap());
+    assert_eq!(store.count_agent_sessions(&"a1".into()).await.unwrap(), 0);
     assert!(
         !store
-            .begin_agent_session(&session(6, "a1", 9_000), 4_000)
+            .begin_agent_session(&session(6, "a1", 9_000), UnixMillis(4_000))
             .await
             .unwrap()
     );
-    assert!(store.set_agent_disabled("a1", false).await.unwrap());
-    assert!(!store.set_agent_disabled("nobody", true).await.unwrap());
+    assert!(store.set_agent_disabled(&"a1".into(), false).await.unwrap());
+    assert!(
+        !store
+            .set_agent_disabled(&"nobody".into(), true)
+            .await
+            .unwrap()
+    );
     assert_eq!(
-        store.get_live_agent_session(&[5; 32], 4_000).await.unwrap(),
+        store
+            .get_live_agent_session(&[5; 32], UnixMillis(4_000))
+            .await
+            .unwrap(),
         None
     );
 
     // A password reset replaces the seal, lifts a lock and ends every session.
     assert!(
         store
-            .begin_agent_session(&session(7, "a2", 9_000), 4_000)
+            .begin_agent_session(&session(7, "a2", 9_000), UnixMillis(4_000))
             .await
             .unwrap()
     );
     for now in 4_001..4_004 {
         store
-            .record_failed_login("a2", now, 3, now + 10_000)
+            .record_failed_login(&"a2".into(), UnixMillis(now), 3, UnixMillis(now + 10_000))
             .await
             .unwrap();
     }
-    assert!(store.replace_agent_password("a2", &[42]).await.unwrap());
+    assert!(
+        store
+            .replace_agent_password(&"a2".into(), &[42])
+            .await
+            .unwrap()
+    );
     let ann = store.get_agent("acme", "ann").await.unwrap().unwrap();
     assert_eq!(ann.password_sealed, vec![42]);
     assert_eq!((ann.failed_logins, ann.locked_until), (0, None));
-    assert_eq!(store.count_agent_sessions("a2").await.unwrap(), 0);
-    assert!(!store.replace_agent_password("nobody", &[1]).await.unwrap());
+    assert_eq!(store.count_agent_sessions(&"a2".into()).await.unwrap(), 0);
+    assert!(
+        !store
+            .replace_agent_password(&"nobody".into(), &[1])
+            .await
+            .unwrap()
+    );
 
     // Logout, and the sweep of expired sessions.
     assert!(
         store
-            .begin_agent_session(&session(8, "a2", 5_000), 4_500)
+            .begin_agent_session(&session(8, "a2", 5_000), UnixMillis(4_500))
             .await
             .unwrap()
     );
     assert!(
         store
-            .begin_agent_session(&session(9, "a2", 6_000), 4_500)
+            .begin_agent_session(&session(9, "a2", 6_000), UnixMillis(4_500))
             .await
             .unwrap()
     );
     assert!(store.delete_agent_session(&[9; 32]).await.unwrap());
     assert!(!store.delete_agent_session(&[9; 32]).await.unwrap());
-    assert_eq!(store.delete_expired_agent_sessions(5_000).await.unwrap(), 1);
-    assert_eq!(store.count_agent_sessions("a2").await.unwrap(), 0);
+    assert_eq!(
+        store
+            .delete_expired_agent_sessions(UnixMillis(5_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.count_agent_sessions(&"a2".into()).await.unwrap(), 0);
 
     // The audit, newest first, per account.
     for (at, outcome) in [(10, "wrong_password"), (20, "success"), (20, "locked")] {
         store
             .create_agent_audit(&AgentAuditRow {
-                at,
+                at: UnixMillis(at),
                 account: "acme".into(),
                 username: "ann".into(),
                 agent_id: Some("a2".into()),
@@ -333,7 +364,7 @@ async fn agents_conform(store: &Store) {
     }
     store
         .create_agent_audit(&AgentAuditRow {
-            at: 30,
+            at: UnixMillis(30),
             account: "acme".into(),
             username: "ghost".into(),
             agent_id: None,
@@ -430,13 +461,17 @@ fn conversation(id: &str, consumer: &str) -> ConversationRow {
         open: true,
         agent_id: None,
         skill: None,
-        created_at: 1_000,
+        created_at: UnixMillis(1_000),
         closed_at: None,
         last_seq: -1,
     }
 }
 
-fn new_event<'a>(conv: &'a str, event_id: &'a str, client: Option<&'a str>) -> NewEvent<'a> {
+fn new_event<'a>(
+    conv: &'a ConversationId,
+    event_id: &'a str,
+    client: Option<&'a str>,
+) -> NewEvent<'a> {
     NewEvent {
         conversation_id: conv,
         event_id,
@@ -445,7 +480,7 @@ fn new_event<'a>(conv: &'a str, event_id: &'a str, client: Option<&'a str>) -> N
         client_event_id: client,
         holder: None,
         sealed: b"sealed",
-        created_at: 2_000,
+        created_at: UnixMillis(2_000),
     }
 }
 
@@ -461,11 +496,17 @@ async fn relay_conforms(store: &Store) {
         Err(StoreError::Conflict)
     ));
     assert_eq!(
-        store.get_open_conversation("acct", "u1").await.unwrap(),
+        store
+            .get_open_conversation("acct", &"u1".into())
+            .await
+            .unwrap(),
         Some(conversation("c1", "u1"))
     );
     assert_eq!(
-        store.get_open_conversation("other", "u1").await.unwrap(),
+        store
+            .get_open_conversation("other", &"u1".into())
+            .await
+            .unwrap(),
         None
     );
 
@@ -478,7 +519,7 @@ async fn relay_conforms(store: &Store) {
             let id = id.clone();
             tokio::spawn(async move {
                 store
-                    .append_event(&new_event("c1", &id, None))
+                    .append_event(&new_event(&"c1".into(), &id, None))
                     .await
                     .unwrap()
             })
@@ -495,7 +536,7 @@ async fn relay_conforms(store: &Store) {
 
     // A re-send with the same client event id gets its first sequence back, stores nothing.
     let first = store
-        .append_event(&new_event("c1", "x1", Some("client-7")))
+        .append_event(&new_event(&"c1".into(), "x1", Some("client-7")))
         .await
         .unwrap();
     assert_eq!(
@@ -507,7 +548,7 @@ async fn relay_conforms(store: &Store) {
         }
     );
     let again = store
-        .append_event(&new_event("c1", "x2", Some("client-7")))
+        .append_event(&new_event(&"c1".into(), "x2", Some("client-7")))
         .await
         .unwrap();
     // ...with the first event's id and sealed body, to compare with.
@@ -520,13 +561,13 @@ async fn relay_conforms(store: &Store) {
         }
     );
     let next = store
-        .append_event(&new_event("c1", "x3", None))
+        .append_event(&new_event(&"c1".into(), "x3", None))
         .await
         .unwrap();
     assert_eq!(next.seq, 21, "the re-send used no sequence");
 
     // Listed in order from a sequence, as written.
-    let listed = store.list_events("c1", 19, 100).await.unwrap();
+    let listed = store.list_events(&"c1".into(), 19, 100).await.unwrap();
     assert_eq!(
         listed.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [19, 20, 21]
@@ -534,19 +575,34 @@ async fn relay_conforms(store: &Store) {
     assert_eq!(listed[1].client_event_id.as_deref(), Some("client-7"));
     assert_eq!(listed[1].event_id, "x1");
     assert_eq!(listed[1].sealed, b"sealed");
-    assert_eq!(store.list_events("c1", 0, 5).await.unwrap().len(), 5);
+    assert_eq!(
+        store.list_events(&"c1".into(), 0, 5).await.unwrap().len(),
+        5
+    );
 
     // Closing: once; no events after; then the consumer may open a new one.
-    assert!(store.close_conversation("c1", 3_000).await.unwrap());
-    assert!(!store.close_conversation("c1", 3_001).await.unwrap());
+    assert!(
+        store
+            .close_conversation(&"c1".into(), UnixMillis(3_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .close_conversation(&"c1".into(), UnixMillis(3_001))
+            .await
+            .unwrap()
+    );
     assert!(matches!(
-        store.append_event(&new_event("c1", "late", None)).await,
+        store
+            .append_event(&new_event(&"c1".into(), "late", None))
+            .await,
         Err(StoreError::NotFound)
     ));
     // A re-send of an event stored before the close still gets its sequence.
     assert_eq!(
         store
-            .append_event(&new_event("c1", "x4", Some("client-7")))
+            .append_event(&new_event(&"c1".into(), "x4", Some("client-7")))
             .await
             .unwrap(),
         Appended {
@@ -555,15 +611,15 @@ async fn relay_conforms(store: &Store) {
             earlier: Some(("x1".into(), b"sealed".to_vec())),
         }
     );
-    let closed = store.get_conversation("c1").await.unwrap().unwrap();
+    let closed = store.get_conversation(&"c1".into()).await.unwrap().unwrap();
     assert!(!closed.open);
-    assert_eq!(closed.closed_at, Some(3_000));
+    assert_eq!(closed.closed_at, Some(UnixMillis(3_000)));
     assert_eq!(closed.last_seq, 21);
     let mut later = conversation("c3", "u1");
-    later.created_at = 5_000;
+    later.created_at = UnixMillis(5_000);
     store.create_conversation(&later).await.unwrap();
     let list = store
-        .list_consumer_conversations("acct", "u1", 10)
+        .list_consumer_conversations("acct", &"u1".into(), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -572,7 +628,9 @@ async fn relay_conforms(store: &Store) {
         "newest first"
     );
     assert!(matches!(
-        store.append_event(&new_event("missing", "m", None)).await,
+        store
+            .append_event(&new_event(&"missing".into(), "m", None))
+            .await,
         Err(StoreError::NotFound)
     ));
     routing_conforms(store).await;
@@ -604,14 +662,17 @@ async fn devices_conform(store: &Store) {
         .put_push_registration(&registration("com.b", "h3"))
         .await
         .unwrap();
-    let listed = store.list_push_registrations("acct", "u9").await.unwrap();
+    let listed = store
+        .list_push_registrations("acct", &"u9".into())
+        .await
+        .unwrap();
     assert_eq!(
         listed,
         [registration("com.a", "h2"), registration("com.b", "h3")]
     );
     assert!(
         store
-            .list_push_registrations("other", "u9")
+            .list_push_registrations("other", &"u9".into())
             .await
             .unwrap()
             .is_empty()
@@ -619,25 +680,25 @@ async fn devices_conform(store: &Store) {
     // A token reported dead after it was replaced leaves the new one alone.
     assert!(
         !store
-            .delete_push_registration("acct", "u9", "com.b", Some("h1"))
+            .delete_push_registration("acct", &"u9".into(), "com.b", Some("h1"))
             .await
             .unwrap()
     );
     assert!(
         store
-            .delete_push_registration("acct", "u9", "com.b", Some("h3"))
+            .delete_push_registration("acct", &"u9".into(), "com.b", Some("h3"))
             .await
             .unwrap()
     );
     assert!(
         store
-            .delete_push_registration("acct", "u9", "com.a", None)
+            .delete_push_registration("acct", &"u9".into(), "com.a", None)
             .await
             .unwrap()
     );
     assert!(
         store
-            .list_push_registrations("acct", "u9")
+            .list_push_registrations("acct", &"u9".into())
             .await
             .unwrap()
             .is_empty()
@@ -650,13 +711,13 @@ async fn routing_conforms(store: &Store) {
     let mut waiting = Vec::new();
     for (i, consumer) in ["r1", "r2", "r3"].iter().enumerate() {
         let mut c = conversation(&format!("q{i}"), consumer);
-        c.created_at = 10_000 + i as i64;
+        c.created_at = UnixMillis(10_000 + i as i64);
         store.create_conversation(&c).await.unwrap();
         waiting.push(c.id);
     }
     let queue = |rows: Vec<ConversationRow>| {
         rows.into_iter()
-            .filter(|c| c.id.starts_with('q'))
+            .filter(|c| c.id.as_str().starts_with('q'))
             .map(|c| c.id)
             .collect::<Vec<_>>()
     };
@@ -673,17 +734,35 @@ async fn routing_conforms(store: &Store) {
 
     // An agent that rejects a ring is no longer offered it and cannot take it (until the
     // conversation joins the queue again, below); other agents still are and can.
-    assert!(store.reject_ring("q1", "agent-r").await.unwrap());
     assert!(
-        store.reject_ring("q1", "agent-r").await.unwrap(),
+        store
+            .reject_ring(&"q1".into(), &"agent-r".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .reject_ring(&"q1".into(), &"agent-r".into())
+            .await
+            .unwrap(),
         "again: no error"
     );
-    assert!(store.has_rejected_ring("q1", "agent-r").await.unwrap());
-    assert!(!store.has_rejected_ring("q1", "agent-s").await.unwrap());
+    assert!(
+        store
+            .has_rejected_ring(&"q1".into(), &"agent-r".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .has_rejected_ring(&"q1".into(), &"agent-s".into())
+            .await
+            .unwrap()
+    );
     assert_eq!(
         queue(
             store
-                .list_waiting_conversations("acct", Some("agent-r"), 100)
+                .list_waiting_conversations("acct", Some(&"agent-r".into()), 100)
                 .await
                 .unwrap()
         ),
@@ -692,13 +771,18 @@ async fn routing_conforms(store: &Store) {
     assert_eq!(
         queue(
             store
-                .list_waiting_conversations("acct", Some("agent-s"), 100)
+                .list_waiting_conversations("acct", Some(&"agent-s".into()), 100)
                 .await
                 .unwrap()
         ),
         waiting
     );
-    assert!(!store.take_conversation("q1", "agent-r").await.unwrap());
+    assert!(
+        !store
+            .take_conversation(&"q1".into(), &"agent-r".into())
+            .await
+            .unwrap()
+    );
 
     // Ten agents take q0 at once: exactly one wins.
     let takers: Vec<_> = (0..10)
@@ -708,7 +792,7 @@ async fn routing_conforms(store: &Store) {
                 (
                     format!("agent-{i}"),
                     store
-                        .take_conversation("q0", &format!("agent-{i}"))
+                        .take_conversation(&"q0".into(), &format!("agent-{i}").into())
                         .await
                         .unwrap(),
                 )
@@ -724,8 +808,11 @@ async fn routing_conforms(store: &Store) {
     }
     assert_eq!(winners.len(), 1, "{winners:?}");
     let winner = winners.remove(0);
-    let taken = store.get_conversation("q0").await.unwrap().unwrap();
-    assert_eq!(taken.agent_id.as_deref(), Some(winner.as_str()));
+    let taken = store.get_conversation(&"q0".into()).await.unwrap().unwrap();
+    assert_eq!(
+        taken.agent_id.as_ref().map(|a| a.as_str()),
+        Some(winner.as_str())
+    );
     assert_eq!(
         queue(
             store
@@ -736,39 +823,56 @@ async fn routing_conforms(store: &Store) {
         ["q1", "q2"]
     );
     // A ring of a conversation that is not waiting cannot be rejected.
-    assert!(!store.reject_ring("q0", "agent-r").await.unwrap());
+    assert!(
+        !store
+            .reject_ring(&"q0".into(), &"agent-r".into())
+            .await
+            .unwrap()
+    );
 
     // Only its agent returns it; with a new skill; then it waits again and can be taken.
     assert!(
         !store
-            .return_conversation("q0", "someone-else", None)
+            .return_conversation(&"q0".into(), &"someone-else".into(), None)
             .await
             .unwrap()
     );
     assert!(
         store
-            .return_conversation("q0", &winner, Some("billing"))
+            .return_conversation(&"q0".into(), &winner.clone().into(), Some("billing"))
             .await
             .unwrap()
     );
-    let returned = store.get_conversation("q0").await.unwrap().unwrap();
+    let returned = store.get_conversation(&"q0".into()).await.unwrap().unwrap();
     assert_eq!(returned.agent_id, None);
     assert_eq!(returned.skill.as_deref(), Some("billing"));
-    assert!(store.take_conversation("q0", "agent-x").await.unwrap());
-    assert!(store.take_conversation("q1", "agent-x").await.unwrap());
+    assert!(
+        store
+            .take_conversation(&"q0".into(), &"agent-x".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_conversation(&"q1".into(), &"agent-x".into())
+            .await
+            .unwrap()
+    );
     // An agent's event goes in only while the agent holds the conversation.
+    let q1 = ConversationId::new("q1");
+    let (agent_x, agent_y) = (AgentId::new("agent-x"), AgentId::new("agent-y"));
     let by = |holder| NewEvent {
         holder: Some(holder),
-        ..new_event("q1", "by-agent", None)
+        ..new_event(&q1, "by-agent", None)
     };
     assert!(matches!(
-        store.append_event(&by("agent-y")).await,
+        store.append_event(&by(&agent_y)).await,
         Err(StoreError::NotFound)
     ));
-    assert!(store.append_event(&by("agent-x")).await.unwrap().created);
+    assert!(store.append_event(&by(&agent_x)).await.unwrap().created);
     assert_eq!(
         store
-            .list_agent_conversations("acct", "agent-x", 10)
+            .list_agent_conversations("acct", &"agent-x".into(), 10)
             .await
             .unwrap()
             .iter()
@@ -779,19 +883,34 @@ async fn routing_conforms(store: &Store) {
     );
 
     // A closed conversation cannot be taken or returned, and stays in its agent's list.
-    assert!(store.close_conversation("q1", 20_000).await.unwrap());
     assert!(
-        !store
-            .return_conversation("q1", "agent-x", None)
+        store
+            .close_conversation(&"q1".into(), UnixMillis(20_000))
             .await
             .unwrap()
     );
-    assert!(store.close_conversation("q2", 20_000).await.unwrap());
-    assert!(!store.take_conversation("q2", "agent-x").await.unwrap());
+    assert!(
+        !store
+            .return_conversation(&"q1".into(), &"agent-x".into(), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .close_conversation(&"q2".into(), UnixMillis(20_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_conversation(&"q2".into(), &"agent-x".into())
+            .await
+            .unwrap()
+    );
 
     assert_eq!(
         store
-            .list_agent_conversations("acct", "agent-x", 10)
+            .list_agent_conversations("acct", &"agent-x".into(), 10)
             .await
             .unwrap()
             .len(),
@@ -799,40 +918,70 @@ async fn routing_conforms(store: &Store) {
     );
     // q0 joins the queue again: a new round, offered to everyone, the rejection of an
     // earlier round forgotten.
-    assert!(store.reject_ring("q0", "agent-r").await.is_ok());
     assert!(
         store
-            .return_conversation("q0", "agent-x", None)
+            .reject_ring(&"q0".into(), &"agent-r".into())
+            .await
+            .is_ok()
+    );
+    assert!(
+        store
+            .return_conversation(&"q0".into(), &"agent-x".into(), None)
             .await
             .unwrap()
     );
-    assert!(store.reject_ring("q0", "agent-r").await.unwrap());
     assert!(
         store
-            .return_conversation("q0", "agent-r", None)
+            .reject_ring(&"q0".into(), &"agent-r".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .return_conversation(&"q0".into(), &"agent-r".into(), None)
             .await
             .is_ok_and(|done| !done),
         "not agent-r's to return"
     );
-    assert!(!store.take_conversation("q0", "agent-r").await.unwrap());
-    assert!(store.take_conversation("q0", "agent-y").await.unwrap());
     assert!(
-        store
-            .return_conversation("q0", "agent-y", None)
+        !store
+            .take_conversation(&"q0".into(), &"agent-r".into())
             .await
             .unwrap()
     );
-    assert!(!store.has_rejected_ring("q0", "agent-r").await.unwrap());
+    assert!(
+        store
+            .take_conversation(&"q0".into(), &"agent-y".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .return_conversation(&"q0".into(), &"agent-y".into(), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .has_rejected_ring(&"q0".into(), &"agent-r".into())
+            .await
+            .unwrap()
+    );
     assert_eq!(
         queue(
             store
-                .list_waiting_conversations("acct", Some("agent-r"), 100)
+                .list_waiting_conversations("acct", Some(&"agent-r".into()), 100)
                 .await
                 .unwrap()
         ),
         ["q0"]
     );
-    assert!(store.take_conversation("q0", "agent-r").await.unwrap());
+    assert!(
+        store
+            .take_conversation(&"q0".into(), &"agent-r".into())
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
