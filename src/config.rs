@@ -223,8 +223,13 @@ pub struct FeedbackConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,
-    /// HMAC-SHA256 key for the `Brandgate-Signature` header.
+    /// The signing secret (Standard Webhooks: `whsec_<base64>`, or any text used as it is).
+    /// Without it the records go unsigned.
     pub secret_file: Option<PathBuf>,
+    /// Also send the earlier `Brandgate-Signature` header (for one release, while receivers
+    /// move to the Standard Webhooks headers).
+    #[serde(default)]
+    pub legacy_signature: bool,
     /// Send the full device token, not only its SHA-256.
     #[serde(default)]
     pub include_token: bool,

@@ -1,7 +1,7 @@
 //! Dead-token feedback: each device token a provider declares dead is recorded (app, provider,
 //! SHA-256 of the token, reason, provider timestamp) as one JSON line in
 //! `<state_dir>/dead-tokens.jsonl` (by the daemon; `push-test` writes no file), and optionally
-//! POSTed to a webhook signed with HMAC-SHA256.
+//! POSTed to a webhook signed as Standard Webhooks says (see [`crate::webhook_signature`]).
 //!
 //! Reporting never blocks a push. The file is written for every dead token, off the runtime's
 //! workers; the webhook is fed through a bounded queue by its own task, so a slow or failing
@@ -24,7 +24,8 @@ use crate::backoff::{Backoff, retry_after};
 use crate::clock::unix_seconds;
 use crate::config::{FeedbackConfig, Problems};
 use crate::http_client::HttpClient;
-use crate::secret::{Secret, read_secret_file};
+use crate::secret::read_secret_file;
+use crate::webhook_signature::WebhookKey;
 
 const QUEUE: usize = 1024;
 const WEBHOOK_ATTEMPTS: u32 = 4;
@@ -98,7 +99,8 @@ impl DeadToken {
 
 struct Webhook {
     uri: Uri,
-    secret: Option<Secret<Vec<u8>>>,
+    key: Option<WebhookKey>,
+    legacy_signature: bool,
     include_token: bool,
     timeout: Duration,
     http: HttpClient,
@@ -127,13 +129,13 @@ impl FeedbackSink {
                 let uri = crate::http_client::check_url(&w.url)
                     .map_err(|e| problems.push("push.feedback.webhook.url", e))
                     .ok();
-                let secret = match &w.secret_file {
+                let key = match &w.secret_file {
                     None => Some(None),
                     Some(p) => read_secret_file(p)
+                        .map_err(|e| e.to_string())
+                        .and_then(|s| WebhookKey::new(s).map_err(|e| e.to_string()))
                         .map(Some)
-                        .map_err(|e| {
-                            problems.push("push.feedback.webhook.secret_file", e.to_string())
-                        })
+                        .map_err(|e| problems.push("push.feedback.webhook.secret_file", e))
                         .ok(),
                 };
                 let tls = crate::tls::client_config(&w.extra_trust_anchors, None, &[])
@@ -141,7 +143,8 @@ impl FeedbackSink {
                     .ok();
                 Some(Webhook {
                     uri: uri?,
-                    secret: secret?,
+                    key: key?,
+                    legacy_signature: w.legacy_signature,
                     include_token: w.include_token,
                     timeout: w.timeout.0,
                     http: HttpClient::new(tls?),
@@ -219,17 +222,34 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
 /// POSTs one record, retrying with backoff. Returns whether the receiver took it (2xx).
 async fn deliver(hook: &Webhook, body: String) -> bool {
     let body = body.into_bytes();
+    // The same id on every attempt, so the receiver can drop a repeat.
+    let id = uuid::Uuid::new_v4().to_string();
     // The receiver's Retry-After, when its last answer gave one.
     let mut asked_wait = None;
     for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let timestamp = unix_seconds(SystemTime::now());
         let mut headers = vec![(
             HeaderName::from_static("content-type"),
             HeaderValue::from_static("application/json"),
         )];
-        if let Some(secret) = &hook.secret {
-            let signature = sign(secret, unix_seconds(SystemTime::now()), &body);
-            if let Ok(v) = HeaderValue::from_str(&signature) {
-                headers.push((HeaderName::from_static("brandgate-signature"), v));
+        match &hook.key {
+            Some(key) => {
+                headers.extend(key.headers(&id, timestamp, &body));
+                if hook.legacy_signature {
+                    let legacy = format!(
+                        "t={timestamp},v1={}",
+                        key.legacy_signature(timestamp, &body)
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&legacy) {
+                        headers.push((HeaderName::from_static("brandgate-signature"), v));
+                    }
+                }
+            }
+            // Unsigned: the id still lets the receiver drop a repeat.
+            None => {
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    headers.push((HeaderName::from_static("webhook-id"), v));
+                }
             }
         }
         match hook
@@ -263,12 +283,4 @@ async fn deliver(hook: &Webhook, body: String) -> bool {
         }
     }
     false
-}
-
-/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (see [`crate::webhook_signature`]).
-pub fn sign(secret: &Secret<Vec<u8>>, t: u64, body: &[u8]) -> String {
-    format!(
-        "t={t},v1={}",
-        crate::webhook_signature::sign(secret, t, body)
-    )
 }

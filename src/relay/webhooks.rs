@@ -35,9 +35,9 @@ use crate::clock::{Clock, unix_seconds};
 use crate::config::{Problems, WebhooksConfig};
 use crate::http_client::{HttpClient, HttpError};
 use crate::ids::ConversationId;
-use crate::secret::{Secret, read_secret_for};
+use crate::secret::read_secret_for;
 use crate::store::relay::ConversationRow;
-use crate::webhook_signature::sign;
+use crate::webhook_signature::WebhookKey;
 
 /// The first retry waits between half a second and a second, each next one twice as long; no
 /// wait is longer than [`LONGEST_WAIT`].
@@ -135,7 +135,7 @@ impl WebhookMetrics {
 /// `[relay.webhooks]`, read and checked: what a start or a reload puts in use.
 pub struct Settings {
     uri: Uri,
-    secret: Secret<Vec<u8>>,
+    key: WebhookKey,
     config: WebhooksConfig,
     http: HttpClient,
 }
@@ -147,18 +147,23 @@ impl Settings {
         let uri = crate::http_client::check_url(&config.url)
             .map_err(|e| problems.push("relay.webhooks.url", e))
             .ok();
-        let secret = read_secret_for(
+        let key = read_secret_for(
             "relay.webhooks.secret_file",
             &config.secret_file,
             &mut problems,
-        );
+        )
+        .and_then(|secret| {
+            WebhookKey::new(secret)
+                .map_err(|e| problems.push("relay.webhooks.secret_file", e))
+                .ok()
+        });
         let tls = crate::tls::client_config(&config.extra_trust_anchors, None, &[])
             .map_err(|e| problems.push("relay.webhooks.extra_trust_anchors", e))
             .ok();
-        match (uri, secret, tls) {
-            (Some(uri), Some(secret), Some(tls)) if problems.is_empty() => Ok(Settings {
+        match (uri, key, tls) {
+            (Some(uri), Some(key), Some(tls)) if problems.is_empty() => Ok(Settings {
                 uri,
-                secret,
+                key,
                 config: config.clone(),
                 http: HttpClient::new(tls),
             }),
@@ -452,21 +457,30 @@ async fn deliver(shared: Arc<Shared>, d: Delivery) {
             return;
         };
         let timestamp = unix_seconds(shared.clock.now());
-        let signature = format!("v1={}", sign(&settings.secret, timestamp, &d.body));
-        let headers: Vec<_> = [
+        let mut headers: Vec<_> = [
             header("content-type", "application/json"),
             header(
                 "user-agent",
                 concat!("brandgate/", env!("CARGO_PKG_VERSION")),
             ),
-            header("x-brandgate-delivery", &d.id),
-            header("x-brandgate-event", d.event_type),
-            header("x-brandgate-timestamp", &timestamp.to_string()),
-            header("x-brandgate-signature", &signature),
         ]
         .into_iter()
         .flatten()
         .collect();
+        headers.extend(settings.key.headers(&d.id, timestamp, &d.body));
+        if settings.config.legacy_signature {
+            let legacy = format!("v1={}", settings.key.legacy_signature(timestamp, &d.body));
+            headers.extend(
+                [
+                    header("x-brandgate-delivery", &d.id),
+                    header("x-brandgate-event", d.event_type),
+                    header("x-brandgate-timestamp", &timestamp.to_string()),
+                    header("x-brandgate-signature", &legacy),
+                ]
+                .into_iter()
+                .flatten(),
+            );
+        }
         let answer = settings
             .http
             .post(

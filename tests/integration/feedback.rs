@@ -1,5 +1,6 @@
-//! Dead-token feedback to the brand's webhook: signed, retried, token only on request; the
-//! record file and the metric, for APNs and for FCM.
+//! Dead-token feedback to the brand's webhook: signed (Standard Webhooks, checked with that
+//! project's own library), retried under one id, token only on request; the record file and
+//! the metric, for APNs and for FCM.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use serde_json::Value;
 use crate::support::daemon::Daemon;
 use crate::support::fake_apns;
 use crate::support::fake_fcm::{FakeFcm, fcm_error};
+use crate::support::standard_webhooks;
 use crate::support::{TestEnv, android_push, apns, ios_push, platform_auth};
 
 const APP: &str = "com.brand.app";
@@ -82,7 +84,9 @@ async fn dead_tokens_are_posted_signed_and_retried() {
     let (fake, key) = apns(APP).await;
     // The receiver fails once; brandgate retries.
     let (url, receiver) = start_receiver(vec![503]).await;
-    let secret = env.secret("hook-secret", "whsec-0123456789\n");
+    // As the standard writes secrets: whsec_ and the key in base64.
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let secret = env.secret("hook-secret", &format!("{SECRET}\n"));
     let config = env.config(&format!(
         "[push.feedback.webhook]\nurl = \"{url}\"\nsecret_file = \"{}\"\n{}",
         secret.display(),
@@ -117,19 +121,25 @@ async fn dead_tokens_are_posted_signed_and_retried() {
         "the token itself only goes out with include_token"
     );
 
-    // Brandgate-Signature: t=<unix>,v1=hex(HMAC-SHA256(secret, "<t>.<body>")).
-    let signature = headers["brandgate-signature"].to_str().unwrap();
-    let (t, v1) = signature.split_once(",v1=").unwrap();
-    let t = t.strip_prefix("t=").unwrap();
+    // Both attempts are signed, under one id (a receiver drops the repeat); the earlier
+    // header only comes with legacy_signature.
+    for (attempt, (h, b)) in calls.iter().enumerate() {
+        standard_webhooks::verify(SECRET, h, b)
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+    }
+    assert_eq!(calls[0].0["webhook-id"], headers["webhook-id"]);
+    assert!(headers.get("brandgate-signature").is_none());
+    // Signed with another key, or with the body changed, it is refused.
+    let other = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     assert_eq!(
-        v1,
-        hmac_hex(b"whsec-0123456789", format!("{t}.{body}").as_bytes())
+        standard_webhooks::verify(other, headers, body).await,
+        Err("No matching signature found".into())
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    assert!(now.abs_diff(t.parse::<u64>().unwrap()) < 60);
+    assert_eq!(
+        standard_webhooks::verify(SECRET, headers, &body.replace("apns", "fcm")).await,
+        Err("No matching signature found".into())
+    );
 
     // Counted once brandgate has read the receiver's answer, which may be after the receiver
     // recorded the call: wait for it (bounded).
@@ -167,8 +177,13 @@ async fn the_full_token_goes_out_only_when_asked() {
     let record: Value = serde_json::from_str(&calls[0].1).unwrap();
     assert_eq!(record["token"], "0badbad1");
     assert!(
-        calls[0].0.get("brandgate-signature").is_none(),
+        calls[0].0.get("webhook-signature").is_none()
+            && calls[0].0.get("brandgate-signature").is_none(),
         "no secret, no signature"
+    );
+    assert!(
+        calls[0].0.contains_key("webhook-id"),
+        "the id still goes out"
     );
     // The record file never holds the token, whatever the webhook gets (it is written beside
     // the webhook call, not before it: wait for it, bounded).
@@ -237,9 +252,11 @@ async fn fcm_unregistered_tokens_are_recorded_counted_and_posted() {
     let env = TestEnv::new();
     let fake = FakeFcm::start("brand-app-12345").await;
     let (url, receiver) = start_receiver(vec![]).await;
+    // A secret that is not whsec_: used as it is (the library's "raw" key), and the earlier
+    // header asked for too.
     let secret = env.secret("hook-secret", "whsec-fcm-42\n");
     let config = env.config(&format!(
-        "[push.feedback.webhook]\nurl = \"{url}\"\nsecret_file = \"{}\"\n{}",
+        "[push.feedback.webhook]\nurl = \"{url}\"\nsecret_file = \"{}\"\nlegacy_signature = true\n{}",
         secret.display(),
         env.fcm_app(FCM_APP, &fake, "", &env.basic_auth())
     ));
@@ -271,6 +288,10 @@ async fn fcm_unregistered_tokens_are_recorded_counted_and_posted() {
     assert_eq!(record["reason"], "UNREGISTERED");
     assert_eq!(record["token_sha256"], sha256_hex(token.as_bytes()));
     assert!(record.get("token").is_none(), "{body}");
+    standard_webhooks::verify("whsec-fcm-42", headers, body)
+        .await
+        .unwrap();
+    // Brandgate-Signature: t=<unix>,v1=hex(HMAC-SHA256(secret, "<t>.<body>")), as before.
     let signature = headers["brandgate-signature"].to_str().unwrap();
     let (t, v1) = signature.split_once(",v1=").unwrap();
     let t = t.strip_prefix("t=").unwrap();

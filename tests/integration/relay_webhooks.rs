@@ -13,7 +13,8 @@ use crate::support::messaging::{MessagingClient, Side};
 use crate::support::webhook_receiver::WebhookReceiver;
 
 const ACCOUNT: &str = "acme";
-const SECRET: &str = "whsec-relay-0123456789";
+/// As the Standard Webhooks spec writes secrets: `whsec_` and the key in base64.
+const SECRET: &str = "whsec_cmVsYXktd2ViaG9vay1rZXktMDEyMzQ1Njc4OQ==";
 const TEXT: &str = "my card number is in this message";
 
 struct World {
@@ -156,8 +157,11 @@ async fn a_conversation_reaches_the_brand_signed_in_order_without_text() {
         assert_eq!(d["signatureValid"], true, "{d}");
         assert_eq!(d["status"], 200);
         assert_eq!(d["contentType"], "application/json");
-        assert_eq!(d["event"], d["body"]["type"]);
         assert_eq!(d["delivery"], d["body"]["id"]);
+        assert!(
+            d["legacy"].is_null(),
+            "the earlier headers only on request: {d}"
+        );
         assert_eq!(d["body"]["account"], ACCOUNT);
         assert_eq!(d["body"]["conversationId"], conversation.as_str());
         assert_eq!(d["body"]["consumerId"], consumer);
@@ -191,7 +195,8 @@ async fn the_text_goes_out_when_the_brand_asks_and_only_chosen_events() {
     let mut world = start(
         env,
         &receiver,
-        "include_text = true\nevents = [\"message.created\", \"conversation.closed\"]",
+        "include_text = true\nevents = [\"message.created\", \"conversation.closed\"]\n\
+         legacy_signature = true",
     )
     .await;
     let mut c = world.consumer().await;
@@ -204,6 +209,12 @@ async fn the_text_goes_out_when_the_brand_asks_and_only_chosen_events() {
     assert_eq!(got[0]["body"]["type"], "message.created", "{got:#?}");
     assert_eq!(got[0]["body"]["text"], TEXT);
     assert_eq!(got[0]["signatureValid"], true);
+    // Asked for: the earlier headers too, signed as before, naming the same delivery.
+    for d in &got {
+        assert_eq!(d["legacy"]["signatureValid"], true, "{d}");
+        assert_eq!(d["legacy"]["event"], d["body"]["type"]);
+        assert_eq!(d["legacy"]["delivery"], d["delivery"]);
+    }
     assert_eq!(got[1]["body"]["type"], "conversation.closed");
     assert!(got[1]["body"].get("text").is_none());
     // No conversation.created ever: once stopped, still these two.
@@ -441,6 +452,7 @@ async fn a_receiver_with_another_secret_refuses_and_a_reload_reads_the_new_one()
 
     let got = receiver.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(got[0]["signatureValid"], false, "{got:#?}");
+    assert_eq!(got[0]["signatureError"], "No matching signature found");
     assert_eq!(got[0]["status"], 401);
     // A 4xx other than 429 is not retried.
     world

@@ -1,28 +1,35 @@
 // A brand's webhook receiver for brandgate's relay tests: an independent peer that checks
-// each webhook's signature with Node's own crypto, as a brand's backend would (README, "Relay
-// webhooks"), and records what it received. Node built-ins only.
+// each webhook's signature as a brand's backend would (README, "Relay webhooks"): with the
+// Standard Webhooks project's own library, and the earlier X-Brandgate-* headers, when present,
+// with Node's crypto. Records what it received.
 //
 //   node webhook-receiver.mjs --config FILE
 //
 // FILE is JSON:
 //   { "tls": {"cert": "chain.pem", "key": "key.pem"},
-//     "secret": "...",             // the shared HMAC key this receiver believes in
+//     "secret": "...",             // the shared secret this receiver believes in (whsec_<base64>,
+//                                  // or any other text, a raw key)
 //     "answers": [503, 503],       // optional: statuses to answer, in order; then 200. An
 //                                  // answer can also be {"status": 503, "retryAfter": "30"}
 //     "hang": false }              // optional: never answer at all
 //
-// A webhook is accepted when X-Brandgate-Signature is "v1=" + hex(HMAC-SHA256(secret,
-// timestamp + "." + body)) for X-Brandgate-Timestamp within five minutes of now; one that fails
-// the check gets 401 (whatever "answers" says) and is recorded with "signatureValid": false.
+// A webhook is accepted when the library verifies its webhook-id, webhook-timestamp and
+// webhook-signature; one that fails gets 401 (whatever "answers" says) and is recorded with
+// "signatureValid": false and the library's reason. The earlier headers, when sent, are checked
+// too ("legacy": X-Brandgate-Signature is "v1=" + hex(HMAC-SHA256(secret, timestamp + "." +
+// body)) for X-Brandgate-Timestamp within five minutes).
 // Once listening, prints one line of JSON to stdout, {"port": <port>}, and runs until killed.
 //
 // Admin API (JSON), same server:
-//   GET  /__test/deliveries   200 [{ "delivery", "event", "timestamp", "signatureValid",
+//   GET  /__test/deliveries   200 [{ "delivery" (webhook-id), "timestamp", "signatureValid",
+//                                   "signatureError", "legacy" (null, or {"delivery", "event",
+//                                   "timestamp", "signatureValid"}),
 //                                   "status" (what it answered, null while hanging),
 //                                   "receivedAt" (Unix ms),
 //                                   "body" (parsed) }, ...], oldest first
 //   POST /__test/script {"answers": [...], "hang": bool}   replaces the behaviour
 import { createHmac, timingSafeEqual } from "node:crypto";
+import { Webhook } from "standardwebhooks";
 import { readFileSync } from "node:fs";
 import * as https from "node:https";
 
@@ -41,7 +48,21 @@ let hang = Boolean(config.hang);
 const deliveries = [];
 const MAX_SKEW_SECONDS = 300;
 
-function signatureValid(headers, raw) {
+const standard = config.secret.startsWith("whsec_")
+  ? new Webhook(config.secret)
+  : new Webhook(config.secret, { format: "raw" });
+
+// The library's reason when it refuses, else null.
+function standardRefusal(headers, raw) {
+  try {
+    standard.verify(raw, headers, { jsonParse: false });
+    return null;
+  } catch (e) {
+    return String(e.message ?? e);
+  }
+}
+
+function legacySignatureValid(headers, raw) {
   const timestamp = headers["x-brandgate-timestamp"];
   const signature = headers["x-brandgate-signature"];
   if (typeof timestamp !== "string" || !/^[0-9]+$/.test(timestamp)) return false;
@@ -87,13 +108,24 @@ const server = https.createServer(
     } catch {
       body = null;
     }
-    const valid = signatureValid(req.headers, raw);
+    const refusal = standardRefusal(req.headers, raw);
+    const valid = refusal === null;
+    const legacy =
+      req.headers["x-brandgate-signature"] === undefined
+        ? null
+        : {
+            delivery: req.headers["x-brandgate-delivery"] ?? null,
+            event: req.headers["x-brandgate-event"] ?? null,
+            timestamp: req.headers["x-brandgate-timestamp"] ?? null,
+            signatureValid: legacySignatureValid(req.headers, raw),
+          };
     const record = {
-      delivery: req.headers["x-brandgate-delivery"] ?? null,
-      event: req.headers["x-brandgate-event"] ?? null,
-      timestamp: req.headers["x-brandgate-timestamp"] ?? null,
+      delivery: req.headers["webhook-id"] ?? null,
+      timestamp: req.headers["webhook-timestamp"] ?? null,
       contentType: req.headers["content-type"] ?? null,
       signatureValid: valid,
+      signatureError: refusal,
+      legacy,
       status: null,
       receivedAt: Date.now(),
       body,

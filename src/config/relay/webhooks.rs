@@ -22,8 +22,13 @@ pub const EVENT_TYPES: [&str; 3] = [
 pub struct WebhooksConfig {
     /// Where every webhook is POSTed: an `https://` URL.
     pub url: String,
-    /// The HMAC-SHA256 key for `X-Brandgate-Signature` (re-read on reload).
+    /// The signing secret (Standard Webhooks: `whsec_<base64>`, or any text used as it is;
+    /// re-read on reload).
     pub secret_file: PathBuf,
+    /// Also send the earlier `X-Brandgate-*` headers (for one release, while receivers move
+    /// to the Standard Webhooks headers).
+    #[serde(default)]
+    pub legacy_signature: bool,
     /// Only these event types are sent; all of them when absent.
     pub events: Option<Vec<String>>,
     /// Put the message text in `message.created`. Off by default: the text stays on the
