@@ -26,25 +26,48 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Why a certificate, key or trust anchor file cannot be used. Names the file and the usual
+/// fix; never shows a key's content.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    #[error(transparent)]
+    Read(#[from] crate::secret::SecretFileError),
+    #[error("{path} is not a PEM certificate file: {reason}")]
+    NotPem { path: String, reason: String },
+    #[error("{0} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
+    NoCertificate(String),
+    #[error("{path} {why}")]
+    NotAKey { path: String, why: &'static str },
+    #[error("{path}: not a usable CA certificate: {reason}")]
+    NotACa { path: String, reason: String },
+    #[error(
+        "no trusted CA certificates: install the system's ca-certificates or configure \
+         extra_trust_anchors"
+    )]
+    NoTrust,
+    #[error("client certificate and key do not go together: {0}")]
+    Mismatch(String),
+}
+
 /// Reads every certificate in a PEM file.
-pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = crate::secret::read_file(path).map_err(|e| e.to_string())?;
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let bytes = crate::secret::read_file(path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| TlsFileError::NotPem {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
+        return Err(TlsFileError::NoCertificate(path.display().to_string()));
     }
     Ok(certs)
 }
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1). It is a secret: read through
 /// [`read_secret_file`] and never shown, not even in part in an error.
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = read_secret_file(path).map_err(|e| e.to_string())?;
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
+    let bytes = read_secret_file(path)?;
     PrivateKeyDer::from_pem_slice(bytes.expose()).map_err(|_| {
         let text = bytes.expose();
         let holds = |label: &[u8]| text.windows(label.len()).any(|w| w == label);
@@ -58,7 +81,10 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
             "holds no PEM private key (expected -----BEGIN PRIVATE KEY-----, or RSA/EC \
              PRIVATE KEY; a DER key converts with: openssl pkey -inform DER -in KEY -out KEY.pem)"
         };
-        format!("{} {why}", path.display())
+        TlsFileError::NotAKey {
+            path: path.display().to_string(),
+            why,
+        }
     })
 }
 
@@ -73,10 +99,10 @@ pub struct ServerTlsError {
 }
 
 impl ServerTlsError {
-    fn new(key: &'static str, message: impl Into<String>) -> Self {
+    fn new(key: &'static str, message: impl std::fmt::Display) -> Self {
         ServerTlsError {
             key,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
@@ -138,21 +164,21 @@ pub fn check_server_config(cfg: &ServerTlsConfig) -> Result<Option<()>, ServerTl
 fn client_verifier(
     ca: &Path,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerTlsError> {
-    let problem = |e: String| ServerTlsError::new("server.tls.client_ca", e);
+    let problem = |e: TlsFileError| ServerTlsError::new("server.tls.client_ca", e);
     let mut roots = RootCertStore::empty();
     for cert in load_certificates(ca).map_err(problem)? {
         roots.add(cert).map_err(|e| {
-            problem(format!(
-                "{}: not a usable CA certificate: {e}",
-                ca.display()
-            ))
+            problem(TlsFileError::NotACa {
+                path: ca.display().to_string(),
+                reason: e.to_string(),
+            })
         })?;
     }
     // Callers without a certificate still connect: each app decides whether it needs one.
     WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()
-        .map_err(|e| problem(format!("{}: {e}", ca.display())))
+        .map_err(|e| ServerTlsError::new("server.tls.client_ca", format!("{}: {e}", ca.display())))
 }
 
 fn build_server_config(
@@ -343,22 +369,19 @@ pub fn client_config(
     extra_trust_anchors: &[PathBuf],
     identity: Option<ClientIdentity>,
     alpn: &[&[u8]],
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, TlsFileError> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(system_roots().iter().cloned());
     for path in extra_trust_anchors {
         for cert in load_certificates(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| TlsFileError::NotACa {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         }
     }
     if roots.is_empty() {
-        return Err(
-            "no trusted CA certificates: install the system's ca-certificates or configure \
-             extra_trust_anchors"
-                .into(),
-        );
+        return Err(TlsFileError::NoTrust);
     }
     let builder = ClientConfig::builder_with_protocol_versions(PROTOCOL_VERSIONS)
         .with_root_certificates(roots);
@@ -366,7 +389,7 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
         Some(id) => builder
             .with_client_auth_cert(id.chain, id.key)
-            .map_err(|e| format!("client certificate and key do not go together: {e}"))?,
+            .map_err(|e| TlsFileError::Mismatch(e.to_string()))?,
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
