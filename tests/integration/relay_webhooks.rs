@@ -522,4 +522,23 @@ events = ["message.deleted"]
         err.contains("relay.webhooks.secret_file: cannot read"),
         "{err}"
     );
+
+    // A secret written as the standard writes them, but not base64 after whsec_: named, not
+    // used as raw text (the brand's library would decode it differently).
+    let broken = env.secret("relay-webhook-secret", "whsec_not base64!\n");
+    let config = config.replace(
+        &env.path().join("no-such-secret").display().to_string(),
+        &broken.display().to_string(),
+    );
+    let path = env.file("check.toml", &config);
+    let (code, out, err) =
+        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
+            .await;
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(
+        err.contains(
+            "relay.webhooks.secret_file: the secret starts with whsec_ but the rest is not base64"
+        ),
+        "{err}"
+    );
 }
