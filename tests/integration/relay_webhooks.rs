@@ -477,6 +477,16 @@ async fn a_receiver_with_another_secret_refuses_and_a_reload_reads_the_new_one()
     assert_eq!(receiver.deliveries().await.len(), 2);
 }
 
+/// What `check-config` prints for `config`, which it must refuse (exit 78).
+async fn refused_by_check_config(env: &TestEnv, config: &str) -> String {
+    let path = env.file("check.toml", config);
+    let (code, out, err) =
+        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
+            .await;
+    assert_eq!(code, 78, "{out}{err}");
+    err
+}
+
 #[tokio::test]
 async fn check_config_names_every_webhook_problem() {
     let env = TestEnv::new();
@@ -497,11 +507,7 @@ events = ["message.deleted"]
         keys = keys.display(),
         missing = env.path().join("no-such-secret").display(),
     ));
-    let path = env.file("check.toml", &config);
-    let (code, out, err) =
-        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
-            .await;
-    assert_eq!(code, 78, "{out}{err}");
+    let err = refused_by_check_config(&env, &config).await;
     for key in [
         "relay.webhooks.url",
         "relay.webhooks.events: \"message.deleted\" is not one of",
@@ -513,11 +519,7 @@ events = ["message.deleted"]
     let config = config
         .replace("http://hooks", "https://hooks")
         .replace("[\"message.deleted\"]", "[\"message.created\"]");
-    let path = env.file("check.toml", &config);
-    let (code, out, err) =
-        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
-            .await;
-    assert_eq!(code, 78, "{out}{err}");
+    let err = refused_by_check_config(&env, &config).await;
     assert!(
         err.contains("relay.webhooks.secret_file: cannot read"),
         "{err}"
@@ -530,11 +532,7 @@ events = ["message.deleted"]
         &env.path().join("no-such-secret").display().to_string(),
         &broken.display().to_string(),
     );
-    let path = env.file("check.toml", &config);
-    let (code, out, err) =
-        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
-            .await;
-    assert_eq!(code, 78, "{out}{err}");
+    let err = refused_by_check_config(&env, &config).await;
     assert!(
         err.contains(
             "relay.webhooks.secret_file: the secret starts with whsec_ but the rest is not base64"
