@@ -563,7 +563,7 @@ impl Accounts {
 
     // ------------------------------------------------------------------ hashing
 
-    async fn hash(&self, password: &Secret<String>) -> Result<String, AccountError> {
+    async fn hash(&self, password: &Secret<String>) -> Result<String, HashingError> {
         let password = password.clone();
         self.blocking(move || {
             let mut salt = [0u8; 16];
@@ -574,7 +574,6 @@ impl Accounts {
                 .map_err(HashingError::Argon2)
         })
         .await
-        .map_err(AccountError::Hashing)
     }
 
     /// Whether `password` matches the PHC string `hash`.
@@ -608,10 +607,7 @@ impl Accounts {
         self.dummy
             .get_or_try_init(|| async {
                 let random = Secret::new(random_token()?);
-                self.hash(&random).await.map_err(|e| match e {
-                    AccountError::Hashing(e) => e,
-                    other => HashingError::TaskFailed(other.to_string()),
-                })
+                self.hash(&random).await
             })
             .await
             .cloned()
