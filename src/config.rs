@@ -575,6 +575,13 @@ impl Config {
                 relay.max_sockets, self.server.max_connections
             ));
         }
+        if let Some(webhooks) = self.relay.as_ref().and_then(|r| r.webhooks.as_ref())
+            && webhooks.queue_capacity.is_some()
+        {
+            warnings.push(
+                "relay.webhooks.queue_capacity is no longer used: webhooks wait in the store's outbox and none is dropped; remove the line".to_string(),
+            );
+        }
         warnings
     }
 

@@ -62,6 +62,39 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Work waiting in the store's outbox (webhooks): what is pending or parked, and trying
+    /// parked items again.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Show the items, oldest first: id, kind, state, attempts, next attempt (or when parked),
+    /// last error.
+    List {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+        /// Only the parked ones (attempts used up or refused by the receiver).
+        #[arg(long)]
+        parked: bool,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Put parked items back to work, due now with their attempts counted from zero.
+    Retry {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+        /// The item's id (as listed); or --all.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every parked item.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Which agent.
@@ -194,6 +227,61 @@ async fn run(command: Command) -> ExitCode {
         Command::Store {
             command: StoreCommand::Reseal { config },
         } => reseal(&config).await,
+        Command::Outbox { command } => outbox(command).await,
+    }
+}
+
+async fn outbox(command: OutboxCommand) -> ExitCode {
+    let config = match &command {
+        OutboxCommand::List { config, .. } | OutboxCommand::Retry { config, .. } => config,
+    };
+    let store = match app::outbox_store(config).await {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let done = match &command {
+        OutboxCommand::List { parked, limit, .. } => store
+            .list_outbox(parked.then_some(true), *limit)
+            .await
+            .map(|items| {
+                println!(
+                    "{:<36} {:<10} {:<8} {:>8} {:<22} LAST ERROR",
+                    "ID", "KIND", "STATE", "ATTEMPTS", "NEXT / PARKED AT"
+                );
+                for i in items {
+                    println!(
+                        "{:<36} {:<10} {:<8} {:>8} {:<22} {}",
+                        i.id,
+                        i.kind,
+                        if i.parked { "parked" } else { "pending" },
+                        i.attempts,
+                        time(Some(i.next_at.0 / 1000)),
+                        i.last_error.as_deref().unwrap_or("-"),
+                    );
+                }
+            }),
+        OutboxCommand::Retry { id, .. } => {
+            let now = brandgate::clock::UnixMillis::of(std::time::SystemTime::now());
+            match store.retry_parked_outbox(id.as_deref(), now).await {
+                Ok(0) if id.is_some() => {
+                    store.close().await;
+                    return fail(StartError::Runtime(format!(
+                        "no parked outbox item {:?}",
+                        id.as_deref().unwrap_or_default()
+                    )));
+                }
+                Ok(n) => {
+                    println!("{n} parked item(s) due again now");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    store.close().await;
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(StartError::Runtime(e.to_string())),
     }
 }
 

@@ -162,6 +162,14 @@ pub async fn reseal(path: &Path) -> Result<Vec<(&'static str, usize)>, StartErro
     Ok(done)
 }
 
+/// `brandgate outbox ...`: the configured store, opened (and migrated) on its own.
+pub async fn outbox_store(path: &Path) -> Result<Store, StartError> {
+    tls::install_crypto_provider();
+    let config = Config::load(path)?;
+    let (store, _) = open_configured_store(&config).await?;
+    Ok(store)
+}
+
 /// `brandgate agents ...`: the relay's agent accounts, straight from the store. `account` must
 /// be the one the relay serves (agents of another account could never log in here).
 pub async fn agent_accounts(path: &Path, account: &str) -> Result<(Accounts, Store), StartError> {

@@ -17,7 +17,9 @@ use crate::tls;
 
 use prepare::{StoreSettings, store_settings};
 
-pub use commands::{agent_accounts, check_config, key_ring, push_test, read_password, reseal};
+pub use commands::{
+    agent_accounts, check_config, key_ring, outbox_store, push_test, read_password, reseal,
+};
 pub use lifecycle::serve;
 
 /// Exit status for a configuration that cannot be used (sysexits' EX_CONFIG). The unit file

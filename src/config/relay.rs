@@ -270,10 +270,7 @@ impl RelayConfig {
     /// settings, never a secret): everything but the webhooks' delivery settings, which a
     /// reload swaps in.
     pub fn bound_at_start(&self) -> String {
-        let queue = self
-            .webhooks
-            .as_ref()
-            .map(|w| (w.queue_capacity, w.max_in_flight));
+        let queue = self.webhooks.as_ref().map(|w| w.max_in_flight);
         let without_webhooks = RelayConfig {
             webhooks: None,
             ..self.clone()

@@ -13,10 +13,12 @@ use serde_json::Value;
 
 use super::away::Away;
 use super::bus::Bus;
+use super::dispatch::Doorbell;
 use super::vocabulary::{Change, Event, Participant, RelayError, Role, event_seal_context};
 use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::{Clock, UnixMillis};
 use crate::ids::{AgentId, ConsumerId, ConversationId};
+use crate::store::outbox::NewOutboxItem;
 use crate::store::relay::{ConversationRow, NewEvent};
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreError};
@@ -32,6 +34,8 @@ pub struct Conversations {
     /// Pushes to consumers who are away (none without `[push]` apps).
     away: Option<Arc<Away>>,
     webhooks: Webhooks,
+    /// Rung after a commit that wrote outbox items.
+    doorbell: Doorbell,
 }
 
 impl Conversations {
@@ -52,6 +56,7 @@ impl Conversations {
             max_message_bytes,
             away: None,
             webhooks: Webhooks::disabled(),
+            doorbell: Doorbell::default(),
         }
     }
 
@@ -61,9 +66,21 @@ impl Conversations {
         self
     }
 
-    /// Tells the brand's backend about committed changes through `webhooks`.
-    pub fn with_webhooks(self, webhooks: Webhooks) -> Conversations {
-        Conversations { webhooks, ..self }
+    /// Tells the brand's backend about committed changes through `webhooks`: their items are
+    /// written with each change, and `doorbell` wakes the dispatcher after the commit.
+    pub fn with_webhooks(self, webhooks: Webhooks, doorbell: Doorbell) -> Conversations {
+        Conversations {
+            webhooks,
+            doorbell,
+            ..self
+        }
+    }
+
+    /// Wakes the dispatcher when a commit wrote outbox items.
+    fn written(&self, outbox: &[NewOutboxItem]) {
+        if !outbox.is_empty() {
+            self.doorbell.ring();
+        }
     }
 
     pub fn bus(&self) -> &Arc<Bus> {
@@ -93,12 +110,16 @@ impl Conversations {
             closed_at: None,
             last_seq: -1,
         };
-        match self.store.create_conversation(&row).await {
+        let outbox: Vec<_> = self
+            .webhooks
+            .item(&row, row.created_at, WebhookEvent::ConversationCreated)
+            .into_iter()
+            .collect();
+        match self.store.create_conversation(&row, &outbox).await {
             Ok(()) => {
                 tracing::info!(conversation = %row.id, "a consumer opened a conversation");
+                self.written(&outbox);
                 self.bus.state_changed(&row.id, consumer);
-                let event = WebhookEvent::ConversationCreated;
-                self.webhooks.emit(&row, row.created_at, event);
                 Ok((row, true))
             }
             // Another socket of the same consumer opened one a moment ago: that one.
@@ -316,6 +337,11 @@ impl Conversations {
             .data_keys
             .seal(&event_seal_context(&event_id), &plain)
             .map_err(|e| RelayError::Seal(e.to_string()))?;
+        let outbox: Vec<_> = self
+            .webhooks
+            .item(&conversation, now, WebhookEvent::message(who, &event))
+            .into_iter()
+            .collect();
         let appended = self
             .store
             .append_event(&NewEvent {
@@ -330,6 +356,7 @@ impl Conversations {
                 },
                 sealed: &sealed,
                 created_at: now,
+                outbox: &outbox,
             })
             .await
             .map_err(|e| match (e, who) {
@@ -350,8 +377,7 @@ impl Conversations {
             if let Some(away) = &self.away {
                 notify_away(away, who, &conversation, appended.seq, &event);
             }
-            let webhook = WebhookEvent::message(appended.seq, who, &event);
-            self.webhooks.emit(&conversation, now, webhook);
+            self.written(&outbox);
             self.bus.publish(change(appended.seq, event));
         }
         Ok(Some(appended.seq))
@@ -415,18 +441,22 @@ impl Conversations {
     ) -> Result<(), RelayError> {
         let row = self.get(who, conversation_id).await?;
         let closed_at = UnixMillis::now(&*self.clock);
+        let outbox: Vec<_> = self
+            .webhooks
+            .item(&row, closed_at, WebhookEvent::ConversationClosed)
+            .into_iter()
+            .collect();
         if self
             .store
-            .close_conversation(conversation_id, closed_at)
+            .close_conversation(conversation_id, closed_at, &outbox)
             .await?
         {
+            self.written(&outbox);
             tracing::info!(conversation = %conversation_id, "a conversation was closed");
             if let Some(away) = &self.away {
                 away.closed(conversation_id);
             }
             self.bus.state_changed(conversation_id, &row.consumer_id);
-            let event = WebhookEvent::ConversationClosed;
-            self.webhooks.emit(&row, closed_at, event);
         }
         Ok(())
     }

@@ -23,8 +23,9 @@
 //!   sequences, sealing); `bus`: the hub handing committed events to followers and state
 //!   changes to watchers, and what must reach other nodes to an outward sink; `fanout`: that
 //!   sink across nodes sharing one PostgreSQL (LISTEN/NOTIFY, through the store);
-//! - `webhooks`: signed POSTs to the brand's backend about committed changes, never
-//!   blocking the relay; `records`: what each sealed record is bound to, and re-sealing.
+//! - `webhooks`: signed POSTs to the brand's backend about committed changes, written to the
+//!   store's outbox with the change; `dispatch`: works the outbox off, on every node, under
+//!   leases; `records`: what each sealed record is bound to, and re-sealing.
 //!
 //! Away pushes go through the push proxy's door ([`crate::push::PushService::send`]).
 
@@ -36,6 +37,7 @@ pub(crate) mod close_code;
 mod consumer;
 mod conversations;
 mod devices;
+mod dispatch;
 mod fanout;
 mod login;
 mod outbox;

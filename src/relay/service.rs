@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accounts::{self, Accounts};
-use super::{away, conversations, fanout, profiles, webhooks};
+use super::{away, conversations, dispatch, fanout, profiles, webhooks};
+
+/// Outbox attempts at once when `[relay.webhooks]` was absent at start.
+const DEFAULT_IN_FLIGHT: usize = 8;
 use crate::clock::Clock;
 use crate::config::{Problems, RelayConfig};
 use crate::identity::IdentityService;
@@ -55,6 +58,8 @@ pub(super) struct Inner {
     /// Every open session, so shutdown can wait for their close frames.
     pub(super) sessions: TaskTracker,
     pub(super) webhooks: webhooks::Webhooks,
+    /// Works off the outbox (webhooks) on this node.
+    pub(super) dispatcher: dispatch::Dispatcher,
     /// Fan-out to the other nodes (PostgreSQL only), stopped once the sessions have ended.
     pub(super) fanout: Option<fanout::Fanout>,
     /// What consumers' tokens said about them, for their agents.
@@ -113,10 +118,23 @@ impl RelayService {
             config.away.ack_delay.0,
             config.away.burst.0,
         ));
-        let webhooks = webhooks::Webhooks::start(
+        let in_flight = config
+            .webhooks
+            .as_ref()
+            .map_or(DEFAULT_IN_FLIGHT, |w| w.max_in_flight);
+        let webhooks = webhooks::Webhooks::new(
             prepared.webhooks,
             clock.clone(),
             webhooks::WebhookMetrics::register(registry),
+            store.clone(),
+            data_keys.clone(),
+        );
+        let dispatcher = dispatch::Dispatcher::start(
+            store.clone(),
+            clock.clone(),
+            vec![Arc::new(webhooks.clone())],
+            in_flight,
+            registry,
         );
         let (bus, fanout) = fanout::Fanout::bus_for(&store);
         if let Some(fanout) = &fanout {
@@ -137,7 +155,7 @@ impl RelayService {
             config.max_message_bytes,
         )
         .with_away(away.clone())
-        .with_webhooks(webhooks.clone());
+        .with_webhooks(webhooks.clone(), dispatcher.doorbell());
         RelayService {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -153,6 +171,7 @@ impl RelayService {
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
                 webhooks,
+                dispatcher,
                 fanout,
                 profiles,
                 clock,
@@ -190,11 +209,11 @@ impl RelayService {
     }
 
     /// Waits until every session has ended (after [`RelayService::shutdown`]), then until the
-    /// webhooks already queued have had an attempt (none waits for a retry any more).
+    /// outbox's running attempts have ended (what waits stays in the store for the next start).
     /// The caller bounds the wait.
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
-        self.inner.webhooks.drain().await;
+        self.inner.dispatcher.stop().await;
         if let Some(fanout) = &self.inner.fanout {
             fanout.stop().await;
         }

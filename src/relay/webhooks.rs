@@ -1,20 +1,20 @@
 //! Outbound webhooks: tells the brand's backend, with a signed POST, that a conversation
 //! opened, a message was stored or a conversation closed.
 //!
-//! [`Webhooks::emit`] never waits and never fails its caller: the webhook goes into a bounded
-//! queue (`try_send`); when the queue is full it is dropped, counted and logged (at most every
-//! few seconds). One worker task sends them, several at once, each conversation's strictly in
-//! order, so a receiver that is slow for one conversation does not hold back the others.
-//! A webhook is retried with exponential backoff and jitter on connection errors, timeouts,
-//! `5xx` and `429` (honouring `Retry-After`), never after another `4xx`; its delivery id stays
-//! the same across attempts, and each attempt is signed again with a fresh timestamp.
+//! A webhook is an outbox item ([`crate::store::outbox`]) written in the same transaction as
+//! its cause ([`Webhooks::item`]), so a committed change always gets its webhook, through
+//! crashes and restarts, and each conversation's webhooks go out in commit order on any number
+//! of nodes (one lane per conversation). The dispatcher makes the attempts
+//! ([`Webhooks::attempt`]): retried with exponential backoff and jitter on connection errors,
+//! timeouts, `5xx` and `429` (honouring `Retry-After`); parked for the operator after another
+//! `4xx` or once the attempts are used up. Its delivery id (`webhook-id`) is the item's id,
+//! the same across attempts and nodes; each attempt is signed again with a fresh timestamp.
 //!
 //! Never logs the secret or the message text; the text only leaves at all when the brand set
-//! `include_text`.
+//! `include_text`, and it is never in the outbox: it is read from the sealed event when sent.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
@@ -22,33 +22,32 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use serde_json::json;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use serde_json::{Value, json};
 
-use super::vocabulary::{Event, Participant, Role};
+use super::dispatch::{Handler, Verdict};
+use super::vocabulary::{Event, Participant, Role, event_seal_context};
 use crate::backoff::{Backoff, retry_after};
 use crate::clock::UnixMillis;
 use crate::clock::{Clock, unix_seconds};
 use crate::config::{Problems, WebhooksConfig};
 use crate::http_client::{HttpClient, HttpError};
-use crate::ids::ConversationId;
 use crate::secret::read_secret_for;
+use crate::store::Store;
+use crate::store::outbox::{NewOutboxItem, OutboxItem};
 use crate::store::relay::ConversationRow;
+use crate::store::seal::DataKeys;
 use crate::webhook_signature::WebhookKey;
+
+/// The outbox kind of a webhook.
+const KIND: &str = "webhook";
 
 /// The first retry waits between half a second and a second, each next one twice as long; no
 /// wait is longer than [`LONGEST_WAIT`].
 const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), LONGEST_WAIT);
+/// What a webhook's lease adds to its timeout (the store's round trips, a busy machine).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// No wait between attempts is longer, whatever the backoff or `Retry-After` say.
 const LONGEST_WAIT: Duration = Duration::from_secs(300);
-/// A full queue is logged at most this often (with the number dropped meanwhile).
-const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
-/// The queue when `[relay.webhooks]` was absent at start (a reload may add the section).
-const DEFAULT_QUEUE: usize = 10_000;
-const DEFAULT_IN_FLIGHT: usize = 8;
 
 /// What happened, as the brand receives it in `type`.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +55,6 @@ pub enum WebhookEvent<'a> {
     ConversationCreated,
     /// A stored event: only a `ContentEvent` (a message) becomes a webhook; receipts do not.
     MessageCreated {
-        sequence: i64,
         originator_id: &'a str,
         originator_role: Role,
         event: &'a Event,
@@ -65,10 +63,9 @@ pub enum WebhookEvent<'a> {
 }
 
 impl<'a> WebhookEvent<'a> {
-    /// `event`, stored at `sequence` by `who`.
-    pub fn message(sequence: i64, who: &'a Participant, event: &'a Event) -> WebhookEvent<'a> {
+    /// `event`, stored by `who` (the sequence is the outbox item's).
+    pub fn message(who: &'a Participant, event: &'a Event) -> WebhookEvent<'a> {
         WebhookEvent::MessageCreated {
-            sequence,
             originator_id: who.id(),
             originator_role: who.role(),
             event,
@@ -172,121 +169,259 @@ impl Settings {
     }
 }
 
-/// One webhook on its way.
-struct Delivery {
-    id: String,
-    event_type: &'static str,
-    conversation_id: ConversationId,
-    body: Bytes,
-}
-
 struct Shared {
-    tx: mpsc::Sender<Delivery>,
     /// `None`: webhooks are off.
     settings: RwLock<Option<Arc<Settings>>>,
     clock: Arc<dyn Clock>,
     metrics: WebhookMetrics,
-    /// When a drop was last logged, and how many were dropped since.
-    drops: Mutex<(Option<Instant>, u64)>,
-    /// Cancelled when the relay stops: the queue closes and no retry waits any more.
-    closing: CancellationToken,
-    worker: TaskTracker,
+    /// Where the text of a message comes from when the brand asked for it.
+    store: Store,
+    data_keys: Arc<DataKeys>,
 }
 
-/// The door to the webhooks. Cheap to clone; [`Webhooks::disabled`] sends nothing.
+/// The door to the webhooks. Cheap to clone; [`Webhooks::disabled`] makes no item.
 #[derive(Clone, Default)]
 pub struct Webhooks {
     shared: Option<Arc<Shared>>,
 }
 
+/// What the outbox keeps of a webhook: its body without the delivery id, the sequence (the
+/// item's own) and the text (read from the sealed event when sent).
+fn payload(
+    conversation: &ConversationRow,
+    at: UnixMillis,
+    event: WebhookEvent<'_>,
+) -> Option<Vec<u8>> {
+    let mut body = json!({
+        "type": event.type_name(),
+        "account": conversation.account,
+        "conversationId": conversation.id,
+        "consumerId": conversation.consumer_id,
+        "createdAt": at,
+    });
+    if let WebhookEvent::MessageCreated {
+        originator_id,
+        originator_role,
+        event,
+        ..
+    } = event
+    {
+        if !matches!(event, Event::Content { .. }) {
+            return None;
+        }
+        body["originatorId"] = originator_id.into();
+        body["originatorRole"] = originator_role.name().into();
+    }
+    serde_json::to_vec(&body).ok()
+}
+
 impl Webhooks {
-    /// Sends nothing (a relay without webhooks, or a test).
+    /// Makes no item (a relay without webhooks, or a test).
     pub fn disabled() -> Webhooks {
         Webhooks::default()
     }
 
-    /// Starts the worker. `settings` is `None` when `[relay.webhooks]` is absent; a reload can
-    /// still turn webhooks on ([`Webhooks::apply`]), with the default queue size.
-    /// The worker runs until [`Webhooks::drain`]: the relay lives as long as the process.
-    pub fn start(
+    /// `settings` is `None` when `[relay.webhooks]` is absent; a reload can still turn
+    /// webhooks on ([`Webhooks::apply`]).
+    pub fn new(
         settings: Option<Settings>,
         clock: Arc<dyn Clock>,
         metrics: WebhookMetrics,
+        store: Store,
+        data_keys: Arc<DataKeys>,
     ) -> Webhooks {
-        let (capacity, in_flight) = settings
-            .as_ref()
-            .map_or((DEFAULT_QUEUE, DEFAULT_IN_FLIGHT), |s| {
-                (s.config.queue_capacity, s.config.max_in_flight)
-            });
-        let (tx, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(Shared {
-            tx,
-            settings: RwLock::new(settings.map(Arc::new)),
-            clock,
-            metrics,
-            drops: Mutex::new((None, 0)),
-            closing: CancellationToken::new(),
-            worker: TaskTracker::new(),
-        });
-        shared
-            .worker
-            .spawn(run(rx, shared.clone(), in_flight, capacity));
-        shared.worker.close();
         Webhooks {
-            shared: Some(shared),
+            shared: Some(Arc::new(Shared {
+                settings: RwLock::new(settings.map(Arc::new)),
+                clock,
+                metrics,
+                store,
+                data_keys,
+            })),
         }
     }
 
-    /// Puts reloaded settings in use (`None`: webhooks off). Webhooks already queued are sent
-    /// with the new settings; the queue size and `max_in_flight` stay as they were at start.
+    /// Puts reloaded settings in use (`None`: webhooks off). Webhooks already in the outbox are
+    /// sent with the new settings (or, when off, removed unsent).
     pub fn apply(&self, settings: Option<Settings>) {
         if let Some(shared) = &self.shared {
             *shared.settings.write().unwrap_or_else(|e| e.into_inner()) = settings.map(Arc::new);
         }
     }
 
-    /// Queues a webhook for `event` on `conversation`, which happened at `at` (Unix
-    /// milliseconds). Call only after the change is committed. Never waits, never fails.
-    pub fn emit(&self, conversation: &ConversationRow, at: UnixMillis, event: WebhookEvent<'_>) {
-        let Some(shared) = &self.shared else { return };
-        let Some(settings) = shared.current() else {
-            return;
-        };
-        let event_type = event.type_name();
-        if !settings.config.wants(event_type) {
-            return;
+    /// The outbox item for `event` on `conversation`, which happens at `at`: to be written in
+    /// the same transaction as the change. `None` when webhooks are off, the brand does not
+    /// want this type, or the event is not a message.
+    pub fn item(
+        &self,
+        conversation: &ConversationRow,
+        at: UnixMillis,
+        event: WebhookEvent<'_>,
+    ) -> Option<NewOutboxItem> {
+        let shared = self.shared.as_ref()?;
+        let settings = shared.current()?;
+        if !settings.config.wants(event.type_name()) {
+            return None;
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        let Some(body) = body(&id, conversation, at, event, settings.config.include_text) else {
-            return;
-        };
-        let delivery = Delivery {
-            id,
-            event_type,
-            conversation_id: conversation.id.clone(),
-            body,
-        };
-        if let Err(e) = shared.tx.try_send(delivery) {
-            let why = match e {
-                mpsc::error::TrySendError::Full(_) => "queue full",
-                mpsc::error::TrySendError::Closed(_) => "relay stopping",
-            };
-            shared.metrics.finished(event_type, "dropped");
-            shared.dropped(why);
-        }
+        let payload = payload(conversation, at, event)?;
+        let now = UnixMillis::now(&*shared.clock);
+        Some(NewOutboxItem {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: KIND.to_string(),
+            lane: format!("webhook:{}", conversation.id),
+            dedupe_key: None,
+            payload,
+            created_at: now,
+            next_at: now,
+        })
     }
 
-    /// Stops taking webhooks and waits until the queued ones are sent (each gets at least one
-    /// attempt; none waits for a retry). The caller bounds the wait.
-    pub async fn drain(&self) {
-        let Some(shared) = &self.shared else { return };
-        let queued = shared.tx.max_capacity() - shared.tx.capacity();
-        if queued > 0 {
-            tracing::info!(queued, "sending the queued webhooks before stopping");
-        }
-        shared.closing.cancel();
-        shared.worker.wait().await;
+    /// How long a claim of a webhook lasts: longer than one attempt can take (its timeout),
+    /// so only a node that died loses it.
+    pub fn lease(&self) -> Duration {
+        let timeout = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.current())
+            .map_or(Duration::from_secs(60), |s| s.config.timeout.0);
+        timeout + LEASE_MARGIN
     }
+
+    /// One attempt at the webhook `item` (its `attempts` made before), and what to do next.
+    pub async fn attempt(&self, item: &OutboxItem) -> Verdict {
+        let Some(shared) = &self.shared else {
+            return Verdict::Drop {
+                why: "relay webhooks are off",
+            };
+        };
+        let stored: Option<Value> = serde_json::from_slice(&item.payload).ok();
+        let event_type = stored
+            .as_ref()
+            .and_then(|b| b["type"].as_str())
+            .and_then(type_named)
+            .unwrap_or("unknown");
+        let Some(settings) = shared.current() else {
+            tracing::info!(delivery = %item.id, "relay webhooks turned off; a webhook in the outbox was not sent");
+            shared.metrics.finished(event_type, "abandoned");
+            return Verdict::Drop {
+                why: "relay webhooks are off",
+            };
+        };
+        let Some(body) = shared
+            .body(item, stored, settings.config.include_text)
+            .await
+        else {
+            shared.metrics.finished(event_type, "failed");
+            return Verdict::Park {
+                error: "the stored webhook is not readable".into(),
+            };
+        };
+        let attempt = u32::try_from(item.attempts)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let timestamp = unix_seconds(shared.clock.now());
+        let mut headers: Vec<_> = [
+            header("content-type", "application/json"),
+            header(
+                "user-agent",
+                concat!("brandgate/", env!("CARGO_PKG_VERSION")),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        headers.extend(settings.key.headers(&item.id, timestamp, &body));
+        if settings.config.legacy_signature {
+            let legacy = format!("v1={}", settings.key.legacy_signature(timestamp, &body));
+            headers.extend(
+                [
+                    header("x-brandgate-delivery", &item.id),
+                    header("x-brandgate-event", event_type),
+                    header("x-brandgate-timestamp", &timestamp.to_string()),
+                    header("x-brandgate-signature", &legacy),
+                ]
+                .into_iter()
+                .flatten(),
+            );
+        }
+        let answer = settings
+            .http
+            .post(&settings.uri, &headers, body, settings.config.timeout.0)
+            .await;
+        let (next, outcome) = match &answer {
+            Ok(r) => (
+                classify(r.status, &r.headers, shared.clock.now()),
+                match r.status.as_u16() {
+                    200..=299 => "2xx",
+                    429 => "429",
+                    500..=599 => "5xx",
+                    _ => "4xx",
+                },
+            ),
+            Err(HttpError::Timeout(_)) => (Next::Retry { retry_after: None }, "timeout"),
+            Err(_) => (Next::Retry { retry_after: None }, "error"),
+        };
+        shared
+            .metrics
+            .attempts
+            .get_or_create(&AttemptLabels { outcome })
+            .inc();
+        let status = answer.as_ref().ok().map(|r| r.status.as_u16());
+        let error = match &answer {
+            Ok(r) => format!("answered {}", r.status.as_u16()),
+            Err(e) => e.to_string(),
+        };
+        match next {
+            Next::Delivered => {
+                tracing::debug!(delivery = %item.id, r#type = event_type, attempt, "webhook delivered");
+                shared.metrics.finished(event_type, "delivered");
+                Verdict::Delivered
+            }
+            Next::Refused => {
+                tracing::warn!(delivery = %item.id, r#type = event_type, status, "the webhook receiver refused a webhook; parked (see brandgate outbox list)");
+                shared.metrics.finished(event_type, "refused");
+                Verdict::Park { error }
+            }
+            Next::Retry { .. } if attempt >= settings.config.max_attempts => {
+                tracing::warn!(delivery = %item.id, r#type = event_type, attempt, status, error, "webhook given up after its last attempt; parked (see brandgate outbox list)");
+                shared.metrics.finished(event_type, "failed");
+                Verdict::Park { error }
+            }
+            Next::Retry { retry_after } => {
+                let wait = retry_after.unwrap_or_else(|| BACKOFF.delay(attempt));
+                tracing::info!(delivery = %item.id, r#type = event_type, attempt, status, error, ?wait, "webhook not delivered; retrying");
+                Verdict::Retry { wait, error }
+            }
+        }
+    }
+}
+
+impl Handler for Webhooks {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn lease(&self) -> Duration {
+        Webhooks::lease(self)
+    }
+
+    fn attempt<'a>(
+        &'a self,
+        item: &'a OutboxItem,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>> {
+        Box::pin(Webhooks::attempt(self, item))
+    }
+}
+
+/// The type's static name, for labels.
+fn type_named(name: &str) -> Option<&'static str> {
+    [
+        "conversation.created",
+        "message.created",
+        "conversation.closed",
+    ]
+    .into_iter()
+    .find(|t| *t == name)
 }
 
 impl Shared {
@@ -297,119 +432,54 @@ impl Shared {
             .clone()
     }
 
-    /// Logs a dropped webhook, at most once every [`DROP_LOG_EVERY`].
-    fn dropped(&self, why: &'static str) {
-        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
-        drops.1 += 1;
-        if drops.0.is_none_or(|at| at.elapsed() >= DROP_LOG_EVERY) {
-            tracing::warn!(
-                dropped = drops.1,
-                why,
-                "relay webhooks dropped (the receiver is slower than the relay; see brandgate_relay_webhooks_total)"
-            );
-            *drops = (Some(Instant::now()), 0);
-        }
-    }
-}
-
-/// The JSON body; `None` for stored events that are not messages.
-fn body(
-    id: &str,
-    conversation: &ConversationRow,
-    at: UnixMillis,
-    event: WebhookEvent<'_>,
-    include_text: bool,
-) -> Option<Bytes> {
-    let mut body = json!({
-        "id": id,
-        "type": event.type_name(),
-        "account": conversation.account,
-        "conversationId": conversation.id,
-        "consumerId": conversation.consumer_id,
-        "createdAt": at,
-    });
-    if let WebhookEvent::MessageCreated {
-        sequence,
-        originator_id,
-        originator_role,
-        event,
-    } = event
-    {
-        let Event::Content { message } = event else {
-            return None;
-        };
-        body["sequence"] = sequence.into();
-        body["originatorId"] = originator_id.into();
-        body["originatorRole"] = originator_role.name().into();
-        if include_text {
-            body["text"] = message.as_str().into();
-        }
-    }
-    serde_json::to_vec(&body).ok().map(Bytes::from)
-}
-
-/// Sends what the queue holds: at most `in_flight` at once, one at a time per conversation
-/// (the next one of a conversation waits, outside the channel, for the one before it). Holds
-/// at most `capacity` waiting ones besides the channel's own. Ends once the relay is stopping,
-/// the channel is empty and every delivery has finished.
-async fn run(
-    mut rx: mpsc::Receiver<Delivery>,
-    shared: Arc<Shared>,
-    in_flight: usize,
-    capacity: usize,
-) {
-    // Conversations with a delivery running, and their next ones in order.
-    let mut lanes: HashMap<ConversationId, VecDeque<Delivery>> = HashMap::new();
-    let mut waiting = 0usize;
-    let mut running: JoinSet<()> = JoinSet::new();
-    let mut running_for: HashMap<tokio::task::Id, ConversationId> = HashMap::new();
-    let mut open = true;
-    let mut closing = false;
-    loop {
-        let take = open && running.len() < in_flight && waiting < capacity;
-        tokio::select! {
-            () = shared.closing.cancelled(), if !closing => {
-                closing = true;
-                // What is in the channel is still received; nothing new gets in.
-                rx.close();
-            }
-            got = rx.recv(), if take => match got {
-                Some(d) => match lanes.get_mut(&d.conversation_id) {
-                    Some(lane) => {
-                        lane.push_back(d);
-                        waiting += 1;
+    /// The body to send: the stored one with the delivery id, the sequence and, when asked
+    /// for, the message's text. `None` when the stored body is not readable.
+    async fn body(
+        &self,
+        item: &OutboxItem,
+        stored: Option<Value>,
+        include_text: bool,
+    ) -> Option<Bytes> {
+        let mut body = stored?;
+        let fields = body.as_object_mut()?;
+        fields.insert("id".into(), item.id.clone().into());
+        if fields.get("type").and_then(Value::as_str) == Some("message.created") {
+            let seq = item.seq?;
+            fields.insert("sequence".into(), seq.into());
+            if include_text {
+                match self.text(item, seq).await {
+                    Some(text) => {
+                        fields.insert("text".into(), text.into());
                     }
                     None => {
-                        lanes.insert(d.conversation_id.clone(), VecDeque::new());
-                        let conversation = d.conversation_id.clone();
-                        let task = running.spawn(deliver(shared.clone(), d));
-                        running_for.insert(task.id(), conversation);
-                    }
-                },
-                None => open = false,
-            },
-            Some(done) = running.join_next_with_id() => {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(e) => {
-                        tracing::error!(error = %e, "a webhook delivery task failed");
-                        e.id()
-                    }
-                };
-                let Some(conversation) = running_for.remove(&id) else { continue };
-                let next = lanes.get_mut(&conversation).and_then(VecDeque::pop_front);
-                match next {
-                    Some(d) => {
-                        waiting -= 1;
-                        let task = running.spawn(deliver(shared.clone(), d));
-                        running_for.insert(task.id(), conversation);
-                    }
-                    None => {
-                        lanes.remove(&conversation);
+                        tracing::warn!(delivery = %item.id, "a message's text cannot be read; its webhook goes without it");
                     }
                 }
             }
-            else => break,
+        }
+        serde_json::to_vec(&body).ok().map(Bytes::from)
+    }
+
+    /// The text of the message stored at `seq` of the item's conversation.
+    async fn text(&self, item: &OutboxItem, seq: i64) -> Option<String> {
+        let conversation = item.conversation_id.as_ref()?;
+        let row = self
+            .store
+            .list_events(conversation, seq, 1)
+            .await
+            .ok()?
+            .pop()?;
+        if row.seq != seq {
+            return None;
+        }
+        let plain = self
+            .data_keys
+            .open(&event_seal_context(&row.event_id), &row.sealed)
+            .ok()?;
+        let body: Value = serde_json::from_slice(plain.expose()).ok()?;
+        match Event::from_stored(&body)? {
+            Event::Content { message } => Some(message.to_string()),
+            _ => None,
         }
     }
 }
@@ -445,102 +515,6 @@ fn header(name: &'static str, value: &str) -> Option<(HeaderName, HeaderValue)> 
         HeaderName::from_static(name),
         HeaderValue::from_str(value).ok()?,
     ))
-}
-
-/// Sends one webhook until it is delivered, refused, out of attempts, or the relay stops.
-async fn deliver(shared: Arc<Shared>, d: Delivery) {
-    let mut attempt = 1u32;
-    loop {
-        let Some(settings) = shared.current() else {
-            tracing::info!(delivery = %d.id, "relay webhooks turned off; a queued webhook was not sent");
-            shared.metrics.finished(d.event_type, "abandoned");
-            return;
-        };
-        let timestamp = unix_seconds(shared.clock.now());
-        let mut headers: Vec<_> = [
-            header("content-type", "application/json"),
-            header(
-                "user-agent",
-                concat!("brandgate/", env!("CARGO_PKG_VERSION")),
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        headers.extend(settings.key.headers(&d.id, timestamp, &d.body));
-        if settings.config.legacy_signature {
-            let legacy = format!("v1={}", settings.key.legacy_signature(timestamp, &d.body));
-            headers.extend(
-                [
-                    header("x-brandgate-delivery", &d.id),
-                    header("x-brandgate-event", d.event_type),
-                    header("x-brandgate-timestamp", &timestamp.to_string()),
-                    header("x-brandgate-signature", &legacy),
-                ]
-                .into_iter()
-                .flatten(),
-            );
-        }
-        let answer = settings
-            .http
-            .post(
-                &settings.uri,
-                &headers,
-                d.body.clone(),
-                settings.config.timeout.0,
-            )
-            .await;
-        let (next, outcome) = match &answer {
-            Ok(r) => (
-                classify(r.status, &r.headers, shared.clock.now()),
-                match r.status.as_u16() {
-                    200..=299 => "2xx",
-                    429 => "429",
-                    500..=599 => "5xx",
-                    _ => "4xx",
-                },
-            ),
-            Err(HttpError::Timeout(_)) => (Next::Retry { retry_after: None }, "timeout"),
-            Err(_) => (Next::Retry { retry_after: None }, "error"),
-        };
-        shared
-            .metrics
-            .attempts
-            .get_or_create(&AttemptLabels { outcome })
-            .inc();
-        let status = answer.as_ref().ok().map(|r| r.status.as_u16());
-        let error = answer.as_ref().err().map(ToString::to_string);
-        match next {
-            Next::Delivered => {
-                tracing::debug!(delivery = %d.id, r#type = d.event_type, attempt, "webhook delivered");
-                shared.metrics.finished(d.event_type, "delivered");
-                return;
-            }
-            Next::Refused => {
-                tracing::warn!(delivery = %d.id, r#type = d.event_type, status, "the webhook receiver refused a webhook; not retried");
-                shared.metrics.finished(d.event_type, "refused");
-                return;
-            }
-            Next::Retry { .. } if attempt >= settings.config.max_attempts => {
-                tracing::warn!(delivery = %d.id, r#type = d.event_type, attempt, status, error, "webhook given up after its last attempt");
-                shared.metrics.finished(d.event_type, "failed");
-                return;
-            }
-            Next::Retry { retry_after } => {
-                let wait = retry_after.unwrap_or_else(|| BACKOFF.delay(attempt));
-                tracing::info!(delivery = %d.id, r#type = d.event_type, attempt, status, error, ?wait, "webhook not delivered; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shared.closing.cancelled() => {
-                        tracing::warn!(delivery = %d.id, r#type = d.event_type, attempt, "relay stopping; a webhook waiting for a retry was abandoned");
-                        shared.metrics.finished(d.event_type, "abandoned");
-                        return;
-                    }
-                }
-                attempt += 1;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -594,39 +568,32 @@ mod tests {
     }
 
     #[test]
-    fn message_text_is_sent_only_when_asked() {
+    fn the_outbox_keeps_neither_text_nor_receipts() {
         let event = Event::Content {
             message: "hi".into(),
         };
         let message = WebhookEvent::MessageCreated {
-            sequence: 3,
             originator_id: "u1",
             originator_role: Role::Consumer,
             event: &event,
         };
-        let without: Value =
-            serde_json::from_slice(&body("d1", &row(), UnixMillis(9), message, false).unwrap())
-                .unwrap();
+        let kept: Value =
+            serde_json::from_slice(&payload(&row(), UnixMillis(9), message).unwrap()).unwrap();
         assert_eq!(
-            without,
-            json!({"id": "d1", "type": "message.created", "account": "acme",
-                   "conversationId": "c1", "consumerId": "u1", "createdAt": 9, "sequence": 3,
-                   "originatorId": "u1", "originatorRole": "CONSUMER"})
+            kept,
+            json!({"type": "message.created", "account": "acme", "conversationId": "c1",
+                   "consumerId": "u1", "createdAt": 9, "originatorId": "u1",
+                   "originatorRole": "CONSUMER"})
         );
-        let with: Value =
-            serde_json::from_slice(&body("d1", &row(), UnixMillis(9), message, true).unwrap())
-                .unwrap();
-        assert_eq!(with["text"], "hi");
         let receipt = Event::AcceptStatus {
             status: crate::relay::vocabulary::AcceptStatus::Read,
             sequences: vec![0],
         };
         let receipt = WebhookEvent::MessageCreated {
-            sequence: 4,
             originator_id: "u1",
             originator_role: Role::Consumer,
             event: &receipt,
         };
-        assert!(body("d2", &row(), UnixMillis(9), receipt, true).is_none());
+        assert!(payload(&row(), UnixMillis(9), receipt).is_none());
     }
 }

@@ -129,6 +129,29 @@ const SQLITE: &[(i64, &str)] = &[
             PRIMARY KEY (account, consumer_id)
         )",
     ),
+    (
+        8,
+        "CREATE TABLE outbox (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            dedupe_key TEXT UNIQUE,
+            conversation_id TEXT,
+            seq INTEGER,
+            payload BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            next_at INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            parked BOOLEAN NOT NULL DEFAULT FALSE,
+            version INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until INTEGER
+        );
+        CREATE INDEX outbox_by_lane ON outbox (lane, position) WHERE NOT parked;
+        CREATE INDEX outbox_by_due ON outbox (next_at) WHERE NOT parked",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -251,6 +274,29 @@ const POSTGRES: &[(i64, &str)] = &[
             updated_at BIGINT NOT NULL,
             PRIMARY KEY (account, consumer_id)
         )",
+    ),
+    (
+        8,
+        "CREATE TABLE outbox (
+            position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            dedupe_key TEXT UNIQUE,
+            conversation_id TEXT,
+            seq BIGINT,
+            payload BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
+            next_at BIGINT NOT NULL,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            last_error TEXT,
+            parked BOOLEAN NOT NULL DEFAULT FALSE,
+            version BIGINT NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until BIGINT
+        );
+        CREATE INDEX outbox_by_lane ON outbox (lane, position) WHERE NOT parked;
+        CREATE INDEX outbox_by_due ON outbox (next_at) WHERE NOT parked",
     ),
 ];
 

@@ -29,6 +29,7 @@ pub mod devices;
 mod grants;
 pub mod migrate;
 pub(crate) mod notify;
+pub mod outbox;
 pub(crate) mod profiles;
 pub mod relay;
 pub mod seal;

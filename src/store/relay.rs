@@ -23,6 +23,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::outbox::{NewOutboxItem, insert_outbox};
 use super::{Store, StoreError};
 use crate::clock::UnixMillis;
 use crate::ids::{AgentId, ConsumerId, ConversationId};
@@ -60,6 +61,9 @@ pub struct NewEvent<'a> {
     pub holder: Option<&'a AgentId>,
     pub sealed: &'a [u8],
     pub created_at: UnixMillis,
+    /// Work the event causes (webhooks, an away push), committed with it and given its
+    /// conversation and sequence; not written for a re-send.
+    pub outbox: &'a [NewOutboxItem],
 }
 
 /// A stored event.
@@ -218,9 +222,15 @@ macro_rules! insert_event {
 }
 
 impl Store {
-    /// Opens a conversation. Conflict if the consumer already has an open one in the account.
-    pub async fn create_conversation(&self, c: &ConversationRow) -> Result<(), StoreError> {
+    /// Opens a conversation, with the work its opening causes (`outbox`). Conflict if the
+    /// consumer already has an open one in the account (then nothing is written).
+    pub async fn create_conversation(
+        &self,
+        c: &ConversationRow,
+        outbox: &[NewOutboxItem],
+    ) -> Result<(), StoreError> {
         on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query(concat!("INSERT INTO conversations (", conversation_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
             .bind(&c.id)
             .bind(&c.account)
@@ -231,8 +241,10 @@ impl Store {
             .bind(c.created_at)
             .bind(c.closed_at)
             .bind(c.last_seq)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+            insert_outbox!(tx, outbox, &c.id, None::<i64>)?;
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -420,24 +432,32 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// Closes an open conversation (its ring rejections go: it never rings again). Returns
-    /// whether it was open.
+    /// Closes an open conversation (its ring rejections go: it never rings again), with the
+    /// work its closing causes (`outbox`, written only if it was open). Returns whether it was
+    /// open.
     pub async fn close_conversation(
         &self,
         id: &ConversationId,
         closed_at: UnixMillis,
+        outbox: &[NewOutboxItem],
     ) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Locks the conversation's row: appends wait, so the outbox keeps commit order.
             let done = sqlx::query("UPDATE conversations SET is_open = FALSE, closed_at = $1 WHERE id = $2 AND is_open")
                 .bind(closed_at)
                 .bind(id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
             sqlx::query("DELETE FROM ring_rejections WHERE conversation_id = $1")
                 .bind(id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            if done == 1 {
+                insert_outbox!(tx, outbox, id, None::<i64>)?;
+            }
+            tx.commit().await?;
             done
         });
         Ok(done == 1)
@@ -467,6 +487,7 @@ impl Store {
                     return Ok(Appended::repeat(earlier));
                 }
                 insert_event!(tx, e, seq)?;
+                insert_outbox!(tx, e.outbox, e.conversation_id, Some(seq))?;
                 tx.commit().await?;
                 Ok(Appended::created(seq))
             }
@@ -524,6 +545,7 @@ struct OwnedEvent {
     holder: Option<AgentId>,
     sealed: Vec<u8>,
     created_at: UnixMillis,
+    outbox: Vec<NewOutboxItem>,
 }
 
 impl OwnedEvent {
@@ -537,6 +559,7 @@ impl OwnedEvent {
             holder: e.holder.cloned(),
             sealed: e.sealed.to_vec(),
             created_at: e.created_at,
+            outbox: e.outbox.to_vec(),
         }
     }
 
@@ -550,6 +573,7 @@ impl OwnedEvent {
             holder: self.holder.as_ref(),
             sealed: &self.sealed,
             created_at: self.created_at,
+            outbox: &self.outbox,
         }
     }
 }
@@ -615,6 +639,7 @@ async fn commit_group(
             continue;
         };
         insert_event!(tx, e, seq)?;
+        insert_outbox!(tx, e.outbox, e.conversation_id, Some(seq))?;
         results.push(Ok(Appended::created(seq)));
     }
     tx.commit().await?;

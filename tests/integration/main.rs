@@ -27,4 +27,5 @@ mod relay_nodes;
 mod relay_webhooks;
 mod security_headers;
 mod store;
+mod store_outbox;
 mod workspace;

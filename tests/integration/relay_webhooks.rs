@@ -25,6 +25,16 @@ struct World {
 /// The daemon with `[relay.webhooks]` posting to `receiver` (plus `webhooks_extra`), signing
 /// with [`SECRET`].
 async fn start(env: TestEnv, receiver: &WebhookReceiver, webhooks_extra: &str) -> World {
+    start_on(env, receiver, webhooks_extra, "").await
+}
+
+/// [`start`], with `store_extra` in `[store]` (a PostgreSQL URL).
+async fn start_on(
+    env: TestEnv,
+    receiver: &WebhookReceiver,
+    webhooks_extra: &str,
+    store_extra: &str,
+) -> World {
     let keys = env.secret("data-keys", &data_key_line("k1"));
     let secret = env.secret("relay-webhook-secret", &format!("{SECRET}\n"));
     let ca = env.ca.write(env.path(), "receiver-ca");
@@ -32,6 +42,7 @@ async fn start(env: TestEnv, receiver: &WebhookReceiver, webhooks_extra: &str) -
         r#"
 [store]
 data_keys_file = "{keys}"
+{store_extra}
 [identity]
 issuer = "https://brandgate.test"
 [identity.anonymous]
@@ -309,10 +320,10 @@ async fn a_webhook_waiting_for_its_retry_does_not_hold_back_other_conversations(
         "the same webhook again"
     );
 
-    // A webhook waiting for a 30 s retry when the daemon stops is abandoned, and said so;
-    // stopping does not wait for it.
+    // A webhook waiting for a 30 s retry when the daemon stops stays in the outbox, and is said
+    // to; stopping does not wait for it. The operator sees it, with its last answer.
     let mut third = world.consumer().await;
-    open(&mut third).await;
+    let waiting_too = open(&mut third).await;
     receiver.wait_for(5, Duration::from_secs(20)).await;
     let started = Instant::now();
     let log = world.daemon.stop().await;
@@ -322,10 +333,45 @@ async fn a_webhook_waiting_for_its_retry_does_not_hold_back_other_conversations(
         started.elapsed()
     );
     assert!(
-        log.contains("a webhook waiting for a retry was abandoned"),
+        log.contains("outbox items wait in the store for the next start"),
         "{log}"
     );
     assert_eq!(receiver.deliveries().await.len(), 5);
+    let listed = outbox_list(&world, &[]).await;
+    let pending: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(pending.len(), 1, "{listed}");
+    let fields: Vec<&str> = pending[0].split_whitespace().collect();
+    assert_eq!(
+        (fields[0], fields[1], fields[2], fields[3]),
+        (
+            got_last(&receiver).await.as_str(),
+            "webhook",
+            "pending",
+            "1"
+        ),
+        "{listed}"
+    );
+    assert!(pending[0].ends_with("answered 503"), "{listed}");
+    let _ = waiting_too;
+}
+
+/// The delivery id of the last webhook the receiver got.
+async fn got_last(receiver: &WebhookReceiver) -> String {
+    let got = receiver.deliveries().await;
+    got.last().unwrap()["delivery"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `brandgate outbox list` (plus `args`) on the world's config: its standard output.
+async fn outbox_list(world: &World, args: &[&str]) -> String {
+    let config = world.daemon.config_path.to_str().unwrap();
+    let mut all = vec!["outbox", "list", "--config", config];
+    all.extend(args);
+    let (code, out, err) = crate::support::daemon::run(&all, &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    out
 }
 
 #[tokio::test]
@@ -337,14 +383,7 @@ async fn a_receiver_that_never_answers_does_not_delay_the_consumer() {
     let mut c = world.consumer().await;
     let conversation = open(&mut c).await;
     // The conversation.created webhook is now held by the receiver.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver.deliveries().await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the webhook never reached the receiver"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    receiver.wait_received(1, Duration::from_secs(20)).await;
     for i in 0..5 {
         let started = Instant::now();
         let sent = publish(&mut c, &conversation, &format!("message {i}")).await;
@@ -411,34 +450,143 @@ async fn a_receiver_that_never_answers_does_not_delay_the_consumer() {
     );
 }
 
-#[tokio::test]
-async fn a_full_queue_drops_webhooks_counted_and_logged_never_a_message() {
+/// The receiver holds the first webhook; ten messages are acknowledged meanwhile; then
+/// `kill -9`. After a start on the same store the receiver gets everything, in commit order,
+/// the held webhook under its first id.
+async fn webhooks_outlive_a_kill(store_extra: &str) {
     let env = TestEnv::new();
     let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
     receiver.hang().await;
-    let world = start(
-        env,
-        &receiver,
-        "timeout = \"30s\"\nqueue_capacity = 1\nmax_in_flight = 1",
-    )
-    .await;
+    // Long enough that the held attempt is still held at the kill.
+    let mut world = start_on(env, &receiver, "timeout = \"10s\"", store_extra).await;
     let mut c = world.consumer().await;
     let conversation = open(&mut c).await;
-    // One webhook held by the receiver, one waiting behind it, one in the queue: the rest of
-    // these ten do not fit.
+    let held = receiver.wait_received(1, Duration::from_secs(20)).await;
+    assert_eq!(held.len(), 1, "{held:#?}");
     for i in 0..10 {
         let sent = publish(&mut c, &conversation, &format!("message {i}")).await;
         assert_eq!(sent["code"], 200, "{sent}");
         assert_eq!(sent["body"]["sequence"], i);
     }
-    world
-        .wait_metric(r#"brandgate_relay_webhooks_total{type="message.created",result="dropped"}"#)
-        .await;
-    let log = world.daemon.wait_log("relay webhooks dropped").await;
+    world.daemon.signal(libc::SIGKILL);
+    world.daemon.wait_exit(Duration::from_secs(10)).await;
+    receiver.answer_again().await;
+    let config = std::fs::read_to_string(&world.daemon.config_path).unwrap();
+    let mut daemon = Daemon::start(world.env.path(), &config).await;
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let delivered = loop {
+        let delivered: Vec<Value> = receiver
+            .deliveries()
+            .await
+            .into_iter()
+            .filter(|d| d["status"] == 200)
+            .collect();
+        if delivered.len() >= 11 {
+            break delivered;
+        }
+        assert!(Instant::now() < deadline, "{delivered:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = daemon.stop().await;
+    let seen: Vec<(&str, Option<i64>)> = delivered
+        .iter()
+        .map(|d| {
+            (
+                d["body"]["type"].as_str().unwrap(),
+                d["body"]["sequence"].as_i64(),
+            )
+        })
+        .collect();
+    let mut expected = vec![("conversation.created", None)];
+    expected.extend((0..10).map(|i| ("message.created", Some(i))));
+    assert_eq!(seen, expected, "every webhook once, in commit order");
     assert_eq!(
-        log.matches("relay webhooks dropped").count(),
+        delivered[0]["delivery"], held[0]["delivery"],
+        "the held one, under its id"
+    );
+    assert!(delivered.iter().all(|d| d["signatureValid"] == true));
+    assert!(
+        delivered
+            .iter()
+            .all(|d| d["body"]["conversationId"] == conversation.as_str())
+    );
+    assert_eq!(
+        receiver
+            .deliveries()
+            .await
+            .iter()
+            .filter(|d| d["status"] == 200)
+            .count(),
+        11,
+        "nothing twice"
+    );
+    assert!(!log.contains("outbox items wait in the store"), "{log}");
+}
+
+#[tokio::test]
+async fn webhooks_outlive_a_kill_on_sqlite() {
+    webhooks_outlive_a_kill("").await;
+}
+
+#[tokio::test]
+async fn webhooks_outlive_a_kill_on_postgresql() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    webhooks_outlive_a_kill(&format!("url = \"{}\"", db.url)).await;
+    db.drop().await;
+}
+
+/// A receiver that refuses (`400`) gets nothing more of that webhook until the operator, who
+/// sees it parked with the answer, puts it back: then it goes, under the same id.
+#[tokio::test]
+async fn a_refused_webhook_is_parked_until_the_operator_retries_it() {
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([400])).await;
+    let world = start(env, &receiver, "events = [\"conversation.created\"]").await;
+    let mut c = world.consumer().await;
+    open(&mut c).await;
+    let refused = receiver.wait_for(1, Duration::from_secs(20)).await;
+    world
+        .wait_metric(r#"brandgate_outbox_items{kind="webhook",state="parked"} 1"#)
+        .await;
+    let listed = outbox_list(&world, &["--parked"]).await;
+    let id = refused[0]["delivery"].as_str().unwrap();
+    let line = listed.lines().nth(1).unwrap_or_default();
+    assert!(line.starts_with(id), "{listed}");
+    assert!(
+        line.contains(" parked ") && line.ends_with("answered 400"),
+        "{listed}"
+    );
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    let config = world.daemon.config_path.to_str().unwrap();
+    let (code, out, err) =
+        crate::support::daemon::run(&["outbox", "retry", "--config", config, "no-such-id"], &[])
+            .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("no parked outbox item \"no-such-id\""),
+        "{err}"
+    );
+    let (code, out, err) =
+        crate::support::daemon::run(&["outbox", "retry", "--config", config, id], &[]).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "1 parked item(s) due again now"),
+        "{err}"
+    );
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[1]["status"], 200);
+    assert_eq!(got[1]["delivery"], id);
+    world
+        .wait_metric(r#"brandgate_outbox_items{kind="webhook",state="parked"} 0"#)
+        .await;
+    assert_eq!(
+        outbox_list(&world, &[]).await.lines().count(),
         1,
-        "logged at most every 10 s"
+        "only the header"
     );
 }
 

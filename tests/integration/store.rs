@@ -85,6 +85,7 @@ async fn conforms(store: &Store) {
 
     grants_conform(store).await;
     relay_conforms(store).await;
+    crate::store_outbox::conforms(store).await;
     agents_conform(store).await;
 
     // Migrations are idempotent, and a database from a newer brandgate is refused.
@@ -481,6 +482,7 @@ fn new_event<'a>(
         holder: None,
         sealed: b"sealed",
         created_at: UnixMillis(2_000),
+        outbox: &[],
     }
 }
 
@@ -488,11 +490,13 @@ fn new_event<'a>(
 /// concurrency, idempotent re-sends, no events in closed conversations.
 async fn relay_conforms(store: &Store) {
     store
-        .create_conversation(&conversation("c1", "u1"))
+        .create_conversation(&conversation("c1", "u1"), &[])
         .await
         .unwrap();
     assert!(matches!(
-        store.create_conversation(&conversation("c2", "u1")).await,
+        store
+            .create_conversation(&conversation("c2", "u1"), &[])
+            .await,
         Err(StoreError::Conflict)
     ));
     assert_eq!(
@@ -583,13 +587,13 @@ async fn relay_conforms(store: &Store) {
     // Closing: once; no events after; then the consumer may open a new one.
     assert!(
         store
-            .close_conversation(&"c1".into(), UnixMillis(3_000))
+            .close_conversation(&"c1".into(), UnixMillis(3_000), &[])
             .await
             .unwrap()
     );
     assert!(
         !store
-            .close_conversation(&"c1".into(), UnixMillis(3_001))
+            .close_conversation(&"c1".into(), UnixMillis(3_001), &[])
             .await
             .unwrap()
     );
@@ -617,7 +621,7 @@ async fn relay_conforms(store: &Store) {
     assert_eq!(closed.last_seq, 21);
     let mut later = conversation("c3", "u1");
     later.created_at = UnixMillis(5_000);
-    store.create_conversation(&later).await.unwrap();
+    store.create_conversation(&later, &[]).await.unwrap();
     let list = store
         .list_consumer_conversations("acct", &"u1".into(), 10)
         .await
@@ -712,7 +716,7 @@ async fn routing_conforms(store: &Store) {
     for (i, consumer) in ["r1", "r2", "r3"].iter().enumerate() {
         let mut c = conversation(&format!("q{i}"), consumer);
         c.created_at = UnixMillis(10_000 + i as i64);
-        store.create_conversation(&c).await.unwrap();
+        store.create_conversation(&c, &[]).await.unwrap();
         waiting.push(c.id);
     }
     let queue = |rows: Vec<ConversationRow>| {
@@ -885,7 +889,7 @@ async fn routing_conforms(store: &Store) {
     // A closed conversation cannot be taken or returned, and stays in its agent's list.
     assert!(
         store
-            .close_conversation(&"q1".into(), UnixMillis(20_000))
+            .close_conversation(&"q1".into(), UnixMillis(20_000), &[])
             .await
             .unwrap()
     );
@@ -897,7 +901,7 @@ async fn routing_conforms(store: &Store) {
     );
     assert!(
         store
-            .close_conversation(&"q2".into(), UnixMillis(20_000))
+            .close_conversation(&"q2".into(), UnixMillis(20_000), &[])
             .await
             .unwrap()
     );

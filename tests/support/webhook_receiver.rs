@@ -102,6 +102,23 @@ impl WebhookReceiver {
         assert_eq!(a.status, 200, "{}", a.body);
     }
 
+    /// Waits (at most `limit`) until `n` webhooks were received, answered or not (one held
+    /// by [`WebhookReceiver::hang`] counts).
+    pub async fn wait_received(&self, n: usize, limit: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.deliveries().await;
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} webhooks not received within {limit:?}; got {got:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (at most `limit`) until `n` webhooks were received and answered; more than `n`
     /// fails. (A caller asserting that nothing more comes must wait for what would show it,
     /// such as the daemon's stop, and look again.)

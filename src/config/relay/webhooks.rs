@@ -44,11 +44,11 @@ pub struct WebhooksConfig {
     /// Attempts per webhook, the first included; then it is given up (logged and counted).
     #[serde(default = "defaults::max_attempts")]
     pub max_attempts: u32,
-    /// Webhooks waiting to be sent; when it is full new ones are dropped (counted), the relay
-    /// never waits for the receiver.
-    #[serde(default = "defaults::queue_capacity")]
-    pub queue_capacity: usize,
-    /// Webhooks being sent at once (each conversation's in order, one at a time).
+    /// No longer used: webhooks wait in the store's outbox, none is dropped. Still read, so an
+    /// older config starts; `check-config` and the start-up log say so.
+    pub queue_capacity: Option<usize>,
+    /// Outbox items being sent at once by this node (each conversation's in order, one at a
+    /// time).
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
 }
@@ -85,12 +85,6 @@ impl WebhooksConfig {
         if self.max_attempts == 0 || self.max_attempts > 20 {
             p.push("relay.webhooks.max_attempts", "must be between 1 and 20");
         }
-        if self.queue_capacity == 0 || self.queue_capacity > 1_000_000 {
-            p.push(
-                "relay.webhooks.queue_capacity",
-                "must be between 1 and 1000000",
-            );
-        }
         if self.max_in_flight == 0 || self.max_in_flight > 256 {
             p.push("relay.webhooks.max_in_flight", "must be between 1 and 256");
         }
@@ -112,9 +106,6 @@ mod defaults {
     }
     pub fn max_attempts() -> u32 {
         10
-    }
-    pub fn queue_capacity() -> usize {
-        10_000
     }
     pub fn max_in_flight() -> usize {
         8
@@ -163,10 +154,10 @@ mod tests {
     fn unknown_events_and_bad_limits_are_each_reported() {
         let c = config(
             "events = [\"message.created\", \"message.deleted\"]\ntimeout = \"0s\"\n\
-             max_attempts = 0\nqueue_capacity = 0\nmax_in_flight = 0\n",
+             max_attempts = 0\nmax_in_flight = 0\n",
         );
         let p = problems(&c);
-        assert_eq!(p.len(), 5, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
         assert!(p[0].contains("\"message.deleted\" is not one of"), "{p:?}");
         assert!(c.wants("message.created"));
         assert!(!c.wants("conversation.created"));

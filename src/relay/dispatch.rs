@@ -1,0 +1,323 @@
+//! The outbox dispatcher: works off what the relay's commits left in the store's outbox
+//! ([`crate::store::outbox`]), on every node at once.
+//!
+//! It claims due items under a lease (so each goes to one node, and a node that dies hands
+//! its items back when the lease runs out), makes one attempt at each, several at once, and
+//! settles it in the store: removed when done, rescheduled with the error when it is to be
+//! tried again, parked when its attempts are used up. It claims when woken by a local commit
+//! ([`Doorbell::ring`]), when an attempt ends (the next item of that lane is due), and at
+//! least every [`POLL`] (other nodes' commits, retries coming due). Stopping lets the running
+//! attempts end, then gives the leases back: nothing waits in memory, so a restart, graceful
+//! or not, loses nothing. A lease lasts a little longer than one attempt can
+//! ([`Handler::lease`]): a node that dies holding items hands them back that soon (on SQLite,
+//! which one process serves, at once when it starts again).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{Clock, UnixMillis};
+use crate::store::Store;
+use crate::store::outbox::{OutboxCount, OutboxItem, Settle, Settled};
+
+/// The longest an idle dispatcher goes without looking for due items.
+const POLL: Duration = Duration::from_secs(1);
+/// How often the backlog gauges are read from the store, and parked items purged.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// Parked items are removed after this long (the operator had a week to retry them).
+const PARKED_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The end of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// Try again after `wait`.
+    Retry {
+        wait: Duration,
+        error: String,
+    },
+    /// Not to be tried again by itself: parked for the operator.
+    Park {
+        error: String,
+    },
+    /// Nothing to do any more (the feature was turned off): removed unsent.
+    Drop {
+        why: &'static str,
+    },
+}
+
+/// What works off one kind of item (the webhooks; away pushes next). The dispatcher knows no
+/// kind itself: they plug in here.
+pub trait Handler: Send + Sync + 'static {
+    /// The items' `kind`.
+    fn kind(&self) -> &'static str;
+    /// How long a claim lasts: longer than one attempt can take.
+    fn lease(&self) -> Duration;
+    /// One attempt at `item` (its `attempts` made before), and what to do next.
+    fn attempt<'a>(
+        &'a self,
+        item: &'a OutboxItem,
+    ) -> Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
+}
+
+/// Wakes the dispatcher after a commit that wrote outbox items. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Doorbell(Arc<Notify>);
+
+impl Doorbell {
+    pub fn ring(&self) {
+        self.0.notify_one();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BacklogLabels {
+    kind: String,
+    state: &'static str,
+}
+
+/// The outbox's backlog, by kind and state (pending, parked), as last read.
+#[derive(Clone, Default)]
+struct OutboxMetrics {
+    items: Family<BacklogLabels, Gauge>,
+}
+
+/// The dispatcher of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// This node's lease owner name (new at every start).
+    owner: String,
+    bell: Doorbell,
+    handlers: Vec<Arc<dyn Handler>>,
+    in_flight: usize,
+    metrics: OutboxMetrics,
+    stopping: CancellationToken,
+    task: TaskTracker,
+}
+
+impl Dispatcher {
+    /// Starts working off the outbox with `handlers`, at most `in_flight` attempts at once.
+    pub fn start(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        handlers: Vec<Arc<dyn Handler>>,
+        in_flight: usize,
+        registry: &mut Registry,
+    ) -> Dispatcher {
+        let metrics = OutboxMetrics::default();
+        registry.register(
+            "brandgate_outbox_items",
+            "Outbox items (webhooks waiting to be sent), by kind and state (pending, parked), read every few seconds",
+            metrics.items.clone(),
+        );
+        let shared = Arc::new(Shared {
+            store,
+            clock,
+            owner: uuid::Uuid::new_v4().to_string(),
+            bell: Doorbell::default(),
+            handlers,
+            in_flight: in_flight.max(1),
+            metrics,
+            stopping: CancellationToken::new(),
+            task: TaskTracker::new(),
+        });
+        shared.task.spawn(run(shared.clone()));
+        shared.task.close();
+        Dispatcher { shared }
+    }
+
+    /// What commits ring after writing outbox items.
+    pub fn doorbell(&self) -> Doorbell {
+        self.shared.bell.clone()
+    }
+
+    /// Stops claiming, lets the running attempts end, and gives the leases back. The caller
+    /// bounds the wait (an attempt ends within its timeout).
+    pub async fn stop(&self) {
+        self.shared.stopping.cancel();
+        self.shared.task.wait().await;
+        let shared = &self.shared;
+        if let Err(e) = shared.store.release_outbox(&shared.owner).await {
+            tracing::warn!(error = %e, "cannot hand the outbox's leases back; other nodes take the items when the leases run out");
+        }
+        match shared.store.count_outbox().await {
+            Ok(counts) => {
+                let pending: i64 = counts.iter().map(|c| c.pending).sum();
+                if pending > 0 {
+                    tracing::info!(
+                        pending,
+                        "outbox items wait in the store for the next start (or another node)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the outbox's items"),
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>) {
+    match shared.store.release_orphaned_outbox_leases().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            released = n,
+            "outbox items a stopped process was working on are due again"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot release the outbox's orphaned leases"),
+    }
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut last_purge: Option<tokio::time::Instant> = None;
+    loop {
+        // Claim while there is room and items come back (more may be due).
+        while !shared.stopping.is_cancelled() && running.len() < shared.in_flight {
+            let room = shared.in_flight - running.len();
+            let now = UnixMillis::now(&*shared.clock);
+            let claimed = match shared
+                .store
+                .claim_outbox(
+                    &shared.owner,
+                    now,
+                    now.after(shared.lease()),
+                    room as i64,
+                )
+                .await
+            {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim outbox items; trying again shortly");
+                    Vec::new()
+                }
+            };
+            let full = claimed.len() == room;
+            for item in claimed {
+                running.spawn(attempt(shared.clone(), item));
+            }
+            if !full {
+                break;
+            }
+        }
+        tokio::select! {
+            () = shared.stopping.cancelled() => {
+                while running.join_next().await.is_some() {}
+                return;
+            }
+            () = shared.bell.0.notified() => {}
+            Some(_) = running.join_next() => {}
+            _ = housekeeping.tick() => {
+                shared.read_backlog().await;
+                if last_purge.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+                    last_purge = Some(tokio::time::Instant::now());
+                    shared.purge_parked().await;
+                }
+            }
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// One attempt at `item`, settled in the store.
+async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
+    let handler = shared.handlers.iter().find(|h| h.kind() == item.kind);
+    let verdict = match handler {
+        Some(handler) => handler.attempt(&item).await,
+        None => Verdict::Park {
+            error: format!(
+                "this brandgate does not handle outbox items of kind {:?}",
+                item.kind
+            ),
+        },
+    };
+    let now = UnixMillis::now(&*shared.clock);
+    let settle = match &verdict {
+        Verdict::Delivered => Settle::Done { renewed_due: now },
+        Verdict::Drop { why } => {
+            tracing::info!(item = %item.id, kind = %item.kind, why, "an outbox item was removed unsent");
+            Settle::Done { renewed_due: now }
+        }
+        Verdict::Retry { wait, error } => Settle::Retry {
+            next_at: now.after(*wait),
+            error,
+        },
+        Verdict::Park { error } => Settle::Park { error, at: now },
+    };
+    match shared
+        .store
+        .settle_outbox(&item, &shared.owner, settle)
+        .await
+    {
+        Ok(Settled::LeaseLost) => {
+            tracing::warn!(item = %item.id, kind = %item.kind, "an outbox item's lease ran out during its attempt; another node may repeat it")
+        }
+        Ok(Settled::Removed | Settled::Kept) => {}
+        // The lease runs out and the item is tried again: at least once, never lost.
+        Err(e) => {
+            tracing::warn!(error = %e, item = %item.id, "cannot record an outbox attempt; the item is tried again after its lease")
+        }
+    }
+    // The lane's next item may be due now.
+    shared.bell.ring();
+}
+
+impl Shared {
+    /// The longest lease any kind needs (all claimed items get it).
+    fn lease(&self) -> Duration {
+        self.handlers
+            .iter()
+            .map(|h| h.lease())
+            .max()
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    async fn read_backlog(&self) {
+        let Ok(counts) = self.store.count_outbox().await else {
+            return;
+        };
+        self.metrics.items.clear();
+        // The kinds this node works on show even when none waits (a 0 an alert can read).
+        let known = self.handlers.iter().map(|h| OutboxCount {
+            kind: h.kind().to_string(),
+            ..OutboxCount::default()
+        });
+        for c in known.into_iter().chain(counts) {
+            for (state, n) in [("pending", c.pending), ("parked", c.parked)] {
+                self.metrics
+                    .items
+                    .get_or_create(&BacklogLabels {
+                        kind: c.kind.clone(),
+                        state,
+                    })
+                    .set(n);
+            }
+        }
+    }
+
+    async fn purge_parked(&self) {
+        let before = UnixMillis(UnixMillis::now(&*self.clock).0 - PARKED_KEPT.as_millis() as i64);
+        match self.store.purge_parked_outbox(before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    removed = n,
+                    "parked outbox items older than a week were removed"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot purge parked outbox items"),
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The outbox's part of the store's conformance suite (`src/store/outbox.rs` has the contract),
+//! run by `store.rs` against SQLite and PostgreSQL, and two "nodes" claiming at once.
+
+use std::collections::BTreeMap;
+
+use brandgate::clock::UnixMillis;
+use brandgate::ids::ConversationId;
+use brandgate::store::outbox::{NewOutboxItem, OutboxCount, Settle, Settled};
+use brandgate::store::relay::{ConversationRow, NewEvent};
+use brandgate::store::{Store, StoreError};
+
+const T0: UnixMillis = UnixMillis(1_000_000);
+
+fn item(id: &str, lane: &str, dedupe_key: Option<&str>) -> NewOutboxItem {
+    NewOutboxItem {
+        id: id.into(),
+        kind: "webhook".into(),
+        lane: lane.into(),
+        dedupe_key: dedupe_key.map(str::to_string),
+        payload: format!(r#"{{"item":"{id}"}}"#).into_bytes(),
+        created_at: T0,
+        next_at: T0,
+    }
+}
+
+fn conversation(id: &str, consumer: &str) -> ConversationRow {
+    ConversationRow {
+        id: id.into(),
+        account: "outbox".into(),
+        consumer_id: consumer.into(),
+        open: true,
+        agent_id: None,
+        skill: None,
+        created_at: T0,
+        closed_at: None,
+        last_seq: -1,
+    }
+}
+
+fn event<'a>(
+    conversation_id: &'a ConversationId,
+    event_id: &'a str,
+    client: &'a str,
+    outbox: &'a [NewOutboxItem],
+) -> NewEvent<'a> {
+    NewEvent {
+        conversation_id,
+        event_id,
+        originator_id: "consumer-o",
+        originator_role: "CONSUMER",
+        client_event_id: Some(client),
+        holder: None,
+        sealed: b"sealed",
+        created_at: T0,
+        outbox,
+    }
+}
+
+async fn ids(store: &Store, parked: Option<bool>) -> Vec<String> {
+    store
+        .list_outbox(parked, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+async fn claim(store: &Store, owner: &str, at: UnixMillis) -> Vec<String> {
+    store
+        .claim_outbox(owner, at, at.after(std::time::Duration::from_secs(60)), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+/// The contract, on an empty outbox.
+pub async fn conforms(store: &Store) {
+    // Written with their cause, and only then.
+    let c1 = conversation("o1", "ou1");
+    store
+        .create_conversation(&c1, &[item("a", "lane-1", None)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_conversation(
+                &conversation("o1-dup", "ou1"),
+                &[item("lost", "lane-1", None)]
+            )
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    let appended = store
+        .append_event(&event(
+            &c1.id,
+            "outbox-e1",
+            "k1",
+            &[item("b", "lane-1", None)],
+        ))
+        .await
+        .unwrap();
+    assert!(appended.created);
+    // A re-send writes nothing new.
+    let again = store
+        .append_event(&event(
+            &c1.id,
+            "outbox-e1-again",
+            "k1",
+            &[item("lost-2", "lane-1", None)],
+        ))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert!(
+        store
+            .close_conversation(&c1.id, T0, &[item("c", "lane-1", None)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .close_conversation(&c1.id, T0, &[item("lost-3", "lane-1", None)])
+            .await
+            .unwrap()
+    );
+    let c2 = conversation("o2", "ou2");
+    store
+        .create_conversation(&c2, &[item("d", "lane-2", None)])
+        .await
+        .unwrap();
+    assert_eq!(ids(store, None).await, ["a", "b", "c", "d"]);
+    let listed = store.list_outbox(None, 100).await.unwrap();
+    assert_eq!(listed[0].conversation_id, Some(c1.id.clone()));
+    assert_eq!((listed[0].seq, listed[1].seq), (None, Some(appended.seq)));
+    assert_eq!(listed[1].payload, br#"{"item":"b"}"#);
+    assert_eq!(
+        (listed[0].attempts, listed[0].parked, listed[0].version),
+        (0, false, 0)
+    );
+
+    // Only each lane's head can be claimed, by one owner, and nothing before it is due.
+    assert_eq!(
+        claim(store, "n1", UnixMillis(T0.0 - 1)).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(claim(store, "n1", T0).await, ["a", "d"]);
+    assert_eq!(claim(store, "n2", T0).await, Vec::<String>::new());
+    let held = store.list_outbox(None, 1).await.unwrap().remove(0);
+    assert_eq!(
+        store
+            .settle_outbox(&held, "n2", Settle::Done { renewed_due: T0 })
+            .await
+            .unwrap(),
+        Settled::LeaseLost,
+        "only the lease's owner settles"
+    );
+    assert_eq!(
+        store
+            .settle_outbox(&held, "n1", Settle::Done { renewed_due: T0 })
+            .await
+            .unwrap(),
+        Settled::Removed
+    );
+    assert_eq!(claim(store, "n2", T0).await, ["b"]);
+
+    // A retry waits for its time, and holds its lane back meanwhile.
+    let b = store.list_outbox(None, 1).await.unwrap().remove(0);
+    let later = T0.after(std::time::Duration::from_secs(10));
+    assert_eq!(
+        store
+            .settle_outbox(
+                &b,
+                "n2",
+                Settle::Retry {
+                    next_at: later,
+                    error: "answered 503"
+                }
+            )
+            .await
+            .unwrap(),
+        Settled::Kept
+    );
+    assert_eq!(claim(store, "n1", T0).await, Vec::<String>::new());
+    assert_eq!(claim(store, "n1", later).await, ["b"]);
+
+    // Parked: out of the lane (the next one goes), listed with its error, retried on demand.
+    let b = store.list_outbox(None, 1).await.unwrap().remove(0);
+    assert_eq!(
+        store
+            .settle_outbox(
+                &b,
+                "n1",
+                Settle::Park {
+                    error: "answered 400",
+                    at: later
+                }
+            )
+            .await
+            .unwrap(),
+        Settled::Kept
+    );
+    let parked = store.list_outbox(Some(true), 100).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(
+        (
+            parked[0].id.as_str(),
+            parked[0].attempts,
+            parked[0].last_error.as_deref()
+        ),
+        ("b", 2, Some("answered 400"))
+    );
+    assert_eq!(ids(store, Some(false)).await, ["c", "d"]);
+    assert_eq!(
+        store.count_outbox().await.unwrap(),
+        [OutboxCount {
+            kind: "webhook".into(),
+            pending: 2,
+            parked: 1
+        }]
+    );
+    assert_eq!(claim(store, "n1", later).await, ["c"]);
+    assert_eq!(
+        store
+            .retry_parked_outbox(Some("nope"), later)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.retry_parked_outbox(None, later).await.unwrap(), 1);
+    let b = store.list_outbox(None, 1).await.unwrap().remove(0);
+    assert_eq!((b.id.as_str(), b.parked, b.attempts), ("b", false, 0));
+
+    // A lease that ran out is another owner's to take; the first can no longer settle it.
+    let expired = later.after(std::time::Duration::from_secs(61));
+    let c = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "c")
+        .unwrap();
+    // d's lease (n1's, from T0) ran out too.
+    assert_eq!(
+        claim(store, "n2", expired).await,
+        ["b", "d"],
+        "b heads lane-1 again"
+    );
+    // (c is lane-1's too: behind b now, whatever its lease.)
+    assert_eq!(
+        store
+            .settle_outbox(
+                &c,
+                "n1",
+                Settle::Done {
+                    renewed_due: expired
+                }
+            )
+            .await
+            .unwrap(),
+        Settled::Removed,
+        "nobody else took c: n1's lease, though run out, is still the one on it"
+    );
+
+    // Handing leases back: at once claimable by another owner.
+    assert_eq!(store.release_outbox("n2").await.unwrap(), 2);
+    assert_eq!(claim(store, "n3", expired).await, ["b", "d"]);
+    let b = store.list_outbox(None, 1).await.unwrap().remove(0);
+    store
+        .settle_outbox(
+            &b,
+            "n3",
+            Settle::Done {
+                renewed_due: expired,
+            },
+        )
+        .await
+        .unwrap();
+
+    // One pending item per dedupe key: a second write renews it (and gives it the new
+    // sequence); completing what was claimed before the renewal keeps it, due again.
+    let c3 = conversation("o3", "ou3");
+    store.create_conversation(&c3, &[]).await.unwrap();
+    let key = Some("away:o3");
+    store
+        .append_event(&event(
+            &c3.id,
+            "outbox-e3",
+            "k3",
+            &[item("p1", "lane-3", key)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(claim(store, "n1", expired).await, ["p1"]);
+    let p = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "p1")
+        .unwrap();
+    let second = store
+        .append_event(&event(
+            &c3.id,
+            "outbox-e4",
+            "k4",
+            &[item("p2", "lane-3", key)],
+        ))
+        .await
+        .unwrap();
+    let renewed = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.lane == "lane-3")
+        .unwrap();
+    assert_eq!(
+        (renewed.id.as_str(), renewed.version, renewed.seq),
+        ("p1", 1, Some(second.seq))
+    );
+    let due_again = expired.after(std::time::Duration::from_secs(3));
+    assert_eq!(
+        store
+            .settle_outbox(
+                &p,
+                "n1",
+                Settle::Done {
+                    renewed_due: due_again
+                }
+            )
+            .await
+            .unwrap(),
+        Settled::Kept
+    );
+    assert_eq!(claim(store, "n1", expired).await, Vec::<String>::new());
+    assert_eq!(claim(store, "n2", due_again).await, ["p1"]);
+    let p = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "p1")
+        .unwrap();
+    assert_eq!(
+        store
+            .settle_outbox(
+                &p,
+                "n2",
+                Settle::Done {
+                    renewed_due: due_again
+                }
+            )
+            .await
+            .unwrap(),
+        Settled::Removed
+    );
+
+    // Purged: parked items older than the cut-off, nothing else.
+    let d = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "d")
+        .unwrap();
+    store
+        .settle_outbox(
+            &d,
+            "n3",
+            Settle::Park {
+                error: "gone",
+                at: T0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.purge_parked_outbox(T0).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_parked_outbox(T0.after(std::time::Duration::from_millis(1)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(ids(store, None).await, Vec::<String>::new());
+}
+
+/// Two handles on one database ("nodes") claim and complete at once: every item is handed out
+/// exactly once, and each lane's in its written order.
+async fn two_nodes_share_the_work(first: &Store, second: &Store) {
+    const LANES: usize = 8;
+    const PER_LANE: usize = 25;
+    for lane in 0..LANES {
+        let c = conversation(&format!("shared-{lane}"), &format!("shared-u{lane}"));
+        first.create_conversation(&c, &[]).await.unwrap();
+        for n in 0..PER_LANE {
+            let id = format!("{lane}-{n:02}");
+            let key = format!("k-{id}");
+            first
+                .append_event(&event(
+                    &c.id,
+                    &format!("event-{id}"),
+                    &key,
+                    &[item(&id, &format!("shared-lane-{lane}"), None)],
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let work = |store: Store, owner: &'static str| async move {
+        let mut done = Vec::new();
+        let mut idle = 0;
+        // Bounded: at most this many rounds, ending once the outbox stays empty.
+        for _ in 0..10_000 {
+            let items = store
+                .claim_outbox(owner, T0, T0.after(std::time::Duration::from_secs(60)), 4)
+                .await
+                .unwrap();
+            if items.is_empty() {
+                idle += 1;
+                if idle > 50 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            idle = 0;
+            for i in items {
+                let settled = store
+                    .settle_outbox(&i, owner, Settle::Done { renewed_due: T0 })
+                    .await
+                    .unwrap();
+                assert_eq!(settled, Settled::Removed);
+                done.push(i.id);
+            }
+        }
+        done
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(work(first.clone(), "node-a")),
+        tokio::spawn(work(second.clone(), "node-b"))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut all: Vec<&String> = a.iter().chain(&b).collect();
+    all.sort();
+    let expected: Vec<String> = (0..LANES)
+        .flat_map(|l| (0..PER_LANE).map(move |n| format!("{l}-{n:02}")))
+        .collect();
+    assert_eq!(
+        all,
+        expected.iter().collect::<Vec<_>>(),
+        "each exactly once"
+    );
+    // Within a node's own completions, each lane's items appear in order.
+    for done in [&a, &b] {
+        let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+        for id in done {
+            let (lane, n) = id.split_once('-').unwrap();
+            if let Some(before) = last.insert(lane, n) {
+                assert!(before < n, "{id} after {lane}-{before}");
+            }
+        }
+    }
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both nodes took work: {} and {}",
+        a.len(),
+        b.len()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_nodes_share_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Store::default_url(dir.path());
+    let (first, second) = (open(&url).await, open(&url).await);
+    two_nodes_share_the_work(&first, &second).await;
+}
+
+#[tokio::test]
+async fn postgres_nodes_share_the_outbox() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let (first, second) = (open(&db.url).await, open(&db.url).await);
+    two_nodes_share_the_work(&first, &second).await;
+    first.close().await;
+    second.close().await;
+    db.drop().await;
+}
+
+async fn open(url: &str) -> Store {
+    Store::open(brandgate::store::StoreOptions {
+        url,
+        password: None,
+        max_connections: 4,
+    })
+    .await
+    .unwrap()
+}
