@@ -2,54 +2,60 @@
 //! in time, one push goes out per conversation burst, through the push proxy's door (so the
 //! app's mask text, collapse and retry rules apply), to every device the consumer registered.
 //!
-//! A consumer with a live socket on this node has `relay.away.ack_delay` to send an
-//! `AcceptStatusEvent` (ACCEPT or READ) covering the message; one without gets its push after
-//! `relay.away.burst`, so messages sent together make one push. The badge is the number of
-//! agent messages not acknowledged yet. A token the provider reports dead is removed.
+//! Nothing of it lives only in memory. The agent's message writes, in its own transaction, one
+//! outbox item per conversation ([`Away::item`]; a message while one is pending renews it), due
+//! after the shorter of `relay.away.ack_delay` and `relay.away.burst`. When it is due, on
+//! whichever node claims it ([`Away::attempt`]), everything is read from the store: the
+//! conversation (closed: nothing), the agent messages after the consumer's newest receipt
+//! (ACCEPT or READ, from any node), and whether the consumer has a socket open on any node. A
+//! connected consumer has `ack_delay` from the burst's first message to acknowledge, an away
+//! one `burst`; then one push shows the newest unread message, with the number unread as the
+//! badge. A restart (graceful or `kill -9`) between the message and the push still sends it,
+//! once. A token the provider reports dead is removed.
 //!
-//! Before a push, the consumer's receipts are looked for in the store too (they may have been
-//! committed on another node). What is unread is kept in memory, bounded (when full, the
-//! conversations without a push pending are forgotten first) and dropped when the
-//! conversation closes: a restart forgets pushes not sent yet. Presence is per node: with
-//! several nodes, a consumer connected to another node counts as away (its receipts still
-//! prevent the push).
+//! Presence: each node records the consumers it holds sockets of in the store (only when the
+//! first opens and the last closes, in order, by one task) and keeps its rows alive; a node that
+//! dies leaves rows that expire after [`PRESENCE_TTL`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::vocabulary::{Event, Role};
+use super::dispatch::{Handler, Verdict};
+use super::vocabulary::{Event, Role, event_seal_context};
+use crate::clock::{Clock, UnixMillis};
 use crate::ids::{ConsumerId, ConversationId};
 use crate::push::{Attempt, DeviceToken, Provider, PushRequest, PushService};
 use crate::store::Store;
 use crate::store::devices::PushRegistration;
+use crate::store::outbox::{NewOutboxItem, OutboxItem};
+use crate::store::relay::ConversationRow;
 use crate::store::seal::DataKeys;
 
-/// Conversations with unread agent messages tracked at once; beyond, new ones get no push.
-const MAX_TRACKED: usize = 100_000;
-/// Unread sequences kept per conversation (the badge stops counting there).
-const MAX_UNREAD: usize = 100;
-/// Stored events read at most when looking for the consumer's receipts before a push.
-const RECEIPTS_READ: i64 = 500;
+/// The outbox kind of an away push.
+const KIND: &str = "away_push";
+/// Stored events read, around the burst's newest message, for receipts and unread messages.
+const EVENTS_READ: i64 = 500;
+/// A node's presence rows outlive its last refresh by this long.
+const PRESENCE_TTL: Duration = Duration::from_secs(60);
+/// How often a node refreshes its presence rows.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
+/// Presence changes waiting for the store; beyond, one is dropped (logged): the consumer then
+/// counts as away, or present, until its next connection.
+const PRESENCE_QUEUE: usize = 10_000;
+/// Attempts at an away push while the store cannot answer.
+const STORE_ATTEMPTS: i64 = 6;
 
 /// The associated data a device token is sealed with.
 pub fn seal_context(account: &str, consumer_id: &ConsumerId, app: &str) -> Vec<u8> {
     format!("push_registration:{account}:{consumer_id}:{app}").into_bytes()
-}
-
-/// Agent messages a consumer has not acknowledged, in one conversation.
-struct Unread {
-    consumer_id: ConsumerId,
-    seqs: BTreeSet<i64>,
-    /// The newest message's text (the push shows it, masked by the app's rule).
-    text: String,
-    /// The newest sequence a push went out for.
-    pushed_through: i64,
-    /// A push check is scheduled.
-    armed: bool,
 }
 
 /// The away-push service of the relay. Shared (`Arc`).
@@ -58,12 +64,15 @@ pub struct Away {
     push: PushService,
     store: Store,
     data_keys: Arc<DataKeys>,
+    clock: Arc<dyn Clock>,
     ack_delay: Duration,
     burst: Duration,
     /// Consumers with a live socket on this node, and how many.
     online: Mutex<HashMap<ConsumerId, usize>>,
-    unread: Mutex<HashMap<ConversationId, Unread>>,
-    timers: TaskTracker,
+    /// First-socket-opened (`true`) and last-socket-closed (`false`), to the store in order.
+    presence_changes: Option<mpsc::Sender<(ConsumerId, bool)>>,
+    stopping: CancellationToken,
+    tasks: TaskTracker,
 }
 
 /// Counts a consumer as connected while it lives.
@@ -74,35 +83,67 @@ pub struct Presence {
 
 impl Drop for Presence {
     fn drop(&mut self) {
-        let mut online = self.away.online.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = online.get_mut(&self.consumer_id) {
-            *n -= 1;
-            if *n == 0 {
-                online.remove(&self.consumer_id);
+        let last = {
+            let mut online = self.away.online.lock().unwrap_or_else(|e| e.into_inner());
+            match online.get_mut(&self.consumer_id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    online.remove(&self.consumer_id);
+                    true
+                }
+                None => false,
             }
+        };
+        if last {
+            self.away.presence_changed(&self.consumer_id, false);
         }
     }
 }
 
 impl Away {
+    /// Starts the presence writer (inside a tokio runtime; without one, presence is not
+    /// recorded).
     pub fn new(
         account: String,
         push: PushService,
         store: Store,
         data_keys: Arc<DataKeys>,
+        clock: Arc<dyn Clock>,
         ack_delay: Duration,
         burst: Duration,
     ) -> Away {
+        // This node's name in the presence rows (new at every start).
+        let node = uuid::Uuid::new_v4().to_string();
+        let stopping = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let presence_changes = tokio::runtime::Handle::try_current().ok().map(|_| {
+            let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
+            tasks.spawn(write_presence(
+                rx,
+                store.clone(),
+                clock.clone(),
+                account.clone(),
+                node.clone(),
+                stopping.clone(),
+            ));
+            tx
+        });
+        tasks.close();
         Away {
             account,
             push,
             store,
             data_keys,
+            clock,
             ack_delay,
             burst,
             online: Mutex::new(HashMap::new()),
-            unread: Mutex::new(HashMap::new()),
-            timers: TaskTracker::new(),
+            presence_changes,
+            stopping,
+            tasks,
         }
     }
 
@@ -112,181 +153,150 @@ impl Away {
 
     /// Marks the consumer connected until the returned guard is dropped.
     pub fn connected(self: &Arc<Self>, consumer_id: &ConsumerId) -> Presence {
-        *self
-            .online
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(consumer_id.clone())
-            .or_default() += 1;
+        let first = {
+            let mut online = self.online.lock().unwrap_or_else(|e| e.into_inner());
+            let n = online.entry(consumer_id.clone()).or_default();
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            self.presence_changed(consumer_id, true);
+        }
         Presence {
             away: self.clone(),
             consumer_id: consumer_id.clone(),
         }
     }
 
-    fn is_online(&self, consumer_id: &ConsumerId) -> bool {
-        self.online
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(consumer_id)
-    }
-
-    /// An agent's message was committed.
-    pub fn agent_message(
-        self: &Arc<Self>,
-        conversation_id: &ConversationId,
-        consumer_id: &ConsumerId,
-        seq: i64,
-        text: &str,
-    ) {
-        let delay = if self.is_online(consumer_id) {
-            self.ack_delay
-        } else {
-            self.burst
-        };
-        let arm = {
-            let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-            if unread.len() >= MAX_TRACKED && !unread.contains_key(conversation_id) {
-                // Those with no push pending only keep a badge count: they go first.
-                unread.retain(|_, e| e.armed);
-                if unread.len() >= MAX_TRACKED {
-                    tracing::warn!(
-                        "too many conversations with pushes pending; no away push for this one"
-                    );
-                    return;
-                }
-            }
-            let entry = unread
-                .entry(conversation_id.clone())
-                .or_insert_with(|| Unread {
-                    consumer_id: consumer_id.clone(),
-                    seqs: BTreeSet::new(),
-                    text: String::new(),
-                    pushed_through: -1,
-                    armed: false,
-                });
-            if entry.seqs.len() >= MAX_UNREAD {
-                entry.seqs.pop_first();
-            }
-            entry.seqs.insert(seq);
-            entry.text = text.to_string();
-            !std::mem::replace(&mut entry.armed, true)
-        };
-        if arm {
-            let away = self.clone();
-            let conversation = conversation_id.clone();
-            self.timers.spawn(async move {
-                tokio::time::sleep(delay).await;
-                away.check(&conversation).await;
-            });
+    fn presence_changed(&self, consumer_id: &ConsumerId, present: bool) {
+        if let Some(tx) = &self.presence_changes
+            && tx.try_send((consumer_id.clone(), present)).is_err()
+        {
+            tracing::warn!(
+                "too many presence changes waiting for the store; one was dropped (away pushes may come early or late for that consumer)"
+            );
         }
     }
 
-    /// The consumer acknowledged (ACCEPT or READ) sequences up to `seq` of a conversation.
-    pub fn acknowledged(&self, conversation_id: &ConversationId, seq: i64) {
-        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = unread.get_mut(conversation_id) {
-            entry.seqs.retain(|s| *s > seq);
-            if entry.seqs.is_empty() && !entry.armed {
-                unread.remove(conversation_id);
-            }
+    /// The outbox item an agent's message in `conversation` writes at `now`: one per
+    /// conversation while pending (a later message renews it). `None` when no push app is
+    /// configured.
+    pub fn item(&self, conversation: &ConversationRow, now: UnixMillis) -> Option<NewOutboxItem> {
+        if self.push.app_count() == 0 {
+            return None;
         }
+        let key = format!("away:{}", conversation.id);
+        Some(NewOutboxItem {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: KIND.to_string(),
+            lane: key.clone(),
+            dedupe_key: Some(key),
+            payload: json!({"consumerId": conversation.consumer_id})
+                .to_string()
+                .into_bytes(),
+            created_at: now,
+            next_at: now.after(self.ack_delay.min(self.burst)),
+        })
     }
 
-    /// The conversation closed: nothing of it is pushed any more.
-    pub fn closed(&self, conversation_id: &ConversationId) {
-        self.unread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(conversation_id);
-    }
-
-    /// The newest sequence the consumer acknowledged (ACCEPT or READ) in the stored events
-    /// from `from` on, wherever it was committed.
-    async fn acknowledged_in_store(
-        &self,
-        conversation_id: &ConversationId,
-        from: i64,
-    ) -> Option<i64> {
-        let rows = match self
+    /// The item is due: push if something is still unread and the consumer had its time.
+    pub async fn attempt(&self, item: &OutboxItem) -> Verdict {
+        let Some(conversation_id) = &item.conversation_id else {
+            return Verdict::Drop {
+                why: "an away push names no conversation",
+            };
+        };
+        let conversation = match self.store.get_conversation(conversation_id).await {
+            Ok(Some(c)) if c.open => c,
+            Ok(_) => {
+                return Verdict::Drop {
+                    why: "the conversation is closed",
+                };
+            }
+            Err(e) => return store_trouble(item, e),
+        };
+        let newest = item.seq.unwrap_or(conversation.last_seq);
+        let unread = match self.unread(conversation_id, newest).await {
+            Ok(u) => u,
+            Err(e) => return store_trouble(item, e),
+        };
+        let Some(last) = unread.last() else {
+            return Verdict::Delivered;
+        };
+        let now = UnixMillis::now(&*self.clock);
+        let present = match self
             .store
-            .list_events(conversation_id, from, RECEIPTS_READ)
+            .is_consumer_present(&self.account, &conversation.consumer_id, now)
             .await
         {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read a conversation's receipts before an away push");
-                return None;
-            }
+            Ok(p) => p,
+            Err(e) => return store_trouble(item, e),
         };
-        rows.iter()
-            .filter(|r| Role::from_name(&r.originator_role) == Role::Consumer)
-            .filter_map(|r| {
-                let context = super::vocabulary::event_seal_context(&r.event_id);
-                let plain = self.data_keys.open(&context, &r.sealed).ok()?;
-                let body: Value = serde_json::from_slice(plain.expose()).ok()?;
-                Event::from_stored(&body)?.newest_receipt()
-            })
-            .max()
-    }
-
-    /// The timer ran out: push if something new is still unread.
-    async fn check(&self, conversation_id: &ConversationId) {
-        let oldest = {
-            let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(entry) = unread.get_mut(conversation_id) else {
-                return;
-            };
-            entry.armed = false;
-            entry.seqs.first().copied()
-        };
-        let acknowledged = match oldest {
-            Some(oldest) => self.acknowledged_in_store(conversation_id, oldest).await,
-            None => None,
-        };
-        let due = {
-            let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(entry) = unread.get_mut(conversation_id) else {
-                return;
-            };
-            if let Some(acknowledged) = acknowledged {
-                entry.seqs.retain(|s| *s > acknowledged);
-            }
-            match entry.seqs.last().copied() {
-                Some(newest) if newest > entry.pushed_through => {
-                    entry.pushed_through = newest;
-                    Some((
-                        entry.consumer_id.clone(),
-                        entry.seqs.len(),
-                        entry.text.clone(),
-                        newest,
-                    ))
-                }
-                Some(_) => None,
-                None => {
-                    unread.remove(conversation_id);
-                    None
-                }
-            }
-        };
-        let Some((consumer_id, badge, text, seq)) = due else {
-            return;
-        };
+        let due = item
+            .created_at
+            .after(if present { self.ack_delay } else { self.burst });
+        if now < due {
+            return Verdict::Defer { until: due };
+        }
         let registrations = match self
             .store
-            .list_push_registrations(&self.account, &consumer_id)
+            .list_push_registrations(&self.account, &conversation.consumer_id)
             .await
         {
             Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read push registrations; no away push");
-                return;
-            }
+            Err(e) => return store_trouble(item, e),
         };
         for registration in registrations {
-            self.send(&registration, conversation_id, badge, &text, seq)
-                .await;
+            self.send(
+                &registration,
+                conversation_id,
+                unread.len(),
+                &last.1,
+                last.0,
+                &item.id,
+            )
+            .await;
         }
+        Verdict::Delivered
+    }
+
+    /// The agent messages (sequence, text) after the consumer's newest receipt, in the stored
+    /// events around `newest`, oldest first.
+    async fn unread(
+        &self,
+        conversation_id: &ConversationId,
+        newest: i64,
+    ) -> Result<Vec<(i64, String)>, crate::store::StoreError> {
+        let from = (newest - EVENTS_READ / 2 + 1).max(0);
+        let rows = self
+            .store
+            .list_events(conversation_id, from, EVENTS_READ)
+            .await?;
+        let mut acknowledged = -1;
+        let mut messages = Vec::new();
+        for r in &rows {
+            let context = event_seal_context(&r.event_id);
+            let Some(event) = self
+                .data_keys
+                .open(&context, &r.sealed)
+                .ok()
+                .and_then(|plain| serde_json::from_slice::<Value>(plain.expose()).ok())
+                .and_then(|body| Event::from_stored(&body))
+            else {
+                continue;
+            };
+            match (Role::from_name(&r.originator_role), event) {
+                (Role::Consumer, event) => {
+                    if let Some(seq) = event.newest_receipt() {
+                        acknowledged = acknowledged.max(seq);
+                    }
+                }
+                (_, Event::Content { message }) => messages.push((r.seq, message.to_string())),
+                _ => {}
+            }
+        }
+        messages.retain(|(seq, _)| *seq > acknowledged);
+        Ok(messages)
     }
 
     async fn send(
@@ -296,6 +306,7 @@ impl Away {
         badge: usize,
         text: &str,
         seq: i64,
+        item_id: &str,
     ) {
         let provider = match registration.provider.as_str() {
             "apns" => Provider::Apns,
@@ -322,7 +333,7 @@ impl Away {
         request.meta.brand_id = Some(self.account.clone());
         match self.push.send(&registration.app, request).await {
             Ok(d) if d.delivered() => {
-                tracing::info!(app = %registration.app, conversation = %conversation_id, "an away push was delivered");
+                tracing::info!(app = %registration.app, conversation = %conversation_id, item = item_id, "an away push was delivered");
             }
             Ok(d) => {
                 if let Attempt::DeadToken { .. } = d.last {
@@ -349,9 +360,80 @@ impl Away {
         }
     }
 
-    /// Stops the timers: pushes not sent yet are dropped (the consumer sees the messages when
-    /// it next connects).
-    pub fn shutdown(&self) {
-        self.timers.close();
+    /// Stops recording presence and removes this node's rows. The caller bounds the wait.
+    pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+/// The store cannot answer: the item is tried again shortly, a few times (a push much later
+/// than its messages is no use).
+fn store_trouble(item: &OutboxItem, e: crate::store::StoreError) -> Verdict {
+    if item.attempts + 1 >= STORE_ATTEMPTS {
+        tracing::warn!(error = %e, item = %item.id, "an away push was given up: the store could not answer");
+        return Verdict::Drop {
+            why: "the store could not answer",
+        };
+    }
+    Verdict::Retry {
+        wait: Duration::from_secs(5),
+        error: e.to_string(),
+    }
+}
+
+impl Handler for Arc<Away> {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn renewed_after(&self) -> Duration {
+        self.ack_delay.min(self.burst)
+    }
+
+    fn attempt<'a>(
+        &'a self,
+        item: &'a OutboxItem,
+    ) -> Pin<Box<dyn Future<Output = Verdict> + Send + 'a>> {
+        Box::pin(Away::attempt(self, item))
+    }
+}
+
+/// Applies presence changes in order, refreshes this node's rows, and removes them on stop.
+async fn write_presence(
+    mut changes: mpsc::Receiver<(ConsumerId, bool)>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    account: String,
+    node: String,
+    stopping: CancellationToken,
+) {
+    let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
+    loop {
+        tokio::select! {
+            () = stopping.cancelled() => break,
+            change = changes.recv() => {
+                let Some((consumer, present)) = change else { break };
+                let expires = UnixMillis::now(&*clock).after(PRESENCE_TTL);
+                if let Err(e) = store
+                    .set_consumer_present(&node, &account, &consumer, present, expires)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot record a consumer's presence");
+                }
+            }
+            _ = refresh.tick() => {
+                let now = UnixMillis::now(&*clock);
+                if let Err(e) = store.refresh_node_presence(&node, now.after(PRESENCE_TTL)).await {
+                    tracing::warn!(error = %e, "cannot refresh this node's presence rows");
+                }
+            }
+        }
+    }
+    if let Err(e) = store
+        .clear_node_presence(&node, UnixMillis::now(&*clock))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot remove this node's presence rows; they expire by themselves");
     }
 }

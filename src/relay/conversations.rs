@@ -337,10 +337,17 @@ impl Conversations {
             .data_keys
             .seal(&event_seal_context(&event_id), &plain)
             .map_err(|e| RelayError::Seal(e.to_string()))?;
+        let away_push = match (&self.away, who, &event) {
+            (Some(away), Participant::Agent(_), Event::Content { .. }) => {
+                away.item(&conversation, now)
+            }
+            _ => None,
+        };
         let outbox: Vec<_> = self
             .webhooks
             .item(&conversation, now, WebhookEvent::message(who, &event))
             .into_iter()
+            .chain(away_push)
             .collect();
         let appended = self
             .store
@@ -374,9 +381,6 @@ impl Conversations {
             }
         }
         if appended.created {
-            if let Some(away) = &self.away {
-                notify_away(away, who, &conversation, appended.seq, &event);
-            }
             self.written(&outbox);
             self.bus.publish(change(appended.seq, event));
         }
@@ -453,26 +457,8 @@ impl Conversations {
         {
             self.written(&outbox);
             tracing::info!(conversation = %conversation_id, "a conversation was closed");
-            if let Some(away) = &self.away {
-                away.closed(conversation_id);
-            }
             self.bus.state_changed(conversation_id, &row.consumer_id);
         }
         Ok(())
-    }
-}
-
-/// Tells the away pushes about a committed event: an agent's message, or a consumer's receipt.
-fn notify_away(away: &Arc<Away>, who: &Participant, c: &ConversationRow, seq: i64, event: &Event) {
-    match (who, event) {
-        (Participant::Agent(_), Event::Content { message }) => {
-            away.agent_message(&c.id, &c.consumer_id, seq, message);
-        }
-        (Participant::Consumer(_), Event::AcceptStatus { .. }) => {
-            if let Some(newest) = event.newest_receipt() {
-                away.acknowledged(&c.id, newest);
-            }
-        }
-        _ => {}
     }
 }

@@ -8,9 +8,9 @@
 //! ([`Doorbell::ring`]), when an attempt ends (the next item of that lane is due), and at
 //! least every [`POLL`] (other nodes' commits, retries coming due). Stopping lets the running
 //! attempts end, then gives the leases back: nothing waits in memory, so a restart, graceful
-//! or not, loses nothing. A lease lasts a little longer than one attempt can
-//! ([`Handler::lease`]): a node that dies holding items hands them back that soon (on SQLite,
-//! which one process serves, at once when it starts again).
+//! or not, loses nothing. Leases are short ([`LEASE`]) and renewed while their attempts run,
+//! so a node that dies holding items hands them back that soon (on SQLite, which one process
+//! serves, at once when it starts again).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +32,10 @@ use crate::store::outbox::{OutboxCount, OutboxItem, Settle, Settled};
 
 /// The longest an idle dispatcher goes without looking for due items.
 const POLL: Duration = Duration::from_secs(1);
+/// How long a claim holds an item unless renewed: a dead node's items are free this soon.
+const LEASE: Duration = Duration::from_secs(20);
+/// How often the leases of running attempts are renewed.
+const RENEW: Duration = Duration::from_secs(5);
 /// How often the backlog gauges are read from the store, and parked items purged.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// Parked items are removed after this long (the operator had a week to retry them).
@@ -46,11 +50,16 @@ pub enum Verdict {
         wait: Duration,
         error: String,
     },
+    /// Not due yet: released until `until`, not counted as an attempt.
+    Defer {
+        until: UnixMillis,
+    },
     /// Not to be tried again by itself: parked for the operator.
     Park {
         error: String,
     },
-    /// Nothing to do any more (the feature was turned off): removed unsent.
+    /// Nothing to do any more (the feature was turned off, the conversation closed): removed
+    /// unsent.
     Drop {
         why: &'static str,
     },
@@ -61,8 +70,10 @@ pub enum Verdict {
 pub trait Handler: Send + Sync + 'static {
     /// The items' `kind`.
     fn kind(&self) -> &'static str;
-    /// How long a claim lasts: longer than one attempt can take.
-    fn lease(&self) -> Duration;
+    /// When an item renewed during its attempt (see the outbox's `dedupe_key`) is due again.
+    fn renewed_after(&self) -> Duration {
+        Duration::ZERO
+    }
     /// One attempt at `item` (its `attempts` made before), and what to do next.
     fn attempt<'a>(
         &'a self,
@@ -123,7 +134,7 @@ impl Dispatcher {
         let metrics = OutboxMetrics::default();
         registry.register(
             "brandgate_outbox_items",
-            "Outbox items (webhooks waiting to be sent), by kind and state (pending, parked), read every few seconds",
+            "Outbox items (webhooks and away pushes waiting), by kind and state (pending, parked), read every few seconds",
             metrics.items.clone(),
         );
         let shared = Arc::new(Shared {
@@ -182,6 +193,7 @@ async fn run(shared: Arc<Shared>) {
     }
     let mut running: JoinSet<()> = JoinSet::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut renew = tokio::time::interval(RENEW);
     let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
         // Claim while there is room and items come back (more may be due).
@@ -190,12 +202,7 @@ async fn run(shared: Arc<Shared>) {
             let now = UnixMillis::now(&*shared.clock);
             let claimed = match shared
                 .store
-                .claim_outbox(
-                    &shared.owner,
-                    now,
-                    now.after(shared.lease()),
-                    room as i64,
-                )
+                .claim_outbox(&shared.owner, now, now.after(LEASE), room as i64)
                 .await
             {
                 Ok(items) => items,
@@ -226,6 +233,12 @@ async fn run(shared: Arc<Shared>) {
                     shared.purge_parked().await;
                 }
             }
+            _ = renew.tick(), if !running.is_empty() => {
+                let until = UnixMillis::now(&*shared.clock).after(LEASE);
+                if let Err(e) = shared.store.renew_outbox_leases(&shared.owner, until).await {
+                    tracing::warn!(error = %e, "cannot renew the outbox's leases; another node may repeat an attempt");
+                }
+            }
             () = tokio::time::sleep(POLL) => {}
         }
     }
@@ -244,12 +257,14 @@ async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
         },
     };
     let now = UnixMillis::now(&*shared.clock);
+    let renewed_due = now.after(handler.map_or(Duration::ZERO, |h| h.renewed_after()));
     let settle = match &verdict {
-        Verdict::Delivered => Settle::Done { renewed_due: now },
+        Verdict::Delivered => Settle::Done { renewed_due },
         Verdict::Drop { why } => {
             tracing::info!(item = %item.id, kind = %item.kind, why, "an outbox item was removed unsent");
-            Settle::Done { renewed_due: now }
+            Settle::Done { renewed_due }
         }
+        Verdict::Defer { until } => Settle::Defer { next_at: *until },
         Verdict::Retry { wait, error } => Settle::Retry {
             next_at: now.after(*wait),
             error,
@@ -275,15 +290,6 @@ async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
 }
 
 impl Shared {
-    /// The longest lease any kind needs (all claimed items get it).
-    fn lease(&self) -> Duration {
-        self.handlers
-            .iter()
-            .map(|h| h.lease())
-            .max()
-            .unwrap_or(Duration::from_secs(60))
-    }
-
     async fn read_backlog(&self) {
         let Ok(counts) = self.store.count_outbox().await else {
             return;

@@ -115,6 +115,7 @@ impl RelayService {
             push,
             store.clone(),
             data_keys.clone(),
+            clock.clone(),
             config.away.ack_delay.0,
             config.away.burst.0,
         ));
@@ -132,7 +133,7 @@ impl RelayService {
         let dispatcher = dispatch::Dispatcher::start(
             store.clone(),
             clock.clone(),
-            vec![Arc::new(webhooks.clone())],
+            vec![Arc::new(webhooks.clone()), Arc::new(away.clone())],
             in_flight,
             registry,
         );
@@ -198,7 +199,6 @@ impl RelayService {
     /// Closes every socket (code 1001): clients reconnect elsewhere and catch up.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        self.inner.away.shutdown();
         self.inner.sessions.close();
     }
 
@@ -214,6 +214,7 @@ impl RelayService {
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
         self.inner.dispatcher.stop().await;
+        self.inner.away.shutdown().await;
         if let Some(fanout) = &self.inner.fanout {
             fanout.stop().await;
         }

@@ -44,8 +44,6 @@ const KIND: &str = "webhook";
 /// The first retry waits between half a second and a second, each next one twice as long; no
 /// wait is longer than [`LONGEST_WAIT`].
 const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), LONGEST_WAIT);
-/// What a webhook's lease adds to its timeout (the store's round trips, a busy machine).
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// No wait between attempts is longer, whatever the backoff or `Retry-After` say.
 const LONGEST_WAIT: Duration = Duration::from_secs(300);
 
@@ -276,17 +274,6 @@ impl Webhooks {
         })
     }
 
-    /// How long a claim of a webhook lasts: longer than one attempt can take (its timeout),
-    /// so only a node that died loses it.
-    pub fn lease(&self) -> Duration {
-        let timeout = self
-            .shared
-            .as_ref()
-            .and_then(|s| s.current())
-            .map_or(Duration::from_secs(60), |s| s.config.timeout.0);
-        timeout + LEASE_MARGIN
-    }
-
     /// One attempt at the webhook `item` (its `attempts` made before), and what to do next.
     pub async fn attempt(&self, item: &OutboxItem) -> Verdict {
         let Some(shared) = &self.shared else {
@@ -399,10 +386,6 @@ impl Webhooks {
 impl Handler for Webhooks {
     fn kind(&self) -> &'static str {
         KIND
-    }
-
-    fn lease(&self) -> Duration {
-        Webhooks::lease(self)
     }
 
     fn attempt<'a>(

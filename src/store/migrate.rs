@@ -152,6 +152,17 @@ const SQLITE: &[(i64, &str)] = &[
         CREATE INDEX outbox_by_lane ON outbox (lane, position) WHERE NOT parked;
         CREATE INDEX outbox_by_due ON outbox (next_at) WHERE NOT parked",
     ),
+    (
+        9,
+        "CREATE TABLE consumer_presence (
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            node TEXT NOT NULL,
+            expires_at INTEGER NOT NULL,
+            PRIMARY KEY (account, consumer_id, node)
+        );
+        CREATE INDEX consumer_presence_by_node ON consumer_presence (node)",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -297,6 +308,17 @@ const POSTGRES: &[(i64, &str)] = &[
         );
         CREATE INDEX outbox_by_lane ON outbox (lane, position) WHERE NOT parked;
         CREATE INDEX outbox_by_due ON outbox (next_at) WHERE NOT parked",
+    ),
+    (
+        9,
+        "CREATE TABLE consumer_presence (
+            account TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            node TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (account, consumer_id, node)
+        );
+        CREATE INDEX consumer_presence_by_node ON consumer_presence (node)",
     ),
 ];
 

@@ -30,6 +30,7 @@ mod grants;
 pub mod migrate;
 pub(crate) mod notify;
 pub mod outbox;
+mod presence;
 pub(crate) mod profiles;
 pub mod relay;
 pub mod seal;

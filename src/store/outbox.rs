@@ -86,6 +86,8 @@ pub enum Settle<'a> {
     Done { renewed_due: UnixMillis },
     /// Try again at `next_at`, recording the error and the attempt.
     Retry { next_at: UnixMillis, error: &'a str },
+    /// Not yet: released, due at `next_at`, the attempt not counted.
+    Defer { next_at: UnixMillis },
     /// Attempts used up: parked with its error, at `at` (purging counts from it).
     Park { error: &'a str, at: UnixMillis },
 }
@@ -265,6 +267,19 @@ impl Store {
                     .rows_affected();
                     (0, kept)
                 }
+                Settle::Defer { next_at } => {
+                    let kept = sqlx::query(
+                        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, next_at = $3 \
+                         WHERE position = $1 AND lease_owner = $2",
+                    )
+                    .bind(item.position)
+                    .bind(owner)
+                    .bind(next_at)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                    (0, kept)
+                }
                 Settle::Park { error, at } => {
                     // The time it was parked goes in next_at.
                     let kept = sqlx::query(
@@ -288,6 +303,23 @@ impl Store {
             (_, 1..) => Settled::Kept,
             _ => Settled::LeaseLost,
         })
+    }
+
+    /// Extends every lease `owner` holds until `lease_until` (its attempts are still running).
+    pub async fn renew_outbox_leases(
+        &self,
+        owner: &str,
+        lease_until: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        let renewed = on_pool!(self, pool => {
+            sqlx::query("UPDATE outbox SET lease_until = $2 WHERE lease_owner = $1")
+                .bind(owner)
+                .bind(lease_until)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(renewed)
     }
 
     /// Gives back every lease `owner` holds (a node stopping): the items are claimable at once.

@@ -480,12 +480,35 @@ const MASK: &str = "You have a new message";
 
 /// A relay with one push app (a fake APNs, the text masked) and short away delays.
 async fn relay_with_push_app() -> (Relay, crate::support::fake_apns::FakeApns) {
-    let env = TestEnv::new();
     let (fake, key) = crate::support::apns(APP).await;
+    let relay = relay_with_push_app_on(&fake, &key, "", "ack_delay = \"1s\"\nburst = \"2s\"").await;
+    (relay, fake)
+}
+
+/// A relay pushing through `fake` for [`APP`], on `store_extra`, with `away` in
+/// `[relay.away]`.
+async fn relay_with_push_app_on(
+    fake: &crate::support::fake_apns::FakeApns,
+    key: &crate::support::pki::ApnsKey,
+    store_extra: &str,
+    away: &str,
+) -> Relay {
+    relay_node(fake, key, store_extra, away, None).await
+}
+
+/// [`relay_with_push_app_on`], as a further node of `first` (its data keys).
+async fn relay_node(
+    fake: &crate::support::fake_apns::FakeApns,
+    key: &crate::support::pki::ApnsKey,
+    store_extra: &str,
+    away: &str,
+    first: Option<&Relay>,
+) -> Relay {
+    let env = TestEnv::new();
     let app = env.apns_app(
         APP,
-        &fake,
-        &key,
+        fake,
+        key,
         &format!("mask_text = \"{MASK}\""),
         &env.basic_auth(),
         "",
@@ -493,13 +516,158 @@ async fn relay_with_push_app() -> (Relay, crate::support::fake_apns::FakeApns) {
     let relay_config = config(
         &env,
         "1h",
-        "",
-        &format!("{RELAY_EXTRA}\n[relay.away]\nack_delay = \"1s\"\nburst = \"2s\""),
+        store_extra,
+        &format!("{RELAY_EXTRA}\n[relay.away]\n{away}"),
     );
-    (
-        Relay::start_on(env, &format!("{relay_config}\n{app}")).await,
-        fake,
+    if let Some(first) = first {
+        let keys = std::fs::read_to_string(first.env.path().join("data-keys")).unwrap();
+        env.secret("data-keys", &keys);
+    }
+    Relay::start_on(env, &format!("{relay_config}\n{app}")).await
+}
+
+/// An agent (`username`) online on `relay` holding a new conversation of a consumer who
+/// registered [`DEVICE`]: the agent, the consumer's socket, the conversation, its token.
+async fn held_conversation(
+    relay: &Relay,
+    username: &str,
+) -> (MessagingClient, MessagingClient, String, String) {
+    let bearer = relay.agent(username).await;
+    let mut agent = relay.online_agent(&bearer).await;
+    let (consumer, conv, token) = relay.consumer().await;
+    let (_, task) = ring_state(&mut agent, &conv).await;
+    let r = agent
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": task["ringsDetails"][0]["ringId"], "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    let registered =
+        register_device(relay, &token, json!({"provider": "apns", "token": DEVICE})).await;
+    assert_eq!(registered, 204);
+    (agent, consumer, conv, token)
+}
+
+/// Two agent messages to an away consumer, then a stop (`signal`) well inside the burst, then
+/// a start on the same store: one push for the burst, exactly one.
+async fn an_away_push_outlives_a_stop(store_extra: &str, signal: i32) {
+    let (fake, key) = crate::support::apns(APP).await;
+    let relay = relay_with_push_app_on(
+        &fake,
+        &key,
+        store_extra,
+        "ack_delay = \"1s\"\nburst = \"5s\"",
     )
+    .await;
+    let (mut agent, consumer, conv, _) = held_conversation(&relay, "fay").await;
+    consumer.close_now().await;
+    for message in ["first secret reply", "second secret reply"] {
+        let r = publish(&mut agent, &conv, text(message)).await;
+        assert_eq!(r["code"], 200);
+    }
+    let Relay { env, mut daemon } = relay;
+    daemon.signal(signal);
+    daemon.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(
+        fake.delivered_to(DEVICE).len(),
+        0,
+        "stopped inside the burst"
+    );
+    if signal == libc::SIGTERM {
+        let log = daemon.logs();
+        assert!(
+            log.contains("outbox items wait in the store for the next start"),
+            "{log}"
+        );
+    }
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let mut daemon = crate::support::daemon::Daemon::start(env.path(), &config).await;
+    let got = pushes(&fake, DEVICE, 1).await;
+    assert_eq!(got[0].body["aps"]["alert"], MASK, "{}", got[0].body);
+    assert_eq!(got[0].body["aps"]["badge"], 2, "{}", got[0].body);
+    daemon.stop().await;
+    assert_eq!(fake.delivered_to(DEVICE).len(), 1, "one push for the burst");
+}
+
+#[tokio::test]
+async fn an_away_push_outlives_a_kill_on_sqlite() {
+    an_away_push_outlives_a_stop("", libc::SIGKILL).await;
+}
+
+#[tokio::test]
+async fn an_away_push_outlives_a_graceful_stop_on_sqlite() {
+    an_away_push_outlives_a_stop("", libc::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn an_away_push_outlives_a_kill_on_postgresql() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    an_away_push_outlives_a_stop(&format!("url = \"{}\"", db.url), libc::SIGKILL).await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_away_push_outlives_a_graceful_stop_on_postgresql() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    an_away_push_outlives_a_stop(&format!("url = \"{}\"", db.url), libc::SIGTERM).await;
+    db.drop().await;
+}
+
+/// Two nodes on one PostgreSQL: the consumer connected to node a, its agent on node b. The
+/// consumer counts as present on b too: it has `ack_delay` (4 s), not `burst` (1 s), to
+/// acknowledge, so its acknowledgement after 2 s prevents the push. Once it is gone, the next
+/// message is pushed alone.
+#[tokio::test]
+async fn a_consumer_connected_to_another_node_is_present() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let (fake, key) = crate::support::apns(APP).await;
+    let store = format!("url = \"{}\"", db.url);
+    let away = "ack_delay = \"4s\"\nburst = \"1s\"";
+    let b = relay_with_push_app_on(&fake, &key, &store, away).await;
+    let a = relay_node(&fake, &key, &store, away, Some(&b)).await;
+    let (mut agent, consumer_on_b, conv, token) = held_conversation(&b, "gil").await;
+    consumer_on_b.close_now().await;
+    let mut consumer = a.connect(Some(&token)).await;
+    let r = consumer
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 0}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+
+    let first = publish(&mut agent, &conv, text("are you there?")).await;
+    let seq = first["body"]["sequence"].as_i64().unwrap();
+    consumer.changes(1).await;
+    // Past the burst, inside ack_delay: an away consumer would have had its push by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = publish(
+        &mut consumer,
+        &conv,
+        json!({"type": "AcceptStatusEvent", "status": "READ", "sequenceList": [seq]}),
+    )
+    .await;
+    assert_eq!(r["code"], 200);
+
+    consumer.close_now().await;
+    let second = publish(&mut agent, &conv, text("still there?")).await;
+    let got = pushes(&fake, DEVICE, 1).await;
+    assert_eq!(got.len(), 1, "no push for the acknowledged message");
+    assert_eq!(
+        got[0].body["sequence"], second["body"]["sequence"],
+        "{}",
+        got[0].body
+    );
+    assert_eq!(got[0].body["aps"]["badge"], 1, "{}", got[0].body);
+    drop((a, b));
+    db.drop().await;
 }
 
 /// Registers the consumer's device for [`APP`]; returns the answer's status.

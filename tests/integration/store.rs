@@ -86,6 +86,7 @@ async fn conforms(store: &Store) {
     grants_conform(store).await;
     relay_conforms(store).await;
     crate::store_outbox::conforms(store).await;
+    crate::store_outbox::presence_conforms(store).await;
     agents_conform(store).await;
 
     // Migrations are idempotent, and a database from a newer brandgate is refused.
