@@ -64,8 +64,13 @@ pub struct LiveEvents(pub(super) broadcast::Receiver<Live>);
 /// Where the hub hands what must reach the other nodes (fan-out implements it, over
 /// PostgreSQL); the hub knows nothing of how.
 pub(super) trait Outward: Send + Sync {
-    /// A committed event or a chat state published on this node.
+    /// A committed event or a chat state published on this node. Committed events were told
+    /// inside their transaction already ([`Outward::event_notice`]).
     fn change(&self, change: &Change);
+    /// The channel and the payload that tell the other nodes, inside the append's transaction,
+    /// that `seq` of `conversation_id` is committed (`None`: nothing to send).
+    fn event_notice(&self, conversation_id: &ConversationId, seq: i64) -> Option<String>;
+    fn channel(&self) -> &'static str;
     /// A conversation's state changed on this node.
     fn state(&self, change: &StateChange);
 }
@@ -135,6 +140,19 @@ impl Bus {
         }
         let conversation_id = change.conversation_id.clone();
         self.deliver(&conversation_id, Live::Change(Arc::new(change)));
+    }
+
+    /// Where an append sends its notice to the other nodes inside its transaction (see
+    /// [`Bus::event_notice`]); `None` on one node.
+    pub fn notice_channel(&self) -> Option<&'static str> {
+        self.outbound.as_ref().map(|o| o.channel())
+    }
+
+    /// The notice for the other nodes that `seq` of `conversation_id` is committed.
+    pub fn event_notice(&self, conversation_id: &ConversationId, seq: i64) -> Option<String> {
+        self.outbound
+            .as_ref()
+            .and_then(|o| o.event_notice(conversation_id, seq))
     }
 
     /// To the followers of a conversation on this node; nothing when nobody here follows it.

@@ -19,7 +19,7 @@ use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::{Clock, UnixMillis};
 use crate::ids::{AgentId, ConsumerId, ConversationId};
 use crate::store::outbox::NewOutboxItem;
-use crate::store::relay::{ConversationRow, NewEvent};
+use crate::store::relay::{ConversationRow, NewEvent, Notice};
 use crate::store::seal::DataKeys;
 use crate::store::{Store, StoreError};
 
@@ -349,6 +349,12 @@ impl Conversations {
             .into_iter()
             .chain(away_push)
             .collect();
+        // The other nodes hear of the event at its commit, from inside its transaction.
+        let notice_payload = |seq: i64| self.bus.event_notice(conversation_id, seq);
+        let notice = self.bus.notice_channel().map(|channel| Notice {
+            channel,
+            payload: &notice_payload,
+        });
         let appended = self
             .store
             .append_event(&NewEvent {
@@ -364,6 +370,7 @@ impl Conversations {
                 sealed: &sealed,
                 created_at: now,
                 outbox: &outbox,
+                notice,
             })
             .await
             .map_err(|e| match (e, who) {

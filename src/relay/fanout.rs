@@ -12,9 +12,10 @@
 //! are lost. So every time the listener (re)connects (also after its connection stopped
 //! answering), every follower and watcher on the node re-checks the store; and when this node
 //! could not send some (queue full, database unreachable), it sends "resync" once it can.
-//! The notification is sent after the commit, not inside its transaction: a node that dies
-//! in between leaves the others' followers without that hint until the conversation's next
-//! event (or their next re-check). SQLite is one node: no fan-out.
+//! A stored event's notification is sent inside the append's transaction (PostgreSQL
+//! delivers it at the commit, and only then), so a committed event is never silent, even when
+//! its node dies right after the commit. Chat states and conversation state changes go
+//! through the sender after their commit. SQLite is one node: no fan-out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -245,8 +246,12 @@ struct Outbound {
 }
 
 impl Outward for Outbound {
-    /// A stored event (its sequence only) or a chat state.
+    /// A chat state. A stored event was told inside its append's transaction
+    /// ([`Outward::event_notice`]).
     fn change(&self, change: &Change) {
+        if change.event.is_stored() {
+            return;
+        }
         if let Some(body) = Body::of_change(change) {
             match encode(&self.node, body) {
                 Some(payload) => self.enqueue(payload),
@@ -257,6 +262,23 @@ impl Outward for Outbound {
                 None => self.owe_resync(),
             }
         }
+    }
+
+    fn event_notice(&self, conversation_id: &ConversationId, seq: i64) -> Option<String> {
+        let body = Body::Event {
+            conversation: conversation_id.clone(),
+            seq,
+        };
+        let payload = encode(&self.node, body);
+        match payload {
+            Some(_) => self.metrics.count("sent", 1),
+            None => self.owe_resync(),
+        }
+        payload
+    }
+
+    fn channel(&self) -> &'static str {
+        CHANNEL
     }
 
     /// A conversation state change.

@@ -64,6 +64,25 @@ pub struct NewEvent<'a> {
     /// Work the event causes (webhooks, an away push), committed with it and given its
     /// conversation and sequence; not written for a re-send.
     pub outbox: &'a [NewOutboxItem],
+    /// PostgreSQL: a notification sent inside the append's transaction, so it is delivered
+    /// exactly when the event is committed (never for a re-send). SQLite has none.
+    pub notice: Option<Notice<'a>>,
+}
+
+/// A notification to send with an appended event: on `channel`, what `payload` makes of the
+/// event's sequence (`None`: send nothing). The store does not know what it says.
+#[derive(Clone, Copy)]
+pub struct Notice<'a> {
+    pub channel: &'a str,
+    pub payload: &'a (dyn Fn(i64) -> Option<String> + Sync),
+}
+
+impl std::fmt::Debug for Notice<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notice")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A stored event.
@@ -488,6 +507,16 @@ impl Store {
                 }
                 insert_event!(tx, e, seq)?;
                 insert_outbox!(tx, e.outbox, e.conversation_id, Some(seq))?;
+                // Delivered by PostgreSQL at the commit, and only then.
+                if let Some(notice) = e.notice
+                    && let Some(payload) = (notice.payload)(seq)
+                {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(notice.channel)
+                        .bind(payload)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(Appended::created(seq))
             }
@@ -574,6 +603,8 @@ impl OwnedEvent {
             sealed: &self.sealed,
             created_at: self.created_at,
             outbox: &self.outbox,
+            // SQLite is one node: nobody to notify.
+            notice: None,
         }
     }
 }

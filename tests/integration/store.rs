@@ -484,6 +484,7 @@ fn new_event<'a>(
         sealed: b"sealed",
         created_at: UnixMillis(2_000),
         outbox: &[],
+        notice: None,
     }
 }
 

@@ -53,6 +53,7 @@ fn event<'a>(
         sealed: b"sealed",
         created_at: T0,
         outbox,
+        notice: None,
     }
 }
 
@@ -546,4 +547,57 @@ pub async fn presence_conforms(store: &Store) {
     assert!(!store.is_consumer_present("acct", &u1, T0).await.unwrap());
     assert!(store.is_consumer_present("acct", &u2, T0).await.unwrap());
     store.clear_node_presence("node-c", T0).await.unwrap();
+}
+
+/// PostgreSQL: an append's notice is delivered at its commit and only then: not for a
+/// re-send, not for a refused append. (A listener gets notifications in commit order, so the
+/// last one shows that none came in between.)
+#[tokio::test]
+async fn postgres_an_appended_events_notice_goes_with_its_commit() {
+    use brandgate::store::relay::Notice;
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let store = open(&db.url).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("outbox_test").await.unwrap();
+    let (c1, c2) = (conversation("n1", "nu1"), conversation("n2", "nu2"));
+    store.create_conversation(&c1, &[]).await.unwrap();
+    store.create_conversation(&c2, &[]).await.unwrap();
+    let append = |c: &'static str, event_id: &'static str, client: &'static str| {
+        let store = store.clone();
+        async move {
+            let conversation: ConversationId = c.into();
+            let payload = move |seq: i64| Some(format!("{c} {seq}"));
+            store
+                .append_event(&NewEvent {
+                    notice: Some(Notice {
+                        channel: "outbox_test",
+                        payload: &payload,
+                    }),
+                    ..event(&conversation, event_id, client, &[])
+                })
+                .await
+        }
+    };
+    assert!(append("n1", "notice-1", "k1").await.unwrap().created);
+    assert!(!append("n1", "notice-1-again", "k1").await.unwrap().created);
+    store.close_conversation(&c1.id, T0, &[]).await.unwrap();
+    assert!(matches!(
+        append("n1", "notice-2", "k2").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(append("n2", "notice-3", "k3").await.unwrap().created);
+    let mut heard = Vec::new();
+    while heard.last().map(String::as_str) != Some("n2 0") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+            .await
+            .expect("a notification within 10 s")
+            .unwrap();
+        heard.push(n.payload().to_string());
+    }
+    assert_eq!(heard, ["n1 0", "n2 0"]);
+    store.close().await;
+    drop(listener);
+    db.drop().await;
 }
