@@ -24,8 +24,8 @@ mod identity;
 mod relay;
 pub use identity::*;
 pub use relay::{
-    AgentsConfig, CannedResponse, DemoConfig, MAX_PASSWORD_BYTES, RelayConfig, WebhooksConfig,
-    WorkspaceConfig,
+    AgentsConfig, CannedResponse, DEFAULT_MAX_IN_FLIGHT, DemoConfig, MAX_PASSWORD_BYTES,
+    RelayConfig, WebhooksConfig, WorkspaceConfig,
 };
 
 /// The whole configuration.

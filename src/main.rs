@@ -62,8 +62,8 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
-    /// Work waiting in the store's outbox (webhooks): what is pending or parked, and trying
-    /// parked items again.
+    /// Work waiting in the store's outbox (webhooks, away pushes): what is pending or parked,
+    /// and trying parked items again.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
@@ -81,7 +81,7 @@ enum OutboxCommand {
         #[arg(long)]
         parked: bool,
         /// Show at most this many.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
         limit: i64,
     },
     /// Put parked items back to work, due now with their attempts counted from zero.

@@ -10,7 +10,7 @@ use super::Problems;
 use crate::duration::Span;
 
 mod webhooks;
-pub use webhooks::WebhooksConfig;
+pub use webhooks::{DEFAULT_MAX_IN_FLIGHT, WebhooksConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

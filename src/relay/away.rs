@@ -10,8 +10,9 @@
 //! (ACCEPT or READ, from any node), and whether the consumer has a socket open on any node. A
 //! connected consumer has `ack_delay` from the burst's first message to acknowledge, an away
 //! one `burst`; then one push shows the newest unread message, with the number unread as the
-//! badge. A restart (graceful or `kill -9`) between the message and the push still sends it,
-//! once. A token the provider reports dead is removed.
+//! badge. A restart (graceful or `kill -9`) between the message and the push still sends it
+//! (at least once: a node killed between the push and its record sends it again, collapsed
+//! on the phone). A token the provider reports dead is removed.
 //!
 //! Presence: each node records the consumers it holds sockets of in the store (only when the
 //! first opens and the last closes, in order, by one task) and keeps its rows alive; a node that
@@ -32,7 +33,7 @@ use super::dispatch::{Handler, Verdict};
 use super::vocabulary::{Event, Role, event_seal_context};
 use crate::clock::{Clock, UnixMillis};
 use crate::ids::{ConsumerId, ConversationId};
-use crate::push::{Attempt, DeviceToken, Provider, PushRequest, PushService};
+use crate::push::{Attempt, DeviceToken, Provider, PushError, PushRequest, PushService};
 use crate::store::Store;
 use crate::store::devices::PushRegistration;
 use crate::store::outbox::{NewOutboxItem, OutboxItem};
@@ -50,6 +51,8 @@ const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
 /// Presence changes waiting for the store; beyond, one is dropped (logged): the consumer then
 /// counts as away, or present, until its next connection.
 const PRESENCE_QUEUE: usize = 10_000;
+/// Attempts at an away push no device got for a passing reason.
+const PUSH_ATTEMPTS: i64 = 3;
 /// Attempts at an away push while the store cannot answer.
 const STORE_ATTEMPTS: i64 = 6;
 
@@ -83,22 +86,15 @@ pub struct Presence {
 
 impl Drop for Presence {
     fn drop(&mut self) {
-        let last = {
-            let mut online = self.away.online.lock().unwrap_or_else(|e| e.into_inner());
-            match online.get_mut(&self.consumer_id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    online.remove(&self.consumer_id);
-                    true
-                }
-                None => false,
+        // Under the lock, so the store sees first-opened and last-closed in their order.
+        let mut online = self.away.online.lock().unwrap_or_else(|e| e.into_inner());
+        match online.get_mut(&self.consumer_id) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                online.remove(&self.consumer_id);
+                self.away.presence_changed(&self.consumer_id, false);
             }
-        };
-        if last {
-            self.away.presence_changed(&self.consumer_id, false);
+            None => {}
         }
     }
 }
@@ -153,15 +149,14 @@ impl Away {
 
     /// Marks the consumer connected until the returned guard is dropped.
     pub fn connected(self: &Arc<Self>, consumer_id: &ConsumerId) -> Presence {
-        let first = {
-            let mut online = self.online.lock().unwrap_or_else(|e| e.into_inner());
-            let n = online.entry(consumer_id.clone()).or_default();
-            *n += 1;
-            *n == 1
-        };
-        if first {
+        // Under the lock, so the store sees first-opened and last-closed in their order.
+        let mut online = self.online.lock().unwrap_or_else(|e| e.into_inner());
+        let n = online.entry(consumer_id.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
             self.presence_changed(consumer_id, true);
         }
+        drop(online);
         Presence {
             away: self.clone(),
             consumer_id: consumer_id.clone(),
@@ -246,16 +241,28 @@ impl Away {
             Ok(r) => r,
             Err(e) => return store_trouble(item, e),
         };
-        for registration in registrations {
-            self.send(
-                &registration,
-                conversation_id,
-                unread.len(),
-                &last.1,
-                last.0,
-                &item.id,
-            )
-            .await;
+        let mut sent = Vec::with_capacity(registrations.len());
+        for registration in &registrations {
+            sent.push(
+                self.send(
+                    registration,
+                    conversation_id,
+                    unread.len(),
+                    &last.1,
+                    last.0,
+                    &item.id,
+                )
+                .await,
+            );
+        }
+        // Tried again (a few times: a late push is little use) only when no device got it and
+        // trying again may help; a device that got it may get it again (collapsed on the phone).
+        let again = !sent.contains(&Sent::Delivered) && sent.contains(&Sent::Transient);
+        if again && item.attempts + 1 < PUSH_ATTEMPTS {
+            return Verdict::Retry {
+                wait: Duration::from_secs(10),
+                error: "no device got the away push".into(),
+            };
         }
         Verdict::Delivered
     }
@@ -307,11 +314,11 @@ impl Away {
         text: &str,
         seq: i64,
         item_id: &str,
-    ) {
+    ) -> Sent {
         let provider = match registration.provider.as_str() {
             "apns" => Provider::Apns,
             "fcm" => Provider::Fcm,
-            _ => return,
+            _ => return Sent::NotForThisDevice,
         };
         let context = seal_context(
             &registration.account,
@@ -322,7 +329,7 @@ impl Away {
             Ok(t) => String::from_utf8_lossy(t.expose()).into_owned(),
             Err(e) => {
                 tracing::warn!(error = %e, app = %registration.app, "a push registration cannot be opened");
-                return;
+                return Sent::NotForThisDevice;
             }
         };
         let mut request = PushRequest::text(provider, DeviceToken::new(token), Some(text.into()));
@@ -334,6 +341,7 @@ impl Away {
         match self.push.send(&registration.app, request).await {
             Ok(d) if d.delivered() => {
                 tracing::info!(app = %registration.app, conversation = %conversation_id, item = item_id, "an away push was delivered");
+                Sent::Delivered
             }
             Ok(d) => {
                 if let Attempt::DeadToken { .. } = d.last {
@@ -350,12 +358,21 @@ impl Away {
                     {
                         tracing::warn!(error = %e, "cannot remove a dead push registration");
                     }
+                    Sent::NotForThisDevice
                 } else {
                     tracing::warn!(app = %registration.app, reason = %d.last.reason(), "an away push was not delivered");
+                    match d.last {
+                        Attempt::Transient { .. } => Sent::Transient,
+                        _ => Sent::NotForThisDevice,
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(app = %registration.app, error = %e, "an away push could not be sent");
+                match e {
+                    PushError::Overloaded | PushError::ConcurrentAttemptFailed => Sent::Transient,
+                    _ => Sent::NotForThisDevice,
+                }
             }
         }
     }
@@ -365,6 +382,16 @@ impl Away {
         self.stopping.cancel();
         self.tasks.wait().await;
     }
+}
+
+/// What became of the away push for one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Delivered,
+    /// Not now (the provider, or this node, was busy or failing): trying again may help.
+    Transient,
+    /// Never for this device (dead token, refused, not readable, an app not served).
+    NotForThisDevice,
 }
 
 /// The store cannot answer: the item is tried again shortly, a few times (a push much later
@@ -385,6 +412,11 @@ fn store_trouble(item: &OutboxItem, e: crate::store::StoreError) -> Verdict {
 impl Handler for Arc<Away> {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    /// While a push app is configured.
+    fn serves(&self) -> bool {
+        self.push.app_count() > 0
     }
 
     fn renewed_after(&self) -> Duration {
@@ -424,7 +456,7 @@ async fn write_presence(
             }
             _ = refresh.tick() => {
                 let now = UnixMillis::now(&*clock);
-                if let Err(e) = store.refresh_node_presence(&node, now.after(PRESENCE_TTL)).await {
+                if let Err(e) = store.refresh_node_presence(&node, now, now.after(PRESENCE_TTL)).await {
                     tracing::warn!(error = %e, "cannot refresh this node's presence rows");
                 }
             }

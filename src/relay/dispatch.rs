@@ -12,6 +12,7 @@
 //! so a node that dies holding items hands them back that soon (on SQLite, which one process
 //! serves, at once when it starts again).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -70,6 +72,9 @@ pub enum Verdict {
 pub trait Handler: Send + Sync + 'static {
     /// The items' `kind`.
     fn kind(&self) -> &'static str;
+    /// Whether this node can work on them now (webhooks configured, a push app): items of a
+    /// kind no node serves wait.
+    fn serves(&self) -> bool;
     /// When an item renewed during its attempt (see the outbox's `dedupe_key`) is due again.
     fn renewed_after(&self) -> Duration {
         Duration::ZERO
@@ -192,17 +197,30 @@ async fn run(shared: Arc<Shared>) {
         Err(e) => tracing::warn!(error = %e, "cannot release the outbox's orphaned leases"),
     }
     let mut running: JoinSet<()> = JoinSet::new();
+    // The item (its position) each running attempt holds: only these leases are renewed.
+    let mut holding: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut renew = tokio::time::interval(RENEW);
+    renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
         // Claim while there is room and items come back (more may be due).
         while !shared.stopping.is_cancelled() && running.len() < shared.in_flight {
             let room = shared.in_flight - running.len();
+            let kinds: Vec<&str> = shared
+                .handlers
+                .iter()
+                .filter(|h| h.serves())
+                .map(|h| h.kind())
+                .collect();
+            if kinds.is_empty() {
+                break;
+            }
             let now = UnixMillis::now(&*shared.clock);
             let claimed = match shared
                 .store
-                .claim_outbox(&shared.owner, now, now.after(LEASE), room as i64)
+                .claim_outbox(&shared.owner, &kinds, now, now.after(LEASE), room as i64)
                 .await
             {
                 Ok(items) => items,
@@ -212,8 +230,14 @@ async fn run(shared: Arc<Shared>) {
                 }
             };
             let full = claimed.len() == room;
+            if running.is_empty() && !claimed.is_empty() {
+                // The first renewal comes a full period after the claim.
+                renew.reset();
+            }
             for item in claimed {
-                running.spawn(attempt(shared.clone(), item));
+                let position = item.position;
+                let task = running.spawn(attempt(shared.clone(), item));
+                holding.insert(task.id(), position);
             }
             if !full {
                 break;
@@ -221,11 +245,21 @@ async fn run(shared: Arc<Shared>) {
         }
         tokio::select! {
             () = shared.stopping.cancelled() => {
-                while running.join_next().await.is_some() {}
-                return;
+                // The running attempts end (within their timeouts), their leases kept alive.
+                loop {
+                    tokio::select! {
+                        done = running.join_next_with_id() => match done {
+                            Some(done) => { holding.remove(&finished(done)); }
+                            None => return,
+                        },
+                        _ = renew.tick() => shared.renew(&holding).await,
+                    }
+                }
             }
             () = shared.bell.0.notified() => {}
-            Some(_) = running.join_next() => {}
+            Some(done) = running.join_next_with_id() => {
+                holding.remove(&finished(done));
+            }
             _ = housekeeping.tick() => {
                 shared.read_backlog().await;
                 if last_purge.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
@@ -233,13 +267,20 @@ async fn run(shared: Arc<Shared>) {
                     shared.purge_parked().await;
                 }
             }
-            _ = renew.tick(), if !running.is_empty() => {
-                let until = UnixMillis::now(&*shared.clock).after(LEASE);
-                if let Err(e) = shared.store.renew_outbox_leases(&shared.owner, until).await {
-                    tracing::warn!(error = %e, "cannot renew the outbox's leases; another node may repeat an attempt");
-                }
-            }
+            _ = renew.tick(), if !running.is_empty() => shared.renew(&holding).await,
             () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// The id of an attempt's task that ended (a panic is logged: its item is tried again once
+/// its lease runs out).
+fn finished(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "an outbox attempt failed; its item is tried again after its lease");
+            e.id()
         }
     }
 }
@@ -257,12 +298,15 @@ async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
         },
     };
     let now = UnixMillis::now(&*shared.clock);
-    let renewed_due = now.after(handler.map_or(Duration::ZERO, |h| h.renewed_after()));
+    let done = Settle::Done {
+        renewed_at: now,
+        renewed_due: now.after(handler.map_or(Duration::ZERO, |h| h.renewed_after())),
+    };
     let settle = match &verdict {
-        Verdict::Delivered => Settle::Done { renewed_due },
+        Verdict::Delivered => done,
         Verdict::Drop { why } => {
             tracing::info!(item = %item.id, kind = %item.kind, why, "an outbox item was removed unsent");
-            Settle::Done { renewed_due }
+            done
         }
         Verdict::Defer { until } => Settle::Defer { next_at: *until },
         Verdict::Retry { wait, error } => Settle::Retry {
@@ -271,11 +315,23 @@ async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
         },
         Verdict::Park { error } => Settle::Park { error, at: now },
     };
-    match shared
+    // A database that hiccups gets a few tries; after them the lease runs out (it is no
+    // longer renewed) and the item is tried again.
+    let mut settled = shared
         .store
-        .settle_outbox(&item, &shared.owner, settle)
-        .await
-    {
+        .settle_outbox(&item, &shared.owner, settle.clone())
+        .await;
+    for wait in [100, 1000] {
+        if settled.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        settled = shared
+            .store
+            .settle_outbox(&item, &shared.owner, settle.clone())
+            .await;
+    }
+    match settled {
         Ok(Settled::LeaseLost) => {
             tracing::warn!(item = %item.id, kind = %item.kind, "an outbox item's lease ran out during its attempt; another node may repeat it")
         }
@@ -290,6 +346,26 @@ async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
 }
 
 impl Shared {
+    /// Keeps the leases of the running attempts alive.
+    async fn renew(&self, holding: &HashMap<tokio::task::Id, i64>) {
+        let until = UnixMillis::now(&*self.clock).after(LEASE);
+        for position in holding.values() {
+            match self
+                .store
+                .renew_outbox_lease(*position, &self.owner, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "an outbox item's lease was taken over during its attempt; another node may repeat it"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew an outbox lease; another node may repeat an attempt")
+                }
+            }
+        }
+    }
+
     async fn read_backlog(&self) {
         let Ok(counts) = self.store.count_outbox().await else {
             return;

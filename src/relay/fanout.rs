@@ -250,6 +250,8 @@ impl Outward for Outbound {
     /// ([`Outward::event_notice`]).
     fn change(&self, change: &Change) {
         if change.event.is_stored() {
+            // Its commit (which this follows) delivered the notice.
+            self.metrics.count("sent", 1);
             return;
         }
         if let Some(body) = Body::of_change(change) {
@@ -270,9 +272,8 @@ impl Outward for Outbound {
             seq,
         };
         let payload = encode(&self.node, body);
-        match payload {
-            Some(_) => self.metrics.count("sent", 1),
-            None => self.owe_resync(),
+        if payload.is_none() {
+            self.owe_resync();
         }
         payload
     }

@@ -10,9 +10,6 @@ use tokio_util::task::TaskTracker;
 
 use super::accounts::{self, Accounts};
 use super::{away, conversations, dispatch, fanout, profiles, webhooks};
-
-/// Outbox attempts at once when `[relay.webhooks]` was absent at start.
-const DEFAULT_IN_FLIGHT: usize = 8;
 use crate::clock::Clock;
 use crate::config::{Problems, RelayConfig};
 use crate::identity::IdentityService;
@@ -122,7 +119,7 @@ impl RelayService {
         let in_flight = config
             .webhooks
             .as_ref()
-            .map_or(DEFAULT_IN_FLIGHT, |w| w.max_in_flight);
+            .map_or(crate::config::DEFAULT_MAX_IN_FLIGHT, |w| w.max_in_flight);
         let webhooks = webhooks::Webhooks::new(
             prepared.webhooks,
             clock.clone(),

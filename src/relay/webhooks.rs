@@ -93,8 +93,8 @@ struct AttemptLabels {
 /// The relay's webhook metrics.
 #[derive(Clone, Default)]
 pub struct WebhookMetrics {
-    /// Webhooks finished, by type and result: delivered, refused (4xx), failed (attempts
-    /// used up), dropped (queue full or stopping), abandoned (shutdown or webhooks turned off).
+    /// Webhooks finished, by type and result: delivered, refused (4xx: parked), failed
+    /// (attempts used up: parked), abandoned (webhooks turned off while one was claimed).
     webhooks: Family<ResultLabels, Counter>,
     /// Attempts, by outcome: 2xx, 4xx, 429, 5xx, timeout, error.
     attempts: Family<AttemptLabels, Counter>,
@@ -106,7 +106,7 @@ impl WebhookMetrics {
         let r = registry.sub_registry_with_prefix("brandgate_relay");
         r.register(
             "webhooks",
-            "Relay webhooks finished, by type and result (delivered, refused, failed, dropped, abandoned)",
+            "Relay webhooks finished, by type and result (delivered, refused, failed, abandoned)",
             m.webhooks.clone(),
         );
         r.register(
@@ -386,6 +386,11 @@ impl Webhooks {
 impl Handler for Webhooks {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    /// While `[relay.webhooks]` is configured; turned off, webhooks wait in the outbox.
+    fn serves(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.current().is_some())
     }
 
     fn attempt<'a>(

@@ -11,13 +11,15 @@
 //!   renewed instead (its `version` grows and it takes the new sequence), so a dispatcher that
 //!   claimed it before learns, when it completes, that there is more to do.
 //! - Items of one `lane` are handed out in the order they were written, one at a time: only the
-//!   oldest pending item of a lane can be claimed, and the next only once it is completed or
-//!   parked. Lanes are independent.
-//! - [`Store::claim_outbox`] leases due items to one owner; of owners claiming at once, on any
-//!   number of nodes, each item goes to exactly one. A lease that runs out (its node died)
-//!   makes the item claimable again. Completing, rescheduling or parking an item needs the
-//!   lease; an owner that lost its lease changes nothing.
-//! - Parked items (attempts used up) stay, for the CLI to list and retry, until purged.
+//!   oldest pending item of a lane can be claimed, none while an item of the lane holds a live
+//!   lease, and the next only once it is completed or parked. Lanes are independent.
+//! - [`Store::claim_outbox`] leases due items of the kinds asked for to one owner; of owners
+//!   claiming at once, on any number of nodes, each item goes to exactly one. A lease that
+//!   runs out (its node died) makes the item claimable again. Completing, rescheduling or
+//!   parking an item needs its owner's lease: once another owner claimed it, the first
+//!   changes nothing (a lease that ran out but was not claimed again still counts).
+//! - Parked items (attempts used up) stay, for the CLI to list and retry, until purged; parking
+//!   drops an item's `dedupe_key`, so the next write with that key makes a new item.
 //!
 //! Payloads carry references and metadata, never a secret or message text: what needs text
 //! reads the sealed event when it delivers.
@@ -82,8 +84,11 @@ pub struct OutboxCount {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle<'a> {
     /// Done (or nothing to do): removed, unless renewed since the claim; a renewed item is
-    /// released, due at `renewed_due`.
-    Done { renewed_due: UnixMillis },
+    /// released as if written at `renewed_at` (its `created_at`), due at `renewed_due`.
+    Done {
+        renewed_at: UnixMillis,
+        renewed_due: UnixMillis,
+    },
     /// Try again at `next_at`, recording the error and the attempt.
     Retry { next_at: UnixMillis, error: &'a str },
     /// Not yet: released, due at `next_at`, the attempt not counted.
@@ -169,7 +174,9 @@ macro_rules! claim_sql {
             "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE position IN (\
              SELECT o.position FROM outbox o WHERE NOT o.parked AND o.next_at <= $3 \
              AND (o.lease_until IS NULL OR o.lease_until <= $3) \
-             AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.lane = o.lane AND NOT p.parked AND p.position < o.position) \
+             AND (',' || $5 || ',') LIKE ('%,' || o.kind || ',%') \
+             AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.lane = o.lane AND NOT p.parked \
+             AND (p.position < o.position OR p.lease_until > $3)) \
              ORDER BY o.position LIMIT $4 ",
             $lock,
             ") RETURNING ",
@@ -179,15 +186,18 @@ macro_rules! claim_sql {
 }
 
 impl Store {
-    /// Leases up to `limit` due items to `owner` until `lease_until` (see the contract), oldest
-    /// first.
+    /// Leases up to `limit` due items of `kinds` to `owner` until `lease_until` (see the
+    /// contract), oldest first. A lane with a live lease on any of its items gives none.
     pub async fn claim_outbox(
         &self,
         owner: &str,
+        kinds: &[&str],
         now: UnixMillis,
         lease_until: UnixMillis,
         limit: i64,
     ) -> Result<Vec<OutboxItem>, StoreError> {
+        // Kinds are fixed words of this program (letters and `_`), matched in a list.
+        let kinds = kinds.join(",");
         let mut items = match self {
             Store::Sqlite(pool, _) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -196,6 +206,7 @@ impl Store {
                     .bind(lease_until)
                     .bind(now)
                     .bind(limit)
+                    .bind(&kinds)
                     .fetch_all(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -208,6 +219,7 @@ impl Store {
                 .bind(lease_until)
                 .bind(now)
                 .bind(limit)
+                .bind(&kinds)
                 .fetch_all(pool)
                 .await?
                 .iter()
@@ -227,7 +239,7 @@ impl Store {
     ) -> Result<Settled, StoreError> {
         let (removed, kept) = on_pool!(self, pool => {
             match how {
-                Settle::Done { renewed_due } => {
+                Settle::Done { renewed_at, renewed_due } => {
                     let removed = sqlx::query(
                         "DELETE FROM outbox WHERE position = $1 AND lease_owner = $2 AND version = $3",
                     )
@@ -239,12 +251,13 @@ impl Store {
                     .rows_affected();
                     let kept = if removed == 0 {
                         sqlx::query(
-                            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, next_at = $3 \
-                             WHERE position = $1 AND lease_owner = $2",
+                            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, next_at = $3, \
+                             created_at = $4 WHERE position = $1 AND lease_owner = $2",
                         )
                         .bind(item.position)
                         .bind(owner)
                         .bind(renewed_due)
+                        .bind(renewed_at)
                         .execute(pool)
                         .await?
                         .rows_affected()
@@ -284,7 +297,7 @@ impl Store {
                     // The time it was parked goes in next_at.
                     let kept = sqlx::query(
                         "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, parked = TRUE, \
-                         attempts = attempts + 1, last_error = $3, next_at = $4 \
+                         dedupe_key = NULL, attempts = attempts + 1, last_error = $3, next_at = $4 \
                          WHERE position = $1 AND lease_owner = $2",
                     )
                     .bind(item.position)
@@ -305,21 +318,24 @@ impl Store {
         })
     }
 
-    /// Extends every lease `owner` holds until `lease_until` (its attempts are still running).
-    pub async fn renew_outbox_leases(
+    /// Extends `owner`'s lease on the item at `position` until `lease_until` (its attempt is
+    /// still running). Returns whether `owner` still held it.
+    pub async fn renew_outbox_lease(
         &self,
+        position: i64,
         owner: &str,
         lease_until: UnixMillis,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<bool, StoreError> {
         let renewed = on_pool!(self, pool => {
-            sqlx::query("UPDATE outbox SET lease_until = $2 WHERE lease_owner = $1")
+            sqlx::query("UPDATE outbox SET lease_until = $3 WHERE position = $1 AND lease_owner = $2")
+                .bind(position)
                 .bind(owner)
                 .bind(lease_until)
                 .execute(pool)
                 .await?
                 .rows_affected()
         });
-        Ok(renewed)
+        Ok(renewed == 1)
     }
 
     /// Gives back every lease `owner` holds (a node stopping): the items are claimable at once.

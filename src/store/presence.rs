@@ -3,7 +3,8 @@
 //! socket closes or the node stops. A node that dies leaves rows that expire.
 //!
 //! Contract: `is_consumer_present` is true while some node's unexpired row names the consumer;
-//! `set_consumer_present(.., false)` and `clear_node_presence` remove only that node's rows.
+//! `set_consumer_present(.., false)` removes only that node's row; `refresh_node_presence`
+//! and `clear_node_presence` also remove any node's rows that expired (a dead node's).
 
 use super::{Store, StoreError};
 use crate::clock::UnixMillis;
@@ -43,16 +44,22 @@ impl Store {
         Ok(())
     }
 
-    /// Keeps every row of `node` alive until `expires_at`.
+    /// Keeps every row of `node` alive until `expires_at`, and removes rows that expired
+    /// before `now` (a dead node's).
     pub async fn refresh_node_presence(
         &self,
         node: &str,
+        now: UnixMillis,
         expires_at: UnixMillis,
     ) -> Result<(), StoreError> {
         on_pool!(self, pool => {
             sqlx::query("UPDATE consumer_presence SET expires_at = $2 WHERE node = $1")
                 .bind(node)
                 .bind(expires_at)
+                .execute(pool)
+                .await?;
+            sqlx::query("DELETE FROM consumer_presence WHERE expires_at < $1")
+                .bind(now)
                 .execute(pool)
                 .await?;
         });

@@ -549,15 +549,16 @@ async fn held_conversation(
     (agent, consumer, conv, token)
 }
 
-/// Two agent messages to an away consumer, then a stop (`signal`) well inside the burst, then
-/// a start on the same store: one push for the burst, exactly one.
+/// Two agent messages to an away consumer, then a stop (`signal`) well inside the burst (10 s;
+/// a graceful stop takes a few), then a start on the same store: one push for the burst,
+/// exactly one.
 async fn an_away_push_outlives_a_stop(store_extra: &str, signal: i32) {
     let (fake, key) = crate::support::apns(APP).await;
     let relay = relay_with_push_app_on(
         &fake,
         &key,
         store_extra,
-        "ack_delay = \"1s\"\nburst = \"5s\"",
+        "ack_delay = \"1s\"\nburst = \"10s\"",
     )
     .await;
     let (mut agent, consumer, conv, _) = held_conversation(&relay, "fay").await;

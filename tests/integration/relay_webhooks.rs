@@ -474,7 +474,8 @@ async fn webhooks_outlive_a_kill(store_extra: &str) {
     let config = std::fs::read_to_string(&world.daemon.config_path).unwrap();
     let mut daemon = Daemon::start(world.env.path(), &config).await;
 
-    let deadline = Instant::now() + Duration::from_secs(40);
+    // On PostgreSQL the held item's lease (20 s) must run out first.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let delivered = loop {
         let delivered: Vec<Value> = receiver
             .deliveries()
@@ -588,6 +589,45 @@ async fn a_refused_webhook_is_parked_until_the_operator_retries_it() {
         1,
         "only the header"
     );
+}
+
+/// Webhooks turned off by a reload wait in the outbox (no node takes them) and go, under
+/// their id, once a reload turns them on again.
+#[tokio::test]
+async fn webhooks_turned_off_wait_until_turned_on_again() {
+    let env = TestEnv::new();
+    let receiver =
+        WebhookReceiver::start(&env, SECRET, json!([{"status": 503, "retryAfter": "2"}])).await;
+    let mut world = start(env, &receiver, "").await;
+    let with_webhooks = std::fs::read_to_string(&world.daemon.config_path).unwrap();
+    let without = with_webhooks
+        .split("[relay.webhooks]")
+        .next()
+        .unwrap()
+        .to_string();
+    let mut c = world.consumer().await;
+    open(&mut c).await;
+    let first = receiver.wait_for(1, Duration::from_secs(20)).await;
+    world.daemon.rewrite_config(&without);
+    world.daemon.reload().await;
+    // Past the 2 s Retry-After: a node that took the webhook now would have removed it unsent.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let listed = outbox_list(&world, &[]).await;
+    let pending: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(pending.len(), 1, "{listed}");
+    assert!(
+        pending[0].starts_with(first[0]["delivery"].as_str().unwrap()),
+        "{listed}"
+    );
+    assert_eq!(receiver.deliveries().await.len(), 1);
+
+    world.daemon.rewrite_config(&with_webhooks);
+    world.daemon.reload().await;
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[1]["status"], 200);
+    assert_eq!(got[1]["delivery"], first[0]["delivery"]);
+    world.daemon.stop().await;
+    assert_eq!(receiver.deliveries().await.len(), 2);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The outbox's part of the store's conformance suite (`src/store/outbox.rs` has the contract),
 //! run by `store.rs` against SQLite and PostgreSQL, and two "nodes" claiming at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use brandgate::clock::UnixMillis;
 use brandgate::ids::{ConsumerId, ConversationId};
@@ -69,7 +70,13 @@ async fn ids(store: &Store, parked: Option<bool>) -> Vec<String> {
 
 async fn claim(store: &Store, owner: &str, at: UnixMillis) -> Vec<String> {
     store
-        .claim_outbox(owner, at, at.after(std::time::Duration::from_secs(60)), 100)
+        .claim_outbox(
+            owner,
+            &["webhook"],
+            at,
+            at.after(std::time::Duration::from_secs(60)),
+            100,
+        )
         .await
         .unwrap()
         .into_iter()
@@ -152,7 +159,14 @@ pub async fn conforms(store: &Store) {
     let held = store.list_outbox(None, 1).await.unwrap().remove(0);
     assert_eq!(
         store
-            .settle_outbox(&held, "n2", Settle::Done { renewed_due: T0 })
+            .settle_outbox(
+                &held,
+                "n2",
+                Settle::Done {
+                    renewed_at: T0,
+                    renewed_due: T0
+                }
+            )
             .await
             .unwrap(),
         Settled::LeaseLost,
@@ -160,7 +174,14 @@ pub async fn conforms(store: &Store) {
     );
     assert_eq!(
         store
-            .settle_outbox(&held, "n1", Settle::Done { renewed_due: T0 })
+            .settle_outbox(
+                &held,
+                "n1",
+                Settle::Done {
+                    renewed_at: T0,
+                    renewed_due: T0
+                }
+            )
             .await
             .unwrap(),
         Settled::Removed
@@ -233,6 +254,20 @@ pub async fn conforms(store: &Store) {
     assert_eq!(store.retry_parked_outbox(None, later).await.unwrap(), 1);
     let b = store.list_outbox(None, 1).await.unwrap().remove(0);
     assert_eq!((b.id.as_str(), b.parked, b.attempts), ("b", false, 0));
+    // b heads lane-1 again, but c (lane-1) is still held: nothing of the lane until it is not.
+    assert_eq!(claim(store, "n2", later).await, Vec::<String>::new());
+    // Only the kinds asked for.
+    let none = store
+        .claim_outbox(
+            "n2",
+            &["away_push"],
+            later.after(std::time::Duration::from_secs(61)),
+            later,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
 
     // A lease that ran out is another owner's to take; the first can no longer settle it.
     let expired = later.after(std::time::Duration::from_secs(61));
@@ -256,6 +291,7 @@ pub async fn conforms(store: &Store) {
                 &c,
                 "n1",
                 Settle::Done {
+                    renewed_at: expired,
                     renewed_due: expired
                 }
             )
@@ -265,19 +301,32 @@ pub async fn conforms(store: &Store) {
         "nobody else took c: n1's lease, though run out, is still the one on it"
     );
 
-    // Renewed leases outlive their first end.
-    assert_eq!(
+    // A renewed lease outlives its first end.
+    let b_held = store.list_outbox(None, 1).await.unwrap().remove(0);
+    let far = expired.after(std::time::Duration::from_secs(120));
+    assert!(
         store
-            .renew_outbox_leases("n2", expired.after(std::time::Duration::from_secs(120)))
+            .renew_outbox_lease(b_held.position, "n2", far)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_outbox_lease(b_held.position, "n9", far)
             .await
             .unwrap(),
-        2
+        "not n9's"
     );
     let renewed_past = expired.after(std::time::Duration::from_secs(90));
-    assert_eq!(claim(store, "n4", renewed_past).await, Vec::<String>::new());
+    assert_eq!(
+        claim(store, "n4", renewed_past).await,
+        ["d"],
+        "b stays n2's; d's ran out"
+    );
+    assert_eq!(store.release_outbox("n4").await.unwrap(), 1);
 
     // Handing leases back: at once claimable by another owner.
-    assert_eq!(store.release_outbox("n2").await.unwrap(), 2);
+    assert_eq!(store.release_outbox("n2").await.unwrap(), 1);
     assert_eq!(claim(store, "n3", expired).await, ["b", "d"]);
     let b = store.list_outbox(None, 1).await.unwrap().remove(0);
     store
@@ -285,6 +334,7 @@ pub async fn conforms(store: &Store) {
             &b,
             "n3",
             Settle::Done {
+                renewed_at: expired,
                 renewed_due: expired,
             },
         )
@@ -340,6 +390,7 @@ pub async fn conforms(store: &Store) {
                 &p,
                 "n1",
                 Settle::Done {
+                    renewed_at: due_again,
                     renewed_due: due_again
                 }
             )
@@ -362,6 +413,7 @@ pub async fn conforms(store: &Store) {
                 &p,
                 "n2",
                 Settle::Done {
+                    renewed_at: due_again,
                     renewed_due: due_again
                 }
             )
@@ -369,6 +421,80 @@ pub async fn conforms(store: &Store) {
             .unwrap(),
         Settled::Removed
     );
+
+    // A parked item lets go of its dedupe key: the next write with it makes a new item.
+    store
+        .append_event(&event(
+            &c3.id,
+            "outbox-e5",
+            "k5",
+            &[item("p3", "lane-3", key)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(claim(store, "n2", due_again).await, ["p3"]);
+    let p3 = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "p3")
+        .unwrap();
+    store
+        .settle_outbox(
+            &p3,
+            "n2",
+            Settle::Park {
+                error: "refused",
+                at: T0,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .append_event(&event(
+            &c3.id,
+            "outbox-e6",
+            "k6",
+            &[item("p4", "lane-3", key)],
+        ))
+        .await
+        .unwrap();
+    let lane3: Vec<(String, bool)> = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.lane == "lane-3")
+        .map(|i| (i.id, i.parked))
+        .collect();
+    assert_eq!(lane3, [("p3".to_string(), true), ("p4".to_string(), false)]);
+    assert_eq!(
+        store
+            .purge_parked_outbox(T0.after(std::time::Duration::from_millis(1)))
+            .await
+            .unwrap(),
+        1
+    );
+    let p4 = store
+        .list_outbox(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "p4")
+        .unwrap();
+    assert_eq!(claim(store, "n2", due_again).await, ["p4"]);
+    store
+        .settle_outbox(
+            &p4,
+            "n2",
+            Settle::Done {
+                renewed_at: T0,
+                renewed_due: T0,
+            },
+        )
+        .await
+        .unwrap();
 
     // Purged: parked items older than the cut-off, nothing else.
     let d = store
@@ -401,79 +527,104 @@ pub async fn conforms(store: &Store) {
 }
 
 /// Two handles on one database ("nodes") claim and complete at once: every item is handed out
-/// exactly once, and each lane's in its written order.
+/// exactly once, no lane ever has two items held at once, and each lane's are completed in
+/// their written order.
 async fn two_nodes_share_the_work(first: &Store, second: &Store) {
     const LANES: usize = 8;
     const PER_LANE: usize = 25;
+    let mut conversations = Vec::new();
     for lane in 0..LANES {
         let c = conversation(&format!("shared-{lane}"), &format!("shared-u{lane}"));
         first.create_conversation(&c, &[]).await.unwrap();
-        for n in 0..PER_LANE {
+        conversations.push(c);
+    }
+    // Written interleaved, so lanes mix in the write order.
+    for n in 0..PER_LANE {
+        for (lane, c) in conversations.iter().enumerate() {
             let id = format!("{lane}-{n:02}");
-            let key = format!("k-{id}");
             first
                 .append_event(&event(
                     &c.id,
                     &format!("event-{id}"),
-                    &key,
+                    &format!("k-{id}"),
                     &[item(&id, &format!("shared-lane-{lane}"), None)],
                 ))
                 .await
                 .unwrap();
         }
     }
-    let work = |store: Store, owner: &'static str| async move {
-        let mut done = Vec::new();
-        let mut idle = 0;
-        // Bounded: at most this many rounds, ending once the outbox stays empty.
-        for _ in 0..10_000 {
-            let items = store
-                .claim_outbox(owner, T0, T0.after(std::time::Duration::from_secs(60)), 4)
-                .await
-                .unwrap();
-            if items.is_empty() {
-                idle += 1;
-                if idle > 50 {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                continue;
-            }
-            idle = 0;
-            for i in items {
-                let settled = store
-                    .settle_outbox(&i, owner, Settle::Done { renewed_due: T0 })
+    // Lanes held right now, and every completion in the order it happened, across both.
+    let shared = Arc::new(Mutex::new((HashSet::<String>::new(), Vec::<String>::new())));
+    let work = |store: Store, owner: &'static str| {
+        let shared = shared.clone();
+        async move {
+            let mut idle = 0;
+            // Bounded: at most this many rounds, ending once the outbox stays empty.
+            for _ in 0..10_000 {
+                let items = store
+                    .claim_outbox(
+                        owner,
+                        &["webhook"],
+                        T0,
+                        T0.after(std::time::Duration::from_secs(60)),
+                        4,
+                    )
                     .await
                     .unwrap();
-                assert_eq!(settled, Settled::Removed);
-                done.push(i.id);
+                if items.is_empty() {
+                    idle += 1;
+                    if idle > 50 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                idle = 0;
+                for i in &items {
+                    let fresh = shared.lock().unwrap().0.insert(i.lane.clone());
+                    assert!(fresh, "{} claimed while its lane was held", i.id);
+                }
+                for i in items {
+                    // Recorded before the settle: once settled, the lane's next may go.
+                    {
+                        let mut s = shared.lock().unwrap();
+                        s.0.remove(&i.lane);
+                        s.1.push(i.id.clone());
+                    }
+                    let settled = store
+                        .settle_outbox(
+                            &i,
+                            owner,
+                            Settle::Done {
+                                renewed_at: T0,
+                                renewed_due: T0,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(settled, Settled::Removed);
+                }
             }
         }
-        done
     };
     let (a, b) = tokio::join!(
         tokio::spawn(work(first.clone(), "node-a")),
         tokio::spawn(work(second.clone(), "node-b"))
     );
-    let (a, b) = (a.unwrap(), b.unwrap());
-    let mut all: Vec<&String> = a.iter().chain(&b).collect();
+    a.unwrap();
+    b.unwrap();
+    let log = shared.lock().unwrap().1.clone();
+    let mut all = log.clone();
     all.sort();
     let expected: Vec<String> = (0..LANES)
         .flat_map(|l| (0..PER_LANE).map(move |n| format!("{l}-{n:02}")))
         .collect();
-    assert_eq!(
-        all,
-        expected.iter().collect::<Vec<_>>(),
-        "each exactly once"
-    );
-    // Within a node's own completions, each lane's items appear in order.
-    for done in [&a, &b] {
-        let mut last: BTreeMap<&str, &str> = BTreeMap::new();
-        for id in done {
-            let (lane, n) = id.split_once('-').unwrap();
-            if let Some(before) = last.insert(lane, n) {
-                assert!(before < n, "{id} after {lane}-{before}");
-            }
+    assert_eq!(all, expected, "each exactly once");
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    for id in &log {
+        let (lane, n) = id.split_once('-').unwrap();
+        if let Some(before) = last.insert(lane, n) {
+            assert!(before < n, "{id} after {lane}-{before}");
         }
     }
 }
@@ -534,7 +685,7 @@ pub async fn presence_conforms(store: &Store) {
     assert!(!store.is_consumer_present("acct", &u1, later).await.unwrap());
     let much_later = later.after(std::time::Duration::from_secs(60));
     store
-        .refresh_node_presence("node-b", much_later)
+        .refresh_node_presence("node-b", T0, much_later)
         .await
         .unwrap();
     assert!(store.is_consumer_present("acct", &u1, later).await.unwrap());

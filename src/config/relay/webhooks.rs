@@ -53,6 +53,9 @@ pub struct WebhooksConfig {
     pub max_in_flight: usize,
 }
 
+/// Outbox attempts a node makes at once when `[relay.webhooks]` does not say.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+
 impl WebhooksConfig {
     pub(super) fn check_shape(&self, p: &mut Problems) {
         match crate::http_client::check_url(&self.url) {
@@ -108,7 +111,7 @@ mod defaults {
         10
     }
     pub fn max_in_flight() -> usize {
-        8
+        super::DEFAULT_MAX_IN_FLIGHT
     }
 }
 
