@@ -6,6 +6,9 @@
 //!
 //!   cargo bench --bench push_throughput            full run (about a minute)
 //!   cargo bench --bench push_throughput -- --quick  CI smoke run (a few seconds)
+//!   ... -- --store sqlite | --store postgres        de-duplication shared through the store
+//!                                                   (PostgreSQL: a fresh database on
+//!                                                   127.0.0.1:5432), not only in memory
 //!
 //! Everything runs on this machine's loopback: generator and fake in this process, brandgate
 //! in its own. The fake skips recording and verifies each provider token once.
@@ -38,8 +41,27 @@ struct Settings {
 /// Builds the request for the n-th push.
 type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
 
+/// Where de-duplication is kept besides this process's memory.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DedupeStore {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let store = match args
+        .iter()
+        .position(|a| a == "--store")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        Some("sqlite") => DedupeStore::Sqlite,
+        Some("postgres") => DedupeStore::Postgres,
+        _ => DedupeStore::Memory,
+    };
     let settings = if quick {
         Settings {
             throughput_secs: 2,
@@ -59,22 +81,44 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(settings, quick));
+    runtime.block_on(run(settings, quick, store));
 }
 
-async fn run(s: Settings, quick: bool) {
+async fn run(s: Settings, quick: bool, store: DedupeStore) {
     brandgate::tls::install_crypto_provider();
     let env = TestEnv::new();
     let (fake, key) = apns(APP).await;
     fake.stop_recording();
+    let database = match store {
+        DedupeStore::Postgres => Some(
+            support::postgres::Database::create()
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432"),
+        ),
+        _ => None,
+    };
+    // A store (the identity bridge's) makes de-duplication shared through it.
+    let store_section = match (&database, store) {
+        (_, DedupeStore::Memory) => String::new(),
+        (db, _) => format!(
+            "[store]\ndata_keys_file = \"{}\"\n{}\n[identity]\nissuer = \"https://brandgate.test\"\n",
+            env.secret("data-keys", &support::identity_world::data_key_line("k1"))
+                .display(),
+            db.as_ref()
+                .map_or(String::new(), |db| format!("url = \"{}\"", db.url)),
+        ),
+    };
     let config = env
-        .config(&env.apns_app(
-            APP,
-            &fake,
-            &key,
-            "mask_text = \"You have a new message\"",
-            &env.basic_auth(),
-            "",
+        .config(&format!(
+            "{store_section}{}",
+            env.apns_app(
+                APP,
+                &fake,
+                &key,
+                "mask_text = \"You have a new message\"",
+                &env.basic_auth(),
+                "",
+            )
         ))
         .replace("level = \"debug\"", "level = \"warn\"");
     let daemon = Daemon::start_with_env(
@@ -147,7 +191,10 @@ async fn run(s: Settings, quick: bool) {
 
     let ratio = via_rate.per_second / direct_rate.per_second;
     let added = |q: f64| percentile(&via_lat, q) - percentile(&direct_lat, q);
-    println!("push_throughput ({})", if quick { "quick" } else { "full" });
+    println!(
+        "push_throughput ({}, de-duplication: {store:?})",
+        if quick { "quick" } else { "full" }
+    );
     println!(
         "  direct to fake APNs:   {:>9.0} pushes/s  ({} errors)",
         direct_rate.per_second, direct_rate.errors
@@ -178,6 +225,9 @@ async fn run(s: Settings, quick: bool) {
         "every push answered 200 reached the fake exactly once"
     );
     drop(daemon);
+    if let Some(db) = database {
+        db.drop().await;
+    }
 }
 
 fn token(n: u64) -> String {

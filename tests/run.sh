@@ -75,6 +75,8 @@ cargo test --locked --doc --quiet
 
 log "benchmarks (quick mode)"
 cargo bench --locked --bench push_throughput -- --quick
+cargo bench --locked --bench push_throughput -- --quick --store sqlite
+cargo bench --locked --bench push_throughput -- --quick --store postgres
 cargo bench --locked --bench mint -- --quick
 cargo bench --locked --bench code_flow -- --quick
 cargo bench --locked --bench relay -- --quick

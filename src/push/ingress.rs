@@ -66,6 +66,7 @@ impl Refusal {
             Refusal::Push(PushError::Payload(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Push(PushError::InvalidToken(_)) => StatusCode::FORBIDDEN,
             Refusal::Push(PushError::ConcurrentAttemptFailed) => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Push(PushError::DeliveringElsewhere) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

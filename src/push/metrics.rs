@@ -50,6 +50,7 @@ pub struct PushMetrics {
     pub in_flight: Gauge,
     pub duplicates: Counter,
     pub dedupe_evicted_early: Counter,
+    pub dedupe_store_errors: Counter,
     pub dead_tokens: Family<ProviderLabels, Counter>,
     pub webhook: Family<ResultLabels, Counter>,
     pub refused: Family<ResultLabels, Counter>,
@@ -99,6 +100,7 @@ impl PushMetrics {
             in_flight: Gauge::default(),
             duplicates: Counter::default(),
             dedupe_evicted_early: Counter::default(),
+            dedupe_store_errors: Counter::default(),
             dead_tokens: Family::default(),
             webhook: Family::default(),
             refused: Family::default(),
@@ -141,6 +143,11 @@ impl PushMetrics {
             "dedupe_evicted_early",
             "Delivered pushes forgotten before dedupe_window ended because dedupe_capacity was full",
             m.dedupe_evicted_early.clone(),
+        );
+        r.register(
+            "dedupe_store_errors",
+            "Push claims the store could not take (de-duplication went on with this node's memory only)",
+            m.dedupe_store_errors.clone(),
         );
         r.register(
             "dead_tokens",

@@ -26,6 +26,7 @@ mod outcome;
 pub(crate) mod payload;
 pub(crate) mod request;
 mod retry;
+mod shared_dedupe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ use fcm::FcmClient;
 use feedback::{DeadToken, FeedbackSink};
 use metrics::{DeliveryLabels, ProviderLabels, ResultLabels};
 use payload::{PayloadError, Presentation};
+use shared_dedupe::{Shared as SharedClaim, SharedDedupe};
 
 /// Why a push was not attempted. Each maps to one HTTP status in `ingress`.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,8 @@ pub enum PushError {
     InvalidToken(TokenShape),
     #[error("a concurrent attempt at this same push just failed; a retry may succeed")]
     ConcurrentAttemptFailed,
+    #[error("another node is still delivering this same push; a re-send gets its outcome")]
+    DeliveringElsewhere,
     #[error(transparent)]
     Payload(#[from] PayloadError),
 }
@@ -80,6 +84,9 @@ struct Shared {
     generation: RwLock<Arc<Generation>>,
     builder: Builder,
     dedupe: Arc<Dedupe>,
+    /// The claims shared with the other nodes and kept across restarts (when there is a
+    /// store: [`PushService::share_dedupe`]).
+    shared_dedupe: std::sync::OnceLock<Arc<SharedDedupe>>,
     limiter: SourceLimiter,
     in_flight: AtomicUsize,
     /// Deliveries started for the proxy endpoint. They run detached from the request that
@@ -140,6 +147,7 @@ impl PushService {
             generation: RwLock::new(Arc::new(generation)),
             builder,
             dedupe: Dedupe::new(clock, evicted_early),
+            shared_dedupe: std::sync::OnceLock::new(),
             limiter: SourceLimiter::default(),
             in_flight: AtomicUsize::new(0),
             deliveries: TaskTracker::new(),
@@ -180,6 +188,19 @@ impl PushService {
     /// The HTTP routes of the push proxy (`POST /push/{app}`).
     pub fn router(&self) -> axum::Router {
         ingress::router(self.clone())
+    }
+
+    /// Shares de-duplication through `store` (several nodes on one PostgreSQL, or a restart on
+    /// SQLite), behind the in-memory table. Once; later calls change nothing. Inside a tokio
+    /// runtime.
+    pub fn share_dedupe(&self, store: crate::store::Store) {
+        self.shared.shared_dedupe.get_or_init(|| {
+            SharedDedupe::start(
+                store,
+                self.shared.builder.clock.clone(),
+                self.metrics().dedupe_store_errors.clone(),
+            )
+        });
     }
 
     /// How many apps the current configuration serves.
@@ -263,6 +284,7 @@ impl PushService {
         let body = Bytes::from(body);
 
         let settings = &generation.settings;
+        let deadline = tokio::time::Instant::now() + settings.deadline.0;
         let dedupe_key = dedupe::key(
             &app.id,
             request.device_token.as_str(),
@@ -277,36 +299,45 @@ impl PushService {
                 .claim(k, settings.dedupe_window.0, settings.dedupe_capacity)
                 .await
             {
-                Claim::AlreadyDelivered => {
-                    self.metrics().duplicates.inc();
-                    tracing::info!(app = %app.id, %provider, token = %request.device_token, "repeat of a delivered push: not sent again");
-                    return Ok(Delivery {
-                        provider,
-                        last: Attempt::Delivered {
-                            status: 200,
-                            id: None,
-                        },
-                        attempts: 0,
-                        gave_up: None,
-                        duplicate: true,
-                    });
-                }
+                Claim::AlreadyDelivered => return Ok(self.duplicate(app, provider, &request)),
                 Claim::ConcurrentFailed => return Err(PushError::ConcurrentAttemptFailed),
-                Claim::Fresh(g) => Some(g),
+                Claim::Fresh(g) => Some((k, g)),
             },
         };
+        // Then the claim every node shares (the memory table above answers this node's own
+        // repeats without the database).
+        let shared_dedupe = self.shared.shared_dedupe.get();
+        let shared_key = match (shared_dedupe, &guard) {
+            (Some(shared), Some((k, _))) => match shared.claim(*k, deadline).await {
+                SharedClaim::Send => Some((shared, *k)),
+                SharedClaim::Unavailable => None,
+                SharedClaim::Duplicate => {
+                    if let Some((_, g)) = guard {
+                        g.delivered();
+                    }
+                    return Ok(self.duplicate(app, provider, &request));
+                }
+                SharedClaim::StillSendingElsewhere => {
+                    return Err(PushError::DeliveringElsewhere);
+                }
+            },
+            _ => None,
+        };
 
-        let _in_flight = InFlight::enter(self, settings.max_in_flight).ok_or_else(|| {
+        let Some(_in_flight) = InFlight::enter(self, settings.max_in_flight) else {
             self.metrics()
                 .refused
                 .get_or_create(&ResultLabels {
                     result: "overloaded",
                 })
                 .inc();
-            PushError::Overloaded
-        })?;
+            // Not sent: a re-send, on any node, may try at once.
+            if let Some((shared, k)) = shared_key {
+                shared.release(k).await;
+            }
+            return Err(PushError::Overloaded);
+        };
 
-        let deadline = tokio::time::Instant::now() + settings.deadline.0;
         let apns_id = next_apns_id();
         let collapse = request.meta.conversation_id.as_deref();
         let device = &request.device_token;
@@ -349,13 +380,36 @@ impl PushService {
             gave_up,
             duplicate: false,
         };
-        if let Some(g) = guard
+        if let Some((_, g)) = guard
             && delivery.delivered()
         {
             g.delivered();
         }
+        if let Some((shared, k)) = shared_key {
+            if delivery.delivered() {
+                shared.delivered(k, settings.dedupe_window.0).await;
+            } else {
+                shared.release(k).await;
+            }
+        }
         self.record(generation, app, &request.device_token, &delivery);
         Ok(delivery)
+    }
+
+    /// The answer to a repeat of a delivered push: nothing is sent.
+    fn duplicate(&self, app: &App, provider: Provider, request: &PushRequest) -> Delivery {
+        self.metrics().duplicates.inc();
+        tracing::info!(app = %app.id, %provider, token = %request.device_token, "repeat of a delivered push: not sent again");
+        Delivery {
+            provider,
+            last: Attempt::Delivered {
+                status: 200,
+                id: None,
+            },
+            attempts: 0,
+            gave_up: None,
+            duplicate: true,
+        }
     }
 
     /// Metrics, the log line and dead-token feedback for a finished push.

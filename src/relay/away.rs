@@ -370,7 +370,9 @@ impl Away {
             Err(e) => {
                 tracing::warn!(app = %registration.app, error = %e, "an away push could not be sent");
                 match e {
-                    PushError::Overloaded | PushError::ConcurrentAttemptFailed => Sent::Transient,
+                    PushError::Overloaded
+                    | PushError::ConcurrentAttemptFailed
+                    | PushError::DeliveringElsewhere => Sent::Transient,
                     _ => Sent::NotForThisDevice,
                 }
             }

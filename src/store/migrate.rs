@@ -163,6 +163,16 @@ const SQLITE: &[(i64, &str)] = &[
         );
         CREATE INDEX consumer_presence_by_node ON consumer_presence (node)",
     ),
+    (
+        10,
+        "CREATE TABLE push_claims (
+            key BLOB PRIMARY KEY,
+            delivered BOOLEAN NOT NULL,
+            owner TEXT NOT NULL,
+            until INTEGER NOT NULL
+        );
+        CREATE INDEX push_claims_by_until ON push_claims (until)",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -319,6 +329,16 @@ const POSTGRES: &[(i64, &str)] = &[
             PRIMARY KEY (account, consumer_id, node)
         );
         CREATE INDEX consumer_presence_by_node ON consumer_presence (node)",
+    ),
+    (
+        10,
+        "CREATE TABLE push_claims (
+            key BYTEA PRIMARY KEY,
+            delivered BOOLEAN NOT NULL,
+            owner TEXT NOT NULL,
+            until BIGINT NOT NULL
+        );
+        CREATE INDEX push_claims_by_until ON push_claims (until)",
     ),
 ];
 

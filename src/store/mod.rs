@@ -32,6 +32,7 @@ pub(crate) mod notify;
 pub mod outbox;
 mod presence;
 pub(crate) mod profiles;
+pub mod push_claims;
 pub mod relay;
 pub mod seal;
 pub(crate) mod sealed;

@@ -18,6 +18,7 @@ mod lifecycle;
 mod login;
 mod overload;
 mod push_apns;
+mod push_dedupe;
 mod push_fcm;
 mod relay_agent;
 mod relay_consumer;

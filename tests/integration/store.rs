@@ -87,6 +87,7 @@ async fn conforms(store: &Store) {
     relay_conforms(store).await;
     crate::store_outbox::conforms(store).await;
     crate::store_outbox::presence_conforms(store).await;
+    crate::store_outbox::push_claims_conform(store).await;
     agents_conform(store).await;
 
     // Migrations are idempotent, and a database from a newer brandgate is refused.

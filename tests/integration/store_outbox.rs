@@ -752,3 +752,100 @@ async fn postgres_an_appended_events_notice_goes_with_its_commit() {
     drop(listener);
     db.drop().await;
 }
+
+/// Shared push claims (`src/store/push_claims.rs`).
+pub async fn push_claims_conform(store: &Store) {
+    use brandgate::store::push_claims::{PushClaimOp, PushClaimOutcome as O};
+    let key = [7u8; 32];
+    let claim = |owner: &str, now: UnixMillis| PushClaimOp::Claim {
+        key,
+        owner: owner.into(),
+        now,
+        until: now.after(std::time::Duration::from_secs(30)),
+    };
+    let one = |op: PushClaimOp| async move { store.apply_push_claims(&[op]).await.unwrap()[0] };
+    assert_eq!(one(claim("a", T0)).await, O::Claimed);
+    assert_eq!(one(claim("b", T0)).await, O::Sending);
+    // Another owner cannot release or mark it.
+    one(PushClaimOp::Release {
+        key,
+        owner: "b".into(),
+    })
+    .await;
+    assert_eq!(one(claim("b", T0)).await, O::Sending);
+    // Released by its owner: the next claim takes it.
+    assert_eq!(
+        one(PushClaimOp::Release {
+            key,
+            owner: "a".into()
+        })
+        .await,
+        O::Done
+    );
+    assert_eq!(one(claim("b", T0)).await, O::Claimed);
+    // Delivered: a duplicate for everyone until the window ends, then claimable again.
+    let window_end = T0.after(std::time::Duration::from_secs(600));
+    one(PushClaimOp::Delivered {
+        key,
+        owner: "b".into(),
+        until: window_end,
+    })
+    .await;
+    assert_eq!(one(claim("a", T0)).await, O::Delivered);
+    assert_eq!(one(claim("b", T0)).await, O::Delivered);
+    one(PushClaimOp::Release {
+        key,
+        owner: "b".into(),
+    })
+    .await;
+    assert_eq!(
+        one(claim("a", T0)).await,
+        O::Delivered,
+        "a delivered key is not released"
+    );
+    assert_eq!(one(claim("a", window_end)).await, O::Claimed);
+    // A claim whose owner died runs out.
+    let later = window_end.after(std::time::Duration::from_secs(31));
+    assert_eq!(one(claim("c", later)).await, O::Claimed);
+    // In one batch, in order: outcomes per operation.
+    let other = [8u8; 32];
+    let batch = store
+        .apply_push_claims(&[
+            PushClaimOp::Claim {
+                key: other,
+                owner: "d".into(),
+                now: T0,
+                until: window_end,
+            },
+            PushClaimOp::Claim {
+                key: other,
+                owner: "e".into(),
+                now: T0,
+                until: window_end,
+            },
+            PushClaimOp::Delivered {
+                key: other,
+                owner: "d".into(),
+                until: window_end,
+            },
+            PushClaimOp::Claim {
+                key: other,
+                owner: "e".into(),
+                now: T0,
+                until: window_end,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(batch, [O::Claimed, O::Sending, O::Done, O::Delivered]);
+    // Purged once past.
+    assert_eq!(store.purge_push_claims(window_end).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_push_claims(later.after(std::time::Duration::from_secs(31)))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(one(claim("f", T0)).await, O::Claimed);
+}

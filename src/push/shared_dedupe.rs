@@ -1,0 +1,174 @@
+//! De-duplication shared with the other nodes and kept across restarts, through the store
+//! ([`crate::store::push_claims`]), behind the in-memory table ([`super::dedupe`]), which
+//! stays the fast path: a repeat this node already delivered never reaches the database.
+//!
+//! A push's key is claimed in the database before it is sent, so the platform's re-send that
+//! lands on another node (or on this one after a restart) within the window answers
+//! `duplicate` without sending. A re-send that arrives while another node is still delivering
+//! waits for its outcome, up to the push's deadline: delivered there, it is a duplicate;
+//! released there (the first attempt failed), this one claims the key and sends. Claims are
+//! batched (one transaction for all the claims waiting at once), so a busy node pays a
+//! fraction of a round trip per push. When the database cannot answer, pushes go on with the
+//! in-memory table only (counted in `brandgate_push_dedupe_store_errors_total`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{mpsc, oneshot};
+
+use super::dedupe::Key;
+use crate::clock::{Clock, UnixMillis};
+use crate::store::Store;
+use crate::store::push_claims::{PushClaimOp, PushClaimOutcome};
+
+/// Operations waiting for the writer; beyond, a claim goes without the database.
+const QUEUE: usize = 8192;
+/// Operations in one transaction at most.
+const BATCH: usize = 256;
+/// How often a re-send waiting for another node's attempt looks again.
+const WAIT_STEP: Duration = Duration::from_millis(200);
+/// How often claims past their time are removed.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the shared claim says about a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// This node sends it (then reports [`SharedDedupe::delivered`] or
+    /// [`SharedDedupe::release`]).
+    Send,
+    /// Delivered within the window, here or elsewhere: answer `duplicate`.
+    Duplicate,
+    /// Another node was still delivering it when the deadline came.
+    StillSendingElsewhere,
+    /// The database did not answer: go on with the in-memory table alone.
+    Unavailable,
+}
+
+struct Job {
+    op: PushClaimOp,
+    done: oneshot::Sender<Option<PushClaimOutcome>>,
+}
+
+/// The shared claims of one node. Cheap to share (`Arc`).
+pub struct SharedDedupe {
+    jobs: mpsc::Sender<Job>,
+    /// This node's name in the claims (new at every start).
+    owner: String,
+    clock: Arc<dyn Clock>,
+    errors: Counter,
+}
+
+impl SharedDedupe {
+    /// Starts the writer (inside a tokio runtime); it ends when the last handle is dropped.
+    pub fn start(store: Store, clock: Arc<dyn Clock>, errors: Counter) -> Arc<SharedDedupe> {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(write(store, queue, clock.clone(), errors.clone()));
+        Arc::new(SharedDedupe {
+            jobs,
+            owner: uuid::Uuid::new_v4().to_string(),
+            clock,
+            errors,
+        })
+    }
+
+    async fn apply(&self, op: PushClaimOp) -> Option<PushClaimOutcome> {
+        let (done, answer) = oneshot::channel();
+        if self.jobs.try_send(Job { op, done }).is_err() {
+            self.errors.inc();
+            return None;
+        }
+        answer.await.ok().flatten()
+    }
+
+    /// Claims `key` for a delivery that ends by `deadline` (a tokio instant); waits, up to
+    /// it, while another node is delivering the same push.
+    pub async fn claim(&self, key: Key, deadline: tokio::time::Instant) -> Shared {
+        loop {
+            let now = UnixMillis::now(&*self.clock);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // The claim outlives the attempt a little, so a node that dies mid-push lets go.
+            let until = now.after(left + Duration::from_secs(5));
+            let outcome = self
+                .apply(PushClaimOp::Claim {
+                    key,
+                    owner: self.owner.clone(),
+                    now,
+                    until,
+                })
+                .await;
+            match outcome {
+                Some(PushClaimOutcome::Claimed) => return Shared::Send,
+                Some(PushClaimOutcome::Delivered) => return Shared::Duplicate,
+                Some(PushClaimOutcome::Sending) => {
+                    if tokio::time::Instant::now() + WAIT_STEP >= deadline {
+                        return Shared::StillSendingElsewhere;
+                    }
+                    tokio::time::sleep(WAIT_STEP).await;
+                }
+                Some(PushClaimOutcome::Done) | None => return Shared::Unavailable,
+            }
+        }
+    }
+
+    /// The claimed push was delivered: a duplicate for everyone until `window` ends.
+    pub async fn delivered(&self, key: Key, window: Duration) {
+        let until = UnixMillis::now(&*self.clock).after(window);
+        let op = PushClaimOp::Delivered {
+            key,
+            owner: self.owner.clone(),
+            until,
+        };
+        self.apply(op).await;
+    }
+
+    /// The claimed push was not delivered: a re-send may try again, on any node.
+    pub async fn release(&self, key: Key) {
+        let op = PushClaimOp::Release {
+            key,
+            owner: self.owner.clone(),
+        };
+        self.apply(op).await;
+    }
+}
+
+/// The writer: what waits goes in one transaction, ordered by key (two nodes' batches lock
+/// rows in the same order; one push's operations never share a batch); claims past their time
+/// are removed now and then.
+async fn write(
+    store: Store,
+    mut queue: mpsc::Receiver<Job>,
+    clock: Arc<dyn Clock>,
+    errors: Counter,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last_purge = tokio::time::Instant::now();
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        batch.sort_by_key(|job: &Job| match &job.op {
+            PushClaimOp::Claim { key, .. }
+            | PushClaimOp::Delivered { key, .. }
+            | PushClaimOp::Release { key, .. } => *key,
+        });
+        let ops: Vec<PushClaimOp> = batch.iter().map(|j| j.op.clone()).collect();
+        match store.apply_push_claims(&ops).await {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = job.done.send(Some(outcome));
+                }
+            }
+            Err(e) => {
+                errors.inc_by(batch.len() as u64);
+                tracing::warn!(error = %e, "push de-duplication cannot reach the store; pushes go on with this node's memory only");
+                for job in batch.drain(..) {
+                    let _ = job.done.send(None);
+                }
+            }
+        }
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = tokio::time::Instant::now();
+            if let Err(e) = store.purge_push_claims(UnixMillis::now(&*clock)).await {
+                tracing::warn!(error = %e, "cannot remove old push claims");
+            }
+        }
+    }
+}

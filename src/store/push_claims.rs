@@ -1,0 +1,144 @@
+//! Push de-duplication shared by every node and kept across restarts: who is delivering a push
+//! (by its idempotency key, a SHA-256 digest: never a device token), and which were delivered
+//! within the window.
+//!
+//! Contract: operations are applied in batches, each batch in one transaction, in order.
+//! - `Claim` succeeds (`Claimed`) when no live row holds the key (none, or its `until` passed):
+//!   the key is then the owner's, `sending` until `until`. Otherwise it answers what the live
+//!   row says: `Delivered`, or `Sending` (another owner is delivering it). Of owners claiming
+//!   one key at once, on any number of nodes, exactly one gets `Claimed`.
+//! - `Delivered` marks the owner's key delivered until `until` (the window); `Release` removes
+//!   the owner's key if it is still sending. Neither touches a key another owner holds.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::clock::UnixMillis;
+
+/// One operation on the shared claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushClaimOp {
+    Claim {
+        key: [u8; 32],
+        owner: String,
+        now: UnixMillis,
+        until: UnixMillis,
+    },
+    Delivered {
+        key: [u8; 32],
+        owner: String,
+        until: UnixMillis,
+    },
+    Release {
+        key: [u8; 32],
+        owner: String,
+    },
+}
+
+/// What an operation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushClaimOutcome {
+    /// The key is now the claimer's.
+    Claimed,
+    /// Delivered within the window (by anyone).
+    Delivered,
+    /// Another owner is delivering it.
+    Sending,
+    /// `Delivered` or `Release` applied (or there was nothing of the owner's to change).
+    Done,
+}
+
+/// Applies `ops` in `$tx` of either backend, collecting outcomes.
+macro_rules! apply_ops {
+    ($tx:expr, $ops:expr) => {{
+        let mut outcomes = Vec::with_capacity($ops.len());
+        for op in $ops {
+            let outcome = match op {
+                PushClaimOp::Claim { key, owner, now, until } => {
+                    let took = sqlx::query(
+                        "INSERT INTO push_claims (key, delivered, owner, until) VALUES ($1, FALSE, $2, $3) \
+                         ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, until = excluded.until \
+                         WHERE push_claims.until <= $4",
+                    )
+                    .bind(&key[..])
+                    .bind(owner)
+                    .bind(*until)
+                    .bind(*now)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected();
+                    if took == 1 {
+                        PushClaimOutcome::Claimed
+                    } else {
+                        let delivered = sqlx::query("SELECT delivered FROM push_claims WHERE key = $1")
+                            .bind(&key[..])
+                            .fetch_optional(&mut *$tx)
+                            .await?
+                            .map(|r| r.try_get::<bool, _>("delivered"))
+                            .transpose()?;
+                        match delivered {
+                            Some(true) => PushClaimOutcome::Delivered,
+                            // Released between the two statements: another claim takes it.
+                            Some(false) | None => PushClaimOutcome::Sending,
+                        }
+                    }
+                }
+                PushClaimOp::Delivered { key, owner, until } => {
+                    sqlx::query("UPDATE push_claims SET delivered = TRUE, until = $3 WHERE key = $1 AND owner = $2")
+                        .bind(&key[..])
+                        .bind(owner)
+                        .bind(*until)
+                        .execute(&mut *$tx)
+                        .await?;
+                    PushClaimOutcome::Done
+                }
+                PushClaimOp::Release { key, owner } => {
+                    sqlx::query("DELETE FROM push_claims WHERE key = $1 AND owner = $2 AND NOT delivered")
+                        .bind(&key[..])
+                        .bind(owner)
+                        .execute(&mut *$tx)
+                        .await?;
+                    PushClaimOutcome::Done
+                }
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }};
+}
+
+impl Store {
+    /// Applies `ops` in one transaction, in order (see the contract); an outcome per op.
+    pub async fn apply_push_claims(
+        &self,
+        ops: &[PushClaimOp],
+    ) -> Result<Vec<PushClaimOutcome>, StoreError> {
+        let outcomes = match self {
+            Store::Sqlite(pool, _) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let outcomes = apply_ops!(tx, ops);
+                tx.commit().await?;
+                outcomes
+            }
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let outcomes = apply_ops!(tx, ops);
+                tx.commit().await?;
+                outcomes
+            }
+        };
+        Ok(outcomes)
+    }
+
+    /// Removes claims whose `until` passed before `now`. Returns how many.
+    pub async fn purge_push_claims(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        let done = on_pool!(self, pool => {
+            sqlx::query("DELETE FROM push_claims WHERE until < $1")
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done)
+    }
+}

@@ -1,0 +1,132 @@
+//! The push proxy's de-duplication beyond one process: the platform's re-send of a delivered
+//! push (same app, device token, conversation and sequence) that lands on another node sharing
+//! the PostgreSQL store, or on the same node after a restart on SQLite, answers `duplicate`
+//! and never reaches the (fake) APNs again; one that arrives while another node is still
+//! delivering waits for that outcome.
+
+use std::time::Duration;
+
+use crate::support::daemon::Daemon;
+use crate::support::fake::Behaviour;
+use crate::support::fake_apns::FakeApns;
+use crate::support::identity_world::data_key_line;
+use crate::support::pki::ApnsKey;
+use crate::support::{TestEnv, apns, ios_push, platform_auth};
+
+const APP: &str = "com.brand.app";
+const TOKEN: &str = "b1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+struct Node {
+    env: TestEnv,
+    daemon: Daemon,
+}
+
+/// A node pushing through `fake` for [`APP`], with a store (`store_extra` in `[store]`) and
+/// the data keys `keys`.
+async fn node(fake: &FakeApns, key: &ApnsKey, store_extra: &str, keys: &str) -> Node {
+    let env = TestEnv::new();
+    let keys = env.secret("data-keys", keys);
+    let app = env.apns_app(APP, fake, key, "", &env.basic_auth(), "");
+    let config = env.config(&format!(
+        r#"
+[store]
+data_keys_file = "{keys}"
+{store_extra}
+[identity]
+issuer = "https://brandgate.test"
+{app}"#,
+        keys = keys.display()
+    ));
+    let daemon = Daemon::start(env.path(), &config).await;
+    Node { env, daemon }
+}
+
+impl Node {
+    /// The platform's push for `sequence` of one conversation; the answer's `status` field.
+    async fn push(&self, sequence: i64) -> String {
+        let answer = self
+            .env
+            .client()
+            .post_json(
+                &self.daemon.url(&format!("/push/{APP}")),
+                &[("authorization", &platform_auth())],
+                &ios_push(TOKEN, "hello", "conv-shared", sequence),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.json()["status"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn a_resend_to_another_node_is_a_duplicate() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let (fake, key) = apns(APP).await;
+    let store = format!("url = \"{}\"", db.url);
+    let keys = data_key_line("k1");
+    let a = node(&fake, &key, &store, &keys).await;
+    let b = node(&fake, &key, &store, &keys).await;
+    assert_eq!(a.push(1).await, "delivered");
+    assert_eq!(b.push(1).await, "duplicate");
+    assert_eq!(a.push(1).await, "duplicate");
+    assert_eq!(
+        b.push(2).await,
+        "delivered",
+        "another sequence is another push"
+    );
+    let sequences: Vec<_> = fake
+        .delivered_to(TOKEN)
+        .iter()
+        .map(|r| r.body["sequence"].clone())
+        .collect();
+    assert_eq!(sequences, [1, 2]);
+    drop((a, b));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_resend_after_a_restart_is_a_duplicate() {
+    let (fake, key) = apns(APP).await;
+    let mut first = node(&fake, &key, "", &data_key_line("k1")).await;
+    assert_eq!(first.push(1).await, "delivered");
+    first.daemon.stop().await;
+    let config = std::fs::read_to_string(&first.daemon.config_path).unwrap();
+    let again = Node {
+        daemon: Daemon::start(first.env.path(), &config).await,
+        env: first.env,
+    };
+    assert_eq!(again.push(1).await, "duplicate");
+    assert_eq!(fake.delivered_to(TOKEN).len(), 1);
+}
+
+#[tokio::test]
+async fn a_resend_while_another_node_delivers_waits_for_its_outcome() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let (fake, key) = apns(APP).await;
+    // The first delivery takes two seconds at APNs.
+    fake.script(
+        TOKEN,
+        vec![
+            Behaviour::Delay(Duration::from_secs(2), Box::new(Behaviour::Ok)),
+            Behaviour::Ok,
+        ],
+    );
+    let store = format!("url = \"{}\"", db.url);
+    let keys = data_key_line("k1");
+    let a = std::sync::Arc::new(node(&fake, &key, &store, &keys).await);
+    let b = node(&fake, &key, &store, &keys).await;
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { a.push(1).await }
+    });
+    a.daemon.wait_in_flight(1).await;
+    assert_eq!(b.push(1).await, "duplicate", "waited for node a's delivery");
+    assert_eq!(first.await.unwrap(), "delivered");
+    assert_eq!(fake.delivered_to(TOKEN).len(), 1);
+    drop((a, b));
+    db.drop().await;
+}
