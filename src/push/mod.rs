@@ -238,6 +238,10 @@ impl PushService {
         let deliveries = &self.shared.deliveries;
         deliveries.close();
         deliveries.wait().await;
+        // What the deliveries recorded for the other nodes, written before the end.
+        if let Some(shared) = self.shared.shared_dedupe.get() {
+            shared.drain().await;
+        }
     }
 
     /// Deliveries the proxy endpoint started that have not finished yet.
@@ -304,6 +308,15 @@ impl PushService {
                 Claim::Fresh(g) => Some((k, g)),
             },
         };
+        let Some(_in_flight) = InFlight::enter(self, settings.max_in_flight) else {
+            self.metrics()
+                .refused
+                .get_or_create(&ResultLabels {
+                    result: "overloaded",
+                })
+                .inc();
+            return Err(PushError::Overloaded);
+        };
         // Then the claim every node shares (the memory table above answers this node's own
         // repeats without the database).
         let shared_dedupe = self.shared.shared_dedupe.get();
@@ -322,20 +335,6 @@ impl PushService {
                 }
             },
             _ => None,
-        };
-
-        let Some(_in_flight) = InFlight::enter(self, settings.max_in_flight) else {
-            self.metrics()
-                .refused
-                .get_or_create(&ResultLabels {
-                    result: "overloaded",
-                })
-                .inc();
-            // Not sent: a re-send, on any node, may try at once.
-            if let Some((shared, k)) = shared_key {
-                shared.release(k).await;
-            }
-            return Err(PushError::Overloaded);
         };
 
         let apns_id = next_apns_id();
@@ -387,9 +386,9 @@ impl PushService {
         }
         if let Some((shared, k)) = shared_key {
             if delivery.delivered() {
-                shared.delivered(k, settings.dedupe_window.0).await;
+                shared.delivered(k, settings.dedupe_window.0);
             } else {
-                shared.release(k).await;
+                shared.release(k);
             }
         }
         self.record(generation, app, &request.device_token, &delivery);

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 use super::dedupe::Key;
 use crate::clock::{Clock, UnixMillis};
@@ -28,8 +29,11 @@ const QUEUE: usize = 8192;
 const BATCH: usize = 256;
 /// How often a re-send waiting for another node's attempt looks again.
 const WAIT_STEP: Duration = Duration::from_millis(200);
-/// How often claims past their time are removed.
+/// How often claims past their time are removed, and how many at most each time.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_LIMIT: i64 = 10_000;
+/// How long a delivered or released mark may take, all tries together.
+const MARK_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the shared claim says about a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,8 @@ struct Job {
 /// The shared claims of one node. Cheap to share (`Arc`).
 pub struct SharedDedupe {
     jobs: mpsc::Sender<Job>,
+    /// The marks sent after a delivery, so stopping waits for them.
+    marks: TaskTracker,
     /// This node's name in the claims (new at every start).
     owner: String,
     clock: Arc<dyn Clock>,
@@ -63,22 +69,31 @@ impl SharedDedupe {
     /// Starts the writer (inside a tokio runtime); it ends when the last handle is dropped.
     pub fn start(store: Store, clock: Arc<dyn Clock>, errors: Counter) -> Arc<SharedDedupe> {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write(store, queue, clock.clone(), errors.clone()));
+        tokio::spawn(write(store.clone(), queue, errors.clone()));
+        tokio::spawn(purge(store, clock.clone()));
         Arc::new(SharedDedupe {
             jobs,
+            marks: TaskTracker::new(),
             owner: uuid::Uuid::new_v4().to_string(),
             clock,
             errors,
         })
     }
 
-    async fn apply(&self, op: PushClaimOp) -> Option<PushClaimOutcome> {
+    /// One operation through the writer, waiting at most until `by`.
+    async fn apply(&self, op: PushClaimOp, by: tokio::time::Instant) -> Option<PushClaimOutcome> {
         let (done, answer) = oneshot::channel();
         if self.jobs.try_send(Job { op, done }).is_err() {
             self.errors.inc();
             return None;
         }
-        answer.await.ok().flatten()
+        match tokio::time::timeout_at(by, answer).await {
+            Ok(answer) => answer.ok().flatten(),
+            Err(_) => {
+                self.errors.inc();
+                None
+            }
+        }
     }
 
     /// Claims `key` for a delivery that ends by `deadline` (a tokio instant); waits, up to
@@ -89,14 +104,13 @@ impl SharedDedupe {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // The claim outlives the attempt a little, so a node that dies mid-push lets go.
             let until = now.after(left + Duration::from_secs(5));
-            let outcome = self
-                .apply(PushClaimOp::Claim {
-                    key,
-                    owner: self.owner.clone(),
-                    now,
-                    until,
-                })
-                .await;
+            let op = PushClaimOp::Claim {
+                key,
+                owner: self.owner.clone(),
+                now,
+                until,
+            };
+            let outcome = self.apply(op, deadline).await;
             match outcome {
                 Some(PushClaimOutcome::Claimed) => return Shared::Send,
                 Some(PushClaimOutcome::Delivered) => return Shared::Duplicate,
@@ -111,38 +125,53 @@ impl SharedDedupe {
         }
     }
 
-    /// The claimed push was delivered: a duplicate for everyone until `window` ends.
-    pub async fn delivered(&self, key: Key, window: Duration) {
+    /// The claimed push was delivered: a duplicate for everyone until `window` ends. Sent in
+    /// the background (the answer does not wait), tried until it is recorded or
+    /// [`MARK_LIMIT`] passes; [`SharedDedupe::drain`] waits for it.
+    pub fn delivered(self: &Arc<Self>, key: Key, window: Duration) {
         let until = UnixMillis::now(&*self.clock).after(window);
-        let op = PushClaimOp::Delivered {
+        self.mark(PushClaimOp::Delivered {
             key,
             owner: self.owner.clone(),
             until,
-        };
-        self.apply(op).await;
+        });
     }
 
-    /// The claimed push was not delivered: a re-send may try again, on any node.
-    pub async fn release(&self, key: Key) {
-        let op = PushClaimOp::Release {
+    /// The claimed push was not delivered: a re-send may try again, on any node. In the
+    /// background, as [`SharedDedupe::delivered`].
+    pub fn release(self: &Arc<Self>, key: Key) {
+        self.mark(PushClaimOp::Release {
             key,
             owner: self.owner.clone(),
-        };
-        self.apply(op).await;
+        });
+    }
+
+    fn mark(self: &Arc<Self>, op: PushClaimOp) {
+        let shared = self.clone();
+        self.marks.spawn(async move {
+            let by = tokio::time::Instant::now() + MARK_LIMIT;
+            for wait in [0, 100, 500, 2000] {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                if shared.apply(op.clone(), by).await.is_some() {
+                    return;
+                }
+            }
+            tracing::warn!("a push's de-duplication record could not be written; a re-send on another node may be sent again");
+        });
+    }
+
+    /// Waits for the marks still being written (stopping).
+    pub async fn drain(&self) {
+        self.marks.close();
+        self.marks.wait().await;
     }
 }
 
 /// The writer: what waits goes in one transaction, ordered by key (two nodes' batches lock
-/// rows in the same order; one push's operations never share a batch); claims past their time
-/// are removed now and then.
-async fn write(
-    store: Store,
-    mut queue: mpsc::Receiver<Job>,
-    clock: Arc<dyn Clock>,
-    errors: Counter,
-) {
+/// rows in the same order; one push's operations never share a batch). A batch that fails is
+/// applied again one operation at a time, so one bad operation does not sink the rest.
+async fn write(store: Store, mut queue: mpsc::Receiver<Job>, errors: Counter) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut last_purge = tokio::time::Instant::now();
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         batch.sort_by_key(|job: &Job| match &job.op {
             PushClaimOp::Claim { key, .. }
@@ -157,18 +186,35 @@ async fn write(
                 }
             }
             Err(e) => {
-                errors.inc_by(batch.len() as u64);
-                tracing::warn!(error = %e, "push de-duplication cannot reach the store; pushes go on with this node's memory only");
+                tracing::warn!(error = %e, ops = batch.len(), "a batch of push claims failed; applying them one by one");
                 for job in batch.drain(..) {
-                    let _ = job.done.send(None);
+                    let outcome = match store.apply_push_claims(std::slice::from_ref(&job.op)).await
+                    {
+                        Ok(mut outcomes) => outcomes.pop(),
+                        Err(e) => {
+                            errors.inc();
+                            tracing::warn!(error = %e, "push de-duplication cannot reach the store; this push goes on with this node's memory only");
+                            None
+                        }
+                    };
+                    let _ = job.done.send(outcome);
                 }
             }
         }
-        if last_purge.elapsed() >= PURGE_EVERY {
-            last_purge = tokio::time::Instant::now();
-            if let Err(e) = store.purge_push_claims(UnixMillis::now(&*clock)).await {
-                tracing::warn!(error = %e, "cannot remove old push claims");
-            }
+    }
+}
+
+/// Removes claims past their time now and then, beside the writer (never holding it up).
+async fn purge(store: Store, clock: Arc<dyn Clock>) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = store
+            .purge_push_claims(UnixMillis::now(&*clock), PURGE_LIMIT)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot remove old push claims");
         }
     }
 }

@@ -3,12 +3,14 @@
 //! within the window.
 //!
 //! Contract: operations are applied in batches, each batch in one transaction, in order.
-//! - `Claim` succeeds (`Claimed`) when no live row holds the key (none, or its `until` passed):
-//!   the key is then the owner's, `sending` until `until`. Otherwise it answers what the live
-//!   row says: `Delivered`, or `Sending` (another owner is delivering it). Of owners claiming
-//!   one key at once, on any number of nodes, exactly one gets `Claimed`.
-//! - `Delivered` marks the owner's key delivered until `until` (the window); `Release` removes
-//!   the owner's key if it is still sending. Neither touches a key another owner holds.
+//! - `Claim` succeeds (`Claimed`) when no live row holds the key (none, or its `until` passed)
+//!   or the claimer's own row still says sending: the key is then the owner's, `sending` until
+//!   `until`. Otherwise it answers what the live row says: `Delivered`, or `Sending` (another
+//!   owner is delivering it). Of owners claiming one key at once, on any number of nodes,
+//!   exactly one gets `Claimed`.
+//! - `Delivered` marks the key delivered until `until` (the window), whoever holds it (also when
+//!   the claim ran out or was purged); `Release` removes the owner's key if it is still
+//!   sending, never another owner's.
 
 use sqlx::Row;
 
@@ -58,7 +60,8 @@ macro_rules! apply_ops {
                     let took = sqlx::query(
                         "INSERT INTO push_claims (key, delivered, owner, until) VALUES ($1, FALSE, $2, $3) \
                          ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, until = excluded.until \
-                         WHERE push_claims.until <= $4",
+                         WHERE push_claims.until <= $4 \
+                         OR (push_claims.owner = excluded.owner AND NOT push_claims.delivered)",
                     )
                     .bind(&key[..])
                     .bind(owner)
@@ -84,12 +87,16 @@ macro_rules! apply_ops {
                     }
                 }
                 PushClaimOp::Delivered { key, owner, until } => {
-                    sqlx::query("UPDATE push_claims SET delivered = TRUE, until = $3 WHERE key = $1 AND owner = $2")
-                        .bind(&key[..])
-                        .bind(owner)
-                        .bind(*until)
-                        .execute(&mut *$tx)
-                        .await?;
+                    // Whoever holds the row now: the push was delivered, that is what counts.
+                    sqlx::query(
+                        "INSERT INTO push_claims (key, delivered, owner, until) VALUES ($1, TRUE, $2, $3) \
+                         ON CONFLICT (key) DO UPDATE SET delivered = TRUE, owner = excluded.owner, until = excluded.until",
+                    )
+                    .bind(&key[..])
+                    .bind(owner)
+                    .bind(*until)
+                    .execute(&mut *$tx)
+                    .await?;
                     PushClaimOutcome::Done
                 }
                 PushClaimOp::Release { key, owner } => {
@@ -130,15 +137,29 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Removes claims whose `until` passed before `now`. Returns how many.
-    pub async fn purge_push_claims(&self, now: UnixMillis) -> Result<u64, StoreError> {
-        let done = on_pool!(self, pool => {
-            sqlx::query("DELETE FROM push_claims WHERE until < $1")
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
+    /// Removes up to `limit` claims whose `until` passed before `now` (on PostgreSQL, rows
+    /// another transaction holds are skipped, so a purge never waits for claims or deadlocks
+    /// with them). Returns how many.
+    pub async fn purge_push_claims(&self, now: UnixMillis, limit: i64) -> Result<u64, StoreError> {
+        let done = match self {
+            Store::Sqlite(pool, _) => sqlx::query(
+                "DELETE FROM push_claims WHERE key IN (SELECT key FROM push_claims WHERE until < $1 LIMIT $2)",
+            )
+            .bind(now)
+            .bind(limit)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Store::Postgres(pool) => sqlx::query(
+                "DELETE FROM push_claims WHERE key IN (SELECT key FROM push_claims WHERE until < $1 \
+                 ORDER BY key LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(now)
+            .bind(limit)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
         Ok(done)
     }
 }

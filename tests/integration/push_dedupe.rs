@@ -44,17 +44,21 @@ issuer = "https://brandgate.test"
 impl Node {
     /// The platform's push for `sequence` of one conversation; the answer's `status` field.
     async fn push(&self, sequence: i64) -> String {
-        let answer = self
-            .env
+        let answer = self.send(sequence).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.json()["status"].as_str().unwrap().to_string()
+    }
+
+    /// The platform's push for `sequence` of one conversation, as answered.
+    async fn send(&self, sequence: i64) -> crate::support::client::Answer {
+        self.env
             .client()
             .post_json(
                 &self.daemon.url(&format!("/push/{APP}")),
                 &[("authorization", &platform_auth())],
                 &ios_push(TOKEN, "hello", "conv-shared", sequence),
             )
-            .await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.json()["status"].as_str().unwrap().to_string()
+            .await
     }
 }
 
@@ -126,6 +130,33 @@ async fn a_resend_while_another_node_delivers_waits_for_its_outcome() {
     a.daemon.wait_in_flight(1).await;
     assert_eq!(b.push(1).await, "duplicate", "waited for node a's delivery");
     assert_eq!(first.await.unwrap(), "delivered");
+    assert_eq!(fake.delivered_to(TOKEN).len(), 1);
+    drop((a, b));
+    db.drop().await;
+}
+
+/// Not delivered on one node (APNs refused it), the re-send on another node is sent: a failed
+/// attempt lets go of its claim.
+#[tokio::test]
+async fn a_resend_after_a_failed_attempt_on_another_node_is_sent() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let (fake, key) = apns(APP).await;
+    fake.script(
+        TOKEN,
+        vec![
+            crate::support::fake_apns::reason(400, "BadDeviceToken"),
+            Behaviour::Ok,
+        ],
+    );
+    let store = format!("url = \"{}\"", db.url);
+    let keys = data_key_line("k1");
+    let a = node(&fake, &key, &store, &keys).await;
+    let b = node(&fake, &key, &store, &keys).await;
+    let refused = a.send(1).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(b.push(1).await, "delivered");
     assert_eq!(fake.delivered_to(TOKEN).len(), 1);
     drop((a, b));
     db.drop().await;

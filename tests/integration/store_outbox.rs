@@ -839,13 +839,62 @@ pub async fn push_claims_conform(store: &Store) {
         .unwrap();
     assert_eq!(batch, [O::Claimed, O::Sending, O::Done, O::Delivered]);
     // Purged once past.
-    assert_eq!(store.purge_push_claims(window_end).await.unwrap(), 0);
+    assert_eq!(store.purge_push_claims(window_end, 100).await.unwrap(), 0);
     assert_eq!(
         store
-            .purge_push_claims(later.after(std::time::Duration::from_secs(31)))
+            .purge_push_claims(later.after(std::time::Duration::from_secs(31)), 100)
             .await
             .unwrap(),
         2
     );
     assert_eq!(one(claim("f", T0)).await, O::Claimed);
+
+    // Delivered recorded whoever holds the key now (here nobody: the claim ran out and was
+    // purged): still a duplicate for everyone.
+    let lost = [9u8; 32];
+    store
+        .apply_push_claims(&[PushClaimOp::Delivered {
+            key: lost,
+            owner: "g".into(),
+            until: window_end,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .apply_push_claims(&[PushClaimOp::Claim {
+                key: lost,
+                owner: "h".into(),
+                now: T0,
+                until: window_end
+            }])
+            .await
+            .unwrap(),
+        [O::Delivered]
+    );
+
+    // Two owners claiming the same keys at once (two connections): one wins each.
+    let keys: Vec<[u8; 32]> = (0..40u8).map(|i| [i.wrapping_add(100); 32]).collect();
+    let claims = |owner: &'static str| {
+        let store = store.clone();
+        let keys = keys.clone();
+        async move {
+            let mut won = Vec::new();
+            for key in keys {
+                let op = PushClaimOp::Claim {
+                    key,
+                    owner: owner.into(),
+                    now: T0,
+                    until: window_end,
+                };
+                won.push(store.apply_push_claims(&[op]).await.unwrap()[0] == O::Claimed);
+            }
+            won
+        }
+    };
+    let (x, y) = tokio::join!(tokio::spawn(claims("x")), tokio::spawn(claims("y")));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    for (i, (x, y)) in x.iter().zip(&y).enumerate() {
+        assert!(x ^ y, "key {i}: x {x}, y {y}");
+    }
 }
