@@ -178,6 +178,11 @@ pub struct PushConfig {
     pub dedupe_window: Span,
     #[serde(default = "defaults::dedupe_capacity")]
     pub dedupe_capacity: usize,
+    /// When the daemon has a store: also claim each push there before sending, so re-sends
+    /// reaching other nodes, or this one after a restart, are recognised (costs a commit per
+    /// push; see the README's benchmarks). Changes on restart.
+    #[serde(default = "defaults::shared_dedupe")]
+    pub shared_dedupe: bool,
     /// Everything brandgate does for one push, retries included, fits in this time. Keep it under
     /// the platform's 10 s re-send interval.
     #[serde(default = "defaults::deadline")]
@@ -202,6 +207,7 @@ impl Default for PushConfig {
         PushConfig {
             dedupe_window: defaults::dedupe_window(),
             dedupe_capacity: defaults::dedupe_capacity(),
+            shared_dedupe: defaults::shared_dedupe(),
             deadline: defaults::deadline(),
             max_in_flight: defaults::max_in_flight(),
             body_limit: defaults::body_limit(),
@@ -398,6 +404,9 @@ mod defaults {
     }
     pub fn dedupe_capacity() -> usize {
         1_000_000
+    }
+    pub fn shared_dedupe() -> bool {
+        true
     }
     pub fn deadline() -> Span {
         Span(Duration::from_secs(8))

@@ -61,7 +61,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             (Some(id_config), Some(identity_prepared), Some(store_settings)) => {
                 let (store, data_keys) = open_store(&config, store_settings, &state_dir).await?;
                 // The platform's re-sends are recognised on every node and after a restart.
-                push.share_dedupe(store.clone());
+                if config.push.shared_dedupe {
+                    push.share_dedupe(store.clone());
+                }
                 let service = IdentityService::start(
                     id_config,
                     identity_prepared,

@@ -114,6 +114,124 @@ macro_rules! apply_ops {
     }};
 }
 
+/// Applies `ops`, whose keys are all different (so their order does not matter), in `$tx` of
+/// backend `$db` with a few statements for the whole batch: one for the claims, one to read
+/// what the losing claims found, one for the delivered marks; releases (failed pushes, rare)
+/// one each.
+macro_rules! apply_set {
+    ($tx:expr, $ops:expr, $db:ty) => {{
+        let ops: &[PushClaimOp] = $ops;
+        let mut outcomes = vec![PushClaimOutcome::Done; ops.len()];
+        let claims: Vec<(usize, Vec<u8>, String, UnixMillis, UnixMillis)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op {
+                PushClaimOp::Claim { key, owner, now, until } => {
+                    Some((i, key.to_vec(), owner.clone(), *now, *until))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Some(now) = claims.iter().map(|c| c.3).max() {
+            let mut insert = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO push_claims (key, delivered, owner, until) ",
+            );
+            insert.push_values(&claims, |mut row, c| {
+                row.push_bind(c.1.clone())
+                    .push("FALSE")
+                    .push_bind(c.2.clone())
+                    .push_bind(c.4);
+            });
+            insert.push(
+                " ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, \
+                 until = excluded.until WHERE push_claims.until <= ",
+            );
+            insert.push_bind(now);
+            insert.push(
+                " OR (push_claims.owner = excluded.owner AND NOT push_claims.delivered) RETURNING key",
+            );
+            let won: std::collections::HashSet<Vec<u8>> = insert
+                .build()
+                .fetch_all(&mut *$tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<Vec<u8>, _>("key"))
+                .collect::<Result<_, _>>()?;
+            let lost: Vec<_> = claims.iter().filter(|c| !won.contains(&c.1)).collect();
+            let mut found = std::collections::HashMap::new();
+            if !lost.is_empty() {
+                let mut select = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT key, delivered FROM push_claims WHERE key IN (",
+                );
+                let mut keys = select.separated(", ");
+                for c in &lost {
+                    keys.push_bind(c.1.clone());
+                }
+                keys.push_unseparated(")");
+                for r in select.build().fetch_all(&mut *$tx).await? {
+                    found.insert(r.try_get::<Vec<u8>, _>("key")?, r.try_get::<bool, _>("delivered")?);
+                }
+            }
+            for c in &claims {
+                outcomes[c.0] = if won.contains(&c.1) {
+                    PushClaimOutcome::Claimed
+                } else if found.get(&c.1) == Some(&true) {
+                    PushClaimOutcome::Delivered
+                } else {
+                    // Sending elsewhere (or released just now: the next claim takes it).
+                    PushClaimOutcome::Sending
+                };
+            }
+        }
+        let delivered: Vec<(Vec<u8>, String, UnixMillis)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                PushClaimOp::Delivered { key, owner, until } => {
+                    Some((key.to_vec(), owner.clone(), *until))
+                }
+                _ => None,
+            })
+            .collect();
+        if !delivered.is_empty() {
+            let mut upsert = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO push_claims (key, delivered, owner, until) ",
+            );
+            upsert.push_values(&delivered, |mut row, d| {
+                row.push_bind(d.0.clone())
+                    .push("TRUE")
+                    .push_bind(d.1.clone())
+                    .push_bind(d.2);
+            });
+            upsert.push(
+                " ON CONFLICT (key) DO UPDATE SET delivered = TRUE, owner = excluded.owner, \
+                 until = excluded.until",
+            );
+            upsert.build().execute(&mut *$tx).await?;
+        }
+        let releases: Vec<PushClaimOp> = ops
+            .iter()
+            .filter(|op| matches!(op, PushClaimOp::Release { .. }))
+            .cloned()
+            .collect();
+        apply_ops!($tx, &releases);
+        outcomes
+    }};
+}
+
+/// Whether no two of `ops` name the same key.
+fn keys_distinct(ops: &[PushClaimOp]) -> bool {
+    let mut keys: Vec<&[u8; 32]> = ops
+        .iter()
+        .map(|op| match op {
+            PushClaimOp::Claim { key, .. }
+            | PushClaimOp::Delivered { key, .. }
+            | PushClaimOp::Release { key, .. } => key,
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.windows(2).all(|w| w[0] != w[1])
+}
+
 impl Store {
     /// Applies `ops` in one transaction, in order (see the contract); an outcome per op.
     pub async fn apply_push_claims(
@@ -123,13 +241,26 @@ impl Store {
         let outcomes = match self {
             Store::Sqlite(pool, _) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let outcomes = apply_ops!(tx, ops);
+                let outcomes = if keys_distinct(ops) {
+                    apply_set!(tx, ops, sqlx::Sqlite)
+                } else {
+                    apply_ops!(tx, ops)
+                };
                 tx.commit().await?;
                 outcomes
             }
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                let outcomes = apply_ops!(tx, ops);
+                // A claim lost to a database crash costs at most a repeated push, never data:
+                // the commit need not wait for the disk (other transactions still do).
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                let outcomes = if keys_distinct(ops) {
+                    apply_set!(tx, ops, sqlx::Postgres)
+                } else {
+                    apply_ops!(tx, ops)
+                };
                 tx.commit().await?;
                 outcomes
             }

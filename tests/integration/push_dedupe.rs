@@ -90,19 +90,36 @@ async fn a_resend_to_another_node_is_a_duplicate() {
     db.drop().await;
 }
 
-#[tokio::test]
-async fn a_resend_after_a_restart_is_a_duplicate() {
+/// The same push before and after a restart on SQLite: with `shared_dedupe` (the default) a
+/// duplicate, without it sent again.
+async fn resend_after_a_restart(push_extra: &str) -> String {
     let (fake, key) = apns(APP).await;
     let mut first = node(&fake, &key, "", &data_key_line("k1")).await;
     assert_eq!(first.push(1).await, "delivered");
     first.daemon.stop().await;
     let config = std::fs::read_to_string(&first.daemon.config_path).unwrap();
+    let config = format!("{push_extra}{config}");
     let again = Node {
         daemon: Daemon::start(first.env.path(), &config).await,
         env: first.env,
     };
-    assert_eq!(again.push(1).await, "duplicate");
-    assert_eq!(fake.delivered_to(TOKEN).len(), 1);
+    let status = again.push(1).await;
+    let sent = fake.delivered_to(TOKEN).len();
+    assert_eq!(sent, if status == "duplicate" { 1 } else { 2 });
+    status
+}
+
+#[tokio::test]
+async fn a_resend_after_a_restart_is_a_duplicate() {
+    assert_eq!(resend_after_a_restart("").await, "duplicate");
+}
+
+#[tokio::test]
+async fn without_shared_dedupe_a_restart_forgets() {
+    assert_eq!(
+        resend_after_a_restart("[push]\nshared_dedupe = false\n").await,
+        "delivered"
+    );
 }
 
 #[tokio::test]

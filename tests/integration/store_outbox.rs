@@ -873,6 +873,101 @@ pub async fn push_claims_conform(store: &Store) {
         [O::Delivered]
     );
 
+    // A batch of different keys (set-based statements): each op its own outcome.
+    let [ka, kb, kc, kd, ke] = [[201u8; 32], [202; 32], [203; 32], [204; 32], [205; 32]];
+    let until = window_end;
+    store
+        .apply_push_claims(&[
+            PushClaimOp::Claim {
+                key: ka,
+                owner: "p".into(),
+                now: T0,
+                until,
+            },
+            PushClaimOp::Claim {
+                key: kb,
+                owner: "q".into(),
+                now: T0,
+                until,
+            },
+            PushClaimOp::Claim {
+                key: ke,
+                owner: "r".into(),
+                now: T0,
+                until,
+            },
+        ])
+        .await
+        .unwrap();
+    store
+        .apply_push_claims(&[PushClaimOp::Delivered {
+            key: ka,
+            owner: "p".into(),
+            until,
+        }])
+        .await
+        .unwrap();
+    let mixed = store
+        .apply_push_claims(&[
+            PushClaimOp::Claim {
+                key: ka,
+                owner: "s".into(),
+                now: T0,
+                until,
+            },
+            PushClaimOp::Claim {
+                key: kb,
+                owner: "s".into(),
+                now: T0,
+                until,
+            },
+            PushClaimOp::Claim {
+                key: kc,
+                owner: "s".into(),
+                now: T0,
+                until,
+            },
+            PushClaimOp::Delivered {
+                key: kd,
+                owner: "s".into(),
+                until,
+            },
+            PushClaimOp::Release {
+                key: ke,
+                owner: "r".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        mixed,
+        [O::Delivered, O::Sending, O::Claimed, O::Done, O::Done]
+    );
+    let after = store
+        .apply_push_claims(&[
+            PushClaimOp::Claim {
+                key: kc,
+                owner: "t".into(),
+                now: T0,
+                until,
+            },
+            PushClaimOp::Claim {
+                key: kd,
+                owner: "t".into(),
+                now: T0,
+                until,
+            },
+            PushClaimOp::Claim {
+                key: ke,
+                owner: "t".into(),
+                now: T0,
+                until,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(after, [O::Sending, O::Delivered, O::Claimed]);
+
     // Two owners claiming the same keys at once (two connections): one wins each.
     let keys: Vec<[u8; 32]> = (0..40u8).map(|i| [i.wrapping_add(100); 32]).collect();
     let claims = |owner: &'static str| {
