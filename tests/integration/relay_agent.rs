@@ -591,6 +591,43 @@ async fn an_away_push_outlives_a_stop(store_extra: &str, signal: i32) {
     assert_eq!(fake.delivered_to(DEVICE).len(), 1, "one push for the burst");
 }
 
+/// An away push that no device got for a passing reason (APNs answered 503 until the push's
+/// deadline) is tried again later, once: the consumer gets it when APNs is back.
+#[tokio::test]
+async fn an_away_push_apns_could_not_take_is_tried_again() {
+    let (fake, key) = crate::support::apns(APP).await;
+    let unavailable = crate::support::fake_apns::reason(503, "ServiceUnavailable");
+    fake.script(DEVICE, vec![unavailable]);
+    let relay = relay_with_push_app_on(&fake, &key, "", "ack_delay = \"1s\"\nburst = \"1s\"").await;
+    let (mut agent, consumer, conv, _) = held_conversation(&relay, "hal").await;
+    consumer.close_now().await;
+    let sent = publish(&mut agent, &conv, text("are you there?")).await;
+    // The first away attempt reaches APNs and is refused for now.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fake
+        .received()
+        .iter()
+        .any(|r| r.token == DEVICE && r.answered == 503)
+    {
+        assert!(Instant::now() < deadline, "no away push reached APNs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay
+        .daemon
+        .wait_log("an away push was not delivered")
+        .await;
+    fake.script(DEVICE, vec![crate::support::fake::Behaviour::Ok]);
+    let got = pushes(&fake, DEVICE, 1).await;
+    assert_eq!(
+        got[0].body["sequence"], sent["body"]["sequence"],
+        "{}",
+        got[0].body
+    );
+    let Relay { mut daemon, .. } = relay;
+    daemon.stop().await;
+    assert_eq!(fake.delivered_to(DEVICE).len(), 1);
+}
+
 #[tokio::test]
 async fn an_away_push_outlives_a_kill_on_sqlite() {
     an_away_push_outlives_a_stop("", libc::SIGKILL).await;
