@@ -173,11 +173,7 @@ impl SharedDedupe {
 async fn write(store: Store, mut queue: mpsc::Receiver<Job>, errors: Counter) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        batch.sort_by_key(|job: &Job| match &job.op {
-            PushClaimOp::Claim { key, .. }
-            | PushClaimOp::Delivered { key, .. }
-            | PushClaimOp::Release { key, .. } => *key,
-        });
+        batch.sort_by_key(|job: &Job| *job.op.key());
         let ops: Vec<PushClaimOp> = batch.iter().map(|j| j.op.clone()).collect();
         match store.apply_push_claims(&ops).await {
             Ok(outcomes) => {

@@ -37,6 +37,17 @@ pub enum PushClaimOp {
     },
 }
 
+impl PushClaimOp {
+    /// The push's key the operation is about.
+    pub fn key(&self) -> &[u8; 32] {
+        match self {
+            PushClaimOp::Claim { key, .. }
+            | PushClaimOp::Delivered { key, .. }
+            | PushClaimOp::Release { key, .. } => key,
+        }
+    }
+}
+
 /// What an operation found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushClaimOutcome {
@@ -220,14 +231,7 @@ macro_rules! apply_set {
 
 /// Whether no two of `ops` name the same key.
 fn keys_distinct(ops: &[PushClaimOp]) -> bool {
-    let mut keys: Vec<&[u8; 32]> = ops
-        .iter()
-        .map(|op| match op {
-            PushClaimOp::Claim { key, .. }
-            | PushClaimOp::Delivered { key, .. }
-            | PushClaimOp::Release { key, .. } => key,
-        })
-        .collect();
+    let mut keys: Vec<&[u8; 32]> = ops.iter().map(PushClaimOp::key).collect();
     keys.sort_unstable();
     keys.windows(2).all(|w| w[0] != w[1])
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use brandgate::clock::UnixMillis;
 use brandgate::ids::{ConsumerId, ConversationId};
-use brandgate::store::outbox::{NewOutboxItem, OutboxCount, Settle, Settled};
+use brandgate::store::outbox::{NewOutboxItem, OutboxCount, OutboxItem, Settle, Settled};
 use brandgate::store::relay::{ConversationRow, NewEvent};
 use brandgate::store::{Store, StoreError};
 
@@ -66,6 +66,17 @@ async fn ids(store: &Store, parked: Option<bool>) -> Vec<String> {
         .into_iter()
         .map(|i| i.id)
         .collect()
+}
+
+/// The item with `id`, as stored now.
+async fn stored(store: &Store, id: &str) -> OutboxItem {
+    store
+        .list_outbox(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == id)
+        .unwrap()
 }
 
 async fn claim(store: &Store, owner: &str, at: UnixMillis) -> Vec<String> {
@@ -271,13 +282,7 @@ pub async fn conforms(store: &Store) {
 
     // A lease that ran out is another owner's to take; the first can no longer settle it.
     let expired = later.after(std::time::Duration::from_secs(61));
-    let c = store
-        .list_outbox(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == "c")
-        .unwrap();
+    let c = stored(store, "c").await;
     // d's lease (n1's, from T0) ran out too.
     assert_eq!(
         claim(store, "n2", expired).await,
@@ -356,13 +361,7 @@ pub async fn conforms(store: &Store) {
         .await
         .unwrap();
     assert_eq!(claim(store, "n1", expired).await, ["p1"]);
-    let p = store
-        .list_outbox(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == "p1")
-        .unwrap();
+    let p = stored(store, "p1").await;
     let second = store
         .append_event(&event(
             &c3.id,
@@ -400,13 +399,7 @@ pub async fn conforms(store: &Store) {
     );
     assert_eq!(claim(store, "n1", expired).await, Vec::<String>::new());
     assert_eq!(claim(store, "n2", due_again).await, ["p1"]);
-    let p = store
-        .list_outbox(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == "p1")
-        .unwrap();
+    let p = stored(store, "p1").await;
     assert_eq!(
         store
             .settle_outbox(
@@ -433,13 +426,7 @@ pub async fn conforms(store: &Store) {
         .await
         .unwrap();
     assert_eq!(claim(store, "n2", due_again).await, ["p3"]);
-    let p3 = store
-        .list_outbox(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == "p3")
-        .unwrap();
+    let p3 = stored(store, "p3").await;
     store
         .settle_outbox(
             &p3,
@@ -476,13 +463,7 @@ pub async fn conforms(store: &Store) {
             .unwrap(),
         1
     );
-    let p4 = store
-        .list_outbox(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == "p4")
-        .unwrap();
+    let p4 = stored(store, "p4").await;
     assert_eq!(claim(store, "n2", due_again).await, ["p4"]);
     store
         .settle_outbox(
@@ -497,13 +478,7 @@ pub async fn conforms(store: &Store) {
         .unwrap();
 
     // Purged: parked items older than the cut-off, nothing else.
-    let d = store
-        .list_outbox(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == "d")
-        .unwrap();
+    let d = stored(store, "d").await;
     store
         .settle_outbox(
             &d,
