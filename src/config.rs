@@ -243,6 +243,10 @@ pub struct WebhookConfig {
     pub extra_trust_anchors: Vec<PathBuf>,
     #[serde(default = "defaults::webhook_timeout")]
     pub timeout: Span,
+    /// Attempts per record, the first included; then it is parked (`brandgate outbox list`).
+    /// Without a store (push proxy only) at most 4.
+    #[serde(default = "defaults::feedback_max_attempts")]
+    pub max_attempts: u32,
 }
 
 /// One app the platform sends pushes for.
@@ -419,6 +423,9 @@ mod defaults {
     }
     pub fn auth_failures_per_minute() -> u32 {
         30
+    }
+    pub fn feedback_max_attempts() -> u32 {
+        10
     }
     pub fn webhook_timeout() -> Span {
         Span(Duration::from_secs(5))

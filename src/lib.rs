@@ -18,8 +18,8 @@
 //! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
 //! `http_auth` (Basic credentials and client-certificate names, read one way),
 //! [`hex`], `limiter` (per-source limits), `security_headers` (what every public answer
-//! carries), `backoff`, `http_answer` and `webhook_signature` (one copy each of what several
-//! roles do), [`problems`] (what is wrong with a config).
+//! carries), `backoff`, `http_answer`, `webhook_signature` and `webhook_post` (one copy each of what
+//! several roles do), `dispatch` (works off the store's outbox for every role), [`problems`] (what is wrong with a config).
 //!
 //! Only what the binary, the tests, the benches and the fuzz targets use is `pub`; the shared
 //! pieces only roles use are `pub(crate)`.
@@ -28,6 +28,7 @@ pub mod app;
 pub(crate) mod backoff;
 pub mod clock;
 pub mod config;
+pub(crate) mod dispatch;
 pub mod duration;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -46,5 +47,6 @@ pub mod secret;
 pub(crate) mod security_headers;
 pub mod store;
 pub mod tls;
+pub(crate) mod webhook_post;
 pub(crate) mod webhook_signature;
 pub(crate) mod workspace;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, IdentityConfig, Problems, RelayConfig};
+use crate::dispatch::{Dispatcher, Doorbell};
 use crate::identity::{IdentityMetrics, IdentityService};
 use crate::ops::{self, Health, OpsState, systemd};
 use crate::push::{self, PushService};
@@ -56,7 +57,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     let push = prepared.push;
 
-    let (identity, relay) =
+    let (identity, relay, dispatcher) =
         match (&config.identity, prepared.identity, prepared.store) {
             (Some(id_config), Some(identity_prepared), Some(store_settings)) => {
                 let (store, data_keys) = open_store(&config, store_settings, &state_dir).await?;
@@ -64,6 +65,9 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                 if config.push.shared_dedupe {
                     push.share_dedupe(store.clone());
                 }
+                // Work after a commit (or a provider's answer) waits in the store's outbox.
+                let doorbell = Doorbell::default();
+                push.keep_feedback_in(store.clone(), data_keys.clone(), doorbell.clone());
                 let service = IdentityService::start(
                     id_config,
                     identity_prepared,
@@ -81,18 +85,36 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                             relay_prepared,
                             RelayBase {
                                 identity: service.clone(),
-                                store,
+                                store: store.clone(),
                                 data_keys,
                                 push: push.clone(),
                                 clock: crate::clock::system(),
+                                doorbell: doorbell.clone(),
                             },
                             &mut registry,
                         )
                     },
                 );
-                (Some(service), relay)
+                let mut handlers = vec![push.outbox_handler()];
+                if let Some(relay) = &relay {
+                    handlers.extend(relay.outbox_handlers());
+                }
+                let in_flight = config
+                    .relay
+                    .as_ref()
+                    .and_then(|r| r.webhooks.as_ref())
+                    .map_or(crate::config::DEFAULT_MAX_IN_FLIGHT, |w| w.max_in_flight);
+                let dispatcher = Dispatcher::start(
+                    store.clone(),
+                    crate::clock::system(),
+                    doorbell,
+                    handlers,
+                    in_flight,
+                    &mut registry,
+                );
+                (Some(service), relay, Some(dispatcher))
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
 
     let public_listener = bind(config.server.listen, "server.listen").await?;
@@ -198,6 +220,10 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     if let Some(relay) = &relay {
         // Sessions got their close frames at the start of the drain; they end quickly.
         let _ = tokio::time::timeout(grace, relay.drained()).await;
+    }
+    if let Some(dispatcher) = &dispatcher {
+        // Running attempts end; what waits stays in the store for the next start.
+        let _ = tokio::time::timeout(grace, dispatcher.stop()).await;
     }
     close_ops.cancel();
     let _ = ops_task.await;

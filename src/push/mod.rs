@@ -43,12 +43,14 @@ pub use request::{Alert, DeviceToken, Provider, PushMeta, PushRequest, TokenShap
 
 use crate::clock::Clock;
 use crate::config::{AppConfig, Problems, PushConfig};
+use crate::dispatch::{Doorbell, Handler, Verdict};
 use crate::limiter::SourceLimiter;
+use crate::store::outbox::OutboxItem;
 use apns::ApnsClient;
 use auth::CallerAuth;
 use dedupe::{Claim, Dedupe};
 use fcm::FcmClient;
-use feedback::{DeadToken, FeedbackSink};
+use feedback::{DeadToken, FeedbackOutbox, FeedbackSink};
 use metrics::{DeliveryLabels, ProviderLabels, ResultLabels};
 use payload::{PayloadError, Presentation};
 use shared_dedupe::{Shared as SharedClaim, SharedDedupe};
@@ -87,6 +89,9 @@ struct Shared {
     /// The claims shared with the other nodes and kept across restarts (when there is a
     /// store: [`PushService::share_dedupe`]).
     shared_dedupe: std::sync::OnceLock<Arc<SharedDedupe>>,
+    /// Where dead-token records wait for the webhook (when there is a store:
+    /// [`PushService::keep_feedback_in`]).
+    feedback_outbox: std::sync::OnceLock<Arc<FeedbackOutbox>>,
     limiter: SourceLimiter,
     in_flight: AtomicUsize,
     /// Deliveries started for the proxy endpoint. They run detached from the request that
@@ -148,6 +153,7 @@ impl PushService {
             builder,
             dedupe: Dedupe::new(clock, evicted_early),
             shared_dedupe: std::sync::OnceLock::new(),
+            feedback_outbox: std::sync::OnceLock::new(),
             limiter: SourceLimiter::default(),
             in_flight: AtomicUsize::new(0),
             deliveries: TaskTracker::new(),
@@ -201,6 +207,30 @@ impl PushService {
                 self.metrics().dedupe_store_errors.clone(),
             )
         });
+    }
+
+    /// Keeps dead-token records for the webhook in the store's outbox (see `feedback`), for
+    /// the daemon's dispatcher to post through [`PushService::outbox_handler`]. Once; later
+    /// calls change nothing.
+    pub fn keep_feedback_in(
+        &self,
+        store: crate::store::Store,
+        data_keys: Arc<crate::store::seal::DataKeys>,
+        bell: Doorbell,
+    ) {
+        self.shared.feedback_outbox.get_or_init(|| {
+            Arc::new(FeedbackOutbox {
+                store,
+                data_keys,
+                clock: self.shared.builder.clock.clone(),
+                bell,
+            })
+        });
+    }
+
+    /// What posts the dead-token records kept in the outbox, for the daemon's dispatcher.
+    pub fn outbox_handler(&self) -> Arc<dyn Handler> {
+        Arc::new(DeadTokenRecords(self.clone()))
     }
 
     /// How many apps the current configuration serves.
@@ -391,7 +421,10 @@ impl PushService {
                 shared.release(k);
             }
         }
-        self.record(generation, app, &request.device_token, &delivery);
+        if let Some(dead) = self.record(app, &request.device_token, &delivery) {
+            let outbox = self.shared.feedback_outbox.get().map(Arc::as_ref);
+            generation.feedback.report(dead, outbox).await;
+        }
         Ok(delivery)
     }
 
@@ -411,8 +444,9 @@ impl PushService {
         }
     }
 
-    /// Metrics, the log line and dead-token feedback for a finished push.
-    fn record(&self, generation: &Generation, app: &App, token: &DeviceToken, d: &Delivery) {
+    /// Metrics and the log line for a finished push, and the dead token to report if the
+    /// provider declared it dead.
+    fn record(&self, app: &App, token: &DeviceToken, d: &Delivery) -> Option<DeadToken> {
         let metrics = self.metrics();
         match &d.last {
             Attempt::Delivered { .. } => app.metrics.provider(d.provider).delivered.inc(),
@@ -458,7 +492,7 @@ impl PushService {
                         provider: provider.as_str(),
                     })
                     .inc();
-                generation.feedback.report(DeadToken::new(
+                return Some(DeadToken::new(
                     app_id,
                     provider.as_str(),
                     token,
@@ -474,6 +508,7 @@ impl PushService {
                 tracing::error!(app = %app_id, %provider, %token, reason, status, "provider refused the push: check this app's configuration");
             }
         }
+        None
     }
 }
 
@@ -691,4 +726,32 @@ fn fingerprint<'a>(app: &str, config: &str, files: impl Iterator<Item = &'a Path
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
+}
+
+/// The outbox handler of dead-token records: posts them with the current configuration's
+/// webhook; while none is configured, they wait.
+struct DeadTokenRecords(PushService);
+
+impl Handler for DeadTokenRecords {
+    fn kind(&self) -> &'static str {
+        feedback::OUTBOX_KIND
+    }
+
+    fn serves(&self) -> bool {
+        self.0.shared.feedback_outbox.get().is_some() && self.0.generation().feedback.has_webhook()
+    }
+
+    fn attempt<'a>(
+        &'a self,
+        item: &'a OutboxItem,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(outbox) = self.0.shared.feedback_outbox.get() else {
+                return Verdict::Park {
+                    error: "dead-token records are not kept in this daemon's store".into(),
+                };
+            };
+            self.0.generation().feedback.attempt(item, outbox).await
+        })
+    }
 }

@@ -29,9 +29,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::dispatch::{Handler, Verdict};
 use super::vocabulary::{Event, Role, event_seal_context};
 use crate::clock::{Clock, UnixMillis};
+use crate::dispatch::{Handler, Verdict};
 use crate::ids::{ConsumerId, ConversationId};
 use crate::push::{Attempt, DeviceToken, Provider, PushError, PushRequest, PushService};
 use crate::store::Store;

@@ -13,10 +13,10 @@ use serde_json::Value;
 
 use super::away::Away;
 use super::bus::Bus;
-use super::dispatch::Doorbell;
 use super::vocabulary::{Change, Event, Participant, RelayError, Role, event_seal_context};
 use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::{Clock, UnixMillis};
+use crate::dispatch::Doorbell;
 use crate::ids::{AgentId, ConsumerId, ConversationId};
 use crate::store::outbox::NewOutboxItem;
 use crate::store::relay::{ConversationRow, NewEvent, Notice};

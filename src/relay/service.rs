@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accounts::{self, Accounts};
-use super::{away, conversations, dispatch, fanout, profiles, webhooks};
+use super::{away, conversations, fanout, profiles, webhooks};
 use crate::clock::Clock;
 use crate::config::{Problems, RelayConfig};
+use crate::dispatch::{Doorbell, Handler};
 use crate::identity::IdentityService;
 use crate::limiter::{SourceLimiter, SourceSlots};
 use crate::push::PushService;
@@ -27,6 +28,8 @@ pub struct RelayBase {
     /// Sends away pushes.
     pub push: PushService,
     pub clock: Arc<dyn Clock>,
+    /// Rung after commits that wrote outbox items (the daemon's dispatcher listens).
+    pub doorbell: Doorbell,
 }
 
 /// The relay. Cheap to clone.
@@ -55,8 +58,6 @@ pub(super) struct Inner {
     /// Every open session, so shutdown can wait for their close frames.
     pub(super) sessions: TaskTracker,
     pub(super) webhooks: webhooks::Webhooks,
-    /// Works off the outbox (webhooks) on this node.
-    pub(super) dispatcher: dispatch::Dispatcher,
     /// Fan-out to the other nodes (PostgreSQL only), stopped once the sessions have ended.
     pub(super) fanout: Option<fanout::Fanout>,
     /// What consumers' tokens said about them, for their agents.
@@ -95,6 +96,7 @@ impl RelayService {
             data_keys,
             push,
             clock,
+            doorbell,
         } = base;
         let accounts = Arc::new(RelayService::accounts(
             config,
@@ -116,23 +118,12 @@ impl RelayService {
             config.away.ack_delay.0,
             config.away.burst.0,
         ));
-        let in_flight = config
-            .webhooks
-            .as_ref()
-            .map_or(crate::config::DEFAULT_MAX_IN_FLIGHT, |w| w.max_in_flight);
         let webhooks = webhooks::Webhooks::new(
             prepared.webhooks,
             clock.clone(),
             webhooks::WebhookMetrics::register(registry),
             store.clone(),
             data_keys.clone(),
-        );
-        let dispatcher = dispatch::Dispatcher::start(
-            store.clone(),
-            clock.clone(),
-            vec![Arc::new(webhooks.clone()), Arc::new(away.clone())],
-            in_flight,
-            registry,
         );
         let (bus, fanout) = fanout::Fanout::bus_for(&store);
         if let Some(fanout) = &fanout {
@@ -153,7 +144,7 @@ impl RelayService {
             config.max_message_bytes,
         )
         .with_away(away.clone())
-        .with_webhooks(webhooks.clone(), dispatcher.doorbell());
+        .with_webhooks(webhooks.clone(), doorbell);
         RelayService {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -169,7 +160,6 @@ impl RelayService {
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
                 webhooks,
-                dispatcher,
                 fanout,
                 profiles,
                 clock,
@@ -205,12 +195,20 @@ impl RelayService {
         self.inner.webhooks.apply(prepared.webhooks);
     }
 
-    /// Waits until every session has ended (after [`RelayService::shutdown`]), then until the
-    /// outbox's running attempts have ended (what waits stays in the store for the next start).
-    /// The caller bounds the wait.
+    /// What works off the relay's outbox items (webhooks, away pushes), for the daemon's
+    /// dispatcher.
+    pub fn outbox_handlers(&self) -> Vec<Arc<dyn Handler>> {
+        vec![
+            Arc::new(self.inner.webhooks.clone()),
+            Arc::new(self.inner.away.clone()),
+        ]
+    }
+
+    /// Waits until every session has ended (after [`RelayService::shutdown`]), then stops
+    /// recording presence and fanning out. The caller bounds the wait, then stops the
+    /// dispatcher (what waits in the outbox stays in the store for the next start).
     pub async fn drained(&self) {
         self.inner.sessions.wait().await;
-        self.inner.dispatcher.stop().await;
         self.inner.away.shutdown().await;
         if let Some(fanout) = &self.inner.fanout {
             fanout.stop().await;

@@ -14,28 +14,29 @@
 //! `include_text`, and it is never in the outbox: it is read from the sealed event when sent.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::Uri;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
-use super::dispatch::{Handler, Verdict};
 use super::vocabulary::{Event, Participant, Role, event_seal_context};
-use crate::backoff::{Backoff, retry_after};
+use crate::backoff::Backoff;
+use crate::clock::Clock;
 use crate::clock::UnixMillis;
-use crate::clock::{Clock, unix_seconds};
 use crate::config::{Problems, WebhooksConfig};
-use crate::http_client::{HttpClient, HttpError};
+use crate::dispatch::{Handler, Verdict};
+use crate::http_client::HttpClient;
 use crate::secret::read_secret_for;
 use crate::store::Store;
 use crate::store::outbox::{NewOutboxItem, OutboxItem};
 use crate::store::relay::ConversationRow;
 use crate::store::seal::DataKeys;
+use crate::webhook_post::{Answer, Next, Target, header, post_once};
 use crate::webhook_signature::WebhookKey;
 
 /// The outbox kind of a webhook.
@@ -306,8 +307,7 @@ impl Webhooks {
         let attempt = u32::try_from(item.attempts)
             .unwrap_or(u32::MAX)
             .saturating_add(1);
-        let timestamp = unix_seconds(shared.clock.now());
-        let mut headers: Vec<_> = [
+        let headers = [
             header("content-type", "application/json"),
             header(
                 "user-agent",
@@ -317,47 +317,39 @@ impl Webhooks {
         .into_iter()
         .flatten()
         .collect();
-        headers.extend(settings.key.headers(&item.id, timestamp, &body));
-        if settings.config.legacy_signature {
-            let legacy = format!("v1={}", settings.key.legacy_signature(timestamp, &body));
-            headers.extend(
-                [
-                    header("x-brandgate-delivery", &item.id),
-                    header("x-brandgate-event", event_type),
-                    header("x-brandgate-timestamp", &timestamp.to_string()),
-                    header("x-brandgate-signature", &legacy),
-                ]
-                .into_iter()
-                .flatten(),
-            );
-        }
-        let answer = settings
-            .http
-            .post(&settings.uri, &headers, body, settings.config.timeout.0)
-            .await;
-        let (next, outcome) = match &answer {
-            Ok(r) => (
-                classify(r.status, &r.headers, shared.clock.now()),
-                match r.status.as_u16() {
-                    200..=299 => "2xx",
-                    429 => "429",
-                    500..=599 => "5xx",
-                    _ => "4xx",
-                },
-            ),
-            Err(HttpError::Timeout(_)) => (Next::Retry { retry_after: None }, "timeout"),
-            Err(_) => (Next::Retry { retry_after: None }, "error"),
+        let legacy = |key: &WebhookKey, timestamp: u64, body: &[u8]| {
+            if !settings.config.legacy_signature {
+                return Vec::new();
+            }
+            let signature = format!("v1={}", key.legacy_signature(timestamp, body));
+            [
+                header("x-brandgate-delivery", &item.id),
+                header("x-brandgate-event", event_type),
+                header("x-brandgate-timestamp", &timestamp.to_string()),
+                header("x-brandgate-signature", &signature),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
         };
+        let target = Target {
+            http: &settings.http,
+            uri: &settings.uri,
+            key: Some(&settings.key),
+            timeout: settings.config.timeout.0,
+            longest_wait: LONGEST_WAIT,
+        };
+        let Answer {
+            next,
+            outcome,
+            status,
+            error,
+        } = post_once(&target, &item.id, body, shared.clock.now(), headers, legacy).await;
         shared
             .metrics
             .attempts
             .get_or_create(&AttemptLabels { outcome })
             .inc();
-        let status = answer.as_ref().ok().map(|r| r.status.as_u16());
-        let error = match &answer {
-            Ok(r) => format!("answered {}", r.status.as_u16()),
-            Err(e) => e.to_string(),
-        };
         match next {
             Next::Delivered => {
                 tracing::debug!(delivery = %item.id, r#type = event_type, attempt, "webhook delivered");
@@ -472,74 +464,10 @@ impl Shared {
     }
 }
 
-/// What one attempt's answer means for the next step.
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    Delivered,
-    /// `4xx` other than `429`: the receiver will not take it; trying again would not help.
-    Refused,
-    /// Try again, after the receiver's `Retry-After` if it gave one.
-    Retry {
-        retry_after: Option<Duration>,
-    },
-}
-
-/// The next step after an answer with `status` (HTTP-date `Retry-After` read against `now`).
-fn classify(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Next {
-    if status.is_success() {
-        Next::Delivered
-    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Next::Retry {
-            retry_after: retry_after(headers, now, LONGEST_WAIT),
-        }
-    } else {
-        // 1xx and 3xx (redirects are never followed) are refusals too.
-        Next::Refused
-    }
-}
-
-fn header(name: &'static str, value: &str) -> Option<(HeaderName, HeaderValue)> {
-    Some((
-        HeaderName::from_static(name),
-        HeaderValue::from_str(value).ok()?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
-
-    #[test]
-    fn answers_are_classified_by_what_to_do_next() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let none = HeaderMap::new();
-        let s = |c: u16| StatusCode::from_u16(c).unwrap();
-        assert_eq!(classify(s(204), &none, now), Next::Delivered);
-        assert_eq!(classify(s(400), &none, now), Next::Refused);
-        assert_eq!(classify(s(410), &none, now), Next::Refused);
-        assert_eq!(classify(s(302), &none, now), Next::Refused);
-        assert_eq!(
-            classify(s(503), &none, now),
-            Next::Retry { retry_after: None }
-        );
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(
-            classify(s(429), &h, now),
-            Next::Retry {
-                retry_after: Some(Duration::from_secs(7))
-            }
-        );
-        // Capped at the longest wait.
-        h.insert("retry-after", HeaderValue::from_static("86400"));
-        assert_eq!(
-            classify(s(503), &h, now),
-            Next::Retry {
-                retry_after: Some(LONGEST_WAIT)
-            }
-        );
-    }
 
     fn row() -> ConversationRow {
         ConversationRow {

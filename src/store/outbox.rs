@@ -1,12 +1,14 @@
 //! The outbox: work that must happen after a commit (a webhook to the brand's backend, an away
-//! push), written in the same transaction as the change that causes it and worked off by a
-//! dispatcher, on any node.
+//! push) or after an answer from outside (a dead-token record), written in the same
+//! transaction as the change that causes it (or, for an answer from outside, before brandgate
+//! answers its own caller) and worked off by a dispatcher, on any node.
 //!
 //! Contract (beyond the store's general one):
 //! - Items are written only together with their cause: [`NewEvent::outbox`](super::relay::NewEvent)
 //!   items commit with the event (and get its conversation and sequence), the ones given to
 //!   `create_conversation` / `close_conversation` with that change. Nothing is written if the
-//!   change is not.
+//!   change is not. [`Store::add_outbox_item`] writes one on its own, for a cause outside the
+//!   store; it does not renew a pending item with its `dedupe_key` but leaves it alone.
 //! - An item with a `dedupe_key` already pending is not added again; the pending one is marked
 //!   renewed instead (its `version` grows and it takes the new sequence), so a dispatcher that
 //!   claimed it before learns, when it completes, that there is more to do.
@@ -22,7 +24,7 @@
 //!   drops an item's `dedupe_key`, so the next write with that key makes a new item.
 //!
 //! Payloads carry references and metadata, never a secret or message text: what needs text
-//! reads the sealed event when it delivers.
+//! reads the sealed event when it delivers, and a device token is sealed in its payload.
 
 use sqlx::Row;
 
@@ -136,16 +138,27 @@ macro_rules! outbox_row {
     };
 }
 
-/// Writes `items` in transaction `$tx` of either backend, for `conversation` (and `seq`).
+/// Writes `items` in transaction `$tx` of either backend, for `conversation` (and `seq`); an
+/// item whose `dedupe_key` is pending renews that one, or, with `$on_conflict` given, does what
+/// it says.
 macro_rules! insert_outbox {
-    ($tx:expr, $items:expr, $conversation:expr, $seq:expr) => {{
+    ($tx:expr, $items:expr, $conversation:expr, $seq:expr) => {
+        insert_outbox!(
+            $tx,
+            $items,
+            $conversation,
+            $seq,
+            "DO UPDATE SET version = outbox.version + 1, seq = excluded.seq"
+        )
+    };
+    ($tx:expr, $items:expr, $conversation:expr, $seq:expr, $on_conflict:literal) => {{
         let mut done: Result<(), sqlx::Error> = Ok(());
         for item in $items {
-            let written = sqlx::query(
+            let written = sqlx::query(concat!(
                 "INSERT INTO outbox (id, kind, lane, dedupe_key, conversation_id, seq, payload, created_at, next_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (dedupe_key) DO UPDATE SET version = outbox.version + 1, seq = excluded.seq",
-            )
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dedupe_key) ",
+                $on_conflict
+            ))
             .bind(&item.id)
             .bind(&item.kind)
             .bind(&item.lane)
@@ -186,6 +199,18 @@ macro_rules! claim_sql {
 }
 
 impl Store {
+    /// Writes `item` on its own, for work whose cause is outside the store (a provider declared
+    /// a device token dead). While an item with its `dedupe_key` is pending, nothing is written:
+    /// that one does the same work.
+    pub async fn add_outbox_item(&self, item: &NewOutboxItem) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            insert_outbox!(tx, [item], None::<&str>, None::<i64>, "DO NOTHING")?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Leases up to `limit` due items of `kinds` to `owner` until `lease_until` (see the
     /// contract), oldest first. A lane with a live lease on any of its items gives none.
     pub async fn claim_outbox(

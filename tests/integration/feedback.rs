@@ -1,17 +1,21 @@
 //! Dead-token feedback to the brand's webhook: signed (Standard Webhooks, checked with that
 //! project's own library), retried under one id, token only on request; the record file and
-//! the metric, for APNs and for FCM.
+//! the metric, for APNs and for FCM. With a store, records wait in its outbox: they outlive
+//! `kill -9`, and a token found dead on two nodes is posted once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::support::daemon::Daemon;
-use crate::support::fake_apns;
+use crate::support::fake_apns::{self, FakeApns};
 use crate::support::fake_fcm::{FakeFcm, fcm_error};
+use crate::support::identity_world::data_key_line;
+use crate::support::pki::ApnsKey;
 use crate::support::standard_webhooks;
 use crate::support::{TestEnv, android_push, apns, ios_push, platform_auth};
 
@@ -20,18 +24,48 @@ const APP: &str = "com.brand.app";
 #[derive(Clone, Default)]
 struct Receiver {
     calls: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    /// The status each call was answered with, in order.
+    answered: Arc<Mutex<Vec<u16>>>,
     /// Answers to give, in order; 200 once they run out.
     answers: Arc<Mutex<Vec<u16>>>,
+    /// While set, every call is answered 503 (the brand's backend is down).
+    down: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The calls answered 200.
+    fn accepted(&self) -> Vec<(HeaderMap, String)> {
+        let calls = self.calls.lock().unwrap();
+        let answered = self.answered.lock().unwrap();
+        calls
+            .iter()
+            .zip(answered.iter())
+            .filter(|(_, status)| **status == 200)
+            .map(|(call, _)| call.clone())
+            .collect()
+    }
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
-    r.calls.lock().unwrap().push((headers, body));
-    let mut answers = r.answers.lock().unwrap();
-    let status = if answers.is_empty() {
-        200
+    // One lock order for both lists, so `accepted` pairs them right.
+    let mut calls = r.calls.lock().unwrap();
+    let mut answered = r.answered.lock().unwrap();
+    let status = if r.down.load(Ordering::SeqCst) {
+        503
     } else {
-        answers.remove(0)
+        let mut answers = r.answers.lock().unwrap();
+        if answers.is_empty() {
+            200
+        } else {
+            answers.remove(0)
+        }
     };
+    calls.push((headers, body));
+    answered.push(status);
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -326,4 +360,197 @@ async fn fcm_unregistered_tokens_are_recorded_counted_and_posted() {
         metrics.contains(&counted),
         "missing {counted} in\n{metrics}"
     );
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const DEAD: &str = "0dead0ff1ce";
+
+/// A daemon with a store (`[identity]` makes one; `store_extra` in `[store]`, `keys` its data
+/// keys), pushing through `fake` and posting dead tokens to `url` (`webhook_extra` in the
+/// webhook's section).
+async fn stored_node(
+    env: &TestEnv,
+    fake: &FakeApns,
+    key: &ApnsKey,
+    url: &str,
+    store_extra: &str,
+    keys: &str,
+    webhook_extra: &str,
+) -> Daemon {
+    let keys = env.secret("data-keys", keys);
+    let secret = env.secret("hook-secret", SECRET);
+    let app = env.apns_app(APP, fake, key, "", &env.basic_auth(), "");
+    let config = env.config(&format!(
+        r#"
+[store]
+data_keys_file = "{keys}"
+{store_extra}
+[identity]
+issuer = "https://brandgate.test"
+[push.feedback.webhook]
+url = "{url}"
+secret_file = "{secret}"
+{webhook_extra}
+{app}"#,
+        keys = keys.display(),
+        secret = secret.display(),
+    ));
+    Daemon::start(env.path(), &config).await
+}
+
+/// The platform's push of `sequence` to [`DEAD`], answered 403 (APNs said it is gone).
+async fn push_to_dead(env: &TestEnv, daemon: &Daemon, sequence: i64) {
+    let answer = env
+        .client()
+        .post_json(
+            &daemon.url(&format!("/push/{APP}")),
+            &[("authorization", &platform_auth())],
+            &ios_push(DEAD, "x", "conv-dead", sequence),
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+}
+
+/// Waits (bounded) until the receiver accepted `n` calls.
+async fn wait_accepted(receiver: &Receiver, n: usize) -> Vec<(HeaderMap, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let accepted = receiver.accepted();
+        if accepted.len() >= n {
+            return accepted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver accepted {} of {n}",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (bounded) until the daemon's metrics show `line` (the outbox gauges are read every
+/// few seconds).
+async fn wait_metric(env: &TestEnv, daemon: &Daemon, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
+        if metrics.contains(line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "missing {line} in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const NONE_PENDING: &str = r#"brandgate_outbox_items{kind="dead_token",state="pending"} 0"#;
+
+/// The receiver is down when APNs declares a token dead; the daemon is killed (`kill -9`)
+/// before it could post the record. Started again on the same store, with the receiver back,
+/// it posts the record once, under the id of the first attempt, with the token it sealed.
+async fn a_dead_token_record_outlives_a_kill(store_extra: &str) {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let (url, receiver) = start_receiver(vec![]).await;
+    receiver.set_down(true);
+    let keys = data_key_line("k1");
+    let mut daemon = stored_node(
+        &env,
+        &fake,
+        &key,
+        &url,
+        store_extra,
+        &keys,
+        "include_token = true",
+    )
+    .await;
+    fake.script(
+        DEAD,
+        vec![fake_apns::gone("Unregistered", 1_765_000_000_000)],
+    );
+    push_to_dead(&env, &daemon, 1).await;
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(10)).await;
+
+    receiver.set_down(false);
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let mut daemon = Daemon::start(env.path(), &config).await;
+    let accepted = wait_accepted(&receiver, 1).await;
+    wait_metric(&env, &daemon, NONE_PENDING).await;
+    daemon.stop().await;
+
+    assert_eq!(receiver.accepted().len(), 1, "posted once");
+    let (headers, body) = &accepted[0];
+    standard_webhooks::verify(SECRET, headers, body)
+        .await
+        .unwrap();
+    let record: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(record["app"], APP);
+    assert_eq!(record["reason"], "Unregistered");
+    assert_eq!(record["provider_timestamp"], 1_765_000_000);
+    assert_eq!(record["token_sha256"], sha256_hex(DEAD.as_bytes()));
+    assert_eq!(record["token"], DEAD, "the sealed token, opened to be sent");
+    let calls = receiver.calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .all(|(h, _)| h["webhook-id"] == headers["webhook-id"]),
+        "every attempt under one id"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_token_record_outlives_a_kill_on_sqlite() {
+    a_dead_token_record_outlives_a_kill("").await;
+}
+
+#[tokio::test]
+async fn a_dead_token_record_outlives_a_kill_on_postgresql() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    a_dead_token_record_outlives_a_kill(&format!("url = \"{}\"", db.url)).await;
+    db.drop().await;
+}
+
+/// Two nodes on one PostgreSQL each find the same token dead (two pushes) while the receiver
+/// is down: once it is back, the record is posted once, not once per node.
+#[tokio::test]
+async fn a_token_found_dead_on_two_nodes_is_posted_once() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let (fake, key) = apns(APP).await;
+    let (url, receiver) = start_receiver(vec![]).await;
+    receiver.set_down(true);
+    let store = format!("url = \"{}\"", db.url);
+    let keys = data_key_line("k1");
+    let (env_a, env_b) = (TestEnv::new(), TestEnv::new());
+    let mut a = stored_node(&env_a, &fake, &key, &url, &store, &keys, "").await;
+    let mut b = stored_node(&env_b, &fake, &key, &url, &store, &keys, "").await;
+    let gone = || fake_apns::gone("Unregistered", 1_765_000_000_000);
+    fake.script(DEAD, vec![gone(), gone()]);
+    push_to_dead(&env_a, &a, 1).await;
+    push_to_dead(&env_b, &b, 2).await;
+    let asked = fake.received().iter().filter(|r| r.token == DEAD).count();
+    assert_eq!(asked, 2, "both nodes asked APNs");
+
+    receiver.set_down(false);
+    let accepted = wait_accepted(&receiver, 1).await;
+    wait_metric(&env_a, &a, NONE_PENDING).await;
+    wait_metric(&env_b, &b, NONE_PENDING).await;
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(
+        receiver.accepted().len(),
+        1,
+        "one record for one dead token"
+    );
+    let calls = receiver.calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .all(|(h, _)| h["webhook-id"] == accepted[0].0["webhook-id"]),
+        "every attempt, from either node, under one id"
+    );
+    db.drop().await;
 }

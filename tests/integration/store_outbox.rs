@@ -499,6 +499,62 @@ pub async fn conforms(store: &Store) {
         1
     );
     assert_eq!(ids(store, None).await, Vec::<String>::new());
+
+    // Written on its own (a cause outside the store): a second item with a pending one's key
+    // is not written and does not renew it; once that one is done, the key is free again.
+    store
+        .add_outbox_item(&item("alone-1", "alone-lane-1", Some("dead:t1")))
+        .await
+        .unwrap();
+    store
+        .add_outbox_item(&item("alone-2", "alone-lane-2", Some("dead:t1")))
+        .await
+        .unwrap();
+    assert_eq!(ids(store, None).await, ["alone-1"]);
+    let alone = stored(store, "alone-1").await;
+    assert_eq!(
+        (alone.version, alone.conversation_id, alone.seq),
+        (0, None, None)
+    );
+    assert_eq!(claim(store, "n1", T0).await, ["alone-1"]);
+    store
+        .add_outbox_item(&item("alone-3", "alone-lane-3", Some("dead:t1")))
+        .await
+        .unwrap();
+    let claimed = stored(store, "alone-1").await;
+    assert_eq!(
+        store
+            .settle_outbox(
+                &claimed,
+                "n1",
+                Settle::Done {
+                    renewed_at: T0,
+                    renewed_due: T0,
+                },
+            )
+            .await
+            .unwrap(),
+        Settled::Removed,
+        "nothing renewed it"
+    );
+    store
+        .add_outbox_item(&item("alone-4", "alone-lane-4", Some("dead:t1")))
+        .await
+        .unwrap();
+    assert_eq!(ids(store, None).await, ["alone-4"]);
+    assert_eq!(claim(store, "n2", T0).await, ["alone-4"]);
+    let last = stored(store, "alone-4").await;
+    store
+        .settle_outbox(
+            &last,
+            "n2",
+            Settle::Done {
+                renewed_at: T0,
+                renewed_due: T0,
+            },
+        )
+        .await
+        .unwrap();
 }
 
 /// Two handles on one database ("nodes") claim and complete at once: every item is handed out

@@ -1,5 +1,7 @@
-//! The outbox dispatcher: works off what the relay's commits left in the store's outbox
-//! ([`crate::store::outbox`]), on every node at once.
+//! The outbox dispatcher: works off what the roles left in the store's outbox
+//! ([`crate::store::outbox`]): the relay's webhooks and away pushes, the push proxy's
+//! dead-token records. One per process (the daemon starts it when it has a store), on every
+//! node at once.
 //!
 //! It claims due items under a lease (so each goes to one node, and a node that dies hands
 //! its items back when the lease runs out), makes one attempt at each, several at once, and
@@ -67,8 +69,8 @@ pub enum Verdict {
     },
 }
 
-/// What works off one kind of item (the webhooks; away pushes next). The dispatcher knows no
-/// kind itself: they plug in here.
+/// What works off one kind of item (relay webhooks, away pushes, dead-token records). The
+/// dispatcher knows no kind itself: they plug in here.
 pub trait Handler: Send + Sync + 'static {
     /// The items' `kind`.
     fn kind(&self) -> &'static str;
@@ -128,10 +130,12 @@ struct Shared {
 }
 
 impl Dispatcher {
-    /// Starts working off the outbox with `handlers`, at most `in_flight` attempts at once.
+    /// Starts working off the outbox with `handlers`, at most `in_flight` attempts at once,
+    /// woken by `bell` (which the writers of items ring).
     pub fn start(
         store: Store,
         clock: Arc<dyn Clock>,
+        bell: Doorbell,
         handlers: Vec<Arc<dyn Handler>>,
         in_flight: usize,
         registry: &mut Registry,
@@ -139,14 +143,14 @@ impl Dispatcher {
         let metrics = OutboxMetrics::default();
         registry.register(
             "brandgate_outbox_items",
-            "Outbox items (webhooks and away pushes waiting), by kind and state (pending, parked), read every few seconds",
+            "Outbox items (webhooks, away pushes, dead-token records waiting), by kind and state (pending, parked), read every few seconds",
             metrics.items.clone(),
         );
         let shared = Arc::new(Shared {
             store,
             clock,
             owner: uuid::Uuid::new_v4().to_string(),
-            bell: Doorbell::default(),
+            bell,
             handlers,
             in_flight: in_flight.max(1),
             metrics,
@@ -156,11 +160,6 @@ impl Dispatcher {
         shared.task.spawn(run(shared.clone()));
         shared.task.close();
         Dispatcher { shared }
-    }
-
-    /// What commits ring after writing outbox items.
-    pub fn doorbell(&self) -> Doorbell {
-        self.shared.bell.clone()
     }
 
     /// Stops claiming, lets the running attempts end, and gives the leases back. The caller
