@@ -8,7 +8,12 @@
 //!   conversations has received every one (each committed before its acknowledgement; target
 //!   >= 3,000/s);
 //! - latency: the same path paced at 1,000 messages/s; time from the consumer's send to the
-//!   agent's receipt, p50/p99/max (target p99 <= 20 ms).
+//!   agent's receipt, p50/p99/max (target p99 <= 20 ms);
+//! - the outbox: webhooks delivered per second to a local receiver (plain HTTP on loopback,
+//!   answering at once), draining a backlog: 16 conversations' messages are committed while
+//!   the receiver holds its first calls, then it lets go and the clock runs until every
+//!   webhook (one per conversation and one per message) is answered. On SQLite, and on
+//!   PostgreSQL when it runs on 127.0.0.1:5432.
 //!
 //!   cargo bench --bench relay            full run (20,000 sockets, 30,000 messages, 10 s paced)
 //!   cargo bench --bench relay -- --quick  CI smoke run (1,000 sockets, 3,000 messages, 2 s)
@@ -119,6 +124,106 @@ async fn run(s: Settings) {
 
     throughput_and_latency(&relay, &tls, &s).await;
     idle_sockets(&relay, &tls, s.idle_sockets).await;
+    drop(relay);
+
+    outbox_drain(&s, "SQLite", "").await;
+    match support::postgres::Database::create().await {
+        Some(db) => {
+            outbox_drain(&s, "PostgreSQL", &format!("url = \"{}\"", db.url)).await;
+            db.drop().await;
+        }
+        None => println!("  outbox on PostgreSQL: skipped (no server on 127.0.0.1:5432)"),
+    }
+}
+
+/// A webhook receiver on loopback (HTTPS, a certificate of the test CA) that holds every
+/// call until [`HeldReceiver::let_go`], then answers each at once; counts the calls it
+/// answered.
+#[derive(Clone)]
+struct HeldReceiver {
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HeldReceiver {
+    async fn start(env: &TestEnv) -> (HeldReceiver, String) {
+        let receiver = HeldReceiver {
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+            answered: Arc::default(),
+        };
+        let r = receiver.clone();
+        let handler: support::fake::Handler = Arc::new(move |_request, _connection| {
+            let r = r.clone();
+            Box::pin(async move {
+                let mut open = r.open.subscribe();
+                let _ = open.wait_for(|open| *open).await;
+                r.answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                http::Response::builder()
+                    .status(204)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap()
+            })
+        });
+        let tls = support::fake::server_tls(&env.ca.server(), &[b"h2", b"http/1.1"], None);
+        let listening = support::fake::serve(tls, handler).await;
+        (receiver, format!("{}/hook", listening.url()))
+    }
+
+    fn let_go(&self) {
+        self.open.send_replace(true);
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The outbox draining a backlog of webhooks (see the module's doc).
+async fn outbox_drain(s: &Settings, store_name: &str, store_extra: &str) {
+    let env = TestEnv::new();
+    let (receiver, url) = HeldReceiver::start(&env).await;
+    let secret = env.secret("webhook-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let ca = env.ca.write(env.path(), "receiver-ca");
+    let relay_extra = format!(
+        "requests_per_second = 1000000\n[relay.webhooks]\nurl = \"{url}\"\nsecret_file = \"{}\"\nextra_trust_anchors = [\"{}\"]\ntimeout = \"60s\"\nmax_in_flight = {CONVERSATIONS}",
+        secret.display(),
+        ca.display()
+    );
+    let config = config(&env, "1h", store_extra, &relay_extra);
+    let daemon =
+        Daemon::start_with_env(env.path(), &config, &[("BRANDGATE_LOG__LEVEL", "warn")]).await;
+    let relay = Arc::new(Relay { env, daemon });
+    let tls = Arc::new(MessagingClient::tls(&relay.env.ca.cert_pem));
+    let (consumers, agent) = setup(&relay, &tls).await;
+    // Nobody reads the agent's side here.
+    drop(agent);
+    let per_consumer = s.messages / CONVERSATIONS;
+    let epoch = Instant::now();
+    let publishers: Vec<_> = consumers
+        .into_iter()
+        .map(|c| tokio::spawn(publish(c, per_consumer, epoch, None)))
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let expected = CONVERSATIONS + per_consumer * CONVERSATIONS;
+    let started = Instant::now();
+    receiver.let_go();
+    let deadline = started + Duration::from_secs(600);
+    while receiver.answered() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "the outbox delivered {} of {expected} webhooks",
+            receiver.answered()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "  outbox on {store_name}: {:.0} webhooks/s delivered ({expected} in {:.2} s, {CONVERSATIONS} conversations, {CONVERSATIONS} in flight)",
+        expected as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
 }
 
 /// The daemon's resident memory, in KiB.

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -197,7 +198,7 @@ async fn run(shared: Arc<Shared>) {
     }
     let mut running: JoinSet<()> = JoinSet::new();
     // The item (its position) each running attempt holds: only these leases are renewed.
-    let mut holding: HashMap<tokio::task::Id, i64> = HashMap::new();
+    let mut holding: HashMap<tokio::task::Id, Holding> = HashMap::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut renew = tokio::time::interval(RENEW);
@@ -235,8 +236,9 @@ async fn run(shared: Arc<Shared>) {
             }
             for item in claimed {
                 let position = item.position;
-                let task = running.spawn(attempt(shared.clone(), item));
-                holding.insert(task.id(), position);
+                let settling = Arc::new(AtomicBool::new(false));
+                let task = running.spawn(attempt(shared.clone(), item, settling.clone()));
+                holding.insert(task.id(), Holding { position, settling });
             }
             if !full {
                 break;
@@ -258,6 +260,10 @@ async fn run(shared: Arc<Shared>) {
             () = shared.bell.0.notified() => {}
             Some(done) = running.join_next_with_id() => {
                 holding.remove(&finished(done));
+                // Every other attempt that ended meanwhile, before the next claim.
+                while let Some(done) = running.try_join_next_with_id() {
+                    holding.remove(&finished(done));
+                }
             }
             _ = housekeeping.tick() => {
                 shared.read_backlog().await;
@@ -284,8 +290,9 @@ fn finished(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> toki
     }
 }
 
-/// One attempt at `item`, settled in the store.
-async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
+/// One attempt at `item`, settled in the store; `settling` is set once the attempt is over (its
+/// lease is no longer renewed from then on).
+async fn attempt(shared: Arc<Shared>, item: OutboxItem, settling: Arc<AtomicBool>) {
     let handler = shared.handlers.iter().find(|h| h.kind() == item.kind);
     let verdict = match handler {
         Some(handler) => handler.attempt(&item).await,
@@ -316,6 +323,7 @@ async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
     };
     // A database that hiccups gets a few tries; after them the lease runs out (it is no
     // longer renewed) and the item is tried again.
+    settling.store(true, Ordering::SeqCst);
     let mut settled = shared
         .store
         .settle_outbox(&item, &shared.owner, settle.clone())
@@ -344,17 +352,29 @@ async fn attempt(shared: Arc<Shared>, item: OutboxItem) {
     shared.bell.ring();
 }
 
+/// A running attempt's item, and whether the attempt is over (its item being settled).
+struct Holding {
+    position: i64,
+    settling: Arc<AtomicBool>,
+}
+
 impl Shared {
-    /// Keeps the leases of the running attempts alive.
-    async fn renew(&self, holding: &HashMap<tokio::task::Id, i64>) {
+    /// Keeps the leases of the running attempts alive (an attempt that is over settles its
+    /// item: no lease to keep).
+    async fn renew(&self, holding: &HashMap<tokio::task::Id, Holding>) {
         let until = UnixMillis::now(&*self.clock).after(LEASE);
-        for position in holding.values() {
+        for held in holding.values() {
+            if held.settling.load(Ordering::SeqCst) {
+                continue;
+            }
             match self
                 .store
-                .renew_outbox_lease(*position, &self.owner, until)
+                .renew_outbox_lease(held.position, &self.owner, until)
                 .await
             {
                 Ok(true) => {}
+                // Settled while this renewal was on its way.
+                Ok(false) if held.settling.load(Ordering::SeqCst) => {}
                 Ok(false) => tracing::warn!(
                     "an outbox item's lease was taken over during its attempt; another node may repeat it"
                 ),

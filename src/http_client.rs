@@ -46,12 +46,17 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        // Small requests and answers: Nagle's algorithm would hold a request's last segment
+        // until the peer's delayed ACK (tens of milliseconds per call).
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .build();
+            .wrap_connector(http);
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);

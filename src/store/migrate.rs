@@ -173,6 +173,10 @@ const SQLITE: &[(i64, &str)] = &[
         );
         CREATE INDEX push_claims_by_until ON push_claims (until)",
     ),
+    (
+        11,
+        "CREATE INDEX outbox_leased ON outbox (lane) WHERE lease_until IS NOT NULL",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -339,6 +343,10 @@ const POSTGRES: &[(i64, &str)] = &[
             until BIGINT NOT NULL
         );
         CREATE INDEX push_claims_by_until ON push_claims (until)",
+    ),
+    (
+        11,
+        "CREATE INDEX outbox_leased ON outbox (lane) WHERE lease_until IS NOT NULL",
     ),
 ];
 

@@ -180,16 +180,29 @@ macro_rules! insert_outbox {
 }
 pub(super) use insert_outbox;
 
-/// The claim, with `$lock` (PostgreSQL: `FOR UPDATE SKIP LOCKED`) on the candidates.
+/// The claim, with `$lock` (PostgreSQL: `FOR UPDATE OF o SKIP LOCKED`) on the candidates.
+///
+/// It walks the lanes, not the items: `lanes` steps from one lane name to the next through
+/// the `(lane, position)` index, each lane's head is its smallest pending position, and a lane
+/// with a live lease (found through the index of leased items) is passed over. A claim thus
+/// costs in proportion to the lanes waiting, however many items wait behind their heads (a
+/// scan of the items in order made every claim read the whole backlog).
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
-            "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE position IN (\
-             SELECT o.position FROM outbox o WHERE NOT o.parked AND o.next_at <= $3 \
+            "WITH RECURSIVE lanes(lane) AS (\
+             SELECT MIN(lane) FROM outbox WHERE NOT parked \
+             UNION ALL \
+             SELECT (SELECT MIN(n.lane) FROM outbox n WHERE NOT n.parked AND n.lane > lanes.lane) \
+             FROM lanes WHERE lanes.lane IS NOT NULL) \
+             UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE position IN (\
+             SELECT o.position FROM lanes JOIN outbox o ON o.position = \
+             (SELECT MIN(h.position) FROM outbox h WHERE h.lane = lanes.lane AND NOT h.parked) \
+             WHERE NOT o.parked AND o.next_at <= $3 \
              AND (o.lease_until IS NULL OR o.lease_until <= $3) \
              AND (',' || $5 || ',') LIKE ('%,' || o.kind || ',%') \
              AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.lane = o.lane AND NOT p.parked \
-             AND (p.position < o.position OR p.lease_until > $3)) \
+             AND p.lease_until IS NOT NULL AND p.lease_until > $3) \
              ORDER BY o.position LIMIT $4 ",
             $lock,
             ") RETURNING ",
@@ -239,7 +252,7 @@ impl Store {
                     .map(|r| -> Result<OutboxItem, sqlx::Error> { Ok(outbox_row!(r)) })
                     .collect::<Result<Vec<_>, _>>()?
             }
-            Store::Postgres(pool) => sqlx::query(claim_sql!("FOR UPDATE SKIP LOCKED"))
+            Store::Postgres(pool) => sqlx::query(claim_sql!("FOR UPDATE OF o SKIP LOCKED"))
                 .bind(owner)
                 .bind(lease_until)
                 .bind(now)
