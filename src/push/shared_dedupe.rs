@@ -7,8 +7,8 @@
 //! `duplicate` without sending. A re-send that arrives while another node is still delivering
 //! waits for its outcome, up to the push's deadline: delivered there, it is a duplicate;
 //! released there (the first attempt failed), this one claims the key and sends. Claims are
-//! batched (one transaction for all the claims waiting at once), so a busy node pays a
-//! fraction of a round trip per push. When the database cannot answer, pushes go on with the
+//! batched (a few set-wise statements for all the operations waiting at once, on PostgreSQL two
+//! batches under way at a time), so a busy node pays a fraction of a round trip per push. When the database cannot answer, pushes go on with the
 //! in-memory table only (counted in `brandgate_push_dedupe_store_errors_total`).
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::dedupe::Key;
 use crate::clock::{Clock, UnixMillis};
 use crate::store::Store;
-use crate::store::push_claims::{PushClaimOp, PushClaimOutcome};
+use crate::store::push_claims::{PushClaimOp, PushClaimOutcome, PushClaimWriter};
 
 /// Operations waiting for the writer; beyond, a claim goes without the database.
 const QUEUE: usize = 8192;
@@ -29,9 +29,8 @@ const QUEUE: usize = 8192;
 const BATCH: usize = 256;
 /// How often a re-send waiting for another node's attempt looks again.
 const WAIT_STEP: Duration = Duration::from_millis(200);
-/// How often claims past their time are removed, and how many at most each time.
+/// How often every claim past its time is removed.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
-const PURGE_LIMIT: i64 = 10_000;
 /// How long a delivered or released mark may take, all tries together.
 const MARK_LIMIT: Duration = Duration::from_secs(10);
 
@@ -69,7 +68,11 @@ impl SharedDedupe {
     /// Starts the writer (inside a tokio runtime); it ends when the last handle is dropped.
     pub fn start(store: Store, clock: Arc<dyn Clock>, errors: Counter) -> Arc<SharedDedupe> {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write(store.clone(), queue, errors.clone()));
+        let writer = store.push_claim_writer();
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..writer.concurrency() {
+            tokio::spawn(write(writer.clone(), queue.clone(), errors.clone()));
+        }
         tokio::spawn(purge(store, clock.clone()));
         Arc::new(SharedDedupe {
             jobs,
@@ -167,15 +170,24 @@ impl SharedDedupe {
     }
 }
 
-/// The writer: what waits goes in one transaction, ordered by key (two nodes' batches lock
-/// rows in the same order; one push's operations never share a batch). A batch that fails is
-/// applied again one operation at a time, so one bad operation does not sink the rest.
-async fn write(store: Store, mut queue: mpsc::Receiver<Job>, errors: Counter) {
+/// A writer: what waits goes in one batch, ordered by key (two nodes' batches lock rows in the
+/// same order; one push's operations never share a batch, and this node never has one key in
+/// two batches at once: the in-memory table lets one attempt per key through). Several writers
+/// take turns at the queue, so a batch is gathered while another is written. A batch that
+/// fails is applied again one operation at a time, so one bad operation does not sink the rest.
+async fn write(
+    writer: PushClaimWriter,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    errors: Counter,
+) {
     let mut batch = Vec::with_capacity(BATCH);
-    while queue.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        if queue.lock().await.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
         batch.sort_by_key(|job: &Job| *job.op.key());
         let ops: Vec<PushClaimOp> = batch.iter().map(|j| j.op.clone()).collect();
-        match store.apply_push_claims(&ops).await {
+        match writer.apply(&ops).await {
             Ok(outcomes) => {
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = job.done.send(Some(outcome));
@@ -184,8 +196,7 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Job>, errors: Counter) {
             Err(e) => {
                 tracing::warn!(error = %e, ops = batch.len(), "a batch of push claims failed; applying them one by one");
                 for job in batch.drain(..) {
-                    let outcome = match store.apply_push_claims(std::slice::from_ref(&job.op)).await
-                    {
+                    let outcome = match writer.apply(std::slice::from_ref(&job.op)).await {
                         Ok(mut outcomes) => outcomes.pop(),
                         Err(e) => {
                             errors.inc();
@@ -200,14 +211,15 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Job>, errors: Counter) {
     }
 }
 
-/// Removes claims past their time now and then, beside the writer (never holding it up).
+/// Removes claims past their time, beside the writer (never holding it up): one pass over the
+/// table every [`PURGE_EVERY`], a 256th of the keys at a time, spread over the period.
 async fn purge(store: Store, clock: Arc<dyn Clock>) {
-    let mut every = tokio::time::interval(PURGE_EVERY);
+    let mut every = tokio::time::interval(PURGE_EVERY / 256);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for first in (0..=u8::MAX).cycle() {
         every.tick().await;
         if let Err(e) = store
-            .purge_push_claims(UnixMillis::now(&*clock), PURGE_LIMIT)
+            .purge_push_claims_slice(UnixMillis::now(&*clock), first)
             .await
         {
             tracing::warn!(error = %e, "cannot remove old push claims");

@@ -2,7 +2,7 @@
 //! (by its idempotency key, a SHA-256 digest: never a device token), and which were delivered
 //! within the window.
 //!
-//! Contract: operations are applied in batches, each batch in one transaction, in order.
+//! Contract: operations are applied in batches, in order.
 //! - `Claim` succeeds (`Claimed`) when no live row holds the key (none, or its `until` passed)
 //!   or the claimer's own row still says sending: the key is then the owner's, `sending` until
 //!   `until`. Otherwise it answers what the live row says: `Delivered`, or `Sending` (another
@@ -61,240 +61,375 @@ pub enum PushClaimOutcome {
     Done,
 }
 
-/// Applies `ops` in `$tx` of either backend, collecting outcomes.
-macro_rules! apply_ops {
-    ($tx:expr, $ops:expr) => {{
-        let mut outcomes = Vec::with_capacity($ops.len());
-        for op in $ops {
-            let outcome = match op {
-                PushClaimOp::Claim { key, owner, now, until } => {
-                    let took = sqlx::query(
-                        "INSERT INTO push_claims (key, delivered, owner, until) VALUES ($1, FALSE, $2, $3) \
-                         ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, until = excluded.until \
-                         WHERE push_claims.until <= $4 \
-                         OR (push_claims.owner = excluded.owner AND NOT push_claims.delivered)",
-                    )
-                    .bind(&key[..])
-                    .bind(owner)
-                    .bind(*until)
-                    .bind(*now)
-                    .execute(&mut *$tx)
-                    .await?
-                    .rows_affected();
-                    if took == 1 {
-                        PushClaimOutcome::Claimed
-                    } else {
-                        let delivered = sqlx::query("SELECT delivered FROM push_claims WHERE key = $1")
-                            .bind(&key[..])
-                            .fetch_optional(&mut *$tx)
-                            .await?
-                            .map(|r| r.try_get::<bool, _>("delivered"))
-                            .transpose()?;
-                        match delivered {
-                            Some(true) => PushClaimOutcome::Delivered,
-                            // Released between the two statements: another claim takes it.
-                            Some(false) | None => PushClaimOutcome::Sending,
-                        }
-                    }
+/// Splits `ops` into runs, in order, in which no key repeats: within a run the order of
+/// operations does not matter (each touches its own row), so a run is applied set-wise.
+fn distinct_runs(ops: &[PushClaimOp]) -> Vec<&[PushClaimOp]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, op) in ops.iter().enumerate() {
+        if !seen.insert(*op.key()) {
+            runs.push(&ops[start..i]);
+            start = i;
+            seen.clear();
+            seen.insert(*op.key());
+        }
+    }
+    if start < ops.len() {
+        runs.push(&ops[start..]);
+    }
+    runs
+}
+
+/// The operations of one run, by kind, each with its index in the run.
+#[derive(Default)]
+struct Sorted {
+    claims: Vec<(usize, Vec<u8>, String, i64)>,
+    /// The latest `now` of the claims: a row past it is free.
+    now: i64,
+    delivered: Vec<(Vec<u8>, String, i64)>,
+    releases: Vec<(Vec<u8>, String)>,
+}
+
+impl Sorted {
+    fn of(run: &[PushClaimOp]) -> Sorted {
+        let mut sorted = Sorted::default();
+        for (i, op) in run.iter().enumerate() {
+            match op {
+                PushClaimOp::Claim {
+                    key,
+                    owner,
+                    now,
+                    until,
+                } => {
+                    sorted.now = sorted.now.max(now.0);
+                    sorted
+                        .claims
+                        .push((i, key.to_vec(), owner.clone(), until.0));
                 }
                 PushClaimOp::Delivered { key, owner, until } => {
-                    // Whoever holds the row now: the push was delivered, that is what counts.
-                    sqlx::query(
-                        "INSERT INTO push_claims (key, delivered, owner, until) VALUES ($1, TRUE, $2, $3) \
-                         ON CONFLICT (key) DO UPDATE SET delivered = TRUE, owner = excluded.owner, until = excluded.until",
-                    )
-                    .bind(&key[..])
-                    .bind(owner)
-                    .bind(*until)
-                    .execute(&mut *$tx)
-                    .await?;
-                    PushClaimOutcome::Done
+                    sorted
+                        .delivered
+                        .push((key.to_vec(), owner.clone(), until.0))
                 }
                 PushClaimOp::Release { key, owner } => {
-                    sqlx::query("DELETE FROM push_claims WHERE key = $1 AND owner = $2 AND NOT delivered")
-                        .bind(&key[..])
-                        .bind(owner)
-                        .execute(&mut *$tx)
-                        .await?;
-                    PushClaimOutcome::Done
-                }
-            };
-            outcomes.push(outcome);
-        }
-        outcomes
-    }};
-}
-
-/// Applies `ops`, whose keys are all different (so their order does not matter), in `$tx` of
-/// backend `$db` with a few statements for the whole batch: one for the claims, one to read
-/// what the losing claims found, one for the delivered marks; releases (failed pushes, rare)
-/// one each.
-macro_rules! apply_set {
-    ($tx:expr, $ops:expr, $db:ty) => {{
-        let ops: &[PushClaimOp] = $ops;
-        let mut outcomes = vec![PushClaimOutcome::Done; ops.len()];
-        let claims: Vec<(usize, Vec<u8>, String, UnixMillis, UnixMillis)> = ops
-            .iter()
-            .enumerate()
-            .filter_map(|(i, op)| match op {
-                PushClaimOp::Claim { key, owner, now, until } => {
-                    Some((i, key.to_vec(), owner.clone(), *now, *until))
-                }
-                _ => None,
-            })
-            .collect();
-        if let Some(now) = claims.iter().map(|c| c.3).max() {
-            let mut insert = sqlx::QueryBuilder::<$db>::new(
-                "INSERT INTO push_claims (key, delivered, owner, until) ",
-            );
-            insert.push_values(&claims, |mut row, c| {
-                row.push_bind(c.1.clone())
-                    .push("FALSE")
-                    .push_bind(c.2.clone())
-                    .push_bind(c.4);
-            });
-            insert.push(
-                " ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, \
-                 until = excluded.until WHERE push_claims.until <= ",
-            );
-            insert.push_bind(now);
-            insert.push(
-                " OR (push_claims.owner = excluded.owner AND NOT push_claims.delivered) RETURNING key",
-            );
-            let won: std::collections::HashSet<Vec<u8>> = insert
-                .build()
-                .fetch_all(&mut *$tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<Vec<u8>, _>("key"))
-                .collect::<Result<_, _>>()?;
-            let lost: Vec<_> = claims.iter().filter(|c| !won.contains(&c.1)).collect();
-            let mut found = std::collections::HashMap::new();
-            if !lost.is_empty() {
-                let mut select = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT key, delivered FROM push_claims WHERE key IN (",
-                );
-                let mut keys = select.separated(", ");
-                for c in &lost {
-                    keys.push_bind(c.1.clone());
-                }
-                keys.push_unseparated(")");
-                for r in select.build().fetch_all(&mut *$tx).await? {
-                    found.insert(r.try_get::<Vec<u8>, _>("key")?, r.try_get::<bool, _>("delivered")?);
+                    sorted.releases.push((key.to_vec(), owner.clone()))
                 }
             }
-            for c in &claims {
-                outcomes[c.0] = if won.contains(&c.1) {
-                    PushClaimOutcome::Claimed
-                } else if found.get(&c.1) == Some(&true) {
-                    PushClaimOutcome::Delivered
-                } else {
-                    // Sending elsewhere (or released just now: the next claim takes it).
-                    PushClaimOutcome::Sending
-                };
-            }
         }
-        let delivered: Vec<(Vec<u8>, String, UnixMillis)> = ops
-            .iter()
-            .filter_map(|op| match op {
-                PushClaimOp::Delivered { key, owner, until } => {
-                    Some((key.to_vec(), owner.clone(), *until))
-                }
-                _ => None,
-            })
-            .collect();
-        if !delivered.is_empty() {
-            let mut upsert = sqlx::QueryBuilder::<$db>::new(
-                "INSERT INTO push_claims (key, delivered, owner, until) ",
-            );
-            upsert.push_values(&delivered, |mut row, d| {
-                row.push_bind(d.0.clone())
-                    .push("TRUE")
-                    .push_bind(d.1.clone())
-                    .push_bind(d.2);
-            });
-            upsert.push(
-                " ON CONFLICT (key) DO UPDATE SET delivered = TRUE, owner = excluded.owner, \
-                 until = excluded.until",
-            );
-            upsert.build().execute(&mut *$tx).await?;
-        }
-        let releases: Vec<PushClaimOp> = ops
-            .iter()
-            .filter(|op| matches!(op, PushClaimOp::Release { .. }))
-            .cloned()
-            .collect();
-        apply_ops!($tx, &releases);
-        outcomes
-    }};
+        sorted
+    }
 }
 
-/// Whether no two of `ops` name the same key.
-fn keys_distinct(ops: &[PushClaimOp]) -> bool {
-    let mut keys: Vec<&[u8; 32]> = ops.iter().map(PushClaimOp::key).collect();
-    keys.sort_unstable();
-    keys.windows(2).all(|w| w[0] != w[1])
+/// Where claims are written: a connection pool of their own, whose commits do not wait for the
+/// disk (PostgreSQL: `synchronous_commit = off`; SQLite: `synchronous = NORMAL`). A claim lost
+/// to a power cut (not to a crash of brandgate) costs at most one repeated push; every other
+/// write of the store still waits for the disk.
+#[derive(Clone, Debug)]
+pub enum PushClaimWriter {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
 }
+
+/// Connections the writer keeps.
+const WRITER_CONNECTIONS: u32 = 2;
 
 impl Store {
-    /// Applies `ops` in one transaction, in order (see the contract); an outcome per op.
+    /// The claims' writer, on connections of its own to this store's database (opened when
+    /// first used).
+    pub fn push_claim_writer(&self) -> PushClaimWriter {
+        let acquire = std::time::Duration::from_secs(10);
+        match self {
+            Store::Sqlite(pool, _) => {
+                let connect = (*pool.connect_options())
+                    .clone()
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+                // SQLite has one writer at a time: a second connection would only wait.
+                PushClaimWriter::Sqlite(
+                    sqlx::sqlite::SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(acquire)
+                        .connect_lazy_with(connect),
+                )
+            }
+            Store::Postgres(pool) => {
+                let connect = (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                PushClaimWriter::Postgres(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(WRITER_CONNECTIONS)
+                        .acquire_timeout(acquire)
+                        .connect_lazy_with(connect),
+                )
+            }
+        }
+    }
+
+    /// Applies `ops` in order (see the contract), through a writer made for the call (tests
+    /// and one-off use; the daemon keeps one [`PushClaimWriter`]).
     pub async fn apply_push_claims(
         &self,
         ops: &[PushClaimOp],
     ) -> Result<Vec<PushClaimOutcome>, StoreError> {
-        let outcomes = match self {
-            Store::Sqlite(pool, _) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let outcomes = if keys_distinct(ops) {
-                    apply_set!(tx, ops, sqlx::Sqlite)
-                } else {
-                    apply_ops!(tx, ops)
-                };
-                tx.commit().await?;
-                outcomes
-            }
-            Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                // A claim lost to a database crash costs at most a repeated push, never data:
-                // the commit need not wait for the disk (other transactions still do).
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-                let outcomes = if keys_distinct(ops) {
-                    apply_set!(tx, ops, sqlx::Postgres)
-                } else {
-                    apply_ops!(tx, ops)
-                };
-                tx.commit().await?;
-                outcomes
-            }
-        };
-        Ok(outcomes)
+        let writer = self.push_claim_writer();
+        let outcomes = writer.apply(ops).await;
+        writer.close().await;
+        outcomes
     }
 
-    /// Removes up to `limit` claims whose `until` passed before `now` (on PostgreSQL, rows
-    /// another transaction holds are skipped, so a purge never waits for claims or deadlocks
-    /// with them). Returns how many.
-    pub async fn purge_push_claims(&self, now: UnixMillis, limit: i64) -> Result<u64, StoreError> {
+    /// Removes the claims whose `until` passed before `now` among the keys starting with the
+    /// byte `first` (keys are SHA-256 digests, spread evenly: one of 256 slices of the table,
+    /// read through the primary key). On PostgreSQL, rows another transaction holds are
+    /// skipped, so a purge never waits for claims or deadlocks with them. Returns how many.
+    pub async fn purge_push_claims_slice(
+        &self,
+        now: UnixMillis,
+        first: u8,
+    ) -> Result<u64, StoreError> {
+        let from = vec![first];
+        // Keys of the next slice start at `first + 1`; the last slice ends below 33 bytes of
+        // 0xff, above every 32-byte key (one bounded range either way, for the index).
+        let to = match first.checked_add(1) {
+            Some(next) => vec![next],
+            None => vec![u8::MAX; 33],
+        };
         let done = match self {
-            Store::Sqlite(pool, _) => sqlx::query(
-                "DELETE FROM push_claims WHERE key IN (SELECT key FROM push_claims WHERE until < $1 LIMIT $2)",
-            )
-            .bind(now)
-            .bind(limit)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+            Store::Sqlite(pool, _) => {
+                sqlx::query("DELETE FROM push_claims WHERE key >= $1 AND key < $2 AND until < $3")
+                    .bind(&from)
+                    .bind(&to)
+                    .bind(now)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
             Store::Postgres(pool) => sqlx::query(
-                "DELETE FROM push_claims WHERE key IN (SELECT key FROM push_claims WHERE until < $1 \
-                 ORDER BY key LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                "DELETE FROM push_claims WHERE key IN (SELECT key FROM push_claims \
+                 WHERE key >= $1 AND key < $2 AND until < $3 \
+                 FOR UPDATE SKIP LOCKED)",
             )
+            .bind(&from)
+            .bind(&to)
             .bind(now)
-            .bind(limit)
             .execute(pool)
             .await?
             .rows_affected(),
         };
         Ok(done)
     }
+
+    /// Removes every claim whose `until` passed before `now`, slice by slice. Returns how many.
+    pub async fn purge_push_claims(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        let mut done = 0;
+        for first in 0..=u8::MAX {
+            done += self.purge_push_claims_slice(now, first).await?;
+        }
+        Ok(done)
+    }
+}
+
+impl PushClaimWriter {
+    /// Applies `ops` in order (see the contract); an outcome per op. Each run of distinct keys
+    /// is a few set-wise statements: the claims (with what the losing ones found), the
+    /// delivered marks, the releases.
+    pub async fn apply(&self, ops: &[PushClaimOp]) -> Result<Vec<PushClaimOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for run in distinct_runs(ops) {
+            let sorted = Sorted::of(run);
+            let mut run_outcomes = vec![PushClaimOutcome::Done; run.len()];
+            let claimed = match self {
+                PushClaimWriter::Sqlite(pool) => sqlite_run(pool, &sorted).await?,
+                PushClaimWriter::Postgres(pool) => postgres_run(pool, &sorted).await?,
+            };
+            for ((i, ..), outcome) in sorted.claims.iter().zip(claimed) {
+                run_outcomes[*i] = outcome;
+            }
+            outcomes.extend(run_outcomes);
+        }
+        Ok(outcomes)
+    }
+
+    /// How many batches can usefully be under way at once (SQLite: one writer at a time).
+    pub fn concurrency(&self) -> usize {
+        match self {
+            PushClaimWriter::Sqlite(_) => 1,
+            PushClaimWriter::Postgres(_) => WRITER_CONNECTIONS as usize,
+        }
+    }
+
+    /// Closes the writer's connections.
+    pub async fn close(&self) {
+        match self {
+            PushClaimWriter::Sqlite(pool) => pool.close().await,
+            PushClaimWriter::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// What a claim found: taken, or the live row's state.
+fn claim_outcome(won: bool, delivered: Option<bool>) -> PushClaimOutcome {
+    match (won, delivered) {
+        (true, _) => PushClaimOutcome::Claimed,
+        (false, Some(true)) => PushClaimOutcome::Delivered,
+        // Another owner's live claim (or one that ended since): it is being delivered.
+        (false, _) => PushClaimOutcome::Sending,
+    }
+}
+
+/// One run on PostgreSQL: fixed statements over arrays (prepared once per connection, whatever
+/// the batch's size), each its own transaction; rows are written in key order, so two nodes'
+/// runs lock them in the same order.
+async fn postgres_run(
+    pool: &sqlx::PgPool,
+    run: &Sorted,
+) -> Result<Vec<PushClaimOutcome>, StoreError> {
+    let mut outcomes = Vec::with_capacity(run.claims.len());
+    if !run.claims.is_empty() {
+        let keys: Vec<&[u8]> = run.claims.iter().map(|c| &c.1[..]).collect();
+        let owners: Vec<&str> = run.claims.iter().map(|c| c.2.as_str()).collect();
+        let untils: Vec<i64> = run.claims.iter().map(|c| c.3).collect();
+        // The final SELECT reads the rows as they were before the statement: for a losing
+        // claim, the live row that beat it (one index look-up per key: a join would let the
+        // planner scan the whole table, which holds a window's worth of pushes).
+        let rows = sqlx::query(
+            "WITH input AS (SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bigint[]) \
+             WITH ORDINALITY AS i(key, owner, until, n)), \
+             won AS (INSERT INTO push_claims (key, delivered, owner, until) \
+             SELECT key, FALSE, owner, until FROM input ORDER BY key \
+             ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, \
+             until = excluded.until WHERE push_claims.until <= $4 \
+             OR (push_claims.owner = excluded.owner AND NOT push_claims.delivered) RETURNING key) \
+             SELECT w.key IS NOT NULL AS won, \
+             (SELECT p.delivered FROM push_claims p WHERE p.key = i.key) AS delivered \
+             FROM input i LEFT JOIN won w ON w.key = i.key ORDER BY i.n",
+        )
+        .bind(&keys)
+        .bind(&owners)
+        .bind(&untils)
+        .bind(run.now)
+        .fetch_all(pool)
+        .await?;
+        for r in rows {
+            outcomes.push(claim_outcome(r.try_get("won")?, r.try_get("delivered")?));
+        }
+    }
+    if !run.delivered.is_empty() {
+        let keys: Vec<&[u8]> = run.delivered.iter().map(|d| &d.0[..]).collect();
+        let owners: Vec<&str> = run.delivered.iter().map(|d| d.1.as_str()).collect();
+        let untils: Vec<i64> = run.delivered.iter().map(|d| d.2).collect();
+        sqlx::query(
+            "INSERT INTO push_claims (key, delivered, owner, until) \
+             SELECT key, TRUE, owner, until FROM UNNEST($1::bytea[], $2::text[], $3::bigint[]) \
+             AS d(key, owner, until) ORDER BY key \
+             ON CONFLICT (key) DO UPDATE SET delivered = TRUE, owner = excluded.owner, \
+             until = excluded.until",
+        )
+        .bind(&keys)
+        .bind(&owners)
+        .bind(&untils)
+        .execute(pool)
+        .await?;
+    }
+    if !run.releases.is_empty() {
+        let keys: Vec<&[u8]> = run.releases.iter().map(|r| &r.0[..]).collect();
+        let owners: Vec<&str> = run.releases.iter().map(|r| r.1.as_str()).collect();
+        sqlx::query(
+            "DELETE FROM push_claims p USING UNNEST($1::bytea[], $2::text[]) AS r(key, owner) \
+             WHERE p.key = r.key AND p.owner = r.owner AND NOT p.delivered",
+        )
+        .bind(&keys)
+        .bind(&owners)
+        .execute(pool)
+        .await?;
+    }
+    Ok(outcomes)
+}
+
+/// One run on SQLite, in one transaction (the statements are built for the run's size;
+/// SQLite prepares them in-process).
+async fn sqlite_run(
+    pool: &sqlx::SqlitePool,
+    run: &Sorted,
+) -> Result<Vec<PushClaimOutcome>, StoreError> {
+    type Db = sqlx::Sqlite;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(run.claims.len());
+    if !run.claims.is_empty() {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO push_claims (key, delivered, owner, until) ",
+        );
+        insert.push_values(&run.claims, |mut row, c| {
+            row.push_bind(c.1.clone())
+                .push("FALSE")
+                .push_bind(c.2.clone())
+                .push_bind(c.3);
+        });
+        insert.push(
+            " ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, \
+             until = excluded.until WHERE push_claims.until <= ",
+        );
+        insert.push_bind(run.now);
+        insert.push(
+            " OR (push_claims.owner = excluded.owner AND NOT push_claims.delivered) RETURNING key",
+        );
+        let won: std::collections::HashSet<Vec<u8>> = insert
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<Vec<u8>, _>("key"))
+            .collect::<Result<_, _>>()?;
+        let lost: Vec<&Vec<u8>> = run
+            .claims
+            .iter()
+            .map(|c| &c.1)
+            .filter(|k| !won.contains(*k))
+            .collect();
+        let mut found = std::collections::HashMap::new();
+        if !lost.is_empty() {
+            let mut select = sqlx::QueryBuilder::<Db>::new(
+                "SELECT key, delivered FROM push_claims WHERE key IN (",
+            );
+            let mut keys = select.separated(", ");
+            for key in &lost {
+                keys.push_bind((*key).clone());
+            }
+            keys.push_unseparated(")");
+            for r in select.build().fetch_all(&mut *tx).await? {
+                found.insert(
+                    r.try_get::<Vec<u8>, _>("key")?,
+                    r.try_get::<bool, _>("delivered")?,
+                );
+            }
+        }
+        for c in &run.claims {
+            outcomes.push(claim_outcome(won.contains(&c.1), found.get(&c.1).copied()));
+        }
+    }
+    if !run.delivered.is_empty() {
+        let mut upsert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO push_claims (key, delivered, owner, until) ",
+        );
+        upsert.push_values(&run.delivered, |mut row, d| {
+            row.push_bind(d.0.clone())
+                .push("TRUE")
+                .push_bind(d.1.clone())
+                .push_bind(d.2);
+        });
+        upsert.push(
+            " ON CONFLICT (key) DO UPDATE SET delivered = TRUE, owner = excluded.owner, \
+             until = excluded.until",
+        );
+        upsert.build().execute(&mut *tx).await?;
+    }
+    for (key, owner) in &run.releases {
+        sqlx::query("DELETE FROM push_claims WHERE key = $1 AND owner = $2 AND NOT delivered")
+            .bind(key)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }

@@ -870,10 +870,10 @@ pub async fn push_claims_conform(store: &Store) {
         .unwrap();
     assert_eq!(batch, [O::Claimed, O::Sending, O::Done, O::Delivered]);
     // Purged once past.
-    assert_eq!(store.purge_push_claims(window_end, 100).await.unwrap(), 0);
+    assert_eq!(store.purge_push_claims(window_end).await.unwrap(), 0);
     assert_eq!(
         store
-            .purge_push_claims(later.after(std::time::Duration::from_secs(31)), 100)
+            .purge_push_claims(later.after(std::time::Duration::from_secs(31)))
             .await
             .unwrap(),
         2
@@ -1023,4 +1023,24 @@ pub async fn push_claims_conform(store: &Store) {
     for (i, (x, y)) in x.iter().zip(&y).enumerate() {
         assert!(x ^ y, "key {i}: x {x}, y {y}");
     }
+
+    // The purge reaches the first and the last slice of the keys, and only what ran out.
+    let soon = T0.after(std::time::Duration::from_millis(5));
+    for key in [[0u8; 32], [255u8; 32]] {
+        let op = PushClaimOp::Claim {
+            key,
+            owner: "u".into(),
+            now: T0,
+            until: soon,
+        };
+        assert_eq!(store.apply_push_claims(&[op]).await.unwrap(), [O::Claimed]);
+    }
+    assert_eq!(store.purge_push_claims(soon).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_push_claims(soon.after(std::time::Duration::from_millis(1)))
+            .await
+            .unwrap(),
+        2
+    );
 }
