@@ -18,8 +18,9 @@
 //! [`duration`] (human-readable durations in the config), [`http_client`] (outbound HTTPS),
 //! `http_auth` (Basic credentials and client-certificate names, read one way),
 //! [`hex`], `limiter` (per-source limits), `security_headers` (what every public answer
-//! carries), `backoff`, `http_answer`, `webhook_signature` and `webhook_post` (one copy each of what
-//! several roles do), `dispatch` (works off the store's outbox for every role), [`problems`] (what is wrong with a config).
+//! carries), `backoff`, `http_answer`, `webhook_signature` and `webhook_post` (one copy each
+//! of what several roles do), `dispatch` (works off the store's outbox for every role),
+//! [`problems`] (what is wrong with a config).
 //!
 //! Only what the binary, the tests, the benches and the fuzz targets use is `pub`; the shared
 //! pieces only roles use are `pub(crate)`.

@@ -205,10 +205,18 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     connections.close();
     let grace = config.server.shutdown_grace.0;
+    // One grace period for every stage.
+    let deadline = tokio::time::Instant::now() + grace;
     // Pushes run detached from their connection (a caller that hung up does not cancel its
-    // push), so they are waited for on their own, within the same grace period.
-    let drained = async { tokio::join!(connections.wait(), push.drain()) };
-    match tokio::time::timeout(grace, drained).await {
+    // push), so they are waited for on their own. The outbox dispatcher stops claiming now and
+    // lets its running attempts end: what is written meanwhile waits in the store.
+    let dispatcher_stopped = async {
+        if let Some(dispatcher) = &dispatcher {
+            dispatcher.stop().await;
+        }
+    };
+    let drained = async { tokio::join!(connections.wait(), push.drain(), dispatcher_stopped) };
+    match tokio::time::timeout_at(deadline, drained).await {
         Ok(_) => tracing::info!("all connections closed and every push finished"),
         Err(_) => tracing::warn!(
             ?grace,
@@ -218,12 +226,10 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         ),
     }
     if let Some(relay) = &relay {
-        // Sessions got their close frames at the start of the drain; they end quickly.
-        let _ = tokio::time::timeout(grace, relay.drained()).await;
-    }
-    if let Some(dispatcher) = &dispatcher {
-        // Running attempts end; what waits stays in the store for the next start.
-        let _ = tokio::time::timeout(grace, dispatcher.stop()).await;
+        // Sessions got their close frames at the start of the drain; they end quickly. A
+        // moment is left for them (and this node's presence rows) even after a long drain.
+        let floor = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        let _ = tokio::time::timeout_at(deadline.max(floor), relay.drained()).await;
     }
     close_ops.cancel();
     let _ = ops_task.await;

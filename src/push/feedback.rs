@@ -49,6 +49,8 @@ const LONGEST_WAIT: Duration = Duration::from_secs(300);
 const LONGEST_QUEUE_WAIT: Duration = Duration::from_secs(60);
 /// Attempts per record from the in-memory queue (fewer than the outbox's: one task drains it).
 const QUEUE_ATTEMPTS: u32 = 4;
+/// The longest a push's answer waits for its dead-token record to be kept in the outbox.
+const KEEP_LIMIT: Duration = Duration::from_secs(1);
 /// The record file is rotated (to `.1`) past this size.
 const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 pub const RECORD_FILE: &str = "dead-tokens.jsonl";
@@ -172,8 +174,13 @@ impl FeedbackOutbox {
         self.store
             .add_outbox_item(&NewOutboxItem {
                 kind: OUTBOX_KIND.into(),
-                // Records go out independently of each other.
-                lane: format!("{OUTBOX_KIND}:{id}"),
+                // Records need no order; 16 lanes per app (by the digest's first digit) let
+                // several go at once while keeping the lanes a claim walks few.
+                lane: format!(
+                    "{OUTBOX_KIND}:{}:{}",
+                    dead.app,
+                    dead.token.sha256_hex().get(..1).unwrap_or("0")
+                ),
                 dedupe_key: Some(format!(
                     "{OUTBOX_KIND}:{}:{}:{}",
                     dead.app,
@@ -196,14 +203,17 @@ impl FeedbackOutbox {
         let stored: Stored = serde_json::from_slice(&item.payload).ok()?;
         let mut record = stored.record;
         if include_token {
-            match &stored.sealed_token {
-                Some(sealed) => {
-                    let sealed =
-                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sealed)
-                            .ok()?;
-                    let token = self.data_keys.open(&seal_context(&item.id), &sealed).ok()?;
-                    let token = String::from_utf8(token.expose().clone()).ok()?;
+            match stored
+                .sealed_token
+                .as_deref()
+                .map(|s| self.open_token(item, s))
+            {
+                Some(Some(token)) => {
                     record.as_object_mut()?.insert("token".into(), token.into());
+                }
+                // Sealed under a data key no longer configured, say: the record still goes.
+                Some(None) => {
+                    tracing::warn!(delivery = %item.id, "a dead-token record's sealed token cannot be opened; it goes without the token");
                 }
                 None => {
                     tracing::info!(delivery = %item.id, "a dead-token record written before include_token was set goes without the token");
@@ -211,6 +221,14 @@ impl FeedbackOutbox {
             }
         }
         serde_json::to_vec(&record).ok()
+    }
+
+    /// The device token sealed in `item`'s payload.
+    fn open_token(&self, item: &OutboxItem, sealed: &str) -> Option<String> {
+        let sealed =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sealed).ok()?;
+        let token = self.data_keys.open(&seal_context(&item.id), &sealed).ok()?;
+        String::from_utf8(token.expose().clone()).ok()
     }
 }
 
@@ -310,10 +328,16 @@ impl FeedbackSink {
             return;
         };
         if let Some(outbox) = outbox {
-            match outbox.write(&dead, webhook.include_token).await {
-                Ok(()) => return,
-                Err(e) => {
+            // The platform's answer waits for this write: a database that does not answer
+            // soon does not hold it up.
+            match tokio::time::timeout(KEEP_LIMIT, outbox.write(&dead, webhook.include_token)).await
+            {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot keep a dead-token record in the outbox; it waits in memory instead")
+                }
+                Err(_) => {
+                    tracing::warn!(limit = ?KEEP_LIMIT, "the store did not take a dead-token record in time; it waits in memory instead")
                 }
             }
         }

@@ -409,17 +409,19 @@ impl PushService {
             gave_up,
             duplicate: false,
         };
-        if let Some((_, g)) = guard
-            && delivery.delivered()
-        {
-            g.delivered();
-        }
+        // The shared mark is queued before the in-memory entry goes (an attempt that failed
+        // drops it): a re-send let through afterwards queues its claim behind the mark.
         if let Some((shared, k)) = shared_key {
             if delivery.delivered() {
                 shared.delivered(k, settings.dedupe_window.0);
             } else {
                 shared.release(k);
             }
+        }
+        if let Some((_, g)) = guard
+            && delivery.delivered()
+        {
+            g.delivered();
         }
         if let Some(dead) = self.record(app, &request.device_token, &delivery) {
             let outbox = self.shared.feedback_outbox.get().map(Arc::as_ref);

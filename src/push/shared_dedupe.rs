@@ -55,7 +55,10 @@ struct Job {
 
 /// The shared claims of one node. Cheap to share (`Arc`).
 pub struct SharedDedupe {
-    jobs: mpsc::Sender<Job>,
+    /// One queue per writer; a key always goes to the same one, so one key's operations are
+    /// applied in the order they were queued.
+    jobs: Vec<mpsc::Sender<Job>>,
+    writer: PushClaimWriter,
     /// The marks sent after a delivery, so stopping waits for them.
     marks: TaskTracker,
     /// This node's name in the claims (new at every start).
@@ -67,15 +70,18 @@ pub struct SharedDedupe {
 impl SharedDedupe {
     /// Starts the writer (inside a tokio runtime); it ends when the last handle is dropped.
     pub fn start(store: Store, clock: Arc<dyn Clock>, errors: Counter) -> Arc<SharedDedupe> {
-        let (jobs, queue) = mpsc::channel(QUEUE);
         let writer = store.push_claim_writer();
-        let queue = Arc::new(tokio::sync::Mutex::new(queue));
-        for _ in 0..writer.concurrency() {
-            tokio::spawn(write(writer.clone(), queue.clone(), errors.clone()));
-        }
+        let jobs = (0..writer.concurrency())
+            .map(|_| {
+                let (jobs, queue) = mpsc::channel(QUEUE);
+                tokio::spawn(write(writer.clone(), queue, errors.clone()));
+                jobs
+            })
+            .collect();
         tokio::spawn(purge(store, clock.clone()));
         Arc::new(SharedDedupe {
             jobs,
+            writer,
             marks: TaskTracker::new(),
             owner: uuid::Uuid::new_v4().to_string(),
             clock,
@@ -83,17 +89,37 @@ impl SharedDedupe {
         })
     }
 
-    /// One operation through the writer, waiting at most until `by`.
-    async fn apply(&self, op: PushClaimOp, by: tokio::time::Instant) -> Option<PushClaimOutcome> {
+    /// Queues one operation for its key's writer; `None` when the queue is full.
+    fn enqueue(&self, op: PushClaimOp) -> Option<oneshot::Receiver<Option<PushClaimOutcome>>> {
         let (done, answer) = oneshot::channel();
-        if self.jobs.try_send(Job { op, done }).is_err() {
+        let writer = usize::from(op.key()[0]) % self.jobs.len().max(1);
+        let queued = self
+            .jobs
+            .get(writer)
+            .is_some_and(|queue| queue.try_send(Job { op, done }).is_ok());
+        if !queued {
             self.errors.inc();
             return None;
         }
+        Some(answer)
+    }
+
+    /// One operation through the writer, waiting at most until `by`.
+    async fn apply(&self, op: PushClaimOp, by: tokio::time::Instant) -> Option<PushClaimOutcome> {
+        let answer = self.enqueue(op)?;
+        Self::outcome(answer, by, &self.errors).await
+    }
+
+    /// The writer's answer, waited for at most until `by`.
+    async fn outcome(
+        answer: oneshot::Receiver<Option<PushClaimOutcome>>,
+        by: tokio::time::Instant,
+        errors: &Counter,
+    ) -> Option<PushClaimOutcome> {
         match tokio::time::timeout_at(by, answer).await {
             Ok(answer) => answer.ok().flatten(),
             Err(_) => {
-                self.errors.inc();
+                errors.inc();
                 None
             }
         }
@@ -150,10 +176,18 @@ impl SharedDedupe {
     }
 
     fn mark(self: &Arc<Self>, op: PushClaimOp) {
+        // Queued now, in the order of the calls; only waiting for it and retrying are in the
+        // background.
+        let first = self.enqueue(op.clone());
         let shared = self.clone();
         self.marks.spawn(async move {
             let by = tokio::time::Instant::now() + MARK_LIMIT;
-            for wait in [0, 100, 500, 2000] {
+            if let Some(answer) = first
+                && Self::outcome(answer, by, &shared.errors).await.is_some()
+            {
+                return;
+            }
+            for wait in [100, 500, 2000] {
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 if shared.apply(op.clone(), by).await.is_some() {
                     return;
@@ -163,28 +197,26 @@ impl SharedDedupe {
         });
     }
 
-    /// Waits for the marks still being written (stopping).
+    /// Waits for the marks still being written, then closes the writer's connections
+    /// (stopping).
     pub async fn drain(&self) {
         self.marks.close();
         self.marks.wait().await;
+        self.writer.close().await;
     }
 }
 
-/// A writer: what waits goes in one batch, ordered by key (two nodes' batches lock rows in the
-/// same order; one push's operations never share a batch, and this node never has one key in
-/// two batches at once: the in-memory table lets one attempt per key through). Several writers
-/// take turns at the queue, so a batch is gathered while another is written. A batch that
-/// fails is applied again one operation at a time, so one bad operation does not sink the rest.
-async fn write(
-    writer: PushClaimWriter,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
-    errors: Counter,
-) {
+/// A writer: what waits in its queue goes in one batch, ordered by key (two nodes' batches lock
+/// rows in the same order). Each key has its writer, so its operations are applied in the
+/// order they were queued, while other writers' batches are under way. A batch that fails is
+/// applied again one operation at a time, so one bad operation does not sink the rest.
+async fn write(writer: PushClaimWriter, mut queue: mpsc::Receiver<Job>, errors: Counter) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        if queue.lock().await.recv_many(&mut batch, BATCH).await == 0 {
+        if queue.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
+        // Stable: one key's operations keep their order.
         batch.sort_by_key(|job: &Job| *job.op.key());
         let ops: Vec<PushClaimOp> = batch.iter().map(|j| j.op.clone()).collect();
         match writer.apply(&ops).await {

@@ -24,7 +24,8 @@
 //!   changes to watchers, and what must reach other nodes to an outward sink; `fanout`: that
 //!   sink across nodes sharing one PostgreSQL (LISTEN/NOTIFY, through the store);
 //! - `webhooks`: signed POSTs to the brand's backend about committed changes, written to the
-//!   store's outbox with the change and worked off by [`crate::dispatch`]; `records`: what each sealed record is bound to, and re-sealing.
+//!   store's outbox with the change and worked off by [`crate::dispatch`]; `records`: what
+//!   each sealed record is bound to, and re-sealing.
 //!
 //! Away pushes go through the push proxy's door ([`crate::push::PushService::send`]).
 

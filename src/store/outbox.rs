@@ -37,7 +37,7 @@ use crate::ids::ConversationId;
 pub struct NewOutboxItem {
     /// Stable across attempts and nodes: receivers use it to drop repeats.
     pub id: String,
-    /// What the dispatcher does with it (`webhook`, `away_push`).
+    /// What the dispatcher does with it (`webhook`, `away_push`, `dead_token`).
     pub kind: String,
     /// Items of one lane are delivered in order, one at a time.
     pub lane: String,
@@ -217,9 +217,8 @@ impl Store {
     /// that one does the same work.
     pub async fn add_outbox_item(&self, item: &NewOutboxItem) -> Result<(), StoreError> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            insert_outbox!(tx, [item], None::<&str>, None::<i64>, "DO NOTHING")?;
-            tx.commit().await?;
+            let mut conn = pool.acquire().await?;
+            insert_outbox!(conn, [item], None::<&str>, None::<i64>, "DO NOTHING")?;
         });
         Ok(())
     }

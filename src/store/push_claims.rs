@@ -2,7 +2,8 @@
 //! (by its idempotency key, a SHA-256 digest: never a device token), and which were delivered
 //! within the window.
 //!
-//! Contract: operations are applied in batches, in order.
+//! Contract: operations are applied in batches, in order (a batch is not atomic: each
+//! operation changes one row on its own).
 //! - `Claim` succeeds (`Claimed`) when no live row holds the key (none, or its `until` passed)
 //!   or the claimer's own row still says sending: the key is then the owner's, `sending` until
 //!   `until`. Otherwise it answers what the live row says: `Delivered`, or `Sending` (another
@@ -121,10 +122,13 @@ impl Sorted {
     }
 }
 
-/// Where claims are written: a connection pool of their own, whose commits do not wait for the
-/// disk (PostgreSQL: `synchronous_commit = off`; SQLite: `synchronous = NORMAL`). A claim lost
-/// to a power cut (not to a crash of brandgate) costs at most one repeated push; every other
-/// write of the store still waits for the disk.
+/// Where claims are written: a connection pool of their own (on PostgreSQL
+/// [`WRITER_CONNECTIONS`] beside the store's `max_connections`; on SQLite one connection),
+/// whose commits do not wait for the disk (PostgreSQL: `synchronous_commit = off`; SQLite:
+/// `synchronous = NORMAL`). A claim lost to a power cut (not to a crash of brandgate) costs at
+/// most one repeated push; every other write of the store still waits for the disk. A batch's
+/// statements are not one transaction: each operation is one row's change, and applying a
+/// batch again is harmless.
 #[derive(Clone, Debug)]
 pub enum PushClaimWriter {
     Sqlite(sqlx::SqlitePool),
@@ -152,17 +156,21 @@ impl Store {
                         .connect_lazy_with(connect),
                 )
             }
-            Store::Postgres(pool) => {
-                let connect = (*pool.connect_options())
-                    .clone()
-                    .options([("synchronous_commit", "off")]);
-                PushClaimWriter::Postgres(
-                    sqlx::postgres::PgPoolOptions::new()
-                        .max_connections(WRITER_CONNECTIONS)
-                        .acquire_timeout(acquire)
-                        .connect_lazy_with(connect),
-                )
-            }
+            Store::Postgres(pool) => PushClaimWriter::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(WRITER_CONNECTIONS)
+                    .acquire_timeout(acquire)
+                    // A session setting (a connection pooler in session mode keeps it; one in
+                    // transaction mode may not, and commits then wait for the disk again).
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::Executor::execute(&mut *conn, "SET synchronous_commit = off")
+                                .await
+                                .map(|_| ())
+                        })
+                    })
+                    .connect_lazy_with((*pool.connect_options()).clone()),
+            ),
         }
     }
 
@@ -289,9 +297,11 @@ async fn postgres_run(
         let keys: Vec<&[u8]> = run.claims.iter().map(|c| &c.1[..]).collect();
         let owners: Vec<&str> = run.claims.iter().map(|c| c.2.as_str()).collect();
         let untils: Vec<i64> = run.claims.iter().map(|c| c.3).collect();
-        // The final SELECT reads the rows as they were before the statement: for a losing
-        // claim, the live row that beat it (one index look-up per key: a join would let the
-        // planner scan the whole table, which holds a window's worth of pushes).
+        // The final SELECT reads the rows as the statement's snapshot saw them: for a losing
+        // claim, the live row that beat it (a row another transaction committed during the
+        // statement shows as none: `Sending`, and the claimer asks again shortly). One index
+        // look-up per key: a join would let the planner scan the whole table, which holds a
+        // window's worth of pushes.
         let rows = sqlx::query(
             "WITH input AS (SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bigint[]) \
              WITH ORDINALITY AS i(key, owner, until, n)), \

@@ -428,21 +428,28 @@ async fn wait_accepted(receiver: &Receiver, n: usize) -> Vec<(HeaderMap, String)
     }
 }
 
-/// Waits (bounded) until the daemon's metrics show `line` (the outbox gauges are read every
-/// few seconds).
-async fn wait_metric(env: &TestEnv, daemon: &Daemon, line: &str) {
+/// What `brandgate outbox list` shows of the daemon's store.
+async fn outbox_list(daemon: &Daemon) -> String {
+    let config = daemon.config_path.to_str().unwrap();
+    let (code, out, err) =
+        crate::support::daemon::run(&["outbox", "list", "--config", config], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
+/// Waits (bounded) until the store's outbox holds no dead-token record, as `brandgate outbox
+/// list` reads it.
+async fn wait_outbox_empty(daemon: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = env.client().get(&daemon.ops_url("/metrics")).await.body;
-        if metrics.contains(line) {
+        let out = outbox_list(daemon).await;
+        if !out.contains("dead_token") {
             return;
         }
-        assert!(Instant::now() < deadline, "missing {line} in\n{metrics}");
+        assert!(Instant::now() < deadline, "still in the outbox:\n{out}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
-const NONE_PENDING: &str = r#"brandgate_outbox_items{kind="dead_token",state="pending"} 0"#;
 
 /// The receiver is down when APNs declares a token dead; the daemon is killed (`kill -9`)
 /// before it could post the record. Started again on the same store, with the receiver back,
@@ -468,6 +475,9 @@ async fn a_dead_token_record_outlives_a_kill(store_extra: &str) {
         vec![fake_apns::gone("Unregistered", 1_765_000_000_000)],
     );
     push_to_dead(&env, &daemon, 1).await;
+    // Kept before the platform heard that the token is dead.
+    let listed = outbox_list(&daemon).await;
+    assert!(listed.contains("dead_token"), "{listed}");
     daemon.signal(libc::SIGKILL);
     daemon.wait_exit(Duration::from_secs(10)).await;
 
@@ -475,7 +485,7 @@ async fn a_dead_token_record_outlives_a_kill(store_extra: &str) {
     let config = std::fs::read_to_string(&daemon.config_path).unwrap();
     let mut daemon = Daemon::start(env.path(), &config).await;
     let accepted = wait_accepted(&receiver, 1).await;
-    wait_metric(&env, &daemon, NONE_PENDING).await;
+    wait_outbox_empty(&daemon).await;
     daemon.stop().await;
 
     assert_eq!(receiver.accepted().len(), 1, "posted once");
@@ -536,8 +546,7 @@ async fn a_token_found_dead_on_two_nodes_is_posted_once() {
 
     receiver.set_down(false);
     let accepted = wait_accepted(&receiver, 1).await;
-    wait_metric(&env_a, &a, NONE_PENDING).await;
-    wait_metric(&env_b, &b, NONE_PENDING).await;
+    wait_outbox_empty(&a).await;
     a.stop().await;
     b.stop().await;
     assert_eq!(
