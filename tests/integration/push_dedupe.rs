@@ -90,6 +90,34 @@ async fn a_resend_to_another_node_is_a_duplicate() {
     db.drop().await;
 }
 
+/// The same push sent to two nodes at the same moment reaches APNs once: one node sends it,
+/// the other finds it being sent there and answers `duplicate` once it is delivered.
+#[tokio::test]
+async fn the_same_push_to_two_nodes_at_once_is_sent_once() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let (fake, key) = apns(APP).await;
+    let store = format!("url = \"{}\"", db.url);
+    let keys = data_key_line("k1");
+    let a = node(&fake, &key, &store, &keys).await;
+    let b = node(&fake, &key, &store, &keys).await;
+    for sequence in 1..=5 {
+        let (x, y) = tokio::join!(a.push(sequence), b.push(sequence));
+        let mut answers = [x, y];
+        answers.sort();
+        assert_eq!(answers, ["delivered", "duplicate"], "sequence {sequence}");
+    }
+    let sequences: Vec<_> = fake
+        .delivered_to(TOKEN)
+        .iter()
+        .map(|r| r.body["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences.len(), 5, "{sequences:?}");
+    drop((a, b));
+    db.drop().await;
+}
+
 /// The same push before and after a restart on SQLite: with `shared_dedupe` (the default) a
 /// duplicate, without it sent again.
 async fn resend_after_a_restart(push_extra: &str) -> String {
