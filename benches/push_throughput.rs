@@ -104,8 +104,7 @@ async fn run(s: Settings, quick: bool, store: DedupeStore) {
             "[store]\ndata_keys_file = \"{}\"\n{}\n[identity]\nissuer = \"https://brandgate.test\"\n",
             env.secret("data-keys", &support::identity_world::data_key_line("k1"))
                 .display(),
-            db.as_ref()
-                .map_or(String::new(), |db| format!("url = \"{}\"", db.url)),
+            db.as_ref().map_or(String::new(), |db| db.store_line()),
         ),
     };
     let config = env

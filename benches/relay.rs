@@ -129,7 +129,7 @@ async fn run(s: Settings) {
     outbox_drain(&s, "SQLite", "").await;
     match support::postgres::Database::create().await {
         Some(db) => {
-            outbox_drain(&s, "PostgreSQL", &format!("url = \"{}\"", db.url)).await;
+            outbox_drain(&s, "PostgreSQL", &db.store_line()).await;
             db.drop().await;
         }
         None => println!("  outbox on PostgreSQL: skipped (no server on 127.0.0.1:5432)"),

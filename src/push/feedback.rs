@@ -171,6 +171,7 @@ impl FeedbackOutbox {
             sealed_token,
         };
         let now = UnixMillis::now(&*self.clock);
+        let digest = dead.token.sha256_hex();
         self.store
             .add_outbox_item(&NewOutboxItem {
                 kind: OUTBOX_KIND.into(),
@@ -179,13 +180,11 @@ impl FeedbackOutbox {
                 lane: format!(
                     "{OUTBOX_KIND}:{}:{}",
                     dead.app,
-                    dead.token.sha256_hex().get(..1).unwrap_or("0")
+                    digest.get(..1).unwrap_or("0")
                 ),
                 dedupe_key: Some(format!(
                     "{OUTBOX_KIND}:{}:{}:{}",
-                    dead.app,
-                    dead.provider,
-                    dead.token.sha256_hex()
+                    dead.app, dead.provider, digest
                 )),
                 id,
                 payload: serde_json::to_vec(&stored).unwrap_or_default(),

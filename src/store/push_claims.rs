@@ -82,14 +82,29 @@ fn distinct_runs(ops: &[PushClaimOp]) -> Vec<&[PushClaimOp]> {
     runs
 }
 
-/// The operations of one run, by kind, each with its index in the run.
+/// A row as claims and marks write it: key, owner, until.
+type ClaimRow = (Vec<u8>, String, i64);
+
+/// The operations of one run, by kind.
 #[derive(Default)]
 struct Sorted {
-    claims: Vec<(usize, Vec<u8>, String, i64)>,
+    claims: Vec<ClaimRow>,
+    /// Where each claim stands in the run (its outcome goes there).
+    claim_at: Vec<usize>,
     /// The latest `now` of the claims: a row past it is free.
     now: i64,
-    delivered: Vec<(Vec<u8>, String, i64)>,
-    releases: Vec<(Vec<u8>, String)>,
+    delivered: Vec<ClaimRow>,
+    /// Key and owner.
+    releases: Vec<ClaimRow>,
+}
+
+/// `rows` as the columns PostgreSQL takes as arrays.
+fn columns(rows: &[ClaimRow]) -> (Vec<&[u8]>, Vec<&str>, Vec<i64>) {
+    (
+        rows.iter().map(|r| &r.0[..]).collect(),
+        rows.iter().map(|r| r.1.as_str()).collect(),
+        rows.iter().map(|r| r.2).collect(),
+    )
 }
 
 impl Sorted {
@@ -104,9 +119,8 @@ impl Sorted {
                     until,
                 } => {
                     sorted.now = sorted.now.max(now.0);
-                    sorted
-                        .claims
-                        .push((i, key.to_vec(), owner.clone(), until.0));
+                    sorted.claim_at.push(i);
+                    sorted.claims.push((key.to_vec(), owner.clone(), until.0));
                 }
                 PushClaimOp::Delivered { key, owner, until } => {
                     sorted
@@ -114,7 +128,7 @@ impl Sorted {
                         .push((key.to_vec(), owner.clone(), until.0))
                 }
                 PushClaimOp::Release { key, owner } => {
-                    sorted.releases.push((key.to_vec(), owner.clone()))
+                    sorted.releases.push((key.to_vec(), owner.clone(), 0))
                 }
             }
         }
@@ -250,7 +264,7 @@ impl PushClaimWriter {
                 PushClaimWriter::Sqlite(pool) => sqlite_run(pool, &sorted).await?,
                 PushClaimWriter::Postgres(pool) => postgres_run(pool, &sorted).await?,
             };
-            for ((i, ..), outcome) in sorted.claims.iter().zip(claimed) {
+            for (i, outcome) in sorted.claim_at.iter().zip(claimed) {
                 run_outcomes[*i] = outcome;
             }
             outcomes.extend(run_outcomes);
@@ -294,9 +308,7 @@ async fn postgres_run(
 ) -> Result<Vec<PushClaimOutcome>, StoreError> {
     let mut outcomes = Vec::with_capacity(run.claims.len());
     if !run.claims.is_empty() {
-        let keys: Vec<&[u8]> = run.claims.iter().map(|c| &c.1[..]).collect();
-        let owners: Vec<&str> = run.claims.iter().map(|c| c.2.as_str()).collect();
-        let untils: Vec<i64> = run.claims.iter().map(|c| c.3).collect();
+        let (keys, owners, untils) = columns(&run.claims);
         // The final SELECT reads the rows as the statement's snapshot saw them: for a losing
         // claim, the live row that beat it (a row another transaction committed during the
         // statement shows as none: `Sending`, and the claimer asks again shortly). One index
@@ -325,9 +337,7 @@ async fn postgres_run(
         }
     }
     if !run.delivered.is_empty() {
-        let keys: Vec<&[u8]> = run.delivered.iter().map(|d| &d.0[..]).collect();
-        let owners: Vec<&str> = run.delivered.iter().map(|d| d.1.as_str()).collect();
-        let untils: Vec<i64> = run.delivered.iter().map(|d| d.2).collect();
+        let (keys, owners, untils) = columns(&run.delivered);
         sqlx::query(
             "INSERT INTO push_claims (key, delivered, owner, until) \
              SELECT key, TRUE, owner, until FROM UNNEST($1::bytea[], $2::text[], $3::bigint[]) \
@@ -342,8 +352,7 @@ async fn postgres_run(
         .await?;
     }
     if !run.releases.is_empty() {
-        let keys: Vec<&[u8]> = run.releases.iter().map(|r| &r.0[..]).collect();
-        let owners: Vec<&str> = run.releases.iter().map(|r| r.1.as_str()).collect();
+        let (keys, owners, _) = columns(&run.releases);
         sqlx::query(
             "DELETE FROM push_claims p USING UNNEST($1::bytea[], $2::text[]) AS r(key, owner) \
              WHERE p.key = r.key AND p.owner = r.owner AND NOT p.delivered",
@@ -356,6 +365,19 @@ async fn postgres_run(
     Ok(outcomes)
 }
 
+/// `INSERT INTO push_claims ... VALUES` for `rows`, `delivered` as given (SQLite).
+fn insert_rows(rows: &[ClaimRow], delivered: &'static str) -> sqlx::QueryBuilder<sqlx::Sqlite> {
+    let mut insert =
+        sqlx::QueryBuilder::new("INSERT INTO push_claims (key, delivered, owner, until) ");
+    insert.push_values(rows, |mut row, r| {
+        row.push_bind(r.0.clone())
+            .push(delivered)
+            .push_bind(r.1.clone())
+            .push_bind(r.2);
+    });
+    insert
+}
+
 /// One run on SQLite, in one transaction (the statements are built for the run's size;
 /// SQLite prepares them in-process).
 async fn sqlite_run(
@@ -366,15 +388,7 @@ async fn sqlite_run(
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(run.claims.len());
     if !run.claims.is_empty() {
-        let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO push_claims (key, delivered, owner, until) ",
-        );
-        insert.push_values(&run.claims, |mut row, c| {
-            row.push_bind(c.1.clone())
-                .push("FALSE")
-                .push_bind(c.2.clone())
-                .push_bind(c.3);
-        });
+        let mut insert = insert_rows(&run.claims, "FALSE");
         insert.push(
             " ON CONFLICT (key) DO UPDATE SET delivered = FALSE, owner = excluded.owner, \
              until = excluded.until WHERE push_claims.until <= ",
@@ -393,7 +407,7 @@ async fn sqlite_run(
         let lost: Vec<&Vec<u8>> = run
             .claims
             .iter()
-            .map(|c| &c.1)
+            .map(|c| &c.0)
             .filter(|k| !won.contains(*k))
             .collect();
         let mut found = std::collections::HashMap::new();
@@ -414,26 +428,18 @@ async fn sqlite_run(
             }
         }
         for c in &run.claims {
-            outcomes.push(claim_outcome(won.contains(&c.1), found.get(&c.1).copied()));
+            outcomes.push(claim_outcome(won.contains(&c.0), found.get(&c.0).copied()));
         }
     }
     if !run.delivered.is_empty() {
-        let mut upsert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO push_claims (key, delivered, owner, until) ",
-        );
-        upsert.push_values(&run.delivered, |mut row, d| {
-            row.push_bind(d.0.clone())
-                .push("TRUE")
-                .push_bind(d.1.clone())
-                .push_bind(d.2);
-        });
+        let mut upsert = insert_rows(&run.delivered, "TRUE");
         upsert.push(
             " ON CONFLICT (key) DO UPDATE SET delivered = TRUE, owner = excluded.owner, \
              until = excluded.until",
         );
         upsert.build().execute(&mut *tx).await?;
     }
-    for (key, owner) in &run.releases {
+    for (key, owner, _) in &run.releases {
         sqlx::query("DELETE FROM push_claims WHERE key = $1 AND owner = $2 AND NOT delivered")
             .bind(key)
             .bind(owner)

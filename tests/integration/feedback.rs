@@ -377,22 +377,17 @@ async fn stored_node(
     keys: &str,
     webhook_extra: &str,
 ) -> Daemon {
-    let keys = env.secret("data-keys", keys);
+    let store = env.store_section(keys, store_extra);
     let secret = env.secret("hook-secret", SECRET);
     let app = env.apns_app(APP, fake, key, "", &env.basic_auth(), "");
     let config = env.config(&format!(
         r#"
-[store]
-data_keys_file = "{keys}"
-{store_extra}
-[identity]
-issuer = "https://brandgate.test"
+{store}
 [push.feedback.webhook]
 url = "{url}"
 secret_file = "{secret}"
 {webhook_extra}
 {app}"#,
-        keys = keys.display(),
         secret = secret.display(),
     ));
     Daemon::start(env.path(), &config).await
@@ -518,7 +513,7 @@ async fn a_dead_token_record_outlives_a_kill_on_postgresql() {
     let Some(db) = crate::support::postgres::Database::create().await else {
         return;
     };
-    a_dead_token_record_outlives_a_kill(&format!("url = \"{}\"", db.url)).await;
+    a_dead_token_record_outlives_a_kill(&db.store_line()).await;
     db.drop().await;
 }
 
@@ -532,7 +527,7 @@ async fn a_token_found_dead_on_two_nodes_is_posted_once() {
     let (fake, key) = apns(APP).await;
     let (url, receiver) = start_receiver(vec![]).await;
     receiver.set_down(true);
-    let store = format!("url = \"{}\"", db.url);
+    let store = db.store_line();
     let keys = data_key_line("k1");
     let (env_a, env_b) = (TestEnv::new(), TestEnv::new());
     let mut a = stored_node(&env_a, &fake, &key, &url, &store, &keys, "").await;

@@ -309,7 +309,7 @@ async fn nodes_sharing_postgresql_agree_on_the_active_key() {
     let env_a = TestEnv::new();
     let env_b = TestEnv::new();
     let keys = data_key_line("shared");
-    let store = format!("url = \"{}\"", db.url);
+    let store = db.store_line();
     let config_a = identity_config(&env_a, "RS256", ANONYMOUS_ON, &store);
     let config_b = identity_config(&env_b, "RS256", ANONYMOUS_ON, &store);
     env_a.secret("data-keys", &keys);

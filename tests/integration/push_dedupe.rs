@@ -25,18 +25,9 @@ struct Node {
 /// the data keys `keys`.
 async fn node(fake: &FakeApns, key: &ApnsKey, store_extra: &str, keys: &str) -> Node {
     let env = TestEnv::new();
-    let keys = env.secret("data-keys", keys);
+    let store = env.store_section(keys, store_extra);
     let app = env.apns_app(APP, fake, key, "", &env.basic_auth(), "");
-    let config = env.config(&format!(
-        r#"
-[store]
-data_keys_file = "{keys}"
-{store_extra}
-[identity]
-issuer = "https://brandgate.test"
-{app}"#,
-        keys = keys.display()
-    ));
+    let config = env.config(&format!("{store}{app}"));
     let daemon = Daemon::start(env.path(), &config).await;
     Node { env, daemon }
 }
@@ -68,7 +59,7 @@ async fn a_resend_to_another_node_is_a_duplicate() {
         return;
     };
     let (fake, key) = apns(APP).await;
-    let store = format!("url = \"{}\"", db.url);
+    let store = db.store_line();
     let keys = data_key_line("k1");
     let a = node(&fake, &key, &store, &keys).await;
     let b = node(&fake, &key, &store, &keys).await;
@@ -98,7 +89,7 @@ async fn the_same_push_to_two_nodes_at_once_is_sent_once() {
         return;
     };
     let (fake, key) = apns(APP).await;
-    let store = format!("url = \"{}\"", db.url);
+    let store = db.store_line();
     let keys = data_key_line("k1");
     let a = node(&fake, &key, &store, &keys).await;
     let b = node(&fake, &key, &store, &keys).await;
@@ -164,7 +155,7 @@ async fn a_resend_while_another_node_delivers_waits_for_its_outcome() {
             Behaviour::Ok,
         ],
     );
-    let store = format!("url = \"{}\"", db.url);
+    let store = db.store_line();
     let keys = data_key_line("k1");
     let a = std::sync::Arc::new(node(&fake, &key, &store, &keys).await);
     let b = node(&fake, &key, &store, &keys).await;
@@ -195,7 +186,7 @@ async fn a_resend_after_a_failed_attempt_on_another_node_is_sent() {
             Behaviour::Ok,
         ],
     );
-    let store = format!("url = \"{}\"", db.url);
+    let store = db.store_line();
     let keys = data_key_line("k1");
     let a = node(&fake, &key, &store, &keys).await;
     let b = node(&fake, &key, &store, &keys).await;

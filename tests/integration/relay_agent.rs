@@ -323,7 +323,7 @@ async fn a_whole_conversation_between_a_consumer_and_an_agent_on_postgresql() {
     let Some(db) = crate::support::postgres::Database::create().await else {
         return;
     };
-    let relay = Relay::start_with("1h", &format!("url = \"{}\"", db.url), RELAY_EXTRA).await;
+    let relay = Relay::start_with("1h", &db.store_line(), RELAY_EXTRA).await;
     whole_conversation(&relay).await;
     drop(relay);
     db.drop().await;
@@ -643,7 +643,7 @@ async fn an_away_push_outlives_a_kill_on_postgresql() {
     let Some(db) = crate::support::postgres::Database::create().await else {
         return;
     };
-    an_away_push_outlives_a_stop(&format!("url = \"{}\"", db.url), libc::SIGKILL).await;
+    an_away_push_outlives_a_stop(&db.store_line(), libc::SIGKILL).await;
     db.drop().await;
 }
 
@@ -652,7 +652,7 @@ async fn an_away_push_outlives_a_graceful_stop_on_postgresql() {
     let Some(db) = crate::support::postgres::Database::create().await else {
         return;
     };
-    an_away_push_outlives_a_stop(&format!("url = \"{}\"", db.url), libc::SIGTERM).await;
+    an_away_push_outlives_a_stop(&db.store_line(), libc::SIGTERM).await;
     db.drop().await;
 }
 
@@ -666,7 +666,7 @@ async fn a_consumer_connected_to_another_node_is_present() {
         return;
     };
     let (fake, key) = crate::support::apns(APP).await;
-    let store = format!("url = \"{}\"", db.url);
+    let store = db.store_line();
     let away = "ack_delay = \"4s\"\nburst = \"1s\"";
     let b = relay_with_push_app_on(&fake, &key, &store, away).await;
     let a = relay_node(&fake, &key, &store, away, Some(&b)).await;
@@ -978,7 +978,7 @@ async fn a_kill_mid_conversation_loses_nothing_on_postgresql() {
     let Some(db) = crate::support::postgres::Database::create().await else {
         return;
     };
-    a_kill_mid_conversation_loses_nothing(&format!("url = \"{}\"", db.url)).await;
+    a_kill_mid_conversation_loses_nothing(&db.store_line()).await;
     db.drop().await;
 }
 

@@ -547,7 +547,7 @@ async fn acknowledged_messages_survive_a_kill_on_postgresql() {
     let Some(db) = crate::support::postgres::Database::create().await else {
         return;
     };
-    kill_and_restart_loses_nothing(&format!("url = \"{}\"", db.url)).await;
+    kill_and_restart_loses_nothing(&db.store_line()).await;
     db.drop().await;
 }
 

@@ -35,16 +35,12 @@ async fn start_on(
     webhooks_extra: &str,
     store_extra: &str,
 ) -> World {
-    let keys = env.secret("data-keys", &data_key_line("k1"));
+    let store = env.store_section(&data_key_line("k1"), store_extra);
     let secret = env.secret("relay-webhook-secret", &format!("{SECRET}\n"));
     let ca = env.ca.write(env.path(), "receiver-ca");
     let config = env.config(&format!(
         r#"
-[store]
-data_keys_file = "{keys}"
-{store_extra}
-[identity]
-issuer = "https://brandgate.test"
+{store}
 [identity.anonymous]
 enabled = true
 per_minute = 1000
@@ -57,7 +53,6 @@ secret_file = "{secret}"
 extra_trust_anchors = ["{ca}"]
 {webhooks_extra}
 "#,
-        keys = keys.display(),
         url = receiver.url(),
         secret = secret.display(),
         ca = ca.display(),
@@ -535,7 +530,7 @@ async fn webhooks_outlive_a_kill_on_postgresql() {
     let Some(db) = crate::support::postgres::Database::create().await else {
         return;
     };
-    webhooks_outlive_a_kill(&format!("url = \"{}\"", db.url)).await;
+    webhooks_outlive_a_kill(&db.store_line()).await;
     db.drop().await;
 }
 

@@ -51,6 +51,18 @@ impl TestEnv {
     }
 
     /// Writes a secret file (mode 0600) and returns its path.
+    /// The start of a config with a store: `[store]` with the data keys `keys` (key file
+    /// lines, written here) and `store_extra` (a PostgreSQL `url`, or nothing for SQLite), then
+    /// `[identity]` (which makes the daemon open the store) with its issuer. More `[identity]`
+    /// keys may follow.
+    pub fn store_section(&self, keys: &str, store_extra: &str) -> String {
+        let keys = self.secret("data-keys", keys);
+        format!(
+            "[store]\ndata_keys_file = \"{}\"\n{store_extra}\n[identity]\nissuer = \"https://brandgate.test\"\n",
+            keys.display()
+        )
+    }
+
     pub fn secret(&self, name: &str, content: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = self.dir.path().join(name);

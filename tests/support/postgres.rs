@@ -21,6 +21,11 @@ fn admin_url() -> String {
 pub const SKIP: &str = "BRANDGATE_TEST_SKIP_POSTGRES";
 
 impl Database {
+    /// The `[store]` line that points a daemon at this database.
+    pub fn store_line(&self) -> String {
+        format!("url = \"{}\"", self.url)
+    }
+
     pub async fn create() -> Option<Database> {
         let admin_url = admin_url();
         let admin = match PgPoolOptions::new()

@@ -14,16 +14,11 @@ pub const PLATFORM_PATH: &str = "/ws_api/account/acme/messaging/consumer?v=3";
 pub const BACKEND_SECRET: &str = "relay-test-backend-secret";
 
 pub fn config(env: &TestEnv, token_lifetime: &str, store_extra: &str, relay_extra: &str) -> String {
-    let keys = env.secret("data-keys", &data_key_line("k1"));
+    let store = env.store_section(&data_key_line("k1"), store_extra);
     let backend = env.secret("backend-secret", BACKEND_SECRET);
     env.config(&format!(
         r#"
-[store]
-data_keys_file = "{keys}"
-{store_extra}
-[identity]
-issuer = "https://brandgate.test"
-token_lifetime = "{token_lifetime}"
+{store}token_lifetime = "{token_lifetime}"
 # Sockets close exactly at a token's expiry in these tests.
 leeway = "0s"
 [[identity.backends]]
@@ -40,7 +35,6 @@ max_message_bytes = 2000
 max_frame_bytes = 16384
 {relay_extra}
 "#,
-        keys = keys.display(),
         backend = backend.display(),
     ))
 }
