@@ -558,3 +558,53 @@ async fn a_token_found_dead_on_two_nodes_is_posted_once() {
     );
     db.drop().await;
 }
+
+/// With `max_attempts = 2`, a record the receiver fails twice is parked (listed with its
+/// answer, not tried again by itself); `brandgate outbox retry --all` puts it back and it goes,
+/// under the same id.
+#[tokio::test]
+async fn a_record_failed_to_its_last_attempt_is_parked_until_retried() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let (url, receiver) = start_receiver(vec![503, 503]).await;
+    let daemon = stored_node(
+        &env,
+        &fake,
+        &key,
+        &url,
+        "",
+        &data_key_line("k1"),
+        "max_attempts = 2",
+    )
+    .await;
+    fake.script(
+        DEAD,
+        vec![fake_apns::gone("Unregistered", 1_765_000_000_000)],
+    );
+    push_to_dead(&env, &daemon, 1).await;
+    let failed = wait_calls(&receiver, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let parked = loop {
+        let listed = outbox_list(&daemon).await;
+        if listed.contains(" parked ") {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "never parked:\n{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let line = parked.lines().find(|l| l.contains("dead_token")).unwrap();
+    assert!(
+        line.contains(" parked ") && line.ends_with("answered 503"),
+        "{parked}"
+    );
+    assert_eq!(receiver.calls.lock().unwrap().len(), 2, "no third attempt");
+
+    let config = daemon.config_path.to_str().unwrap();
+    let (code, out, err) =
+        crate::support::daemon::run(&["outbox", "retry", "--all", "--config", config], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let accepted = wait_accepted(&receiver, 1).await;
+    wait_outbox_empty(&daemon).await;
+    assert_eq!(receiver.accepted().len(), 1);
+    assert_eq!(accepted[0].0["webhook-id"], failed[0].0["webhook-id"]);
+}
