@@ -16,7 +16,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::client_address::ForwardedHeader;
 use crate::duration::Span;
+use crate::networks::Networks;
 pub use crate::ops::log::LogFormat;
 pub use crate::problems::{Problem, Problems};
 
@@ -103,6 +105,20 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     #[serde(default = "defaults::shutdown_grace")]
     pub shutdown_grace: Span,
+    /// Load balancers and reverse proxies in front of brandgate (CIDRs). Only from these peers
+    /// is `client_address_header` (and, with `proxy_protocol`, the PROXY header) believed for
+    /// the client's address; every per-source limit and access list then counts real clients.
+    /// Empty: every client is its connection's peer and forwarding headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Networks,
+    /// Which header trusted proxies put the client's address in: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239). Only that one is read.
+    #[serde(default)]
+    pub client_address_header: ForwardedHeader,
+    /// Trusted proxies send a PROXY protocol v2 header before TLS (layer-4 balancers); a
+    /// connection from one that does not is closed. Other peers connect directly as always.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +133,9 @@ impl Default for ServerConfig {
             idle_timeout: defaults::idle_timeout(),
             max_concurrent_streams: defaults::max_concurrent_streams(),
             shutdown_grace: defaults::shutdown_grace(),
+            trusted_proxies: Networks::default(),
+            client_address_header: ForwardedHeader::default(),
+            proxy_protocol: false,
         }
     }
 }
@@ -608,6 +627,12 @@ impl Config {
         if self.server.listen == self.ops.listen && self.ops.listen.port() != 0 {
             p.push("ops.listen", "must differ from server.listen");
         }
+        if self.server.proxy_protocol && self.server.trusted_proxies.is_empty() {
+            p.push(
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: the PROXY header is read only from trusted proxies",
+            );
+        }
         if self.server.max_connections == 0 {
             p.push("server.max_connections", "must be at least 1");
         }
@@ -840,6 +865,34 @@ mod tests {
             unsafe { std::env::remove_var(format!("{prefix}{k}")) };
         }
         r
+    }
+
+    #[test]
+    fn networks_are_checked_where_they_are_written() {
+        let e = load_str(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.1.2.3/8\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        let p =
+            e.0.iter()
+                .find(|p| p.key.starts_with("server.trusted_proxies"))
+                .unwrap();
+        assert!(p.message.contains("did you mean 10.0.0.0/8?"), "{e}");
+        let e = load_str("[server]\nproxy_protocol = true\n", &[]).unwrap_err();
+        assert_eq!(e.0[0].key, "server.proxy_protocol", "{e}");
+        let c = load_str(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nclient_address_header = \"forwarded\"\nproxy_protocol = true\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert_eq!(
+            c.server.client_address_header,
+            crate::client_address::ForwardedHeader::Forwarded
+        );
+        let e = load_str("[server]\nclient_address_header = \"x-real-ip\"\n", &[]).unwrap_err();
+        assert_eq!(e.0[0].key, "server.client_address_header", "{e}");
     }
 
     #[test]

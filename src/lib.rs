@@ -20,13 +20,15 @@
 //! [`hex`], `limiter` (per-source limits), `security_headers` (what every public answer
 //! carries), `backoff`, `http_answer`, `webhook_signature` and `webhook_post` (one copy each
 //! of what several roles do), `dispatch` (works off the store's outbox for every role),
-//! [`problems`] (what is wrong with a config).
+//! [`problems`] (what is wrong with a config), [`networks`] (CIDR lists),
+//! [`client_address`] (whose request it is, behind trusted proxies) and [`proxy_protocol`].
 //!
 //! Only what the binary, the tests, the benches and the fuzz targets use is `pub`; the shared
 //! pieces only roles use are `pub(crate)`.
 
 pub mod app;
 pub(crate) mod backoff;
+pub mod client_address;
 pub mod clock;
 pub mod config;
 pub(crate) mod dispatch;
@@ -40,8 +42,10 @@ pub mod http_client;
 pub mod identity;
 pub mod ids;
 pub(crate) mod limiter;
+pub mod networks;
 pub(crate) mod ops;
 pub mod problems;
+pub mod proxy_protocol;
 pub mod push;
 pub mod relay;
 pub mod secret;

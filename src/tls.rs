@@ -398,7 +398,11 @@ pub fn client_config(
 /// The connection a request arrived on; the listener attaches it to every request.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The connection's peer: the TCP peer, or the source a trusted proxy's PROXY header gave.
     pub addr: std::net::SocketAddr,
+    /// The client of this request ([`crate::client_address`]): what every per-source limit,
+    /// access list and audit uses.
+    pub client: std::net::IpAddr,
     /// The verified client certificate's identity, when the caller presented one.
     pub certificate: Option<Arc<PeerIdentity>>,
 }

@@ -363,7 +363,7 @@ fn reload(
 }
 
 /// Settings bound at start-up (listeners, limits baked into the listener, logging).
-fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 12] {
+fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str, bool); 13] {
     let (o, n) = (&old.server, &new.server);
     [
         ("server.listen", o.listen != n.listen),
@@ -384,6 +384,12 @@ fn restart_only_changes<'a>(old: &'a Config, new: &'a Config) -> [(&'static str,
         (
             "server.max_concurrent_streams",
             o.max_concurrent_streams != n.max_concurrent_streams,
+        ),
+        (
+            "server.trusted_proxies, client_address_header, proxy_protocol",
+            o.trusted_proxies != n.trusted_proxies
+                || o.client_address_header != n.client_address_header
+                || o.proxy_protocol != n.proxy_protocol,
         ),
         ("ops.listen", old.ops.listen != new.ops.listen),
         // Compared by their Debug form: it names files and settings, never a secret.

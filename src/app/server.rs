@@ -3,6 +3,10 @@
 //! Backpressure: at most `max_connections` connections (beyond it, new ones wait in the
 //! kernel's backlog), a TLS handshake timeout, a header read timeout, a cap on concurrent
 //! HTTP/2 streams per connection.
+//!
+//! Every request carries its [`Peer`]: the connection's peer (from a trusted proxy's PROXY
+//! header when `server.proxy_protocol` is on) and the request's client address
+//! ([`crate::client_address`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client_address::ClientAddress;
 use crate::config::Config;
 use crate::identity::IdentityService;
 use crate::push::PushService;
@@ -34,6 +39,8 @@ pub(super) struct Public {
     handshake_timeout: Duration,
     idle_timeout: Duration,
     connections: Arc<Semaphore>,
+    client_address: Arc<ClientAddress>,
+    proxy_protocol: bool,
 }
 
 impl Public {
@@ -45,6 +52,11 @@ impl Public {
             handshake_timeout: config.server.handshake_timeout.0,
             idle_timeout: config.server.idle_timeout.0,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
+            client_address: Arc::new(ClientAddress::new(
+                config.server.trusted_proxies.clone(),
+                config.server.client_address_header,
+            )),
+            proxy_protocol: config.server.proxy_protocol,
         }
     }
 
@@ -206,11 +218,26 @@ impl Activity {
 }
 
 async fn serve_connection(
-    tcp: tokio::net::TcpStream,
-    addr: SocketAddr,
+    mut tcp: tokio::net::TcpStream,
+    mut addr: SocketAddr,
     public: &Public,
     close: CancellationToken,
 ) {
+    if public.proxy_protocol && public.client_address.trusts(addr.ip()) {
+        let header = crate::proxy_protocol::read(&mut tcp);
+        match tokio::time::timeout(public.handshake_timeout, header).await {
+            Ok(Ok(Some(source))) => addr = source,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%addr, error = %e, "a trusted proxy's connection was closed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%addr, "a trusted proxy sent no PROXY header in time");
+                return;
+            }
+        }
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(public.tls());
     let stream = match tokio::time::timeout(public.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -230,15 +257,24 @@ async fn serve_connection(
         .and_then(|chain| chain.first())
         .and_then(|c| PeerIdentity::from_certificate(c))
         .map(Arc::new);
-    let peer = Peer { addr, certificate };
+    let peer = Peer {
+        addr,
+        client: addr.ip(),
+        certificate,
+    };
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         last: std::sync::Mutex::new(Instant::now()),
     });
     let router = public.router.clone();
     let counted = activity.clone();
+    let client_address = public.client_address.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(peer.clone());
+        let client = client_address.of(peer.addr.ip(), request.headers());
+        request.extensions_mut().insert(Peer {
+            client,
+            ..peer.clone()
+        });
         let mut router = router.clone();
         let activity = counted.clone();
         activity.begin();

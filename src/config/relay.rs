@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::Problems;
 use crate::duration::Span;
+use crate::networks::Networks;
 
 mod webhooks;
 pub use webhooks::{DEFAULT_MAX_IN_FLIGHT, WebhooksConfig};
@@ -207,6 +208,12 @@ pub struct AgentsConfig {
     /// Login attempts one address (IPv6: one /64) may make per minute; more get `429`.
     #[serde(default = "defaults::login_attempts_per_minute")]
     pub login_attempts_per_minute: u32,
+    /// The networks (CIDRs) agents may sign in from and use their sessions from: a login, a
+    /// REST call or a socket from any other client address is refused with `403` and audited.
+    /// Empty: from anywhere. Behind a load balancer, set `server.trusted_proxies` so the
+    /// client's own address is the one checked.
+    #[serde(default)]
+    pub allowed_networks: Networks,
 }
 
 impl Default for AgentsConfig {
@@ -217,6 +224,7 @@ impl Default for AgentsConfig {
             lockout: defaults::lockout(),
             session_lifetime: defaults::session_lifetime(),
             login_attempts_per_minute: defaults::login_attempts_per_minute(),
+            allowed_networks: Networks::default(),
         }
     }
 }

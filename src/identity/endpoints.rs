@@ -134,7 +134,7 @@ async fn signup(
         return Err(Refusal::AnonymousOff);
     }
     if let Some(axum::Extension(peer)) = &peer {
-        let ip = peer.addr.ip();
+        let ip = peer.client;
         if let Some(retry_after) = s.inner.signups.blocked(ip, "signup", settings.per_minute) {
             s.inner.metrics.token("anonymous", "refused");
             return Err(Refusal::TooManySignups { retry_after });

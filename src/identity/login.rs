@@ -202,7 +202,7 @@ pub async fn login(
     };
     // Each login keeps a record until it ends: bounded per source.
     if let Some(axum::Extension(peer)) = &peer {
-        let ip = peer.addr.ip();
+        let ip = peer.client;
         if let Some(wait) = s
             .inner
             .logins

@@ -289,7 +289,7 @@ impl IdentityService {
     /// How long `peer` must wait, after too many failed caller authentications in `scope`
     /// this minute (client and backend secrets are guessable only this slowly).
     fn failures_wait(&self, peer: Option<&Peer>, scope: &str) -> Option<std::time::Duration> {
-        let ip = peer?.addr.ip();
+        let ip = peer?.client;
         self.inner
             .failures
             .blocked(ip, scope, AUTH_FAILURES_PER_MINUTE)
@@ -298,7 +298,7 @@ impl IdentityService {
     /// Counts one failed caller authentication of `peer` in `scope`.
     fn count_failure(&self, peer: Option<&Peer>, scope: &str) {
         if let Some(p) = peer {
-            self.inner.failures.count(p.addr.ip(), scope);
+            self.inner.failures.count(p.client, scope);
         }
     }
 

@@ -230,7 +230,7 @@ fn admit(
     let Some(app) = app else {
         return Err(PushError::UnknownApp(app_id.to_string()).into());
     };
-    let ip = peer.as_ref().map(|p| p.addr.ip());
+    let ip = peer.as_ref().map(|p| p.client);
     let limit = generation.settings.auth_failures_per_minute;
     if let Some(ip) = ip
         && let Some(retry_after) = service.shared.limiter.blocked(ip, &app.id, limit)

@@ -11,6 +11,10 @@
 //! - A session is a 256-bit random bearer and CSRF token; the store keeps only their SHA-256.
 //!   Disabling an agent or resetting its password ends its sessions.
 //! - Every attempt is audited (a row and a log line with the username and the outcome).
+//! - With `relay.agents.allowed_networks`, a login, a session's use (REST, socket) or a refresh
+//!   from a client address outside the list is refused before anything else is checked, and
+//!   audited (`network_not_allowed`; at most [`OUTSIDE_AUDITS_PER_MINUTE`] rows per source a
+//!   minute, the rest in the log): a session made inside the list is not usable outside it.
 //!
 //! Never logs, stores or returns a password, its hash or a bearer.
 
@@ -26,10 +30,14 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::clock::{Clock, UnixMillis};
 use crate::config::{AgentsConfig, MAX_PASSWORD_BYTES};
 use crate::ids::AgentId;
+use crate::limiter::SourceLimiter;
 use crate::secret::Secret;
 use crate::store::agents::{AgentAuditRow, AgentRow, AgentSessionRow};
 use crate::store::seal::{DataKeys, SealError};
 use crate::store::{Store, StoreError};
+
+/// Refusals of sessions used from outside `allowed_networks` audited per source a minute.
+pub const OUTSIDE_AUDITS_PER_MINUTE: u32 = 30;
 
 /// Longest wait for a hashing slot before a login is answered "unavailable".
 const HASHING_WAIT: Duration = Duration::from_secs(10);
@@ -49,6 +57,9 @@ pub enum AgentAuthError {
     /// Unknown, expired, revoked, or its agent is disabled.
     #[error("the session is not valid (unknown, expired or ended)")]
     Invalid,
+    /// Used from a client address outside the account's `allowed_networks`.
+    #[error("the client address is outside the account's allowed networks")]
+    OutsideNetworks,
     /// The store cannot answer.
     #[error("the session cannot be checked right now: {0}")]
     Unavailable(String),
@@ -61,6 +72,9 @@ pub enum AgentAuthError {
 pub enum LoginError {
     #[error("login refused ({})", .0.as_str())]
     Refused(Refusal),
+    /// From a client address outside the account's `allowed_networks` (nothing was checked).
+    #[error("login from outside the account's allowed networks")]
+    OutsideNetworks,
     /// The password was right, but the agent is locked out until then.
     #[error("the agent is locked out")]
     Locked { until: SystemTime },
@@ -180,6 +194,8 @@ pub struct Accounts {
     hashing: Semaphore,
     /// A hash of a random password, verified against when there is no real one to check.
     dummy: OnceCell<String>,
+    /// Audit rows written for sessions used from outside the allowed networks, per source.
+    outside_audits: SourceLimiter,
 }
 
 impl Accounts {
@@ -200,6 +216,7 @@ impl Accounts {
             clock,
             hashing: Semaphore::new(slots),
             dummy: OnceCell::new(),
+            outside_audits: SourceLimiter::default(),
         }
     }
 
@@ -209,6 +226,13 @@ impl Accounts {
 
     pub fn config(&self) -> &AgentsConfig {
         &self.config
+    }
+
+    /// Whether agents may sign in and use their sessions from `source` (no list: from
+    /// anywhere; an unknown source is outside any list).
+    pub fn admits(&self, source: Option<IpAddr>) -> bool {
+        let allowed = &self.config.allowed_networks;
+        allowed.is_empty() || source.is_some_and(|ip| allowed.contains(ip))
     }
 
     fn now_ms(&self) -> UnixMillis {
@@ -338,11 +362,16 @@ impl Accounts {
         password: &Secret<String>,
         source: Option<IpAddr>,
     ) -> Result<NewSession, LoginError> {
-        let result = self.try_login(username, password).await;
+        let result = if self.admits(source) {
+            self.try_login(username, password).await
+        } else {
+            Err((LoginError::OutsideNetworks, None))
+        };
         let source = source.map(|s| s.to_string());
         let (outcome, agent_id) = match &result {
             Ok(s) => ("success", Some(&s.principal.agent_id)),
             Err((LoginError::Refused(r), id)) => (r.as_str(), id.as_ref()),
+            Err((LoginError::OutsideNetworks, id)) => (NETWORK_NOT_ALLOWED, id.as_ref()),
             Err((LoginError::Locked { .. }, id)) => ("locked_right_password", id.as_ref()),
             Err((LoginError::Unavailable(_), id)) => ("unavailable", id.as_ref()),
         };
@@ -354,6 +383,10 @@ impl Accounts {
                 account = %self.account, username, outcome, source = ?source,
                 lockout = ?self.config.lockout.0,
                 "agent login refused; the agent is locked out after {} failures", self.config.max_failed_logins
+            ),
+            Err((LoginError::OutsideNetworks, _)) => tracing::warn!(
+                account = %self.account, username, outcome, source = ?source,
+                "agent login refused: the client address is outside relay.agents.allowed_networks"
             ),
             Err((LoginError::Refused(_) | LoginError::Locked { .. }, _)) => {
                 tracing::info!(account = %self.account, username, outcome, source = ?source, "agent login refused")
@@ -457,12 +490,61 @@ impl Accounts {
 
     // ------------------------------------------------------------------ sessions
 
-    /// Who holds `bearer`, if its session is live and its agent enabled.
-    pub async fn authenticate(&self, bearer: &str) -> Result<AgentPrincipal, AgentAuthError> {
-        self.session(bearer).await.map(|s| s.principal)
+    /// Who holds `bearer`, if its session is live, its agent enabled and `source` admitted.
+    pub async fn authenticate(
+        &self,
+        bearer: &str,
+        source: Option<IpAddr>,
+    ) -> Result<AgentPrincipal, AgentAuthError> {
+        self.session(bearer, source).await.map(|s| s.principal)
     }
 
-    pub(super) async fn session(&self, bearer: &str) -> Result<LiveSession, AgentAuthError> {
+    /// The live session of `bearer`, used from `source`. Outside the allowed networks it is
+    /// refused whether or not it is valid (a valid one is named in the audit).
+    pub(super) async fn session(
+        &self,
+        bearer: &str,
+        source: Option<IpAddr>,
+    ) -> Result<LiveSession, AgentAuthError> {
+        if self.admits(source) {
+            return self.live_session(bearer).await;
+        }
+        self.audit_outside(bearer, source).await;
+        Err(AgentAuthError::OutsideNetworks)
+    }
+
+    /// Audits (and logs) a session used from outside the allowed networks, within the
+    /// per-source budget: a stolen bearer tried from outside cannot flood the audit.
+    async fn audit_outside(&self, bearer: &str, source: Option<IpAddr>) {
+        let scope = "outside-networks";
+        if let Some(ip) = source {
+            if self
+                .outside_audits
+                .blocked(ip, scope, OUTSIDE_AUDITS_PER_MINUTE)
+                .is_some()
+            {
+                tracing::debug!(source = %ip, "an agent call from outside the allowed networks (not audited: over the budget)");
+                return;
+            }
+            self.outside_audits.count(ip, scope);
+        }
+        let principal = self.live_session(bearer).await.ok().map(|l| l.principal);
+        let username = principal.as_ref().map_or("", |p| p.username.as_str());
+        let source = source.map(|s| s.to_string());
+        tracing::warn!(
+            account = %self.account, username, source = ?source,
+            "an agent call was refused: the client address is outside relay.agents.allowed_networks"
+        );
+        self.audit(
+            username,
+            principal.as_ref().map(|p| &p.agent_id),
+            NETWORK_NOT_ALLOWED,
+            source.as_deref(),
+        )
+        .await;
+    }
+
+    async fn live_session(&self, bearer: &str) -> Result<LiveSession, AgentAuthError> {
         if !looks_like_token(bearer) {
             return Err(AgentAuthError::Invalid);
         }
@@ -487,8 +569,12 @@ impl Accounts {
 
     /// Extends the session of `bearer` by a whole lifetime from now, with a new CSRF token. The
     /// bearer stays (as on the platform): the agent's open sockets hold it and live on.
-    pub async fn refresh(&self, bearer: &str) -> Result<NewSession, AgentAuthError> {
-        let live = self.session(bearer).await?;
+    pub async fn refresh(
+        &self,
+        bearer: &str,
+        source: Option<IpAddr>,
+    ) -> Result<NewSession, AgentAuthError> {
+        let live = self.session(bearer, source).await?;
         let now = self.now_ms();
         let csrf = random_token().map_err(|e| AgentAuthError::Unavailable(e.to_string()))?;
         let expires_at = now.after(self.config.session_lifetime.0);
@@ -518,8 +604,8 @@ impl Accounts {
     }
 
     /// Ends the session of `bearer`.
-    pub async fn logout(&self, bearer: &str) -> Result<(), AgentAuthError> {
-        let live = self.session(bearer).await?;
+    pub async fn logout(&self, bearer: &str, source: Option<IpAddr>) -> Result<(), AgentAuthError> {
+        let live = self.session(bearer, source).await?;
         let ended = self
             .store
             .delete_agent_session(&sha256(bearer.as_bytes()))
@@ -657,6 +743,9 @@ impl Accounts {
     }
 }
 
+/// The audit outcome of a login or session use from outside the allowed networks.
+pub const NETWORK_NOT_ALLOWED: &str = "network_not_allowed";
+
 /// Usernames: 1 to 64 characters of a conservative set (they show in logs and lists).
 fn check_username(username: &str) -> Result<(), AccountError> {
     let ok = (1..=64).contains(&username.len())
@@ -708,6 +797,10 @@ mod tests {
     }
 
     async fn world() -> World {
+        world_with(AgentsConfig::default()).await
+    }
+
+    async fn world_with(config: AgentsConfig) -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_temporary(dir.path()).await;
         let clock = Arc::new(FakeClock::new());
@@ -715,7 +808,7 @@ mod tests {
             max_failed_logins: 3,
             lockout: Span(Duration::from_secs(60)),
             session_lifetime: Span(Duration::from_secs(3600)),
-            ..AgentsConfig::default()
+            ..config
         };
         let accounts = Accounts::new(
             "acme".into(),
@@ -741,6 +834,108 @@ mod tests {
             Err(LoginError::Refused(r)) => r,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn outside_the_allowed_networks_nothing_is_checked_and_every_refusal_is_audited() {
+        let w = world_with(AgentsConfig {
+            allowed_networks: [
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ]
+            .into_iter()
+            .collect(),
+            ..AgentsConfig::default()
+        })
+        .await;
+        let a = &w.accounts;
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let inside_v6: IpAddr = "2001:db8::9".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        // Outside, even the right password gets no session, and a wrong one is not counted.
+        for _ in 0..5 {
+            assert!(matches!(
+                a.login("ann", &pw("correct horse"), Some(outside)).await,
+                Err(LoginError::OutsideNetworks)
+            ));
+        }
+        assert!(matches!(
+            a.login("ann", &pw("correct horse"), None).await,
+            Err(LoginError::OutsideNetworks)
+        ));
+        let s = a
+            .login("ann", &pw("correct horse"), Some(inside))
+            .await
+            .unwrap();
+        let bearer = s.bearer.expose();
+        assert!(a.authenticate(bearer, Some(inside_v6)).await.is_ok());
+        // The session made inside is refused outside, and so is a junk bearer.
+        assert!(matches!(
+            a.authenticate(bearer, Some(outside)).await,
+            Err(AgentAuthError::OutsideNetworks)
+        ));
+        assert!(matches!(
+            a.refresh(bearer, Some(outside)).await,
+            Err(AgentAuthError::OutsideNetworks)
+        ));
+        assert!(matches!(
+            a.authenticate("junk", Some(outside)).await,
+            Err(AgentAuthError::OutsideNetworks)
+        ));
+        assert!(a.authenticate(bearer, Some(inside)).await.is_ok());
+        let audit = w.store.list_agent_audit("acme", 100).await.unwrap();
+        let rows: Vec<(&str, &str, Option<&str>)> = audit
+            .iter()
+            .rev()
+            .map(|r| (r.outcome.as_str(), r.username.as_str(), r.source.as_deref()))
+            .collect();
+        let login_refused = (NETWORK_NOT_ALLOWED, "ann", Some("192.0.2.1"));
+        assert_eq!(
+            rows,
+            [
+                ("added", "ann", Some("cli")),
+                login_refused,
+                login_refused,
+                login_refused,
+                login_refused,
+                login_refused,
+                (NETWORK_NOT_ALLOWED, "ann", None),
+                ("success", "ann", Some("10.1.2.3")),
+                (NETWORK_NOT_ALLOWED, "ann", Some("192.0.2.1")),
+                (NETWORK_NOT_ALLOWED, "ann", Some("192.0.2.1")),
+                (NETWORK_NOT_ALLOWED, "", Some("192.0.2.1")),
+            ]
+        );
+        assert!(audit.iter().all(|r| r.outcome != "wrong_password"));
+    }
+
+    #[tokio::test]
+    async fn a_bearer_tried_from_outside_cannot_flood_the_audit() {
+        let w = world_with(AgentsConfig {
+            allowed_networks: ["10.0.0.0/8".parse().unwrap()].into_iter().collect(),
+            ..AgentsConfig::default()
+        })
+        .await;
+        let a = &w.accounts;
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..OUTSIDE_AUDITS_PER_MINUTE + 10 {
+            assert!(matches!(
+                a.authenticate("junk", Some(outside)).await,
+                Err(AgentAuthError::OutsideNetworks)
+            ));
+        }
+        assert!(a.authenticate("junk", Some(other)).await.is_err());
+        let audit = w.store.list_agent_audit("acme", 1000).await.unwrap();
+        let count = |ip: &str| {
+            audit
+                .iter()
+                .filter(|r| r.source.as_deref() == Some(ip))
+                .count()
+        };
+        assert_eq!(count("192.0.2.1"), OUTSIDE_AUDITS_PER_MINUTE as usize);
+        assert_eq!(count("192.0.2.2"), 1);
     }
 
     #[tokio::test]
@@ -828,7 +1023,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            a.authenticate(s.bearer.expose()).await,
+            a.authenticate(s.bearer.expose(), None).await,
             Err(AgentAuthError::Invalid)
         ));
         assert_eq!(
@@ -844,46 +1039,46 @@ mod tests {
         let a = &w.accounts;
         a.add_agent("ann", &pw("correct horse")).await.unwrap();
         let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
-        let p = a.authenticate(s.bearer.expose()).await.unwrap();
+        let p = a.authenticate(s.bearer.expose(), None).await.unwrap();
         assert_eq!(p.username, "ann");
         assert_eq!(p.expires_at, w.clock.now() + Duration::from_secs(3600));
         assert!(!format!("{s:?}").contains(s.bearer.expose().as_str()));
 
         // A refresh half-way extends the same session by a whole lifetime, with a new CSRF token.
         w.clock.advance(Duration::from_secs(1800));
-        let r = a.refresh(s.bearer.expose()).await.unwrap();
+        let r = a.refresh(s.bearer.expose(), None).await.unwrap();
         assert_eq!(r.bearer.expose(), s.bearer.expose());
         assert_eq!(
             r.principal.expires_at,
             w.clock.now() + Duration::from_secs(3600)
         );
-        let live = a.session(r.bearer.expose()).await.unwrap();
+        let live = a.session(r.bearer.expose(), None).await.unwrap();
         assert!(live.csrf_matches(r.csrf.expose()));
         assert!(!live.csrf_matches(s.csrf.expose()));
         // Past the first end, still live; at the new one, gone and not refreshable.
         w.clock.advance(Duration::from_secs(2400));
-        assert!(a.authenticate(r.bearer.expose()).await.is_ok());
+        assert!(a.authenticate(r.bearer.expose(), None).await.is_ok());
         w.clock.advance(Duration::from_secs(1200));
         assert!(matches!(
-            a.refresh(r.bearer.expose()).await,
+            a.refresh(r.bearer.expose(), None).await,
             Err(AgentAuthError::Invalid)
         ));
         assert!(matches!(
-            a.authenticate(r.bearer.expose()).await,
+            a.authenticate(r.bearer.expose(), None).await,
             Err(AgentAuthError::Invalid)
         ));
 
         let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
-        a.logout(s.bearer.expose()).await.unwrap();
+        a.logout(s.bearer.expose(), None).await.unwrap();
         assert!(matches!(
-            a.authenticate(s.bearer.expose()).await,
+            a.authenticate(s.bearer.expose(), None).await,
             Err(AgentAuthError::Invalid)
         ));
 
         let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
         a.set_disabled("ann", true).await.unwrap();
         assert!(matches!(
-            a.authenticate(s.bearer.expose()).await,
+            a.authenticate(s.bearer.expose(), None).await,
             Err(AgentAuthError::Invalid)
         ));
         assert_eq!(
@@ -893,12 +1088,12 @@ mod tests {
         a.set_disabled("ann", false).await.unwrap();
         // Enabling does not bring an ended session back.
         assert!(matches!(
-            a.authenticate(s.bearer.expose()).await,
+            a.authenticate(s.bearer.expose(), None).await,
             Err(AgentAuthError::Invalid)
         ));
         a.login("ann", &pw("correct horse"), None).await.unwrap();
         assert!(matches!(
-            a.authenticate("not a bearer").await,
+            a.authenticate("not a bearer", None).await,
             Err(AgentAuthError::Invalid)
         ));
     }

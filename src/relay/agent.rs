@@ -10,6 +10,7 @@
 //! a logout, a disabled agent or a reset password ends the socket with 4401; a session that
 //! ran out gets a `brandgate.SessionExpired` notification and a close with 4410.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use super::routing::{self, Desk};
 use super::service::RelayService;
 use super::socket::{Link, Next, Role, error_response, run, unknown_type, websocket};
 use super::vocabulary::{Participant, RelayError};
+use crate::client_address::ClientIp;
 use crate::clock::Clock;
 
 /// How often, at most, a busy socket re-reads its session.
@@ -40,12 +42,13 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 pub async fn platform_path(
     State(relay): State<RelayService>,
     Path((account, bearer)): Path<(String, String)>,
+    ClientIp(source): ClientIp,
     ws: WebSocketUpgrade,
 ) -> Response {
     if account != relay.inner.config.account {
         return HttpRefusal::NotFound("no such account".into()).into_response();
     }
-    upgrade(relay, &bearer, ws).await
+    upgrade(relay, &bearer, source, ws).await
 }
 
 /// `GET /ws/agent`: the session as `Authorization: Bearer <bearer>` (programs), or as the
@@ -54,12 +57,13 @@ pub async fn platform_path(
 pub async fn own_path(
     State(relay): State<RelayService>,
     uri: http::Uri,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Some(bearer) = crate::http_auth::authorization_token(&headers, &["bearer"]) {
         let bearer = bearer.to_string();
-        return upgrade(relay, &bearer, ws).await;
+        return upgrade(relay, &bearer, source, ws).await;
     }
     let Some(bearer) = crate::http_auth::cookie(&headers, super::login::SESSION_COOKIE) else {
         return HttpRefusal::NoAgentSession.into_response();
@@ -69,7 +73,7 @@ pub async fn own_path(
         return HttpRefusal::ForeignOrigin.into_response();
     }
     let bearer = bearer.to_string();
-    upgrade(relay, &bearer, ws).await
+    upgrade(relay, &bearer, source, ws).await
 }
 
 /// Whether the request's `Origin` is one of `allowed`, or, with none configured, the origin
@@ -89,12 +93,20 @@ fn origin_allowed(headers: &HeaderMap, uri: &http::Uri, allowed: &[String]) -> b
         .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("https://{host}")))
 }
 
-async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    relay: RelayService,
+    bearer: &str,
+    source: Option<IpAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let Ok(permit) = relay.inner.sockets.clone().try_acquire_owned() else {
         return HttpRefusal::TooManySockets.into_response();
     };
-    let principal = match relay.inner.accounts.authenticate(bearer).await {
+    let principal = match relay.inner.accounts.authenticate(bearer, source).await {
         Ok(p) => p,
+        Err(AgentAuthError::OutsideNetworks) => {
+            return HttpRefusal::OutsideNetworks.into_response();
+        }
         Err(e @ AgentAuthError::Unavailable(_)) => {
             tracing::warn!(error = %e, "an agent's session could not be checked");
             return HttpRefusal::SessionsUnavailable.into_response();
@@ -113,6 +125,7 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
         let role = AgentRole {
             principal,
             bearer,
+            source,
             checked: Instant::now(),
             desk: watch::Sender::new(Desk::default()),
             clock: link.relay.inner.clock.clone(),
@@ -125,6 +138,8 @@ async fn upgrade(relay: RelayService, bearer: &str, ws: WebSocketUpgrade) -> Res
 struct AgentRole {
     principal: AgentPrincipal,
     bearer: String,
+    /// The client address the socket was opened from (checked again with the session).
+    source: Option<IpAddr>,
     /// When the session was last read.
     checked: Instant,
     desk: watch::Sender<Desk>,
@@ -224,7 +239,12 @@ impl AgentRole {
     /// password ends it). `Err` says how the socket closes: 4401 when the session ended, 4410
     /// after a `brandgate.SessionExpired` notification when it ran out.
     async fn recheck(&mut self, link: &mut Link) -> Result<(), Next> {
-        let answer = link.relay.inner.accounts.authenticate(&self.bearer).await;
+        let answer = link
+            .relay
+            .inner
+            .accounts
+            .authenticate(&self.bearer, self.source)
+            .await;
         self.checked = Instant::now();
         match answer {
             Ok(p) => {

@@ -92,7 +92,7 @@ async fn upgrade(
     let slot = match (&identity, &peer) {
         (None, Some(peer)) => {
             let limit = relay.inner.config.unauthenticated_per_source;
-            match relay.inner.unauthenticated.take(peer.addr.ip(), limit) {
+            match relay.inner.unauthenticated.take(peer.client, limit) {
                 Some(slot) => Some(slot),
                 None => return HttpRefusal::TooManyWaitingSockets.into_response(),
             }

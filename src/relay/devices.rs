@@ -7,6 +7,8 @@
 //!
 //! The token is sealed at rest; it is only ever read to send the consumer's away pushes.
 
+use std::net::IpAddr;
+
 use crate::ids::ConsumerId;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -20,6 +22,7 @@ use super::refusal::{HttpRefusal, MAX_BODY_BYTES};
 use super::rest::caller;
 use super::service::RelayService;
 use super::vocabulary::Participant;
+use crate::client_address::ClientIp;
 use crate::http_answer::{is_json, no_store};
 use crate::push::{DeviceToken, Provider};
 use crate::store::devices::PushRegistration;
@@ -32,8 +35,12 @@ struct Registration {
 }
 
 /// The consumer calling, or why the call is refused.
-async fn consumer(relay: &RelayService, headers: &HeaderMap) -> Result<ConsumerId, HttpRefusal> {
-    match caller(relay, headers).await? {
+async fn consumer(
+    relay: &RelayService,
+    headers: &HeaderMap,
+    source: Option<IpAddr>,
+) -> Result<ConsumerId, HttpRefusal> {
+    match caller(relay, headers, source).await? {
         Participant::Consumer(id) => Ok(id),
         Participant::Agent(_) => Err(HttpRefusal::WrongRole(
             "devices are registered by consumers",
@@ -44,10 +51,11 @@ async fn consumer(relay: &RelayService, headers: &HeaderMap) -> Result<ConsumerI
 pub async fn register(
     State(relay): State<RelayService>,
     Path(app): Path<String>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpRefusal> {
-    let consumer = consumer(&relay, &headers).await?;
+    let consumer = consumer(&relay, &headers, source).await?;
     if !is_json(&headers) {
         return Err(HttpRefusal::NotJson);
     }
@@ -105,9 +113,10 @@ pub async fn register(
 pub async fn unregister(
     State(relay): State<RelayService>,
     Path(app): Path<String>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
-    let consumer = consumer(&relay, &headers).await?;
+    let consumer = consumer(&relay, &headers, source).await?;
     let removed = relay
         .inner
         .store
@@ -125,9 +134,10 @@ pub async fn unregister(
 
 pub async fn list(
     State(relay): State<RelayService>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
-    let consumer = consumer(&relay, &headers).await?;
+    let consumer = consumer(&relay, &headers, source).await?;
     let rows = relay
         .inner
         .store

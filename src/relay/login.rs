@@ -14,6 +14,7 @@
 //!
 //! Never logs a password, a bearer or a CSRF token.
 
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -27,6 +28,7 @@ use serde_json::json;
 use super::accounts::{AgentAuthError, LiveSession, LoginError, NewSession};
 use super::refusal::HttpRefusal;
 use super::service::RelayService;
+use crate::client_address::ClientIp;
 use crate::config::MAX_PASSWORD_BYTES;
 use crate::http_answer::{is_json, no_store};
 use crate::http_auth::{authorization_token, cookie};
@@ -68,7 +70,7 @@ pub async fn login(
 ) -> Result<Response, HttpRefusal> {
     check_account(&relay, &account)?;
     let accounts = &relay.inner.accounts;
-    let source = peer.map(|p| p.0.addr.ip());
+    let source = peer.map(|p| p.0.client);
     // Every attempt counts, so a guesser cannot try faster by getting some right.
     if let Some(ip) = source {
         let limit = accounts.config().login_attempts_per_minute;
@@ -102,6 +104,7 @@ pub async fn login(
         Ok(session) => Ok(session_answer(session, lifetime(&relay), !cookie_only)),
         Err(LoginError::Refused(_)) => Err(HttpRefusal::LoginRefused),
         Err(LoginError::Locked { until }) => Err(HttpRefusal::Locked { until }),
+        Err(LoginError::OutsideNetworks) => Err(HttpRefusal::OutsideNetworks),
         Err(LoginError::Unavailable(e)) => {
             Err(HttpRefusal::unavailable("cannot check an agent's login", e))
         }
@@ -112,13 +115,14 @@ pub async fn login(
 pub async fn refresh(
     State(relay): State<RelayService>,
     Path(account): Path<String>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
     check_account(&relay, &account)?;
-    let (bearer, _) = authenticated(&relay, &headers).await?;
+    let (bearer, _) = authenticated(&relay, &headers, source).await?;
     // A caller that sent the bearer gets it back; one that used the cookie does not.
     let by_header = headers.contains_key(header::AUTHORIZATION);
-    match relay.inner.accounts.refresh(&bearer).await {
+    match relay.inner.accounts.refresh(&bearer, source).await {
         Ok(session) => Ok(session_answer(session, lifetime(&relay), by_header)),
         Err(e) => Err(auth_error(e)),
     }
@@ -128,14 +132,15 @@ pub async fn refresh(
 pub async fn logout(
     State(relay): State<RelayService>,
     Path(account): Path<String>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
     check_account(&relay, &account)?;
-    let (bearer, _) = authenticated(&relay, &headers).await?;
+    let (bearer, _) = authenticated(&relay, &headers, source).await?;
     relay
         .inner
         .accounts
-        .logout(&bearer)
+        .logout(&bearer, source)
         .await
         .map_err(auth_error)?;
     let mut r = no_store(StatusCode::NO_CONTENT.into_response());
@@ -152,9 +157,10 @@ pub async fn logout(
 /// canned responses). Bearer, or cookie with `X-CSRF-Token`.
 pub async fn workspace(
     State(relay): State<RelayService>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
-    let (_, live) = authenticated(&relay, &headers).await?;
+    let (_, live) = authenticated(&relay, &headers, source).await?;
     let config = &relay.inner.config;
     let expires_at = crate::clock::UnixMillis::of(live.principal.expires_at).0;
     let mut r = axum::Json(json!({
@@ -194,19 +200,26 @@ fn read_json_body(
 pub(super) async fn authenticated(
     relay: &RelayService,
     headers: &HeaderMap,
+    source: Option<IpAddr>,
 ) -> Result<(String, LiveSession), HttpRefusal> {
     let accounts = &relay.inner.accounts;
     if headers.contains_key(header::AUTHORIZATION) {
         let bearer = authorization_token(headers, &["bearer"])
             .map(str::to_string)
             .ok_or(HttpRefusal::NotABearer)?;
-        let live = accounts.session(&bearer).await.map_err(auth_error)?;
+        let live = accounts
+            .session(&bearer, source)
+            .await
+            .map_err(auth_error)?;
         return Ok((bearer, live));
     }
     let bearer = cookie(headers, SESSION_COOKIE)
         .ok_or(HttpRefusal::NoSession)?
         .to_string();
-    let live = accounts.session(&bearer).await.map_err(auth_error)?;
+    let live = accounts
+        .session(&bearer, source)
+        .await
+        .map_err(auth_error)?;
     match headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
         Some(csrf) if live.csrf_matches(csrf) => Ok((bearer, live)),
         _ => Err(HttpRefusal::NoCsrfToken),
@@ -221,6 +234,7 @@ fn lifetime(relay: &RelayService) -> u64 {
 fn auth_error(e: AgentAuthError) -> HttpRefusal {
     match e {
         AgentAuthError::Invalid => HttpRefusal::SessionNotValid,
+        AgentAuthError::OutsideNetworks => HttpRefusal::OutsideNetworks,
         AgentAuthError::Unavailable(e) => {
             HttpRefusal::unavailable("cannot check an agent's session", e)
         }

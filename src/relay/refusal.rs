@@ -52,6 +52,10 @@ pub(super) enum HttpRefusal {
     ForeignOrigin,
     #[error("too many sockets from this address waiting to authenticate")]
     TooManyWaitingSockets,
+    #[error(
+        "this account's agents may sign in and work only from its allowed networks; this client address is not in them"
+    )]
+    OutsideNetworks,
 
     // What it sent.
     #[error("{0}")]
@@ -88,9 +92,10 @@ impl HttpRefusal {
             | HttpRefusal::SessionNotValid
             | HttpRefusal::LoginRefused
             | HttpRefusal::NoAgentSession => StatusCode::UNAUTHORIZED,
-            HttpRefusal::NoCsrfToken | HttpRefusal::WrongRole(_) | HttpRefusal::ForeignOrigin => {
-                StatusCode::FORBIDDEN
-            }
+            HttpRefusal::NoCsrfToken
+            | HttpRefusal::WrongRole(_)
+            | HttpRefusal::ForeignOrigin
+            | HttpRefusal::OutsideNetworks => StatusCode::FORBIDDEN,
             HttpRefusal::Locked { .. } => StatusCode::LOCKED,
             HttpRefusal::TooManyLogins { .. } | HttpRefusal::TooManyWaitingSockets => {
                 StatusCode::TOO_MANY_REQUESTS

@@ -5,6 +5,8 @@
 //!   Anyone else gets `404`, as for a conversation that does not exist.
 //! - `GET /api/v1/conversations`: an agent's conversations (taken by it, newest first).
 
+use std::net::IpAddr;
+
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
@@ -14,6 +16,7 @@ use super::accounts::AgentAuthError;
 use super::refusal::HttpRefusal;
 use super::service::RelayService;
 use super::vocabulary::{Participant, RelayError};
+use crate::client_address::ClientIp;
 use crate::http_answer::no_store;
 use crate::identity::VerifyError;
 use crate::ids::ConversationId;
@@ -25,9 +28,10 @@ pub async fn events(
     State(relay): State<RelayService>,
     Path(conversation): Path<ConversationId>,
     RawQuery(query): RawQuery,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
-    let who = caller(&relay, &headers).await?;
+    let who = caller(&relay, &headers, source).await?;
     let mut from_seq = 0;
     let mut limit = 100;
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
@@ -62,11 +66,13 @@ pub async fn events(
 /// `GET /api/v1/conversations`: the calling agent's conversations.
 pub async fn list(
     State(relay): State<RelayService>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
     let who = agent_caller(
         &relay,
         &headers,
+        source,
         "the conversation list is for agents; a consumer subscribes to its own",
     )
     .await?;
@@ -102,11 +108,12 @@ pub async fn list(
 pub(super) async fn caller(
     relay: &RelayService,
     headers: &HeaderMap,
+    source: Option<IpAddr>,
 ) -> Result<Participant, HttpRefusal> {
     if !headers.contains_key(http::header::AUTHORIZATION)
         && crate::http_auth::cookie(headers, super::login::SESSION_COOKIE).is_some()
     {
-        let (_, live) = super::login::authenticated(relay, headers).await?;
+        let (_, live) = super::login::authenticated(relay, headers, source).await?;
         return Ok(Participant::Agent(live.principal.agent_id));
     }
     let token = super::consumer::header_token(headers).ok_or(HttpRefusal::NoCredential)?;
@@ -117,9 +124,10 @@ pub(super) async fn caller(
             Err(e) => Err(HttpRefusal::TokenRefused(e)),
         }
     } else {
-        match relay.inner.accounts.authenticate(token).await {
+        match relay.inner.accounts.authenticate(token, source).await {
             Ok(agent) => Ok(Participant::Agent(agent.agent_id)),
             Err(AgentAuthError::Unavailable(_)) => Err(HttpRefusal::SessionsUnavailable),
+            Err(AgentAuthError::OutsideNetworks) => Err(HttpRefusal::OutsideNetworks),
             Err(_) => Err(HttpRefusal::SessionNotValid),
         }
     }
@@ -129,9 +137,10 @@ pub(super) async fn caller(
 async fn agent_caller(
     relay: &RelayService,
     headers: &HeaderMap,
+    source: Option<IpAddr>,
     why: &'static str,
 ) -> Result<Participant, HttpRefusal> {
-    match caller(relay, headers).await? {
+    match caller(relay, headers, source).await? {
         who @ Participant::Agent(_) => Ok(who),
         Participant::Consumer(_) => Err(HttpRefusal::WrongRole(why)),
     }
@@ -145,9 +154,16 @@ async fn agent_caller(
 pub async fn consumer_profile(
     State(relay): State<RelayService>,
     Path(conversation): Path<ConversationId>,
+    ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, HttpRefusal> {
-    let who = agent_caller(&relay, &headers, "this is for the conversation's agent").await?;
+    let who = agent_caller(
+        &relay,
+        &headers,
+        source,
+        "this is for the conversation's agent",
+    )
+    .await?;
     let row = relay
         .inner
         .conversations

@@ -9,6 +9,7 @@ mod agents;
 mod attacks;
 mod backend_tokens;
 mod caller_auth;
+mod client_address;
 mod config_check;
 mod feedback;
 mod identity;

@@ -72,13 +72,29 @@ impl Client {
         Self::build(tls_config(ca_pem, None), Protocols::Http1Only)
     }
 
+    /// Connections from `local` (a loopback address such as 127.0.0.2), as another host's.
+    pub fn from_address(ca_pem: &str, local: std::net::IpAddr) -> Client {
+        Self::build_from(tls_config(ca_pem, None), Protocols::Negotiated, Some(local))
+    }
+
     pub fn build(tls: rustls::ClientConfig, protocols: Protocols) -> Client {
+        Self::build_from(tls, protocols, None)
+    }
+
+    fn build_from(
+        tls: rustls::ClientConfig,
+        protocols: Protocols,
+        local: Option<std::net::IpAddr>,
+    ) -> Client {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_local_address(local);
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
         let connector = match protocols {
-            Protocols::Negotiated => builder.enable_http1().enable_http2().build(),
-            Protocols::Http1Only => builder.enable_http1().build(),
+            Protocols::Negotiated => builder.enable_http1().enable_http2().wrap_connector(http),
+            Protocols::Http1Only => builder.enable_http1().wrap_connector(http),
         };
         Client {
             inner: HyperClient::builder(TokioExecutor::new()).build(connector),

@@ -58,9 +58,21 @@ impl MessagingClient {
         authorization: Option<&str>,
         side: Side,
     ) -> Result<MessagingClient, Refused> {
+        Self::connect_from(ca_pem, None, addr, path, authorization, side).await
+    }
+
+    /// [`MessagingClient::connect`] from the local address `local` (127.0.0.2 ...), when given.
+    pub async fn connect_from(
+        ca_pem: &str,
+        local: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        path: &str,
+        authorization: Option<&str>,
+        side: Side,
+    ) -> Result<MessagingClient, Refused> {
         let tls = Arc::new(Self::tls(ca_pem));
         Ok(MessagingClient {
-            stream: Self::socket(&tls, addr, path, authorization).await?,
+            stream: Self::socket_from(&tls, local, addr, path, authorization).await?,
             side,
             pending: VecDeque::new(),
             log: Vec::new(),
@@ -83,7 +95,17 @@ impl MessagingClient {
         path: &str,
         authorization: Option<&str>,
     ) -> Result<Stream, Refused> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self::socket_from(tls, None, addr, path, authorization).await
+    }
+
+    async fn socket_from(
+        tls: &Arc<rustls::ClientConfig>,
+        local: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<Stream, Refused> {
+        let tcp = tcp_from(local, addr).await;
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -419,4 +441,19 @@ pub async fn check_frames(side: Side, frames: &[(&'static str, Value)], differs:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A TCP connection to `addr`, from `local` when given (another loopback address).
+pub async fn tcp_from(local: Option<std::net::IpAddr>, addr: SocketAddr) -> tokio::net::TcpStream {
+    let Some(ip) = local else {
+        return tokio::net::TcpStream::connect(addr).await.unwrap();
+    };
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .unwrap();
+    socket.bind(SocketAddr::new(ip, 0)).unwrap();
+    socket.connect(addr).await.unwrap()
 }

@@ -36,6 +36,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub ca: TestCa,
     server: (PathBuf, PathBuf),
+    /// More `[server]` keys for every config made from this env (`trusted_proxies = [...]`).
+    pub server_extra: String,
 }
 
 impl TestEnv {
@@ -43,7 +45,12 @@ impl TestEnv {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("brandgate test CA");
         let server = ca.server().write(dir.path(), "server");
-        TestEnv { dir, ca, server }
+        TestEnv {
+            dir,
+            ca,
+            server,
+            server_extra: String::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -88,6 +95,7 @@ impl TestEnv {
             r#"[server]
 listen = "127.0.0.1:0"
 state_dir = "{state}"
+{server_extra}
 [server.tls]
 cert = "{cert}"
 key = "{key}"
@@ -100,6 +108,7 @@ level = "debug"
             state = self.dir.path().join("state").display(),
             cert = self.server.0.display(),
             key = self.server.1.display(),
+            server_extra = self.server_extra,
         )
     }
 
@@ -177,6 +186,11 @@ extra_trust_anchors = ["{ca}"]
     /// A client that trusts this environment's CA.
     pub fn client(&self) -> client::Client {
         client::Client::new(&self.ca.cert_pem)
+    }
+
+    /// A client whose connections come from `local` (another loopback address: 127.0.0.2).
+    pub fn client_from(&self, local: std::net::IpAddr) -> client::Client {
+        client::Client::from_address(&self.ca.cert_pem, local)
     }
 
     pub fn client_with(&self, identity: &Leaf) -> client::Client {
