@@ -27,7 +27,7 @@ mod relay;
 pub use identity::*;
 pub use relay::{
     AgentsConfig, CannedResponse, DEFAULT_MAX_IN_FLIGHT, DemoConfig, MAX_PASSWORD_BYTES,
-    RelayConfig, WebhooksConfig, WorkspaceConfig,
+    RelayConfig, SsoConfig, WebhooksConfig, WorkspaceConfig,
 };
 
 /// The whole configuration.
@@ -893,6 +893,35 @@ mod tests {
         );
         let e = load_str("[server]\nclient_address_header = \"x-real-ip\"\n", &[]).unwrap_err();
         assert_eq!(e.0[0].key, "server.client_address_header", "{e}");
+    }
+
+    #[test]
+    fn agent_single_sign_on_is_checked_where_it_is_written() {
+        let base = "[identity]\nissuer = \"https://b.example\"\n[relay]\naccount = \"acme\"\n";
+        let e = load_str(
+            &format!("{base}[relay.agents.sso]\nbreak_glass = [\"root\"]\n"),
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"relay.agents.sso"), "{e}");
+        assert!(keys.contains(&"relay.agents.sso.break_glass"), "{e}");
+        let e = load_str(
+            &format!(
+                "{base}[relay.agents.sso]\nrequired_group = \"\"\n[relay.agents.sso.oidc]\nissuer = \"http://idp\"\nclient_id = \"\"\nclient_secret_file = \"/x\"\nallowed_algorithms = [\"HS256\"]\n"
+            ),
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "relay.agents.sso.required_group",
+            "relay.agents.sso.oidc.issuer",
+            "relay.agents.sso.oidc.client_id",
+            "relay.agents.sso.oidc.allowed_algorithms[0]",
+        ] {
+            assert!(keys.contains(&key), "{key} not in {keys:?}");
+        }
     }
 
     #[test]

@@ -116,8 +116,11 @@ enum AgentsCommand {
         #[command(flatten)]
         agent: AgentArgs,
         /// A file holding the password (else: the first line of standard input).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "sso_only")]
         password_file: Option<PathBuf>,
+        /// No password: the agent signs in with single sign-on ([relay.agents.sso]) only.
+        #[arg(long)]
+        sso_only: bool,
     },
     /// Show every agent of the account: username, id, state, last login.
     List {
@@ -399,6 +402,7 @@ async fn agents(command: AgentsCommand) -> ExitCode {
     };
     // The password first: a bad one should not wait for the store.
     let password = match &command {
+        AgentsCommand::Add { sso_only: true, .. } => None,
         AgentsCommand::Add { password_file, .. }
         | AgentsCommand::ResetPassword { password_file, .. } => {
             match app::read_password(password_file.as_deref()) {
@@ -413,10 +417,16 @@ async fn agents(command: AgentsCommand) -> ExitCode {
         Err(e) => return fail(e),
     };
     let done = match (&command, &password) {
-        (AgentsCommand::Add { agent, .. }, Some(password)) => accounts
-            .add_agent(&agent.username, password)
+        (AgentsCommand::Add { agent, .. }, password) => accounts
+            .add_agent(&agent.username, password.as_ref())
             .await
-            .map(|a| println!("added agent {} (id {})", a.username, a.id)),
+            .map(|a| match password {
+                Some(_) => println!("added agent {} (id {})", a.username, a.id),
+                None => println!(
+                    "added agent {} (id {}), single sign-on only",
+                    a.username, a.id
+                ),
+            }),
         (AgentsCommand::ResetPassword { agent, .. }, Some(password)) => accounts
             .reset_password(&agent.username, password)
             .await
@@ -444,8 +454,8 @@ async fn agents(command: AgentsCommand) -> ExitCode {
                 println!("{:<24} {:<36} {:<32} {:<22}", a.username, a.id, state, last);
             }
         }),
-        // Add and reset-password always read a password above.
-        (AgentsCommand::Add { .. } | AgentsCommand::ResetPassword { .. }, None) => Ok(()),
+        // Reset-password always reads a password above.
+        (AgentsCommand::ResetPassword { .. }, None) => Ok(()),
     };
     store.close().await;
     match done {

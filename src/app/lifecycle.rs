@@ -338,7 +338,9 @@ fn reload(
         _ => None,
     };
     let relay_update = match (relay, &new.relay) {
-        (Some(service), Some(cfg)) => Some((service, RelayService::prepare(cfg)?)),
+        (Some(service), Some(cfg)) => {
+            Some((service, RelayService::prepare(cfg, new.identity.as_ref())?))
+        }
         _ => None,
     };
     push.reload(&new.push, new.server.tls.client_ca.is_some())?;

@@ -78,7 +78,11 @@ pub(super) fn prepare(
             });
         }
     }
-    let relay = match config.relay.as_ref().map(RelayService::prepare) {
+    let relay = match config
+        .relay
+        .as_ref()
+        .map(|r| RelayService::prepare(r, config.identity.as_ref()))
+    {
         Some(Ok(prepared)) => Some(prepared),
         Some(Err(p)) => {
             problems.0.extend(p.0);

@@ -110,7 +110,7 @@ pub enum UpstreamClientAuth {
 }
 
 /// The brand's OpenID Connect provider, with brandgate registered at it as a confidential client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The provider's issuer URL; `<issuer>/.well-known/openid-configuration` is read from it.
@@ -145,6 +145,43 @@ pub struct UpstreamConfig {
     /// until it finishes or times out). Many consumers may share one address (carrier NAT).
     #[serde(default = "defaults::logins_per_minute")]
     pub logins_per_minute: u32,
+}
+
+impl UpstreamConfig {
+    /// The checks of its shape; `at` is where it is in the config (`identity.upstream`).
+    pub fn check_shape(&self, at: &str, p: &mut Problems) {
+        if let Err(e) = crate::http_client::check_url(&self.issuer) {
+            p.push(format!("{at}.issuer"), e);
+        }
+        if self.client_id.is_empty() {
+            p.push(format!("{at}.client_id"), "must not be empty");
+        }
+        if let Some(uri) = &self.redirect_uri
+            && let Err(e) = crate::http_client::check_url(uri)
+        {
+            p.push(format!("{at}.redirect_uri"), e);
+        }
+        for (i, alg) in self.allowed_algorithms.iter().enumerate() {
+            if !UPSTREAM_ALGORITHMS.contains(&alg.as_str()) {
+                p.push(
+                    format!("{at}.allowed_algorithms[{i}]"),
+                    format!("{alg:?} is not one of {}", UPSTREAM_ALGORITHMS.join(", ")),
+                );
+            }
+        }
+        if self.allowed_algorithms.is_empty() {
+            p.push(
+                format!("{at}.allowed_algorithms"),
+                "list at least one algorithm",
+            );
+        }
+        if self.logins_per_minute == 0 {
+            p.push(format!("{at}.logins_per_minute"), "must be at least 1");
+        }
+        if self.login_timeout.0 < Duration::from_secs(30) {
+            p.push(format!("{at}.login_timeout"), "must be at least 30s");
+        }
+    }
 }
 
 /// Where a consumer token's `sub` comes from.
@@ -376,37 +413,7 @@ impl IdentityConfig {
             p.push("identity.code_lifetime", "must be between 1s and 60s");
         }
         if let Some(up) = &self.upstream {
-            if let Err(e) = crate::http_client::check_url(&up.issuer) {
-                p.push("identity.upstream.issuer", e);
-            }
-            if up.client_id.is_empty() {
-                p.push("identity.upstream.client_id", "must not be empty");
-            }
-            if let Some(uri) = &up.redirect_uri
-                && let Err(e) = crate::http_client::check_url(uri)
-            {
-                p.push("identity.upstream.redirect_uri", e);
-            }
-            for (i, alg) in up.allowed_algorithms.iter().enumerate() {
-                if !UPSTREAM_ALGORITHMS.contains(&alg.as_str()) {
-                    p.push(
-                        format!("identity.upstream.allowed_algorithms[{i}]"),
-                        format!("{alg:?} is not one of {}", UPSTREAM_ALGORITHMS.join(", ")),
-                    );
-                }
-            }
-            if up.allowed_algorithms.is_empty() {
-                p.push(
-                    "identity.upstream.allowed_algorithms",
-                    "list at least one algorithm",
-                );
-            }
-            if up.logins_per_minute == 0 {
-                p.push("identity.upstream.logins_per_minute", "must be at least 1");
-            }
-            if up.login_timeout.0 < Duration::from_secs(30) {
-                p.push("identity.upstream.login_timeout", "must be at least 30s");
-            }
+            up.check_shape("identity.upstream", p);
         }
         if self.subject.mode == SubjectMode::Pseudonym && self.subject.pseudonym_key_file.is_none()
         {

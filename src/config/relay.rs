@@ -10,7 +10,9 @@ use super::Problems;
 use crate::duration::Span;
 use crate::networks::Networks;
 
+mod sso;
 mod webhooks;
+pub use sso::SsoConfig;
 pub use webhooks::{DEFAULT_MAX_IN_FLIGHT, WebhooksConfig};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +216,8 @@ pub struct AgentsConfig {
     /// client's own address is the one checked.
     #[serde(default)]
     pub allowed_networks: Networks,
+    /// Single sign-on through the brand's identity provider.
+    pub sso: Option<SsoConfig>,
 }
 
 impl Default for AgentsConfig {
@@ -225,6 +229,7 @@ impl Default for AgentsConfig {
             session_lifetime: defaults::session_lifetime(),
             login_attempts_per_minute: defaults::login_attempts_per_minute(),
             allowed_networks: Networks::default(),
+            sso: None,
         }
     }
 }
@@ -269,6 +274,9 @@ impl AgentsConfig {
                 "relay.agents.login_attempts_per_minute",
                 "must be at least 1",
             );
+        }
+        if let Some(sso) = &self.sso {
+            sso.check_shape(p);
         }
     }
 }

@@ -23,6 +23,8 @@ use crate::store::{Store, StoreError};
 pub enum GrantKind {
     Login,
     Code,
+    /// An agent's single sign-on sent to the brand's provider.
+    AgentLogin,
 }
 
 impl GrantKind {
@@ -30,6 +32,7 @@ impl GrantKind {
         match self {
             GrantKind::Login => "login",
             GrantKind::Code => "code",
+            GrantKind::AgentLogin => "agent-login",
         }
     }
 }

@@ -42,10 +42,16 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use grants::{GrantKind, Grants};
 pub use keys::{Algorithm, KeyRing, KeyState, RingKey, RingSettings};
 pub use metrics::IdentityMetrics;
 pub use mint::{Claims, MintError, Minted};
+pub(crate) use upstream::{Upstream, UpstreamError};
 pub use verdict::{ANONYMOUS, ConsumerIdentity, PROFILE, VerifyError};
+/// What the agents' single sign-on shares with the consumer login's pages.
+pub(crate) mod pages {
+    pub(crate) use super::web::{LOGIN_COOKIE, login_cookie, page_error, params, redirect};
+}
 
 /// Seals the identity bridge's records again under the active data key (`brandgate store
 /// reseal`): the signing keys when the bridge is configured (`ring`), and the pending logins
@@ -155,7 +161,17 @@ impl IdentityService {
     ) -> Result<Prepared, Problems> {
         let mut problems = Problems::default();
         let upstream = config.upstream.as_ref().and_then(|u| {
-            upstream::Upstream::build(config, u, clock.clone(), &mut problems).map(Arc::new)
+            let redirect = config.callback_uri()?;
+            let at = "identity.upstream";
+            upstream::Upstream::build(
+                u,
+                at,
+                &redirect,
+                config.leeway.0,
+                clock.clone(),
+                &mut problems,
+            )
+            .map(Arc::new)
         });
         let mapper = claims::ClaimMapper::build(config, &mut problems);
         let callers = callers::Callers::build(

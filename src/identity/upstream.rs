@@ -31,7 +31,7 @@ use openidconnect::{
 use serde_json::{Map, Value};
 
 use crate::clock::Clock;
-use crate::config::{IdentityConfig, Problems, UpstreamClientAuth, UpstreamConfig};
+use crate::config::{Problems, UpstreamClientAuth, UpstreamConfig};
 use crate::http_client::{HttpClient, HttpError};
 use crate::secret::Secret;
 
@@ -166,35 +166,37 @@ pub struct Upstream {
 const FAILED_DISCOVERY_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Upstream {
-    /// Reads the client secret and trust anchors; does not call the provider yet.
+    /// Reads the client secret and trust anchors; does not call the provider yet. `at` is
+    /// where the settings are in the config (`identity.upstream`), for the problems;
+    /// `redirect_uri` is where the provider sends the browser back.
     pub fn build(
-        identity: &IdentityConfig,
         cfg: &UpstreamConfig,
+        at: &str,
+        redirect_uri: &str,
+        leeway: Duration,
         clock: Arc<dyn Clock>,
         problems: &mut Problems,
     ) -> Option<Upstream> {
-        let key = "identity.upstream.client_secret_file";
-        let secret = crate::secret::read_secret_for(key, &cfg.client_secret_file, problems)
+        let key = format!("{at}.client_secret_file");
+        let secret = crate::secret::read_secret_for(&key, &cfg.client_secret_file, problems)
             .and_then(|s| match String::from_utf8(s.expose().clone()) {
                 Ok(text) => Some(Secret::new(text)),
                 Err(_) => {
-                    problems.push(key, "the client secret is not UTF-8 text");
+                    problems.push(&key, "the client secret is not UTF-8 text");
                     None
                 }
             });
         let tls = crate::tls::client_config(&cfg.extra_trust_anchors, None, &[])
-            .map_err(|e| problems.push("identity.upstream.extra_trust_anchors", e))
+            .map_err(|e| problems.push(format!("{at}.extra_trust_anchors"), e))
             .ok();
         // Exactly as configured: issuers are compared as strings (OpenID Connect Discovery
         // §4.3), and some end in '/' (Auth0, Azure AD v1).
         let issuer = IssuerUrl::new(cfg.issuer.clone())
-            .map_err(|e| problems.push("identity.upstream.issuer", e.to_string()))
+            .map_err(|e| problems.push(format!("{at}.issuer"), e.to_string()))
             .ok();
-        let redirect = identity.callback_uri().and_then(|uri| {
-            RedirectUrl::new(uri)
-                .map_err(|e| problems.push("identity.upstream.redirect_uri", e.to_string()))
-                .ok()
-        });
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| problems.push(format!("{at}.redirect_uri"), e.to_string()))
+            .ok();
         let algorithms = cfg
             .allowed_algorithms
             .iter()
@@ -216,7 +218,7 @@ impl Upstream {
             rediscover_interval: cfg.rediscover_interval.0,
             login_timeout: cfg.login_timeout.0,
             logins_per_minute: cfg.logins_per_minute,
-            leeway: identity.leeway.0,
+            leeway,
             transport: Transport {
                 client: HttpClient::new(tls?),
                 timeout: cfg.timeout.0,

@@ -92,6 +92,10 @@ pub enum Refusal {
     /// Already locked.
     Locked,
     Disabled,
+    /// The agent has no password: it signs in with single sign-on only.
+    NoPassword,
+    /// The account requires single sign-on and this agent is not a break-glass one.
+    SsoRequired,
 }
 
 impl Refusal {
@@ -102,6 +106,61 @@ impl Refusal {
             Refusal::LockedOut => "locked_out",
             Refusal::Locked => "locked",
             Refusal::Disabled => "disabled",
+            Refusal::NoPassword => "no_password",
+            Refusal::SsoRequired => "sso_required",
+        }
+    }
+}
+
+/// Who the brand's identity provider says signed in, as the relay's single sign-on read it
+/// from the provider's checked answer.
+#[derive(Debug, Clone)]
+pub struct SsoIdentity {
+    /// Which provider: `oidc <issuer>`.
+    pub via: String,
+    /// The value of the configured username claim, when it had one.
+    pub username: Option<String>,
+    /// The agent's groups at the provider.
+    pub groups: Vec<String>,
+}
+
+/// Why a single sign-on did not start a session; the text is what the person is shown.
+#[derive(Debug, thiserror::Error)]
+pub enum SsoLoginError {
+    #[error(
+        "this account's agents may sign in and work only from its allowed networks; this client address is not in them"
+    )]
+    OutsideNetworks,
+    #[error("single sign-on is not configured for this account")]
+    NotConfigured,
+    #[error("the identity provider did not give a username this account can use")]
+    NoUsername,
+    #[error("your account at the identity provider is not in the group allowed to work here")]
+    NotInGroup,
+    #[error(
+        "there is no agent with your username in this account; ask an administrator to add you"
+    )]
+    UnknownAgent,
+    #[error("this agent is disabled")]
+    Disabled,
+    #[error("this agent is locked after too many failed password logins")]
+    Locked { until: SystemTime },
+    #[error("sign-ins cannot be completed right now; please try again")]
+    Unavailable(String),
+}
+
+impl SsoLoginError {
+    /// The audit's outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            SsoLoginError::OutsideNetworks => NETWORK_NOT_ALLOWED,
+            SsoLoginError::NotConfigured => "sso_not_configured",
+            SsoLoginError::NoUsername => "sso_no_username",
+            SsoLoginError::NotInGroup => "sso_not_in_group",
+            SsoLoginError::UnknownAgent => "unknown_username",
+            SsoLoginError::Disabled => "disabled",
+            SsoLoginError::Locked { .. } => "locked",
+            SsoLoginError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -228,6 +287,15 @@ impl Accounts {
         &self.config
     }
 
+    /// Whether `username` must sign in with single sign-on (not a break-glass agent of an
+    /// account that requires it).
+    fn sso_required_for(&self, username: &str) -> bool {
+        self.config
+            .sso
+            .as_ref()
+            .is_some_and(|sso| sso.required && !sso.break_glass.iter().any(|b| b == username))
+    }
+
     /// Whether agents may sign in and use their sessions from `source` (no list: from
     /// anywhere; an unknown source is outside any list).
     pub fn admits(&self, source: Option<IpAddr>) -> bool {
@@ -241,19 +309,38 @@ impl Accounts {
 
     // ------------------------------------------------------------------ operators
 
-    /// Adds an agent with a password that meets the policy.
+    /// Adds an agent with a password that meets the policy, or, with none, one that signs in
+    /// with single sign-on only.
     pub async fn add_agent(
         &self,
         username: &str,
-        password: &Secret<String>,
+        password: Option<&Secret<String>>,
     ) -> Result<AgentView, AccountError> {
+        let row = self.new_agent(username, password).await?;
+        self.audit(username, Some(&row.id), "added", Some("cli"), None)
+            .await;
+        Ok(self.view(&row))
+    }
+
+    /// Stores a new agent (no password: single sign-on only).
+    async fn new_agent(
+        &self,
+        username: &str,
+        password: Option<&Secret<String>>,
+    ) -> Result<AgentRow, AccountError> {
         check_username(username)?;
-        self.check_password(password)?;
         let id = AgentId::new(uuid::Uuid::new_v4().to_string());
-        let hash = self.hash(password).await?;
+        let password_sealed = match password {
+            Some(password) => {
+                self.check_password(password)?;
+                let hash = self.hash(password).await?;
+                self.data_keys.seal(&seal_context(&id), hash.as_bytes())?
+            }
+            None => Vec::new(),
+        };
         let now = self.now_ms();
         let row = AgentRow {
-            password_sealed: self.data_keys.seal(&seal_context(&id), hash.as_bytes())?,
+            password_sealed,
             id,
             account: self.account.clone(),
             username: username.to_string(),
@@ -264,13 +351,10 @@ impl Accounts {
             last_login_at: None,
         };
         match self.store.create_agent(&row).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => return Err(AccountError::Duplicate(username.into())),
-            Err(e) => return Err(e.into()),
+            Ok(()) => Ok(row),
+            Err(StoreError::Conflict) => Err(AccountError::Duplicate(username.into())),
+            Err(e) => Err(e.into()),
         }
-        self.audit(username, Some(&row.id), "added", Some("cli"))
-            .await;
-        Ok(self.view(&row))
     }
 
     /// Every agent of the account, by username.
@@ -287,7 +371,7 @@ impl Accounts {
         }
         let what = if disabled { "disabled" } else { "enabled" };
         tracing::info!(account = %self.account, username, "agent {what}");
-        self.audit(username, Some(&agent.id), what, Some("cli"))
+        self.audit(username, Some(&agent.id), what, Some("cli"), None)
             .await;
         Ok(())
     }
@@ -312,8 +396,14 @@ impl Accounts {
             return Err(AccountError::UnknownAgent(username.into()));
         }
         tracing::info!(account = %self.account, username, "agent's password reset");
-        self.audit(username, Some(&agent.id), "password_reset", Some("cli"))
-            .await;
+        self.audit(
+            username,
+            Some(&agent.id),
+            "password_reset",
+            Some("cli"),
+            None,
+        )
+        .await;
         Ok(())
     }
 
@@ -362,10 +452,12 @@ impl Accounts {
         password: &Secret<String>,
         source: Option<IpAddr>,
     ) -> Result<NewSession, LoginError> {
-        let result = if self.admits(source) {
-            self.try_login(username, password).await
-        } else {
+        let result = if !self.admits(source) {
             Err((LoginError::OutsideNetworks, None))
+        } else if self.sso_required_for(username) {
+            Err((LoginError::Refused(Refusal::SsoRequired), None))
+        } else {
+            self.try_login(username, password).await
         };
         let source = source.map(|s| s.to_string());
         let (outcome, agent_id) = match &result {
@@ -395,7 +487,7 @@ impl Accounts {
                 tracing::error!(account = %self.account, username, error = %e, "agent login could not be checked")
             }
         }
-        self.audit(username, agent_id, outcome, source.as_deref())
+        self.audit(username, agent_id, outcome, source.as_deref(), None)
             .await;
         result.map_err(|(e, _)| e)
     }
@@ -423,6 +515,13 @@ impl Accounts {
             return Err(refused(Refusal::UnknownUsername, None));
         };
         let id = Some(&agent.id);
+        // An agent without a password (single sign-on only) costs the same as any other.
+        if agent.password_sealed.is_empty() {
+            self.verify_dummy(password)
+                .await
+                .map_err(|e| unavailable(&e, id))?;
+            return Err(refused(Refusal::NoPassword, id));
+        }
         // A disabled agent costs the same as any other attempt; its password is not checked.
         if agent.disabled {
             self.verify_dummy(password)
@@ -488,6 +587,128 @@ impl Accounts {
         Ok(minted)
     }
 
+    /// Starts a session for an agent the brand's identity provider vouched for (the checks of
+    /// the provider's answer are done). Maps the identity to an agent of the account, applies
+    /// the policy (`required_group`, `create_agents`, disabled, locked, allowed networks) and
+    /// audits the outcome with `via` (the provider). Never sees a token or an assertion.
+    pub async fn sso_login(
+        &self,
+        vouched: &SsoIdentity,
+        source: Option<IpAddr>,
+    ) -> Result<NewSession, SsoLoginError> {
+        let result = self.try_sso_login(vouched, source).await;
+        let username = vouched.username.as_deref().unwrap_or("");
+        let source_text = source.map(|s| s.to_string());
+        let (outcome, agent_id) = match &result {
+            Ok(s) => ("success", Some(&s.principal.agent_id)),
+            Err((e, id)) => (e.outcome(), id.as_ref()),
+        };
+        match &result {
+            Ok(_) => tracing::info!(
+                account = %self.account, username, outcome, source = ?source_text, via = %vouched.via,
+                "agent signed in with single sign-on"
+            ),
+            Err((SsoLoginError::Unavailable(e), _)) => tracing::error!(
+                account = %self.account, username, error = %e, via = %vouched.via,
+                "an agent's single sign-on could not be completed"
+            ),
+            Err((e, _)) => tracing::warn!(
+                account = %self.account, username, outcome, source = ?source_text, via = %vouched.via,
+                "agent single sign-on refused: {e}"
+            ),
+        }
+        self.audit(
+            username,
+            agent_id,
+            outcome,
+            source_text.as_deref(),
+            Some(&vouched.via),
+        )
+        .await;
+        result.map_err(|(e, _)| e)
+    }
+
+    async fn try_sso_login(
+        &self,
+        vouched: &SsoIdentity,
+        source: Option<IpAddr>,
+    ) -> Result<NewSession, (SsoLoginError, Option<AgentId>)> {
+        let unavailable = |e: &dyn std::fmt::Display, id: Option<&AgentId>| {
+            (SsoLoginError::Unavailable(e.to_string()), id.cloned())
+        };
+        if !self.admits(source) {
+            return Err((SsoLoginError::OutsideNetworks, None));
+        }
+        let Some(sso) = &self.config.sso else {
+            return Err((SsoLoginError::NotConfigured, None));
+        };
+        let Some(username) = vouched
+            .username
+            .as_deref()
+            .filter(|u| check_username(u).is_ok())
+        else {
+            return Err((SsoLoginError::NoUsername, None));
+        };
+        if let Some(group) = &sso.required_group
+            && !vouched.groups.iter().any(|g| g == group)
+        {
+            return Err((SsoLoginError::NotInGroup, None));
+        }
+        let agent = self
+            .store
+            .get_agent(&self.account, username)
+            .await
+            .map_err(|e| unavailable(&e, None))?;
+        let agent = match agent {
+            Some(a) => a,
+            None if sso.create_agents => match self.new_agent(username, None).await {
+                Ok(row) => {
+                    tracing::info!(account = %self.account, username, via = %vouched.via, "agent created on its first single sign-on");
+                    let source = source.map(|s| s.to_string());
+                    self.audit(
+                        username,
+                        Some(&row.id),
+                        "added",
+                        source.as_deref(),
+                        Some(&vouched.via),
+                    )
+                    .await;
+                    row
+                }
+                // Created by a concurrent sign-in meanwhile.
+                Err(AccountError::Duplicate(_)) => self
+                    .store
+                    .get_agent(&self.account, username)
+                    .await
+                    .map_err(|e| unavailable(&e, None))?
+                    .ok_or_else(|| unavailable(&"the agent just created is gone", None))?,
+                Err(e) => return Err(unavailable(&e, None)),
+            },
+            None => return Err((SsoLoginError::UnknownAgent, None)),
+        };
+        let id = Some(&agent.id);
+        if agent.disabled {
+            return Err((SsoLoginError::Disabled, id.cloned()));
+        }
+        let now = self.now_ms();
+        if let Some(until) = agent.locked_until.filter(|t| *t > now) {
+            let until = until.to_system_time();
+            return Err((SsoLoginError::Locked { until }, id.cloned()));
+        }
+        let (session, minted) = self
+            .mint(&agent.id, &agent.username, now)
+            .map_err(|e| unavailable(&e, id))?;
+        let begun = self
+            .store
+            .begin_agent_session(&session, now)
+            .await
+            .map_err(|e| unavailable(&e, id))?;
+        if !begun {
+            return Err((SsoLoginError::Disabled, id.cloned()));
+        }
+        Ok(minted)
+    }
+
     // ------------------------------------------------------------------ sessions
 
     /// Who holds `bearer`, if its session is live, its agent enabled and `source` admitted.
@@ -513,9 +734,18 @@ impl Accounts {
         Err(AgentAuthError::OutsideNetworks)
     }
 
-    /// Audits (and logs) a session used from outside the allowed networks, within the
-    /// per-source budget: a stolen bearer tried from outside cannot flood the audit.
-    async fn audit_outside(&self, bearer: &str, source: Option<IpAddr>) {
+    /// Audits a single sign-on whose provider answer failed a check (a forged or tampered
+    /// token), with no username: nothing in it can be believed.
+    pub async fn audit_sso_failure(&self, outcome: &str, source: Option<IpAddr>, via: &str) {
+        let source = source.map(|s| s.to_string());
+        self.audit("", None, outcome, source.as_deref(), Some(via))
+            .await;
+    }
+
+    /// Audits (and logs) a session used, or a sign-in started (`bearer` empty), from outside
+    /// the allowed networks, within the per-source budget: a stolen bearer tried from outside
+    /// cannot flood the audit.
+    pub(super) async fn audit_outside(&self, bearer: &str, source: Option<IpAddr>) {
         let scope = "outside-networks";
         if let Some(ip) = source {
             if self
@@ -540,6 +770,7 @@ impl Accounts {
             principal.as_ref().map(|p| &p.agent_id),
             NETWORK_NOT_ALLOWED,
             source.as_deref(),
+            None,
         )
         .await;
     }
@@ -727,6 +958,7 @@ impl Accounts {
         agent_id: Option<&AgentId>,
         outcome: &str,
         source: Option<&str>,
+        via: Option<&str>,
     ) {
         let row = AgentAuditRow {
             at: self.now_ms(),
@@ -735,6 +967,7 @@ impl Accounts {
             agent_id: agent_id.cloned(),
             outcome: outcome.to_string(),
             source: source.map(str::to_string),
+            via: via.map(str::to_string),
         };
         if let Err(e) = self.store.create_agent_audit(&row).await {
             // The log line above already holds the attempt.
@@ -852,7 +1085,9 @@ mod tests {
         let inside: IpAddr = "10.1.2.3".parse().unwrap();
         let inside_v6: IpAddr = "2001:db8::9".parse().unwrap();
         let outside: IpAddr = "192.0.2.1".parse().unwrap();
-        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        a.add_agent("ann", Some(&pw("correct horse")))
+            .await
+            .unwrap();
         // Outside, even the right password gets no session, and a wrong one is not counted.
         for _ in 0..5 {
             assert!(matches!(
@@ -942,7 +1177,9 @@ mod tests {
     async fn lockout_counts_consecutive_failures_and_ends_with_time() {
         let w = world().await;
         let a = &w.accounts;
-        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        a.add_agent("ann", Some(&pw("correct horse")))
+            .await
+            .unwrap();
         // A success resets the count.
         assert_eq!(
             refusal(a.login("ann", &pw("nope nope"), None).await),
@@ -1010,7 +1247,9 @@ mod tests {
     async fn a_password_reset_lifts_the_lock_and_ends_sessions() {
         let w = world().await;
         let a = &w.accounts;
-        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        a.add_agent("ann", Some(&pw("correct horse")))
+            .await
+            .unwrap();
         let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
         for _ in 0..3 {
             let _ = a.login("ann", &pw("nope nope"), None).await;
@@ -1037,7 +1276,9 @@ mod tests {
     async fn sessions_expire_rotate_and_end() {
         let w = world().await;
         let a = &w.accounts;
-        a.add_agent("ann", &pw("correct horse")).await.unwrap();
+        a.add_agent("ann", Some(&pw("correct horse")))
+            .await
+            .unwrap();
         let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
         let p = a.authenticate(s.bearer.expose(), None).await.unwrap();
         assert_eq!(p.username, "ann");
@@ -1109,26 +1350,26 @@ mod tests {
             "the dummy hash is ready before any login"
         );
         assert!(matches!(
-            a.add_agent("ann", &pw("short")).await,
+            a.add_agent("ann", Some(&pw("short"))).await,
             Err(AccountError::PasswordTooShort(8))
         ));
         // Characters, not bytes.
         assert!(matches!(
-            a.add_agent("ann", &pw("ééééééé")).await,
+            a.add_agent("ann", Some(&pw("ééééééé"))).await,
             Err(AccountError::PasswordTooShort(8))
         ));
         assert!(matches!(
-            a.add_agent("ann", &pw(&"x".repeat(MAX_PASSWORD_BYTES + 1)))
+            a.add_agent("ann", Some(&pw(&"x".repeat(MAX_PASSWORD_BYTES + 1))))
                 .await,
             Err(AccountError::PasswordTooLong(_))
         ));
         assert!(matches!(
-            a.add_agent("a n", &pw("long enough")).await,
+            a.add_agent("a n", Some(&pw("long enough"))).await,
             Err(AccountError::BadUsername)
         ));
-        a.add_agent("ann", &pw("long enough")).await.unwrap();
+        a.add_agent("ann", Some(&pw("long enough"))).await.unwrap();
         assert!(matches!(
-            a.add_agent("ann", &pw("long enough")).await,
+            a.add_agent("ann", Some(&pw("long enough"))).await,
             Err(AccountError::Duplicate(_))
         ));
         assert!(matches!(
@@ -1145,7 +1386,7 @@ mod tests {
     async fn the_stored_hash_is_sealed_to_its_agent() {
         let w = world().await;
         w.accounts
-            .add_agent("ann", &pw("correct horse"))
+            .add_agent("ann", Some(&pw("correct horse")))
             .await
             .unwrap();
         let row = w.store.get_agent("acme", "ann").await.unwrap().unwrap();

@@ -52,7 +52,7 @@ struct LoginBody {
 }
 
 /// Refuses a request for another account than the relay's.
-fn check_account(relay: &RelayService, account: &str) -> Result<(), HttpRefusal> {
+pub(super) fn check_account(relay: &RelayService, account: &str) -> Result<(), HttpRefusal> {
     if account == relay.inner.accounts.account() {
         Ok(())
     } else {
@@ -102,6 +102,9 @@ pub async fn login(
     }
     match accounts.login(&username, &password, source).await {
         Ok(session) => Ok(session_answer(session, lifetime(&relay), !cookie_only)),
+        Err(LoginError::Refused(super::accounts::Refusal::SsoRequired)) => {
+            Err(HttpRefusal::SsoRequired(account))
+        }
         Err(LoginError::Refused(_)) => Err(HttpRefusal::LoginRefused),
         Err(LoginError::Locked { until }) => Err(HttpRefusal::Locked { until }),
         Err(LoginError::OutsideNetworks) => Err(HttpRefusal::OutsideNetworks),
@@ -227,7 +230,7 @@ pub(super) async fn authenticated(
 }
 
 /// The cookie's lifetime, in seconds: the session's.
-fn lifetime(relay: &RelayService) -> u64 {
+pub(super) fn lifetime(relay: &RelayService) -> u64 {
     relay.inner.accounts.config().session_lifetime.0.as_secs()
 }
 
@@ -258,13 +261,19 @@ fn session_answer(s: NewSession, max_age: u64, with_bearer: bool) -> Response {
     }
     let mut r = axum::Json(body).into_response();
     r = no_store(r);
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}",
-        s.bearer.expose()
-    )) {
+    if let Some(v) = session_cookie(&s, max_age) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
+}
+
+/// `Set-Cookie` for a new session, living `max_age` seconds.
+pub(super) fn session_cookie(s: &NewSession, max_age: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+        s.bearer.expose()
+    ))
+    .ok()
 }
 
 #[cfg(test)]

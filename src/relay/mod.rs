@@ -15,7 +15,8 @@
 //! - `agent`: an agent's socket (session, availability, rings); `routing`: which agent gets a
 //!   waiting conversation; `accounts`: agent accounts, passwords, lock-out and sessions
 //!   ([`Accounts::authenticate`] tells the agent socket whose bearer it is); `login`: their
-//!   login, refresh and logout over HTTPS;
+//!   login, refresh and logout over HTTPS; `sso`: their single sign-on through the brand's
+//!   identity provider (`idp`: the providers, read at start);
 //! - `rest`: history, lists and the consumer's profile over HTTPS; `devices`: consumers' push
 //!   registrations; `profiles`: what consumers' tokens said about them, sealed; `away`: pushes
 //!   to consumers who do not acknowledge agents' messages;
@@ -38,6 +39,7 @@ mod consumer;
 mod conversations;
 mod devices;
 mod fanout;
+mod idp;
 mod login;
 mod outbox;
 mod profiles;
@@ -50,13 +52,15 @@ mod routes;
 mod routing;
 mod service;
 mod socket;
+mod sso;
 mod subscriptions;
 mod vocabulary;
 mod webhooks;
 
 pub use accounts::{
     AccountError, Accounts, AgentAuthError, AgentPrincipal, AgentState, AgentView, LoginError,
-    NewSession, Refusal,
+    NewSession, Refusal, SsoIdentity, SsoLoginError,
 };
+pub use idp::{oidc_callback_path, oidc_start_path};
 pub use records::reseal;
 pub use service::{PreparedRelay, RelayBase, RelayService};

@@ -40,6 +40,10 @@ pub(super) enum HttpRefusal {
     WrongRole(&'static str),
     #[error("the username or password is not accepted")]
     LoginRefused,
+    #[error(
+        "this account's agents sign in with single sign-on: use \"Sign in with SSO\" in the workspace (GET /api/account/{0}/sso/oidc)"
+    )]
+    SsoRequired(String),
     #[error("this agent is locked after too many failed logins; it unlocks at lockedUntil")]
     Locked { until: SystemTime },
     #[error("too many login attempts from this address; try again in a minute")]
@@ -91,6 +95,7 @@ impl HttpRefusal {
             | HttpRefusal::TokenRefused(_)
             | HttpRefusal::SessionNotValid
             | HttpRefusal::LoginRefused
+            | HttpRefusal::SsoRequired(_)
             | HttpRefusal::NoAgentSession => StatusCode::UNAUTHORIZED,
             HttpRefusal::NoCsrfToken
             | HttpRefusal::WrongRole(_)

@@ -7,7 +7,7 @@ use axum::routing::{get, post, put};
 
 use super::refusal::MAX_BODY_BYTES;
 use super::service::RelayService;
-use super::{agent, consumer, devices, login, rest};
+use super::{agent, consumer, devices, login, rest, sso};
 
 impl RelayService {
     /// The routes: the consumer's and the agent's WebSockets at both paths, history over
@@ -17,6 +17,11 @@ impl RelayService {
             .route("/api/account/{account}/login", post(login::login))
             .route("/api/account/{account}/refresh", post(login::refresh))
             .route("/api/account/{account}/logout", post(login::logout))
+            .route("/api/account/{account}/sso/oidc", get(sso::oidc_start))
+            .route(
+                "/api/account/{account}/sso/oidc/callback",
+                get(sso::oidc_callback),
+            )
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
         Router::new()
             .merge(agents)

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::accounts::{self, Accounts};
 use super::{away, conversations, fanout, profiles, webhooks};
 use crate::clock::Clock;
-use crate::config::{Problems, RelayConfig};
+use crate::config::{IdentityConfig, Problems, RelayConfig};
 use crate::dispatch::{Doorbell, Handler};
 use crate::identity::IdentityService;
 use crate::limiter::{SourceLimiter, SourceSlots};
@@ -64,24 +64,39 @@ pub(super) struct Inner {
     pub(super) profiles: profiles::Profiles,
     /// The relay's time (a test's fake clock moves it).
     pub(super) clock: Arc<dyn Clock>,
+    /// Agents' single sign-on, when `[relay.agents.sso]` is configured.
+    pub(super) sso: Option<super::idp::Sso>,
 }
 
 /// The relay's settings that need files (the webhook secret, trust anchors), read and
 /// checked: what a start or a reload puts in use.
 pub struct PreparedRelay {
     webhooks: Option<super::webhooks::Settings>,
+    /// The agents' identity providers (used at start; a change needs a restart).
+    sso: Option<super::idp::PreparedSso>,
 }
 
 impl RelayService {
     /// Reads and checks what the relay needs besides its config's shape; every problem is
     /// reported, naming its key.
-    pub fn prepare(config: &RelayConfig) -> Result<PreparedRelay, Problems> {
+    pub fn prepare(
+        config: &RelayConfig,
+        identity: Option<&IdentityConfig>,
+    ) -> Result<PreparedRelay, Problems> {
+        let mut problems = Problems::default();
         let webhooks = config
             .webhooks
             .as_ref()
             .map(webhooks::Settings::prepare)
-            .transpose()?;
-        Ok(PreparedRelay { webhooks })
+            .transpose()
+            .map_err(|p| problems.0.extend(p.0))
+            .ok()
+            .flatten();
+        let sso = super::idp::prepare(config, identity, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(PreparedRelay { webhooks, sso })
     }
 
     pub fn new(
@@ -145,6 +160,10 @@ impl RelayService {
         )
         .with_away(away.clone())
         .with_webhooks(webhooks.clone(), doorbell);
+        let sso = prepared.sso.map(|sso| super::idp::Sso {
+            oidc: sso.oidc.map(Arc::new),
+            grants: crate::identity::Grants::new(store.clone(), data_keys.clone(), clock.clone()),
+        });
         RelayService {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -162,6 +181,7 @@ impl RelayService {
                 webhooks,
                 fanout,
                 profiles,
+                sso,
                 clock,
             }),
         }

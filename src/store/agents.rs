@@ -95,6 +95,8 @@ pub struct AgentAuditRow {
     pub outcome: String,
     /// The caller's address, or `cli` for the command line.
     pub source: Option<String>,
+    /// How the agent signed in when not with a password: `oidc <issuer>`.
+    pub via: Option<String>,
 }
 
 macro_rules! agent_columns {
@@ -418,8 +420,8 @@ impl Store {
     pub async fn create_agent_audit(&self, a: &AgentAuditRow) -> Result<(), StoreError> {
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO agent_audit (at, account, username, agent_id, outcome, source) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO agent_audit (at, account, username, agent_id, outcome, source, via) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(a.at)
             .bind(&a.account)
@@ -427,6 +429,7 @@ impl Store {
             .bind(&a.agent_id)
             .bind(&a.outcome)
             .bind(&a.source)
+            .bind(&a.via)
             .execute(pool)
             .await?;
         });
@@ -441,7 +444,7 @@ impl Store {
     ) -> Result<Vec<AgentAuditRow>, StoreError> {
         let rows = on_pool!(self, pool => {
             sqlx::query(
-                "SELECT at, account, username, agent_id, outcome, source FROM agent_audit \
+                "SELECT at, account, username, agent_id, outcome, source, via FROM agent_audit \
                  WHERE account = $1 ORDER BY at DESC, id DESC LIMIT $2",
             )
             .bind(account)
@@ -457,6 +460,7 @@ impl Store {
                     agent_id: r.try_get("agent_id")?,
                     outcome: r.try_get("outcome")?,
                     source: r.try_get("source")?,
+                    via: r.try_get("via")?,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?

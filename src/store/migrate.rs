@@ -182,6 +182,11 @@ const SQLITE: &[(i64, &str)] = &[
         // Every claim and mark rewrote this index; the purge, once a minute, does without it.
         "DROP INDEX push_claims_by_until",
     ),
+    (
+        13,
+        // How a sign-in was made: `oidc <issuer>` for single sign-on; none for passwords.
+        "ALTER TABLE agent_audit ADD COLUMN via TEXT",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -359,6 +364,11 @@ const POSTGRES: &[(i64, &str)] = &[
         // Room left in each page lets an update stay on its page (no index entry to add).
         "DROP INDEX push_claims_by_until;
         ALTER TABLE push_claims SET (fillfactor = 70)",
+    ),
+    (
+        13,
+        // How a sign-in was made: `oidc <issuer>` for single sign-on; none for passwords.
+        "ALTER TABLE agent_audit ADD COLUMN via TEXT",
     ),
 ];
 

@@ -31,6 +31,8 @@ struct Settings {
     account: String,
     workspace: bool,
     demo: bool,
+    /// The single sign-on choices: (name on the button, where it starts).
+    sso: Vec<(String, String)>,
 }
 
 /// The routes: `/workspace/...` (unless disabled) and `/demo/...` (when enabled).
@@ -39,6 +41,18 @@ pub fn router(config: &crate::config::RelayConfig) -> Router {
         account: config.account.clone(),
         workspace: config.workspace.enabled,
         demo: config.demo.enabled,
+        sso: config
+            .agents
+            .sso
+            .iter()
+            .filter(|sso| sso.oidc.is_some())
+            .map(|sso| {
+                (
+                    sso.name.clone(),
+                    crate::relay::oidc_start_path(&config.account),
+                )
+            })
+            .collect(),
     };
     let mut router = Router::new();
     if settings.workspace {
@@ -83,11 +97,16 @@ async fn demo_file(Path(path): Path<String>, uri: Uri, headers: HeaderMap) -> Re
 }
 
 /// `GET /workspace/config.json`: what the sign-in page shows before anyone signs in: the
-/// account, and the single sign-on choices (none yet).
+/// account, and the single sign-on choices (`{"name", "href"}`).
 async fn workspace_config(State(settings): State<Settings>) -> Response {
+    let sso: Vec<_> = settings
+        .sso
+        .iter()
+        .map(|(name, href)| json!({"name": name, "href": href}))
+        .collect();
     let mut r = axum::Json(json!({
         "account": settings.account,
-        "sso": [],
+        "sso": sso,
         "demo": settings.demo,
     }))
     .into_response();

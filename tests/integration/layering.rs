@@ -361,14 +361,21 @@ fn the_check_reads_paths_as_the_compiler_does() {
 /// The relay's modules and which of them each one names (a file's own module aside).
 fn relay_imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
     let sources = sources("relay");
-    // The relay's modules by file name (`bus` for relay/bus.rs).
+    // The relay's modules by file name (`bus` for relay/bus.rs, `sso` for relay/sso/mod.rs);
+    // a module's own submodules (relay/sso/oidc.rs) count as part of it.
     let stems: Vec<&str> = sources
         .iter()
-        .filter_map(|s| s.relative.strip_prefix("relay/")?.strip_suffix(".rs"))
+        .filter_map(|s| {
+            let rest = s.relative.strip_prefix("relay/")?;
+            rest.strip_suffix("/mod.rs")
+                .or_else(|| rest.strip_suffix(".rs").filter(|r| !r.contains('/')))
+        })
         .collect();
     let mut graph = std::collections::BTreeMap::new();
     for source in &sources {
-        let module = module_of(&source.relative).join("::");
+        let mut module = module_of(&source.relative);
+        module.truncate(2);
+        let module = module.join("::");
         let named: std::collections::BTreeSet<String> =
             paths(source.without_tests(), &module_of(&source.relative))
                 .into_iter()
@@ -389,7 +396,10 @@ fn relay_imports() -> std::collections::BTreeMap<String, std::collections::BTree
                     (target != module).then_some(target)
                 })
                 .collect();
-        graph.insert(module, named);
+        graph
+            .entry(module)
+            .or_insert_with(std::collections::BTreeSet::new)
+            .extend(named);
     }
     graph
 }

@@ -361,6 +361,7 @@ async fn agents_conform(store: &Store) {
                 agent_id: Some("a2".into()),
                 outcome: outcome.into(),
                 source: Some("192.0.2.1".into()),
+                via: None,
             })
             .await
             .unwrap();
@@ -373,6 +374,7 @@ async fn agents_conform(store: &Store) {
             agent_id: None,
             outcome: "unknown_username".into(),
             source: None,
+            via: Some("oidc https://login.brand.example".into()),
         })
         .await
         .unwrap();
@@ -380,6 +382,11 @@ async fn agents_conform(store: &Store) {
     let outcomes: Vec<&str> = audit.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["unknown_username", "locked", "success"]);
     assert_eq!(audit[0].agent_id, None);
+    assert_eq!(
+        audit[0].via.as_deref(),
+        Some("oidc https://login.brand.example")
+    );
+    assert_eq!(audit[1].via, None);
     assert!(
         store
             .list_agent_audit("other", 10)

@@ -57,28 +57,43 @@ async fn in_chromium(relay: &Relay, scenarios: &[&str], agents: &[&str]) {
         passwords.push((agent.to_string(), relay.add_agent(agent).await));
     }
     let ca = relay.env.ca.write(relay.env.path(), "e2e-ca");
-    run_scenarios(
-        relay.env.path(),
-        relay.daemon.public.port(),
-        &relay.env.path().join("brandgate.toml"),
-        ACCOUNT,
-        &passwords,
-        Some(&ca),
+    run_scenarios(BrowserRun {
+        dir: relay.env.path(),
+        port: relay.daemon.public.port(),
+        config: &relay.env.path().join("brandgate.toml"),
+        account: ACCOUNT,
+        agents: &passwords,
+        ca: Some(&ca),
         scenarios,
-    )
+        extra: json!({}),
+    })
     .await;
 }
 
-/// Runs `scenarios` against the brandgate listening on `port` (its config at `config`).
-async fn run_scenarios(
-    dir: &std::path::Path,
+/// A run of tests/node/workspace-e2e.mjs: `scenarios` against the brandgate listening on
+/// `port` (its config at `config`), with `extra` settings for the script.
+struct BrowserRun<'a> {
+    dir: &'a std::path::Path,
     port: u16,
-    config: &std::path::Path,
-    account: &str,
-    agents: &[(String, String)],
-    ca: Option<&std::path::Path>,
-    scenarios: &[&str],
-) {
+    config: &'a std::path::Path,
+    account: &'a str,
+    agents: &'a [(String, String)],
+    ca: Option<&'a std::path::Path>,
+    scenarios: &'a [&'a str],
+    extra: serde_json::Value,
+}
+
+async fn run_scenarios(run: BrowserRun<'_>) {
+    let BrowserRun {
+        dir,
+        port,
+        config,
+        account,
+        agents,
+        ca,
+        scenarios,
+        extra,
+    } = run;
     assert!(
         std::path::Path::new(CHROMIUM).exists(),
         "Debian's chromium is needed (tests/run.sh installs it)"
@@ -87,25 +102,24 @@ async fn run_scenarios(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/workspace-screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
     let file = dir.join("workspace-e2e.json");
-    std::fs::write(
-        &file,
-        json!({
-            "base": format!("https://localhost:{port}"),
-            "chromium": CHROMIUM,
-            "screenshots": screenshots,
-            "brandgate": crate::support::daemon::binary(),
-            "brandgateConfig": config,
-            "account": account,
-            "agents": agents
-                .iter()
-                .map(|(name, password)| (name.clone(), json!(password)))
-                .collect::<serde_json::Map<String, serde_json::Value>>(),
-            "backend": {"id": "crm", "secret": BACKEND_SECRET},
-            "scenarios": scenarios,
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let mut settings = json!({
+        "base": format!("https://localhost:{port}"),
+        "chromium": CHROMIUM,
+        "screenshots": screenshots,
+        "brandgate": crate::support::daemon::binary(),
+        "brandgateConfig": config,
+        "account": account,
+        "agents": agents
+            .iter()
+            .map(|(name, password)| (name.clone(), json!(password)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
+        "backend": {"id": "crm", "secret": BACKEND_SECRET},
+        "scenarios": scenarios,
+    });
+    if let (Some(all), Some(more)) = (settings.as_object_mut(), extra.as_object()) {
+        all.extend(more.clone());
+    }
+    std::fs::write(&file, settings.to_string()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/workspace-e2e.mjs");
     let mut command = tokio::process::Command::new("node");
     command
@@ -164,15 +178,16 @@ async fn try_it_works_as_the_readme_says() {
     .await;
     assert_eq!(code, 0, "{out}{err}");
     let mut daemon = Daemon::start_with_config_file(env.path(), &try_it, &overrides).await;
-    run_scenarios(
-        env.path(),
-        daemon.public.port(),
-        &try_it,
-        "demo",
-        &[("ivan".to_string(), password.to_string())],
-        None,
-        &["demo"],
-    )
+    run_scenarios(BrowserRun {
+        dir: env.path(),
+        port: daemon.public.port(),
+        config: &try_it,
+        account: "demo",
+        agents: &[("ivan".to_string(), password.to_string())],
+        ca: None,
+        scenarios: &["demo"],
+        extra: json!({}),
+    })
     .await;
     daemon.stop().await;
 }
@@ -196,6 +211,73 @@ async fn the_workspace_in_chromium() {
             "alice", "bob", "carol", "dave", "erin", "frank", "grace", "ivan", "judy",
         ],
     )
+    .await;
+}
+
+/// "Sign in with SSO" in Chromium: the brand's real OpenID provider on another site, and
+/// back in the workspace, signed in; a refused person is told why on the sign-in page.
+#[tokio::test]
+async fn sign_in_with_sso_in_chromium() {
+    use crate::support::idp::{Idp, UPSTREAM_SECRET};
+    // The provider must know the workspace's address before either runs.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut env = TestEnv::new();
+    env.listen = format!("127.0.0.1:{port}");
+    let callback = format!("https://localhost:{port}/api/account/{ACCOUNT}/sso/oidc/callback");
+    let client = json!({
+        "client_id": "brandgate-agents",
+        "client_secret": UPSTREAM_SECRET,
+        "redirect_uris": [callback],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+    });
+    let people = json!({
+        "zoe": {"preferred_username": "zoe", "groups": ["support"]},
+        "mallory": {"preferred_username": "mallory", "groups": ["visitors"]},
+    });
+    let idp = Idp::start(&env, vec![client], people).await;
+    let secret = env.secret("agents-client-secret", UPSTREAM_SECRET);
+    let ca = env.ca.write(env.path(), "agents-idp-ca");
+    let sso = format!(
+        r#"
+[relay.agents.sso]
+name = "Brand SSO"
+required_group = "support"
+[relay.agents.sso.oidc]
+issuer = "{issuer}"
+client_id = "brandgate-agents"
+client_secret_file = "{secret}"
+redirect_uri = "{callback}"
+scopes = ["openid", "profile", "brand"]
+extra_trust_anchors = ["{ca}"]
+"#,
+        issuer = idp.issuer,
+        secret = secret.display(),
+        ca = ca.display(),
+    );
+    let config = relay_world::config(&env, "1h", "", &format!("{}{sso}", extra(1000)));
+    let relay = Relay::start_on(env, &config).await;
+    relay.add_agent("mallory").await;
+    let ca = relay.env.ca.write(relay.env.path(), "e2e-ca");
+    run_scenarios(BrowserRun {
+        dir: relay.env.path(),
+        port: relay.daemon.public.port(),
+        config: &relay.env.path().join("brandgate.toml"),
+        account: ACCOUNT,
+        agents: &[("zoe".to_string(), relay.add_agent("zoe").await)],
+        ca: Some(&ca),
+        scenarios: &["sso"],
+        extra: json!({"sso": {
+            "name": "Brand SSO",
+            "issuer": idp.issuer,
+            "login": "zoe",
+            "refusedLogin": "mallory",
+        }}),
+    })
     .await;
 }
 

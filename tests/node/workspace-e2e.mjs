@@ -560,6 +560,62 @@ const scenarios = {
     await agent.context.close();
   },
 
+  /** "Sign in with SSO": the brand's provider (oidc-provider, on another site), its login and
+   *  consent pages, back in the workspace signed in and online; the address bar keeps no
+   *  token. Someone the account does not let in is back at the sign-in with the reason. */
+  async sso() {
+    const agent = await agentPage(config.sso.login, { signIn: false });
+    const atProvider = async (page, login) => {
+      await page.waitForSelector("#signin-sso:not([hidden]) a", { timeout: WAIT });
+      const label = await page.textContent("#signin-sso a");
+      check(label === `Sign in with ${config.sso.name}`, `the button says: ${label}`);
+      await shot(page, "signin-sso");
+      await page.click("#signin-sso a");
+      await page.waitForSelector('input[name="login"]', { timeout: WAIT });
+      check(page.url().startsWith(config.sso.issuer), `at the provider: ${page.url()}`);
+      await page.fill('input[name="login"]', login);
+      await page.fill('input[name="password"]', "any");
+      await page.click('button[type="submit"]');
+      // The provider's consent page, then back to brandgate.
+      await page.waitForURL((u) => u.href.startsWith(config.sso.issuer) && u.pathname.includes("interaction"), { timeout: WAIT });
+      await page.click('button[type="submit"]');
+    };
+    const { page } = agent;
+    await atProvider(page, config.sso.login);
+    await page.waitForSelector("#app:not([hidden])", { timeout: WAIT }).catch(async (e) => {
+      const text = (await page.textContent("body").catch(() => "")) ?? "";
+      fail(`not signed in at ${page.url()} [${agent.problems.join("; ")}]: ${text.slice(0, 100).replace(/\s+/g, " ")} (${e.message.split("\n")[0]})`);
+    });
+    await page.waitForSelector("#connection[data-state=online]", { timeout: WAIT });
+    check(page.url() === `${base}/workspace/`, `the token left the address bar: ${page.url()}`);
+    const who = await page.textContent("#whoami");
+    check(who === `${config.sso.login} · ${config.account}`, `signed in as: ${who}`);
+    await goOnline(page);
+    await shot(page, "signed-in-sso");
+    // A reload keeps the session (the cookie and this tab's CSRF token).
+    await page.reload();
+    await page.waitForSelector("#connection[data-state=online]", { timeout: WAIT });
+    await page.click("#signout");
+    await page.waitForSelector("#signin:not([hidden])", { timeout: WAIT });
+    await clean(agent);
+    await agent.context.close();
+
+    // Someone outside the required group (in a browser of its own, with no session at the
+    // provider): back at the sign-in, told why.
+    const refused = await agentPage(config.sso.refusedLogin, { signIn: false });
+    await atProvider(refused.page, config.sso.refusedLogin);
+    await refused.page.waitForSelector("#signin-notice:not([hidden])", { timeout: WAIT });
+    const notice = await refused.page.textContent("#signin-notice");
+    check(
+      notice === "Single sign-on did not succeed: your account at the identity provider is not in the group allowed to work here",
+      `refusal: ${notice}`,
+    );
+    check(refused.page.url() === `${base}/workspace/`, `the reason left the address bar: ${refused.page.url()}`);
+    await shot(refused.page, "signin-sso-refused");
+    await clean(refused);
+    await refused.context.close();
+  },
+
   /** Too many sign-ins from one address: the form says to wait. (Run on its own daemon: it
    *  blocks the address for a minute.) */
   async rateLimit() {

@@ -170,6 +170,8 @@ pub struct Browser {
     brandgate: String,
     idp: String,
     jars: HashMap<String, HashMap<String, String>>,
+    /// URLs starting with this end a walk (as [`Landing::App`]) instead of being requested.
+    stop_at: Option<String>,
 }
 
 impl Browser {
@@ -180,12 +182,26 @@ impl Browser {
             brandgate: brandgate_base.trim_end_matches('/').to_string(),
             idp: idp.issuer.clone(),
             jars: HashMap::new(),
+            stop_at: None,
         }
+    }
+
+    /// Ends every walk at URLs starting with `prefix` (a page whose address matters, such as
+    /// the workspace with its fragment), as [`Landing::App`].
+    pub fn stop_at(&mut self, prefix: &str) {
+        self.stop_at = Some(prefix.to_string());
     }
 
     /// The site a URL belongs to and the URL to actually connect to, or `None` for a URL
     /// outside both (an app's callback).
     fn route(&self, url: &str) -> Option<(String, String)> {
+        if self
+            .stop_at
+            .as_ref()
+            .is_some_and(|p| url.starts_with(p.as_str()))
+        {
+            return None;
+        }
         if let Some(rest) = url.strip_prefix(BRANDGATE_ISSUER) {
             return Some(("brandgate".into(), format!("{}{rest}", self.brandgate)));
         }

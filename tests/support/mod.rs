@@ -38,6 +38,8 @@ pub struct TestEnv {
     server: (PathBuf, PathBuf),
     /// More `[server]` keys for every config made from this env (`trusted_proxies = [...]`).
     pub server_extra: String,
+    /// `server.listen` of configs made from this env (default: any free loopback port).
+    pub listen: String,
 }
 
 impl TestEnv {
@@ -50,6 +52,7 @@ impl TestEnv {
             ca,
             server,
             server_extra: String::new(),
+            listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -93,7 +96,7 @@ impl TestEnv {
     pub fn base_config_with_tls(&self, tls_extra: &str) -> String {
         format!(
             r#"[server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 state_dir = "{state}"
 {server_extra}
 [server.tls]
@@ -109,6 +112,7 @@ level = "debug"
             cert = self.server.0.display(),
             key = self.server.1.display(),
             server_extra = self.server_extra,
+            listen = self.listen,
         )
     }
 

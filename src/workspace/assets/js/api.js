@@ -74,6 +74,21 @@ export async function login(account, username, password) {
   return answer;
 }
 
+/**
+ * Takes what a single sign-on left in the address's fragment (`#csrf=...` on success,
+ * `#sso-error=...` when refused) and removes it from the address bar and history. Returns the
+ * refusal's reason, or "".
+ */
+export function takeSignOnResult() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("csrf");
+  const error = fragment.get("sso-error") ?? "";
+  if (token === null && !fragment.has("sso-error")) return "";
+  if (token) sessionStorage.setItem(CSRF_KEY, token);
+  window.history.replaceState(null, "", location.pathname + location.search);
+  return error;
+}
+
 export async function refresh(account) {
   const answer = await session("POST", `/api/account/${encodeURIComponent(account)}/refresh`);
   sessionStorage.setItem(CSRF_KEY, answer.csrf);

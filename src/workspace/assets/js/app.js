@@ -382,8 +382,19 @@ for (const view of [signin, header, queueView, conversationsView, conversationVi
 setInterval(() => update(() => {}), 5000);
 
 (async () => {
+  const signOnError = api.takeSignOnResult();
   const config = await api.publicConfig().catch(() => ({}));
-  update((s) => (s.account = config.account ?? ""));
+  update((s) => {
+    s.account = config.account ?? "";
+    s.ssoChoices = config.sso ?? [];
+  });
+  if (signOnError) {
+    update((s) => {
+      s.session = "signed-out";
+      s.sessionNotice = `Single sign-on did not succeed: ${signOnError}`;
+    });
+    return;
+  }
   if (api.hasSession()) {
     try {
       await start();

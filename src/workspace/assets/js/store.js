@@ -37,6 +37,8 @@ export const state = {
   session: "unknown",
   /** Why the sign-in form is shown again (session ended, expired). */
   sessionNotice: "",
+  /** Single sign-on choices of the account: `{name, href}`. */
+  ssoChoices: [],
   account: "",
   username: "",
   expiresAt: 0,

@@ -1,0 +1,94 @@
+//! The `[relay.agents.sso]` section: agents sign in through the brand's own identity provider
+//! (OpenID Connect in `[relay.agents.sso.oidc]`), who may, and whether passwords still work.
+//! Shape checks only; the relay reads the client secret and trust anchors when it builds
+//! itself.
+
+use serde::Deserialize;
+
+use crate::config::{Problems, UpstreamConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsoConfig {
+    /// Agents must sign in with single sign-on: a password login is refused (`401`, saying to
+    /// use single sign-on), except for the `break_glass` agents.
+    #[serde(default)]
+    pub required: bool,
+    /// Agents who may still sign in with their password when `required` is on (for when the
+    /// provider is down).
+    #[serde(default)]
+    pub break_glass: Vec<String>,
+    /// An agent the provider vouches for but the account does not have is created on its
+    /// first sign-in (without a password). Off: only agents added with `brandgate agents add`
+    /// get in.
+    #[serde(default)]
+    pub create_agents: bool,
+    /// Only members of this group get in (from `groups_claim`). None: every agent the
+    /// provider vouches for.
+    pub required_group: Option<String>,
+    /// The ID-token claim whose value is the agent's username.
+    #[serde(default = "defaults::username_claim")]
+    pub username_claim: String,
+    /// The ID-token claim listing the agent's groups (an array of strings, or one string).
+    #[serde(default = "defaults::groups_claim")]
+    pub groups_claim: String,
+    /// The name on the workspace's button: "Sign in with <name>".
+    #[serde(default = "defaults::name")]
+    pub name: String,
+    /// Sign-in with OpenID Connect: the provider and brandgate's client there. Its redirect
+    /// URI defaults to `<identity.issuer>/api/account/<account>/sso/oidc/callback`.
+    pub oidc: Option<UpstreamConfig>,
+}
+
+impl SsoConfig {
+    pub(super) fn check_shape(&self, p: &mut Problems) {
+        match &self.oidc {
+            Some(oidc) => oidc.check_shape("relay.agents.sso.oidc", p),
+            None => p.push(
+                "relay.agents.sso",
+                "configure a provider: [relay.agents.sso.oidc]",
+            ),
+        }
+        for (i, name) in self.break_glass.iter().enumerate() {
+            if name.is_empty() || name.len() > 64 {
+                p.push(
+                    format!("relay.agents.sso.break_glass[{i}]"),
+                    "must be an agent's username (1 to 64 characters)",
+                );
+            }
+        }
+        if !self.break_glass.is_empty() && !self.required {
+            p.push(
+                "relay.agents.sso.break_glass",
+                "only means something with required = true (every agent may use a password now)",
+            );
+        }
+        for (key, value) in [
+            ("name", Some(&self.name)),
+            ("username_claim", Some(&self.username_claim)),
+            ("groups_claim", Some(&self.groups_claim)),
+            ("required_group", self.required_group.as_ref()),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty() || v.len() > 256 || v.chars().any(char::is_control))
+            {
+                p.push(
+                    format!("relay.agents.sso.{key}"),
+                    "must be 1 to 256 printable characters",
+                );
+            }
+        }
+    }
+}
+
+mod defaults {
+    pub fn name() -> String {
+        "SSO".into()
+    }
+    pub fn username_claim() -> String {
+        "preferred_username".into()
+    }
+    pub fn groups_claim() -> String {
+        "groups".into()
+    }
+}
