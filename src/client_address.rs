@@ -1,21 +1,30 @@
 //! Whose request it is: the client address every per-source limit, every access list and every
 //! audit line uses.
 //!
-//! The client is the connection's peer (as the PROXY protocol reported it, when the listener
-//! takes it from a trusted proxy), unless that peer is one of `server.trusted_proxies`: then the
-//! forwarding header the config names (`X-Forwarded-For`, or the standard `Forwarded`; one of
-//! them, never both, so a client cannot slip a value past a proxy that rewrites only the other)
-//! is read from the right, hop by hop, while the hops are trusted proxies too. The first hop
-//! that is not is the client. A hop that does not parse (`unknown`, an obfuscated name) ends
-//! the walk at the last address known, which a trusted proxy vouched for. From any other peer
-//! the headers are not read at all: without trusted proxies, a forged header changes nothing.
+//! The client is the connection's peer, unless that peer is one of `server.trusted_proxies`:
+//! then the forwarding header the config names (`X-Forwarded-For`, or the standard
+//! `Forwarded`; one of them, never both, so a client cannot slip a value past a proxy that
+//! rewrites only the other) is read from the right, hop by hop, while the hops are trusted
+//! proxies too. The first hop that is not is the client. Each comma-separated hop is read on
+//! its own, so bytes a client puts in its part of the line cannot spoil the hops the proxies
+//! appended. When a trusted proxy does not say who the client is (no header, or a hop that
+//! does not parse before an untrusted one: `unknown`, an obfuscated name), the client is
+//! [`UNKNOWN_CLIENT`], never the proxy itself: a proxy's own address may well be inside an
+//! access list. From any other peer the headers are not read at all: without trusted
+//! proxies, a forged header changes nothing. (With `server.proxy_protocol`, the listener takes
+//! the client from the PROXY header instead and reads no forwarding header.)
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::HeaderMap;
 use serde::Deserialize;
 
 use crate::networks::{Networks, canonical};
+
+/// The client of a request a trusted proxy sent without saying whose it is: one address for
+/// all of them (sharing one budget in every per-source limit), inside no access list but one
+/// that admits everything (`0.0.0.0/0`).
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 /// Which header trusted proxies put the client's address in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -51,21 +60,21 @@ impl ClientAddress {
         if !self.trusts(peer) {
             return peer;
         }
-        let hops = match self.header {
-            ForwardedHeader::XForwardedFor => list_values(headers, "x-forwarded-for")
-                .map(parse_hop)
-                .collect::<Vec<_>>(),
-            ForwardedHeader::Forwarded => list_values(headers, "forwarded")
-                .map(forwarded_for)
-                .collect::<Vec<_>>(),
+        let (name, hop): (&str, fn(&str) -> Option<IpAddr>) = match self.header {
+            ForwardedHeader::XForwardedFor => ("x-forwarded-for", parse_hop),
+            ForwardedHeader::Forwarded => ("forwarded", forwarded_for),
         };
-        let mut client = peer;
-        for hop in hops.into_iter().rev() {
-            let Some(ip) = hop else { break };
-            client = ip;
+        let hops: Vec<&[u8]> = list_items(headers, name).collect();
+        let mut client = UNKNOWN_CLIENT;
+        for item in hops.into_iter().rev() {
+            let Some(ip) = std::str::from_utf8(item).ok().and_then(hop) else {
+                return UNKNOWN_CLIENT;
+            };
             if !self.trusts(ip) {
-                break;
+                return ip;
             }
+            // Trusted all the way: the leftmost is the client (a host inside the network).
+            client = ip;
         }
         client
     }
@@ -89,14 +98,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
     }
 }
 
-/// The comma-separated items of every line of header `name`, in order. A line that is not
-/// visible ASCII yields one item that parses as nothing.
-fn list_values<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
+/// The comma-separated items of every line of header `name`, in order, as bytes, trimmed of
+/// spaces and tabs.
+fn list_items<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a [u8]> {
     headers
         .get_all(name)
         .iter()
-        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|item| item.trim_ascii())
 }
 
 /// One hop's address: `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, or either with a port.
@@ -167,8 +176,8 @@ mod tests {
         // All hops trusted: the leftmost is the client.
         let h = headers("x-forwarded-for", &["10.9.9.9, 10.0.0.2"]);
         assert_eq!(r.of(ip("10.0.0.1"), &h), ip("10.9.9.9"));
-        // No header: the proxy itself.
-        assert_eq!(r.of(ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+        // No header: not the proxy itself, an unknown client.
+        assert_eq!(r.of(ip("10.0.0.1"), &HeaderMap::new()), UNKNOWN_CLIENT);
         // Ports, brackets and mapped addresses.
         let h = headers("x-forwarded-for", &["[2001:db8::7]:4711"]);
         assert_eq!(r.of(ip("10.0.0.1"), &h), ip("2001:db8::7"));
@@ -177,12 +186,30 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_hop_ends_the_walk_at_the_last_address_vouched_for() {
+    fn an_unreadable_hop_before_an_untrusted_one_makes_the_client_unknown() {
         let r = rule(&["10.0.0.0/8"], ForwardedHeader::XForwardedFor);
         let h = headers("x-forwarded-for", &["198.51.100.7, unknown, 10.0.0.3"]);
-        assert_eq!(r.of(ip("10.0.0.1"), &h), ip("10.0.0.3"));
+        assert_eq!(r.of(ip("10.0.0.1"), &h), UNKNOWN_CLIENT);
         let h = headers("x-forwarded-for", &["198.51.100.7, "]);
-        assert_eq!(r.of(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        assert_eq!(r.of(ip("10.0.0.1"), &h), UNKNOWN_CLIENT);
+    }
+
+    #[test]
+    fn bytes_a_client_writes_cannot_spoil_the_hops_proxies_append() {
+        let r = rule(&["10.0.0.0/8"], ForwardedHeader::XForwardedFor);
+        // nginx appends ", <peer>" to the client's own line, whatever it holds.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
+        );
+        assert_eq!(r.of(ip("10.0.0.1"), &h), ip("198.51.100.7"));
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff, 10.0.0.9").unwrap(),
+        );
+        assert_eq!(r.of(ip("10.0.0.1"), &h), UNKNOWN_CLIENT);
     }
 
     #[test]
@@ -197,8 +224,10 @@ mod tests {
         assert_eq!(fwd.of(ip("10.0.0.1"), &h), ip("2001:db8:cafe::17"));
         assert_eq!(xff.of(ip("10.0.0.1"), &h), ip("203.0.113.1"));
         let h = headers("forwarded", &["For=10.1.1.1;by=x, proto=https"]);
-        assert_eq!(fwd.of(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        assert_eq!(fwd.of(ip("10.0.0.1"), &h), UNKNOWN_CLIENT);
         let h = headers("forwarded", &["for=_hidden, for=10.2.2.2"]);
-        assert_eq!(fwd.of(ip("10.0.0.1"), &h), ip("10.2.2.2"));
+        assert_eq!(fwd.of(ip("10.0.0.1"), &h), UNKNOWN_CLIENT);
+        let h = headers("forwarded", &["for=10.3.3.3, for=10.2.2.2"]);
+        assert_eq!(fwd.of(ip("10.0.0.1"), &h), ip("10.3.3.3"));
     }
 }

@@ -5,8 +5,9 @@
 //! on; such a peer must then send it (a connection without it is closed), while other peers
 //! are served as direct clients and never have a header read. Exactly the header's bytes are
 //! read, so what follows is the untouched TLS handshake. `LOCAL` (a balancer's health check)
-//! and address families other than TCP over IPv4/IPv6 keep the peer's own address. TLVs are
-//! skipped.
+//! and address families other than TCP over IPv4/IPv6 name no client: the listener counts
+//! them as [`crate::client_address::UNKNOWN_CLIENT`]. TLVs are skipped. The header is the only
+//! word on the client: forwarding headers on such a connection are not read.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

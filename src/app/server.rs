@@ -223,11 +223,18 @@ async fn serve_connection(
     public: &Public,
     close: CancellationToken,
 ) {
+    // From a trusted balancer speaking the PROXY protocol, its header names the client of
+    // every request on the connection, and no forwarding header is read (the client wrote them).
+    let mut proxied_client = None;
     if public.proxy_protocol && public.client_address.trusts(addr.ip()) {
         let header = crate::proxy_protocol::read(&mut tcp);
         match tokio::time::timeout(public.handshake_timeout, header).await {
-            Ok(Ok(Some(source))) => addr = source,
-            Ok(Ok(None)) => {}
+            Ok(Ok(Some(source))) => {
+                addr = source;
+                proxied_client = Some(crate::networks::canonical(source.ip()));
+            }
+            // LOCAL (a health check) or an address family other than TCP over IP.
+            Ok(Ok(None)) => proxied_client = Some(crate::client_address::UNKNOWN_CLIENT),
             Ok(Err(e)) => {
                 tracing::warn!(%addr, error = %e, "a trusted proxy's connection was closed");
                 return;
@@ -270,7 +277,8 @@ async fn serve_connection(
     let counted = activity.clone();
     let client_address = public.client_address.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        let client = client_address.of(peer.addr.ip(), request.headers());
+        let client =
+            proxied_client.unwrap_or_else(|| client_address.of(peer.addr.ip(), request.headers()));
         request.extensions_mut().insert(Peer {
             client,
             ..peer.clone()

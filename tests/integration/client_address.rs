@@ -278,7 +278,8 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_limited_listed_and_audit
     )
     .await;
     assert_eq!((a.status, error(&a)), (403, OUTSIDE.to_string()));
-    // Only the configured header: `Forwarded` is not read in x-forwarded-for mode.
+    // Only the configured header: `Forwarded` is not read in x-forwarded-for mode, and a
+    // proxy that names no client is not taken for the client (0.0.0.0: unknown).
     let a = login(
         &proxy,
         &relay,
@@ -287,6 +288,10 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_limited_listed_and_audit
     )
     .await;
     assert_eq!((a.status, error(&a)), (403, OUTSIDE.to_string()));
+    // Bytes the client wrote into its own part of the line spoil nothing after them.
+    let spoiled = [("x-forwarded-for", "\u{fc}nkn\u{f6}wn, 198.51.100.20")];
+    let a = login(&proxy, &relay, &password, &spoiled).await;
+    assert_eq!(a.status, 200, "{}", a.body);
 
     // Each client behind the proxy has its own login budget (2 a minute): 198.51.100.7
     // used one to sign in.
@@ -312,7 +317,8 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_limited_listed_and_audit
         [
             s("success", "198.51.100.7"),
             s("network_not_allowed", "203.0.113.9"),
-            s("network_not_allowed", "127.0.0.3"),
+            s("network_not_allowed", "0.0.0.0"),
+            s("success", "198.51.100.20"),
             s("wrong_password", "198.51.100.7"),
             s("wrong_password", "198.51.100.8"),
             s("wrong_password", "198.51.100.8"),
@@ -355,7 +361,7 @@ async fn in_forwarded_mode_only_the_standard_header_is_read() {
         sources,
         [
             Some("2001:db8:cafe::17".to_string()),
-            Some("127.0.0.3".to_string())
+            Some("0.0.0.0".to_string())
         ]
     );
 }
@@ -405,13 +411,15 @@ async fn sign_ups_behind_a_trusted_proxy_are_counted_per_client() {
     daemon.stop().await;
 }
 
-/// A raw HTTP/1.1 login over TLS on `tcp` (after whatever was written to it); the status
-/// and body, or `None` when the connection was closed before an answer.
+/// A raw HTTP/1.1 login over TLS on `tcp` (after whatever was written to it), with the
+/// header lines `headers`; the status and body, or `None` when the connection was closed
+/// before an answer.
 async fn raw_login(
     relay: &Relay,
     mut tcp: tokio::net::TcpStream,
     preamble: &[u8],
     password: &str,
+    headers: &str,
 ) -> Option<(u16, String)> {
     tcp.write_all(preamble).await.unwrap();
     let mut tls = MessagingClient::tls(&relay.env.ca.cert_pem);
@@ -423,7 +431,7 @@ async fn raw_login(
         .ok()?;
     let body = json!({ "username": "ann", "password": password }).to_string();
     let request = format!(
-        "POST /api/account/{ACCOUNT}/login HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "POST /api/account/{ACCOUNT}/login HTTP/1.1\r\nhost: localhost\r\n{headers}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.ok()?;
@@ -442,7 +450,7 @@ async fn raw_login(
 #[tokio::test]
 async fn a_trusted_balancer_gives_the_client_address_with_the_proxy_protocol() {
     let relay = relay(
-        "trusted_proxies = [\"127.0.0.3/32\"]\nproxy_protocol = true",
+        "trusted_proxies = [\"127.0.0.3/32\", \"10.0.0.0/8\"]\nproxy_protocol = true",
         r#"allowed_networks = ["198.51.100.0/24"]"#,
     )
     .await;
@@ -458,6 +466,7 @@ async fn a_trusted_balancer_gives_the_client_address_with_the_proxy_protocol() {
         balancer().await,
         &header("198.51.100.7:40000"),
         &password,
+        "",
     )
     .await;
     let (status, body) = answer.expect("an answer");
@@ -467,25 +476,43 @@ async fn a_trusted_balancer_gives_the_client_address_with_the_proxy_protocol() {
         balancer().await,
         &header("203.0.113.5:40000"),
         &password,
+        "",
     )
     .await;
     let (status, body) = answer.expect("an answer");
     assert_eq!(status, 403, "{body}");
+    // Behind the balancer every header is the client's own: not read, even from a client
+    // whose address is a trusted one.
+    let answer = raw_login(
+        &relay,
+        balancer().await,
+        &header("10.1.2.3:40000"),
+        &password,
+        "x-forwarded-for: 198.51.100.7\r\n",
+    )
+    .await;
+    let (status, body) = answer.expect("an answer");
+    assert_eq!(status, 403, "{body}");
+    // LOCAL (a health check) names no client: not the balancer's address, an unknown one.
+    let local = [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0, 0, 0]].concat();
+    let answer = raw_login(&relay, balancer().await, &local, &password, "").await;
+    let (status, body) = answer.expect("an answer");
+    assert_eq!(status, 403, "{body}");
     // The balancer must send the header: without it the connection is closed unanswered.
     assert_eq!(
-        raw_login(&relay, balancer().await, b"", &password).await,
+        raw_login(&relay, balancer().await, b"", &password, "").await,
         None
     );
     // A direct client is not read for a header, and is itself the client.
     let direct = tcp_from(Some(ip("127.0.0.2")), server).await;
-    let (status, body) = raw_login(&relay, direct, b"", &password)
+    let (status, body) = raw_login(&relay, direct, b"", &password, "")
         .await
         .expect("an answer");
     assert_eq!(status, 403, "{body}");
     // A header from a peer that is not trusted is not read: its TLS handshake fails.
     let direct = tcp_from(Some(ip("127.0.0.2")), server).await;
     assert_eq!(
-        raw_login(&relay, direct, &header("198.51.100.7:1"), &password).await,
+        raw_login(&relay, direct, &header("198.51.100.7:1"), &password, "").await,
         None
     );
 
@@ -494,7 +521,13 @@ async fn a_trusted_balancer_gives_the_client_address_with_the_proxy_protocol() {
     let s = |v: &str| Some(v.to_string());
     assert_eq!(
         sources,
-        [s("198.51.100.7"), s("203.0.113.5"), s("127.0.0.2")]
+        [
+            s("198.51.100.7"),
+            s("203.0.113.5"),
+            s("10.1.2.3"),
+            s("0.0.0.0"),
+            s("127.0.0.2")
+        ]
     );
     assert!(
         log.contains("a trusted proxy's connection was closed")
