@@ -116,8 +116,10 @@ impl Refusal {
 /// from the provider's checked answer.
 #[derive(Debug, Clone)]
 pub struct SsoIdentity {
-    /// Which provider: `oidc <issuer>`.
+    /// Which provider and who there, for the audit and the log: `oidc <issuer> <sub>`.
     pub via: String,
+    /// Who at the provider, for good (`<issuer> <sub>`): what an agent is linked to.
+    pub subject: String,
     /// The value of the configured username claim, when it had one.
     pub username: Option<String>,
     /// The agent's groups at the provider.
@@ -141,6 +143,12 @@ pub enum SsoLoginError {
         "there is no agent with your username in this account; ask an administrator to add you"
     )]
     UnknownAgent,
+    #[error("this agent is linked to another identity at the identity provider")]
+    LinkedToAnother,
+    #[error("this agent signs in with its password only (a break-glass agent)")]
+    BreakGlass,
+    #[error("this agent has a password and is not linked to single sign-on; ask an administrator")]
+    HasPassword,
     #[error("this agent is disabled")]
     Disabled,
     #[error("this agent is locked after too many failed password logins")]
@@ -158,6 +166,9 @@ impl SsoLoginError {
             SsoLoginError::NoUsername => "sso_no_username",
             SsoLoginError::NotInGroup => "sso_not_in_group",
             SsoLoginError::UnknownAgent => "unknown_username",
+            SsoLoginError::LinkedToAnother => "sso_subject_mismatch",
+            SsoLoginError::BreakGlass => "sso_break_glass",
+            SsoLoginError::HasPassword => "sso_not_linked",
             SsoLoginError::Disabled => "disabled",
             SsoLoginError::Locked { .. } => "locked",
             SsoLoginError::Unavailable(_) => "unavailable",
@@ -316,17 +327,19 @@ impl Accounts {
         username: &str,
         password: Option<&Secret<String>>,
     ) -> Result<AgentView, AccountError> {
-        let row = self.new_agent(username, password).await?;
+        let row = self.new_agent(username, password, None).await?;
         self.audit(username, Some(&row.id), "added", Some("cli"), None)
             .await;
         Ok(self.view(&row))
     }
 
-    /// Stores a new agent (no password: single sign-on only).
+    /// Stores a new agent (no password: single sign-on only, linked to `sso_subject` when
+    /// created by its first sign-in).
     async fn new_agent(
         &self,
         username: &str,
         password: Option<&Secret<String>>,
+        sso_subject: Option<&str>,
     ) -> Result<AgentRow, AccountError> {
         check_username(username)?;
         let id = AgentId::new(uuid::Uuid::new_v4().to_string());
@@ -349,6 +362,7 @@ impl Accounts {
             locked_until: None,
             created_at: now,
             last_login_at: None,
+            sso_subject: sso_subject.map(str::to_string),
         };
         match self.store.create_agent(&row).await {
             Ok(()) => Ok(row),
@@ -597,7 +611,12 @@ impl Accounts {
         source: Option<IpAddr>,
     ) -> Result<NewSession, SsoLoginError> {
         let result = self.try_sso_login(vouched, source).await;
-        let username = vouched.username.as_deref().unwrap_or("");
+        // Only a name an agent could have goes in the log and the audit.
+        let username = vouched
+            .username
+            .as_deref()
+            .filter(|u| check_username(u).is_ok())
+            .unwrap_or("");
         let source_text = source.map(|s| s.to_string());
         let (outcome, agent_id) = match &result {
             Ok(s) => ("success", Some(&s.principal.agent_id)),
@@ -654,38 +673,7 @@ impl Accounts {
         {
             return Err((SsoLoginError::NotInGroup, None));
         }
-        let agent = self
-            .store
-            .get_agent(&self.account, username)
-            .await
-            .map_err(|e| unavailable(&e, None))?;
-        let agent = match agent {
-            Some(a) => a,
-            None if sso.create_agents => match self.new_agent(username, None).await {
-                Ok(row) => {
-                    tracing::info!(account = %self.account, username, via = %vouched.via, "agent created on its first single sign-on");
-                    let source = source.map(|s| s.to_string());
-                    self.audit(
-                        username,
-                        Some(&row.id),
-                        "added",
-                        source.as_deref(),
-                        Some(&vouched.via),
-                    )
-                    .await;
-                    row
-                }
-                // Created by a concurrent sign-in meanwhile.
-                Err(AccountError::Duplicate(_)) => self
-                    .store
-                    .get_agent(&self.account, username)
-                    .await
-                    .map_err(|e| unavailable(&e, None))?
-                    .ok_or_else(|| unavailable(&"the agent just created is gone", None))?,
-                Err(e) => return Err(unavailable(&e, None)),
-            },
-            None => return Err((SsoLoginError::UnknownAgent, None)),
-        };
+        let agent = self.sso_agent(vouched, username, sso, source).await?;
         let id = Some(&agent.id);
         if agent.disabled {
             return Err((SsoLoginError::Disabled, id.cloned()));
@@ -707,6 +695,90 @@ impl Accounts {
             return Err((SsoLoginError::Disabled, id.cloned()));
         }
         Ok(minted)
+    }
+
+    /// The agent a vouched identity is: the one linked to its subject; else the one its
+    /// username names, linked now if it may be (an agent without a password, or any with
+    /// `link_existing`; never a break-glass agent, never one linked to someone else); else,
+    /// with `create_agents`, a new one linked to it.
+    async fn sso_agent(
+        &self,
+        vouched: &SsoIdentity,
+        username: &str,
+        sso: &crate::config::SsoConfig,
+        source: Option<IpAddr>,
+    ) -> Result<AgentRow, (SsoLoginError, Option<AgentId>)> {
+        let unavailable = |e: &dyn std::fmt::Display, id: Option<&AgentId>| {
+            (SsoLoginError::Unavailable(e.to_string()), id.cloned())
+        };
+        let subject = vouched.subject.as_str();
+        if let Some(agent) = self
+            .store
+            .get_agent_by_sso_subject(&self.account, subject)
+            .await
+            .map_err(|e| unavailable(&e, None))?
+        {
+            if agent.username != username {
+                tracing::info!(account = %self.account, agent = %agent.username, claimed = username, "an agent's username at the provider is not its username here; its linked identity decides");
+            }
+            return Ok(agent);
+        }
+        let found = self
+            .store
+            .get_agent(&self.account, username)
+            .await
+            .map_err(|e| unavailable(&e, None))?;
+        let Some(agent) = found else {
+            if !sso.create_agents {
+                return Err((SsoLoginError::UnknownAgent, None));
+            }
+            return match self.new_agent(username, None, Some(subject)).await {
+                Ok(row) => {
+                    tracing::info!(account = %self.account, username, via = %vouched.via, "agent created on its first single sign-on");
+                    let source = source.map(|s| s.to_string());
+                    self.audit(
+                        username,
+                        Some(&row.id),
+                        "added",
+                        source.as_deref(),
+                        Some(&vouched.via),
+                    )
+                    .await;
+                    Ok(row)
+                }
+                // Created (or the subject linked) by a concurrent sign-in meanwhile: the next
+                // sign-in finds it.
+                Err(AccountError::Duplicate(_)) => Err((
+                    SsoLoginError::Unavailable("the agent was being created; sign in again".into()),
+                    None,
+                )),
+                Err(e) => Err(unavailable(&e, None)),
+            };
+        };
+        let id = Some(&agent.id);
+        if agent.sso_subject.is_some() {
+            return Err((SsoLoginError::LinkedToAnother, id.cloned()));
+        }
+        if sso.break_glass.iter().any(|b| b == username) {
+            return Err((SsoLoginError::BreakGlass, id.cloned()));
+        }
+        if !agent.password_sealed.is_empty() && !sso.link_existing {
+            return Err((SsoLoginError::HasPassword, id.cloned()));
+        }
+        match self.store.link_agent_sso_subject(&agent.id, subject).await {
+            Ok(true) => {
+                tracing::info!(account = %self.account, username, via = %vouched.via, "agent linked to its identity at the provider");
+                Ok(AgentRow {
+                    sso_subject: Some(subject.to_string()),
+                    ..agent
+                })
+            }
+            // Linked meanwhile, by a concurrent sign-in of this or another identity.
+            Ok(false) | Err(StoreError::Conflict) => {
+                Err((SsoLoginError::LinkedToAnother, id.cloned()))
+            }
+            Err(e) => Err(unavailable(&e, id)),
+        }
     }
 
     // ------------------------------------------------------------------ sessions
@@ -1143,6 +1215,112 @@ mod tests {
             ]
         );
         assert!(audit.iter().all(|r| r.outcome != "wrong_password"));
+    }
+
+    fn sso(link_existing: bool, create_agents: bool) -> crate::config::SsoConfig {
+        crate::config::SsoConfig {
+            required: false,
+            break_glass: vec!["root".into()],
+            create_agents,
+            link_existing,
+            required_group: Some("support".into()),
+            username_claim: "preferred_username".into(),
+            groups_claim: "groups".into(),
+            name: "SSO".into(),
+            oidc: None,
+        }
+    }
+
+    fn vouched(sub: &str, username: &str) -> SsoIdentity {
+        SsoIdentity {
+            via: format!("oidc https://idp {sub:?}"),
+            subject: format!("https://idp {sub}"),
+            username: Some(username.into()),
+            groups: vec!["support".into()],
+        }
+    }
+
+    fn sso_refusal(r: Result<NewSession, SsoLoginError>) -> &'static str {
+        match r {
+            Err(e) => e.outcome(),
+            Ok(s) => panic!("signed in as {}", s.principal.username),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_is_its_linked_identity_whatever_its_name_says_later() {
+        let w = world_with(AgentsConfig {
+            sso: Some(sso(true, true)),
+            ..AgentsConfig::default()
+        })
+        .await;
+        let a = &w.accounts;
+        a.add_agent("ann", Some(&pw("correct horse")))
+            .await
+            .unwrap();
+        a.add_agent("root", Some(&pw("correct horse")))
+            .await
+            .unwrap();
+        // link_existing: ann's first sign-in links her to sub-1.
+        let s = a.sso_login(&vouched("sub-1", "ann"), None).await.unwrap();
+        assert_eq!(s.principal.username, "ann");
+        // Renamed at the provider: still ann here.
+        let s = a.sso_login(&vouched("sub-1", "ann.b"), None).await.unwrap();
+        assert_eq!(s.principal.username, "ann");
+        // Someone else with her name is not her; the break-glass agent never signs in this way.
+        assert_eq!(
+            sso_refusal(a.sso_login(&vouched("sub-2", "ann"), None).await),
+            "sso_subject_mismatch"
+        );
+        assert_eq!(
+            sso_refusal(a.sso_login(&vouched("sub-3", "root"), None).await),
+            "sso_break_glass"
+        );
+        // create_agents: a new name makes a new agent linked to its identity, once.
+        let s = a
+            .sso_login(&vouched("sub-4", "newbie"), None)
+            .await
+            .unwrap();
+        assert_eq!(s.principal.username, "newbie");
+        assert_eq!(
+            sso_refusal(a.sso_login(&vouched("sub-5", "newbie"), None).await),
+            "sso_subject_mismatch"
+        );
+        let linked = w.store.get_agent("acme", "newbie").await.unwrap().unwrap();
+        assert_eq!(linked.sso_subject.as_deref(), Some("https://idp sub-4"));
+        assert!(linked.password_sealed.is_empty());
+        // Not in the group: nothing else is looked at.
+        let mut outsider = vouched("sub-1", "ann");
+        outsider.groups = vec!["sales".into()];
+        assert_eq!(
+            sso_refusal(a.sso_login(&outsider, None).await),
+            "sso_not_in_group"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_link_existing_an_agent_with_a_password_is_not_taken_by_its_name() {
+        let w = world_with(AgentsConfig {
+            sso: Some(sso(false, false)),
+            ..AgentsConfig::default()
+        })
+        .await;
+        let a = &w.accounts;
+        a.add_agent("ann", Some(&pw("correct horse")))
+            .await
+            .unwrap();
+        a.add_agent("dan", None).await.unwrap();
+        assert_eq!(
+            sso_refusal(a.sso_login(&vouched("sub-1", "ann"), None).await),
+            "sso_not_linked"
+        );
+        assert_eq!(
+            sso_refusal(a.sso_login(&vouched("sub-9", "nobody"), None).await),
+            "unknown_username"
+        );
+        a.sso_login(&vouched("sub-2", "dan"), None).await.unwrap();
+        let ann = w.store.get_agent("acme", "ann").await.unwrap().unwrap();
+        assert_eq!(ann.sso_subject, None);
     }
 
     #[tokio::test]

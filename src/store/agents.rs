@@ -15,6 +15,9 @@
 //! - `extend_agent_session` gives a session a new CSRF digest and a new end only while it is
 //!   live and its agent enabled (a refresh: the bearer stays, as sockets hold it).
 //! - `list_agents` is ordered by username; `list_agent_audit` newest first.
+//! - An agent is linked to at most one identity at the agents' identity provider
+//!   (`sso_subject`), and an identity to at most one agent of an account (Conflict);
+//!   `link_agent_sso_subject` never replaces a link.
 //!
 //! Times are Unix milliseconds.
 
@@ -40,6 +43,9 @@ pub struct AgentRow {
     pub locked_until: Option<UnixMillis>,
     pub created_at: UnixMillis,
     pub last_login_at: Option<UnixMillis>,
+    /// The identity at the agents' identity provider this agent is linked to
+    /// (`<issuer> <sub>`), once it signed in there.
+    pub sso_subject: Option<String>,
 }
 
 impl std::fmt::Debug for AgentRow {
@@ -51,6 +57,7 @@ impl std::fmt::Debug for AgentRow {
             .field("disabled", &self.disabled)
             .field("failed_logins", &self.failed_logins)
             .field("locked_until", &self.locked_until)
+            .field("sso_subject", &self.sso_subject)
             .finish_non_exhaustive()
     }
 }
@@ -101,7 +108,7 @@ pub struct AgentAuditRow {
 
 macro_rules! agent_columns {
     () => {
-        "id, account, username, password_sealed, disabled, failed_logins, locked_until, created_at, last_login_at"
+        "id, account, username, password_sealed, disabled, failed_logins, locked_until, created_at, last_login_at, sso_subject"
     };
 }
 
@@ -134,6 +141,7 @@ macro_rules! agent_row {
             locked_until: $r.try_get("locked_until")?,
             created_at: $r.try_get("created_at")?,
             last_login_at: $r.try_get("last_login_at")?,
+            sso_subject: $r.try_get("sso_subject")?,
         }
     };
 }
@@ -159,7 +167,7 @@ impl Store {
     /// Adds an agent. Conflict if the account already has that username (or the id exists).
     pub async fn create_agent(&self, a: &AgentRow) -> Result<(), StoreError> {
         on_pool!(self, pool => {
-            sqlx::query(concat!("INSERT INTO agents (", agent_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+            sqlx::query(concat!("INSERT INTO agents (", agent_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
                 .bind(&a.id)
                 .bind(&a.account)
                 .bind(&a.username)
@@ -169,6 +177,7 @@ impl Store {
                 .bind(a.locked_until)
                 .bind(a.created_at)
                 .bind(a.last_login_at)
+                .bind(&a.sso_subject)
                 .execute(pool)
                 .await?;
         });
@@ -190,6 +199,42 @@ impl Store {
                 .transpose()?
         });
         Ok(row)
+    }
+
+    /// The agent of `account` linked to `subject` at the identity provider.
+    pub async fn get_agent_by_sso_subject(
+        &self,
+        account: &str,
+        subject: &str,
+    ) -> Result<Option<AgentRow>, StoreError> {
+        let row = on_pool!(self, pool => {
+            sqlx::query(concat!("SELECT ", agent_columns!(), " FROM agents WHERE account = $1 AND sso_subject = $2"))
+                .bind(account)
+                .bind(subject)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| -> Result<AgentRow, sqlx::Error> { Ok(agent_row!(r)) })
+                .transpose()?
+        });
+        Ok(row)
+    }
+
+    /// Links an agent not linked yet to `subject`; false when it is linked already (to
+    /// anyone). Conflict when another agent of the account has that subject.
+    pub async fn link_agent_sso_subject(
+        &self,
+        agent_id: &AgentId,
+        subject: &str,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => {
+            sqlx::query("UPDATE agents SET sso_subject = $2 WHERE id = $1 AND sso_subject IS NULL")
+                .bind(agent_id)
+                .bind(subject)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
     }
 
     /// The account's agents, by username.

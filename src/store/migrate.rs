@@ -187,6 +187,13 @@ const SQLITE: &[(i64, &str)] = &[
         // How a sign-in was made: `oidc <issuer>` for single sign-on; none for passwords.
         "ALTER TABLE agent_audit ADD COLUMN via TEXT",
     ),
+    (
+        14,
+        // The identity at the agents' provider an agent is linked to (`<issuer> <sub>`).
+        "ALTER TABLE agents ADD COLUMN sso_subject TEXT;
+        CREATE UNIQUE INDEX agents_by_sso_subject ON agents (account, sso_subject)
+            WHERE sso_subject IS NOT NULL",
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -369,6 +376,13 @@ const POSTGRES: &[(i64, &str)] = &[
         13,
         // How a sign-in was made: `oidc <issuer>` for single sign-on; none for passwords.
         "ALTER TABLE agent_audit ADD COLUMN via TEXT",
+    ),
+    (
+        14,
+        // The identity at the agents' provider an agent is linked to (`<issuer> <sub>`).
+        "ALTER TABLE agents ADD COLUMN sso_subject TEXT;
+        CREATE UNIQUE INDEX agents_by_sso_subject ON agents (account, sso_subject)
+            WHERE sso_subject IS NOT NULL",
     ),
 ];
 

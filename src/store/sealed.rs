@@ -62,8 +62,9 @@ impl SealedColumn {
                 1,
             ),
             SealedColumn::AgentPasswords => (
+                // An agent without a password (single sign-on only) has nothing sealed.
                 "SELECT id AS position, id AS f0, password_sealed AS s FROM agents \
-                 WHERE id > $1 ORDER BY id LIMIT $2",
+                 WHERE id > $1 AND length(password_sealed) > 0 ORDER BY id LIMIT $2",
                 "UPDATE agents SET password_sealed = $1 WHERE password_sealed = $2 AND id = $3",
                 1,
             ),

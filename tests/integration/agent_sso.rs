@@ -41,6 +41,8 @@ async fn provider(env: &TestEnv) -> Idp {
         "carol": {"preferred_username": "carol", "groups": "support"},
         "dan": {"preferred_username": "dan", "groups": ["support"]},
         "root": {"preferred_username": "root", "groups": ["support"]},
+        "erin": {"preferred_username": "erin", "groups": ["support"]},
+        "impostor": {"preferred_username": "ann", "groups": ["support"]},
         "nameless": {"groups": ["support"]},
     });
     Idp::start(env, vec![client], people).await
@@ -154,8 +156,9 @@ async fn an_agent_signs_in_at_the_brands_provider_and_works_as_after_a_password_
     let env = TestEnv::new();
     let idp = provider(&env).await;
     let mut relay = relay(env, &idp, "", "").await;
-    relay.add_agent("ann").await;
+    add_sso_only(&relay, "ann").await;
     add_sso_only(&relay, "dan").await;
+    relay.add_agent("erin").await;
 
     let mut b = browser(&relay, &idp);
     let landed = sign_in(&mut b, "ann").await;
@@ -236,6 +239,22 @@ async fn an_agent_signs_in_at_the_brands_provider_and_works_as_after_a_password_
         refusal(&landed),
         "the identity provider did not give a username this account can use"
     );
+    // An agent with a password is not taken over by whoever has its name at the provider
+    // (link_existing is off), and once ann is linked to her identity, another identity with
+    // her username is not her.
+    let landed = sign_in(&mut browser(&relay, &idp), "erin").await;
+    assert_eq!(
+        refusal(&landed),
+        "this agent has a password and is not linked to single sign-on; ask an administrator"
+    );
+    let landed = sign_in(&mut browser(&relay, &idp), "impostor").await;
+    assert_eq!(
+        refusal(&landed),
+        "this agent is linked to another identity at the identity provider"
+    );
+    // ann herself still gets in.
+    let landed = sign_in(&mut browser(&relay, &idp), "ann").await;
+    assert!(url_params(&landed).contains_key("csrf"), "{landed}");
     // A forged answer: the ID token's audience is another client's.
     idp.admin("tamper", json!({"claims": {"aud": "someone-else"}}))
         .await;
@@ -253,7 +272,8 @@ async fn an_agent_signs_in_at_the_brands_provider_and_works_as_after_a_password_
         .await;
     assert_eq!(a.status, 401);
 
-    let via = format!("oidc {}", idp.issuer);
+    let via = |sub: &str| format!("oidc {} {sub:?}", idp.issuer);
+    let provider = format!("oidc {}", idp.issuer);
     let log_bearer = bearer.clone();
     let (rows, log) = audit(&mut relay).await;
     let row =
@@ -263,13 +283,17 @@ async fn an_agent_signs_in_at_the_brands_provider_and_works_as_after_a_password_
         [
             row("added", "ann", None),
             row("added", "dan", None),
-            row("success", "ann", Some(&via)),
-            row("success", "dan", Some(&via)),
+            row("added", "erin", None),
+            row("success", "ann", Some(&via("ann"))),
+            row("success", "dan", Some(&via("dan"))),
             row("no_password", "dan", None),
-            row("sso_not_in_group", "bob", Some(&via)),
-            row("unknown_username", "carol", Some(&via)),
-            row("sso_no_username", "", Some(&via)),
-            row("sso_invalid_response", "", Some(&via)),
+            row("sso_not_in_group", "bob", Some(&via("bob"))),
+            row("unknown_username", "carol", Some(&via("carol"))),
+            row("sso_no_username", "", Some(&via("nameless"))),
+            row("sso_not_linked", "erin", Some(&via("erin"))),
+            row("sso_subject_mismatch", "ann", Some(&via("impostor"))),
+            row("success", "ann", Some(&via("ann"))),
+            row("sso_invalid_response", "", Some(&provider)),
         ]
     );
     assert!(log.contains("agent signed in with single sign-on"), "{log}");
@@ -282,7 +306,7 @@ async fn a_sign_in_works_once_and_only_in_the_browser_that_started_it() {
     let env = TestEnv::new();
     let idp = provider(&env).await;
     let relay = relay(env, &idp, "", "").await;
-    relay.add_agent("ann").await;
+    add_sso_only(&relay, "ann").await;
     let mut b = browser(&relay, &idp);
     b.stop_at(&callback());
     let back = sign_in(&mut b, "ann").await;
@@ -380,9 +404,14 @@ async fn an_account_that_requires_sso_refuses_passwords_but_for_break_glass_agen
             .any(|l| l.starts_with("carol ") && l.contains("active")),
         "{out}"
     );
-    // ... but not someone outside it.
+    // ... but not someone outside it, and a break-glass agent never this way.
     let landed = sign_in(&mut browser(&relay, &idp), "bob").await;
     assert!(refusal(&landed).contains("not in the group"), "{landed}");
+    let landed = sign_in(&mut browser(&relay, &idp), "root").await;
+    assert_eq!(
+        refusal(&landed),
+        "this agent signs in with its password only (a break-glass agent)"
+    );
 
     let outcomes: Vec<(String, String)> = audit(&mut relay)
         .await
@@ -401,6 +430,7 @@ async fn an_account_that_requires_sso_refuses_passwords_but_for_break_glass_agen
             o("added", "carol"),
             o("success", "carol"),
             o("sso_not_in_group", "bob"),
+            o("sso_break_glass", "root"),
         ]
     );
 }
@@ -410,7 +440,7 @@ async fn single_sign_on_from_outside_the_allowed_networks_is_refused_before_the_
     let env = TestEnv::new();
     let idp = provider(&env).await;
     let relay = relay(env, &idp, "allowed_networks = [\"127.0.0.2/32\"]", "").await;
-    relay.add_agent("ann").await;
+    add_sso_only(&relay, "ann").await;
     let mut b = browser(&relay, &idp);
     let Landing::App(landed) = b.follow(&start_url()).await else {
         panic!("expected the workspace");

@@ -878,11 +878,26 @@ async fn relay_records_are_resealed_under_a_new_data_key() {
     let Relay { env, mut daemon } = relay;
     daemon.stop().await;
 
+    // An agent without a password (single sign-on only) has nothing to re-seal.
+    let path = env.path().join("brandgate.toml");
+    let add = [
+        "agents",
+        "add",
+        "--sso-only",
+        "--username",
+        "sso-only",
+        "--account",
+        ACCOUNT,
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    let (code, out, err) = crate::support::daemon::run(&add, &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
     // A new data key in front (it becomes active); everything re-sealed under it.
     let old = std::fs::read_to_string(env.path().join("data-keys")).unwrap();
     let new_key = crate::support::identity_world::data_key_line("k2");
     env.secret("data-keys", &format!("{new_key}{old}"));
-    let path = env.path().join("brandgate.toml");
     let args = ["store", "reseal", "--config", path.to_str().unwrap()];
     let (code, out, err) = crate::support::daemon::run(&args, &[]).await;
     assert_eq!(code, 0, "{out}{err}");

@@ -123,6 +123,7 @@ fn agent(id: &str, username: &str) -> AgentRow {
         locked_until: None,
         created_at: UnixMillis(1_000),
         last_login_at: None,
+        sso_subject: None,
     }
 }
 
@@ -156,6 +157,48 @@ async fn agents_conform(store: &Store) {
     assert_eq!(names, ["ann", "bob"]);
     assert_eq!(listed[0], agent("a2", "ann"));
     assert_eq!(store.get_agent("acme", "zed").await.unwrap(), None);
+
+    // An identity at the provider links one agent of an account, once, never replaced.
+    let (a1, a2) = (AgentId::new("a1"), AgentId::new("a2"));
+    assert!(
+        store
+            .link_agent_sso_subject(&a1, "https://idp s1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .link_agent_sso_subject(&a1, "https://idp s9")
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.link_agent_sso_subject(&a2, "https://idp s1").await,
+        Err(StoreError::Conflict)
+    ));
+    let linked = store
+        .get_agent_by_sso_subject("acme", "https://idp s1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (linked.id, linked.sso_subject.as_deref()),
+        (a1, Some("https://idp s1"))
+    );
+    assert_eq!(
+        store
+            .get_agent_by_sso_subject("other", "https://idp s1")
+            .await
+            .unwrap(),
+        None
+    );
+    // The same identity may link an agent of another account.
+    assert!(
+        store
+            .link_agent_sso_subject(&AgentId::new("a3"), "https://idp s1")
+            .await
+            .unwrap()
+    );
 
     // Failures count up to the limit, which locks; a locked agent counts nothing more.
     let a1 = AgentId::new("a1");

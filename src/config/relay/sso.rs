@@ -23,6 +23,12 @@ pub struct SsoConfig {
     /// get in.
     #[serde(default)]
     pub create_agents: bool,
+    /// Agents added with a password (by `brandgate agents add`) may be linked to the provider's
+    /// identity of the same username on their first sign-in there. Off: only agents without a
+    /// password (`--sso-only`, or created by `create_agents`) are; use it when the provider's
+    /// usernames are assigned by the brand's administrators, never chosen by their users.
+    #[serde(default)]
+    pub link_existing: bool,
     /// Only members of this group get in (from `groups_claim`). None: every agent the
     /// provider vouches for.
     pub required_group: Option<String>,
@@ -56,6 +62,12 @@ impl SsoConfig {
                     "must be an agent's username (1 to 64 characters)",
                 );
             }
+        }
+        if self.create_agents && self.required_group.is_none() {
+            p.push(
+                "relay.agents.sso.create_agents",
+                "needs required_group: else everyone the provider vouches for becomes an agent",
+            );
         }
         if !self.break_glass.is_empty() && !self.required {
             p.push(

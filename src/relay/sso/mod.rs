@@ -74,6 +74,9 @@ fn status_of(e: &SsoLoginError) -> StatusCode {
         | SsoLoginError::NoUsername
         | SsoLoginError::NotInGroup
         | SsoLoginError::UnknownAgent
+        | SsoLoginError::LinkedToAnother
+        | SsoLoginError::BreakGlass
+        | SsoLoginError::HasPassword
         | SsoLoginError::Disabled => StatusCode::FORBIDDEN,
     }
 }

@@ -172,12 +172,18 @@ pub async fn callback(
     let Some(sso) = relay.inner.accounts.config().sso.as_ref() else {
         return refuse(StatusCode::NOT_FOUND, "single sign-on is not configured");
     };
+    // An email address names an agent only once the provider has verified it.
+    let unverified_email = sso.username_claim == "email"
+        && identity.claims.get("email_verified") != Some(&Value::Bool(true));
     let vouched = SsoIdentity {
-        via,
+        // The subject quoted (escaped): it goes in the log and the audit as it came.
+        via: format!("{via} {:?}", identity.subject),
+        subject: format!("{} {}", identity.issuer, identity.subject),
         username: identity
             .claims
             .get(&sso.username_claim)
             .and_then(Value::as_str)
+            .filter(|_| !unverified_email)
             .map(str::to_string),
         groups: match identity.claims.get(&sso.groups_claim) {
             Some(Value::Array(list)) => list
