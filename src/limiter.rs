@@ -2,7 +2,8 @@
 //! something in a scope (failed an authentication for one app or client, signed up
 //! anonymously, started a login) this minute, and whether it is over its limit.
 //! [`SourceSlots`]: how many things a source holds at once (sockets that have not
-//! authenticated yet).
+//! authenticated yet). [`MinuteBudget`]: how many times something may happen per minute from
+//! all sources together (what many sources could otherwise multiply).
 //!
 //! Used for brute-force protection of caller authentication (counted per app or client, so
 //! one misconfigured app does not lock the platform out of the others) and for rate limiting
@@ -207,6 +208,34 @@ impl Drop for SourceSlot {
     }
 }
 
+/// A number of times per one-minute window, for all sources together.
+pub struct MinuteBudget {
+    limit: u32,
+    window: Mutex<(Instant, u32)>,
+}
+
+impl MinuteBudget {
+    pub fn new(limit: u32) -> MinuteBudget {
+        MinuteBudget {
+            limit,
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Takes one from this minute's budget; false when it is spent.
+    pub fn take(&self) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.0.elapsed() >= WINDOW {
+            *w = (Instant::now(), 0);
+        }
+        if w.1 >= self.limit {
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +360,11 @@ mod tests {
         assert!((5..15).all(|k| !w.table.contains_key(&k)));
         assert!((15..80).all(|k| w.table.contains_key(&k)));
         assert!(w.table.contains_key(&1000));
+    }
+
+    #[test]
+    fn a_minute_budget_is_shared_and_spent() {
+        let b = MinuteBudget::new(3);
+        assert_eq!([b.take(), b.take(), b.take(), b.take()], [true, true, true, false]);
     }
 }

@@ -13,8 +13,9 @@
 //! - Every attempt is audited (a row and a log line with the username and the outcome).
 //! - With `relay.agents.allowed_networks`, a login, a session's use (REST, socket) or a refresh
 //!   from a client address outside the list is refused before anything else is checked, and
-//!   audited (`network_not_allowed`; at most [`OUTSIDE_AUDITS_PER_MINUTE`] rows per source a
-//!   minute, the rest in the log): a session made inside the list is not usable outside it.
+//!   audited (`network_not_allowed`; at most [`OUTSIDE_AUDITS_PER_MINUTE`] rows per source and
+//!   [`OUTSIDE_AUDITS_IN_ALL_PER_MINUTE`] in all a minute, the rest in the debug log): a session
+//!   made inside the list is not usable outside it.
 //!
 //! Never logs, stores or returns a password, its hash or a bearer.
 
@@ -30,7 +31,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::clock::{Clock, UnixMillis};
 use crate::config::{AgentsConfig, MAX_PASSWORD_BYTES};
 use crate::ids::AgentId;
-use crate::limiter::SourceLimiter;
+use crate::limiter::{MinuteBudget, SourceLimiter};
 use crate::secret::Secret;
 use crate::store::agents::{AgentAuditRow, AgentRow, AgentSessionRow};
 use crate::store::seal::{DataKeys, SealError};
@@ -38,6 +39,8 @@ use crate::store::{Store, StoreError};
 
 /// Refusals of sessions used from outside `allowed_networks` audited per source a minute.
 pub const OUTSIDE_AUDITS_PER_MINUTE: u32 = 30;
+/// ... and from all sources together (many sources cannot fill the audit either).
+pub const OUTSIDE_AUDITS_IN_ALL_PER_MINUTE: u32 = 600;
 
 /// Longest wait for a hashing slot before a login is answered "unavailable".
 const HASHING_WAIT: Duration = Duration::from_secs(10);
@@ -266,6 +269,8 @@ pub struct Accounts {
     dummy: OnceCell<String>,
     /// Audit rows written for sessions used from outside the allowed networks, per source.
     outside_audits: SourceLimiter,
+    /// ... and in all.
+    outside_audits_in_all: MinuteBudget,
 }
 
 impl Accounts {
@@ -287,6 +292,7 @@ impl Accounts {
             hashing: Semaphore::new(slots),
             dummy: OnceCell::new(),
             outside_audits: SourceLimiter::default(),
+            outside_audits_in_all: MinuteBudget::new(OUTSIDE_AUDITS_IN_ALL_PER_MINUTE),
         }
     }
 
@@ -829,6 +835,10 @@ impl Accounts {
                 return;
             }
             self.outside_audits.count(ip, scope);
+        }
+        if !self.outside_audits_in_all.take() {
+            tracing::debug!("an agent call from outside the allowed networks (not audited: over the budget of all sources)");
+            return;
         }
         let principal = self.live_session(bearer).await.ok().map(|l| l.principal);
         let username = principal.as_ref().map_or("", |p| p.username.as_str());
