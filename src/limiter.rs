@@ -365,6 +365,9 @@ mod tests {
     #[test]
     fn a_minute_budget_is_shared_and_spent() {
         let b = MinuteBudget::new(3);
-        assert_eq!([b.take(), b.take(), b.take(), b.take()], [true, true, true, false]);
+        assert_eq!(
+            [b.take(), b.take(), b.take(), b.take()],
+            [true, true, true, false]
+        );
     }
 }

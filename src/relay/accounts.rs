@@ -837,7 +837,9 @@ impl Accounts {
             self.outside_audits.count(ip, scope);
         }
         if !self.outside_audits_in_all.take() {
-            tracing::debug!("an agent call from outside the allowed networks (not audited: over the budget of all sources)");
+            tracing::debug!(
+                "an agent call from outside the allowed networks (not audited: over the budget of all sources)"
+            );
             return;
         }
         let principal = self.live_session(bearer).await.ok().map(|l| l.principal);

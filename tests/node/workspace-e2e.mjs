@@ -132,7 +132,7 @@ class Consumer {
 
 let browser;
 
-async function agentPage(name, { signIn = true, port = null, connectionErrors = false } = {}) {
+async function agentPage(name, { signIn = true, port = null, connectionErrors = false, hash = "" } = {}) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 760 } });
   const page = await context.newPage();
   const problems = [];
@@ -155,7 +155,7 @@ async function agentPage(name, { signIn = true, port = null, connectionErrors = 
     );
   });
   const host = port ? `https://localhost:${port}` : base;
-  await page.goto(`${host}/workspace/`);
+  await page.goto(`${host}/workspace/${hash}`);
   if (signIn) await signInAs(page, name);
   return { context, page, problems, name };
 }
@@ -607,10 +607,17 @@ const scenarios = {
     await refused.page.waitForSelector("#signin-notice:not([hidden])", { timeout: WAIT });
     const notice = await refused.page.textContent("#signin-notice");
     check(
-      notice === "Single sign-on did not succeed: your account at the identity provider is not in the group allowed to work here",
+      notice === "Your account at the identity provider is not in the group allowed to work here.",
       `refusal: ${notice}`,
     );
     check(refused.page.url() === `${base}/workspace/`, `the reason left the address bar: ${refused.page.url()}`);
+    // A crafted link cannot put its own words on the page: only the page's texts show.
+    const crafted = await agentPage(config.sso.login, { signIn: false, hash: "#sso-error=Call+us+at+555-0100" });
+    await crafted.page.waitForSelector("#signin-notice:not([hidden])", { timeout: WAIT });
+    const shown = await crafted.page.textContent("#signin-notice");
+    check(shown === "Single sign-on did not succeed. Please try again.", `crafted: ${shown}`);
+    await clean(crafted);
+    await crafted.context.close();
     await shot(refused.page, "signin-sso-refused");
     await clean(refused);
     await refused.context.close();

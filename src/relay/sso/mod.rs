@@ -5,8 +5,10 @@
 //! session's CSRF token handed to the workspace in the URL fragment of the redirect to
 //! `/workspace/` (never sent to a server, dropped from the address bar by the page).
 //!
-//! A refusal is shown where the person is: on the workspace's sign-in page (redirected there
-//! with the reason in the fragment) for a browser, as JSON with its status otherwise.
+//! A refusal is shown where the person is: on the workspace's sign-in page for a browser
+//! (redirected there with the refusal's code in the fragment, which the page turns into its
+//! own words: a crafted link can show nothing but the page's own texts), as JSON with its
+//! status and reason otherwise.
 
 mod oidc;
 
@@ -44,11 +46,13 @@ fn signed_in(relay: &RelayService, session: NewSession) -> Response {
     response
 }
 
-/// A sign-in that did not succeed, with its reason, where the person sees it.
+/// A sign-in that did not succeed, where the person sees it: `code` for the workspace,
+/// `reason` and `status` for programs.
 fn refused(
     relay: &RelayService,
     headers: &HeaderMap,
     status: StatusCode,
+    code: &str,
     reason: &str,
 ) -> Response {
     let browser = headers
@@ -57,7 +61,7 @@ fn refused(
         .is_some_and(|a| a.contains("text/html"));
     if browser && relay.inner.config.workspace.enabled {
         let fragment = form_urlencoded::Serializer::new(String::new())
-            .append_pair("sso-error", reason)
+            .append_pair("sso-error", code)
             .finish();
         return redirect(&format!("/workspace/#{fragment}"));
     }

@@ -37,19 +37,22 @@ pub async fn start(
     ClientIp(source): ClientIp,
     headers: HeaderMap,
 ) -> Response {
-    let refuse = |status, reason: &str| refused(&relay, &headers, status, reason);
+    let refuse = |status, code, reason: &str| refused(&relay, &headers, status, code, reason);
     let Some((upstream, grants)) = provider(&relay, &account) else {
         return refuse(
             StatusCode::NOT_FOUND,
+            "not_configured",
             "single sign-on with OpenID Connect is not configured for this account",
         );
     };
     let accounts = &relay.inner.accounts;
     if !accounts.admits(source) {
         accounts.audit_outside("", source).await;
+        let outside = crate::relay::accounts::SsoLoginError::OutsideNetworks;
         return refuse(
             StatusCode::FORBIDDEN,
-            &crate::relay::accounts::SsoLoginError::OutsideNetworks.to_string(),
+            outside.outcome(),
+            &outside.to_string(),
         );
     }
     // Each sign-in keeps a record until it ends: bounded per source.
@@ -63,6 +66,7 @@ pub async fn start(
         {
             return refuse(
                 StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sign_ins",
                 "too many sign-ins from this address; try again in a minute",
             );
         }
@@ -108,20 +112,25 @@ pub async fn callback(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let refuse = |status, reason: &str| refused(&relay, &headers, status, reason);
+    let refuse = |status, code, reason: &str| refused(&relay, &headers, status, code, reason);
     let Some((upstream, grants)) = provider(&relay, &account) else {
         return refuse(
             StatusCode::NOT_FOUND,
+            "not_configured",
             "single sign-on with OpenID Connect is not configured for this account",
         );
     };
     let p = match params(query.as_deref().unwrap_or("")) {
         Ok(p) => p,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
     let get = |k: &str| p.get(k).map(String::as_str);
     let Some(state) = get("state") else {
-        return refuse(StatusCode::BAD_REQUEST, "the sign-in's state is missing");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the sign-in's state is missing",
+        );
     };
     // Found only with the cookie of the browser that started the sign-in.
     let browser = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
@@ -134,6 +143,7 @@ pub async fn callback(
             );
             return refuse(
                 StatusCode::BAD_REQUEST,
+                "sign_in_unknown",
                 "this sign-in is unknown, expired, already finished, or was started in another browser: please start again",
             );
         }
@@ -147,11 +157,16 @@ pub async fn callback(
         );
         return refuse(
             StatusCode::FORBIDDEN,
+            "provider_ended",
             "the identity provider did not complete the sign-in",
         );
     }
     let Some(code) = get("code") else {
-        return refuse(StatusCode::BAD_REQUEST, "the provider's answer has no code");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the provider's answer has no code",
+        );
     };
     let identity = match upstream
         .finish(code, &pending.pkce_verifier, &pending.nonce)
@@ -170,7 +185,11 @@ pub async fn callback(
         }
     };
     let Some(sso) = relay.inner.accounts.config().sso.as_ref() else {
-        return refuse(StatusCode::NOT_FOUND, "single sign-on is not configured");
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "single sign-on is not configured",
+        );
     };
     // An email address names an agent only once the provider has verified it.
     let unverified_email = sso.username_claim == "email"
@@ -197,7 +216,7 @@ pub async fn callback(
     };
     match relay.inner.accounts.sso_login(&vouched, source).await {
         Ok(session) => signed_in(&relay, session),
-        Err(e) => refuse(status_of(&e), &e.to_string()),
+        Err(e) => refuse(status_of(&e), e.outcome(), &e.to_string()),
     }
 }
 
@@ -216,11 +235,12 @@ fn provider<'r>(
 
 /// The provider could not be used, or its answer failed a check.
 fn provider_failed(relay: &RelayService, headers: &HeaderMap, e: &UpstreamError) -> Response {
-    let (status, reason) = match e {
+    let (status, code, reason) = match e {
         UpstreamError::Unavailable(why) => {
             tracing::warn!(error = %why, "the agents' identity provider is unavailable");
             (
                 StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
                 "the identity provider cannot be reached right now; please try again".to_string(),
             )
         }
@@ -228,17 +248,19 @@ fn provider_failed(relay: &RelayService, headers: &HeaderMap, e: &UpstreamError)
             tracing::info!(error = %why, "the agents' identity provider refused to exchange a code");
             (
                 StatusCode::BAD_REQUEST,
+                "provider_refused",
                 "the identity provider refused this sign-in; please start again".to_string(),
             )
         }
         UpstreamError::Token(problem) => (
             StatusCode::BAD_REQUEST,
+            "sso_invalid_response",
             format!(
                 "the identity provider's answer failed a check ({problem}); please start again"
             ),
         ),
     };
-    refused(relay, headers, status, &reason)
+    refused(relay, headers, status, code, &reason)
 }
 
 fn unavailable(
@@ -252,6 +274,7 @@ fn unavailable(
         relay,
         headers,
         StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
         "sign-ins cannot be completed right now; please try again",
     )
 }

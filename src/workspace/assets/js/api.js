@@ -76,8 +76,8 @@ export async function login(account, username, password) {
 
 /**
  * Takes what a single sign-on left in the address's fragment (`#csrf=...` on success,
- * `#sso-error=...` when refused) and removes it from the address bar and history. Returns the
- * refusal's reason, or "".
+ * `#sso-error=<code>` when refused) and removes it from the address bar and history. Returns
+ * the refusal's code, or "".
  */
 export function takeSignOnResult() {
   const fragment = new URLSearchParams(location.hash.slice(1));

@@ -391,7 +391,7 @@ setInterval(() => update(() => {}), 5000);
   if (signOnError) {
     update((s) => {
       s.session = "signed-out";
-      s.sessionNotice = `Single sign-on did not succeed: ${signOnError}`;
+      s.sessionNotice = signin.explainSignOn(signOnError);
     });
     return;
   }

@@ -53,6 +53,31 @@ export function explain(e) {
   }
 }
 
+/** Why a single sign-on did not succeed, by the code the relay sent back (only these texts
+ *  are ever shown: the address that carries the code could have been crafted by anyone). */
+const SIGN_ON_REFUSALS = {
+  network_not_allowed: "This account's agents may sign in only from its allowed networks, and this network is not one of them.",
+  sso_not_in_group: "Your account at the identity provider is not in the group allowed to work here.",
+  unknown_username: "There is no agent with your username in this account. Ask an administrator to add you.",
+  sso_no_username: "The identity provider did not give a username this account can use.",
+  sso_subject_mismatch: "This agent is linked to another identity at the identity provider.",
+  sso_break_glass: "This agent signs in with its password only.",
+  sso_not_linked: "This agent has a password and is not set up for single sign-on. Ask an administrator.",
+  disabled: "This agent is disabled.",
+  locked: "This agent is locked after too many failed sign-ins.",
+  sign_in_unknown: "This sign-in expired, was already used, or was started in another browser. Please start again.",
+  provider_ended: "The identity provider did not complete the sign-in.",
+  provider_unavailable: "The identity provider cannot be reached right now. Please try again.",
+  provider_refused: "The identity provider's answer could not be accepted. Please start again.",
+  sso_invalid_response: "The identity provider's answer could not be accepted. Please start again.",
+  too_many_sign_ins: "Too many sign-ins from this network. Try again in a minute.",
+  unavailable: "Sign-ins cannot be completed right now. Please try again.",
+};
+
+export function explainSignOn(code) {
+  return SIGN_ON_REFUSALS[code] ?? "Single sign-on did not succeed. Please try again.";
+}
+
 function show(message) {
   const error = byId("signin-error");
   error.textContent = message;
