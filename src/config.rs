@@ -896,6 +896,31 @@ mod tests {
     }
 
     #[test]
+    fn a_session_cannot_outlive_its_maximum_age() {
+        let base = "[identity]\nissuer = \"https://b.example\"\n[relay]\naccount = \"acme\"\n";
+        let e = load_str(
+            &format!("{base}[relay.agents]\nsession_lifetime = \"8h\"\nmax_session_age = \"1h\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.0[0].key, "relay.agents.max_session_age", "{e}");
+        // Unset: a day, or the lifetime when that is longer (older configs keep working).
+        let c = load_str(
+            &format!("{base}[relay.agents]\nsession_lifetime = \"2d\"\n"),
+            &[],
+        )
+        .unwrap();
+        let agents = &c.relay.unwrap().agents;
+        assert_eq!(agents.max_session_age().as_secs(), 2 * 86_400);
+        assert_eq!(
+            crate::config::AgentsConfig::default()
+                .max_session_age()
+                .as_secs(),
+            86_400
+        );
+    }
+
+    #[test]
     fn agent_single_sign_on_is_checked_where_it_is_written() {
         let base = "[identity]\nissuer = \"https://b.example\"\n[relay]\naccount = \"acme\"\n";
         let e = load_str(

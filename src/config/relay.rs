@@ -204,9 +204,13 @@ pub struct AgentsConfig {
     /// How long a lock-out lasts; then logins are accepted again and the count restarts.
     #[serde(default = "defaults::lockout")]
     pub lockout: Span,
-    /// How long a session (its bearer) lasts; a refresh starts a new one.
+    /// How long a session (its bearer) lasts; a refresh extends it by as much again.
     #[serde(default = "defaults::session_lifetime")]
     pub session_lifetime: Span,
+    /// No refresh extends a session past this long after its login: then the agent signs in
+    /// again (and, with single sign-on, the provider says again whether it may). Default: 24h,
+    /// or `session_lifetime` when that is longer.
+    pub max_session_age: Option<Span>,
     /// Login attempts one address (IPv6: one /64) may make per minute; more get `429`.
     #[serde(default = "defaults::login_attempts_per_minute")]
     pub login_attempts_per_minute: u32,
@@ -227,6 +231,7 @@ impl Default for AgentsConfig {
             max_failed_logins: defaults::max_failed_logins(),
             lockout: defaults::lockout(),
             session_lifetime: defaults::session_lifetime(),
+            max_session_age: None,
             login_attempts_per_minute: defaults::login_attempts_per_minute(),
             allowed_networks: Networks::default(),
             sso: None,
@@ -240,6 +245,14 @@ pub const MIN_PASSWORD_LENGTH: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 impl AgentsConfig {
+    /// How long after its login a session may be refreshed to at most.
+    pub fn max_session_age(&self) -> Duration {
+        self.max_session_age.map_or(
+            Duration::from_secs(24 * 3600).max(self.session_lifetime.0),
+            |m| m.0,
+        )
+    }
+
     fn check_shape(&self, p: &mut Problems) {
         if self.min_password_length < MIN_PASSWORD_LENGTH
             || self.min_password_length > MAX_PASSWORD_BYTES / 4
@@ -267,6 +280,14 @@ impl AgentsConfig {
             p.push(
                 "relay.agents.session_lifetime",
                 "must be between 1m and 30d",
+            );
+        }
+        if let Some(max) = self.max_session_age
+            && (max < self.session_lifetime || max.0 > Duration::from_secs(90 * 86_400))
+        {
+            p.push(
+                "relay.agents.max_session_age",
+                "must be at least session_lifetime and at most 90d",
             );
         }
         if self.login_attempts_per_minute == 0 {

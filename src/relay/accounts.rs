@@ -230,6 +230,8 @@ pub struct NewSession {
 pub(super) struct LiveSession {
     pub principal: AgentPrincipal,
     csrf_hash: Vec<u8>,
+    /// When it began: no refresh extends it past `max_session_age` from then.
+    created_at: UnixMillis,
 }
 
 impl LiveSession {
@@ -879,11 +881,15 @@ impl Accounts {
                 expires_at: live.expires_at.to_system_time(),
             },
             csrf_hash: live.csrf_hash,
+            created_at: live.created_at,
         })
     }
 
-    /// Extends the session of `bearer` by a whole lifetime from now, with a new CSRF token. The
-    /// bearer stays (as on the platform): the agent's open sockets hold it and live on.
+    /// Extends the session of `bearer` by a whole lifetime from now, but never past
+    /// `max_session_age` from its login, with a new CSRF token. The bearer stays (as on the
+    /// platform): the agent's open sockets hold it and live on. A session at its maximum age
+    /// cannot be refreshed: the agent signs in again (at the provider, for single sign-on, which
+    /// then says again whether it may).
     pub async fn refresh(
         &self,
         bearer: &str,
@@ -892,7 +898,13 @@ impl Accounts {
         let live = self.session(bearer, source).await?;
         let now = self.now_ms();
         let csrf = random_token().map_err(|e| AgentAuthError::Unavailable(e.to_string()))?;
-        let expires_at = now.after(self.config.session_lifetime.0);
+        let expires_at = std::cmp::min(
+            now.after(self.config.session_lifetime.0),
+            live.created_at.after(self.config.max_session_age()),
+        );
+        if expires_at <= now {
+            return Err(AgentAuthError::Invalid);
+        }
         let extended = self
             .store
             .extend_agent_session(
@@ -1125,6 +1137,7 @@ mod tests {
             max_failed_logins: 3,
             lockout: Span(Duration::from_secs(60)),
             session_lifetime: Span(Duration::from_secs(3600)),
+            max_session_age: Some(Span(Duration::from_secs(7200))),
             ..config
         };
         let accounts = Accounts::new(
@@ -1496,6 +1509,27 @@ mod tests {
         ));
         assert!(matches!(
             a.authenticate(r.bearer.expose(), None).await,
+            Err(AgentAuthError::Invalid)
+        ));
+
+        // Refreshed again and again, a session ends at its maximum age from the login (2 h
+        // in this world), and then cannot be refreshed.
+        let s = a.login("ann", &pw("correct horse"), None).await.unwrap();
+        let login_at = w.clock.now();
+        for _ in 0..2 {
+            w.clock.advance(Duration::from_secs(1800));
+            let r = a.refresh(s.bearer.expose(), None).await.unwrap();
+            assert_eq!(
+                r.principal.expires_at,
+                w.clock.now() + Duration::from_secs(3600)
+            );
+        }
+        w.clock.advance(Duration::from_secs(1800));
+        let r = a.refresh(s.bearer.expose(), None).await.unwrap();
+        assert_eq!(r.principal.expires_at, login_at + Duration::from_secs(7200));
+        w.clock.advance(Duration::from_secs(1800));
+        assert!(matches!(
+            a.refresh(s.bearer.expose(), None).await,
             Err(AgentAuthError::Invalid)
         ));
 

@@ -81,6 +81,8 @@ pub struct LiveAgentSession {
     pub account: String,
     pub username: String,
     pub csrf_hash: Vec<u8>,
+    /// When the session began (a login); refreshes do not move it.
+    pub created_at: UnixMillis,
     pub expires_at: UnixMillis,
 }
 
@@ -379,7 +381,7 @@ impl Store {
     ) -> Result<Option<LiveAgentSession>, StoreError> {
         let row = on_pool!(self, pool => {
             sqlx::query(
-                "SELECT s.agent_id, a.account, a.username, s.csrf_hash, s.expires_at \
+                "SELECT s.agent_id, a.account, a.username, s.csrf_hash, s.created_at, s.expires_at \
                  FROM agent_sessions s JOIN agents a ON a.id = s.agent_id \
                  WHERE s.token_hash = $1 AND s.expires_at > $2 AND NOT a.disabled",
             )
@@ -393,6 +395,7 @@ impl Store {
                     account: r.try_get("account")?,
                     username: r.try_get("username")?,
                     csrf_hash: r.try_get("csrf_hash")?,
+                    created_at: r.try_get("created_at")?,
                     expires_at: r.try_get("expires_at")?,
                 })
             })
