@@ -33,6 +33,8 @@ struct Settings {
     demo: bool,
     /// The single sign-on choices: (name on the button, where it starts).
     sso: Vec<(String, String)>,
+    /// Whether every agent may sign in with a password (not when single sign-on is required).
+    passwords: bool,
 }
 
 /// The routes: `/workspace/...` (unless disabled) and `/demo/...` (when enabled).
@@ -53,6 +55,7 @@ pub fn router(config: &crate::config::RelayConfig) -> Router {
                 )
             })
             .collect(),
+        passwords: !config.agents.sso.as_ref().is_some_and(|sso| sso.required),
     };
     let mut router = Router::new();
     if settings.workspace {
@@ -97,7 +100,8 @@ async fn demo_file(Path(path): Path<String>, uri: Uri, headers: HeaderMap) -> Re
 }
 
 /// `GET /workspace/config.json`: what the sign-in page shows before anyone signs in: the
-/// account, and the single sign-on choices (`{"name", "href"}`).
+/// account, the single sign-on choices (`{"name", "href"}`), and whether every agent may use a
+/// password (`false` when single sign-on is required: the form is for break-glass agents).
 async fn workspace_config(State(settings): State<Settings>) -> Response {
     let sso: Vec<_> = settings
         .sso
@@ -107,6 +111,7 @@ async fn workspace_config(State(settings): State<Settings>) -> Response {
     let mut r = axum::Json(json!({
         "account": settings.account,
         "sso": sso,
+        "passwords": settings.passwords,
         "demo": settings.demo,
     }))
     .into_response();

@@ -357,6 +357,7 @@ async fn an_account_that_requires_sso_refuses_passwords_but_for_break_glass_agen
         a.json()["sso"],
         json!([{"name": "SSO", "href": format!("/api/account/{ACCOUNT}/sso/oidc")}])
     );
+    assert_eq!(a.json()["passwords"], false);
 
     // With create_agents, someone the provider vouches for (in the group) becomes an agent.
     let landed = sign_in(&mut browser(&relay, &idp), "carol").await;

@@ -247,6 +247,8 @@ async fn sign_in_with_sso_in_chromium() {
 [relay.agents.sso]
 name = "Brand SSO"
 required_group = "support"
+required = true
+break_glass = ["ops"]
 # zoe has a password too: linked to her identity at the provider on her first sign-in.
 link_existing = true
 [relay.agents.sso.oidc]

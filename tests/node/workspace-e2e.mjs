@@ -581,6 +581,14 @@ const scenarios = {
       await page.click('button[type="submit"]');
     };
     const { page } = agent;
+    // The account requires single sign-on: the password form (break-glass agents only) is
+    // folded away until asked for.
+    await page.waitForSelector("#signin-use-password:not([hidden])", { timeout: WAIT });
+    check(await page.isHidden("#signin-password-fields"), "the password form is folded away");
+    await shot(page, "signin-sso-required");
+    await page.click("#signin-use-password");
+    await page.waitForSelector("#signin-password-fields:not([hidden])", { timeout: WAIT });
+    check(await page.isHidden("#signin-use-password"), "the unfold button stays after use");
     await atProvider(page, config.sso.login);
     await page.waitForSelector("#app:not([hidden])", { timeout: WAIT }).catch(async (e) => {
       const text = (await page.textContent("body").catch(() => "")) ?? "";

@@ -282,6 +282,9 @@ const actions = {
     });
     alerts.flash(0);
   },
+  showPasswordForm() {
+    update((s) => (s.passwordFormShown = true));
+  },
   setAvailability(value) {
     update((s) => (s.wanted = value));
     ask("routing.SetAgentState", { availability: value }).catch(() => {});
@@ -387,6 +390,7 @@ setInterval(() => update(() => {}), 5000);
   update((s) => {
     s.account = config.account ?? "";
     s.ssoChoices = config.sso ?? [];
+    s.ssoRequired = config.passwords === false;
   });
   if (signOnError) {
     update((s) => {

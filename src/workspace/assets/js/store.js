@@ -39,6 +39,10 @@ export const state = {
   sessionNotice: "",
   /** Single sign-on choices of the account: `{name, href}`. */
   ssoChoices: [],
+  /** The account requires single sign-on (passwords only for break-glass agents). */
+  ssoRequired: false,
+  /** The agent asked for the password form anyway. */
+  passwordFormShown: false,
   account: "",
   username: "",
   expiresAt: 0,

@@ -1,12 +1,14 @@
 // The sign-in form: account, username, password, and the reason it shows (the session ended
 // or expired). Says clearly what went wrong: wrong credentials, a lock-out and when it lifts,
-// too many attempts. Leaves room for "Sign in with SSO" when the account offers it.
+// too many attempts. Offers "Sign in with <name>" when the account has single sign-on, and
+// folds the password form away when the account requires it (break-glass agents unfold it).
 
 import { byId, h, replace } from "../dom.js";
 
 let busy = false;
 
 export function mount(actions) {
+  byId("signin-use-password").addEventListener("click", () => actions.showPasswordForm());
   byId("signin-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     if (busy) return;
@@ -96,4 +98,9 @@ export function render(state) {
   const sso = byId("signin-sso");
   replace(sso, ...(state.ssoChoices ?? []).map((c) => h("a", { href: c.href }, `Sign in with ${c.name}`)));
   sso.hidden = !(state.ssoChoices ?? []).length;
+  // An account that requires single sign-on keeps the password form for break-glass agents
+  // only: folded away until asked for.
+  const folded = state.ssoRequired && !state.passwordFormShown;
+  byId("signin-password-fields").hidden = folded;
+  byId("signin-use-password").hidden = !folded;
 }
