@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::support::TestEnv;
 use crate::support::client::Answer;
 use crate::support::daemon::run;
-use crate::support::idp::{BRANDGATE_ISSUER, Browser, Idp, Landing, UPSTREAM_SECRET, url_params};
+use crate::support::idp::{
+    BRANDGATE_ISSUER, Browser, Idp, Landing, UPSTREAM_SECRET, agents_client, url_params,
+};
 use crate::support::messaging::{MessagingClient, Side};
 use crate::support::relay_world::{ACCOUNT, Relay, config};
 
@@ -27,14 +29,7 @@ fn start_url() -> String {
 
 /// A provider with brandgate's agents client and the people who sign in there.
 async fn provider(env: &TestEnv) -> Idp {
-    let client = json!({
-        "client_id": AGENTS_CLIENT,
-        "client_secret": UPSTREAM_SECRET,
-        "redirect_uris": [callback()],
-        "token_endpoint_auth_method": "client_secret_basic",
-        "grant_types": ["authorization_code"],
-        "response_types": ["code"],
-    });
+    let client = agents_client(AGENTS_CLIENT, &callback());
     let people = json!({
         "ann": {"preferred_username": "ann", "groups": ["support", "staff"]},
         "bob": {"preferred_username": "bob", "groups": ["sales"]},
@@ -99,27 +94,6 @@ fn refusal(landing: &str) -> String {
         .clone()
 }
 
-async fn add_sso_only(relay: &Relay, username: &str) {
-    let config = relay.env.path().join("brandgate.toml");
-    let (code, out, err) = run(
-        &[
-            "agents",
-            "add",
-            "--config",
-            &config.to_string_lossy(),
-            "--account",
-            ACCOUNT,
-            "--username",
-            username,
-            "--sso-only",
-        ],
-        &[],
-    )
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("single sign-on only"), "{out}");
-}
-
 async fn password_login(relay: &Relay, username: &str, password: &str) -> Answer {
     relay
         .env
@@ -134,15 +108,7 @@ async fn password_login(relay: &Relay, username: &str, password: &str) -> Answer
 
 /// Stops the daemon; the audit (outcome, username, via), oldest first, and the whole log.
 async fn audit(relay: &mut Relay) -> (Vec<(String, String, Option<String>)>, String) {
-    let log = relay.daemon.stop().await;
-    let url = brandgate::store::Store::default_url(&relay.env.path().join("state"));
-    let store = brandgate::store::Store::open(brandgate::store::StoreOptions {
-        url: &url,
-        password: None,
-        max_connections: 1,
-    })
-    .await
-    .unwrap();
+    let (log, store) = relay.stop_and_open_store().await;
     let rows = store.list_agent_audit(ACCOUNT, 100).await.unwrap();
     let rows = rows
         .into_iter()
@@ -157,8 +123,8 @@ async fn an_agent_signs_in_at_the_brands_provider_and_works_as_after_a_password_
     let env = TestEnv::new();
     let idp = provider(&env).await;
     let mut relay = relay(env, &idp, "", "").await;
-    add_sso_only(&relay, "ann").await;
-    add_sso_only(&relay, "dan").await;
+    relay.add_sso_only_agent("ann").await;
+    relay.add_sso_only_agent("dan").await;
     relay.add_agent("erin").await;
 
     let mut b = browser(&relay, &idp);
@@ -289,7 +255,7 @@ async fn a_sign_in_works_once_and_only_in_the_browser_that_started_it() {
     let env = TestEnv::new();
     let idp = provider(&env).await;
     let relay = relay(env, &idp, "", "").await;
-    add_sso_only(&relay, "ann").await;
+    relay.add_sso_only_agent("ann").await;
     let mut b = browser(&relay, &idp);
     b.stop_at(&callback());
     let back = sign_in(&mut b, "ann").await;
@@ -414,7 +380,7 @@ async fn single_sign_on_from_outside_the_allowed_networks_is_refused_before_the_
     let env = TestEnv::new();
     let idp = provider(&env).await;
     let relay = relay(env, &idp, "allowed_networks = [\"127.0.0.2/32\"]", "").await;
-    add_sso_only(&relay, "ann").await;
+    relay.add_sso_only_agent("ann").await;
     let mut b = browser(&relay, &idp);
     let Landing::App(landed) = b.follow(&start_url()).await else {
         panic!("expected the workspace");

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use brandgate::store::{Store, StoreOptions};
+use brandgate::store::Store;
 use serde_json::json;
 
 use crate::support::TestEnv;
@@ -116,14 +116,7 @@ login_attempts_per_minute = 1000
     /// Stops the daemon; returns its whole log and an embedded store on its database.
     async fn stop(mut self) -> (String, Store, TestEnv) {
         let log = self.daemon.stop().await;
-        let url = Store::default_url(&self.env.path().join("state"));
-        let store = Store::open(StoreOptions {
-            url: &url,
-            password: None,
-            max_connections: 1,
-        })
-        .await
-        .unwrap();
+        let store = self.env.open_state_store().await;
         (log, store, self.env)
     }
 }

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use brandgate::store::{Store, StoreOptions};
+use brandgate::store::Store;
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use serde_json::json;
@@ -90,15 +90,7 @@ async fn agent_socket(
 
 /// Stops the daemon and opens its embedded store (for the audit).
 async fn stop(mut relay: Relay) -> (String, Store, TestEnv) {
-    let log = relay.daemon.stop().await;
-    let url = Store::default_url(&relay.env.path().join("state"));
-    let store = Store::open(StoreOptions {
-        url: &url,
-        password: None,
-        max_connections: 1,
-    })
-    .await
-    .unwrap();
+    let (log, store) = relay.stop_and_open_store().await;
     (log, store, relay.env)
 }
 
@@ -461,42 +453,28 @@ async fn a_trusted_balancer_gives_the_client_address_with_the_proxy_protocol() {
     };
     let balancer = || tcp_from(Some(ip("127.0.0.3")), server);
 
-    let answer = raw_login(
-        &relay,
-        balancer().await,
-        &header("198.51.100.7:40000"),
-        &password,
-        "",
-    )
-    .await;
-    let (status, body) = answer.expect("an answer");
+    // The status of a login through the balancer, which sends `preamble`, with `headers`.
+    let through_balancer = |preamble: Vec<u8>, headers: &'static str| {
+        let (relay, password) = (&relay, &password);
+        async move {
+            let tcp = balancer().await;
+            let answer = raw_login(relay, tcp, &preamble, password, headers).await;
+            let (status, body) = answer.expect("an answer");
+            (status, body)
+        }
+    };
+    let (status, body) = through_balancer(header("198.51.100.7:40000"), "").await;
     assert_eq!(status, 200, "{body}");
-    let answer = raw_login(
-        &relay,
-        balancer().await,
-        &header("203.0.113.5:40000"),
-        &password,
-        "",
-    )
-    .await;
-    let (status, body) = answer.expect("an answer");
+    let (status, body) = through_balancer(header("203.0.113.5:40000"), "").await;
     assert_eq!(status, 403, "{body}");
     // Behind the balancer every header is the client's own: not read, even from a client
     // whose address is a trusted one.
-    let answer = raw_login(
-        &relay,
-        balancer().await,
-        &header("10.1.2.3:40000"),
-        &password,
-        "x-forwarded-for: 198.51.100.7\r\n",
-    )
-    .await;
-    let (status, body) = answer.expect("an answer");
+    let xff = "x-forwarded-for: 198.51.100.7\r\n";
+    let (status, body) = through_balancer(header("10.1.2.3:40000"), xff).await;
     assert_eq!(status, 403, "{body}");
     // LOCAL (a health check) names no client: not the balancer's address, an unknown one.
     let local = [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0, 0, 0]].concat();
-    let answer = raw_login(&relay, balancer().await, &local, &password, "").await;
-    let (status, body) = answer.expect("an answer");
+    let (status, body) = through_balancer(local, "").await;
     assert_eq!(status, 403, "{body}");
     // The balancer must send the header: without it the connection is closed unanswered.
     assert_eq!(

@@ -218,7 +218,7 @@ async fn the_workspace_in_chromium() {
 /// back in the workspace, signed in; a refused person is told why on the sign-in page.
 #[tokio::test]
 async fn sign_in_with_sso_in_chromium() {
-    use crate::support::idp::{Idp, UPSTREAM_SECRET};
+    use crate::support::idp::{Idp, UPSTREAM_SECRET, agents_client};
     // The provider must know the workspace's address before either runs.
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -227,14 +227,7 @@ async fn sign_in_with_sso_in_chromium() {
     let mut env = TestEnv::new();
     env.listen = format!("127.0.0.1:{port}");
     let callback = format!("https://localhost:{port}/api/account/{ACCOUNT}/sso/oidc/callback");
-    let client = json!({
-        "client_id": "brandgate-agents",
-        "client_secret": UPSTREAM_SECRET,
-        "redirect_uris": [callback],
-        "token_endpoint_auth_method": "client_secret_basic",
-        "grant_types": ["authorization_code"],
-        "response_types": ["code"],
-    });
+    let client = agents_client("brandgate-agents", &callback);
     let people = json!({
         "zoe": {"preferred_username": "zoe", "groups": ["support"]},
         "mallory": {"preferred_username": "mallory", "groups": ["visitors"]},

@@ -154,6 +154,19 @@ extra_trust_anchors = ["{ca}"]
     }
 }
 
+/// brandgate's client for the agents' single sign-on, registered at the provider with
+/// `redirect_uri` (confidential, HTTP Basic, code flow).
+pub fn agents_client(client_id: &str, redirect_uri: &str) -> Value {
+    json!({
+        "client_id": client_id,
+        "client_secret": UPSTREAM_SECRET,
+        "redirect_uris": [redirect_uri],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+    })
+}
+
 /// Where a walk through redirects stopped.
 #[derive(Debug)]
 pub enum Landing {

@@ -192,6 +192,19 @@ extra_trust_anchors = ["{ca}"]
         client::Client::new(&self.ca.cert_pem)
     }
 
+    /// The embedded store of a daemon that ran on this env (after it stopped).
+    pub async fn open_state_store(&self) -> brandgate::store::Store {
+        use brandgate::store::{Store, StoreOptions};
+        let url = Store::default_url(&self.path().join("state"));
+        Store::open(StoreOptions {
+            url: &url,
+            password: None,
+            max_connections: 1,
+        })
+        .await
+        .unwrap()
+    }
+
     /// A client whose connections come from `local` (another loopback address: 127.0.0.2).
     pub fn client_from(&self, local: std::net::IpAddr) -> client::Client {
         client::Client::from_address(&self.ca.cert_pem, local)

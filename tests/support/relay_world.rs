@@ -77,25 +77,42 @@ impl Relay {
     pub async fn add_agent(&self, username: &str) -> String {
         let password = format!("{username}-password-1");
         let file = self.env.secret(&format!("password-{username}"), &password);
-        let config = self.env.path().join("brandgate.toml");
-        let (code, out, err) = super::daemon::run(
-            &[
-                "agents",
-                "add",
-                "--config",
-                &config.to_string_lossy(),
-                "--account",
-                ACCOUNT,
-                "--username",
-                username,
-                "--password-file",
-                &file.to_string_lossy(),
-            ],
-            &[],
-        )
-        .await;
-        assert_eq!(code, 0, "agents add: {out}{err}");
+        self.agents_add(username, &["--password-file", &file.to_string_lossy()])
+            .await;
         password
+    }
+
+    /// Adds an agent without a password (`brandgate agents add --sso-only`).
+    pub async fn add_sso_only_agent(&self, username: &str) {
+        let out = self.agents_add(username, &["--sso-only"]).await;
+        assert!(out.contains("single sign-on only"), "{out}");
+    }
+
+    /// `brandgate agents add` for `username` with `extra` arguments; its output.
+    async fn agents_add(&self, username: &str, extra: &[&str]) -> String {
+        let config = self.env.path().join("brandgate.toml");
+        let config = config.to_string_lossy();
+        let mut args = vec![
+            "agents",
+            "add",
+            "--config",
+            &config,
+            "--account",
+            ACCOUNT,
+            "--username",
+            username,
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = super::daemon::run(&args, &[]).await;
+        assert_eq!(code, 0, "agents add: {out}{err}");
+        out
+    }
+
+    /// Stops the daemon; its whole log and an embedded store on its database (to read what
+    /// it left, such as the audit, once every line is in).
+    pub async fn stop_and_open_store(&mut self) -> (String, brandgate::store::Store) {
+        let log = self.daemon.stop().await;
+        (log, self.env.open_state_store().await)
     }
 
     /// Logs an agent in; returns its session bearer.

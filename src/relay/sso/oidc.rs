@@ -23,6 +23,9 @@ use crate::identity::{GrantKind, Grants, UpstreamError};
 use crate::relay::accounts::SsoIdentity;
 use crate::relay::service::RelayService;
 
+const NOT_CONFIGURED: &str =
+    "single sign-on with OpenID Connect is not configured for this account";
+
 /// A sign-in sent to the provider, waiting for the browser to come back.
 #[derive(Serialize, Deserialize)]
 struct PendingSignIn {
@@ -39,11 +42,7 @@ pub async fn start(
 ) -> Response {
     let refuse = |status, code, reason: &str| refused(&relay, &headers, status, code, reason);
     let Some((upstream, grants)) = provider(&relay, &account) else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "not_configured",
-            "single sign-on with OpenID Connect is not configured for this account",
-        );
+        return refuse(StatusCode::NOT_FOUND, "not_configured", NOT_CONFIGURED);
     };
     let accounts = &relay.inner.accounts;
     if !accounts.admits(source) {
@@ -114,11 +113,7 @@ pub async fn callback(
 ) -> Response {
     let refuse = |status, code, reason: &str| refused(&relay, &headers, status, code, reason);
     let Some((upstream, grants)) = provider(&relay, &account) else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "not_configured",
-            "single sign-on with OpenID Connect is not configured for this account",
-        );
+        return refuse(StatusCode::NOT_FOUND, "not_configured", NOT_CONFIGURED);
     };
     let p = match params(query.as_deref().unwrap_or("")) {
         Ok(p) => p,
