@@ -12,6 +12,7 @@ if [ "${1:-}" = "--version" ]; then
 fi
 
 bash packaging/tools.sh
+bash packaging/build-deps.sh
 
 out=target/package
 mkdir -p "$out"

@@ -27,7 +27,7 @@ mod relay;
 pub use identity::*;
 pub use relay::{
     AgentsConfig, CannedResponse, DEFAULT_MAX_IN_FLIGHT, DemoConfig, MAX_PASSWORD_BYTES,
-    RelayConfig, SsoConfig, WebhooksConfig, WorkspaceConfig,
+    RelayConfig, SamlConfig, SsoConfig, WebhooksConfig, WorkspaceConfig, sha256_fingerprint,
 };
 
 /// The whole configuration.

@@ -370,8 +370,25 @@ pub fn client_config(
     identity: Option<ClientIdentity>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, TlsFileError> {
+    client_config_trusting(true, extra_trust_anchors, identity, alpn)
+}
+
+/// Builds an outbound TLS configuration trusting `anchors` only (a pinned CA), or the
+/// system's roots when `anchors` is empty.
+pub fn client_config_pinned(anchors: &[PathBuf]) -> Result<Arc<ClientConfig>, TlsFileError> {
+    client_config_trusting(anchors.is_empty(), anchors, None, &[])
+}
+
+fn client_config_trusting(
+    system: bool,
+    extra_trust_anchors: &[PathBuf],
+    identity: Option<ClientIdentity>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsFileError> {
     let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(system_roots().iter().cloned());
+    if system {
+        roots.add_parsable_certificates(system_roots().iter().cloned());
+    }
     for path in extra_trust_anchors {
         for cert in load_certificates(path)? {
             roots.add(cert).map_err(|e| TlsFileError::NotACa {

@@ -26,6 +26,11 @@ need_debian_packages() {
 # openssl makes the PKCS#12 bundles the APNs certificate tests load; curl is the HTTP/2 client
 # (nghttp2) the early-refusal test sends bodies with.
 need_debian_packages openssl curl
+# What the build needs (xmlsec1 and libclang for the agents' SAML sign-in).
+bash packaging/build-deps.sh
+# The agents' SAML sign-in is tested against Debian's pysaml2 (which signs with the xmlsec1
+# CLI); its attack fixtures are edited with lxml and signed again with xmlsec1.
+need_debian_packages python3-pysaml2 python3-lxml xmlsec1
 # The agents' workspace is tested in Debian's Chromium (driven by playwright-core, which cannot
 # download a browser here).
 need_debian_packages chromium

@@ -10,8 +10,10 @@ use super::Problems;
 use crate::duration::Span;
 use crate::networks::Networks;
 
+mod saml;
 mod sso;
 mod webhooks;
+pub use saml::{SamlConfig, fingerprint as sha256_fingerprint};
 pub use sso::SsoConfig;
 pub use webhooks::{DEFAULT_MAX_IN_FLIGHT, WebhooksConfig};
 

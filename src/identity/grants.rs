@@ -7,7 +7,7 @@
 //! in the same statement: a handle works once, on whichever node it is presented.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use serde::Serialize;
@@ -25,6 +25,10 @@ pub enum GrantKind {
     Code,
     /// An agent's single sign-on sent to the brand's provider.
     AgentLogin,
+    /// An agent's SAML sign-in: the AuthnRequest's ID is `_` and the handle.
+    AgentSaml,
+    /// A SAML assertion already used (kept until it expires, against replay).
+    SamlAssertion,
 }
 
 impl GrantKind {
@@ -33,6 +37,8 @@ impl GrantKind {
             GrantKind::Login => "login",
             GrantKind::Code => "code",
             GrantKind::AgentLogin => "agent-login",
+            GrantKind::AgentSaml => "agent-saml",
+            GrantKind::SamlAssertion => "saml-assertion",
         }
     }
 }
@@ -136,6 +142,35 @@ impl Grants {
         serde_json::from_slice(plain.expose())
             .map(Some)
             .map_err(|e| GrantError::Seal(e.to_string()))
+    }
+
+    /// Records `key` as used until `until`: `true` the first time, `false` when it was
+    /// recorded before and has not expired (on any node: the store's unique key decides).
+    pub async fn first_use(
+        &self,
+        kind: GrantKind,
+        key: &str,
+        until: SystemTime,
+    ) -> Result<bool, GrantError> {
+        let id = Self::record_id(kind, key, "");
+        let now = unix_seconds(self.clock.now()) as i64;
+        // An expired record of the same key must not block it (nor linger).
+        self.store.delete_pending_grant_if_expired(&id, now).await?;
+        let expires_at = unix_seconds(until) as i64;
+        // Sealed like every record (nothing to hide, but `store reseal` opens them all).
+        let sealed = self
+            .data_keys
+            .seal(id.as_bytes(), b"")
+            .map_err(|e| GrantError::Seal(e.to_string()))?;
+        match self
+            .store
+            .create_pending_grant(&id, &sealed, expires_at)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Forgets every grant past its time (the maintenance task calls this).
@@ -252,5 +287,37 @@ mod tests {
             assert!(!text.contains(&fresh));
             assert!(!text.contains("alice"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_used_once_until_it_expires_then_may_be_recorded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let (grants, _store) = grants(dir.path(), clock.clone()).await;
+        let until = clock.now() + Duration::from_secs(60);
+        let kind = GrantKind::SamlAssertion;
+        assert!(grants.first_use(kind, "idp _a1", until).await.unwrap());
+        assert!(
+            !grants.first_use(kind, "idp _a1", until).await.unwrap(),
+            "replayed"
+        );
+        assert!(
+            grants.first_use(kind, "idp _a2", until).await.unwrap(),
+            "another key"
+        );
+        assert!(
+            grants
+                .first_use(GrantKind::AgentSaml, "idp _a1", until)
+                .await
+                .unwrap(),
+            "another kind"
+        );
+        clock.advance(Duration::from_secs(61));
+        let later = clock.now() + Duration::from_secs(60);
+        assert!(
+            grants.first_use(kind, "idp _a1", later).await.unwrap(),
+            "expired"
+        );
+        assert!(!grants.first_use(kind, "idp _a1", later).await.unwrap());
     }
 }

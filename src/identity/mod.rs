@@ -42,7 +42,7 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use grants::{GrantKind, Grants};
+pub(crate) use grants::{GrantError, GrantKind, Grants};
 pub use keys::{Algorithm, KeyRing, KeyState, RingKey, RingSettings};
 pub use metrics::IdentityMetrics;
 pub use mint::{Claims, MintError, Minted};

@@ -1253,6 +1253,7 @@ mod tests {
             groups_claim: "groups".into(),
             name: "SSO".into(),
             oidc: None,
+            saml: None,
         }
     }
 

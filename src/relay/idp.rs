@@ -1,5 +1,6 @@
 //! The agents' identity providers (`[relay.agents.sso]`): read and checked before the relay
-//! starts (client secret, trust anchors, redirect URI), held while it runs, with the sign-ins
+//! starts (client secret, trust anchors, redirect URI; the SAML provider's metadata), held
+//! while it runs, with the sign-ins
 //! sent to them and not back yet. The sign-in pages themselves are in `sso`.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub fn oidc_start_path(account: &str) -> String {
 /// What single sign-on needs once the relay runs.
 pub(super) struct Sso {
     pub oidc: Option<Arc<Upstream>>,
+    pub saml: Option<Arc<super::saml::SamlProvider>>,
     /// Sign-ins sent to the provider and not back yet (in the store: any node finishes them).
     pub grants: Grants,
 }
@@ -27,6 +29,7 @@ pub(super) struct Sso {
 /// The providers, read and checked before the relay starts.
 pub struct PreparedSso {
     pub(super) oidc: Option<Upstream>,
+    pub(super) saml: Option<super::saml::SamlProvider>,
 }
 
 /// Reads the client secret and trust anchors of each configured method.
@@ -63,5 +66,9 @@ pub(super) fn prepare(
         let leeway = identity.map_or(std::time::Duration::from_secs(60), |i| i.leeway.0);
         Upstream::build(cfg, at, &redirect, leeway, crate::clock::system(), problems)
     });
-    Some(PreparedSso { oidc })
+    let saml = sso
+        .saml
+        .as_ref()
+        .and_then(|cfg| super::saml::SamlProvider::build(cfg, &relay.account, identity, problems));
+    Some(PreparedSso { oidc, saml })
 }

@@ -16,7 +16,7 @@
 //!   waiting conversation; `accounts`: agent accounts, passwords, lock-out and sessions
 //!   ([`Accounts::authenticate`] tells the agent socket whose bearer it is); `login`: their
 //!   login, refresh and logout over HTTPS; `sso`: their single sign-on through the brand's
-//!   identity provider (`idp`: the providers, read at start);
+//!   identity provider (`idp`: the providers, read at start; `saml`: SAML 2.0 itself, no HTTP);
 //! - `rest`: history, lists and the consumer's profile over HTTPS; `devices`: consumers' push
 //!   registrations; `profiles`: what consumers' tokens said about them, sealed; `away`: pushes
 //!   to consumers who do not acknowledge agents' messages;
@@ -50,6 +50,7 @@ mod requests;
 mod rest;
 mod routes;
 mod routing;
+mod saml;
 mod service;
 mod socket;
 mod sso;
@@ -63,4 +64,7 @@ pub use accounts::{
 };
 pub use idp::{oidc_callback_path, oidc_start_path};
 pub use records::reseal;
+pub use saml::{
+    acs_path as saml_acs_path, metadata_path as saml_metadata_path, start_path as saml_start_path,
+};
 pub use service::{PreparedRelay, RelayBase, RelayService};

@@ -22,9 +22,19 @@ impl RelayService {
                 "/api/account/{account}/sso/oidc/callback",
                 get(sso::oidc_callback),
             )
+            .route("/api/account/{account}/sso/saml", get(sso::saml_start))
+            .route(
+                "/api/account/{account}/sso/saml/metadata",
+                get(sso::saml_metadata),
+            )
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        // The provider's answer is a form of up to a few hundred KiB.
+        let saml_acs = Router::new()
+            .route("/api/account/{account}/sso/saml/acs", post(sso::saml_acs))
+            .layer(DefaultBodyLimit::max(sso::SAML_MAX_ACS_BYTES));
         Router::new()
             .merge(agents)
+            .merge(saml_acs)
             .route("/ws/consumer", get(consumer::own_path))
             .route("/ws/agent", get(agent::own_path))
             .route(

@@ -162,6 +162,7 @@ impl RelayService {
         .with_webhooks(webhooks.clone(), doorbell);
         let sso = prepared.sso.map(|sso| super::idp::Sso {
             oidc: sso.oidc.map(Arc::new),
+            saml: sso.saml.map(Arc::new),
             grants: crate::identity::Grants::new(store.clone(), data_keys.clone(), clock.clone()),
         });
         RelayService {

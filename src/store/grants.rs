@@ -50,6 +50,22 @@ impl Store {
         Ok(row.and_then(|(sealed, expires_at)| (expires_at > now).then_some(sealed)))
     }
 
+    /// Deletes the grant `id` if it expired at or before `now`.
+    pub async fn delete_pending_grant_if_expired(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM pending_grants WHERE id = $1 AND expires_at <= $2")
+                .bind(id)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Deletes every grant that expired at or before `now`; returns how many.
     pub async fn delete_expired_pending_grants(&self, now: i64) -> Result<u64, StoreError> {
         let done = on_pool!(self, pool => {

@@ -37,24 +37,46 @@ struct Settings {
     passwords: bool,
 }
 
+/// The workspace's single sign-on buttons: the name on each, and where it starts. With both
+/// methods configured, each name says which.
+fn sign_on_buttons(config: &crate::config::RelayConfig) -> Vec<(String, String)> {
+    let Some(sso) = &config.agents.sso else {
+        return Vec::new();
+    };
+    let both = sso.oidc.is_some() && sso.saml.is_some();
+    let account = &config.account;
+    [
+        (
+            sso.oidc.is_some(),
+            "OpenID Connect",
+            crate::relay::oidc_start_path(account),
+        ),
+        (
+            sso.saml.is_some(),
+            "SAML",
+            crate::relay::saml_start_path(account),
+        ),
+    ]
+    .into_iter()
+    .filter(|(on, _, _)| *on)
+    .map(|(_, method, path)| {
+        let name = if both {
+            format!("{} ({method})", sso.name)
+        } else {
+            sso.name.clone()
+        };
+        (name, path)
+    })
+    .collect()
+}
+
 /// The routes: `/workspace/...` (unless disabled) and `/demo/...` (when enabled).
 pub fn router(config: &crate::config::RelayConfig) -> Router {
     let settings = Settings {
         account: config.account.clone(),
         workspace: config.workspace.enabled,
         demo: config.demo.enabled,
-        sso: config
-            .agents
-            .sso
-            .iter()
-            .filter(|sso| sso.oidc.is_some())
-            .map(|sso| {
-                (
-                    sso.name.clone(),
-                    crate::relay::oidc_start_path(&config.account),
-                )
-            })
-            .collect(),
+        sso: sign_on_buttons(config),
         passwords: !config.agents.sso.as_ref().is_some_and(|sso| sso.required),
     };
     let mut router = Router::new();

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agent_saml;
 mod agent_sso;
 mod agents;
 mod attacks;

@@ -278,6 +278,61 @@ extra_trust_anchors = ["{ca}"]
     .await;
 }
 
+/// The same sign-in through the brand's SAML provider (pysaml2) in Chromium.
+#[tokio::test]
+async fn sign_in_with_saml_in_chromium() {
+    use crate::support::saml_idp::SamlIdp;
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut env = TestEnv::new();
+    env.listen = format!("127.0.0.1:{port}");
+    let people = json!({
+        "yara": {"email": ["yara@brand.test"], "groups": ["support"]},
+        "mallory": {"email": ["mallory@brand.test"], "groups": ["visitors"]},
+    });
+    let idp = SamlIdp::start(&env, people).await;
+    let ca = env.ca.write(env.path(), "saml-idp-ca");
+    let sso = format!(
+        r#"
+[relay.agents.sso]
+name = "Brand SAML"
+required_group = "support"
+[relay.agents.sso.saml]
+idp_metadata_url = "{metadata}"
+metadata_trust_anchors = ["{ca}"]
+acs_url = "https://localhost:{port}/api/account/{ACCOUNT}/sso/saml/acs"
+"#,
+        metadata = idp.metadata_url(),
+        ca = ca.display(),
+    );
+    let config = relay_world::config(&env, "1h", "", &format!("{}{sso}", extra(1000)));
+    let relay = Relay::start_on(env, &config).await;
+    let sp_metadata = format!("/api/account/{ACCOUNT}/sso/saml/metadata");
+    idp.import_sp_metadata(&relay.daemon.url(&sp_metadata))
+        .await;
+    relay.add_sso_only_agent("yara").await;
+    relay.add_sso_only_agent("mallory").await;
+    let ca = relay.env.ca.write(relay.env.path(), "e2e-ca");
+    run_scenarios(BrowserRun {
+        dir: relay.env.path(),
+        port: relay.daemon.public.port(),
+        config: &relay.env.path().join("brandgate.toml"),
+        account: ACCOUNT,
+        agents: &[],
+        ca: Some(&ca),
+        scenarios: &["saml"],
+        extra: json!({"saml": {
+            "name": "Brand SAML",
+            "idp": idp.base,
+            "login": "yara",
+            "refusedLogin": "mallory",
+        }}),
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_rate_limited_sign_in_says_how_long_to_wait() {
     let relay = world(30).await;

@@ -631,6 +631,55 @@ const scenarios = {
     await refused.context.close();
   },
 
+  /** "Sign in with <name>" through the brand's SAML provider (pysaml2, on another site): its
+   *  sign-in page, its answer auto-posted back to brandgate (a cross-site POST, which carries
+   *  the request's SameSite=None cookie), the workspace signed in and online. Someone outside
+   *  the required group is back at the sign-in, told why. */
+  async saml() {
+    const throughProvider = async (page, login) => {
+      await page.waitForSelector("#signin-sso:not([hidden]) a", { timeout: WAIT });
+      const label = await page.textContent("#signin-sso a");
+      check(label === `Sign in with ${config.saml.name}`, `the button says: ${label}`);
+      await page.click("#signin-sso a");
+      await page.waitForSelector("#idp-user", { timeout: WAIT });
+      check(page.url().startsWith(config.saml.idp), `at the provider: ${page.url()}`);
+      await shot(page, "saml-provider");
+      await page.fill("#idp-user", login);
+      await page.click("#idp-submit");
+    };
+    const agent = await agentPage(config.saml.login, { signIn: false });
+    const { page } = agent;
+    await throughProvider(page, config.saml.login);
+    await page.waitForSelector("#app:not([hidden])", { timeout: WAIT }).catch(async (e) => {
+      const text = (await page.textContent("body").catch(() => "")) ?? "";
+      fail(`not signed in at ${page.url()} [${agent.problems.join("; ")}]: ${text.slice(0, 100).replace(/\s+/g, " ")} (${e.message.split("\n")[0]})`);
+    });
+    await page.waitForSelector("#connection[data-state=online]", { timeout: WAIT });
+    check(page.url() === `${base}/workspace/`, `the token left the address bar: ${page.url()}`);
+    const who = await page.textContent("#whoami");
+    check(who === `${config.saml.login} · ${config.account}`, `signed in as: ${who}`);
+    await goOnline(page);
+    await shot(page, "signed-in-saml");
+    await page.reload();
+    await page.waitForSelector("#connection[data-state=online]", { timeout: WAIT });
+    await page.click("#signout");
+    await page.waitForSelector("#signin:not([hidden])", { timeout: WAIT });
+    await clean(agent);
+    await agent.context.close();
+
+    const refused = await agentPage(config.saml.refusedLogin, { signIn: false });
+    await throughProvider(refused.page, config.saml.refusedLogin);
+    await refused.page.waitForSelector("#signin-notice:not([hidden])", { timeout: WAIT });
+    const notice = await refused.page.textContent("#signin-notice");
+    check(
+      notice === "Your account at the identity provider is not in the group allowed to work here.",
+      `refusal: ${notice}`,
+    );
+    await shot(refused.page, "signin-saml-refused");
+    await clean(refused);
+    await refused.context.close();
+  },
+
   /** Too many sign-ins from one address: the form says to wait. (Run on its own daemon: it
    *  blocks the address for a minute.) */
   async rateLimit() {

@@ -1,10 +1,12 @@
 //! The `[relay.agents.sso]` section: agents sign in through the brand's own identity provider
-//! (OpenID Connect in `[relay.agents.sso.oidc]`), who may, and whether passwords still work.
+//! (OpenID Connect in `[relay.agents.sso.oidc]`, SAML 2.0 in `[relay.agents.sso.saml]`), who
+//! may, and whether passwords still work.
 //! Shape checks only; the relay reads the client secret and trust anchors when it builds
 //! itself.
 
 use serde::Deserialize;
 
+use super::saml::SamlConfig;
 use crate::config::{Problems, UpstreamConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -32,7 +34,8 @@ pub struct SsoConfig {
     /// Only members of this group get in (from `groups_claim`). None: every agent the
     /// provider vouches for.
     pub required_group: Option<String>,
-    /// The ID-token claim whose value is the agent's username.
+    /// The ID-token claim whose value is the agent's username (OpenID Connect; SAML has
+    /// `saml.username_attribute`).
     #[serde(default = "defaults::username_claim")]
     pub username_claim: String,
     /// The ID-token claim listing the agent's groups (an array of strings, or one string).
@@ -44,16 +47,23 @@ pub struct SsoConfig {
     /// Sign-in with OpenID Connect: the provider and brandgate's client there. Its redirect
     /// URI defaults to `<identity.issuer>/api/account/<account>/sso/oidc/callback`.
     pub oidc: Option<UpstreamConfig>,
+    /// Sign-in with SAML 2.0: the provider's metadata and brandgate's service provider.
+    pub saml: Option<SamlConfig>,
 }
 
 impl SsoConfig {
     pub(super) fn check_shape(&self, p: &mut Problems) {
-        match &self.oidc {
-            Some(oidc) => oidc.check_shape("relay.agents.sso.oidc", p),
-            None => p.push(
+        if let Some(oidc) = &self.oidc {
+            oidc.check_shape("relay.agents.sso.oidc", p);
+        }
+        if let Some(saml) = &self.saml {
+            saml.check_shape("relay.agents.sso.saml", p);
+        }
+        if self.oidc.is_none() && self.saml.is_none() {
+            p.push(
                 "relay.agents.sso",
-                "configure a provider: [relay.agents.sso.oidc]",
-            ),
+                "configure a provider: [relay.agents.sso.oidc] or [relay.agents.sso.saml]",
+            );
         }
         for (i, name) in self.break_glass.iter().enumerate() {
             if name.is_empty() || name.len() > 64 {

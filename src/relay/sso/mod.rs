@@ -11,6 +11,7 @@
 //! status and reason otherwise.
 
 mod oidc;
+mod saml;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
@@ -20,6 +21,10 @@ use super::service::RelayService;
 use crate::identity::pages::{page_error, redirect};
 
 pub(super) use oidc::{callback as oidc_callback, start as oidc_start};
+pub(super) use saml::{
+    MAX_ACS_BYTES as SAML_MAX_ACS_BYTES, acs as saml_acs, metadata as saml_metadata,
+    start as saml_start,
+};
 
 /// A session started: the cookie, and the workspace with the CSRF token (or, without the
 /// workspace, the same JSON a password login answers).
@@ -66,6 +71,75 @@ fn refused(
         return redirect(&format!("/workspace/#{fragment}"));
     }
     page_error(headers, status, reason)
+}
+
+/// What every sign-in start checks before anything is kept: the account's allowed networks
+/// (audited when outside) and the starts per source and minute under `scope` (each start
+/// keeps a record until it ends).
+async fn admit_start(
+    relay: &RelayService,
+    headers: &HeaderMap,
+    source: Option<std::net::IpAddr>,
+    scope: &str,
+    per_minute: u32,
+) -> Result<(), Response> {
+    let accounts = &relay.inner.accounts;
+    if !accounts.admits(source) {
+        accounts.audit_outside("", source).await;
+        let outside = SsoLoginError::OutsideNetworks;
+        let reason = outside.to_string();
+        return Err(refused(
+            relay,
+            headers,
+            StatusCode::FORBIDDEN,
+            outside.outcome(),
+            &reason,
+        ));
+    }
+    if let Some(ip) = source {
+        let attempts = &relay.inner.login_attempts;
+        if attempts.blocked(ip, scope, per_minute).is_some() {
+            return Err(refused(
+                relay,
+                headers,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sign_ins",
+                "too many sign-ins from this address; try again in a minute",
+            ));
+        }
+        attempts.count(ip, scope);
+    }
+    Ok(())
+}
+
+/// The browser's binding (its cookie `cookie_name` when it holds a handle, else a new one)
+/// and a fresh handle for the sign-in being started.
+fn browser_and_handle(
+    headers: &HeaderMap,
+    cookie_name: &str,
+) -> Result<(String, String), crate::identity::GrantError> {
+    let browser = match crate::http_auth::cookie(headers, cookie_name) {
+        Some(v) if crate::identity::Grants::is_handle(v) => v.to_string(),
+        _ => crate::identity::Grants::new_handle()?,
+    };
+    Ok((browser, crate::identity::Grants::new_handle()?))
+}
+
+/// Something of ours failed (the store, randomness): logged, and the person asked to retry.
+fn unavailable(
+    relay: &RelayService,
+    headers: &HeaderMap,
+    what: &str,
+    e: impl std::fmt::Display,
+) -> Response {
+    tracing::error!(error = %e, "{what}");
+    refused(
+        relay,
+        headers,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "sign-ins cannot be completed right now; please try again",
+    )
 }
 
 /// The status of a refusal the accounts made.

@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{refused, signed_in, status_of};
+use super::{admit_start, browser_and_handle, refused, signed_in, status_of, unavailable};
 use crate::client_address::ClientIp;
 use crate::http_auth::cookie;
 use crate::identity::pages::{LOGIN_COOKIE, login_cookie, params, redirect};
@@ -44,42 +44,13 @@ pub async fn start(
     let Some((upstream, grants)) = provider(&relay, &account) else {
         return refuse(StatusCode::NOT_FOUND, "not_configured", NOT_CONFIGURED);
     };
-    let accounts = &relay.inner.accounts;
-    if !accounts.admits(source) {
-        accounts.audit_outside("", source).await;
-        let outside = crate::relay::accounts::SsoLoginError::OutsideNetworks;
-        return refuse(
-            StatusCode::FORBIDDEN,
-            outside.outcome(),
-            &outside.to_string(),
-        );
+    let limit = upstream.logins_per_minute();
+    if let Err(refusal) = admit_start(&relay, &headers, source, "agent-sso", limit).await {
+        return refusal;
     }
-    // Each sign-in keeps a record until it ends: bounded per source.
-    if let Some(ip) = source {
-        let limit = upstream.logins_per_minute();
-        if relay
-            .inner
-            .login_attempts
-            .blocked(ip, "agent-sso", limit)
-            .is_some()
-        {
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sign_ins",
-                "too many sign-ins from this address; try again in a minute",
-            );
-        }
-        relay.inner.login_attempts.count(ip, "agent-sso");
-    }
-    let browser = match cookie(&headers, LOGIN_COOKIE).filter(|v| Grants::is_handle(v)) {
-        Some(v) => Ok(v.to_string()),
-        None => Grants::new_handle(),
-    };
-    let (browser, state) = match (browser, Grants::new_handle()) {
-        (Ok(b), Ok(s)) => (b, s),
-        (Err(e), _) | (_, Err(e)) => {
-            return unavailable(&relay, &headers, "cannot make a sign-in state", e);
-        }
+    let (browser, state) = match browser_and_handle(&headers, LOGIN_COOKIE) {
+        Ok(both) => both,
+        Err(e) => return unavailable(&relay, &headers, "cannot make a sign-in state", e),
     };
     let begun = match upstream.begin(&state).await {
         Ok(b) => b,
@@ -256,20 +227,4 @@ fn provider_failed(relay: &RelayService, headers: &HeaderMap, e: &UpstreamError)
         ),
     };
     refused(relay, headers, status, code, &reason)
-}
-
-fn unavailable(
-    relay: &RelayService,
-    headers: &HeaderMap,
-    what: &str,
-    e: impl std::fmt::Display,
-) -> Response {
-    tracing::error!(error = %e, "{what}");
-    refused(
-        relay,
-        headers,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "sign-ins cannot be completed right now; please try again",
-    )
 }
