@@ -222,6 +222,8 @@ say "# brandgate install test on $(. /etc/os-release && echo "$PRETTY_NAME"), sy
 # ---------------------------------------------------------------- deb
 export DEBIAN_FRONTEND=noninteractive
 check "deb: dpkg -i installs" dpkg -i /root/pkgs/old.deb
+check "deb: every library the binary links is there" sh -c '! ldd /usr/bin/brandgate | grep -q "not found"'
+check "deb: it depends on xmlsec1's OpenSSL back end" sh -c 'dpkg-query -W -f="\${Depends}" brandgate | grep -q libxmlsec1-openssl'
 system_checks deb
 lifecycle_checks deb
 watchdog_checks
@@ -263,6 +265,7 @@ mkdir -p /var/lib/rpm
 check "rpm: initialise the rpm database" rpmi --initdb
 # The dependencies (systemd, kill, ca-certificates) are Debian packages rpm does not know.
 check "rpm: rpm -i installs" rpmi -i --nodeps /root/pkgs/old.rpm
+check "rpm: it requires the SAML libraries by soname" sh -c 'rpmi -q --requires brandgate | grep -q "libxmlsec1-openssl.so.1()(64bit)"'
 system_checks rpm
 lifecycle_checks rpm
 credentials_checks rpm

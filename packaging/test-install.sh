@@ -20,14 +20,18 @@ bash packaging/tools.sh
 
 cache=${PKG_TEST_CACHE:-/var/cache/brandgate-test}
 mirror=${PKG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-base="$cache/bookworm-base"
+# What the base root holds besides minbase: systemd to boot, and the libraries the packages
+# depend on (dpkg -i does not fetch dependencies; xmlsec1 and libxml2 for the agents' SAML
+# sign-in). The cache is keyed by this list, so changing it makes a new base.
+include=systemd,systemd-sysv,dbus,procps,ca-certificates,rpm,libxmlsec1,libxmlsec1-openssl,libxml2,libxslt1.1,libssl3
+base="$cache/bookworm-base-$(printf '%s' "$include" | sha256sum | cut -c1-12)"
 mkdir -p "$cache"
 
 if [ ! -e "$base/.complete" ]; then
     echo "== debootstrap a minimal Debian 12 into $base (cached for later runs)"
     rm -rf "$base" "$base.tmp"
     debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,procps,ca-certificates,rpm \
+        --include="$include" \
         bookworm "$base.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
         tail -20 "$cache/debootstrap.log" >&2
         exit 1
