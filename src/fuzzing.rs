@@ -74,3 +74,36 @@ pub fn relay_request(text: &str) -> bool {
     );
     is_request
 }
+
+/// A SAML provider's answer as the ACS decodes it, through every check, against a provider
+/// whose signing certificate was made here and whose key is thrown away: no input can carry a
+/// valid signature, so the promise is that none is ever accepted. `true` when the answer got
+/// as far as the signature (past the screen and the shape check).
+pub fn saml_response(bytes: &[u8]) -> bool {
+    use crate::relay::saml::response::{Expected, Refusal, check};
+    static CERTIFICATE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let certificate = CERTIFICATE.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let params = rcgen::CertificateParams::new(vec!["idp.fuzz".into()]).expect("params");
+        params
+            .self_signed(&key)
+            .expect("a certificate")
+            .der()
+            .to_vec()
+    });
+    let certificates = [certificate.clone()];
+    let expected = Expected {
+        idp_entity_id: "https://idp.brand.test/saml",
+        sp_entity_id: "https://brandgate.test/sp",
+        acs_url: "https://brandgate.test/acs",
+        certificates: &certificates,
+        allow_sha1: true,
+        now: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        leeway: std::time::Duration::from_secs(60),
+    };
+    match check(bytes, &expected) {
+        Ok(vouched) => panic!("an answer nobody could sign was accepted: {vouched:?}"),
+        Err(Refusal::Signature | Refusal::SignedContent(_)) => true,
+        Err(_) => false,
+    }
+}

@@ -31,7 +31,7 @@ for arg in "$@"; do
         *) targets+=("$arg") ;;
     esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(push_request relay_request consumer_token config)
+[ ${#targets[@]} -gt 0 ] || targets=(push_request relay_request consumer_token config saml_response)
 
 seconds=${FUZZ_SECONDS:-30}
 runs=${FUZZ_RUNS:-10000000}
@@ -47,6 +47,7 @@ log() { printf '\n== %s\n' "$*"; }
 max_len() {
     case "$1" in
         push_request | config) echo 8192 ;;
+        saml_response) echo 16384 ;;
         *) echo 4096 ;;
     esac
 }

@@ -50,7 +50,7 @@ mod requests;
 mod rest;
 mod routes;
 mod routing;
-mod saml;
+pub(crate) mod saml;
 mod service;
 mod socket;
 mod sso;

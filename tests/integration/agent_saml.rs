@@ -35,6 +35,17 @@ async fn provider(env: &TestEnv) -> SamlIdp {
 /// `saml_extra` goes in `[relay.agents.sso.saml]`. Writes brandgate's SP metadata where the
 /// provider reads it.
 async fn relay(env: TestEnv, idp: &SamlIdp, agents_extra: &str, saml_extra: &str) -> Relay {
+    relay_with(env, idp, agents_extra, "", saml_extra).await
+}
+
+/// [`relay`], with `sso_extra` in `[relay.agents.sso]`.
+async fn relay_with(
+    env: TestEnv,
+    idp: &SamlIdp,
+    agents_extra: &str,
+    sso_extra: &str,
+    saml_extra: &str,
+) -> Relay {
     let ca = env.ca.write(env.path(), "saml-idp-ca");
     let relay_extra = format!(
         r#"requests_per_second = 1000
@@ -42,6 +53,7 @@ async fn relay(env: TestEnv, idp: &SamlIdp, agents_extra: &str, saml_extra: &str
 {agents_extra}
 [relay.agents.sso]
 required_group = "support"
+{sso_extra}
 [relay.agents.sso.saml]
 idp_metadata_url = "{url}"
 metadata_trust_anchors = ["{ca}"]
@@ -283,6 +295,16 @@ async fn every_forged_or_misdirected_answer_is_refused_for_its_own_reason() {
             "time: the assertion is not valid yet",
         ),
         (
+            "confirmation-expired.xml",
+            400,
+            "time: the bearer confirmation has expired",
+        ),
+        (
+            "status-responder.xml",
+            403,
+            "status: the provider did not sign the agent in (Responder)",
+        ),
+        (
             "unknown-in-response-to.xml",
             400,
             "this sign-in is unknown, expired, already finished",
@@ -485,4 +507,91 @@ async fn saml_from_outside_the_allowed_networks_is_refused_before_anything_is_re
             .status,
         403
     );
+}
+
+/// Two nodes on one PostgreSQL, as behind a load balancer: a sign-in started on one finishes
+/// on the other, and its answer replayed to the first is refused there.
+#[tokio::test]
+async fn a_sign_in_finishes_on_any_node_and_its_replay_fails_on_every_node() {
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let keys = crate::support::identity_world::data_key_line("k1");
+    let first = TestEnv::new();
+    let idp = provider(&first).await;
+    let ca = first.ca.write(first.path(), "saml-idp-ca");
+    let node_config = |env: &TestEnv, name: &str| {
+        let keys = env.secret("data-keys", &keys);
+        env.config(&format!(
+            r#"
+[store]
+data_keys_file = "{keys}"
+url = "{url}?application_name={name}"
+[identity]
+issuer = "https://brandgate.test"
+[relay]
+account = "{ACCOUNT}"
+requests_per_second = 1000
+[relay.agents.sso]
+[relay.agents.sso.saml]
+idp_metadata_url = "{metadata}"
+metadata_trust_anchors = ["{ca}"]
+"#,
+            keys = keys.display(),
+            url = db.url,
+            metadata = idp.metadata_url(),
+            ca = ca.display(),
+        ))
+    };
+    let config_a = node_config(&first, "node-a");
+    let a = Relay::start_on(first, &config_a).await;
+    let second = TestEnv::new();
+    let config_b = node_config(&second, "node-b");
+    let b = Relay::start_on(second, &config_b).await;
+    let metadata = format!("/api/account/{ACCOUNT}/sso/saml/metadata");
+    idp.import_sp_metadata(&a.daemon.url(&metadata)).await;
+    a.add_sso_only_agent("ann").await;
+
+    let (cookie, location) = begin(&a).await;
+    let (_, xml) = idp.answer(&location, "ann", "assertion").await;
+    session(&post(&b, Some(&cookie), &xml).await);
+    let again = post(&a, Some(&cookie), &xml).await;
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(reason(&again).contains("replay"), "{}", again.body);
+}
+
+#[tokio::test]
+async fn the_username_comes_from_the_configured_attribute_and_new_faces_can_be_created() {
+    let env = TestEnv::new();
+    let idp = provider(&env).await;
+    let mut relay = relay_with(
+        env,
+        &idp,
+        "",
+        "create_agents = true",
+        "username_attribute = \"email\"",
+    )
+    .await;
+    // Nobody was added: ann (in the required group) becomes the agent named by her email
+    // (released by the provider as FriendlyName "email"); bob (not in it) does not.
+    let a = sign_in(&relay, &idp, "ann", "assertion").await;
+    let (cookie, csrf) = session(&a);
+    let with_cookie = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let w = relay
+        .env
+        .client()
+        .get_with_headers(&relay.daemon.url("/api/v1/workspace"), &with_cookie)
+        .await;
+    assert_eq!(w.json()["username"], "ann@brand.test", "{}", w.body);
+    let a = sign_in(&relay, &idp, "bob", "assertion").await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let (_, store) = relay.stop_and_open_store().await;
+    let agents: Vec<String> = store
+        .list_agents(ACCOUNT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.username)
+        .collect();
+    assert_eq!(agents, ["ann@brand.test"]);
 }

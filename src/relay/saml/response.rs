@@ -595,6 +595,16 @@ mod tests {
     }
 
     #[test]
+    fn sha1_passes_xmlsec_only_when_allowed() {
+        let certs = [certificate()];
+        let mut e = expected(&certs);
+        assert_eq!(verify(&fixture("sha1.xml"), &e), Err(Refusal::Signature));
+        e.allow_sha1 = true;
+        let signed = verify(&fixture("sha1.xml"), &e).unwrap();
+        assert_eq!(names(&signed), ["ann"]);
+    }
+
+    #[test]
     fn the_shape_check_alone_refuses_every_wrapping() {
         for (name, why) in [
             (

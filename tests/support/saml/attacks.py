@@ -97,6 +97,15 @@ one(a, "ds:Signature/ds:SignedInfo/ds:SignatureMethod").set("Algorithm", DS + "r
 one(a, "ds:Signature/ds:SignedInfo/ds:Reference/ds:DigestMethod").set("Algorithm", DS + "sha1")
 resign(d, "sha1.xml")                                    # the IdP's key, but SHA-1
 
+d = load(); a = one(d, "/p:Response/a:Assertion"); fresh_id(a)
+one(d, "//a:SubjectConfirmationData").set("NotOnOrAfter", "2001-01-01T00:00:00Z")
+resign(d, "confirmation-expired.xml")
+
+# The provider's refusal (a Status other than Success; only the assertion is signed).
+d = load(); one(d, "/p:Response/p:Status/p:StatusCode").set(
+    "Value", "urn:oasis:names:tc:SAML:2.0:status:Responder")
+write(d, "status-responder.xml")
+
 # The Response's own Destination changed (only the assertion is signed).
 d = load(); d.getroot().set("Destination", "https://other-sp.test/acs")
 write(d, "other-destination.xml")
