@@ -173,6 +173,14 @@ impl Grants {
         }
     }
 
+    /// Whether `key` was recorded by [`Grants::first_use`] and has not expired (nothing is
+    /// recorded or spent).
+    pub async fn is_used(&self, kind: GrantKind, key: &str) -> Result<bool, GrantError> {
+        let id = Self::record_id(kind, key, "");
+        let now = unix_seconds(self.clock.now()) as i64;
+        Ok(self.store.pending_grant_is_live(&id, now).await?)
+    }
+
     /// Forgets every grant past its time (the maintenance task calls this).
     pub async fn delete_expired(&self) -> Result<u64, GrantError> {
         let now = unix_seconds(self.clock.now()) as i64;
@@ -313,6 +321,7 @@ mod tests {
             "another kind"
         );
         clock.advance(Duration::from_secs(61));
+        assert!(!grants.is_used(kind, "idp _a1").await.unwrap(), "expired");
         let later = clock.now() + Duration::from_secs(60);
         assert!(
             grants.first_use(kind, "idp _a1", later).await.unwrap(),

@@ -50,6 +50,19 @@ impl Store {
         Ok(row.and_then(|(sealed, expires_at)| (expires_at > now).then_some(sealed)))
     }
 
+    /// Whether the grant `id` exists and expires after `now` (read only).
+    pub async fn pending_grant_is_live(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let found = on_pool!(self, pool => {
+            sqlx::query("SELECT 1 AS one FROM pending_grants WHERE id = $1 AND expires_at > $2")
+                .bind(id)
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+        });
+        Ok(found)
+    }
+
     /// Deletes the grant `id` if it expired at or before `now`.
     pub async fn delete_pending_grant_if_expired(
         &self,

@@ -198,6 +198,19 @@ async fn an_agent_signs_in_with_saml_and_works_as_after_a_password_login() {
     let a = sign_in(&relay, &idp, "dan", "assertion").await;
     assert_eq!(a.status, 403, "{}", a.body);
 
+    // A transient NameID names nobody for good: no agent is linked to it.
+    let (cookie, location) = begin(&relay).await;
+    let transient = format!("{location}&nameid=transient");
+    let (_, xml) = idp.answer(&transient, "ann", "assertion").await;
+    assert!(xml.contains("nameid-format:transient"), "{xml}");
+    let a = post(&relay, Some(&cookie), &xml).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        reason(&a).contains("subject: no lasting name"),
+        "{}",
+        a.body
+    );
+
     // A replayed answer (the same assertion again) is refused by the replay cache.
     let (cookie, location) = begin(&relay).await;
     let (_, xml) = idp.answer(&location, "ann", "assertion").await;
@@ -209,12 +222,14 @@ async fn an_agent_signs_in_with_saml_and_works_as_after_a_password_login() {
     // An answer brought by another browser (without the request's cookie, or with another
     // browser's) finds no request.
     let other_browser = format!("{SAML_COOKIE}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    // Brought there, it spends nothing: its own browser still signs in with it.
     for cookie in [None, Some(other_browser.as_str())] {
-        let (_, location) = begin(&relay).await;
+        let (own, location) = begin(&relay).await;
         let (_, xml) = idp.answer(&location, "ann", "assertion").await;
         let a = post(&relay, cookie, &xml).await;
         assert_eq!(a.status, 400, "{}", a.body);
         assert!(reason(&a).contains("another browser"), "{}", a.body);
+        session(&post(&relay, Some(&own), &xml).await);
     }
 
     let (log, store) = relay.stop_and_open_store().await;
@@ -239,8 +254,11 @@ async fn an_agent_signs_in_with_saml_and_works_as_after_a_password_login() {
             row("success", "ann", via("ann")),
             row("sso_not_in_group", "bob", via("bob")),
             row("unknown_username", "dan", via("dan")),
+            row("sso_invalid_response", "", provider.clone()),
             row("success", "ann", via("ann")),
             row("sso_invalid_response", "", provider),
+            row("success", "ann", via("ann")),
+            row("success", "ann", via("ann")),
         ]
     );
     assert!(log.contains("agent signed in with single sign-on"), "{log}");
@@ -362,6 +380,11 @@ async fn every_forged_or_misdirected_answer_is_refused_for_its_own_reason() {
             "shape: the response must hold exactly one assertion",
         ),
         ("xxe.xml", 400, "the XML has a DTD, an entity"),
+        (
+            "utf7-declaration.xml",
+            400,
+            "the XML declaration must be version 1.0 in UTF-8",
+        ),
         ("billion-laughs.xml", 400, "the XML has a DTD, an entity"),
     ];
     let mut names: Vec<&str> = fixtures.keys().map(String::as_str).collect();
@@ -437,6 +460,17 @@ async fn the_providers_metadata_must_be_pinned_and_signed() {
         err.contains("relay.agents.sso.saml.idp_metadata_url") && err.contains("https"),
         "{err}"
     );
+    // Metadata from a URL needs a pin: the provider's CA or its signing certificates.
+    let url = format!("idp_metadata_url = \"{}\"", idp.metadata_url());
+    let (code, _, err) = check(url.clone()).await;
+    assert_eq!(code, 78);
+    assert!(
+        err.contains("needs metadata_trust_anchors (the provider's CA) or idp_cert_sha256"),
+        "{err}"
+    );
+    let pinned = format!("{url}\nidp_cert_sha256 = [\"{}\"]", "ab".repeat(32));
+    let (code, out, err) = check(pinned).await;
+    assert_eq!(code, 0, "{out}{err}");
 
     // The metadata URL's TLS is pinned to the configured CA only: another CA's server is not
     // believed, and no sign-in starts.
@@ -594,4 +628,25 @@ async fn the_username_comes_from_the_configured_attribute_and_new_faces_can_be_c
         .map(|a| a.username)
         .collect();
     assert_eq!(agents, ["ann@brand.test"]);
+}
+
+#[tokio::test]
+async fn answers_nobody_asked_for_are_taken_only_when_allowed_and_only_once() {
+    let env = TestEnv::new();
+    let idp = provider(&env).await;
+    let relay = relay(env, &idp, "", "allow_idp_initiated = true").await;
+    relay.add_sso_only_agent("ann").await;
+    // An answer sent unasked: the provider's real answer with its request taken out, signed
+    // again with the provider's key (attacks.py's unsolicited.xml).
+    let (_, location) = begin(&relay).await;
+    let (_, genuine) = idp.answer(&location, "ann", "assertion").await;
+    let (_, location_r) = begin(&relay).await;
+    let (_, genuine_r) = idp.answer(&location_r, "ann", "response").await;
+    let fixtures = attacks(&relay.env, &idp, &genuine, &genuine_r);
+    let unsolicited = &fixtures["unsolicited.xml"];
+    session(&post(&relay, None, unsolicited).await);
+    // Nothing ties it to a browser or a request: only the replay cache stops it twice.
+    let again = post(&relay, None, unsolicited).await;
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(reason(&again).contains("replay"), "{}", again.body);
 }

@@ -45,8 +45,13 @@ pub struct SamlConfig {
     /// match, so someone can sign a person in as someone else — login CSRF). Off by default.
     #[serde(default)]
     pub allow_idp_initiated: bool,
+    /// What names the person for good (the agent is linked to it on the first sign-in):
+    /// `NameID` (refused when transient), or the `Name` or `FriendlyName` of an attribute the
+    /// provider never reassigns (Entra ID: `http://schemas.microsoft.com/identity/claims/objectidentifier`).
+    #[serde(default = "defaults::subject_attribute")]
+    pub subject_attribute: String,
     /// Where the agent's username comes from: `NameID`, or the `Name` or `FriendlyName` of an
-    /// attribute (`email`, `uid`, ...).
+    /// attribute (`email`, `uid`, ...); exactly one value.
     #[serde(default = "defaults::username_attribute")]
     pub username_attribute: String,
     /// The attribute (`Name` or `FriendlyName`) listing the agent's groups.
@@ -73,6 +78,15 @@ impl SamlConfig {
                 at,
                 "set exactly one of idp_metadata_file and idp_metadata_url",
             ),
+        }
+        if self.idp_metadata_url.is_some()
+            && self.metadata_trust_anchors.is_empty()
+            && self.idp_cert_sha256.is_empty()
+        {
+            p.push(
+                format!("{at}.idp_metadata_url"),
+                "needs metadata_trust_anchors (the provider's CA) or idp_cert_sha256 (its signing certificates): whoever serves the metadata chooses the key answers are checked with",
+            );
         }
         if !self.metadata_trust_anchors.is_empty() && self.idp_metadata_url.is_none() {
             p.push(
@@ -106,6 +120,7 @@ impl SamlConfig {
             }
         }
         for (key, v) in [
+            ("subject_attribute", &self.subject_attribute),
             ("username_attribute", &self.username_attribute),
             ("groups_attribute", &self.groups_attribute),
         ] {
@@ -141,6 +156,9 @@ mod defaults {
 
     pub fn metadata_refresh() -> Span {
         Span(Duration::from_secs(3600))
+    }
+    pub fn subject_attribute() -> String {
+        "NameID".into()
     }
     pub fn username_attribute() -> String {
         "NameID".into()

@@ -25,7 +25,9 @@ pub struct IdpMetadata {
 pub enum MetadataError {
     #[error(transparent)]
     Xml(#[from] xml::XmlError),
-    #[error("the metadata is not one md:EntityDescriptor with an entityID")]
+    #[error(
+        "the metadata is not one md:EntityDescriptor with an entityID (or a list with exactly one identity provider)"
+    )]
     NotAnEntity,
     #[error("the entity has no IDPSSODescriptor")]
     NotAnIdp,
@@ -47,8 +49,19 @@ impl IdpMetadata {
     /// Reads metadata bytes; with `pins`, keeps only certificates whose SHA-256 is pinned
     /// (and refuses metadata with none of them).
     pub fn read(bytes: &[u8], pins: &[[u8; 32]]) -> Result<IdpMetadata, MetadataError> {
-        let doc = xml::parse(xml::screen(bytes)?)?;
-        let entity = doc.root_element();
+        let doc = xml::parse(xml::screen_metadata(bytes)?)?;
+        let root = doc.root_element();
+        // One entity, or a federation's list holding exactly one identity provider.
+        let entity = if xml::is(root, METADATA, "EntitiesDescriptor") {
+            let mut idps = xml::children(root, METADATA, "EntityDescriptor")
+                .filter(|e| xml::only_child(*e, METADATA, "IDPSSODescriptor").is_some());
+            match (idps.next(), idps.next()) {
+                (Some(one), None) => one,
+                _ => return Err(MetadataError::NotAnEntity),
+            }
+        } else {
+            root
+        };
         if !xml::is(entity, METADATA, "EntityDescriptor") {
             return Err(MetadataError::NotAnEntity);
         }
@@ -194,6 +207,24 @@ mod tests {
         assert_eq!(read.certificates, vec![signing.clone(), unspecified]);
         let pinned = IdpMetadata::read(metadata(&keys, REDIRECT).as_bytes(), &[sha256(&signing)]);
         assert_eq!(pinned.unwrap().certificates, vec![signing]);
+    }
+
+    #[test]
+    fn a_federation_list_with_one_provider_a_byte_order_mark_and_comments_are_read() {
+        let entity = metadata(&key("", &certificate()), REDIRECT);
+        let sp = r#"<md:EntityDescriptor entityID="https://sp.test"><md:SPSSODescriptor protocolSupportEnumeration="x"/></md:EntityDescriptor>"#;
+        let list = |inner: &str| {
+            format!(
+                "\u{feff}<!-- exported 2026-12-06 --><md:EntitiesDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\">{inner}</md:EntitiesDescriptor>"
+            )
+        };
+        let one = IdpMetadata::read(list(&format!("{sp}{entity}")).as_bytes(), &[]).unwrap();
+        assert_eq!(one.entity_id, "https://idp.test/meta");
+        assert_eq!(
+            IdpMetadata::read(list(&format!("{entity}{entity}")).as_bytes(), &[]),
+            Err(MetadataError::NotAnEntity),
+            "two providers: which one is meant?"
+        );
     }
 
     #[test]

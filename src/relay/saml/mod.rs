@@ -10,4 +10,5 @@ pub mod request;
 pub mod response;
 mod xml;
 
+pub use metadata::IdpMetadata;
 pub use provider::{SamlProvider, Unavailable, acs_path, metadata_path, start_path};

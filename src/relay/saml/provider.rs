@@ -66,7 +66,12 @@ pub struct SamlProvider {
     source: Source,
     read: RwLock<Read>,
     refreshing: tokio::sync::Mutex<()>,
+    /// Answers checked at once (each holds a blocking thread for the signature check).
+    pub checks: tokio::sync::Semaphore,
 }
+
+/// How many answers are checked at once.
+const CONCURRENT_CHECKS: usize = 4;
 
 impl SamlProvider {
     /// Checks what can be checked before the relay starts: the URLs, the pinned
@@ -152,6 +157,7 @@ impl SamlProvider {
             source,
             read: RwLock::new(read),
             refreshing: tokio::sync::Mutex::new(()),
+            checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
         })
     }
 
@@ -180,8 +186,16 @@ impl SamlProvider {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 if let Ok(mut read) = self.read.write() {
-                    if read.metadata.as_deref() != Some(&fresh) {
-                        tracing::info!(entity = %fresh.entity_id, "read the agents' SAML provider's metadata");
+                    match read.metadata.as_deref() {
+                        None => {
+                            tracing::info!(entity = %fresh.entity_id, "read the agents' SAML provider's metadata")
+                        }
+                        Some(old) if old.certificates != fresh.certificates => tracing::warn!(
+                            entity = %fresh.entity_id,
+                            certificates = fresh.certificates.len(),
+                            "the agents' SAML provider's signing certificates changed in its metadata"
+                        ),
+                        Some(_) => {}
                     }
                     *read = Read {
                         metadata: Some(fresh.clone()),

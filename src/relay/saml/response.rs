@@ -22,6 +22,7 @@ use super::xml::{self, ASSERTION, DSIG, EXC_C14N, PROTOCOL, XmlError};
 
 const SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
 const BEARER: &str = "urn:oasis:names:tc:SAML:2.0:cm:bearer";
+const TRANSIENT: &str = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient";
 const ENVELOPED: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
 
 /// Signature methods accepted (RSA-SHA1 only with `allow_sha1`).
@@ -38,6 +39,10 @@ const DIGEST_METHODS: &[&str] = &[
     "http://www.w3.org/2001/04/xmldsig-more#sha384",
     "http://www.w3.org/2001/04/xmlenc#sha512",
 ];
+/// How deep elements may nest (a SAML answer needs about 10 levels).
+const MAX_DEPTH: usize = 32;
+/// Most child elements of one element (a long group list is a few hundred values).
+const MAX_CHILDREN: usize = 512;
 const SHA1_SIGNATURE: &str = "http://www.w3.org/2000/09/xmldsig#rsa-sha1";
 const SHA1_DIGEST: &str = "http://www.w3.org/2000/09/xmldsig#sha1";
 
@@ -68,23 +73,37 @@ pub struct Vouched {
     /// The request this answers (from the bearer confirmation); `None`: sent unasked.
     pub in_response_to: Option<String>,
     pub name_id: String,
+    /// The NameID is transient: another one each sign-in, so it names nobody for good.
+    pub transient: bool,
     pub attributes: Vec<Attribute>,
     /// Until when the assertion could be presented (kept that long against replay).
     pub usable_until: SystemTime,
 }
 
 impl Vouched {
-    /// The values of the attribute whose `Name` or `FriendlyName` is `name`; `NameID` is the
-    /// subject's name.
+    /// The values of the attributes whose `Name` is `name`, or when there is none, whose
+    /// `FriendlyName` is; `NameID` is the subject's name.
     pub fn values(&self, name: &str) -> Vec<&str> {
         if name == "NameID" {
             return vec![self.name_id.as_str()];
         }
+        let by_name = self.attributes.iter().any(|a| a.name == name);
         self.attributes
             .iter()
-            .filter(|a| a.name == name || a.friendly_name.as_deref() == Some(name))
+            .filter(|a| match by_name {
+                true => a.name == name,
+                false => a.friendly_name.as_deref() == Some(name),
+            })
             .flat_map(|a| a.values.iter().map(String::as_str))
             .collect()
+    }
+
+    /// The one value of `name` ([`Vouched::values`]); `None` when there is none or several.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        match self.values(name)[..] {
+            [one] => Some(one),
+            _ => None,
+        }
     }
 }
 
@@ -122,6 +141,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// An algorithm refused, named as received (cut short: it came from outside).
+    fn algorithm(uri: &str) -> Refusal {
+        Refusal::Algorithm(uri.chars().take(80).collect())
+    }
+
     /// The provider answered, but not with a sign-in (its own refusal, not a forgery).
     pub fn is_status(&self) -> bool {
         matches!(self, Refusal::Status(_))
@@ -158,10 +182,13 @@ pub fn check(bytes: &[u8], expected: &Expected) -> Result<Vouched, Refusal> {
             "the signed parts differ from the answer's",
         ));
     }
+    // The signed assertion first: the unsigned parts of a Response (its Status, when only the
+    // assertion is signed) are read only for an assertion that is good for us.
+    let vouched = check_assertion(assertion, expected, response)?;
     // The response's own fields: signed when its signature is, else as received (its
     // assertion's bearer confirmation carries the same facts, signed).
     check_response_fields(signed_response.unwrap_or(response), expected)?;
-    check_assertion(assertion, expected, response)
+    Ok(vouched)
 }
 
 /// What the shape check found.
@@ -193,11 +220,22 @@ fn check_shape<'a>(response: Node<'a, '_>, allow_sha1: bool) -> Result<Shape<'a>
         if !node.is_element() {
             continue;
         }
+        if node.ancestors().count() > MAX_DEPTH {
+            return Err(Refusal::Shape("the XML is nested too deep"));
+        }
+        if node.children().filter(Node::is_element).count() > MAX_CHILDREN {
+            return Err(Refusal::Shape("an element has too many children"));
+        }
         for attribute in node.attributes() {
-            if attribute.namespace().is_none()
-                && attribute.name().eq_ignore_ascii_case("id")
-                && !ids.insert(attribute.value())
-            {
+            if !attribute.name().eq_ignore_ascii_case("id") {
+                continue;
+            }
+            // libxml2 takes xml:id, and samael any attribute named ID whatever its
+            // namespace, as an ID: none may hide beside the plain ones compared here.
+            if attribute.namespace().is_some() {
+                return Err(Refusal::Shape("an ID attribute in a namespace is refused"));
+            }
+            if !ids.insert(attribute.value()) {
                 return Err(Refusal::Shape("two elements have the same ID"));
             }
         }
@@ -263,6 +301,9 @@ fn check_signature(signature: Node, parent_id: &str, allow_sha1: bool) -> Result
         let known = ["SignedInfo", "SignatureValue", "KeyInfo"]
             .iter()
             .any(|name| xml::is(child, DSIG, name));
+        if xml::children(signature, DSIG, child.tag_name().name()).count() > 1 {
+            return Err(Refusal::SignatureShape("one of each part in a signature"));
+        }
         if !known {
             return Err(Refusal::SignatureShape(
                 "only SignedInfo, SignatureValue and KeyInfo may be in a signature",
@@ -278,7 +319,7 @@ fn check_signature(signature: Node, parent_id: &str, allow_sha1: bool) -> Result
     }
     let method = algorithm(xml::only_child(info, DSIG, "SignatureMethod"))?;
     if !(SIGNATURE_METHODS.contains(&method) || allow_sha1 && method == SHA1_SIGNATURE) {
-        return Err(Refusal::Algorithm(method.to_string()));
+        return Err(Refusal::algorithm(method));
     }
     let mut references = xml::children(info, DSIG, "Reference");
     let (Some(reference), None) = (references.next(), references.next()) else {
@@ -292,7 +333,14 @@ fn check_signature(signature: Node, parent_id: &str, allow_sha1: bool) -> Result
     }
     let digest = algorithm(xml::only_child(reference, DSIG, "DigestMethod"))?;
     if !(DIGEST_METHODS.contains(&digest) || allow_sha1 && digest == SHA1_DIGEST) {
-        return Err(Refusal::Algorithm(digest.to_string()));
+        return Err(Refusal::algorithm(digest));
+    }
+    if reference.children().filter(Node::is_element).count() > 3
+        || xml::children(reference, DSIG, "Transforms").count() > 1
+    {
+        return Err(Refusal::SignatureShape(
+            "a reference holds one Transforms, DigestMethod and DigestValue",
+        ));
     }
     if let Some(transforms) = xml::only_child(reference, DSIG, "Transforms") {
         let all: Vec<Node> = transforms.children().filter(Node::is_element).collect();
@@ -385,8 +433,12 @@ fn check_response_fields(response: Node, expected: &Expected) -> Result<(), Refu
         .and_then(|c| c.attribute("Value"))
         .ok_or(Refusal::Status("no status".into()))?;
     if code != SUCCESS {
-        let short = code.rsplit(':').next().unwrap_or(code);
-        return Err(Refusal::Status(short.chars().take(64).collect()));
+        const KNOWN: &[&str] = &["Requester", "Responder", "VersionMismatch"];
+        let short = code.strip_prefix("urn:oasis:names:tc:SAML:2.0:status:");
+        let named = short
+            .filter(|s| KNOWN.contains(s))
+            .unwrap_or("another status");
+        return Err(Refusal::Status(named.to_string()));
     }
     Ok(())
 }
@@ -428,8 +480,9 @@ fn check_assertion(
     // The subject, confirmed as a bearer for our ACS URL.
     let subject = xml::only_child(assertion, ASSERTION, "Subject")
         .ok_or(Refusal::Subject("the assertion has no subject"))?;
-    let name_id = xml::only_child(subject, ASSERTION, "NameID")
-        .and_then(xml::text_value)
+    let name_id_element = xml::only_child(subject, ASSERTION, "NameID")
+        .ok_or(Refusal::Subject("the subject has no NameID of plain text"))?;
+    let name_id = xml::text_value(name_id_element)
         .filter(|n| !n.is_empty())
         .ok_or(Refusal::Subject("the subject has no NameID of plain text"))?;
     let mut bearer_failure = Refusal::Subject("no bearer confirmation");
@@ -478,6 +531,7 @@ fn check_assertion(
         assertion_id: assertion.attribute("ID").unwrap_or("").to_string(),
         in_response_to,
         name_id: name_id.to_string(),
+        transient: name_id_element.attribute("Format") == Some(TRANSIENT),
         attributes,
         usable_until: not_on_or_after.map_or(bearer_until, |t| t.max(bearer_until)) + leeway,
     })
@@ -652,6 +706,34 @@ mod tests {
             let text = fixture(genuine);
             let doc = xml::parse(&text).unwrap();
             assert!(check_shape(doc.root_element(), false).is_ok(), "{genuine}");
+        }
+        // Edits of the genuine answer that libxml2 or samael would read differently, or that
+        // would cost them too much.
+        let genuine = fixture("assertion-signed.xml");
+        let issuer_end = genuine.find("</ns1:Issuer>").unwrap() + "</ns1:Issuer>".len();
+        let insert =
+            |what: &str| format!("{}{what}{}", &genuine[..issuer_end], &genuine[issuer_end..]);
+        let deep = format!(
+            "{}{}",
+            "<ns1:Issuer>".repeat(40),
+            "</ns1:Issuer>".repeat(40)
+        );
+        let wide = "<ns1:Issuer/>".repeat(600);
+        for (text, why) in [
+            (
+                genuine.replacen("<ns0:Status>", "<ns0:Status xml:id=\"x\">", 1),
+                "shape: an ID attribute in a namespace is refused",
+            ),
+            (
+                genuine.replacen("<ns0:Status>", "<ns0:Status ns1:ID=\"x\">", 1),
+                "shape: an ID attribute in a namespace is refused",
+            ),
+            (insert(&deep), "shape: the XML is nested too deep"),
+            (insert(&wide), "shape: an element has too many children"),
+        ] {
+            let doc = xml::parse(&text).unwrap();
+            let refusal = check_shape(doc.root_element(), false).err();
+            assert_eq!(refusal.map(|r| r.to_string()).as_deref(), Some(why));
         }
     }
 

@@ -30,32 +30,95 @@ pub enum XmlError {
     Declarations,
     #[error("the XML has a processing instruction (`<?`) other than its declaration")]
     ProcessingInstruction,
+    #[error("the XML declaration must be version 1.0 in UTF-8 (no other encoding is read)")]
+    Declaration,
     #[error("the XML is not well-formed: {0}")]
     Malformed(String),
 }
 
 /// `bytes` as text, when it passes the screen: UTF-8, no more than [`MAX_XML_BYTES`], no
-/// `<!` anywhere (DOCTYPE, ENTITY, comments, CDATA) and no `<?` but a leading `<?xml …?>`.
-/// `<` cannot appear raw in text or attribute values, so these are markup wherever found.
+/// `<!` anywhere (DOCTYPE, ENTITY, comments, CDATA) and no `<?` but a leading `<?xml …?>` that
+/// declares nothing but version 1.0, UTF-8 and `standalone`. `<` cannot appear raw in text or
+/// attribute values, so these are markup wherever found.
+///
+/// The declaration matters: libxml2 (inside xmlsec) decodes the bytes by the encoding it
+/// names, roxmltree reads UTF-8 whatever it says, so `encoding="UTF-7"` would show libxml2
+/// elements (a signature reference to any URL) that this screen and the shape check never saw.
 pub fn screen(bytes: &[u8]) -> Result<&str, XmlError> {
+    screen_with(bytes, false)
+}
+
+/// [`screen`] for metadata the operator configured: a UTF-8 byte order mark is dropped and
+/// comments are let through (providers' metadata files often have both); DTDs and CDATA are
+/// still refused.
+pub fn screen_metadata(bytes: &[u8]) -> Result<&str, XmlError> {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    screen_with(bytes, true)
+}
+
+fn screen_with(bytes: &[u8], comments: bool) -> Result<&str, XmlError> {
     if bytes.len() > MAX_XML_BYTES {
         return Err(XmlError::TooLarge);
     }
     let text = std::str::from_utf8(bytes).map_err(|_| XmlError::NotUtf8)?;
-    if text.contains("<!") {
+    let declarations = text
+        .match_indices("<!")
+        .any(|(at, _)| !(comments && text[at..].starts_with("<!--")));
+    if declarations {
         return Err(XmlError::Declarations);
     }
-    let body = match text.strip_prefix("<?xml ") {
-        Some(rest) => match rest.find("?>") {
-            Some(end) => &rest[end + 2..],
-            None => return Err(XmlError::ProcessingInstruction),
-        },
+    let declared = text
+        .strip_prefix("<?xml")
+        .filter(|rest| rest.starts_with([' ', '\t', '\r', '\n']));
+    let body = match declared {
+        Some(rest) => {
+            let end = rest.find("?>").ok_or(XmlError::ProcessingInstruction)?;
+            check_declaration(&rest[..end])?;
+            &rest[end + 2..]
+        }
         None => text,
     };
     if body.contains("<?") {
         return Err(XmlError::ProcessingInstruction);
     }
+    if !body
+        .trim_start_matches([' ', '\t', '\r', '\n'])
+        .starts_with('<')
+    {
+        return Err(XmlError::Malformed(
+            "the document does not start with an element".into(),
+        ));
+    }
     Ok(text)
+}
+
+/// The pseudo-attributes of `<?xml …?>` (what is between `<?xml` and `?>`): `version="1.0"`, optionally `encoding="UTF-8"` (any
+/// case) and `standalone`, nothing else.
+fn check_declaration(inside: &str) -> Result<(), XmlError> {
+    let mut version = false;
+    let mut rest = inside.trim_start();
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once('=').ok_or(XmlError::Declaration)?;
+        let after = after.trim_start();
+        let quote = after
+            .chars()
+            .next()
+            .filter(|q| *q == '"' || *q == '\'')
+            .ok_or(XmlError::Declaration)?;
+        let (value, tail) = after[1..].split_once(quote).ok_or(XmlError::Declaration)?;
+        match (name.trim(), value) {
+            ("version", "1.0") => version = true,
+            ("encoding", e) if e.eq_ignore_ascii_case("UTF-8") => {}
+            ("standalone", "yes" | "no") => {}
+            _ => return Err(XmlError::Declaration),
+        }
+        rest = tail.trim_start();
+    }
+    if version {
+        Ok(())
+    } else {
+        Err(XmlError::Declaration)
+    }
 }
 
 /// Parses screened text with no DTD and a bound on the nodes.
@@ -108,6 +171,22 @@ mod tests {
     fn the_screen_refuses_what_saml_never_needs_and_keeps_the_rest() {
         let fine = br#"<?xml version="1.0" encoding="UTF-8"?><a x="1">b &amp; c</a>"#;
         assert!(screen(fine).is_ok());
+        assert!(screen(b"<?xml version='1.0' encoding='utf-8' standalone='no'?>\n<a/>").is_ok());
+        assert!(screen(b"<?xml version=\"1.0\"?>\n<a/>").is_ok());
+        // Metadata files: a byte order mark and comments are fine, a DTD is not.
+        assert!(screen_metadata(b"\xef\xbb\xbf<!-- exported --><a/>").is_ok());
+        assert_eq!(
+            screen(b"<!-- exported --><a/>"),
+            Err(XmlError::Declarations)
+        );
+        assert_eq!(
+            screen_metadata(b"<!DOCTYPE a><a/>"),
+            Err(XmlError::Declarations)
+        );
+        assert_eq!(
+            screen_metadata(b"<a><![CDATA[x]]></a>"),
+            Err(XmlError::Declarations)
+        );
         assert!(screen(b"<a>b</a>").is_ok());
         for (bytes, why) in [
             (&b"<!DOCTYPE a><a/>"[..], XmlError::Declarations),
@@ -126,6 +205,28 @@ mod tests {
                 XmlError::ProcessingInstruction,
             ),
             (b"<?xml version=\"1.0\"", XmlError::ProcessingInstruction),
+            (
+                b"<?xml version=\"1.0\" encoding=\"UTF-7\"?><a>+ADw-b/+AD4-</a>",
+                XmlError::Declaration,
+            ),
+            (
+                b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a/>",
+                XmlError::Declaration,
+            ),
+            (
+                b"<?xml version=\"1.0\" encoding=\"HZ-GB-2312\"?><a/>",
+                XmlError::Declaration,
+            ),
+            (b"<?xml encoding=\"UTF-8\"?><a/>", XmlError::Declaration),
+            (b"<?xml version=\"1.1\"?><a/>", XmlError::Declaration),
+            (
+                b"<?xmlfoo version=\"1.0\"?><a/>",
+                XmlError::ProcessingInstruction,
+            ),
+            (
+                b"\xef\xbb\xbf<a/>",
+                XmlError::Malformed("the document does not start with an element".into()),
+            ),
             (b"<a>\xff</a>", XmlError::NotUtf8),
         ] {
             assert_eq!(

@@ -2,11 +2,12 @@
 //! - `GET /api/account/{account}/sso/saml` keeps a pending sign-in under a fresh 256-bit
 //!   handle, tied to the browser's SAML cookie (`SameSite=None`: the answer is a cross-site
 //!   POST), and sends the browser to the provider with an AuthnRequest whose ID is `_<handle>`;
-//! - `POST /api/account/{account}/sso/saml/acs` takes the provider's answer: every check of
-//!   `saml::response` (signature with the pinned certificates, then only signed content read),
-//!   the assertion recorded as used until it expires (in the store: a replay fails on any
-//!   node), then `InResponseTo` matched to the pending sign-in of this browser, once;
-//!   answers sent unasked only with `allow_idp_initiated`;
+//! - `POST /api/account/{account}/sso/saml/acs` takes the provider's answer (a few checked at
+//!   a time, bounded per source): every check of `saml::response` (signature with the pinned
+//!   certificates, then only signed content read), `InResponseTo` matched to the pending
+//!   sign-in of this browser, once (answers sent unasked only with `allow_idp_initiated`),
+//!   then the assertion recorded as used until it expires (in the store: a replay fails on
+//!   any node). An answer refused before that spends nothing;
 //! - `GET /api/account/{account}/sso/saml/metadata` publishes brandgate's SP metadata.
 //!
 //! Never logs or audits an assertion; a refusal names the check that failed.
@@ -27,7 +28,7 @@ use crate::identity::{GrantKind, Grants};
 use crate::relay::accounts::SsoIdentity;
 use crate::relay::service::RelayService;
 
-use crate::relay::saml::{SamlProvider, Unavailable, metadata, request, response};
+use crate::relay::saml::{IdpMetadata, SamlProvider, Unavailable, metadata, request, response};
 
 /// The browser's binding to its pending SAML sign-ins. `SameSite=None`: the provider's answer
 /// arrives as a cross-site POST, which would not carry a `Lax` cookie.
@@ -126,6 +127,21 @@ pub async fn acs(
             &outside.to_string(),
         );
     }
+    // Each answer costs a signature check: bounded per source, like the starts.
+    if let Some(ip) = source {
+        let attempts = &relay.inner.login_attempts;
+        if attempts
+            .blocked(ip, "agent-saml-acs", saml.config.logins_per_minute)
+            .is_some()
+        {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sign_ins",
+                "too many sign-ins from this address; try again in a minute",
+            );
+        }
+        attempts.count(ip, "agent-saml-acs");
+    }
     let encoded = match saml_response_field(&body) {
         Ok(e) => e,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, "bad_request", why),
@@ -142,57 +158,21 @@ pub async fn acs(
         Err(e) => return provider_unavailable(&relay, &headers, &e),
     };
     let via = format!("saml {}", idp.entity_id);
-    let checked = {
-        let (saml, idp) = (saml.clone(), idp.clone());
-        let now = relay.inner.clock.now();
-        tokio::task::spawn_blocking(move || {
-            let expected = response::Expected {
-                idp_entity_id: &idp.entity_id,
-                sp_entity_id: &saml.sp_entity_id,
-                acs_url: &saml.acs_url,
-                certificates: &idp.certificates,
-                allow_sha1: saml.config.allow_sha1,
-                now,
-                leeway: saml.leeway,
-            };
-            response::check(&decoded, &expected)
-        })
-        .await
+    let vouched = match check_answer(&relay, &headers, source, &saml, &idp, decoded).await {
+        Ok(v) => v,
+        Err(refusal) => return refusal,
     };
-    let vouched = match checked {
-        Ok(Ok(v)) => v,
-        Ok(Err(refusal)) if refusal.is_status() => {
-            tracing::info!(via, %refusal, "the identity provider ended an agent's sign-in without success");
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "provider_ended",
-                &format!("the identity provider did not complete the sign-in ({refusal})"),
-            );
-        }
-        Ok(Err(refusal)) => {
-            return invalid(&relay, &headers, source, &via, &refusal.to_string()).await;
-        }
-        Err(e) => return super::unavailable(&relay, &headers, "a SAML check did not finish", e),
+    let subject = saml.config.subject_attribute.as_str();
+    let subject_value = match vouched.value(subject) {
+        Some(_) if subject == "NameID" && vouched.transient => None,
+        found => found,
     };
-    // Used once, on any node, until it expires.
+    let Some(subject_value) = subject_value else {
+        let check = "subject: no lasting name for the agent (a transient NameID, or not exactly one value of subject_attribute)";
+        return invalid(&relay, &headers, source, &via, check).await;
+    };
+    // The request this answers, once, from this browser; then the assertion, once.
     let replay_key = format!("{}\n{}", idp.entity_id, vouched.assertion_id);
-    match grants
-        .first_use(GrantKind::SamlAssertion, &replay_key, vouched.usable_until)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            return invalid(
-                &relay,
-                &headers,
-                source,
-                &via,
-                "replay: this assertion was used before",
-            )
-            .await;
-        }
-        Err(e) => return super::unavailable(&relay, &headers, "cannot record a used assertion", e),
-    }
     match &vouched.in_response_to {
         Some(id) => {
             let browser = cookie(&headers, SAML_COOKIE).unwrap_or("");
@@ -210,6 +190,9 @@ pub async fn acs(
                     }
                 };
             if asked.as_deref() != Some(idp.entity_id.as_str()) {
+                if let Ok(true) = grants.is_used(GrantKind::SamlAssertion, &replay_key).await {
+                    return invalid(&relay, &headers, source, &via, REPLAY).await;
+                }
                 tracing::info!(
                     cookie = !browser.is_empty(),
                     "a SAML answer came for a request that is unknown, expired, used, or from another browser"
@@ -223,24 +206,25 @@ pub async fn acs(
         }
         None if saml.config.allow_idp_initiated => {}
         None => {
-            return invalid(
-                &relay,
-                &headers,
-                source,
-                &via,
-                "unsolicited: the answer is for no request of ours, and IdP-initiated sign-in is off",
-            )
-            .await;
+            let check = "unsolicited: the answer is for no request of ours, and IdP-initiated sign-in is off";
+            return invalid(&relay, &headers, source, &via, check).await;
         }
+    }
+    match grants
+        .first_use(GrantKind::SamlAssertion, &replay_key, vouched.usable_until)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return invalid(&relay, &headers, source, &via, REPLAY).await,
+        Err(e) => return super::unavailable(&relay, &headers, "cannot record a used assertion", e),
     }
     let identity = SsoIdentity {
         // The NameID quoted (escaped): it goes in the log and the audit as it came.
         via: format!("{via} {:?}", vouched.name_id),
-        subject: format!("{} {}", idp.entity_id, vouched.name_id),
+        subject: format!("saml {} {subject_value}", idp.entity_id),
         username: vouched
-            .values(&saml.config.username_attribute)
-            .first()
-            .map(|u| u.to_string()),
+            .value(&saml.config.username_attribute)
+            .map(str::to_string),
         groups: vouched
             .values(&saml.config.groups_attribute)
             .into_iter()
@@ -252,6 +236,69 @@ pub async fn acs(
         Err(e) => refuse(status_of(&e), e.outcome(), &e.to_string()),
     }
 }
+
+const REPLAY: &str = "replay: this assertion was used before";
+
+/// Every check of the answer ([`response::check`]), on a blocking thread, a few at a time.
+async fn check_answer(
+    relay: &RelayService,
+    headers: &HeaderMap,
+    source: Option<std::net::IpAddr>,
+    saml: &Arc<SamlProvider>,
+    idp: &Arc<IdpMetadata>,
+    decoded: Vec<u8>,
+) -> Result<response::Vouched, Response> {
+    let via = format!("saml {}", idp.entity_id);
+    let Ok(_permit) = tokio::time::timeout(CHECK_WAIT, saml.checks.acquire()).await else {
+        return Err(refused(
+            relay,
+            headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "too many sign-ins are being checked; please try again",
+        ));
+    };
+    let checked = {
+        let (saml, idp) = (saml.clone(), idp.clone());
+        let now = relay.inner.clock.now();
+        tokio::task::spawn_blocking(move || {
+            let expected = response::Expected {
+                idp_entity_id: &idp.entity_id,
+                sp_entity_id: &saml.sp_entity_id,
+                acs_url: &saml.acs_url,
+                certificates: &idp.certificates,
+                allow_sha1: saml.config.allow_sha1,
+                now,
+                leeway: saml.leeway,
+            };
+            response::check(&decoded, &expected)
+        })
+        .await
+    };
+    match checked {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(refusal)) if refusal.is_status() => {
+            tracing::info!(via, %refusal, "the identity provider ended an agent's sign-in without success");
+            Err(refused(
+                relay,
+                headers,
+                StatusCode::FORBIDDEN,
+                "provider_ended",
+                &format!("the identity provider did not complete the sign-in ({refusal})"),
+            ))
+        }
+        Ok(Err(refusal)) => Err(invalid(relay, headers, source, &via, &refusal.to_string()).await),
+        Err(e) => Err(super::unavailable(
+            relay,
+            headers,
+            "a SAML check did not finish",
+            e,
+        )),
+    }
+}
+
+/// How long an answer waits for a free check before it is turned away.
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `GET /api/account/{account}/sso/saml/metadata`.
 pub async fn metadata(State(relay): State<RelayService>, Path(account): Path<String>) -> Response {

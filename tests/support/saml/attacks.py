@@ -153,6 +153,12 @@ d = load(src_response_signed); r = d.getroot(); a = one(d, "/p:Response/a:Assert
 r.replace(a, forged(a, new_id=a.get("ID")))
 write(d, "response-signed-assertion-swapped.xml")
 
+# Another encoding declared: libxml2 would decode UTF-7 ("+ADw-" is "<") where a UTF-8 reader
+# sees text, so markup could hide from the checks that run before the signature's.
+body_utf7 = open(src, encoding="utf-8").read().split("?>", 1)[-1]
+open(os.path.join(out, "utf7-declaration.xml"), "w").write(
+    '<?xml version="1.0" encoding="UTF-7"?>' + body_utf7)
+
 # XXE and entity expansion: refused before any signature is looked at.
 body = open(src, encoding="utf-8").read().split("?>", 1)[-1]
 name_id = one(load(), "//a:NameID").text

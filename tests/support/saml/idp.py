@@ -6,7 +6,7 @@ one not addressed to it), reads our SP metadata, and signs its answers itself.
   idp.py CONFIG.json     prints one line, "ready <port>", when it serves
 
 GET /metadata                 the IdP's metadata
-GET /sso/redirect?SAMLRequest=...&user=NAME&sign=assertion|response|both
+GET /sso/redirect?SAMLRequest=...&user=NAME&sign=assertion|response|both[&nameid=transient]
                               the HTTP-Redirect SSO endpoint: answers the auto-posting form
                               with a Response for NAME, signed where asked; without `user`,
                               a sign-in page asking for it (no password: a test provider)
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, parse_qs
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.config import IdPConfig
 from saml2.metadata import create_metadata_string
-from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_UNSPECIFIED, NameID
+from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_TRANSIENT, NAMEID_FORMAT_UNSPECIFIED, NameID
 from saml2.server import Server
 from saml2.authn_context import PASSWORD
 from saml2.xmldsig import SIG_RSA_SHA256, DIGEST_SHA256, SIG_RSA_SHA1, DIGEST_SHA1
@@ -70,7 +70,7 @@ def server():
         return STATE["server"]
 
 
-def authn_response(saml_request, relay_state, user, signed):
+def authn_response(saml_request, relay_state, user, signed, name_format):
     idp = server()
     req = idp.parse_authn_request(saml_request, BINDING_HTTP_REDIRECT)
     args = idp.response_args(req.message, [BINDING_HTTP_POST])
@@ -80,7 +80,7 @@ def authn_response(saml_request, relay_state, user, signed):
         in_response_to=args["in_response_to"],
         destination=args["destination"],
         sp_entity_id=args["sp_entity_id"],
-        name_id=NameID(format=NAMEID_FORMAT_UNSPECIFIED, text=user),
+        name_id=NameID(format=name_format, text=user),
         authn={"class_ref": PASSWORD, "authn_auth": CFG["entity_id"]},
         sign_assertion=signed in ("assertion", "both"),
         sign_response=signed in ("response", "both"),
@@ -121,8 +121,11 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/sso/redirect" and "SAMLRequest" in q:
             user = q["user"][0]
             signed = q.get("sign", ["assertion"])[0]
+            name_format = NAMEID_FORMAT_TRANSIENT if q.get("nameid") == ["transient"] \
+                else NAMEID_FORMAT_UNSPECIFIED
             try:
-                info = authn_response(q["SAMLRequest"][0], q.get("RelayState", [""])[0], user, signed)
+                info = authn_response(q["SAMLRequest"][0], q.get("RelayState", [""])[0], user,
+                                      signed, name_format)
             except Exception as e:  # the refusal, for the test to read
                 return self._send(400, "text/plain", "refused: %r" % e)
             return self._send(200, "text/html", info["data"])
