@@ -1,18 +1,18 @@
 //! Our FCM HTTP v1 client: service-account OAuth (a JWT-bearer grant posted to the `token_uri`
-//! in the service-account file, the access token cached until shortly before it expires, one
-//! fetch at a time), sends over [`H2Pool`], and the table that turns FCM's error codes into what
+//! in the service-account file; cached by [`TokenCache`]), sends over [`H2Pool`], and the table that turns FCM's error codes into what
 //! to do next. This module holds the service account's private key and never prints it.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Uri};
+use http::{HeaderValue, Request, Uri};
 use http_body_util::Full;
 use serde::Deserialize;
 
 use super::h2pool::H2Pool;
 use super::metrics::PushMetrics;
+use super::oauth::{CachedToken, TokenCache, token_call};
 use super::outcome::Attempt;
 use crate::clock::{Clock, unix_seconds};
 use crate::config::{FcmConfig, Problems};
@@ -21,13 +21,6 @@ use crate::secret::read_secret_file;
 use crate::tls::client_config;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
-/// An access token is replaced this long before it expires.
-const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(5 * 60);
-const TOKEN_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a refused service account is not asked about again.
-const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
-/// Longest access-token lifetime believed (Google's are an hour).
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// The client for one app's Firebase project.
 pub struct FcmClient {
@@ -189,10 +182,7 @@ impl FcmClient {
                 key: signing_key?,
                 token_uri: token_uri?,
                 http: HttpClient::new(token_tls?),
-                clock,
-                cached: Mutex::new(None),
-                refused: Mutex::new(None),
-                fetching: tokio::sync::Mutex::new(()),
+                cache: TokenCache::new(clock),
             },
             pool,
         })
@@ -213,10 +203,10 @@ impl FcmClient {
             Err(attempt) => return attempt,
         };
         let status = answer.status.as_u16();
-        let retry_after = answer.retry_after(self.tokens.clock.now());
+        let retry_after = answer.retry_after(self.tokens.cache.clock().now());
         let attempt = classify(status, &answer.body, retry_after);
         if attempt.reason() == "UNAUTHENTICATED" {
-            self.tokens.discard(&bearer);
+            self.tokens.cache.discard(&bearer);
         }
         attempt
     }
@@ -320,78 +310,20 @@ fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Attempt 
     }
 }
 
-#[derive(Clone)]
-struct CachedToken {
-    header: HeaderValue,
-    refresh_at: SystemTime,
-}
-
-/// OAuth access tokens for one service account.
+/// OAuth access tokens for one service account (JWT-bearer grant).
 struct AccessTokens {
     email: String,
     key_id: Option<String>,
     key: jsonwebtoken::EncodingKey,
     token_uri: Uri,
     http: HttpClient,
-    clock: Arc<dyn Clock>,
-    cached: Mutex<Option<CachedToken>>,
-    /// A refusal by the token endpoint (a revoked or wrong key), remembered for a while so that
-    /// every push does not ask again; replacing the service-account file and reloading clears it.
-    refused: Mutex<Option<(SystemTime, Attempt)>>,
-    fetching: tokio::sync::Mutex<()>,
+    cache: TokenCache,
 }
 
 impl AccessTokens {
-    fn refused(&self) -> Option<Attempt> {
-        let now = self.clock.now();
-        let guard = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .filter(|(until, _)| *until > now)
-            .map(|(_, answer)| answer.clone())
-    }
-
-    fn cached(&self) -> Option<HeaderValue> {
-        let now = self.clock.now();
-        let guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .filter(|c| c.refresh_at > now)
-            .map(|c| c.header.clone())
-    }
-
-    /// The `Authorization` header value; fetches a token when none is fresh. Concurrent callers
-    /// wait for one fetch.
+    /// The `Authorization` header value ([`TokenCache::header`]).
     async fn header(&self) -> Result<HeaderValue, Attempt> {
-        if let Some(h) = self.cached() {
-            return Ok(h);
-        }
-        if let Some(refusal) = self.refused() {
-            return Err(refusal);
-        }
-        let _one_fetch = self.fetching.lock().await;
-        if let Some(h) = self.cached() {
-            return Ok(h);
-        }
-        if let Some(refusal) = self.refused() {
-            return Err(refusal);
-        }
-        let fresh = self.fetch().await.inspect_err(|answer| {
-            if let Attempt::Permanent { .. } = answer {
-                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((self.clock.now() + REFUSAL_MEMORY, answer.clone()));
-            }
-        })?;
-        let header = fresh.header.clone();
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
-        Ok(header)
-    }
-
-    fn discard(&self, rejected: &HeaderValue) {
-        let mut guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_some_and(|c| c.header == *rejected) {
-            *guard = None;
-        }
+        self.cache.header(|| self.fetch()).await
     }
 
     async fn fetch(&self) -> Result<CachedToken, Attempt> {
@@ -403,7 +335,7 @@ impl AccessTokens {
             iat: u64,
             exp: u64,
         }
-        let now = self.clock.now();
+        let now = self.cache.clock().now();
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = self.key_id.clone();
         let claims = Claims {
@@ -418,73 +350,10 @@ impl AccessTokens {
                 status: None,
                 reason: "oauth_signing_failed".into(),
             })?;
-        let body = format!(
+        let form = format!(
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
         );
-        let headers = [(
-            HeaderName::from_static("content-type"),
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        )];
-        let answer = self
-            .http
-            .post(
-                &self.token_uri,
-                &headers,
-                Bytes::from(body),
-                TOKEN_CALL_TIMEOUT,
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(provider = "fcm", error = %e, "OAuth token call failed");
-                Attempt::transient("oauth_unavailable")
-            })?;
-        let status = answer.status.as_u16();
-        if !answer.status.is_success() {
-            #[derive(Deserialize, Default)]
-            struct OAuthError {
-                #[serde(default)]
-                error: String,
-            }
-            let e: OAuthError = serde_json::from_slice(&answer.body).unwrap_or_default();
-            tracing::warn!(provider = "fcm", status, error = %e.error, "OAuth token refused");
-            return Err(if status == 429 || status >= 500 {
-                Attempt::Transient {
-                    status: Some(status),
-                    reason: "oauth_unavailable".into(),
-                    retry_after: None,
-                }
-            } else {
-                Attempt::Permanent {
-                    status: Some(status),
-                    reason: "oauth_refused".into(),
-                }
-            });
-        }
-        #[derive(Deserialize)]
-        struct Granted {
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        let granted: Granted =
-            serde_json::from_slice(&answer.body).map_err(|_| Attempt::Transient {
-                status: Some(status),
-                reason: "oauth_bad_answer".into(),
-                retry_after: None,
-            })?;
-        let lifetime =
-            Duration::from_secs(granted.expires_in.unwrap_or(3600)).min(MAX_TOKEN_LIFETIME);
-        let header =
-            HeaderValue::from_str(&format!("Bearer {}", granted.access_token)).map_err(|_| {
-                Attempt::Transient {
-                    status: Some(status),
-                    reason: "oauth_bad_answer".into(),
-                    retry_after: None,
-                }
-            })?;
-        Ok(CachedToken {
-            header,
-            refresh_at: now + lifetime.saturating_sub(TOKEN_EARLY_REFRESH),
-        })
+        token_call(&self.http, &self.token_uri, form, "fcm", now).await
     }
 }
 
