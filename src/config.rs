@@ -285,6 +285,7 @@ pub struct AppConfig {
     pub auth: CallerAuthConfig,
     pub apns: Option<ApnsConfig>,
     pub fcm: Option<FcmConfig>,
+    pub huawei: Option<HuaweiConfig>,
 }
 
 /// What a caller must present to push for an app. Every configured method must pass.
@@ -379,6 +380,37 @@ pub struct FcmConfig {
     pub collapse_by_conversation: bool,
 }
 
+/// Huawei Push Kit (push API v1) for one app, for phones without Google services.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HuaweiConfig {
+    /// The app's ID in AppGallery Connect (also its OAuth client id).
+    pub app_id: String,
+    /// The app's client secret (AppGallery Connect: Project settings, App information).
+    pub client_secret_file: PathBuf,
+    /// Huawei's OAuth token endpoint.
+    #[serde(default = "defaults::huawei_oauth_url")]
+    pub oauth_url: String,
+    /// The push API's base URL (`{push_url}/v1/{app_id}/messages:send`).
+    #[serde(default = "defaults::huawei_push_url")]
+    pub push_url: String,
+    #[serde(default)]
+    pub extra_trust_anchors: Vec<PathBuf>,
+    /// Idle connections kept to the push API.
+    #[serde(default = "defaults::connections")]
+    pub connections: usize,
+    /// `android.urgency`: `HIGH` (delivered at once, counted against the app's high-priority
+    /// quota) or `NORMAL`.
+    #[serde(default = "defaults::huawei_urgency")]
+    pub urgency: String,
+    /// `android.category`: the message class the app was approved for (`IM`, `VOIP`, ...).
+    /// Without one, Huawei caps messages per device per day.
+    pub category: Option<String>,
+    /// How long Huawei keeps a message for an offline device.
+    #[serde(default = "defaults::huawei_ttl")]
+    pub ttl: crate::duration::Span,
+}
+
 mod defaults {
     use super::*;
     use std::time::Duration;
@@ -463,6 +495,18 @@ mod defaults {
     }
     pub fn apns_token_refresh() -> Span {
         Span(Duration::from_secs(50 * 60))
+    }
+    pub fn huawei_oauth_url() -> String {
+        "https://oauth-login.cloud.huawei.com/oauth2/v3/token".into()
+    }
+    pub fn huawei_push_url() -> String {
+        "https://push-api.cloud.huawei.com".into()
+    }
+    pub fn huawei_urgency() -> String {
+        "HIGH".into()
+    }
+    pub fn huawei_ttl() -> crate::duration::Span {
+        crate::duration::Span(Duration::from_secs(86_400))
     }
     pub fn fcm_priority() -> String {
         "high".into()
@@ -583,6 +627,12 @@ impl Config {
                 files.push((
                     format!("{key}.fcm.service_account_file"),
                     &f.service_account_file,
+                ));
+            }
+            if let Some(h) = &app.huawei {
+                files.push((
+                    format!("{key}.huawei.client_secret_file"),
+                    &h.client_secret_file,
                 ));
             }
         }

@@ -46,6 +46,11 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::with_idle_connections(tls, usize::MAX)
+    }
+
+    /// [`HttpClient::new`], keeping at most `idle` idle connections per host.
+    pub fn with_idle_connections(tls: Arc<rustls::ClientConfig>, idle: usize) -> Self {
         // Small requests and answers: Nagle's algorithm would hold a request's last segment
         // until the peer's delayed ACK (tens of milliseconds per call).
         let mut http = HttpConnector::new();
@@ -59,6 +64,7 @@ impl HttpClient {
             .wrap_connector(http);
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(idle)
             .build(connector);
         HttpClient { inner }
     }

@@ -61,7 +61,6 @@ impl Refusal {
         match self {
             Refusal::Push(PushError::UnknownApp(_)) => StatusCode::NOT_FOUND,
             Refusal::Push(PushError::NoProvider { .. }) => StatusCode::BAD_REQUEST,
-            Refusal::Push(PushError::Unsupported) => StatusCode::NOT_IMPLEMENTED,
             Refusal::Push(PushError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Push(PushError::Payload(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Push(PushError::InvalidToken(_)) => StatusCode::FORBIDDEN,

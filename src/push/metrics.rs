@@ -65,6 +65,7 @@ pub struct AppMetrics {
     pub ok_requests: Counter,
     pub apns: ProviderSeries,
     pub fcm: ProviderSeries,
+    pub huawei: ProviderSeries,
 }
 
 pub struct ProviderSeries {
@@ -77,7 +78,8 @@ impl AppMetrics {
     pub fn provider(&self, provider: super::Provider) -> &ProviderSeries {
         match provider {
             super::Provider::Apns => &self.apns,
-            super::Provider::Fcm | super::Provider::Huawei => &self.fcm,
+            super::Provider::Fcm => &self.fcm,
+            super::Provider::Huawei => &self.huawei,
         }
     }
 }
@@ -206,6 +208,7 @@ impl PushMetrics {
             }),
             apns: series("apns"),
             fcm: series("fcm"),
+            huawei: series("huawei"),
         }
     }
 

@@ -20,8 +20,10 @@ mod dedupe;
 mod fcm;
 mod feedback;
 mod h2pool;
+mod huawei;
 mod ingress;
 mod metrics;
+mod oauth;
 mod outcome;
 pub(crate) mod payload;
 pub(crate) mod request;
@@ -51,6 +53,7 @@ use auth::CallerAuth;
 use dedupe::{Claim, Dedupe};
 use fcm::FcmClient;
 use feedback::{DeadToken, FeedbackOutbox, FeedbackSink};
+use huawei::HuaweiClient;
 use metrics::{DeliveryLabels, ProviderLabels, ResultLabels};
 use payload::{PayloadError, Presentation};
 use shared_dedupe::{Shared as SharedClaim, SharedDedupe};
@@ -62,8 +65,6 @@ pub enum PushError {
     UnknownApp(String),
     #[error("app {app:?} has no {provider} provider configured")]
     NoProvider { app: String, provider: Provider },
-    #[error("Huawei push (push-service 3) is not supported yet")]
-    Unsupported,
     #[error("too many pushes in flight; retry shortly")]
     Overloaded,
     #[error("{0}")]
@@ -123,6 +124,7 @@ struct App {
     mutable_content: bool,
     apns: Option<(Fingerprint, Arc<ApnsClient>)>,
     fcm: Option<(Fingerprint, Arc<FcmClient>)>,
+    huawei: Option<(Fingerprint, Arc<HuaweiClient>)>,
     metrics: metrics::AppMetrics,
 }
 
@@ -257,7 +259,7 @@ impl PushService {
             .is_some_and(|a| match provider {
                 Provider::Apns => a.apns.is_some(),
                 Provider::Fcm => a.fcm.is_some(),
-                Provider::Huawei => false,
+                Provider::Huawei => a.huawei.is_some(),
             })
     }
 
@@ -293,8 +295,8 @@ impl PushService {
         match provider {
             Provider::Apns if app.apns.is_none() => return Err(no_provider()),
             Provider::Fcm if app.fcm.is_none() => return Err(no_provider()),
-            Provider::Huawei => return Err(PushError::Unsupported),
-            Provider::Apns | Provider::Fcm => {}
+            Provider::Huawei if app.huawei.is_none() => return Err(no_provider()),
+            Provider::Apns | Provider::Fcm | Provider::Huawei => {}
         }
         // Checked here, not left to the provider (an APNs token goes into the request path).
         // Not a dead token either (the platform may send opaque ids), so it is not recorded.
@@ -307,12 +309,21 @@ impl PushService {
         };
         let body = match provider {
             Provider::Apns => payload::apns_body(&request, presentation)?,
-            Provider::Fcm | Provider::Huawei => {
+            Provider::Fcm => {
                 let (android_priority, collapse) =
                     app.fcm.as_ref().map_or(("high", false), |(_, c)| {
                         (c.android_priority.as_str(), c.collapse_by_conversation)
                     });
                 payload::fcm_body(&request, presentation, android_priority, collapse)?
+            }
+            Provider::Huawei => {
+                let how = app.huawei.as_ref().map(|(_, c)| payload::HuaweiDelivery {
+                    urgency: &c.urgency,
+                    category: c.category.as_deref(),
+                    ttl: c.ttl,
+                });
+                let how = how.ok_or_else(no_provider)?;
+                payload::huawei_body(&request, presentation, &how)?
             }
         };
         let body = Bytes::from(body);
@@ -384,12 +395,15 @@ impl PushService {
                 let apns_id = apns_id.as_str();
                 async move {
                     let started = std::time::Instant::now();
-                    let answer = match (&app.apns, &app.fcm, provider) {
-                        (Some((_, c)), _, Provider::Apns) => {
+                    let answer = match (&app.apns, &app.fcm, &app.huawei, provider) {
+                        (Some((_, c)), _, _, Provider::Apns) => {
                             let collapse = collapse.filter(|_| c.collapse_by_conversation);
                             c.attempt(device, body, background, collapse, apns_id).await
                         }
-                        (_, Some((_, c)), Provider::Fcm) => c.attempt(body).await,
+                        (_, Some((_, c)), _, Provider::Fcm) => c.attempt(body).await,
+                        (_, _, Some((_, c)), Provider::Huawei) => {
+                            c.attempt(device.as_str(), body).await
+                        }
                         _ => Attempt::Permanent {
                             status: None,
                             reason: "no_provider".into(),
@@ -567,8 +581,8 @@ impl Builder {
                 "must be 1-255 characters, without '/' or control characters",
             );
         }
-        if cfg.apns.is_none() && cfg.fcm.is_none() {
-            problems.push(key, "configure apns, fcm or both");
+        if cfg.apns.is_none() && cfg.fcm.is_none() && cfg.huawei.is_none() {
+            problems.push(key, "configure apns, fcm, huawei, or several");
         }
         if let Some(mask) = &cfg.mask_text
             && (mask.is_empty() || mask.len() > 1024)
@@ -617,6 +631,18 @@ impl Builder {
             )
             .map(|client| (fp, Arc::new(client)))
         });
+        let huawei = cfg.huawei.as_ref().and_then(|c| {
+            let files = std::iter::once(c.client_secret_file.as_path())
+                .chain(c.extra_trust_anchors.iter().map(PathBuf::as_path));
+            let fp = fingerprint(&cfg.id, &format!("{c:?}"), files);
+            if let Some((old_fp, client)) = old.and_then(|a| a.huawei.as_ref())
+                && *old_fp == fp
+            {
+                return Some((fp, client.clone()));
+            }
+            HuaweiClient::build(&format!("{key}.huawei"), c, self.clock.clone(), problems)
+                .map(|client| (fp, Arc::new(client)))
+        });
         App {
             id: cfg.id.clone(),
             metrics: self.metrics.app(&cfg.id),
@@ -625,6 +651,7 @@ impl Builder {
             mutable_content: cfg.mutable_content,
             apns,
             fcm,
+            huawei,
         }
     }
 }

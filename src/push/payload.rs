@@ -66,19 +66,7 @@ pub fn fcm_body(
     android_priority: &str,
     collapse: bool,
 ) -> Result<Vec<u8>, PayloadError> {
-    let data_of = |alert: &Alert| {
-        let mut payload = Map::new();
-        insert_meta(&mut payload, &req.meta, true);
-        let mut data = Map::new();
-        if let Some(text) = alert_text(alert) {
-            data.insert("message".into(), Value::from(text));
-        }
-        data.insert(
-            "payload".into(),
-            Value::from(Value::Object(payload).to_string()),
-        );
-        data
-    };
+    let data_of = |alert: &Alert| android_data(req, alert);
     // FCM counts the data keys and values against its limit; the rest of the request is ours.
     let alert = presented_alert(&req.alert, p.mask_text);
     let data = fit(&alert, data_of, |d| {
@@ -99,6 +87,56 @@ pub fn fcm_body(
         }
     });
     Ok(serde_json::to_vec(&message).unwrap_or_default())
+}
+
+/// The data the platform's Android SDK reads (FCM and Huawei alike): `message` (the text) and
+/// `payload` (the conversation fields as a JSON string).
+fn android_data(req: &PushRequest, alert: &Alert) -> Map<String, Value> {
+    let mut payload = Map::new();
+    insert_meta(&mut payload, &req.meta, true);
+    let mut data = Map::new();
+    if let Some(text) = alert_text(alert) {
+        data.insert("message".into(), Value::from(text));
+    }
+    data.insert(
+        "payload".into(),
+        Value::from(Value::Object(payload).to_string()),
+    );
+    data
+}
+
+/// How a Huawei message is sent (`android.*`).
+pub struct HuaweiDelivery<'a> {
+    pub urgency: &'a str,
+    pub category: Option<&'a str>,
+    pub ttl: std::time::Duration,
+}
+
+/// The Huawei Push Kit v1 request for one token: a data message (Huawei's `data` is one JSON
+/// string) with the same fields as FCM's. Huawei's limit is on the whole message, so that is
+/// what is fitted.
+pub fn huawei_body(
+    req: &PushRequest,
+    p: Presentation<'_>,
+    how: &HuaweiDelivery<'_>,
+) -> Result<Vec<u8>, PayloadError> {
+    let mut android = Map::new();
+    android.insert("urgency".into(), Value::from(how.urgency));
+    android.insert("ttl".into(), Value::from(format!("{}s", how.ttl.as_secs())));
+    if let Some(category) = how.category {
+        android.insert("category".into(), Value::from(category));
+    }
+    let message_of = |alert: &Alert| {
+        json!({
+            "data": Value::Object(android_data(req, alert)).to_string(),
+            "android": Value::Object(android.clone()),
+            "token": [req.device_token.as_str()],
+        })
+    };
+    let alert = presented_alert(&req.alert, p.mask_text);
+    let message = fit(&alert, message_of, |m| m.to_string().len())?;
+    let body = json!({ "validate_only": false, "message": message });
+    Ok(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// The alert that may leave the premises: the mask text when the app has one. A push with no

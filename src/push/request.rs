@@ -17,7 +17,7 @@ pub enum Provider {
     Apns,
     /// 2: Firebase Cloud Messaging.
     Fcm,
-    /// 3: Huawei Push Kit (not supported yet).
+    /// 3: Huawei Push Kit.
     Huawei,
 }
 
@@ -38,7 +38,7 @@ pub enum TokenShape {
     Apns,
     #[error("an FCM registration token is 1 to 4096 printable ASCII characters")]
     Fcm,
-    #[error("Huawei push is not supported yet")]
+    #[error("a Huawei push token is 1 to 4096 printable ASCII characters")]
     Huawei,
 }
 
@@ -51,11 +51,10 @@ impl Provider {
             Provider::Apns => {
                 (1..=200).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_hexdigit())
             }
-            Provider::Fcm => {
+            Provider::Fcm | Provider::Huawei => {
                 (1..=MAX_TOKEN_LEN).contains(&token.len())
                     && token.bytes().all(|b| b.is_ascii_graphic())
             }
-            Provider::Huawei => false,
         };
         if fits {
             Ok(())
@@ -430,7 +429,8 @@ mod tests {
         for bad in ["", "a b", "a\u{7f}", "tok\u{e9}n", &"x".repeat(4097)] {
             assert_eq!(fcm(bad), Err(TokenShape::Fcm), "{bad:?}");
         }
-        assert_eq!(Provider::Huawei.check_token("x"), Err(TokenShape::Huawei));
+        assert_eq!(Provider::Huawei.check_token("0862xQ-_:AbC"), Ok(()));
+        assert_eq!(Provider::Huawei.check_token("a b"), Err(TokenShape::Huawei));
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod overload;
 mod push_apns;
 mod push_dedupe;
 mod push_fcm;
+mod push_huawei;
 mod relay_agent;
 mod relay_consumer;
 mod relay_edges;

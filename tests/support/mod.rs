@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod fake;
 pub mod fake_apns;
 pub mod fake_fcm;
+pub mod fake_huawei;
 pub mod identity_world;
 pub mod idp;
 pub mod jose;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use fake_apns::{ApnsAuth, FakeApns};
 use fake_fcm::FakeFcm;
+use fake_huawei::FakeHuawei;
 use pki::{ApnsKey, Leaf, TestCa};
 
 pub const KEY_ID: &str = "KEYID12345";
@@ -188,6 +190,39 @@ extra_trust_anchors = ["{ca}"]
         )
     }
 
+    /// An `[[push.apps]]` for a fake Huawei Push Kit; `huawei_extra` goes in its table.
+    pub fn huawei_app(
+        &self,
+        id: &str,
+        fake: &FakeHuawei,
+        app_extra: &str,
+        auth: &str,
+        huawei_extra: &str,
+    ) -> String {
+        let secret = self.secret(&format!("huawei-{id}"), fake_huawei::HUAWEI_SECRET);
+        let ca = fake.ca.write(self.dir.path(), &format!("huawei-ca-{id}"));
+        format!(
+            r#"
+[[push.apps]]
+id = "{id}"
+{app_extra}
+[push.apps.auth]
+{auth}
+[push.apps.huawei]
+app_id = "{app_id}"
+client_secret_file = "{secret}"
+oauth_url = "{url}/oauth2/v3/token"
+push_url = "{url}"
+extra_trust_anchors = ["{ca}"]
+{huawei_extra}
+"#,
+            app_id = fake_huawei::HUAWEI_APP_ID,
+            url = fake.url(),
+            secret = secret.display(),
+            ca = ca.display(),
+        )
+    }
+
     /// A client that trusts this environment's CA.
     pub fn client(&self) -> client::Client {
         client::Client::new(&self.ca.cert_pem)
@@ -272,6 +307,19 @@ pub fn android_push(
         "device-token": token,
         "notificationType": "gcm"
     })
+}
+
+/// The platform's Huawei push: the Android body shape with `push-service` 3.
+pub fn huawei_push(
+    token: &str,
+    text: &str,
+    conversation: &str,
+    sequence: i64,
+) -> serde_json::Value {
+    let mut body = android_push(token, text, conversation, sequence);
+    body["push-service"] = 3.into();
+    body["notificationType"] = "huawei".into();
+    body
 }
 
 /// The `Authorization` header for the default platform credentials.
