@@ -55,3 +55,6 @@ pub mod tls;
 pub(crate) mod webhook_post;
 pub(crate) mod webhook_signature;
 pub(crate) mod workspace;
+
+/// `brandgate --version`, long form: version, commit, build date, compiler, target.
+pub use ops::build_info::LONG_VERSION;

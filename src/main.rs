@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// brandgate: the brand's own gateway to the messaging platform (push proxy, identity bridge,
 /// self-hosted relay). One binary, one config file.
 #[derive(Parser)]
-#[command(name = "brandgate", version, propagate_version = true)]
+#[command(
+    name = "brandgate",
+    version,
+    long_version = brandgate::LONG_VERSION,
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -47,6 +47,10 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         tracing::warn!("{warning}");
     }
     let mut registry = Registry::default();
+    crate::ops::build_info::register(&mut registry);
+    registry.register_collector(Box::new(
+        crate::ops::process_metrics::ProcessCollector::new(),
+    ));
     let prepared = prepare(
         &config,
         Some(&state_dir),

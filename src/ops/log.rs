@@ -1,6 +1,8 @@
 //! Logging: one event per line on standard error, which journald collects. Under journald
-//! (`$JOURNAL_STREAM` set) the timestamp is left out, journald adds its own. `json` format writes
-//! one JSON object per line for log shippers.
+//! (`$JOURNAL_STREAM` set) the timestamp is left out, journald adds its own, and each line
+//! starts with its syslog priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug), which
+//! journald takes off and keeps: `journalctl -u brandgate -p warning` shows the warnings.
+//! `json` format writes one JSON object per line for log shippers.
 //!
 //! What is logged is decided at each call site: never message text, full device tokens,
 //! passwords, keys or bearer tokens (see `push::DeviceToken`'s `Display` and `secret::Secret`).
@@ -67,15 +69,51 @@ pub fn init(level: &str, format: LogFormat) {
         (LogFormat::Json, _) => tracing_subscriber::registry()
             .with(fmt.json().flatten_event(true).with_filter(filter))
             .try_init(),
-        (LogFormat::Text, true) => tracing_subscriber::registry()
-            .with(fmt.without_time().with_filter(filter))
-            .try_init(),
+        (LogFormat::Text, true) => {
+            let lines = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_ansi(false)
+                .with_target(false);
+            tracing_subscriber::registry()
+                .with(fmt.event_format(Priority(lines)).with_filter(filter))
+                .try_init()
+        }
         (LogFormat::Text, false) => tracing_subscriber::registry()
             .with(fmt.with_filter(filter))
             .try_init(),
     };
     // Already installed (tests, or a second call): keep the first.
     let _ = result;
+}
+
+/// Writes an event's syslog priority before the line (sd-daemon's `<N>` prefix).
+struct Priority<F>(F);
+
+/// The syslog priority of a level.
+fn priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Priority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 #[cfg(test)]

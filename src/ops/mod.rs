@@ -3,8 +3,10 @@
 //!
 //! The ops listener is plain HTTP and binds to loopback by default; it serves nothing secret.
 
+pub mod build_info;
 pub mod health;
 pub mod log;
+pub mod process_metrics;
 pub mod systemd;
 
 use std::sync::Arc;

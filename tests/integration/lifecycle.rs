@@ -522,6 +522,49 @@ async fn ops_endpoints() {
     let m = client.get(&daemon.ops_url("/metrics")).await.body;
     assert!(m.contains("app=\"unknown\",status=\"404\""), "{m}");
     assert!(!m.contains("random-1"));
+
+    // What build this is, in the metrics and in `--version`, from the same facts.
+    let (_, long_version, _) = crate::support::daemon::run(&["--version"], &[]).await;
+    let fact = |name: &str| {
+        long_version
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {long_version}"))
+            .to_string()
+    };
+    assert!(long_version.starts_with(&format!("brandgate {}\n", env!("CARGO_PKG_VERSION"))));
+    for name in ["built", "target"] {
+        assert_ne!(fact(name), "", "{long_version}");
+    }
+    let info = format!(
+        "brandgate_build_info{{version=\"{}\",commit=\"{}\",rustc=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        fact("commit"),
+        fact("compiler"),
+    );
+    assert!(m.contains(&info), "missing {info} in\n{m}");
+    // The process, read from /proc: the daemon's own start time is within this test's run.
+    let started = m
+        .lines()
+        .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no process_start_time_seconds in\n{m}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now + 1.0 && started > now - 120.0,
+        "{started} vs {now}"
+    );
+    for family in [
+        "# TYPE process_cpu_seconds counter",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+    ] {
+        assert!(m.contains(family), "missing {family} in\n{m}");
+    }
 }
 
 #[tokio::test]
@@ -764,5 +807,46 @@ async fn idle_connections_are_closed() {
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "closed before it was idle"
+    );
+}
+
+/// Under journald (`$JOURNAL_STREAM` set), every line carries its syslog priority so that
+/// `journalctl -p warning` finds the warnings: `<4>` for a warning, `<6>` for information.
+#[tokio::test]
+async fn under_journald_every_line_carries_its_priority() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    // A secret file every user can read: start-up warns about it.
+    let readable = env.secret("readable-password", "p4ssw0rd-for-the-platform\n");
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (fake, key) = apns("com.brand.app").await;
+    let auth = format!(
+        "basic = {{ username = \"platform\", password_file = \"{}\" }}\n",
+        readable.display()
+    );
+    let config = env.config(&env.apns_app("com.brand.app", &fake, &key, "", &auth, ""));
+    let mut daemon =
+        Daemon::start_with_env(env.path(), &config, &[("JOURNAL_STREAM", "8:12345")]).await;
+    let log = daemon.stop().await;
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let priority = line.strip_prefix('<').and_then(|l| l.split_once('>'));
+        assert!(
+            matches!(priority, Some(("3" | "4" | "6" | "7", _))),
+            "a line without its priority: {line:?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>") && l.contains("readable by every user")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>") && l.contains("ready")),
+        "{log}"
     );
 }
