@@ -48,6 +48,11 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     let mut registry = Registry::default();
     crate::ops::build_info::register(&mut registry);
+    let reloads = Arc::new(crate::ops::reloads::Reloads::register(&mut registry));
+    // Stops the background checks when the daemon stops.
+    let background = tokio_util::sync::CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+    let mut store_health = None;
     registry.register_collector(Box::new(
         crate::ops::process_metrics::ProcessCollector::new(),
     ));
@@ -65,6 +70,11 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         match (&config.identity, prepared.identity, prepared.store) {
             (Some(id_config), Some(identity_prepared), Some(store_settings)) => {
                 let (store, data_keys) = open_store(&config, store_settings, &state_dir).await?;
+                store_health = Some(crate::ops::store_health::StoreHealth::start(
+                    store.clone(),
+                    &mut registry,
+                    background.clone(),
+                ));
                 // The platform's re-sends are recognised on every node and after a restart.
                 if config.push.shared_dedupe {
                     push.share_dedupe(store.clone());
@@ -128,6 +138,10 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
 
     let health = Arc::new(Health::default());
     health.add_check(Arc::new(push.clone()));
+    health.add_check(reloads.clone());
+    if let Some(store_health) = store_health {
+        health.add_check(store_health);
+    }
     if let Some(identity) = &identity {
         health.add_check(Arc::new(identity.clone()));
     }
@@ -192,6 +206,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
                 push: &push,
                 identity: identity.as_ref(),
                 relay: relay.as_ref(),
+                reloads: &reloads,
             },
             &status,
         )
@@ -291,8 +306,12 @@ impl Signals {
                 _ = self.hup.recv() => {
                     systemd::reloading();
                     match reload(path, config, state_dir, public, roles) {
-                        Ok(()) => tracing::info!(apps = roles.push.app_count(), "configuration reloaded"),
+                        Ok(()) => {
+                            roles.reloads.record(true, 0);
+                            tracing::info!(apps = roles.push.app_count(), "configuration reloaded");
+                        }
                         Err(problems) => {
+                            roles.reloads.record(false, problems.0.len());
                             for p in &problems.0 {
                                 tracing::error!(problem = %p, "reload refused; the running configuration stays");
                             }
@@ -305,12 +324,13 @@ impl Signals {
     }
 }
 
-/// The roles a reload reaches.
+/// The roles a reload reaches, and where its outcome is kept.
 #[derive(Clone, Copy)]
 struct Roles<'a> {
     push: &'a PushService,
     identity: Option<&'a IdentityService>,
     relay: Option<&'a RelayService>,
+    reloads: &'a crate::ops::reloads::Reloads,
 }
 
 /// Builds everything from the file again and swaps it in, or changes nothing.
@@ -325,6 +345,7 @@ fn reload(
         push,
         identity,
         relay,
+        reloads: _,
     } = roles;
     let new = Config::load(path)?;
     let server_tls = tls::server_config(&new.server.tls, state_dir)?;

@@ -7,6 +7,8 @@ pub mod build_info;
 pub mod health;
 pub mod log;
 pub mod process_metrics;
+pub mod reloads;
+pub mod store_health;
 pub mod systemd;
 
 use std::sync::Arc;

@@ -168,6 +168,14 @@ impl Store {
         format!("sqlite://{}", state_dir.join("brandgate.db").display())
     }
 
+    /// Asks the database for nothing (`SELECT 1`): whether it answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(..) => "sqlite",

@@ -128,8 +128,23 @@ async fn reload_applies_a_new_config_and_refuses_a_bad_one() {
         fake.delivered_to("aa03")[0].body["aps"]["alert"],
         "Second mask"
     );
+    // Still ready (the running configuration serves), and the refusal is there to see.
     let ready = env.client().get(&daemon.ops_url("/readyz")).await;
     assert_eq!(ready.status, 200);
+    assert_eq!(
+        ready.json()["checks"]["config"],
+        serde_json::json!({"last_reload": "refused", "problems": 1}),
+        "{}",
+        ready.body
+    );
+    let m = env.client().get(&daemon.ops_url("/metrics")).await.body;
+    for line in [
+        "brandgate_config_reload_total{outcome=\"applied\"} 1",
+        "brandgate_config_reload_total{outcome=\"refused\"} 1",
+        "brandgate_config_last_success_timestamp_seconds ",
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
 }
 
 #[tokio::test]

@@ -1095,3 +1095,93 @@ async fn nodes_starting_together_migrate_once() {
     store.close().await;
     db.drop().await;
 }
+
+/// `/readyz` follows the database: a node whose PostgreSQL stops answering is not ready (and
+/// `brandgate_store_up` says 0) until it answers again.
+#[tokio::test]
+async fn readiness_follows_the_database() {
+    use std::time::{Duration, Instant};
+    let Some(db) = crate::support::postgres::Database::create().await else {
+        return;
+    };
+    let role = format!("{}_ready", db.name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'pw'"
+    )))
+    .execute(db.admin())
+    .await
+    .unwrap();
+    let env = crate::support::TestEnv::new();
+    let rest = db.url.split_once("://").map_or(db.url.as_str(), |r| r.1);
+    let host = rest.rsplit_once('@').map_or(rest, |r| r.1);
+    let password = env.secret("db-password", "pw");
+    let store = format!(
+        "url = \"postgres://{role}@{host}\"\npassword_file = \"{}\"",
+        password.display()
+    );
+    let keys = crate::support::identity_world::data_key_line("k1");
+    let config = env.config(&env.store_section(&keys, &store));
+    let mut daemon = crate::support::daemon::Daemon::start(env.path(), &config).await;
+    let client = env.client();
+    let ready = |daemon: &crate::support::daemon::Daemon| {
+        let url = daemon.ops_url("/readyz");
+        let client = &client;
+        async move { client.get(&url).await }
+    };
+    let first = ready(&daemon).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["checks"]["store"]["answers"], true);
+
+    // The database shuts the node out: no new logins, its connections ended.
+    let login = |allow: bool| {
+        let how = if allow { "LOGIN" } else { "NOLOGIN" };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} {how}"))).execute(db.admin())
+    };
+    login(false).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&role)
+        .execute(db.admin())
+        .await
+        .unwrap();
+    let until = |want: u16| {
+        let daemon = &daemon;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = ready(daemon).await;
+                if r.status == want {
+                    return r;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "readyz stayed {}: {}",
+                    r.status,
+                    r.body
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let down = until(503).await;
+    assert_eq!(
+        down.json()["checks"]["store"]["answers"],
+        false,
+        "{}",
+        down.body
+    );
+    let m = client.get(&daemon.ops_url("/metrics")).await.body;
+    assert!(m.contains("brandgate_store_up 0"), "{m}");
+
+    login(true).await.unwrap();
+    let up = until(200).await;
+    assert_eq!(up.json()["checks"]["store"]["answers"], true);
+    let log = daemon.stop().await;
+    assert!(log.contains("the store does not answer"), "{log}");
+    assert!(log.contains("the store answers again"), "{log}");
+    let admin = db.admin().clone();
+    db.drop().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

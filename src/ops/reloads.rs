@@ -1,0 +1,90 @@
+//! What became of each reload: `brandgate_config_reload_total{outcome}`, the time of the last
+//! configuration applied (start or reload) as `brandgate_config_last_success_timestamp_seconds`,
+//! and the last reload's outcome under `/readyz` (a refused reload leaves the running
+//! configuration in place, so the node stays ready, but an operator can see it).
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::health::{Check, ReadinessCheck};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+pub struct Reloads {
+    total: Family<Outcome, Counter>,
+    last_success: Gauge<f64, AtomicU64>,
+    /// The last reload: applied or refused, and how many problems.
+    last: Mutex<Option<(bool, usize)>>,
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Reloads {
+    /// Registers the metrics; the configuration loaded at start counts as the last success.
+    pub fn register(registry: &mut Registry) -> Reloads {
+        let reloads = Reloads {
+            total: Family::default(),
+            last_success: Gauge::default(),
+            last: Mutex::new(None),
+        };
+        for outcome in ["applied", "refused"] {
+            let _ = reloads.total.get_or_create(&Outcome { outcome });
+        }
+        reloads.last_success.set(now_seconds());
+        registry.register(
+            "brandgate_config_reload",
+            "Reloads (SIGHUP) by outcome: applied, or refused with the running configuration kept",
+            reloads.total.clone(),
+        );
+        registry.register(
+            "brandgate_config_last_success_timestamp_seconds",
+            "When the running configuration was loaded (start or reload), in seconds since the epoch",
+            reloads.last_success.clone(),
+        );
+        reloads
+    }
+
+    /// Records a reload: applied, or refused with `problems` problems.
+    pub fn record(&self, applied: bool, problems: usize) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.total.get_or_create(&Outcome { outcome }).inc();
+        if applied {
+            self.last_success.set(now_seconds());
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((applied, problems));
+    }
+}
+
+impl ReadinessCheck for Reloads {
+    fn name(&self) -> &'static str {
+        "config"
+    }
+
+    fn check(&self) -> Check {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let detail = match last {
+            None => serde_json::json!({ "last_reload": "none" }),
+            Some((true, _)) => serde_json::json!({ "last_reload": "applied" }),
+            Some((false, problems)) => {
+                serde_json::json!({ "last_reload": "refused", "problems": problems })
+            }
+        };
+        Check {
+            ready: true,
+            detail,
+        }
+    }
+}
