@@ -43,6 +43,14 @@ pub enum TokenShape {
 }
 
 impl Provider {
+    /// The provider named as [`Provider::as_str`] writes it (`apns`, `fcm`, `huawei`): how the
+    /// relay's device registrations name theirs.
+    pub fn from_name(name: &str) -> Option<Provider> {
+        [Provider::Apns, Provider::Fcm, Provider::Huawei]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+
     /// The one rule for a device token of this provider, wherever a token comes in (the push
     /// proxy's requests, the relay's device registrations). An APNs token goes into the
     /// request path, so nothing but hex digits may pass.
@@ -431,6 +439,15 @@ mod tests {
         }
         assert_eq!(Provider::Huawei.check_token("0862xQ-_:AbC"), Ok(()));
         assert_eq!(Provider::Huawei.check_token("a b"), Err(TokenShape::Huawei));
+    }
+
+    #[test]
+    fn providers_are_found_by_the_names_they_write() {
+        for p in [Provider::Apns, Provider::Fcm, Provider::Huawei] {
+            assert_eq!(Provider::from_name(p.as_str()), Some(p));
+        }
+        assert_eq!(Provider::from_name("gcm"), None);
+        assert_eq!(Provider::from_name("APNS"), None);
     }
 
     #[test]

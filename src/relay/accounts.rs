@@ -19,6 +19,10 @@
 //!
 //! Never logs, stores or returns a password, its hash or a bearer.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::metrics::OutcomeLabel;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -273,6 +277,8 @@ pub struct Accounts {
     outside_audits: SourceLimiter,
     /// ... and in all.
     outside_audits_in_all: MinuteBudget,
+    /// Audited events by outcome (`brandgate_relay_agent_audit_total`).
+    audited: Family<OutcomeLabel, Counter>,
 }
 
 impl Accounts {
@@ -295,7 +301,14 @@ impl Accounts {
             dummy: OnceCell::new(),
             outside_audits: SourceLimiter::default(),
             outside_audits_in_all: MinuteBudget::new(OUTSIDE_AUDITS_IN_ALL_PER_MINUTE),
+            audited: Family::default(),
         }
+    }
+
+    /// Counts each audited event by outcome in `audited` (the relay's metrics).
+    pub fn counting_audit_in(mut self, audited: Family<OutcomeLabel, Counter>) -> Accounts {
+        self.audited = audited;
+        self
     }
 
     pub fn account(&self) -> &str {
@@ -1056,6 +1069,11 @@ impl Accounts {
         source: Option<&str>,
         via: Option<&str>,
     ) {
+        self.audited
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
         let row = AgentAuditRow {
             at: self.now_ms(),
             account: self.account.clone(),

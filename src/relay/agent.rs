@@ -120,6 +120,7 @@ async fn upgrade(
     websocket(ws, &relay.inner.config).on_upgrade(move |socket| async move {
         let _permit = permit;
         let _tracked = relay.inner.sessions.token();
+        let _open = relay.inner.metrics.socket_opened("agent");
         tracing::info!(agent = %principal.agent_id, "an agent connected");
         let link = Link::new(relay, socket);
         let role = AgentRole {

@@ -18,6 +18,10 @@
 //! first opens and the last closes, in order, by one task) and keeps its rows alive; a node that
 //! dies leaves rows that expire after [`PRESENCE_TTL`].
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::metrics::ResultLabel;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -76,6 +80,8 @@ pub struct Away {
     presence_changes: Option<mpsc::Sender<(ConsumerId, bool)>>,
     stopping: CancellationToken,
     tasks: TaskTracker,
+    /// Away pushes by result (`brandgate_relay_away_pushes_total`).
+    sent: Family<ResultLabel, Counter>,
 }
 
 /// Counts a consumer as connected while it lives.
@@ -140,7 +146,14 @@ impl Away {
             presence_changes,
             stopping,
             tasks,
+            sent: Family::default(),
         }
+    }
+
+    /// Counts each away push's result in `sent` (the relay's metrics).
+    pub fn counting_in(mut self, sent: Family<ResultLabel, Counter>) -> Away {
+        self.sent = sent;
+        self
     }
 
     pub fn push(&self) -> &PushService {
@@ -243,8 +256,8 @@ impl Away {
         };
         let mut sent = Vec::with_capacity(registrations.len());
         for registration in &registrations {
-            sent.push(
-                self.send(
+            let result = self
+                .send(
                     registration,
                     conversation_id,
                     unread.len(),
@@ -252,8 +265,16 @@ impl Away {
                     last.0,
                     &item.id,
                 )
-                .await,
-            );
+                .await;
+            let label = match result {
+                Sent::Delivered => "delivered",
+                Sent::Transient => "transient",
+                Sent::NotForThisDevice => "not_for_this_device",
+            };
+            self.sent
+                .get_or_create(&ResultLabel { result: label })
+                .inc();
+            sent.push(result);
         }
         // Tried again (a few times: a late push is little use) only when no device got it and
         // trying again may help; a device that got it may get it again (collapsed on the phone).
@@ -315,10 +336,8 @@ impl Away {
         seq: i64,
         item_id: &str,
     ) -> Sent {
-        let provider = match registration.provider.as_str() {
-            "apns" => Provider::Apns,
-            "fcm" => Provider::Fcm,
-            _ => return Sent::NotForThisDevice,
+        let Some(provider) = Provider::from_name(&registration.provider) else {
+            return Sent::NotForThisDevice;
         };
         let context = seal_context(
             &registration.account,

@@ -103,6 +103,7 @@ async fn upgrade(
         let _permit = permit;
         // Counted until the session ends, so shutdown can wait for the close frames.
         let _tracked = relay.inner.sessions.token();
+        let _open = relay.inner.metrics.socket_opened("consumer");
         if let Some(identity) = &identity {
             relay.inner.profiles.record(identity).await;
         }

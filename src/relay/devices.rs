@@ -1,6 +1,6 @@
 //! Consumers' devices over HTTPS, with the consumer's identity token
 //! (`Authorization: jwt <token>`):
-//! - `PUT /api/v1/push-registrations/{app}` with `{"provider": "apns"|"fcm", "token": "..."}`
+//! - `PUT /api/v1/push-registrations/{app}` with `{"provider": "apns"|"fcm"|"huawei", "token": "..."}`
 //!   registers (or replaces) the device of one app (`[[push.apps]]` id) → `204`;
 //! - `DELETE /api/v1/push-registrations/{app}` removes it → `204` (`404` if there was none);
 //! - `GET /api/v1/push-registrations` lists the apps registered (never the tokens).
@@ -65,14 +65,10 @@ pub async fn register(
     let registration: Registration = serde_json::from_slice(&body).map_err(|e| {
         HttpRefusal::BadRequest(format!("expected {{\"provider\", \"token\"}}: {e}"))
     })?;
-    let provider = match registration.provider.as_str() {
-        "apns" => Provider::Apns,
-        "fcm" => Provider::Fcm,
-        _ => {
-            return Err(HttpRefusal::BadRequest(
-                "provider must be apns or fcm".into(),
-            ));
-        }
+    let Some(provider) = Provider::from_name(&registration.provider) else {
+        return Err(HttpRefusal::BadRequest(
+            "provider must be apns, fcm or huawei".into(),
+        ));
     };
     provider
         .check_token(&registration.token)

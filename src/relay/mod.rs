@@ -41,6 +41,7 @@ mod devices;
 mod fanout;
 mod idp;
 mod login;
+mod metrics;
 mod outbox;
 mod profiles;
 pub(crate) mod protocol;

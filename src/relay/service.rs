@@ -51,6 +51,7 @@ pub(super) struct Inner {
     pub(super) login_attempts: SourceLimiter,
     /// One permit per open socket.
     pub(super) sockets: Arc<Semaphore>,
+    pub(super) metrics: super::metrics::RelayMetrics,
     /// Sockets not authenticated yet, per source address.
     pub(super) unauthenticated: SourceSlots,
     /// Cancelled at shutdown: every socket closes with 1001.
@@ -113,26 +114,28 @@ impl RelayService {
             clock,
             doorbell,
         } = base;
-        let accounts = Arc::new(RelayService::accounts(
-            config,
-            store.clone(),
-            data_keys.clone(),
-            clock.clone(),
-        ));
+        let metrics = super::metrics::RelayMetrics::register(registry);
+        let accounts = Arc::new(
+            RelayService::accounts(config, store.clone(), data_keys.clone(), clock.clone())
+                .counting_audit_in(metrics.agent_audit.clone()),
+        );
         // The dummy hash for unknown usernames, made before the first login needs it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let accounts = accounts.clone();
             runtime.spawn(async move { accounts.warm_up().await });
         }
-        let away = Arc::new(away::Away::new(
-            config.account.clone(),
-            push,
-            store.clone(),
-            data_keys.clone(),
-            clock.clone(),
-            config.away.ack_delay.0,
-            config.away.burst.0,
-        ));
+        let away = Arc::new(
+            away::Away::new(
+                config.account.clone(),
+                push,
+                store.clone(),
+                data_keys.clone(),
+                clock.clone(),
+                config.away.ack_delay.0,
+                config.away.burst.0,
+            )
+            .counting_in(metrics.away_pushes.clone()),
+        );
         let webhooks = webhooks::Webhooks::new(
             prepared.webhooks,
             clock.clone(),
@@ -176,6 +179,7 @@ impl RelayService {
                 store,
                 data_keys,
                 sockets: Arc::new(Semaphore::new(config.max_sockets)),
+                metrics,
                 unauthenticated: SourceSlots::default(),
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),

@@ -1112,3 +1112,57 @@ async fn the_holding_agent_sees_who_the_consumer_is() {
     assert_eq!(anon.json()["authenticated"], false, "{}", anon.body);
     assert_eq!(anon.json()["claims"], json!({}));
 }
+
+/// `brandgate_relay_*`: sockets open by role (while they are open), and the agents' audited
+/// events by outcome (of this daemon: `brandgate agents add` audits in its own process).
+#[tokio::test]
+async fn the_relay_counts_its_sockets_and_its_agents_sign_ins() {
+    let relay = Relay::start("1h").await;
+    let password = relay.add_agent("mia").await;
+    let wrong = relay
+        .env
+        .client()
+        .post_json(
+            &relay.daemon.url(&format!("/api/account/{ACCOUNT}/login")),
+            &[],
+            &serde_json::json!({"username": "mia", "password": "not-her-password"}),
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    let bearer = relay.login("mia", &password).await;
+    let agent = relay.connect_agent(&bearer).await;
+    let (consumer, _, _) = relay.consumer().await;
+    let metrics = || async {
+        relay
+            .env
+            .client()
+            .get(&relay.daemon.ops_url("/metrics"))
+            .await
+            .body
+    };
+    let m = metrics().await;
+    for line in [
+        "brandgate_relay_sockets_open{role=\"agent\"} 1",
+        "brandgate_relay_sockets_open{role=\"consumer\"} 1",
+        "brandgate_relay_agent_audit_total{outcome=\"wrong_password\"} 1",
+        "brandgate_relay_agent_audit_total{outcome=\"success\"} 1",
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
+    drop(agent);
+    drop(consumer);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = metrics().await;
+        let closed = m.contains("brandgate_relay_sockets_open{role=\"agent\"} 0")
+            && m.contains("brandgate_relay_sockets_open{role=\"consumer\"} 0");
+        if closed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sockets still counted:\n{m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
