@@ -265,7 +265,7 @@ mkdir -p /var/lib/rpm
 check "rpm: initialise the rpm database" rpmi --initdb
 # The dependencies (systemd, kill, ca-certificates) are Debian packages rpm does not know.
 check "rpm: rpm -i installs" rpmi -i --nodeps /root/pkgs/old.rpm
-check "rpm: it requires the SAML libraries by soname" sh -c 'rpmi -q --requires brandgate | grep -q "libxmlsec1-openssl.so.1()(64bit)"'
+check "rpm: it requires the SAML libraries by soname" sh -c 'rpm --dbpath /var/lib/rpm -q --requires brandgate | grep -q "libxmlsec1-openssl.so.1()(64bit)"'
 system_checks rpm
 lifecycle_checks rpm
 credentials_checks rpm
