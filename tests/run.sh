@@ -31,6 +31,18 @@ bash packaging/build-deps.sh
 # The agents' SAML sign-in is tested against Debian's pysaml2 (which signs with the xmlsec1
 # CLI); its attack fixtures are edited with lxml and signed again with xmlsec1.
 need_debian_packages python3-pysaml2 python3-lxml xmlsec1
+# promtool checks the shipped alert rules. Only the tool is taken from Debian's prometheus
+# package (installing the package would start a Prometheus server).
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x target/tools/promtool ]; then
+    log "fetching promtool (Debian's prometheus package, unpacked into target/tools)"
+    mkdir -p target/tools/prometheus-deb
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    (cd target/tools/prometheus-deb && apt-get download -qq prometheus)
+    dpkg-deb -x target/tools/prometheus-deb/prometheus_*.deb target/tools/prometheus-deb/root
+    cp target/tools/prometheus-deb/root/usr/bin/promtool target/tools/promtool
+fi
+PROMTOOL=$(command -v promtool || echo "$PWD/target/tools/promtool")
+export PROMTOOL
 # The agents' workspace is tested in Debian's Chromium (driven by playwright-core, which cannot
 # download a browser here).
 need_debian_packages chromium

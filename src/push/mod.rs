@@ -643,6 +643,18 @@ impl Builder {
             HuaweiClient::build(&format!("{key}.huawei"), c, self.clock.clone(), problems)
                 .map(|client| (fp, Arc::new(client)))
         });
+        // Each configured provider's dead tokens show from the start (a 0 an alert can read).
+        let configured = [
+            (apns.is_some(), Provider::Apns),
+            (fcm.is_some(), Provider::Fcm),
+            (huawei.is_some(), Provider::Huawei),
+        ];
+        for (_, provider) in configured.into_iter().filter(|(on, _)| *on) {
+            let _ = self.metrics.dead_tokens.get_or_create(&ProviderLabels {
+                app: cfg.id.clone(),
+                provider: provider.as_str(),
+            });
+        }
         App {
             id: cfg.id.clone(),
             metrics: self.metrics.app(&cfg.id),

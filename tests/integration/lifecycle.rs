@@ -865,3 +865,58 @@ async fn under_journald_every_line_carries_its_priority() {
         "{log}"
     );
 }
+
+/// The alert rules shipped for operators (`packaging/prometheus/brandgate-alerts.yml`) pass
+/// `promtool check rules`, and every series they read is one a running brandgate (push,
+/// identity, relay, store) publishes: a renamed metric cannot silently disarm an alert.
+#[tokio::test]
+async fn the_shipped_alert_rules_check_and_read_only_published_metrics() {
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/prometheus/brandgate-alerts.yml"
+    );
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules", rules])
+        .output()
+        .unwrap_or_else(|e| panic!("{promtool}: {e} (tests/run.sh installs it)"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("SUCCESS"), "{said}");
+
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let app = env.apns_app(APP, &fake, &key, "", &env.basic_auth(), "");
+    let config = crate::support::relay_world::config(&env, "1h", "", &app);
+    let daemon = Daemon::start(env.path(), &config).await;
+    assert_eq!(push(&env, &daemon, "ee01", 1).await, 200);
+    let published = env.client().get(&daemon.ops_url("/metrics")).await.body;
+    // The families published (counters and histograms are read with their suffixes).
+    let families: std::collections::HashSet<&str> = published
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let text = std::fs::read_to_string(rules).unwrap();
+    let mut read = std::collections::BTreeSet::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("brandgate_") || word.starts_with("process_") {
+            read.insert(word.to_string());
+        }
+    }
+    assert!(read.len() >= 6, "{read:?}");
+    for name in &read {
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            families.contains(family),
+            "the rules read {name}, which brandgate does not publish:\n{published}"
+        );
+    }
+}
