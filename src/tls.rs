@@ -118,6 +118,8 @@ pub struct ServerTls {
     pub config: Arc<ServerConfig>,
     /// Set when brandgate generated (or reused) its own development certificate.
     pub development_certificate: Option<DevCertificate>,
+    /// When the listener's certificate expires (seconds since the epoch).
+    pub expires_at: Option<i64>,
 }
 
 /// Builds the listener's TLS configuration: the configured certificate, or the development one.
@@ -137,6 +139,9 @@ pub fn server_config(cfg: &ServerTlsConfig, state_dir: &Path) -> Result<ServerTl
             (dev.cert.clone(), dev.key.clone(), Some(dev))
         }
     };
+    let expires_at = load_certificates(&cert_path)
+        .ok()
+        .and_then(|chain| chain.first().and_then(|c| expires_at(c)));
     Ok(ServerTls {
         config: Arc::new(build_server_config(
             &cert_path,
@@ -144,6 +149,7 @@ pub fn server_config(cfg: &ServerTlsConfig, state_dir: &Path) -> Result<ServerTl
             cfg.client_ca.as_deref(),
         )?),
         development_certificate,
+        expires_at,
     })
 }
 
@@ -269,6 +275,12 @@ pub fn ensure_development_certificate(
         key,
         generated: true,
     })
+}
+
+/// When a certificate (DER) expires, in seconds since the epoch.
+pub fn expires_at(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn development_certificate_expired(path: &Path) -> bool {

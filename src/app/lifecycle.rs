@@ -49,6 +49,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     let mut registry = Registry::default();
     crate::ops::build_info::register(&mut registry);
     let reloads = Arc::new(crate::ops::reloads::Reloads::register(&mut registry));
+    reloads.serving_certificate(server_tls.expires_at);
     // Stops the background checks when the daemon stops.
     let background = tokio_util::sync::CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
@@ -379,6 +380,7 @@ fn reload(
         tracing::warn!("{w}");
     }
     announce_development_certificate(server_tls.development_certificate.as_ref());
+    roles.reloads.serving_certificate(server_tls.expires_at);
     public.replace_tls(server_tls.config);
     for (key, changed) in restart_only_changes(config, &new) {
         if changed {

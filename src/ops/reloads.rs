@@ -1,7 +1,9 @@
 //! What became of each reload: `brandgate_config_reload_total{outcome}`, the time of the last
 //! configuration applied (start or reload) as `brandgate_config_last_success_timestamp_seconds`,
 //! and the last reload's outcome under `/readyz` (a refused reload leaves the running
-//! configuration in place, so the node stays ready, but an operator can see it).
+//! configuration in place, so the node stays ready, but an operator can see it). Also what the
+//! running configuration serves with that expires: the listener's certificate
+//! (`brandgate_tls_certificate_expiry_timestamp_seconds`).
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -24,6 +26,7 @@ pub struct Reloads {
     last_success: Gauge<f64, AtomicU64>,
     /// The last reload: applied or refused, and how many problems.
     last: Mutex<Option<(bool, usize)>>,
+    certificate_expiry: Gauge<f64, AtomicU64>,
 }
 
 fn now_seconds() -> f64 {
@@ -39,6 +42,7 @@ impl Reloads {
             total: Family::default(),
             last_success: Gauge::default(),
             last: Mutex::new(None),
+            certificate_expiry: Gauge::default(),
         };
         for outcome in ["applied", "refused"] {
             let _ = reloads.total.get_or_create(&Outcome { outcome });
@@ -54,7 +58,19 @@ impl Reloads {
             "When the running configuration was loaded (start or reload), in seconds since the epoch",
             reloads.last_success.clone(),
         );
+        registry.register(
+            "brandgate_tls_certificate_expiry_timestamp_seconds",
+            "When the public listener's TLS certificate expires, in seconds since the epoch",
+            reloads.certificate_expiry.clone(),
+        );
         reloads
+    }
+
+    /// The listener's certificate now in use expires at `at` (seconds since the epoch).
+    pub fn serving_certificate(&self, at: Option<i64>) {
+        if let Some(at) = at {
+            self.certificate_expiry.set(at as f64);
+        }
     }
 
     /// Records a reload: applied, or refused with `problems` problems.

@@ -118,6 +118,20 @@ impl ApnsClient {
             ),
         }
 
+        let expires_at = identity
+            .as_ref()
+            .and_then(|id| id.chain.first())
+            .and_then(|cert| crate::tls::expires_at(cert));
+        if let Some(at) = expires_at {
+            let labels = super::metrics::ProviderLabels {
+                app: app_id.to_string(),
+                provider: "apns",
+            };
+            metrics
+                .certificate_expiry
+                .get_or_create(&labels)
+                .set(at as f64);
+        }
         let tls = match client_config(&cfg.extra_trust_anchors, identity, &[b"h2"]) {
             Ok(tls) => Some(tls),
             Err(e) => {

@@ -52,6 +52,8 @@ pub struct PushMetrics {
     pub dedupe_evicted_early: Counter,
     pub dedupe_store_errors: Counter,
     pub dead_tokens: Family<ProviderLabels, Counter>,
+    /// When an app's provider certificate (APNs certificate auth) expires.
+    pub certificate_expiry: Family<ProviderLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub webhook: Family<ResultLabels, Counter>,
     pub refused: Family<ResultLabels, Counter>,
     pub pool_open: Family<ProviderLabels, Gauge>,
@@ -104,6 +106,7 @@ impl PushMetrics {
             dedupe_evicted_early: Counter::default(),
             dedupe_store_errors: Counter::default(),
             dead_tokens: Family::default(),
+            certificate_expiry: Family::default(),
             webhook: Family::default(),
             refused: Family::default(),
             pool_open: Family::default(),
@@ -155,6 +158,11 @@ impl PushMetrics {
             "dead_tokens",
             "Device tokens the provider declared dead",
             m.dead_tokens.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When an app's APNs client certificate expires, in seconds since the epoch",
+            m.certificate_expiry.clone(),
         );
         r.register(
             "feedback_webhook",

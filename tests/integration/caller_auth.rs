@@ -357,6 +357,16 @@ async fn apns_certificate_auth_pem_and_pkcs12() {
             sent.last().unwrap().headers.get("authorization").is_none(),
             "certificate auth sends no token"
         );
+        // Its expiry, for the alert that says to renew it in time.
+        let m = env.client().get(&daemon.ops_url("/metrics")).await.body;
+        let expiry = format!(
+            "brandgate_push_certificate_expiry_timestamp_seconds{{app=\"{APP}\",provider=\"apns\"}} {}",
+            crate::support::pki::not_after(&cert)
+        );
+        assert!(
+            m.lines().any(|l| l == expiry || l == format!("{expiry}.0")),
+            "missing {expiry} in\n{m}"
+        );
     }
     assert_eq!(fake.delivered_to(TOKEN).len(), 3);
 }

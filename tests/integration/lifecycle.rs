@@ -572,6 +572,14 @@ async fn ops_endpoints() {
         started <= now + 1.0 && started > now - 120.0,
         "{started} vs {now}"
     );
+    let expiry = format!(
+        "brandgate_tls_certificate_expiry_timestamp_seconds {}",
+        crate::support::pki::not_after(env.server_cert())
+    );
+    assert!(
+        m.lines().any(|l| l == expiry || l == format!("{expiry}.0")),
+        "missing {expiry} in\n{m}"
+    );
     for family in [
         "# TYPE process_cpu_seconds counter",
         "process_resident_memory_bytes ",
@@ -891,7 +899,19 @@ async fn the_shipped_alert_rules_check_and_read_only_published_metrics() {
     let env = TestEnv::new();
     let (fake, key) = apns(APP).await;
     let app = env.apns_app(APP, &fake, &key, "", &env.basic_auth(), "");
-    let config = crate::support::relay_world::config(&env, "1h", "", &app);
+    // A second app with APNs certificate auth, whose certificate's expiry is published.
+    let (cert, cert_key) = env
+        .ca
+        .client("Apple Push Services: com.brand.cert", &["com.brand.cert"])
+        .write(env.path(), "apns-cert-app");
+    let cert_app = format!(
+        "[[push.apps]]\nid = \"com.brand.cert\"\n[push.apps.auth]\n{}[push.apps.apns]\ntopic = \"com.brand.cert\"\nendpoint = \"{}\"\ncertificate_file = \"{}\"\nprivate_key_file = \"{}\"\n",
+        env.basic_auth(),
+        fake.url(),
+        cert.display(),
+        cert_key.display()
+    );
+    let config = crate::support::relay_world::config(&env, "1h", "", &format!("{app}{cert_app}"));
     let daemon = Daemon::start(env.path(), &config).await;
     assert_eq!(push(&env, &daemon, "ee01", 1).await, 200);
     let published = env.client().get(&daemon.ops_url("/metrics")).await.body;

@@ -95,6 +95,11 @@ impl TestEnv {
         self.base_config_with_tls("")
     }
 
+    /// The listener's certificate file (PEM).
+    pub fn server_cert(&self) -> &Path {
+        &self.server.0
+    }
+
     /// The base config with `tls_extra` added to `[server.tls]` (such as `client_ca`).
     pub fn base_config_with_tls(&self, tls_extra: &str) -> String {
         format!(

@@ -126,3 +126,22 @@ impl ServiceAccount {
         }
     }
 }
+
+/// When the certificate in `pem` expires (seconds since the epoch), as the `openssl` CLI reads it.
+pub fn not_after(pem: &std::path::Path) -> i64 {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+        .arg(pem)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let date = text.trim().strip_prefix("notAfter=").expect("notAfter=");
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", date, "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("seconds")
+}
