@@ -588,12 +588,23 @@ async fn an_unreadable_secret_says_how_to_fix_it() {
 
 #[tokio::test]
 async fn help_and_version_everywhere() {
-    let (code, out, _) = run(&["--version"], &[]).await;
+    let (code, out, _) = run(&["-V"], &[]).await;
     assert_eq!(code, 0);
     assert_eq!(
         out.trim(),
         format!("brandgate {}", env!("CARGO_PKG_VERSION"))
     );
+    // The long form says which build: commit, date, compiler, target.
+    let (code, out, _) = run(&["--version"], &[]).await;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("brandgate {}", env!("CARGO_PKG_VERSION")));
+    let keys: Vec<&str> = lines[1..]
+        .iter()
+        .filter_map(|l| l.split_once(": ").map(|(k, _)| k))
+        .collect();
+    assert_eq!(keys, ["commit", "built", "compiler", "target"], "{out}");
+    assert!(out.contains("rustc "), "{out}");
     let (code, out, _) = run(&["--help"], &[]).await;
     assert_eq!(code, 0);
     for command in ["serve", "check-config", "push-test"] {
