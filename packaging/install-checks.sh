@@ -224,6 +224,7 @@ export DEBIAN_FRONTEND=noninteractive
 check "deb: dpkg -i installs" dpkg -i /root/pkgs/old.deb
 check "deb: every library the binary links is there" sh -c '! ldd /usr/bin/brandgate | grep -q "not found"'
 check "deb: ships the Prometheus alert rules" test -s /usr/share/doc/brandgate/examples/brandgate-alerts.yml
+check "deb: ships the Grafana dashboard" test -s /usr/share/doc/brandgate/examples/brandgate-dashboard.json
 check "deb: it depends on xmlsec1's OpenSSL back end" sh -c 'dpkg-query -W -f="\${Depends}" brandgate | grep -q libxmlsec1-openssl'
 system_checks deb
 lifecycle_checks deb

@@ -174,6 +174,10 @@ impl PushMetrics {
             "Requests refused before delivery (overload, rate limit), by reason",
             m.refused.clone(),
         );
+        // Both refusals show from the start (a 0 a dashboard or an alert can read).
+        for result in ["overloaded", "rate_limited"] {
+            let _ = m.refused.get_or_create(&ResultLabels { result });
+        }
         r.register(
             "pool_connections_open",
             "Open HTTP/2 connections to providers",

@@ -59,8 +59,16 @@ impl RelayMetrics {
             "Pushes to consumers who did not acknowledge an agent's message, by result",
             m.away_pushes.clone(),
         );
+        // The common series show from the start (a 0 a dashboard or an alert can read).
         for role in ["consumer", "agent"] {
             let _ = m.sockets_open.get_or_create(&RoleLabel { role });
+        }
+        for outcome in ["success", "wrong_password", "locked_out"] {
+            let outcome = outcome.to_string();
+            let _ = m.agent_audit.get_or_create(&OutcomeLabel { outcome });
+        }
+        for result in ["delivered", "transient", "not_for_this_device"] {
+            let _ = m.away_pushes.get_or_create(&ResultLabel { result });
         }
         m
     }

@@ -875,8 +875,9 @@ async fn under_journald_every_line_carries_its_priority() {
 }
 
 /// The alert rules shipped for operators (`packaging/prometheus/brandgate-alerts.yml`) pass
-/// `promtool check rules`, and every series they read is one a running brandgate (push,
-/// identity, relay, store) publishes: a renamed metric cannot silently disarm an alert.
+/// `promtool check rules`, the dashboard is Grafana JSON with a query in every panel, and
+/// every series either reads is one a running brandgate (push, identity, relay, store)
+/// publishes: a renamed metric cannot silently disarm an alert or empty a panel.
 #[tokio::test]
 async fn the_shipped_alert_rules_check_and_read_only_published_metrics() {
     let rules = concat!(
@@ -921,7 +922,23 @@ async fn the_shipped_alert_rules_check_and_read_only_published_metrics() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    let text = std::fs::read_to_string(rules).unwrap();
+    let dashboard = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/prometheus/brandgate-dashboard.json"
+    );
+    let board: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).unwrap()).unwrap();
+    let panels = board["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(
+            !targets.is_empty() && targets.iter().all(|t| t["expr"].is_string()),
+            "{panel}"
+        );
+    }
+    let text =
+        std::fs::read_to_string(rules).unwrap() + &std::fs::read_to_string(dashboard).unwrap();
     let mut read = std::collections::BTreeSet::new();
     for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("brandgate_") || word.starts_with("process_") {
@@ -930,13 +947,13 @@ async fn the_shipped_alert_rules_check_and_read_only_published_metrics() {
     }
     assert!(read.len() >= 6, "{read:?}");
     for name in &read {
-        let family = ["_total", "_bucket", "_count", "_sum"]
+        let family = ["_total", "_bucket", "_count", "_sum", "_info"]
             .iter()
             .find_map(|s| name.strip_suffix(s))
             .unwrap_or(name);
         assert!(
             families.contains(family),
-            "the rules read {name}, which brandgate does not publish:\n{published}"
+            "the rules or the dashboard read {name}, which brandgate does not publish:\n{published}"
         );
     }
 }
