@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client_address::ForwardedHeader;
 use crate::duration::Span;
@@ -23,6 +23,8 @@ pub use crate::ops::log::LogFormat;
 pub use crate::problems::{Problem, Problems};
 
 mod identity;
+mod show;
+pub use show::ShowError;
 mod relay;
 pub use identity::*;
 pub use relay::{
@@ -31,7 +33,7 @@ pub use relay::{
 };
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -51,7 +53,7 @@ pub struct Config {
 }
 
 /// Where brandgate keeps what must outlive a restart (the signing key ring today).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite:///path/file.db` or `postgres://user@host:5432/db?sslmode=verify-full`.
@@ -81,7 +83,7 @@ impl Default for StoreConfig {
 }
 
 /// The public HTTPS listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "defaults::listen")]
@@ -142,7 +144,7 @@ impl Default for ServerConfig {
 
 /// The public listener's certificate. Without `cert`/`key`, a self-signed development
 /// certificate is generated in the state directory.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsConfig {
     pub cert: Option<PathBuf>,
@@ -153,7 +155,7 @@ pub struct ServerTlsConfig {
 }
 
 /// The operator's listener: `/metrics`, `/healthz`, `/readyz`. Plain HTTP, loopback by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpsConfig {
     #[serde(default = "defaults::ops_listen")]
@@ -168,7 +170,7 @@ impl Default for OpsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter: `info`, or `warn,brandgate=debug`.
@@ -188,7 +190,7 @@ impl Default for LogConfig {
 }
 
 /// The push proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// A repeat of a delivered push (same app, token, conversation and sequence) within this
@@ -238,13 +240,13 @@ impl Default for PushConfig {
 }
 
 /// Where dead device tokens are reported.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackConfig {
     pub webhook: Option<WebhookConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,
@@ -269,7 +271,7 @@ pub struct WebhookConfig {
 }
 
 /// One app the platform sends pushes for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// The platform's "App Name" for this app: usually the bundle id / package name
@@ -289,7 +291,7 @@ pub struct AppConfig {
 }
 
 /// What a caller must present to push for an app. Every configured method must pass.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerAuthConfig {
     pub basic: Option<BasicAuthConfig>,
@@ -301,14 +303,14 @@ pub struct CallerAuthConfig {
     pub allow_unauthenticated: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuthConfig {
     pub username: String,
     pub password_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertAuthConfig {
     /// Accepted identities: a certificate matches when its subject common name or one of its
@@ -316,7 +318,7 @@ pub struct ClientCertAuthConfig {
     pub names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderAuthConfig {
     pub name: String,
@@ -324,7 +326,7 @@ pub struct HeaderAuthConfig {
 }
 
 /// Apple Push Notification service for one app.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsConfig {
     /// The `apns-topic`: the app's bundle id.
@@ -360,7 +362,7 @@ pub struct ApnsConfig {
 }
 
 /// Firebase Cloud Messaging (HTTP v1) for one app.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FcmConfig {
     /// The Google service-account JSON key file.
@@ -381,7 +383,7 @@ pub struct FcmConfig {
 }
 
 /// Huawei Push Kit (push API v1) for one app, for phones without Google services.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HuaweiConfig {
     /// The app's ID in AppGallery Connect (also its OAuth client id).

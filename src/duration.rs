@@ -65,6 +65,29 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// A duration in the form [`parse`] reads, largest units first (`1h30m`, `1s500ms`, `0s`).
+/// Anything below a millisecond is left out (the form has no smaller unit).
+pub fn format(d: Duration) -> String {
+    let mut millis = d.as_millis();
+    if millis == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if millis >= size {
+            out.push_str(&format!("{}{unit}", millis / size));
+            millis %= size;
+        }
+    }
+    out
+}
+
 /// Deserializes a [`Duration`] from its human form; for `#[serde(deserialize_with)]`.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct Visitor;
@@ -90,6 +113,12 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+impl serde::Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(self.0))
+    }
+}
+
 impl fmt::Debug for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
@@ -105,6 +134,26 @@ impl From<Span> for Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in [
+            "0s",
+            "500ms",
+            "10s",
+            "5m",
+            "1h",
+            "1d",
+            "1h30m",
+            "1s500ms",
+            "2d3h4m5s6ms",
+        ] {
+            let d = parse(text).unwrap();
+            assert_eq!(format(d), text);
+        }
+        assert_eq!(format(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format(Duration::from_micros(1500)), "1ms");
+    }
 
     #[test]
     fn units_and_combinations() {

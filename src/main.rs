@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use brandgate::app::{self, EXIT_CONFIG, StartError};
 use brandgate::push::{Attempt, Provider};
 use brandgate::relay::AgentState;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// brandgate: the brand's own gateway to the messaging platform (push proxy, identity bridge,
 /// self-hosted relay). One binary, one config file.
@@ -26,22 +26,40 @@ struct Cli {
 enum Command {
     /// Run the daemon (under systemd: Type=notify; SIGHUP reloads, SIGTERM drains and stops).
     Serve {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask the running daemon to reload (SIGHUP) and wait for the outcome: exit 0 when the new
+    /// configuration was applied, 1 with every problem printed when it was refused (the running
+    /// one stays). The unit's ExecReload=, so `systemctl reload brandgate` reports a refusal.
+    Reload {
+        /// The daemon's process id (systemd gives $MAINPID).
+        #[arg(long)]
+        pid: i32,
+        /// Where the daemon writes its reload status. Default: $RUNTIME_DIRECTORY (set by the
+        /// unit's RuntimeDirectory=).
+        #[arg(long, value_name = "DIR")]
+        runtime_dir: Option<PathBuf>,
+        /// How long to wait for the outcome.
+        #[arg(long, default_value = "30s", value_parser = parse_span)]
+        timeout: std::time::Duration,
+    },
     /// Check the configuration and every file it names, then exit: 0 when usable, 78 when not.
     CheckConfig {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
     },
     /// Send one push through the same pipeline the proxy uses and print the provider's answer.
     PushTest {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
         /// The app id, as in [[push.apps]].
         #[arg(long)]
         app: String,
-        /// The device token (APNs hex token or FCM registration token).
+        /// The device token (APNs hex token, FCM registration token or Huawei Push Kit token).
         #[arg(long)]
         token: String,
         /// Notification text (the app's mask text replaces it if configured).
@@ -73,6 +91,37 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// The configuration as brandgate reads it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a completion script for a shell: `brandgate completions bash >
+    /// /etc/bash_completion.d/brandgate` (the packages install them).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (brandgate.1 and one per subcommand) into a directory; the packages
+    /// install them.
+    ManPages {
+        /// The directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (the file, BRANDGATE_* environment overrides and every
+    /// default) as TOML that loads back to the same settings; passwords and credentials in
+    /// URLs are redacted. Exit 78 when the configuration cannot be used.
+    Show {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +129,7 @@ enum OutboxCommand {
     /// Show the items, oldest first: id, kind, state, attempts, next attempt (or when parked),
     /// last error.
     List {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
         /// Only the parked ones (attempts used up or refused by the receiver).
@@ -91,6 +141,7 @@ enum OutboxCommand {
     },
     /// Put parked items back to work, due now with their attempts counted from zero.
     Retry {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
         /// The item's id (as listed); or --all.
@@ -105,11 +156,13 @@ enum OutboxCommand {
 /// Which agent.
 #[derive(clap::Args)]
 struct AgentArgs {
+    /// The configuration file.
     #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
     config: PathBuf,
     /// The account id (the relay's `relay.account`).
     #[arg(long)]
     account: String,
+    /// The agent's username (as it signs in).
     #[arg(long)]
     username: String,
 }
@@ -129,8 +182,10 @@ enum AgentsCommand {
     },
     /// Show every agent of the account: username, id, state, last login.
     List {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
+        /// The account id (the relay's `relay.account`).
         #[arg(long)]
         account: String,
     },
@@ -159,6 +214,7 @@ enum StoreCommand {
     /// Seal again, under the active data key, everything sealed under an older one (after
     /// rotating the data key; then the old key can leave the data-key file).
     Reseal {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
     },
@@ -168,11 +224,13 @@ enum StoreCommand {
 enum KeysCommand {
     /// Show every key: kid, algorithm, state (next, active, retired) and its times.
     List {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
     },
     /// Schedule a new key: published now, signing after identity.keys.rotation_lead.
     Rotate {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
     },
@@ -182,6 +240,7 @@ enum KeysCommand {
 enum ProviderArg {
     Apns,
     Fcm,
+    Huawei,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/brandgate/brandgate.toml";
@@ -207,6 +266,11 @@ async fn run(command: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Command::Reload {
+            pid,
+            runtime_dir,
+            timeout,
+        } => reload(pid, runtime_dir, timeout).await,
         Command::CheckConfig { config } => match app::check_config(&config).await {
             Ok((notes, summary)) => {
                 for note in notes {
@@ -227,6 +291,7 @@ async fn run(command: Command) -> ExitCode {
             let provider = provider.map(|p| match p {
                 ProviderArg::Apns => Provider::Apns,
                 ProviderArg::Fcm => Provider::Fcm,
+                ProviderArg::Huawei => Provider::Huawei,
             });
             push_test(config, app_id, token, text, provider).await
         }
@@ -236,6 +301,52 @@ async fn run(command: Command) -> ExitCode {
             command: StoreCommand::Reseal { config },
         } => reseal(&config).await,
         Command::Outbox { command } => outbox(command).await,
+        Command::Config {
+            command: ConfigCommand::Show { config },
+        } => match app::show_config(&config) {
+            Ok(toml) => {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "brandgate", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::ManPages { dir } => {
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir));
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(StartError::Runtime(format!(
+                    "cannot write the man pages into {}: {e}",
+                    dir.display()
+                ))),
+            }
+        }
+    }
+}
+
+fn parse_span(text: &str) -> Result<std::time::Duration, String> {
+    brandgate::duration::parse(text).map_err(|e| e.to_string())
+}
+
+async fn reload(pid: i32, dir: Option<PathBuf>, timeout: std::time::Duration) -> ExitCode {
+    match app::reload(pid, dir, timeout).await {
+        Ok(status) if status.outcome == app::ReloadOutcome::Refused => {
+            eprintln!("brandgate: reload refused; the running configuration stays:");
+            for p in &status.problems {
+                eprintln!("brandgate: {p}");
+            }
+            ExitCode::FAILURE
+        }
+        Ok(_) => {
+            println!("configuration reloaded");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -502,5 +613,38 @@ fn fail(e: StartError) -> ExitCode {
             eprintln!("brandgate: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand says what it does and every flag what it means (`--help`, the man
+    /// pages and the completions all show these).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_about().is_none() && path != " brandgate" {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}: no help"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "", &mut missing);
+        assert_eq!(missing, Vec::<String>::new());
     }
 }

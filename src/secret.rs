@@ -27,7 +27,7 @@ impl<T> Secret<T> {
 
 impl<T> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
     }
 }
 
@@ -159,6 +159,93 @@ pub fn world_readable(path: &Path) -> bool {
         .is_some_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
+/// What replaces a secret in anything shown (messages, `config show`).
+pub const REDACTED: &str = "[redacted]";
+
+/// Query parameters whose value is taken for a credential.
+const SECRET_QUERY_NAMES: &[&str] = &[
+    "password",
+    "passwd",
+    "pass",
+    "secret",
+    "token",
+    "key",
+    "apikey",
+    "api_key",
+    "access_token",
+    "client_secret",
+    "sig",
+    "signature",
+    "auth",
+];
+
+/// `text` with the password of its user part and the values of credential-like query
+/// parameters redacted, when it is a URL that has either; else `None`.
+pub fn redact_url(text: &str) -> Option<String> {
+    let scheme_end = text.find("://")?;
+    let authority_start = scheme_end + 3;
+    let authority_len = text[authority_start..]
+        .find(['/', '?', '#'])
+        .unwrap_or(text.len() - authority_start);
+    let authority = &text[authority_start..authority_start + authority_len];
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..authority_start]);
+    let mut changed = false;
+    match authority.rfind('@') {
+        Some(at) => {
+            let user_info = &authority[..at];
+            match user_info.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(REDACTED);
+                    changed = true;
+                }
+                None => out.push_str(user_info),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let rest = &text[authority_start + authority_len..];
+    let (before_fragment, fragment) = match rest.find('#') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_query_name(name) => {
+                        changed = true;
+                        format!("{name}={REDACTED}")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        None => out.push_str(before_fragment),
+    }
+    out.push_str(fragment);
+    changed.then_some(out)
+}
+
+fn is_secret_query_name(name: &str) -> bool {
+    SECRET_QUERY_NAMES
+        .iter()
+        .any(|secret| name.eq_ignore_ascii_case(secret))
+}
+
+/// A URL for a message: [`redact_url`]'s answer, or the URL as it is when it holds nothing to
+/// hide.
+pub fn url_for_display(url: &str) -> String {
+    redact_url(url).unwrap_or_else(|| url.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +277,31 @@ mod tests {
             read_secret_file(&path),
             Err(SecretFileError::Empty { .. })
         ));
+    }
+
+    #[test]
+    fn a_urls_password_and_credential_parameters_are_redacted() {
+        let cases = [
+            (
+                "postgres://brandgate:hunter2@db.internal:5432/bg?sslmode=verify-full",
+                Some("postgres://brandgate:[redacted]@db.internal:5432/bg?sslmode=verify-full"),
+            ),
+            (
+                "https://hooks.example/in?Token=abc&team=7#frag",
+                Some("https://hooks.example/in?Token=[redacted]&team=7#frag"),
+            ),
+            (
+                "https://user:p%40ss@x.example",
+                Some("https://user:[redacted]@x.example"),
+            ),
+            ("postgres://brandgate@db.internal/bg", None),
+            ("sqlite:///var/lib/x.db", None),
+            ("https://idp.example/realms/a?kc_idp_hint=x", None),
+            ("/etc/brandgate/key.pem", None),
+            ("%d/apns.p8", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact_url(text).as_deref(), expected, "{text}");
+        }
     }
 }

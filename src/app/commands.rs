@@ -1,4 +1,5 @@
-//! The one-shot commands: `check-config`, `push-test`, `keys`, `store reseal`, `agents`. Each
+//! The one-shot commands: `check-config`, `config show`, `push-test`, `keys`, `store reseal`,
+//! `agents`. Each
 //! loads the config and opens only what it needs; none binds a port.
 
 use std::path::Path;
@@ -15,6 +16,32 @@ use crate::tls;
 
 use super::prepare::prepare;
 use super::{StartError, open_configured_store, problem};
+
+/// `brandgate reload`: SIGHUP to the daemon `pid`, then its outcome as written in `dir`
+/// (default `$RUNTIME_DIRECTORY`), waited for up to `timeout`.
+pub async fn reload(
+    pid: i32,
+    dir: Option<std::path::PathBuf>,
+    timeout: std::time::Duration,
+) -> Result<crate::ops::reload_status::ReloadStatus, StartError> {
+    use crate::ops::reload_status::{self, ReloadRequestError};
+    let runtime_error = |e: ReloadRequestError| StartError::Runtime(e.to_string());
+    let dir = dir
+        .or_else(reload_status::runtime_dir)
+        .ok_or_else(|| runtime_error(ReloadRequestError::NoRuntimeDirectory))?;
+    reload_status::request_reload(pid, &dir, timeout)
+        .await
+        .map_err(runtime_error)
+}
+
+/// `brandgate config show`: the effective configuration as TOML, credentials in URLs
+/// redacted. Only its shape is checked (as `serve` loads it); nothing it names is opened.
+pub fn show_config(path: &Path) -> Result<String, StartError> {
+    let config = Config::load(path).map_err(StartError::Config)?;
+    config
+        .to_redacted_toml()
+        .map_err(|e| StartError::Runtime(e.to_string()))
+}
 
 /// `brandgate check-config`: everything start-up checks, without binding or writing anything.
 /// Returns warnings and a summary on success.

@@ -48,7 +48,10 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     let mut registry = Registry::default();
     crate::ops::build_info::register(&mut registry);
-    let reloads = Arc::new(crate::ops::reloads::Reloads::register(&mut registry));
+    let reloads = Arc::new(crate::ops::reloads::Reloads::register(
+        &mut registry,
+        crate::ops::reload_status::runtime_dir().as_deref(),
+    ));
     reloads.serving_certificate(server_tls.expires_at);
     // Stops the background checks when the daemon stops.
     let background = tokio_util::sync::CancellationToken::new();
@@ -308,11 +311,12 @@ impl Signals {
                     systemd::reloading();
                     match reload(path, config, state_dir, public, roles) {
                         Ok(()) => {
-                            roles.reloads.record(true, 0);
+                            roles.reloads.record(&[]);
                             tracing::info!(apps = roles.push.app_count(), "configuration reloaded");
                         }
                         Err(problems) => {
-                            roles.reloads.record(false, problems.0.len());
+                            let said: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+                            roles.reloads.record(&said);
                             for p in &problems.0 {
                                 tracing::error!(problem = %p, "reload refused; the running configuration stays");
                             }

@@ -17,8 +17,10 @@ use crate::tls;
 
 use prepare::{StoreSettings, store_settings};
 
+pub use crate::ops::reload_status::{Outcome as ReloadOutcome, ReloadStatus};
 pub use commands::{
-    agent_accounts, check_config, key_ring, outbox_store, push_test, read_password, reseal,
+    agent_accounts, check_config, key_ring, outbox_store, push_test, read_password, reload, reseal,
+    show_config,
 };
 pub use lifecycle::serve;
 
@@ -96,7 +98,12 @@ async fn open_store(
         max_connections: config.store.max_connections,
     })
     .await
-    .map_err(|e| StartError::Runtime(format!("store ({}): {e}", crate::store::redact_url(&url))))?;
+    .map_err(|e| {
+        StartError::Runtime(format!(
+            "store ({}): {e}",
+            crate::secret::url_for_display(&url)
+        ))
+    })?;
     Ok((store, Arc::new(data_keys)))
 }
 

@@ -8,13 +8,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Problems;
 use crate::duration::Span;
 
 /// The identity bridge: consumer identity tokens and the keys that sign them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// `iss` of every token brandgate mints, and the base of its discovery document: the public
@@ -54,7 +54,7 @@ pub struct IdentityConfig {
     pub external_issuers: Vec<ExternalIssuerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     /// A new key is published this long before it signs (verifiers cache the JWKS).
@@ -78,7 +78,7 @@ impl Default for KeysConfig {
 }
 
 /// Anonymous identities (`POST /identity/v1/signup`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnonymousConfig {
     #[serde(default)]
@@ -101,7 +101,7 @@ impl Default for AnonymousConfig {
 }
 
 /// How brandgate authenticates itself at the upstream token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamClientAuth {
     #[default]
@@ -110,7 +110,7 @@ pub enum UpstreamClientAuth {
 }
 
 /// The brand's OpenID Connect provider, with brandgate registered at it as a confidential client.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The provider's issuer URL; `<issuer>/.well-known/openid-configuration` is read from it.
@@ -185,7 +185,7 @@ impl UpstreamConfig {
 }
 
 /// Where a consumer token's `sub` comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectMode {
     /// The upstream `sub`, as it is.
@@ -196,7 +196,7 @@ pub enum SubjectMode {
     Pseudonym,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectConfig {
     #[serde(default)]
@@ -210,7 +210,7 @@ pub struct SubjectConfig {
 /// Only what is written here is sent: there are no defaults, so a line removed is a claim
 /// never sent (the shipped config writes the usual ones out). `check-config` prints what
 /// consumer tokens will carry.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimsConfig {
     pub given_name: Option<String>,
@@ -228,7 +228,7 @@ pub struct ClaimsConfig {
 }
 
 /// The platform's customer-info fields (`ctmrinfo`), each filled from the named upstream claim.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(non_snake_case)]
 pub struct CtmrinfoClaims {
@@ -251,7 +251,7 @@ pub struct CtmrinfoClaims {
 }
 
 /// The platform's personal-info fields (`personal`), each filled from the named upstream claim.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersonalClaims {
     pub firstname: Option<String>,
@@ -269,7 +269,7 @@ pub struct PersonalClaims {
 
 /// A client of brandgate's code flow: the platform's connector for the brand, which exchanges
 /// codes at `POST /oauth/token`, and the app callbacks its logins return to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The `client_id` the platform is configured with.
@@ -285,7 +285,7 @@ pub struct ClientConfig {
 }
 
 /// A brand system allowed to ask for consumer tokens at `POST /identity/v1/token`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// The user name in HTTP Basic, and the name in logs.
@@ -310,7 +310,7 @@ pub struct BackendConfig {
 /// relay accepts its tokens as consumer identities, checked against its published JWKS. Its
 /// consumers are `"<id>:<sub>"` in the relay, so they never meet brandgate's own or another
 /// issuer's.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalIssuerConfig {
     /// A short name (letters, digits, `-`, `_`): the prefix of its consumers' ids, and the name

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Problems;
 use crate::duration::Span;
@@ -17,7 +17,7 @@ pub use saml::{SamlConfig, fingerprint as sha256_fingerprint};
 pub use sso::SsoConfig;
 pub use webhooks::{DEFAULT_MAX_IN_FLIGHT, WebhooksConfig};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
     /// The brand's account id, as in the platform's URLs (`/ws_api/account/{account}/...`).
@@ -64,7 +64,7 @@ pub struct RelayConfig {
 }
 
 /// `[relay.workspace]`: the agents' browser workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceConfig {
     /// Serve it at `/workspace/` (the agent API works either way).
@@ -95,7 +95,7 @@ impl Default for WorkspaceConfig {
 }
 
 /// One canned response: `/shortcut` in the reply box inserts `text`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CannedResponse {
     pub shortcut: String,
@@ -103,7 +103,7 @@ pub struct CannedResponse {
 }
 
 /// `[relay.demo]`: a minimal consumer chat page (anonymous sign-up) at `/demo/`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoConfig {
     #[serde(default)]
@@ -172,7 +172,7 @@ fn is_https_origin(origin: &str) -> bool {
 }
 
 /// `[relay.away]`: when an agent's message makes a push to the consumer's devices.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwayConfig {
     /// A consumer connected to this node has this long to acknowledge (ACCEPT/READ) an agent's
@@ -194,7 +194,7 @@ impl Default for AwayConfig {
 }
 
 /// `[relay.agents]`: the agents' own logins.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsConfig {
     /// Shortest password accepted, in characters (at least 8; the config may only raise it).

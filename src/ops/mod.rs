@@ -7,6 +7,7 @@ pub mod build_info;
 pub mod health;
 pub mod log;
 pub mod process_metrics;
+pub mod reload_status;
 pub mod reloads;
 pub mod store_health;
 pub mod systemd;

@@ -3,7 +3,8 @@
 //! and the last reload's outcome under `/readyz` (a refused reload leaves the running
 //! configuration in place, so the node stays ready, but an operator can see it). Also what the
 //! running configuration serves with that expires: the listener's certificate
-//! (`brandgate_tls_certificate_expiry_timestamp_seconds`).
+//! (`brandgate_tls_certificate_expiry_timestamp_seconds`). Under systemd, each outcome is also
+//! written for `brandgate reload` to wait on ([`super::reload_status`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::health::{Check, ReadinessCheck};
+use super::reload_status::{Outcome as StatusOutcome, ReloadStatus, StatusFile};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -27,6 +29,8 @@ pub struct Reloads {
     /// The last reload: applied or refused, and how many problems.
     last: Mutex<Option<(bool, usize)>>,
     certificate_expiry: Gauge<f64, AtomicU64>,
+    /// Where `brandgate reload` reads outcomes, and the number of the last one.
+    status: Option<(StatusFile, Mutex<u64>)>,
 }
 
 fn now_seconds() -> f64 {
@@ -37,12 +41,24 @@ fn now_seconds() -> f64 {
 
 impl Reloads {
     /// Registers the metrics; the configuration loaded at start counts as the last success.
-    pub fn register(registry: &mut Registry) -> Reloads {
+    /// With `status_dir` (the runtime directory), outcomes are also written there, starting
+    /// with this start.
+    pub fn register(registry: &mut Registry, status_dir: Option<&std::path::Path>) -> Reloads {
+        let status = status_dir.map(|dir| {
+            let file = StatusFile::in_dir(dir);
+            file.write(&ReloadStatus {
+                generation: 0,
+                outcome: StatusOutcome::Started,
+                problems: Vec::new(),
+            });
+            (file, Mutex::new(0))
+        });
         let reloads = Reloads {
             total: Family::default(),
             last_success: Gauge::default(),
             last: Mutex::new(None),
             certificate_expiry: Gauge::default(),
+            status,
         };
         for outcome in ["applied", "refused"] {
             let _ = reloads.total.get_or_create(&Outcome { outcome });
@@ -73,8 +89,23 @@ impl Reloads {
         }
     }
 
-    /// Records a reload: applied, or refused with `problems` problems.
-    pub fn record(&self, applied: bool, problems: usize) {
+    /// Records a reload: applied (no problems), or refused with these problems.
+    pub fn record(&self, problems: &[String]) {
+        let applied = problems.is_empty();
+        if let Some((file, generation)) = &self.status {
+            let mut generation = generation.lock().unwrap_or_else(|e| e.into_inner());
+            *generation += 1;
+            file.write(&ReloadStatus {
+                generation: *generation,
+                outcome: if applied {
+                    StatusOutcome::Applied
+                } else {
+                    StatusOutcome::Refused
+                },
+                problems: problems.to_vec(),
+            });
+        }
+        let problems = problems.len();
         let outcome = if applied { "applied" } else { "refused" };
         self.total.get_or_create(&Outcome { outcome }).inc();
         if applied {

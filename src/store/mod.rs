@@ -99,7 +99,9 @@ impl Store {
 
     async fn connect(options: StoreOptions<'_>) -> Result<Store, StoreError> {
         let url = options.url;
-        let invalid = |e: sqlx::Error| StoreError::Unavailable(format!("{}: {e}", redact_url(url)));
+        let invalid = |e: sqlx::Error| {
+            StoreError::Unavailable(format!("{}: {e}", crate::secret::url_for_display(url)))
+        };
         if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)
                 .map_err(invalid)?
@@ -146,7 +148,7 @@ impl Store {
         } else {
             Err(StoreError::Unavailable(format!(
                 "{:?} is neither a sqlite: nor a postgres:// URL",
-                redact_url(url)
+                crate::secret::url_for_display(url)
             )))
         }
     }
@@ -292,37 +294,5 @@ impl std::fmt::Debug for SigningKeyRow {
             .field("created_at", &self.created_at)
             .field("activates_at", &self.activates_at)
             .finish_non_exhaustive()
-    }
-}
-
-/// A database URL for messages: the password (if any) replaced.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:[redacted]{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_in_urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://bg:hunter2@db:5432/bg"),
-            "postgres://bg:[redacted]@db:5432/bg"
-        );
-        assert_eq!(redact_url("postgres://bg@db/bg"), "postgres://bg@db/bg");
-        assert_eq!(
-            redact_url("sqlite:///var/lib/x.db"),
-            "sqlite:///var/lib/x.db"
-        );
     }
 }

@@ -4,12 +4,12 @@
 //! Shape checks only; the relay reads the client secret and trust anchors when it builds
 //! itself.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::saml::SamlConfig;
 use crate::config::{Problems, UpstreamConfig};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SsoConfig {
     /// Agents must sign in with single sign-on: a password login is refused (`401`, saying to

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Problems;
 use crate::duration::Span;
@@ -17,7 +17,7 @@ pub const EVENT_TYPES: [&str; 3] = [
     "conversation.closed",
 ];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// Where every webhook is POSTed: an `https://` URL.
