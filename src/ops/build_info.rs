@@ -1,7 +1,9 @@
 //! What this build is: the long `--version` text and the `brandgate_build_info` metric
 //! (version, commit, compiler), from what `build.rs` found at build time.
 
-use prometheus_client::metrics::info::Info;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -21,12 +23,23 @@ pub const LONG_VERSION: &str = concat!(
     env!("BUILD_INFO_TARGET"),
 );
 
-/// Registers `brandgate_build_info{version, commit, rustc} 1`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+    rustc: &'static str,
+}
+
+/// Registers `brandgate_build_info{version, commit, rustc} 1`: a gauge, as Prometheus' own
+/// `prometheus_build_info` is (the OpenMetrics `info` type is unknown to the classic text
+/// format and to `promtool check metrics`).
 pub fn register(registry: &mut Registry) {
-    let info = Info::new(vec![
-        ("version", VERSION),
-        ("commit", COMMIT),
-        ("rustc", RUSTC),
-    ]);
-    registry.register("brandgate_build", "What this brandgate build is", info);
+    let info = Family::<BuildLabels, Gauge>::default();
+    info.get_or_create(&BuildLabels {
+        version: VERSION,
+        commit: COMMIT,
+        rustc: RUSTC,
+    })
+    .set(1);
+    registry.register("brandgate_build_info", "What this brandgate build is", info);
 }

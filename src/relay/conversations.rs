@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::away::Away;
 use super::bus::Bus;
+use super::metrics::RelayMetrics;
 use super::vocabulary::{Change, Event, Participant, RelayError, Role, event_seal_context};
 use super::webhooks::{WebhookEvent, Webhooks};
 use crate::clock::{Clock, UnixMillis};
@@ -36,6 +37,8 @@ pub struct Conversations {
     webhooks: Webhooks,
     /// Rung after a commit that wrote outbox items.
     doorbell: Doorbell,
+    /// Messages committed, deliveries and rings accepted are counted here.
+    metrics: RelayMetrics,
 }
 
 impl Conversations {
@@ -57,7 +60,18 @@ impl Conversations {
             away: None,
             webhooks: Webhooks::disabled(),
             doorbell: Doorbell::default(),
+            metrics: RelayMetrics::default(),
         }
+    }
+
+    /// Counts into the relay's published metrics.
+    pub fn with_metrics(self, metrics: RelayMetrics) -> Conversations {
+        Conversations { metrics, ..self }
+    }
+
+    /// The relay's metrics (for the subscriptions and rings that use these conversations).
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.metrics
     }
 
     /// Sends away pushes for agents' messages.
@@ -388,6 +402,12 @@ impl Conversations {
             }
         }
         if appended.created {
+            if matches!(event, Event::Content { .. }) {
+                self.metrics.message_committed(match who {
+                    Participant::Consumer(_) => "consumer",
+                    Participant::Agent(_) => "agent",
+                });
+            }
             self.written(&outbox);
             self.bus.publish(change(appended.seq, event));
         }

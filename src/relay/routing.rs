@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
@@ -95,8 +96,8 @@ pub async fn ring(
     cancel: CancellationToken,
 ) -> Result<(), RelayError> {
     let mut changes = conversations.bus().state_changes();
-    // Tasks shown as waiting, by conversation.
-    let mut ringing: HashMap<ConversationId, ConversationRow> = HashMap::new();
+    // Tasks shown as waiting, by conversation, with when each was shown.
+    let mut ringing: HashMap<ConversationId, (ConversationRow, Instant)> = HashMap::new();
     let mut resync = true;
     // The last read of the queue was cut at MAX_RINGS: when a ring ends, read it again so the
     // conversations beyond get their turn.
@@ -121,7 +122,7 @@ pub async fn ring(
                 .cloned()
                 .collect();
             for id in ended {
-                if let Some(row) = ringing.remove(&id) {
+                if let Some((row, _)) = ringing.remove(&id) {
                     let how = if rejected.contains(&id) {
                         Ending::Rejected
                     } else {
@@ -140,7 +141,7 @@ pub async fn ring(
                     if !out.send(task(&subscription, &c, None), &cancel).await {
                         return Ok(());
                     }
-                    ringing.insert(c.id.clone(), c);
+                    ringing.insert(c.id.clone(), (c, Instant::now()));
                 }
             }
         }
@@ -167,9 +168,12 @@ pub async fn ring(
                     // Rejected on another socket or node of this agent: the store knows.
                     let rejected_elsewhere = || conversations.rejected_by(&agent_id, &row.id);
                     if was_ringing && !waiting {
-                        ringing.remove(&row.id);
+                        let rang = ringing.remove(&row.id).map(|(_, at)| at.elapsed());
                         resync = capped;
                         let how = if row.agent_id.as_ref() == Some(&agent_id) {
+                            if let Some(rang) = rang {
+                                conversations.metrics().ring_accepted(rang);
+                            }
                             Ending::Accepted
                         } else {
                             Ending::Cancelled
@@ -190,7 +194,7 @@ pub async fn ring(
                         if !out.send(task(&subscription, &row, None), &cancel).await {
                             return Ok(());
                         }
-                        ringing.insert(row.id.clone(), row);
+                        ringing.insert(row.id.clone(), (row, Instant::now()));
                     }
                 }
                 // Behind: read the queue again rather than miss a conversation.

@@ -162,7 +162,8 @@ impl RelayService {
             config.max_message_bytes,
         )
         .with_away(away.clone())
-        .with_webhooks(webhooks.clone(), doorbell);
+        .with_webhooks(webhooks.clone(), doorbell)
+        .with_metrics(metrics.clone());
         let sso = prepared.sso.map(|sso| super::idp::Sso {
             oidc: sso.oidc.map(Arc::new),
             saml: sso.saml.map(Arc::new),

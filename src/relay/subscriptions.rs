@@ -84,6 +84,7 @@ async fn follow_until_done(
                     if !out.send(messaging_notification(&batch), cancel).await {
                         return Ok(());
                     }
+                    conversations.metrics().delivered(batch.len());
                 }
                 if (batch.len() as i64) < REPLAY_BATCH {
                     break;
@@ -130,6 +131,7 @@ async fn follow_until_done(
                 {
                     return Ok(());
                 }
+                conversations.metrics().delivered(1);
             }
             Ok(Live::Change(change)) if change.seq < next => {}
             Ok(Live::Change(change)) if change.seq == next => {
@@ -140,6 +142,7 @@ async fn follow_until_done(
                 {
                     return Ok(());
                 }
+                conversations.metrics().delivered(1);
             }
             // A later event arrived first (two writers): the store has everything committed.
             Ok(Live::Change(_)) => catch_up!(),

@@ -1166,3 +1166,108 @@ async fn the_relay_counts_its_sockets_and_its_agents_sign_ins() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Reads one sample from the daemon's metrics, waiting (bounded) until it reaches `at_least`.
+async fn metric_reaching(relay: &Relay, sample: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = relay
+            .env
+            .client()
+            .get(&relay.daemon.ops_url("/metrics"))
+            .await
+            .body;
+        let value = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {sample} in\n{m}"));
+        if value >= at_least || Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Messages committed by who sent them, events delivered to subscribed sockets, and the time
+/// from a ring to its acceptance: each counted once for what happened, no more.
+#[tokio::test]
+async fn the_relay_counts_messages_deliveries_and_rings_accepted() {
+    let relay = Relay::start("1h").await;
+    let bearer = relay.agent("ann").await;
+    let mut agent = relay.online_agent(&bearer).await;
+    let (mut consumer, conv, _) = relay.consumer().await;
+    let r = consumer
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 0}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    // Typing (delivered, not a message), then two messages: three deliveries to the consumer.
+    let typing = json!({"type": "ChatStateEvent", "chatState": "COMPOSING"});
+    assert_eq!(publish(&mut consumer, &conv, typing).await["code"], 200);
+    consumer.notification("ms.MessagingEventNotification").await;
+    for (seq, words) in [(0, "first"), (1, "second")] {
+        let r = publish(&mut consumer, &conv, text(words)).await;
+        assert_eq!(r["body"]["sequence"], seq, "{r}");
+        consumer.changes(1).await;
+    }
+    let (_, task) = ring_state(&mut agent, &conv).await;
+    let ring = task["ringsDetails"][0]["ringId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = agent
+        .request(
+            "routing.UpdateRingState",
+            json!({"ringId": ring, "ringState": "ACCEPTED"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(ring_state(&mut agent, &conv).await.0, "ACCEPTED");
+    // The agent reads both messages (two deliveries), answers (one to each side).
+    let r = agent
+        .request(
+            "ms.SubscribeMessagingEvents",
+            json!({"dialogId": conv, "fromSeq": 0}),
+        )
+        .await;
+    assert_eq!(r["code"], 200);
+    assert_eq!(agent.changes(2).await.len(), 2);
+    assert_eq!(publish(&mut agent, &conv, text("hello")).await["code"], 200);
+    consumer.changes(1).await;
+    agent.changes(1).await;
+
+    let sample = |name: &str| format!("brandgate_relay_{name}");
+    assert_eq!(
+        metric_reaching(&relay, &sample("deliveries_total"), 7.0).await,
+        7.0
+    );
+    assert_eq!(
+        metric_reaching(
+            &relay,
+            &sample("messages_committed_total{role=\"consumer\"}"),
+            2.0
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric_reaching(
+            &relay,
+            &sample("messages_committed_total{role=\"agent\"}"),
+            1.0
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric_reaching(&relay, &sample("ring_to_accept_seconds_count"), 1.0).await,
+        1.0
+    );
+}
