@@ -17,15 +17,42 @@ bash packaging/build-deps.sh
 out=target/package
 mkdir -p "$out"
 
-echo "== release build"
-cargo build --release --locked
+echo "== release build (cargo auditable: the dependency list goes into the binary)"
+# Scanners (cargo audit bin, syft, trivy, grype) read the crates and versions from the
+# binary's .dep-v0 section, so an installed brandgate can be checked without its source.
+cargo auditable build --release --locked
 # Debug line tables are for crash reports during development; the packages ship a stripped
 # binary (lintian: unstripped-binary-or-object).
 strip --strip-unneeded target/release/brandgate
+objdump -h target/release/brandgate | grep -q '\.dep-v0' || {
+    echo "the binary carries no dependency list (.dep-v0): was it built with cargo auditable?" >&2
+    exit 1
+}
+# The newest glibc symbol version the binary needs decides the oldest system it runs on.
+# GLIBC_CEILING is the newest allowed: Debian 12's 2.36, where the packages are installed and
+# tested. (Older systems lack more than glibc: the SAML sign-in links libxmlsec1 and libssl3,
+# which Debian 11 and RHEL 8 do not have; see the README's install section.)
+GLIBC_CEILING=${GLIBC_CEILING:-2.36}
+glibc_needed=$(objdump -T target/release/brandgate | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+echo "the binary needs glibc $glibc_needed (allowed: up to $GLIBC_CEILING)"
+if [ "$(printf '%s\n%s\n' "$glibc_needed" "$GLIBC_CEILING" | sort -V | tail -1)" != "$GLIBC_CEILING" ]; then
+    echo "the binary needs glibc $glibc_needed, newer than $GLIBC_CEILING" >&2
+    exit 1
+fi
 # Debian wants the upstream changelog as changelog.gz (compressed reproducibly: -n, no name or
 # time stamp); the rpm ships CHANGELOG.md as it is.
 gzip -9nc CHANGELOG.md > "$out/changelog.gz"
 target/release/brandgate --help > "$out/brandgate-help.txt"
+# Man pages and shell completions, made by the binary from its own command definition.
+rm -rf "$out/man" "$out/completions"
+target/release/brandgate man-pages --dir "$out/man"
+gzip -9n "$out"/man/*.1
+mkdir -p "$out/completions"
+target/release/brandgate completions bash > "$out/completions/brandgate"
+target/release/brandgate completions zsh > "$out/completions/_brandgate"
+target/release/brandgate completions fish > "$out/completions/brandgate.fish"
+# The licence notices of every crate linked into the binary.
+python3 packaging/third-party-licenses.py > "$out/THIRD-PARTY-LICENSES.md"
 for cmd in serve check-config push-test; do
     printf '\n\n$ brandgate %s --help\n' "$cmd" >> "$out/brandgate-help.txt"
     target/release/brandgate "$cmd" --help >> "$out/brandgate-help.txt"
@@ -52,7 +79,10 @@ lintian --no-tag-display-limit --fail-on error "$deb"
 deb_files=$(dpkg-deb -c "$deb" | awk '{print $NF}')
 for expected in ./usr/share/doc/brandgate/README.md ./usr/share/doc/brandgate/brandgate-help.txt \
     ./usr/share/doc/brandgate/examples/credentials.conf ./usr/share/doc/brandgate/copyright \
-    ./usr/share/doc/brandgate/changelog.Debian.gz ./usr/share/doc/brandgate/changelog.gz; do
+    ./usr/share/doc/brandgate/changelog.Debian.gz ./usr/share/doc/brandgate/changelog.gz \
+    ./usr/share/doc/brandgate/THIRD-PARTY-LICENSES.md ./usr/share/man/man1/brandgate.1.gz \
+    ./usr/share/man/man1/brandgate-reload.1.gz ./usr/share/bash-completion/completions/brandgate \
+    ./usr/share/zsh/vendor-completions/_brandgate ./usr/share/fish/vendor_completions.d/brandgate.fish; do
     grep -qx "$expected" <<<"$deb_files" || { echo "deb lacks $expected" >&2; exit 1; }
 done
 # Debian's license file is doc/<package>/copyright: it must name the license.
@@ -77,7 +107,10 @@ for expected in /usr/bin/brandgate /etc/brandgate/brandgate.toml /usr/lib/system
     /usr/lib/sysusers.d/brandgate.conf /usr/lib/tmpfiles.d/brandgate.conf \
     /usr/share/doc/brandgate/README.md /usr/share/doc/brandgate/brandgate-help.txt \
     /usr/share/doc/brandgate/examples/credentials.conf /usr/share/doc/brandgate/CHANGELOG.md \
-    /usr/share/licenses/brandgate/LICENSE; do
+    /usr/share/licenses/brandgate/LICENSE /usr/share/licenses/brandgate/THIRD-PARTY-LICENSES.md \
+    /usr/share/man/man1/brandgate.1.gz /usr/share/man/man1/brandgate-reload.1.gz \
+    /usr/share/bash-completion/completions/brandgate /usr/share/zsh/site-functions/_brandgate \
+    /usr/share/fish/vendor_completions.d/brandgate.fish; do
     grep -qx "$expected" <<<"$files" || { echo "rpm lacks $expected" >&2; exit 1; }
 done
 # The documentation is marked as such (rpm --excludedocs leaves it out).

@@ -108,6 +108,36 @@ lifecycle_checks() {
     else
         fail "$kind: the reload is logged"
     fi
+    equals "$kind: /run/brandgate (the reload status)" "$(mode /run/brandgate)" "750 brandgate:brandgate"
+    # A configuration that cannot be used: `systemctl reload` fails (ExecReload= waits for the
+    # outcome), the running configuration and process stay, and the reason is in the journal.
+    cp /etc/brandgate/brandgate.toml /root/brandgate.toml.good
+    printf '\n[push.unknown_section]\nx = 1\n' >> /etc/brandgate/brandgate.toml
+    if systemctl reload brandgate 2>/dev/null; then
+        fail "$kind: systemctl reload fails for a refused configuration"
+    else
+        ok "$kind: systemctl reload fails for a refused configuration"
+    fi
+    equals "$kind: still running after a refused reload" "$(prop brandgate ActiveState) $(prop brandgate MainPID)" "active $pid"
+    if journalctl -u brandgate --no-pager | grep -q "push.unknown_section"; then
+        ok "$kind: the refusal names the key in the journal"
+    else
+        fail "$kind: the refusal names the key in the journal"
+    fi
+    cp /root/brandgate.toml.good /etc/brandgate/brandgate.toml
+    check "$kind: systemctl reload succeeds once mended" systemctl reload brandgate
+}
+
+# What the package installs beside the program: man pages, shell completions, licence notices.
+docs_checks() {
+    local kind=$1 zsh_dir=$2 licenses=$3
+    check "$kind: man page brandgate(1)" test -s /usr/share/man/man1/brandgate.1.gz
+    check "$kind: man page brandgate-serve(1)" test -s /usr/share/man/man1/brandgate-serve.1.gz
+    check "$kind: man pages are man pages" sh -c 'zcat /usr/share/man/man1/brandgate-reload.1.gz | grep -q "^.TH brandgate-reload 1"'
+    check "$kind: bash completion" sh -c 'bash -c ". /usr/share/bash-completion/completions/brandgate && complete -p brandgate"'
+    check "$kind: zsh completion" test -s "$zsh_dir/_brandgate"
+    check "$kind: fish completion" test -s /usr/share/fish/vendor_completions.d/brandgate.fish
+    check "$kind: third-party licence notices" sh -c "grep -q '^## tokio ' $licenses/THIRD-PARTY-LICENSES.md && grep -q 'MIT License' $licenses/THIRD-PARTY-LICENSES.md"
 }
 
 watchdog_checks() {
@@ -225,6 +255,7 @@ check "deb: dpkg -i installs" dpkg -i /root/pkgs/old.deb
 check "deb: every library the binary links is there" sh -c '! ldd /usr/bin/brandgate | grep -q "not found"'
 check "deb: ships the Prometheus alert rules" test -s /usr/share/doc/brandgate/examples/brandgate-alerts.yml
 check "deb: ships the Grafana dashboard" test -s /usr/share/doc/brandgate/examples/brandgate-dashboard.json
+docs_checks deb /usr/share/zsh/vendor-completions /usr/share/doc/brandgate
 check "deb: it depends on xmlsec1's OpenSSL back end" sh -c 'dpkg-query -W -f="\${Depends}" brandgate | grep -q libxmlsec1-openssl'
 system_checks deb
 lifecycle_checks deb
@@ -265,9 +296,10 @@ check "deb: the unit is gone from systemd" sh -c '! systemctl cat brandgate.serv
 rpmi() { rpm --dbpath /var/lib/rpm "$@"; }
 mkdir -p /var/lib/rpm
 check "rpm: initialise the rpm database" rpmi --initdb
-# The dependencies (systemd, kill, ca-certificates) are Debian packages rpm does not know.
+# The dependencies (systemd, ca-certificates, the libraries) are Debian packages rpm does not know.
 check "rpm: rpm -i installs" rpmi -i --nodeps /root/pkgs/old.rpm
 check "rpm: it requires the SAML libraries by soname" sh -c 'rpm --dbpath /var/lib/rpm -q --requires brandgate | grep -q "libxmlsec1-openssl.so.1()(64bit)"'
+docs_checks rpm /usr/share/zsh/site-functions /usr/share/licenses/brandgate
 system_checks rpm
 lifecycle_checks rpm
 credentials_checks rpm

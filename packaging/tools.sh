@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what packaging and the install test need, when missing: Debian's debootstrap,
-# systemd-container, rpm, rpmlint, lintian, and cargo-deb / cargo-generate-rpm from crates.io.
+# systemd-container, rpm, rpmlint, lintian, and cargo-deb / cargo-generate-rpm / cargo-auditable
+# from crates.io.
 set -euo pipefail
 
 missing=()
@@ -15,3 +16,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 cargo deb --version >/dev/null 2>&1 || cargo install --locked cargo-deb
 cargo generate-rpm --version >/dev/null 2>&1 || cargo install --locked cargo-generate-rpm
+cargo auditable --version >/dev/null 2>&1 || cargo install --locked cargo-auditable

@@ -85,6 +85,9 @@ cargo clippy --all-targets --locked -- -D warnings
 # The fuzz targets' doors (src/fuzzing.rs) build only with this feature.
 cargo clippy --lib --locked --features fuzzing -- -D warnings
 
+log "supply chain (cargo deny)"
+bash tests/supply-chain.sh
+
 log "tests"
 cargo nextest run --locked --profile "$profile"
 # Doc tests are not run by nextest.
