@@ -29,7 +29,8 @@ mod relay;
 pub use identity::*;
 pub use relay::{
     AgentsConfig, CannedResponse, DEFAULT_MAX_IN_FLIGHT, DemoConfig, MAX_PASSWORD_BYTES,
-    RelayConfig, SamlConfig, SsoConfig, WebhooksConfig, WorkspaceConfig, sha256_fingerprint,
+    RelayConfig, SamlConfig, SsoConfig, WebhooksConfig, WorkspaceConfig, callback_url,
+    sha256_fingerprint,
 };
 
 /// The whole configuration.

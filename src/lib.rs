@@ -31,6 +31,7 @@ pub(crate) mod backoff;
 pub mod client_address;
 pub mod clock;
 pub mod config;
+pub mod digest;
 pub(crate) mod dispatch;
 pub mod duration;
 #[cfg(feature = "fuzzing")]

@@ -14,7 +14,7 @@ mod saml;
 mod sso;
 mod webhooks;
 pub use saml::{SamlConfig, fingerprint as sha256_fingerprint};
-pub use sso::SsoConfig;
+pub use sso::{SsoConfig, callback_url};
 pub use webhooks::{DEFAULT_MAX_IN_FLIGHT, WebhooksConfig};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

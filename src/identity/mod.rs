@@ -50,7 +50,9 @@ pub(crate) use upstream::{Upstream, UpstreamError};
 pub use verdict::{ANONYMOUS, ConsumerIdentity, PROFILE, VerifyError};
 /// What the agents' single sign-on shares with the consumer login's pages.
 pub(crate) mod pages {
-    pub(crate) use super::web::{LOGIN_COOKIE, login_cookie, page_error, params, redirect};
+    pub(crate) use super::web::{
+        LOGIN_COOKIE, binding_cookie, login_cookie, page_error, params, redirect,
+    };
 }
 
 /// Seals the identity bridge's records again under the active data key (`brandgate store

@@ -222,7 +222,7 @@ async fn exchange(
     }
     match (&issued.code_challenge, get("code_verifier")) {
         (Some(challenge), Some(verifier)) => {
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+            let digest = crate::digest::sha256(verifier.as_bytes());
             let computed = base64::Engine::encode(
                 &base64::engine::general_purpose::URL_SAFE_NO_PAD,
                 digest.as_ref(),

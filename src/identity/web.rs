@@ -124,8 +124,20 @@ pub use crate::http_auth::cookie;
 
 /// `Set-Cookie` for the login cookie, living `max_age` seconds.
 pub fn login_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
+    binding_cookie(LOGIN_COOKIE, value, max_age, "Lax")
+}
+
+/// `Set-Cookie` for a cookie that binds a sign-in to the browser that started it: host-only,
+/// HTTPS-only, out of scripts' reach, living `max_age` seconds. `same_site` is `Lax` where
+/// the answer comes back by a top-level GET, `None` where it comes by a cross-site POST (SAML).
+pub fn binding_cookie(
+    name: &str,
+    value: &str,
+    max_age: u64,
+    same_site: &str,
+) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
-        "{LOGIN_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+        "{name}={value}; Path=/; Secure; HttpOnly; SameSite={same_site}; Max-Age={max_age}"
     ))
     .ok()
 }

@@ -292,8 +292,7 @@ fn collapse_header(id: &str) -> String {
     if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) {
         id.to_string()
     } else {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
-        crate::hex::encode(&d.as_ref()[..24])
+        crate::hex::encode(&crate::digest::sha256(id.as_bytes())[..24])
     }
 }
 

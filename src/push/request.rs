@@ -98,8 +98,7 @@ impl DeviceToken {
 
     /// Hex SHA-256 of the token: how dead tokens are recorded and reported.
     pub fn sha256_hex(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
-        crate::hex::encode(digest.as_ref())
+        crate::hex::encode(&crate::digest::sha256(self.0.as_bytes()))
     }
 }
 

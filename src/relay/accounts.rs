@@ -28,12 +28,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use aws_lc_rs::digest;
 use base64::Engine;
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::clock::{Clock, UnixMillis};
 use crate::config::{AgentsConfig, MAX_PASSWORD_BYTES};
+use crate::digest::sha256;
 use crate::ids::AgentId;
 use crate::limiter::{MinuteBudget, SourceLimiter};
 use crate::secret::Secret;
@@ -969,9 +969,9 @@ impl Accounts {
         let csrf = random_token()?;
         let expires_at = now.after(self.config.session_lifetime.0);
         let row = AgentSessionRow {
-            token_hash: sha256(bearer.as_bytes()),
+            token_hash: sha256(bearer.as_bytes()).to_vec(),
             agent_id: agent_id.clone(),
-            csrf_hash: sha256(csrf.as_bytes()),
+            csrf_hash: sha256(csrf.as_bytes()).to_vec(),
             created_at: now,
             expires_at,
         };
@@ -1124,10 +1124,6 @@ fn looks_like_token(token: &str) -> bool {
         && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    digest::digest(&digest::SHA256, bytes).as_ref().to_vec()
 }
 
 #[cfg(test)]

@@ -42,27 +42,13 @@ pub(super) fn prepare(
     let oidc = sso.oidc.as_ref().and_then(|cfg| {
         let at = "relay.agents.sso.oidc";
         let path = oidc_callback_path(&relay.account);
-        let redirect = match (&cfg.redirect_uri, identity) {
-            (Some(uri), _) => {
-                if !uri.split('?').next().unwrap_or("").ends_with(&path) {
-                    problems.push(
-                        format!("{at}.redirect_uri"),
-                        format!(
-                            "must end with {path} (where brandgate takes the provider's answer)"
-                        ),
-                    );
-                }
-                uri.clone()
-            }
-            (None, Some(identity)) => format!("{}{path}", identity.issuer.trim_end_matches('/')),
-            (None, None) => {
-                problems.push(
-                    format!("{at}.redirect_uri"),
-                    "is required without [identity]",
-                );
-                return None;
-            }
-        };
+        let redirect = crate::config::callback_url(
+            cfg.redirect_uri.as_deref(),
+            identity,
+            &path,
+            &format!("{at}.redirect_uri"),
+            problems,
+        )?;
         let leeway = identity.map_or(std::time::Duration::from_secs(60), |i| i.leeway.0);
         Upstream::build(cfg, at, &redirect, leeway, crate::clock::system(), problems)
     });

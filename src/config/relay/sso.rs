@@ -114,3 +114,31 @@ mod defaults {
         "groups".into()
     }
 }
+
+/// Where a provider sends its answer back: the configured URL, which must end with `path`
+/// (before any query), else `<identity.issuer><path>`; a problem under `key` when neither
+/// can be had. For the OIDC redirect URI and the SAML ACS URL alike.
+pub fn callback_url(
+    configured: Option<&str>,
+    identity: Option<&crate::config::IdentityConfig>,
+    path: &str,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<String> {
+    match (configured, identity) {
+        (Some(url), _) => {
+            if !url.split('?').next().unwrap_or("").ends_with(path) {
+                problems.push(
+                    key,
+                    format!("must end with {path} (where brandgate takes the provider's answer)"),
+                );
+            }
+            Some(url.to_string())
+        }
+        (None, Some(identity)) => Some(format!("{}{path}", identity.issuer.trim_end_matches('/'))),
+        (None, None) => {
+            problems.push(key, "is required without [identity]");
+            None
+        }
+    }
+}

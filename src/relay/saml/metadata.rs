@@ -5,6 +5,7 @@
 use base64::Engine;
 
 use super::xml::{self, DSIG, METADATA};
+use crate::digest::sha256;
 
 const REDIRECT_BINDING: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
 pub const POST_BINDING: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
@@ -116,13 +117,6 @@ impl IdpMetadata {
             certificates,
         })
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 /// brandgate's metadata as a service provider: its entity ID and ACS URL (HTTP-POST), signed

@@ -84,24 +84,13 @@ impl SamlProvider {
     ) -> Option<SamlProvider> {
         let at = "relay.agents.sso.saml";
         let path = acs_path(account);
-        let acs_url = match (&cfg.acs_url, identity) {
-            (Some(url), _) => {
-                if !url.ends_with(&path) {
-                    problems.push(
-                        format!("{at}.acs_url"),
-                        format!(
-                            "must end with {path} (where brandgate takes the provider's answer)"
-                        ),
-                    );
-                }
-                url.clone()
-            }
-            (None, Some(identity)) => format!("{}{path}", identity.issuer.trim_end_matches('/')),
-            (None, None) => {
-                problems.push(format!("{at}.acs_url"), "is required without [identity]");
-                return None;
-            }
-        };
+        let acs_url = crate::config::callback_url(
+            cfg.acs_url.as_deref(),
+            identity,
+            &path,
+            &format!("{at}.acs_url"),
+            problems,
+        )?;
         let base = acs_url.strip_suffix(&path).unwrap_or(&acs_url);
         let sp_entity_id = cfg
             .sp_entity_id

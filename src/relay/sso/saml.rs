@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 
 use super::{admit_start, browser_and_handle, refused, signed_in, status_of};
 use crate::client_address::ClientIp;
@@ -96,10 +96,9 @@ pub async fn start(
         tracing::warn!(error = %e, "cannot remove expired pending sign-ins");
     }
     let mut response = redirect(&url);
-    if let Ok(c) = HeaderValue::from_str(&format!(
-        "{SAML_COOKIE}={browser}; Path=/; Secure; HttpOnly; SameSite=None; Max-Age={}",
-        lifetime.as_secs()
-    )) {
+    if let Some(c) =
+        crate::identity::pages::binding_cookie(SAML_COOKIE, &browser, lifetime.as_secs(), "None")
+    {
         response.headers_mut().insert(header::SET_COOKIE, c);
     }
     response
@@ -117,30 +116,17 @@ pub async fn acs(
     let Some((saml, grants)) = provider(&relay, &account) else {
         return refuse(StatusCode::NOT_FOUND, "not_configured", NOT_CONFIGURED);
     };
-    let accounts = &relay.inner.accounts;
-    if !accounts.admits(source) {
-        accounts.audit_outside("", source).await;
-        let outside = crate::relay::accounts::SsoLoginError::OutsideNetworks;
-        return refuse(
-            StatusCode::FORBIDDEN,
-            outside.outcome(),
-            &outside.to_string(),
-        );
-    }
     // Each answer costs a signature check: bounded per source, like the starts.
-    if let Some(ip) = source {
-        let attempts = &relay.inner.login_attempts;
-        if attempts
-            .blocked(ip, "agent-saml-acs", saml.config.logins_per_minute)
-            .is_some()
-        {
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sign_ins",
-                "too many sign-ins from this address; try again in a minute",
-            );
-        }
-        attempts.count(ip, "agent-saml-acs");
+    if let Err(refusal) = super::admit_start(
+        &relay,
+        &headers,
+        source,
+        "agent-saml-acs",
+        saml.config.logins_per_minute,
+    )
+    .await
+    {
+        return refusal;
     }
     let encoded = match saml_response_field(&body) {
         Ok(e) => e,
