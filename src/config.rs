@@ -22,10 +22,12 @@ use crate::networks::Networks;
 pub use crate::ops::log::LogFormat;
 pub use crate::problems::{Problem, Problems};
 
+mod egress;
 mod identity;
 mod show;
 pub use show::ShowError;
 mod relay;
+pub use egress::EgressConfig;
 pub use identity::*;
 pub use relay::{
     AgentsConfig, CannedResponse, DEFAULT_MAX_IN_FLIGHT, DemoConfig, MAX_PASSWORD_BYTES,
@@ -51,6 +53,9 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// The self-hosted relay; off when the section is absent. Needs `[identity]`.
     pub relay: Option<RelayConfig>,
+    /// How outbound connections leave: directly, or through an HTTP proxy.
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 /// Where brandgate keeps what must outlive a restart (the signing key ring today).
@@ -222,6 +227,8 @@ pub struct PushConfig {
     pub feedback: FeedbackConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+    /// Replaces `[egress]` for the providers, their token calls and the feedback webhook.
+    pub egress: Option<EgressConfig>,
 }
 
 impl Default for PushConfig {
@@ -236,6 +243,7 @@ impl Default for PushConfig {
             auth_failures_per_minute: defaults::auth_failures_per_minute(),
             feedback: FeedbackConfig::default(),
             apps: Vec::new(),
+            egress: None,
         }
     }
 }

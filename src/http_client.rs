@@ -1,7 +1,8 @@
 //! Outbound HTTP calls that are not push sends: the FCM OAuth token call, webhooks, and the
 //! brand's OpenID provider.
 //!
-//! HTTP/1.1 or HTTP/2 as the server offers (ALPN), TLS through [`crate::tls`], no redirect ever
+//! HTTP/1.1 or HTTP/2 as the server offers (ALPN), TLS through [`crate::tls`], out through the
+//! role's way ([`crate::egress`]: directly or through the brand's proxy), no redirect ever
 //! followed, every call bounded by a timeout and a response size limit. Plain `http://` is only
 //! allowed to loopback addresses (a local webhook receiver); everything else must be `https://`.
 
@@ -12,8 +13,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use crate::egress::{EgressConnector, Role};
 
 /// Largest response body read from any outbound call.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -41,21 +43,18 @@ pub struct HttpResponse {
 /// A small outbound client. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<hyper_rustls::HttpsConnector<EgressConnector>, Full<Bytes>>,
 }
 
 impl HttpClient {
-    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
-        Self::with_idle_connections(tls, usize::MAX)
+    /// A client for `role`'s calls (it leaves the way that role's egress says).
+    pub fn new(role: Role, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::with_idle_connections(role, tls, usize::MAX)
     }
 
     /// [`HttpClient::new`], keeping at most `idle` idle connections per host.
-    pub fn with_idle_connections(tls: Arc<rustls::ClientConfig>, idle: usize) -> Self {
-        // Small requests and answers: Nagle's algorithm would hold a request's last segment
-        // until the peer's delayed ACK (tens of milliseconds per call).
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
+    pub fn with_idle_connections(role: Role, tls: Arc<rustls::ClientConfig>, idle: usize) -> Self {
+        let http = EgressConnector::new(role);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*tls).clone())
             .https_or_http()

@@ -34,6 +34,7 @@ pub mod config;
 pub mod digest;
 pub(crate) mod dispatch;
 pub mod duration;
+pub mod egress;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hex;

@@ -31,6 +31,9 @@ bash packaging/build-deps.sh
 # The agents' SAML sign-in is tested against Debian's pysaml2 (which signs with the xmlsec1
 # CLI); its attack fixtures are edited with lxml and signed again with xmlsec1.
 need_debian_packages python3-pysaml2 python3-lxml xmlsec1
+# Egress through the brand's HTTP proxy is tested through a real one (the binary only: the
+# tinyproxy package would start a system service).
+need_debian_packages tinyproxy-bin
 # promtool checks the shipped alert rules. Only the tool is taken from Debian's prometheus
 # package (installing the package would start a Prometheus server).
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x target/tools/promtool ]; then

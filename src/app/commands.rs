@@ -55,6 +55,15 @@ pub async fn check_config(path: &Path) -> Result<(Vec<String>, String), Problems
     };
     // What is usable but unwise first (secret files every user can read), as `serve` logs it.
     let mut notes = config.warnings();
+    let egress = crate::egress::Policy::build(&config, &mut problems);
+    notes.extend(
+        egress
+            .describe()
+            .into_iter()
+            .map(|way| format!("egress {way}")),
+    );
+    // Connections made by the checks below leave the configured way.
+    egress.install();
     match tls::check_server_config(&config.server.tls) {
         Ok(None) => notes.push(format!(
             "server.tls: no certificate configured; a self-signed development certificate will be \
@@ -113,18 +122,31 @@ pub async fn push_test(
     let Some(app_cfg) = config.push.apps.iter().find(|a| a.id == app) else {
         return Err(problem("--app", format!("no app {app:?} in push.apps")).into());
     };
-    let provider = match (provider, app_cfg.apns.is_some(), app_cfg.fcm.is_some()) {
-        (Some(p), _, _) => p,
-        (None, true, false) => Provider::Apns,
-        (None, false, true) => Provider::Fcm,
-        (None, _, _) => {
+    let configured: Vec<Provider> = [
+        (app_cfg.apns.is_some(), Provider::Apns),
+        (app_cfg.fcm.is_some(), Provider::Fcm),
+        (app_cfg.huawei.is_some(), Provider::Huawei),
+    ]
+    .into_iter()
+    .filter_map(|(on, p)| on.then_some(p))
+    .collect();
+    let provider = match (provider, configured.as_slice()) {
+        (Some(p), _) => p,
+        (None, [only]) => *only,
+        (None, _) => {
             return Err(problem(
                 "--provider",
-                "this app has both APNs and FCM: say which (apns or fcm)",
+                "this app has several providers: say which (apns, fcm or huawei)",
             )
             .into());
         }
     };
+    let mut egress_problems = Problems::default();
+    let egress = crate::egress::Policy::build(&config, &mut egress_problems);
+    if !egress_problems.is_empty() {
+        return Err(egress_problems.into());
+    }
+    egress.install();
     let service = PushService::build(
         &config.push,
         None,

@@ -33,6 +33,15 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     tls::install_crypto_provider();
     let mut config = Config::load(path)?;
     ops::log::init(&config.log.level, config.log.format);
+    let mut egress_problems = Problems::default();
+    let egress = crate::egress::Policy::build(&config, &mut egress_problems);
+    if !egress_problems.is_empty() {
+        return Err(egress_problems.into());
+    }
+    for way in egress.describe() {
+        tracing::info!("egress {way}");
+    }
+    egress.install();
     // Before READY=1: a `systemctl reload` right after start must find SIGHUP handled, not
     // fall to its default action (terminate).
     let mut signals = Signals::listen()?;
@@ -353,6 +362,11 @@ fn reload(
         reloads: _,
     } = roles;
     let new = Config::load(path)?;
+    let mut egress_problems = Problems::default();
+    let egress = crate::egress::Policy::build(&new, &mut egress_problems);
+    if !egress_problems.is_empty() {
+        return Err(egress_problems);
+    }
     let server_tls = tls::server_config(&new.server.tls, state_dir)?;
     // Everything is read and checked before anything is swapped: a reload happens whole or not
     // at all.
@@ -374,6 +388,8 @@ fn reload(
         _ => None,
     };
     push.reload(&new.push, new.server.tls.client_ca.is_some())?;
+    // Connections opened from now on leave the new way.
+    egress.install();
     if let Some((service, prepared)) = identity_update {
         service.apply(prepared);
     }

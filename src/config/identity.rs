@@ -22,6 +22,8 @@ pub struct IdentityConfig {
     pub issuer: String,
     /// `aud` of consumer tokens, when the platform expects one.
     pub audience: Option<String>,
+    /// Replaces `[egress]` for the brand's OpenID provider and the external issuers' JWKS.
+    pub egress: Option<crate::config::EgressConfig>,
     #[serde(default = "defaults::token_lifetime")]
     pub token_lifetime: Span,
     /// `RS256` (the platform's default), `ES256` or `EdDSA`.

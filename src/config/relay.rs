@@ -22,6 +22,9 @@ pub use webhooks::{DEFAULT_MAX_IN_FLIGHT, WebhooksConfig};
 pub struct RelayConfig {
     /// The brand's account id, as in the platform's URLs (`/ws_api/account/{account}/...`).
     pub account: String,
+    /// Replaces `[egress]` for the relay's webhooks and the agents' sign-in provider (OIDC
+    /// discovery and tokens, SAML metadata). Away pushes leave as the push role's do.
+    pub egress: Option<crate::config::EgressConfig>,
     /// Largest message text accepted, in bytes.
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: usize,

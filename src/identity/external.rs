@@ -74,7 +74,7 @@ impl ExternalIssuers {
                     max_lifetime: cfg.max_token_lifetime.0,
                     refresh: cfg.jwks_refresh.0,
                     min_refetch: cfg.jwks_min_refetch.0,
-                    http: HttpClient::new(tls),
+                    http: HttpClient::new(crate::egress::Role::Identity, tls),
                     keys: RwLock::new(None),
                     fetching: tokio::sync::Mutex::new(()),
                     last_attempt: Mutex::new(None),

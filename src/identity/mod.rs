@@ -171,6 +171,7 @@ impl IdentityService {
                 &redirect,
                 config.leeway.0,
                 clock.clone(),
+                crate::egress::Role::Identity,
                 &mut problems,
             )
             .map(Arc::new)

@@ -175,6 +175,7 @@ impl Upstream {
         redirect_uri: &str,
         leeway: Duration,
         clock: Arc<dyn Clock>,
+        role: crate::egress::Role,
         problems: &mut Problems,
     ) -> Option<Upstream> {
         let key = format!("{at}.client_secret_file");
@@ -220,7 +221,7 @@ impl Upstream {
             logins_per_minute: cfg.logins_per_minute,
             leeway,
             transport: Transport {
-                client: HttpClient::new(tls?),
+                client: HttpClient::new(role, tls?),
                 timeout: cfg.timeout.0,
             },
             clock,
@@ -622,7 +623,10 @@ mod tests {
     async fn endpoints_the_provider_names_are_held_to_https() {
         crate::tls::install_crypto_provider();
         let transport = Transport {
-            client: HttpClient::new(crate::tls::client_config(&[], None, &[]).unwrap()),
+            client: HttpClient::new(
+                crate::egress::Role::Identity,
+                crate::tls::client_config(&[], None, &[]).unwrap(),
+            ),
             timeout: Duration::from_secs(1),
         };
         // A discovery document naming a plain-http token endpoint on another host: the call

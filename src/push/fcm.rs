@@ -181,7 +181,7 @@ impl FcmClient {
                 key_id: account.private_key_id,
                 key: signing_key?,
                 token_uri: token_uri?,
-                http: HttpClient::new(token_tls?),
+                http: HttpClient::new(crate::egress::Role::Push, token_tls?),
                 cache: TokenCache::new(clock),
             },
             pool,

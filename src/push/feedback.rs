@@ -286,7 +286,7 @@ impl FeedbackSink {
                     include_token: w.include_token,
                     timeout: w.timeout.0,
                     max_attempts: w.max_attempts.max(1),
-                    http: HttpClient::new(tls?),
+                    http: HttpClient::new(crate::egress::Role::Push, tls?),
                 }))
             }
         };

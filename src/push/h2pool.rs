@@ -211,10 +211,9 @@ impl H2Pool {
             reason,
         };
         let attempt = async {
-            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            let tcp = crate::egress::connect(crate::egress::Role::Push, &self.host, self.port)
                 .await
-                .map_err(|e| fail(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
+                .map_err(|e| fail(crate::http_client::error_chain(e.as_ref())))?;
             let tls = self
                 .connector
                 .connect(self.server_name.clone(), tcp)

@@ -106,12 +106,16 @@ impl HuaweiClient {
             urgency: cfg.urgency.clone(),
             category: cfg.category.clone(),
             ttl: cfg.ttl.0,
-            http: HttpClient::with_idle_connections(tls.clone(), cfg.connections),
+            http: HttpClient::with_idle_connections(
+                crate::egress::Role::Push,
+                tls.clone(),
+                cfg.connections,
+            ),
             tokens: ClientCredentials {
                 client_id: cfg.app_id.clone(),
                 secret: secret?,
                 uri: oauth_uri?,
-                http: HttpClient::new(tls),
+                http: HttpClient::new(crate::egress::Role::Push, tls),
                 cache: TokenCache::new(clock),
             },
             invalid_streak: AtomicU32::new(0),

@@ -50,7 +50,15 @@ pub(super) fn prepare(
             problems,
         )?;
         let leeway = identity.map_or(std::time::Duration::from_secs(60), |i| i.leeway.0);
-        Upstream::build(cfg, at, &redirect, leeway, crate::clock::system(), problems)
+        Upstream::build(
+            cfg,
+            at,
+            &redirect,
+            leeway,
+            crate::clock::system(),
+            crate::egress::Role::Relay,
+            problems,
+        )
     });
     let saml = sso
         .saml

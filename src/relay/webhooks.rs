@@ -161,7 +161,7 @@ impl Settings {
                 uri,
                 key,
                 config: config.clone(),
-                http: HttpClient::new(tls),
+                http: HttpClient::new(crate::egress::Role::Relay, tls),
             }),
             _ => Err(problems),
         }

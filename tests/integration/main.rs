@@ -15,6 +15,7 @@ mod cli_docs;
 mod client_address;
 mod config_check;
 mod config_show;
+mod egress;
 mod feedback;
 mod identity;
 mod identity_config;

@@ -723,3 +723,34 @@ events = ["message.deleted"]
         "{err}"
     );
 }
+
+/// The relay's webhooks leave through `[relay.egress]`'s proxy (a real tinyproxy): the tunnel
+/// it opened is exactly to the receiver, and the webhooks arrive signed as ever.
+#[tokio::test]
+async fn webhooks_leave_through_the_relays_own_proxy() {
+    use crate::support::proxy::{Proxy, ProxyRules};
+    let env = TestEnv::new();
+    let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
+    let mut proxy = Proxy::start(env.path(), ProxyRules::default()).await;
+    let world = start(
+        env,
+        &receiver,
+        &format!("[relay.egress]\nproxy = \"{}\"", proxy.url()),
+    )
+    .await;
+    let mut c = world.consumer().await;
+    let conversation = open(&mut c).await;
+    close(&mut c, &conversation).await;
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 2);
+    let receiver_at = receiver
+        .url()
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut tunnels = proxy.stop_and_tunnels().await;
+    tunnels.dedup();
+    assert_eq!(tunnels, [receiver_at]);
+}

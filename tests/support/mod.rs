@@ -16,6 +16,7 @@ pub mod jose;
 pub mod messaging;
 pub mod pki;
 pub mod postgres;
+pub mod proxy;
 pub mod relay_world;
 pub mod saml_idp;
 pub mod standard_webhooks;

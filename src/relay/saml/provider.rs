@@ -132,7 +132,7 @@ impl SamlProvider {
                     .ok()?;
                 Source::Url {
                     uri,
-                    client: Box::new(HttpClient::new(tls)),
+                    client: Box::new(HttpClient::new(crate::egress::Role::Relay, tls)),
                 }
             }
             (None, None) => return None,
