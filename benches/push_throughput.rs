@@ -11,7 +11,11 @@
 //!                                                   127.0.0.1:5432), not only in memory
 //!
 //! Everything runs on this machine's loopback: generator and fake in this process, brandgate
-//! in its own. The fake skips recording and verifies each provider token once.
+//! in its own. The fake skips recording and verifies each provider token once. Both paths are
+//! built alike: the same number of HTTP/2 connections to the fake (brandgate's pool is set to
+//! the generator's), a body serialized per request on each, errors counted and refused on
+//! both. The latency run prints its tail (p99.9, max) and its worst one-second slice, so a
+//! spike shows.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -116,7 +120,7 @@ async fn run(s: Settings, quick: bool, store: DedupeStore) {
                 &key,
                 "mask_text = \"You have a new message\"",
                 &env.basic_auth(),
-                "",
+                &format!("connections = {}", s.connections),
             )
         ))
         .replace("level = \"debug\"", "level = \"warn\"");
@@ -142,18 +146,18 @@ async fn run(s: Settings, quick: bool, store: DedupeStore) {
     // Direct: what brandgate would send to APNs.
     let bearer = provider_token(&key.p8_pem);
     let direct_base = fake.url();
-    let payload = Bytes::from(
-        serde_json::json!({"aps": {"alert": "You have a new message", "sound": "default", "badge": 3},
-            "conversationId": "conv-bench", "sequence": 1})
-        .to_string(),
-    );
     let direct: MakeRequest = Arc::new(move |n| {
+        let payload = serde_json::json!({
+            "aps": {"alert": "You have a new message", "sound": "default", "badge": 3},
+            "conversationId": "conv-bench", "sequence": n})
+        .to_string();
         Request::post(format!("{direct_base}/3/device/{}", token(n)))
             .header("authorization", bearer.as_str())
             .header("apns-topic", APP)
             .header("apns-push-type", "alert")
             .header("apns-priority", "10")
-            .body(Full::new(payload.clone()))
+            .header("apns-collapse-id", "conv-bench")
+            .body(Full::new(Bytes::from(payload)))
             .unwrap()
     });
 
@@ -181,12 +185,15 @@ async fn run(s: Settings, quick: bool, store: DedupeStore) {
     let delivered = fake.delivered_count() - delivered_before;
 
     let rate = 1000.0;
-    let direct_lat = direct_pool
+    let mut direct_lat = direct_pool
         .open_loop(&direct, rate, s.latency_requests, 5 << 40)
         .await;
-    let via_lat = via_pool
+    direct_lat.sort_by(|a, b| a.total_cmp(b));
+    let via_lat_in_order = via_pool
         .open_loop(&via, rate, s.latency_requests, 6 << 40)
         .await;
+    let mut via_lat = via_lat_in_order.clone();
+    via_lat.sort_by(|a, b| a.total_cmp(b));
 
     let ratio = via_rate.per_second / direct_rate.per_second;
     let added = |q: f64| percentile(&via_lat, q) - percentile(&direct_lat, q);
@@ -218,6 +225,13 @@ async fn run(s: Settings, quick: bool, store: DedupeStore) {
         added(0.5),
         added(0.99)
     );
+    let (worst_second, worst_p99) = worst_slice(&via_lat_in_order, 1000);
+    println!(
+        "  via tail:              p99.9 {:.3} ms  max {:.3} ms  worst second (#{worst_second}) p99 {worst_p99:.3} ms",
+        percentile(&via_lat, 0.999),
+        via_lat.last().copied().unwrap_or_default(),
+    );
+    assert_eq!(direct_rate.errors, 0, "pushes failed on the direct path");
     assert_eq!(via_rate.errors, 0, "pushes failed through brandgate");
     assert_eq!(
         delivered, via_rate.count,
@@ -345,7 +359,7 @@ impl Generator {
     }
 
     /// Sends `count` requests at `rate` per second, whatever the answers do; returns each
-    /// request's latency in milliseconds.
+    /// request's latency in milliseconds, in the order they were sent.
     async fn open_loop(&self, make: &MakeRequest, rate: f64, count: usize, base: u64) -> Vec<f64> {
         let interval = Duration::from_secs_f64(1.0 / rate);
         let mut tick = tokio::time::interval(interval);
@@ -367,9 +381,23 @@ impl Generator {
             assert!(ok, "a request failed during the latency run");
             latencies.push(ms);
         }
-        latencies.sort_by(|a, b| a.total_cmp(b));
         latencies
     }
+}
+
+/// The slice of `size` consecutive requests (one second at the latency run's rate) with the
+/// highest p99: its index and that p99.
+fn worst_slice(in_order: &[f64], size: usize) -> (usize, f64) {
+    in_order
+        .chunks(size)
+        .map(|chunk| {
+            let mut sorted = chunk.to_vec();
+            sorted.sort_by(|a, b| a.total_cmp(b));
+            percentile(&sorted, 0.99)
+        })
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or_default()
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

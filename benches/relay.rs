@@ -3,10 +3,10 @@
 //!
 //! - idle sockets: consumers connected and authenticated, doing nothing; the daemon's resident
 //!   memory per socket (target: 20,000 sockets at <= 16 KiB each);
-//! - throughput: 16 consumers publish as fast as acknowledgements allow (16 requests in flight
-//!   each); messages per second from the first send until the agent following all 16
-//!   conversations has received every one (each committed before its acknowledgement; target
-//!   >= 3,000/s);
+//! - throughput: 1, 16 and 64 consumers publish as fast as acknowledgements allow (16 requests
+//!   in flight each); messages per second from the first send until the agents following the
+//!   conversations (16 per agent socket, as the workspace follows them) have received every
+//!   one (each committed before its acknowledgement; target >= 3,000/s);
 //! - latency: the same path paced at 1,000 messages/s; time from the consumer's send to the
 //!   agent's receipt, p50/p99/max (target p99 <= 20 ms);
 //! - the outbox: webhooks delivered per second to a local receiver (plain HTTP on loopback,
@@ -34,8 +34,13 @@ use support::daemon::Daemon;
 use support::messaging::{MessagingClient, Stream};
 use support::relay_world::{PLATFORM_PATH, Relay, config};
 
-/// Conversations (consumers) in the throughput and latency runs: what one agent socket follows.
+/// Conversations (consumers) in the latency run and the outbox run.
 const CONVERSATIONS: usize = 16;
+/// Conversations one agent socket follows (the workspace's limit); more consumers get more
+/// agents.
+const PER_AGENT: usize = 16;
+/// Consumers in the throughput runs, each with its own conversation.
+const THROUGHPUT_CONSUMERS: [usize; 3] = [1, 16, 64];
 /// Requests each consumer keeps in flight in the throughput run.
 const WINDOW: usize = 16;
 
@@ -194,18 +199,12 @@ async fn outbox_drain(s: &Settings, store_name: &str, store_extra: &str) {
         Daemon::start_with_env(env.path(), &config, &[("BRANDGATE_LOG__LEVEL", "warn")]).await;
     let relay = Arc::new(Relay { env, daemon });
     let tls = Arc::new(MessagingClient::tls(&relay.env.ca.cert_pem));
-    let (consumers, agent) = setup(&relay, &tls).await;
-    // Nobody reads the agent's side here.
-    drop(agent);
+    let (consumers, agents) = setup(&relay, &tls, CONVERSATIONS, "outbox").await;
+    // Nobody reads the agents' side here.
+    drop(agents);
     let per_consumer = s.messages / CONVERSATIONS;
     let epoch = Instant::now();
-    let publishers: Vec<_> = consumers
-        .into_iter()
-        .map(|c| tokio::spawn(publish(c, per_consumer, epoch, None)))
-        .collect();
-    for p in publishers {
-        p.await.unwrap();
-    }
+    publish_all(consumers, per_consumer, epoch).await;
     let expected = CONVERSATIONS + per_consumer * CONVERSATIONS;
     let started = Instant::now();
     receiver.let_go();
@@ -334,19 +333,30 @@ async fn request(socket: &mut Stream, id: &str, kind: &str, body: Value) -> Valu
     }
 }
 
-/// Sixteen consumers with a conversation each, all taken by one agent whose socket follows
-/// them.
-async fn setup(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>) -> (Vec<Consumer>, Stream) {
-    let bearer = relay.agent("bench-agent").await;
-    let agent_path = format!(
-        "/ws_api/account/{}/messaging/brand/{bearer}",
-        support::relay_world::ACCOUNT
-    );
-    let mut agent = MessagingClient::socket(tls, relay.daemon.public, &agent_path, None)
-        .await
-        .unwrap();
+/// `n` consumers with a conversation each, taken by agents (named `<tag>-<k>`) whose sockets
+/// follow [`PER_AGENT`] of them each: consumer `i` is followed by agent `i / PER_AGENT`.
+async fn setup(
+    relay: &Arc<Relay>,
+    tls: &Arc<rustls::ClientConfig>,
+    n: usize,
+    tag: &str,
+) -> (Vec<Consumer>, Vec<Stream>) {
+    let mut agents = Vec::new();
+    for k in 0..n.div_ceil(PER_AGENT) {
+        let bearer = relay.agent(&format!("{tag}-{k}")).await;
+        let agent_path = format!(
+            "/ws_api/account/{}/messaging/brand/{bearer}",
+            support::relay_world::ACCOUNT
+        );
+        agents.push(
+            MessagingClient::socket(tls, relay.daemon.public, &agent_path, None)
+                .await
+                .unwrap(),
+        );
+    }
     let mut consumers = Vec::new();
-    for i in 0..CONVERSATIONS {
+    for i in 0..n {
+        let agent = &mut agents[i / PER_AGENT];
         let token = relay.token().await;
         let auth = format!("jwt {token}");
         let mut socket =
@@ -362,7 +372,7 @@ async fn setup(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>) -> (Vec<Cons
         .await;
         let conversation = r["body"]["conversationId"].as_str().unwrap().to_string();
         let r = request(
-            &mut agent,
+            agent,
             &format!("a{i}"),
             "routing.UpdateRingState",
             json!({"ringId": conversation, "ringState": "ACCEPTED"}),
@@ -370,7 +380,7 @@ async fn setup(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>) -> (Vec<Cons
         .await;
         assert_eq!(r["code"], 200, "{r}");
         let r = request(
-            &mut agent,
+            agent,
             &format!("f{i}"),
             "ms.SubscribeMessagingEvents",
             json!({"dialogId": conversation, "fromSeq": 0}),
@@ -382,7 +392,7 @@ async fn setup(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>) -> (Vec<Cons
             conversation,
         });
     }
-    (consumers, agent)
+    (consumers, agents)
 }
 
 /// The agent's side: counts content events; for paced runs, the latency of each from the send
@@ -489,31 +499,50 @@ async fn publish(
     c
 }
 
-async fn throughput_and_latency(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>, s: &Settings) {
-    let (consumers, agent) = setup(relay, tls).await;
-    let epoch = Instant::now();
-
-    // Throughput: everyone at once.
-    let per_consumer = s.messages / CONVERSATIONS;
-    let total = per_consumer * CONVERSATIONS;
-    let started = Instant::now();
-    let receiver = tokio::spawn(receive(agent, total, epoch));
+/// Every consumer publishes `count` messages at once, as fast as acknowledgements allow.
+async fn publish_all(consumers: Vec<Consumer>, count: usize, epoch: Instant) -> Vec<Consumer> {
     let publishers: Vec<_> = consumers
         .into_iter()
-        .map(|c| tokio::spawn(publish(c, per_consumer, epoch, None)))
+        .map(|c| tokio::spawn(publish(c, count, epoch, None)))
         .collect();
-    let mut consumers = Vec::new();
+    let mut done = Vec::new();
     for p in publishers {
-        consumers.push(p.await.unwrap());
+        done.push(p.await.unwrap());
     }
-    let (agent, _) = receiver.await.unwrap();
-    let elapsed = started.elapsed();
-    println!(
-        "  consumer -> agent, committed before each acknowledgement: {:.0} msgs/s ({total} in {:.2} s, {CONVERSATIONS} consumers x {WINDOW} in flight)",
-        total as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64()
-    );
+    done
+}
 
+async fn throughput_and_latency(relay: &Arc<Relay>, tls: &Arc<rustls::ClientConfig>, s: &Settings) {
+    let epoch = Instant::now();
+    // Throughput: every consumer at once, with 1, 16 and 64 consumers.
+    for n in THROUGHPUT_CONSUMERS {
+        let (consumers, agents) = setup(relay, tls, n, &format!("throughput-{n}")).await;
+        let per_consumer = s.messages / n;
+        let total = per_consumer * n;
+        let started = Instant::now();
+        let receivers: Vec<_> = agents
+            .into_iter()
+            .enumerate()
+            .map(|(k, agent)| {
+                let followed = (n - k * PER_AGENT).min(PER_AGENT);
+                tokio::spawn(receive(agent, per_consumer * followed, epoch))
+            })
+            .collect();
+        publish_all(consumers, per_consumer, epoch).await;
+        for r in receivers {
+            r.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "  consumer -> agent, committed before each acknowledgement, {n:>2} consumers: {:.0} msgs/s ({total} in {:.2} s, {WINDOW} in flight each, {} agent socket(s))",
+            total as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64(),
+            n.div_ceil(PER_AGENT),
+        );
+    }
+
+    let (consumers, mut agents) = setup(relay, tls, CONVERSATIONS, "latency").await;
+    let agent = agents.remove(0);
     // Latency at 1,000 messages/s in all (each consumer 1,000/16 per second).
     let per_consumer = 1000 * s.paced_seconds as usize / CONVERSATIONS;
     let total = per_consumer * CONVERSATIONS;

@@ -282,6 +282,19 @@ fn check_auth(state: &State, headers: &HeaderMap, ctl: &ConnControl) -> Result<(
             let jwt = value
                 .strip_prefix("bearer ")
                 .ok_or("MissingProviderToken")?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            // The same token string was verified before: only its age is checked again.
+            let known = state.verified.lock().unwrap().get(jwt).copied();
+            if let Some(iat) = known {
+                return if now.saturating_sub(iat) > 3600 {
+                    Err("ExpiredProviderToken")
+                } else {
+                    Ok(())
+                };
+            }
             let header = jsonwebtoken::decode_header(jwt).map_err(|_| "InvalidProviderToken")?;
             if header.alg != jsonwebtoken::Algorithm::ES256 {
                 return Err("InvalidProviderToken");
@@ -297,14 +310,18 @@ fn check_auth(state: &State, headers: &HeaderMap, ctl: &ConnControl) -> Result<(
             let data = jsonwebtoken::decode::<Value>(jwt, &key, &validation)
                 .map_err(|_| "InvalidProviderToken")?;
             let iat = data.claims["iat"].as_u64().ok_or("InvalidProviderToken")?;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
             if now.saturating_sub(iat) > 3600 {
                 return Err("ExpiredProviderToken");
             }
-            state.verified.lock().unwrap().insert(jwt.to_string(), iat);
+            let mut verified = state.verified.lock().unwrap();
+            // Bounded: a token older than an hour can only be refused.
+            if verified.len() >= 1024 {
+                verified.retain(|_, at| now.saturating_sub(*at) <= 3600);
+                if verified.len() >= 1024 {
+                    verified.clear();
+                }
+            }
+            verified.insert(jwt.to_string(), iat);
             Ok(())
         }
     }
