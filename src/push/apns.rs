@@ -4,7 +4,9 @@
 //!
 //! The provider token is reused and re-signed once it is `token_refresh` old (Apple: no more
 //! often than every 20 minutes, at least every 60); under concurrency exactly one request signs.
-//! This module holds the signing key and never prints it.
+//! Apps with the same credential and endpoint (`com.x` and `com.x-Dev` sharing a `.p8`) share
+//! one [`ApnsLink`]: one pool of connections and one provider token, as Apple expects of one
+//! key. This module holds the signing key and never prints it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -32,25 +34,33 @@ const MIN_TOKEN_REFRESH: Duration = Duration::from_secs(20 * 60);
 /// ... and refuses tokens older than this (403 ExpiredProviderToken).
 const MAX_TOKEN_AGE: Duration = Duration::from_secs(60 * 60);
 
-/// The client for one app's APNs credential.
+/// What apps with one credential share: the connections to Apple and the provider token.
+pub struct ApnsLink {
+    token: Option<ProviderToken>,
+    pool: H2Pool,
+}
+
+/// The client for one app: its topic and settings, over its credential's [`ApnsLink`].
 pub struct ApnsClient {
     base: String,
     topic: HeaderValue,
     expiration: Duration,
     pub collapse_by_conversation: bool,
-    token: Option<ProviderToken>,
-    pool: H2Pool,
+    link: Arc<ApnsLink>,
     clock: Arc<dyn Clock>,
 }
 
 impl ApnsClient {
-    /// Builds the client, reporting every problem under `key` (`push.apps[0].apns`).
+    /// Builds the client, reporting every problem under `key` (`push.apps[0].apns`). With
+    /// `shared`, the link of another app with the same credential and endpoint is used, and
+    /// the credential is not read again.
     pub fn build(
         key: &str,
         app_id: &str,
         cfg: &ApnsConfig,
         metrics: &PushMetrics,
         clock: Arc<dyn Clock>,
+        shared: Option<Arc<ApnsLink>>,
         problems: &mut Problems,
     ) -> Option<ApnsClient> {
         let before = problems.0.len();
@@ -94,6 +104,19 @@ impl ApnsClient {
             );
         }
 
+        if let Some(link) = shared {
+            if problems.0.len() > before {
+                return None;
+            }
+            return Some(ApnsClient {
+                base,
+                topic: topic?,
+                expiration: cfg.expiration.0,
+                collapse_by_conversation: cfg.collapse_by_conversation,
+                link,
+                clock,
+            });
+        }
         let token_auth =
             cfg.token_key_file.is_some() || cfg.key_id.is_some() || cfg.team_id.is_some();
         let pem_auth = cfg.certificate_file.is_some() || cfg.private_key_file.is_some();
@@ -160,10 +183,14 @@ impl ApnsClient {
             topic: topic?,
             expiration: cfg.expiration.0,
             collapse_by_conversation: cfg.collapse_by_conversation,
-            token,
-            pool,
+            link: Arc::new(ApnsLink { token, pool }),
             clock,
         })
+    }
+
+    /// The connections and provider token this client sends with, for apps that share them.
+    pub fn link(&self) -> Arc<ApnsLink> {
+        self.link.clone()
     }
 
     /// One call to APNs for one device. The token must have passed [`Provider::check_token`](super::Provider::check_token).
@@ -190,11 +217,12 @@ impl ApnsClient {
         if let Some(c) = collapse_id {
             request = request.header("apns-collapse-id", collapse_header(c));
         }
-        let bearer = self.token.as_ref().map(ProviderToken::current);
+        let bearer = self.link.token.as_ref().map(ProviderToken::current);
         if let Some(b) = &bearer {
             request = request.header(http::header::AUTHORIZATION, b.header.clone());
         }
         let answer = match self
+            .link
             .pool
             .call("apns", request.body(Full::new(payload)))
             .await
@@ -215,7 +243,7 @@ impl ApnsClient {
             serde_json::from_slice(&answer.body).unwrap_or_default()
         };
         let attempt = classify(status, id, body, retry_after);
-        if let (Some(token), Some(bearer)) = (&self.token, &bearer)
+        if let (Some(token), Some(bearer)) = (&self.link.token, &bearer)
             && attempt.reason() == "ExpiredProviderToken"
         {
             token.discard(bearer);

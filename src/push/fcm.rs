@@ -24,9 +24,15 @@ const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
 /// The client for one app's Firebase project.
 pub struct FcmClient {
-    send_uri: Uri,
     pub android_priority: String,
     pub collapse_by_conversation: bool,
+    link: Arc<FcmLink>,
+}
+
+/// What apps with one service account and project share: the connections to FCM and the
+/// OAuth access token.
+pub struct FcmLink {
+    send_uri: Uri,
     tokens: AccessTokens,
     pool: H2Pool,
 }
@@ -65,16 +71,27 @@ fn service_account_error(path: &std::path::Path, e: &serde_json::Error) -> Strin
 }
 
 impl FcmClient {
-    /// Builds the client, reporting every problem under `key` (`push.apps[0].fcm`).
+    /// Builds the client, reporting every problem under `key` (`push.apps[0].fcm`). With
+    /// `shared`, the link of another app with the same service account, project and endpoint
+    /// is used, and the service account is not read again.
     pub fn build(
         key: &str,
         app_id: &str,
         cfg: &FcmConfig,
         metrics: &PushMetrics,
         clock: Arc<dyn Clock>,
+        shared: Option<Arc<FcmLink>>,
         problems: &mut Problems,
     ) -> Option<FcmClient> {
         let before = problems.0.len();
+        if let Some(link) = shared {
+            check_priority(key, cfg, problems);
+            return (problems.0.len() == before).then(|| FcmClient {
+                android_priority: cfg.android_priority.clone(),
+                collapse_by_conversation: cfg.collapse_by_conversation,
+                link,
+            });
+        }
         let sa_key = format!("{key}.service_account_file");
         let account: Option<ServiceAccountFile> = match read_secret_file(&cfg.service_account_file)
         {
@@ -145,12 +162,7 @@ impl FcmClient {
                 format!("{endpoint:?} must be an https:// URL"),
             );
         }
-        if !matches!(cfg.android_priority.as_str(), "high" | "normal") {
-            problems.push(
-                format!("{key}.android_priority"),
-                "must be \"high\" or \"normal\"",
-            );
-        }
+        check_priority(key, cfg, problems);
         if cfg.connections == 0 || cfg.connections > 64 {
             problems.push(format!("{key}.connections"), "must be between 1 and 64");
         }
@@ -173,42 +185,59 @@ impl FcmClient {
         .map_err(|e| problems.push(format!("{key}.endpoint"), e))
         .ok()?;
         Some(FcmClient {
-            send_uri,
             android_priority: cfg.android_priority.clone(),
             collapse_by_conversation: cfg.collapse_by_conversation,
-            tokens: AccessTokens {
-                email: account.client_email,
-                key_id: account.private_key_id,
-                key: signing_key?,
-                token_uri: token_uri?,
-                http: HttpClient::new(crate::egress::Role::Push, token_tls?),
-                cache: TokenCache::new(clock),
-            },
-            pool,
+            link: Arc::new(FcmLink {
+                send_uri,
+                tokens: AccessTokens {
+                    email: account.client_email,
+                    key_id: account.private_key_id,
+                    key: signing_key?,
+                    token_uri: token_uri?,
+                    http: HttpClient::new(crate::egress::Role::Push, token_tls?),
+                    cache: TokenCache::new(clock),
+                },
+                pool,
+            }),
         })
+    }
+
+    /// The connections and access token this client sends with, for apps that share them.
+    pub fn link(&self) -> Arc<FcmLink> {
+        self.link.clone()
     }
 
     /// One call to FCM with a prepared `{"message": ...}` body.
     pub async fn attempt(&self, body: Bytes) -> Attempt {
-        let bearer = match self.tokens.header().await {
+        let link = &self.link;
+        let bearer = match link.tokens.header().await {
             Ok(b) => b,
             Err(a) => return a,
         };
-        let request = Request::post(self.send_uri.clone())
+        let request = Request::post(link.send_uri.clone())
             .header(http::header::AUTHORIZATION, bearer.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body));
-        let answer = match self.pool.call("fcm", request).await {
+        let answer = match link.pool.call("fcm", request).await {
             Ok(a) => a,
             Err(attempt) => return attempt,
         };
         let status = answer.status.as_u16();
-        let retry_after = answer.retry_after(self.tokens.cache.clock().now());
+        let retry_after = answer.retry_after(link.tokens.cache.clock().now());
         let attempt = classify(status, &answer.body, retry_after);
         if attempt.reason() == "UNAUTHENTICATED" {
-            self.tokens.cache.discard(&bearer);
+            link.tokens.cache.discard(&bearer);
         }
         attempt
+    }
+}
+
+fn check_priority(key: &str, cfg: &FcmConfig, problems: &mut Problems) {
+    if !matches!(cfg.android_priority.as_str(), "high" | "normal") {
+        problems.push(
+            format!("{key}.android_priority"),
+            "must be \"high\" or \"normal\"",
+        );
     }
 }
 

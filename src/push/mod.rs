@@ -48,10 +48,10 @@ use crate::config::{AppConfig, Problems, PushConfig};
 use crate::dispatch::{Doorbell, Handler, Verdict};
 use crate::limiter::SourceLimiter;
 use crate::store::outbox::OutboxItem;
-use apns::ApnsClient;
+use apns::{ApnsClient, ApnsLink};
 use auth::CallerAuth;
 use dedupe::{Claim, Dedupe};
-use fcm::FcmClient;
+use fcm::{FcmClient, FcmLink};
 use feedback::{DeadToken, FeedbackOutbox, FeedbackSink};
 use huawei::HuaweiClient;
 use metrics::{DeliveryLabels, ProviderLabels, ResultLabels};
@@ -115,6 +115,16 @@ struct Generation {
     settings: PushConfig,
     apps: HashMap<String, Arc<App>>,
     feedback: FeedbackSink,
+    /// Provider connections and tokens by credential, as this generation's apps use them.
+    links: Links,
+}
+
+/// Provider connections and tokens by credential ([`apns_link_key`], [`fcm_link_key`]): apps
+/// with one credential share them.
+#[derive(Clone, Default)]
+struct Links {
+    apns: HashMap<Fingerprint, Arc<ApnsLink>>,
+    fcm: HashMap<Fingerprint, Arc<FcmLink>>,
 }
 
 struct App {
@@ -544,12 +554,22 @@ impl Builder {
             &mut problems,
         );
         let mut apps = HashMap::new();
+        // A credential the running generation already connects with keeps its link.
+        let mut links = previous.map(|p| p.links.clone()).unwrap_or_default();
+        let mut used = Links::default();
         for (i, app_cfg) in cfg.apps.iter().enumerate() {
             let key = format!("push.apps[{i}]");
             let old = previous
                 .and_then(|p| p.apps.get(&app_cfg.id))
                 .map(Arc::as_ref);
-            let app = self.app(&key, app_cfg, client_ca_configured, old, &mut problems);
+            let app = self.app(
+                &key,
+                app_cfg,
+                client_ca_configured,
+                old,
+                (&mut links, &mut used),
+                &mut problems,
+            );
             apps.insert(app_cfg.id.clone(), Arc::new(app));
         }
         let feedback = match feedback {
@@ -560,15 +580,19 @@ impl Builder {
             settings: cfg.clone(),
             apps,
             feedback,
+            links: used,
         })
     }
 
+    /// `links`: the provider links that may be shared (the running generation's and this one's so
+    /// far); `used`: those this generation's apps send with.
     fn app(
         &self,
         key: &str,
         cfg: &AppConfig,
         client_ca_configured: bool,
         old: Option<&App>,
+        (links, used): (&mut Links, &mut Links),
         problems: &mut Problems,
     ) -> App {
         if cfg.id.is_empty()
@@ -597,9 +621,11 @@ impl Builder {
         );
         let apns = cfg.apns.as_ref().and_then(|c| {
             let fp = fingerprint(&cfg.id, &format!("{c:?}"), apns_files(c));
+            let link_key = apns_link_key(&cfg.id, c);
             if let Some((old_fp, client)) = old.and_then(|a| a.apns.as_ref())
                 && *old_fp == fp
             {
+                used.apns.insert(link_key, client.link());
                 return Some((fp, client.clone()));
             }
             ApnsClient::build(
@@ -608,17 +634,24 @@ impl Builder {
                 c,
                 &self.metrics,
                 self.clock.clone(),
+                links.apns.get(&link_key).cloned(),
                 problems,
             )
-            .map(|client| (fp, Arc::new(client)))
+            .map(|client| {
+                links.apns.insert(link_key, client.link());
+                used.apns.insert(link_key, client.link());
+                (fp, Arc::new(client))
+            })
         });
         let fcm = cfg.fcm.as_ref().and_then(|c| {
             let files = std::iter::once(c.service_account_file.as_path())
                 .chain(c.extra_trust_anchors.iter().map(PathBuf::as_path));
             let fp = fingerprint(&cfg.id, &format!("{c:?}"), files);
+            let link_key = fcm_link_key(c);
             if let Some((old_fp, client)) = old.and_then(|a| a.fcm.as_ref())
                 && *old_fp == fp
             {
+                used.fcm.insert(link_key, client.link());
                 return Some((fp, client.clone()));
             }
             FcmClient::build(
@@ -627,9 +660,14 @@ impl Builder {
                 c,
                 &self.metrics,
                 self.clock.clone(),
+                links.fcm.get(&link_key).cloned(),
                 problems,
             )
-            .map(|client| (fp, Arc::new(client)))
+            .map(|client| {
+                links.fcm.insert(link_key, client.link());
+                used.fcm.insert(link_key, client.link());
+                (fp, Arc::new(client))
+            })
         });
         let huawei = cfg.huawei.as_ref().and_then(|c| {
             let files = std::iter::once(c.client_secret_file.as_path())
@@ -747,6 +785,39 @@ fn apns_files(c: &crate::config::ApnsConfig) -> impl Iterator<Item = &Path> {
     .flatten()
     .map(PathBuf::as_path)
     .chain(c.extra_trust_anchors.iter().map(PathBuf::as_path))
+}
+
+/// Which APNs link an app's configuration sends with: apps with the same endpoint, token
+/// credential (the key file's content, key id, team id, refresh), trust anchors (content) and
+/// connections share one, whatever their files are called. A certificate credential is the
+/// app's own (its expiry is published per app).
+fn apns_link_key(app: &str, c: &crate::config::ApnsConfig) -> Fingerprint {
+    let token_auth = c.token_key_file.is_some();
+    let settings = format!(
+        "{:?} {:?} {:?} {} {:?} {}",
+        c.endpoint,
+        c.key_id,
+        c.team_id,
+        c.connections,
+        c.token_refresh,
+        c.extra_trust_anchors.len(),
+    );
+    fingerprint(if token_auth { "" } else { app }, &settings, apns_files(c))
+}
+
+/// Which FCM link an app's configuration sends with: apps with the same service account
+/// (content), project, endpoint, trust anchors (content) and connections share one.
+fn fcm_link_key(c: &crate::config::FcmConfig) -> Fingerprint {
+    let settings = format!(
+        "{:?} {:?} {} {}",
+        c.project_id,
+        c.endpoint,
+        c.connections,
+        c.extra_trust_anchors.len()
+    );
+    let files = std::iter::once(c.service_account_file.as_path())
+        .chain(c.extra_trust_anchors.iter().map(PathBuf::as_path));
+    fingerprint("", &settings, files)
 }
 
 fn fingerprint<'a>(app: &str, config: &str, files: impl Iterator<Item = &'a Path>) -> Fingerprint {

@@ -738,3 +738,61 @@ async fn every_refusal_is_json() {
     assert_eq!(a.status, 400);
     assert!(a.json()["error"].is_string());
 }
+
+/// An app and its `-Dev` build with one `.p8` share one connection to Apple and one provider
+/// token (Apple expects one token per key, refreshed at most every 20 minutes); an app added
+/// by a reload with the same key joins them.
+#[tokio::test]
+async fn apps_sharing_a_key_share_one_connection_and_one_provider_token() {
+    let env = TestEnv::new();
+    let (fake, key) = apns(APP).await;
+    let app = |id: &str| {
+        env.apns_app(id, &fake, &key, "", &env.basic_auth(), "connections = 1")
+            .replace(&format!("topic = \"{id}\""), &format!("topic = \"{APP}\""))
+    };
+    let dev = format!("{APP}-Dev");
+    let beta = format!("{APP}-Beta");
+    let two = env.config(&format!("[push]\n{}{}", app(APP), app(&dev)));
+    let mut daemon = Daemon::start(env.path(), &two).await;
+    let push = |id: String, token: &'static str, seq: i64| {
+        let env = &env;
+        let daemon = &daemon;
+        async move {
+            env.client()
+                .post_json(
+                    &daemon.url(&format!("/push/{id}")),
+                    &[("authorization", &platform_auth())],
+                    &ios_push(token, "hi", "c", seq),
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(push(APP.to_string(), "cc01", 1).await, 200);
+    assert_eq!(push(dev.clone(), "cc02", 1).await, 200);
+    assert_eq!(push(APP.to_string(), "cc03", 2).await, 200);
+    daemon.rewrite_config(&env.config(&format!("[push]\n{}{}{}", app(APP), app(&dev), app(&beta))));
+    daemon.reload().await;
+    daemon.wait_log("configuration reloaded").await;
+    let push = |id: String, token: &'static str, seq: i64| {
+        let env = &env;
+        let daemon = &daemon;
+        async move {
+            env.client()
+                .post_json(
+                    &daemon.url(&format!("/push/{id}")),
+                    &[("authorization", &platform_auth())],
+                    &ios_push(token, "hi", "c", seq),
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(push(beta.clone(), "cc04", 1).await, 200);
+    let bearers: Vec<http::HeaderValue> = ["cc01", "cc02", "cc03", "cc04"]
+        .iter()
+        .map(|t| fake.delivered_to(t)[0].headers["authorization"].clone())
+        .collect();
+    assert!(bearers.iter().all(|b| *b == bearers[0]), "{bearers:?}");
+    assert_eq!(fake.listening.connection_count(), 1);
+}

@@ -323,3 +323,44 @@ async fn logs_never_hold_fcm_text_tokens_or_secrets() {
     );
     assert!(logs.lines().all(|l| !l.is_empty()), "one event per line");
 }
+
+/// Two Android apps of one Firebase project (one service account) share one connection pool
+/// to FCM and one OAuth access token: one token call between them.
+#[tokio::test]
+async fn apps_of_one_service_account_share_one_connection_and_one_access_token() {
+    let env = TestEnv::new();
+    let fake = FakeFcm::start(PROJECT).await;
+    let other = format!("{APP}.beta");
+    let config = env.config(&format!(
+        "[push]\n{}{}",
+        env.fcm_app(APP, &fake, "", &env.basic_auth()).replace(
+            "extra_trust_anchors",
+            "connections = 1\nextra_trust_anchors"
+        ),
+        env.fcm_app(&other, &fake, "", &env.basic_auth()).replace(
+            "extra_trust_anchors",
+            "connections = 1\nextra_trust_anchors"
+        ),
+    ));
+    let daemon = Daemon::start(env.path(), &config).await;
+    for (i, app) in [APP, other.as_str(), APP, other.as_str()]
+        .iter()
+        .enumerate()
+    {
+        let token = format!("{TOKEN}{i}");
+        let answer = env
+            .client()
+            .post_json(
+                &daemon.url(&format!("/push/{app}")),
+                &[("authorization", &platform_auth())],
+                &android_push(&token, "hi", "c", 1),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(fake.delivered_to(&token).len(), 1);
+    }
+    assert_eq!(fake.token_calls(), 1);
+    // One connection for the sends and one for the token call (the fake serves both); each app
+    // on its own would open two more.
+    assert_eq!(fake.listening.connection_count(), 2);
+}
