@@ -148,6 +148,13 @@ fn route(cfg: &EgressConfig, key: &str, problems: &mut Problems) -> Route {
         }
     });
     let no_proxy = cfg.no_proxy.join(",");
+    // `*`: everything direct (hyper-util's `*` covers host names only, not addresses).
+    if cfg.no_proxy.iter().any(|n| n.trim() == "*") {
+        return Route {
+            matcher: None,
+            auth,
+        };
+    }
     let matcher = match &cfg.proxy {
         Some(proxy) => match check_proxy_url(proxy) {
             Ok(()) => Some(
@@ -162,10 +169,34 @@ fn route(cfg: &EgressConfig, key: &str, problems: &mut Problems) -> Route {
                 None
             }
         },
-        None if cfg.from_environment => Some(Matcher::from_env()),
+        None if cfg.from_environment => {
+            let matcher = Matcher::from_env();
+            // The environment's proxy is held to the same rules as the config's.
+            for probe in [
+                "https://egress.probe.invalid/",
+                "http://egress.probe.invalid/",
+            ] {
+                if let Some(i) = probe.parse().ok().and_then(|p: Uri| matcher.intercept(&p))
+                    && let Err(why) = check_proxy_url(&i.uri().to_string())
+                {
+                    problems.push(
+                        format!("{key}.from_environment"),
+                        format!("the environment's proxy: {why}"),
+                    );
+                }
+            }
+            Some(matcher)
+        }
         None => None,
     };
-    if auth.is_some() && matcher.is_none() {
+    let proxies_something = matcher.as_ref().is_some_and(|m| {
+        "https://egress.probe.invalid/"
+            .parse()
+            .ok()
+            .and_then(|p: Uri| m.intercept(&p))
+            .is_some()
+    });
+    if auth.is_some() && !proxies_something {
         problems.push(
             format!("{key}.proxy_credentials_file"),
             "is set but no proxy is (set proxy, or from_environment with HTTPS_PROXY)",
@@ -251,12 +282,15 @@ impl Service<Uri> for EgressConnector {
         let route = current(self.role);
         let mut http = self.http.clone();
         Box::pin(async move {
-            let proxy = route
-                .matcher
-                .as_ref()
-                .and_then(|m| m.intercept(&dst))
-                .map(|i| i.uri().clone());
-            tracing::debug!(destination = %dst, proxy = ?proxy.as_ref().map(ToString::to_string), "opening a connection");
+            let (proxy, auth) = match way_out(&route, &dst) {
+                Some((proxy, auth)) => (Some(proxy), auth),
+                None => (None, None),
+            };
+            tracing::debug!(
+                destination = %format!("{}:{}", dst.host().unwrap_or("?"), dst.port_u16().unwrap_or(0)),
+                proxy = ?proxy.as_ref().map(ToString::to_string),
+                "opening a connection"
+            );
             match proxy {
                 None => http.call(dst).await.map_err(Into::into),
                 Some(proxy) => {
@@ -266,7 +300,7 @@ impl Service<Uri> for EgressConnector {
                             crate::http_client::error_chain(&e)
                         )
                     })?;
-                    let stream = tunnel(to_proxy.into_inner(), &dst, route.auth.as_ref())
+                    let stream = tunnel(to_proxy.into_inner(), &dst, auth.as_ref())
                         .await
                         .map_err(|e| format!("proxy {proxy}: {e}"))?;
                     Ok(TokioIo::new(stream))
@@ -274,6 +308,22 @@ impl Service<Uri> for EgressConnector {
             }
         })
     }
+}
+
+/// The proxy `route` sends `dst` through, with the credentials to give it; `None`: direct.
+fn way_out(route: &Route, dst: &Uri) -> Option<(Uri, Option<HeaderValue>)> {
+    // Plain http is allowed only to this host's loopback: never through a proxy (the body
+    // would cross the network in the clear, to the proxy's own loopback).
+    if dst.scheme_str() == Some("http") && dst.host().is_some_and(crate::http_client::is_loopback) {
+        return None;
+    }
+    let intercept = route.matcher.as_ref()?.intercept(dst)?;
+    // The file's credentials, else those in the environment's proxy URL.
+    let auth = route
+        .auth
+        .clone()
+        .or_else(|| intercept.basic_auth().cloned());
+    Some((intercept.uri().clone(), auth))
 }
 
 /// Longest a proxy may take to answer a CONNECT, and the most it may say.
@@ -288,7 +338,13 @@ async fn tunnel(
     auth: Option<&HeaderValue>,
 ) -> Result<TcpStream, String> {
     let host = dst.host().ok_or("the destination has no host")?;
-    let port = dst.port_u16().unwrap_or(443);
+    let port = dst
+        .port_u16()
+        .unwrap_or(if dst.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
     let target = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
@@ -390,6 +446,37 @@ mod tests {
             let said = check_proxy_url(url).unwrap_err();
             assert!(said.contains(why), "{url}: {said}");
         }
+    }
+
+    #[test]
+    fn what_goes_through_the_proxy() {
+        let mut problems = Problems::default();
+        let cfg = EgressConfig {
+            proxy: Some("http://proxy.brand.internal:3128".into()),
+            no_proxy: vec![".brand.internal".into(), "10.0.0.0/8".into()],
+            ..EgressConfig::default()
+        };
+        let route = route(&cfg, "egress", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let via = |url: &str| way_out(&route, &url.parse().unwrap()).map(|(p, _)| p.to_string());
+        let proxy = Some("http://proxy.brand.internal:3128/".to_string());
+        assert_eq!(via("https://api.push.apple.com/3/device/x"), proxy);
+        assert_eq!(via("https://127.0.0.1:8443/"), proxy);
+        assert_eq!(via("https://idp.brand.internal/jwks"), None);
+        assert_eq!(via("https://10.1.2.3/hook"), None);
+        // Plain http (loopback only) never leaves the host.
+        assert_eq!(via("http://127.0.0.1:9000/hook"), None);
+        assert_eq!(via("http://[::1]:9000/hook"), None);
+        assert_eq!(via("http://localhost/hook"), None);
+
+        // `*`: nothing through the proxy, addresses included.
+        let all_direct = EgressConfig {
+            no_proxy: vec!["*".into()],
+            ..cfg.clone()
+        };
+        let route = super::route(&all_direct, "egress", &mut problems);
+        assert!(way_out(&route, &"https://10.1.2.3/".parse().unwrap()).is_none());
+        assert!(way_out(&route, &"https://api.push.apple.com/".parse().unwrap()).is_none());
     }
 
     #[test]

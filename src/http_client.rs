@@ -153,7 +153,9 @@ pub enum UrlError {
     NotHttps(String),
 }
 
-fn is_loopback(host: &str) -> bool {
+/// Whether `host` (a name, or an address with or without brackets) is this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()

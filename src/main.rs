@@ -35,7 +35,7 @@ enum Command {
     /// one stays). The unit's ExecReload=, so `systemctl reload brandgate` reports a refusal.
     Reload {
         /// The daemon's process id (systemd gives $MAINPID).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(2..))]
         pid: i32,
         /// Where the daemon writes its reload status. Default: $RUNTIME_DIRECTORY (set by the
         /// unit's RuntimeDirectory=).

@@ -184,9 +184,16 @@ const SECRET_QUERY_NAMES: &[&str] = &[
 pub fn redact_url(text: &str) -> Option<String> {
     let scheme_end = text.find("://")?;
     let authority_start = scheme_end + 3;
-    let authority_len = text[authority_start..]
+    let rest = &text[authority_start..];
+    // The user part ends at the last `@` before any fragment, so a password written unencoded
+    // with `/` or `?` in it is still hidden (when in doubt, more is hidden, never less); the
+    // host follows it up to the path, query or fragment.
+    let host_start = rest[..rest.find('#').unwrap_or(rest.len())]
+        .rfind('@')
+        .map_or(0, |at| at + 1);
+    let authority_len = rest[host_start..]
         .find(['/', '?', '#'])
-        .unwrap_or(text.len() - authority_start);
+        .map_or(rest.len(), |end| host_start + end);
     let authority = &text[authority_start..authority_start + authority_len];
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..authority_start]);
@@ -293,6 +300,10 @@ mod tests {
             (
                 "https://user:p%40ss@x.example",
                 Some("https://user:[redacted]@x.example"),
+            ),
+            (
+                "postgres://u:pa/ss?x@db:5432/bg",
+                Some("postgres://u:[redacted]@db:5432/bg"),
             ),
             ("postgres://brandgate@db.internal/bg", None),
             ("sqlite:///var/lib/x.db", None),

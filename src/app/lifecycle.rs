@@ -317,15 +317,16 @@ impl Signals {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
+                    let began = crate::ops::reload_status::monotonic_millis();
                     systemd::reloading();
                     match reload(path, config, state_dir, public, roles) {
                         Ok(()) => {
-                            roles.reloads.record(&[]);
+                            roles.reloads.record(began, &[]);
                             tracing::info!(apps = roles.push.app_count(), "configuration reloaded");
                         }
                         Err(problems) => {
                             let said: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
-                            roles.reloads.record(&said);
+                            roles.reloads.record(began, &said);
                             for p in &problems.0 {
                                 tracing::error!(problem = %p, "reload refused; the running configuration stays");
                             }

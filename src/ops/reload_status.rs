@@ -1,9 +1,11 @@
 //! A reload's outcome where `systemctl reload` can wait for it. SIGHUP cannot answer, so the
 //! daemon writes `reload-status` into its runtime directory (`$RUNTIME_DIRECTORY`, from the
 //! unit's `RuntimeDirectory=`) at start and after every reload; `brandgate reload` (the unit's
-//! `ExecReload=`) notes the generation, sends SIGHUP, and waits for the next generation: it
-//! exits 0 when the new configuration was applied and fails, printing every problem, when it
-//! was refused, so `systemctl reload` reports a refused reload instead of success.
+//! `ExecReload=`) notes the generation and the time, sends SIGHUP, and waits for a reload that
+//! began after its signal (another reload already under way, or two signals merged, cannot
+//! answer for it): it exits 0 when the new configuration was applied and fails, printing every
+//! problem, when it was refused, so `systemctl reload` reports a refused reload instead of
+//! success. Times are the system's monotonic clock, the same in every process.
 //!
 //! The file holds what the log already says (keys and problems, never a secret value), is
 //! written whole (a temporary file renamed over it), and readable only by the service's user.
@@ -45,19 +47,34 @@ impl Outcome {
     }
 }
 
-/// One configuration event: its number since start, what became of it, and why (refused).
+/// One configuration event: its number since start, when it began (the monotonic clock, in
+/// milliseconds), what became of it, and why (refused).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadStatus {
     pub generation: u64,
+    pub began: u64,
     pub outcome: Outcome,
     pub problems: Vec<String>,
+}
+
+/// The system's monotonic clock in milliseconds (CLOCK_MONOTONIC: one clock for every
+/// process on the machine, unlike `Instant`, which cannot be written down).
+pub fn monotonic_millis() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64) * 1000 + (now.tv_nsec as u64) / 1_000_000
 }
 
 impl ReloadStatus {
     fn render(&self) -> String {
         let mut text = format!(
-            "generation {}\noutcome {}\n",
+            "generation {}\nbegan {}\noutcome {}\n",
             self.generation,
+            self.began,
             self.outcome.as_str()
         );
         for p in &self.problems {
@@ -72,12 +89,14 @@ impl ReloadStatus {
     fn parse(text: &str) -> Option<ReloadStatus> {
         let mut lines = text.lines();
         let generation = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
+        let began = lines.next()?.strip_prefix("began ")?.parse().ok()?;
         let outcome = Outcome::parse(lines.next()?.strip_prefix("outcome ")?)?;
         let problems = lines
             .map(|l| l.strip_prefix("problem ").map(str::to_string))
             .collect::<Option<Vec<_>>>()?;
         Some(ReloadStatus {
             generation,
+            began,
             outcome,
             problems,
         })
@@ -107,10 +126,12 @@ impl StatusFile {
     /// Writes `status` whole. A failure is logged: the reload itself is not undone by it.
     pub fn write(&self, status: &ReloadStatus) {
         let tmp = self.path.with_extension("tmp");
+        use std::os::unix::fs::OpenOptionsExt;
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)
             .and_then(|mut f| {
                 f.write_all(status.render().as_bytes())?;
@@ -165,6 +186,7 @@ pub async fn request_reload(
 ) -> Result<ReloadStatus, ReloadRequestError> {
     let path = dir.join(FILE_NAME);
     let before = read(&path)?.generation;
+    let sent = monotonic_millis();
     // SAFETY: kill(2) with a plain signal number touches no memory of ours.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         return Err(ReloadRequestError::Signal {
@@ -177,6 +199,7 @@ pub async fn request_reload(
         // A read that fails midway (never: the file is renamed into place) is tried again.
         if let Ok(status) = read(&path)
             && status.generation > before
+            && status.began >= sent
         {
             return Ok(status);
         }
@@ -195,6 +218,7 @@ mod tests {
     fn a_status_reads_back_as_written_one_problem_per_line() {
         let status = ReloadStatus {
             generation: 7,
+            began: 123_456,
             outcome: Outcome::Refused,
             problems: vec![
                 "push.apps[0].apns.token_key_file: cannot read /x/missing.p8".into(),
@@ -203,10 +227,18 @@ mod tests {
         };
         let back = ReloadStatus::parse(&status.render()).unwrap();
         assert_eq!(back.generation, 7);
+        assert_eq!(back.began, 123_456);
         assert_eq!(back.outcome, Outcome::Refused);
         assert_eq!(back.problems[0], status.problems[0]);
         assert_eq!(back.problems[1], "two lines");
-        assert_eq!(ReloadStatus::parse("generation x\noutcome applied\n"), None);
-        assert_eq!(ReloadStatus::parse("generation 1\noutcome maybe\n"), None);
+        assert_eq!(
+            ReloadStatus::parse("generation x\nbegan 1\noutcome applied\n"),
+            None
+        );
+        assert_eq!(
+            ReloadStatus::parse("generation 1\nbegan 1\noutcome maybe\n"),
+            None
+        );
+        assert_eq!(ReloadStatus::parse("generation 1\noutcome applied\n"), None);
     }
 }

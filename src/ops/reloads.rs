@@ -48,6 +48,7 @@ impl Reloads {
             let file = StatusFile::in_dir(dir);
             file.write(&ReloadStatus {
                 generation: 0,
+                began: super::reload_status::monotonic_millis(),
                 outcome: StatusOutcome::Started,
                 problems: Vec::new(),
             });
@@ -89,14 +90,16 @@ impl Reloads {
         }
     }
 
-    /// Records a reload: applied (no problems), or refused with these problems.
-    pub fn record(&self, problems: &[String]) {
+    /// Records a reload that began at `began` ([`super::reload_status::monotonic_millis`]):
+    /// applied (no problems), or refused with these problems.
+    pub fn record(&self, began: u64, problems: &[String]) {
         let applied = problems.is_empty();
         if let Some((file, generation)) = &self.status {
             let mut generation = generation.lock().unwrap_or_else(|e| e.into_inner());
             *generation += 1;
             file.write(&ReloadStatus {
                 generation: *generation,
+                began,
                 outcome: if applied {
                     StatusOutcome::Applied
                 } else {

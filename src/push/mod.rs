@@ -793,8 +793,17 @@ fn apns_files(c: &crate::config::ApnsConfig) -> impl Iterator<Item = &Path> {
 /// app's own (its expiry is published per app).
 fn apns_link_key(app: &str, c: &crate::config::ApnsConfig) -> Fingerprint {
     let token_auth = c.token_key_file.is_some();
+    // Which file fields are set, so the contents hashed after cannot stand for one another.
+    let files_set = [
+        &c.token_key_file,
+        &c.certificate_file,
+        &c.private_key_file,
+        &c.pkcs12_file,
+        &c.pkcs12_password_file,
+    ]
+    .map(Option::is_some);
     let settings = format!(
-        "{:?} {:?} {:?} {} {:?} {}",
+        "{:?} {:?} {:?} {} {:?} {} {files_set:?}",
         c.endpoint,
         c.key_id,
         c.team_id,

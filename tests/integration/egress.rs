@@ -268,6 +268,36 @@ async fn check_config_names_each_egress_problem_and_says_where_traffic_goes() {
         "{err}"
     );
     let credentials = env.secret("proxy-credentials", "brandgate:pw\n");
+    // The environment's proxy is held to the config's rules; credentials need a proxy.
+    let path = env.file(
+        "egress-env.toml",
+        &env.config(&format!(
+            "[egress]\nfrom_environment = true\nproxy_credentials_file = \"{}\"\n",
+            credentials.display()
+        )),
+    );
+    let (code, _, err) = crate::support::daemon::run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[("HTTPS_PROXY", "https://proxy.brand.internal:3128")],
+    )
+    .await;
+    assert_eq!(code, 78);
+    assert!(
+        err.lines().any(
+            |l| l.contains("egress.from_environment: the environment's proxy")
+                && l.contains("https:// proxy is not supported")
+        ),
+        "{err}"
+    );
+    let (code, _, err) =
+        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
+            .await;
+    assert_eq!(code, 78);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("egress.proxy_credentials_file") && l.contains("no proxy is")),
+        "{err}"
+    );
     let path = env.file(
         "egress-ok.toml",
         &env.config(&format!(

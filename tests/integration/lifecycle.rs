@@ -206,6 +206,23 @@ async fn the_reload_command_reports_what_became_of_the_reload() {
     daemon.rewrite_config(&app_config(&env, &fake, &key, "Fourth mask", ""));
     let (code, _, err) = reload(with_dir()).await;
     assert_eq!(code, 0, "{err}");
+    // The status (it may name files and URLs) is the service user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(runtime.join("reload-status"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A pid that would signal a process group (0) or everything (-1), or init, is refused.
+    for pid in ["0", "-1", "1"] {
+        let (code, _, err) = crate::support::daemon::run(
+            &["reload", &format!("--pid={pid}")],
+            &[("RUNTIME_DIRECTORY", runtime_var)],
+        )
+        .await;
+        assert_eq!(code, 2, "{pid}: {err}");
+        assert!(err.contains("invalid value"), "{pid}: {err}");
+    }
 
     // Without a runtime directory it says how to give one; with a directory no daemon writes
     // to, it says so and sends nothing.
