@@ -420,6 +420,12 @@ pub struct HuaweiConfig {
     /// How long Huawei keeps a message for an offline device.
     #[serde(default = "defaults::huawei_ttl")]
     pub ttl: crate::duration::Span,
+    /// `android.collapse_key`: which of an offline device's kept messages Huawei delivers when
+    /// it comes back. `-1` every one (up to Huawei's own cap), `0` Huawei's default (usually
+    /// only the latest), `1`..`100` a group of which only the latest is delivered. Unset,
+    /// Huawei's default applies. The groups are few, so conversations are not mapped to them:
+    /// two conversations in one group would hide each other's messages.
+    pub collapse_key: Option<i8>,
 }
 
 mod defaults {

@@ -42,10 +42,30 @@ impl<T: AsRef<[u8]>> Secret<T> {
 /// Compares two byte strings without a timing difference that depends on where they differ or
 /// on their lengths: both are reduced to SHA-256 digests, which are then compared in constant time.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use aws_lc_rs::{constant_time, digest};
-    let da = digest::digest(&digest::SHA256, a);
-    let db = digest::digest(&digest::SHA256, b);
-    constant_time::verify_slices_are_equal(da.as_ref(), db.as_ref()).is_ok()
+    SecretDigest::of(a).matches(b)
+}
+
+/// A secret kept only as its SHA-256 digest, for what callers present on every request (the
+/// push proxy's Basic password and custom headers): each check hashes the candidate alone and
+/// compares the digests in constant time, as [`constant_time_eq`] does with both sides.
+#[derive(Clone)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    pub fn of(secret: &[u8]) -> Self {
+        SecretDigest(crate::digest::sha256(secret))
+    }
+
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let presented = crate::digest::sha256(candidate);
+        aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, &presented).is_ok()
+    }
+}
+
+impl fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
 }
 
 /// Why a secret file could not be used. The message names the file, never its content.

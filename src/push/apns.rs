@@ -267,6 +267,9 @@ fn classify(
     body: ErrorBody,
     retry_after: Option<Duration>,
 ) -> Attempt {
+    if status == 200 {
+        return Attempt::Delivered { status, id };
+    }
     let reason = if body.reason.is_empty() {
         format!("HTTP{status}")
     } else {

@@ -9,16 +9,18 @@ use http::{HeaderMap, HeaderName};
 
 use crate::config::{CallerAuthConfig, Problems};
 use crate::http_auth::{basic_credentials, certificate_matches};
-use crate::secret::{Secret, read_secret_for};
+use crate::secret::{SecretDigest, read_secret_for};
 use crate::tls::PeerIdentity;
 
 /// The platform allows at most 4 custom headers per app.
 const MAX_HEADERS: usize = 4;
 
+/// The expected user name and secrets are kept as digests: each request hashes only what it
+/// presents.
 pub struct CallerAuth {
-    basic: Option<(String, Secret<Vec<u8>>)>,
+    basic: Option<(SecretDigest, SecretDigest)>,
     cert_names: Option<Vec<String>>,
-    headers: Vec<(HeaderName, Secret<Vec<u8>>)>,
+    headers: Vec<(HeaderName, SecretDigest)>,
 }
 
 /// Which check failed, for the log.
@@ -46,7 +48,10 @@ impl CallerAuth {
                 &b.password_file,
                 problems,
             )?;
-            Some((b.username.clone(), pw))
+            Some((
+                SecretDigest::of(b.username.as_bytes()),
+                SecretDigest::of(pw.expose()),
+            ))
         });
         let mut headers = Vec::new();
         for (i, h) in cfg.headers.iter().enumerate() {
@@ -55,7 +60,7 @@ impl CallerAuth {
             match HeaderName::from_bytes(h.name.as_bytes()) {
                 Ok(name) => {
                     if let Some(v) = value {
-                        headers.push((name, v));
+                        headers.push((name, SecretDigest::of(v.expose())));
                     }
                 }
                 Err(_) => problems.push(
@@ -129,13 +134,10 @@ impl CallerAuth {
         if let Some((user, password)) = &self.basic {
             let ok = match basic_credentials(headers) {
                 // Both comparisons always run.
-                Some((u, p)) => {
-                    crate::secret::constant_time_eq(user.as_bytes(), u.as_bytes())
-                        & password.matches(p.as_bytes())
-                }
+                Some((u, p)) => user.matches(u.as_bytes()) & password.matches(p.as_bytes()),
                 None => {
-                    // Same work as a wrong password, so a missing header is not faster.
-                    let _ = password.matches(b"");
+                    // Same work as wrong credentials, so a missing header is not faster.
+                    let _ = user.matches(b"") & password.matches(b"");
                     false
                 }
             };

@@ -184,7 +184,8 @@ impl H2Pool {
         if let Some(l) = usable(slot) {
             return Ok(l);
         }
-        let sender = self.connect().await.inspect_err(|_| {
+        // Rare: boxed, so every request's future does not carry the size of a TLS handshake.
+        let sender = Box::pin(self.connect()).await.inspect_err(|_| {
             self.metrics.connect_failures.inc();
         })?;
         self.metrics.connects.inc();

@@ -31,6 +31,7 @@ pub struct HuaweiClient {
     pub urgency: String,
     pub category: Option<String>,
     pub ttl: Duration,
+    pub collapse_key: Option<i8>,
     http: HttpClient,
     tokens: ClientCredentials,
     /// "All tokens invalid" answers since the last delivery.
@@ -88,6 +89,12 @@ impl HuaweiClient {
                 "must be a Huawei message category such as \"IM\" or \"VOIP\"",
             );
         }
+        if cfg.collapse_key.is_some_and(|k| !(-1..=100).contains(&k)) {
+            problems.push(
+                format!("{key}.collapse_key"),
+                "must be -1 (deliver every kept message), 0 (Huawei's default) or a group from 1 to 100",
+            );
+        }
         if cfg.connections == 0 || cfg.connections > 64 {
             problems.push(format!("{key}.connections"), "must be between 1 and 64");
         }
@@ -106,6 +113,7 @@ impl HuaweiClient {
             urgency: cfg.urgency.clone(),
             category: cfg.category.clone(),
             ttl: cfg.ttl.0,
+            collapse_key: cfg.collapse_key,
             http: HttpClient::with_idle_connections(
                 crate::egress::Role::Push,
                 tls.clone(),

@@ -12,7 +12,6 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::json;
 
 use super::metrics::{RequestLabels, ResultLabels};
 use super::outcome::{Attempt, Delivery};
@@ -252,29 +251,57 @@ fn admit(
     Ok(app)
 }
 
+/// The JSON answer to a finished push (written without an intermediate JSON tree: one per push).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum AnswerBody<'a> {
+    Delivered {
+        status: &'static str,
+        provider: &'static str,
+        id: &'a Option<String>,
+    },
+    NotDelivered {
+        error: &'static str,
+        provider: &'static str,
+        reason: &'a str,
+    },
+}
+
 /// Maps a finished push to the platform's codes. Exhaustive over [`Attempt`].
 fn answer(d: &Delivery) -> Response {
     let provider = d.provider.as_str();
+    let not_delivered = |error, reason| AnswerBody::NotDelivered {
+        error,
+        provider,
+        reason,
+    };
     let (status, body) = match &d.last {
         Attempt::Delivered { id, .. } => (
             StatusCode::OK,
-            json!({
-                "status": if d.duplicate { "duplicate" } else { "delivered" },
-                "provider": provider,
-                "id": id,
-            }),
+            AnswerBody::Delivered {
+                status: if d.duplicate {
+                    "duplicate"
+                } else {
+                    "delivered"
+                },
+                provider,
+                id,
+            },
         ),
         Attempt::DeadToken { reason, .. } => (
             StatusCode::FORBIDDEN,
-            json!({ "error": "the device token cannot receive pushes", "provider": provider, "reason": reason }),
+            not_delivered("the device token cannot receive pushes", reason),
         ),
         Attempt::Transient { reason, .. } => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({ "error": "not delivered in time; a retry may succeed", "provider": provider, "reason": reason }),
+            not_delivered("not delivered in time; a retry may succeed", reason),
         ),
         Attempt::Permanent { reason, .. } => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({ "error": "the provider refused the push; the app's configuration needs a look", "provider": provider, "reason": reason }),
+            not_delivered(
+                "the provider refused the push; the app's configuration needs a look",
+                reason,
+            ),
         ),
     };
     (status, axum::Json(body)).into_response()

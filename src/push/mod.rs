@@ -331,6 +331,7 @@ impl PushService {
                     urgency: &c.urgency,
                     category: c.category.as_deref(),
                     ttl: c.ttl,
+                    collapse_key: c.collapse_key,
                 });
                 let how = how.ok_or_else(no_provider)?;
                 payload::huawei_body(&request, presentation, &how)?
@@ -372,7 +373,9 @@ impl PushService {
         // repeats without the database).
         let shared_dedupe = self.shared.shared_dedupe.get();
         let shared_key = match (shared_dedupe, &guard) {
-            (Some(shared), Some((k, _))) => match shared.claim(*k, deadline).await {
+            // Boxed (as every await here that is large or rare): the delivery future is
+            // moved whole when it is spawned, so its size is paid on every push.
+            (Some(shared), Some((k, _))) => match Box::pin(shared.claim(*k, deadline)).await {
                 SharedClaim::Send => Some((shared, *k)),
                 SharedClaim::Unavailable => None,
                 SharedClaim::Duplicate => {
@@ -412,7 +415,7 @@ impl PushService {
                         }
                         (_, Some((_, c)), _, Provider::Fcm) => c.attempt(body).await,
                         (_, _, Some((_, c)), Provider::Huawei) => {
-                            c.attempt(device.as_str(), body).await
+                            Box::pin(c.attempt(device.as_str(), body)).await
                         }
                         _ => Attempt::Permanent {
                             status: None,
@@ -449,7 +452,7 @@ impl PushService {
         }
         if let Some(dead) = self.record(app, &request.device_token, &delivery) {
             let outbox = self.shared.feedback_outbox.get().map(Arc::as_ref);
-            generation.feedback.report(dead, outbox).await;
+            Box::pin(generation.feedback.report(dead, outbox)).await;
         }
         Ok(delivery)
     }

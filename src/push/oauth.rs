@@ -84,6 +84,17 @@ impl TokenCache {
         if let Some(refusal) = self.refused() {
             return Err(refusal);
         }
+        // Rare (about once an hour): boxed, so every push's future does not carry the size of
+        // a token call (see `PushService::send_on`).
+        Box::pin(self.fetch_once(fetch)).await
+    }
+
+    /// The slow path of [`TokenCache::header`]: one fetch at a time, the others wait for it.
+    async fn fetch_once<F, Fut>(&self, fetch: F) -> Result<HeaderValue, Attempt>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedToken, Attempt>>,
+    {
         let _one_fetch = self.fetching.lock().await;
         if let Some(h) = self.cached() {
             return Ok(h);

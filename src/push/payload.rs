@@ -32,30 +32,72 @@ pub enum PayloadError {
 /// The APNs request body: `aps` plus the conversation fields as custom keys.
 pub fn apns_body(req: &PushRequest, p: Presentation<'_>) -> Result<Vec<u8>, PayloadError> {
     let build = |alert: &Alert| {
-        let mut aps = req.aps.clone();
-        match alert {
-            Alert::None => {}
-            Alert::Text(t) => {
-                aps.insert("alert".into(), Value::from(t.as_str()));
-            }
-            Alert::Fields(m) => {
-                aps.insert("alert".into(), Value::Object(m.clone()));
-            }
-        }
-        if let Some(badge) = req.meta.badge {
-            aps.entry("badge").or_insert(Value::from(badge));
-        }
-        if p.mutable_content && !matches!(alert, Alert::None) {
-            aps.insert("mutable-content".into(), Value::from(1));
-        }
-        let mut body = Map::new();
-        body.insert("aps".into(), Value::Object(aps));
-        insert_meta(&mut body, &req.meta, false);
-        serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+        let body = ApnsBody {
+            req,
+            alert,
+            mutable_content: p.mutable_content && !matches!(alert, Alert::None),
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
     };
     fit(&presented_alert(&req.alert, p.mask_text), build, |b| {
         b.len()
     })
+}
+
+/// The APNs body, written straight from the request (every push builds one: no copy of `aps`
+/// and no intermediate JSON tree). `aps` carries the platform's members with the presented
+/// alert, the badge (the platform's own in `aps` wins over the conversation field's) and
+/// `mutable-content` when the app asks for it on a visible push.
+struct ApnsBody<'a> {
+    req: &'a PushRequest,
+    alert: &'a Alert,
+    mutable_content: bool,
+}
+
+impl serde::Serialize for ApnsBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut body = s.serialize_map(None)?;
+        body.serialize_entry("aps", &Aps(self))?;
+        for (key, value) in meta_fields(&self.req.meta) {
+            body.serialize_entry(key, &value)?;
+        }
+        body.end()
+    }
+}
+
+struct Aps<'a>(&'a ApnsBody<'a>);
+
+impl serde::Serialize for Aps<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let ApnsBody {
+            req,
+            alert,
+            mutable_content,
+        } = self.0;
+        let mut aps = s.serialize_map(None)?;
+        for (key, value) in &req.aps {
+            let replaced = key == "alert" || (*mutable_content && key == "mutable-content");
+            if !replaced {
+                aps.serialize_entry(key, value)?;
+            }
+        }
+        match alert {
+            Alert::None => {}
+            Alert::Text(t) => aps.serialize_entry("alert", t)?,
+            Alert::Fields(m) => aps.serialize_entry("alert", m)?,
+        }
+        if let Some(badge) = req.meta.badge
+            && !req.aps.contains_key("badge")
+        {
+            aps.serialize_entry("badge", &badge)?;
+        }
+        if *mutable_content {
+            aps.serialize_entry("mutable-content", &1)?;
+        }
+        aps.end()
+    }
 }
 
 /// The FCM v1 `message` for one token: a data message carrying `message` (the text) and
@@ -110,6 +152,7 @@ pub struct HuaweiDelivery<'a> {
     pub urgency: &'a str,
     pub category: Option<&'a str>,
     pub ttl: std::time::Duration,
+    pub collapse_key: Option<i8>,
 }
 
 /// The Huawei Push Kit v1 request for one token: a data message (Huawei's `data` is one JSON
@@ -125,6 +168,9 @@ pub fn huawei_body(
     android.insert("ttl".into(), Value::from(format!("{}s", how.ttl.as_secs())));
     if let Some(category) = how.category {
         android.insert("category".into(), Value::from(category));
+    }
+    if let Some(key) = how.collapse_key {
+        android.insert("collapse_key".into(), Value::from(key));
     }
     let message_of = |alert: &Alert| {
         json!({
@@ -179,24 +225,54 @@ fn alert_text(alert: &Alert) -> Option<String> {
 }
 
 fn insert_meta(target: &mut Map<String, Value>, meta: &PushMeta, with_badge: bool) {
-    let fields = [
+    for (key, value) in meta_fields(meta) {
+        target.insert(key.into(), value.into());
+    }
+    if with_badge && let Some(b) = meta.badge {
+        target.insert("badge".into(), Value::from(b));
+    }
+}
+
+/// A conversation field as it is written out.
+enum MetaValue<'a> {
+    Text(&'a str),
+    Number(i64),
+}
+
+impl serde::Serialize for MetaValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MetaValue::Text(t) => s.serialize_str(t),
+            MetaValue::Number(n) => s.serialize_i64(*n),
+        }
+    }
+}
+
+impl From<MetaValue<'_>> for Value {
+    fn from(v: MetaValue<'_>) -> Value {
+        match v {
+            MetaValue::Text(t) => Value::from(t),
+            MetaValue::Number(n) => Value::from(n),
+        }
+    }
+}
+
+/// The conversation fields that pass through to the app (all but the badge), those present.
+fn meta_fields(meta: &PushMeta) -> impl Iterator<Item = (&'static str, MetaValue<'_>)> {
+    let texts = [
         ("backendService", &meta.backend_service),
         ("conversationId", &meta.conversation_id),
         ("dialogId", &meta.dialog_id),
         ("originatorId", &meta.originator_id),
         ("brandId", &meta.brand_id),
     ];
-    for (key, value) in fields {
-        if let Some(v) = value {
-            target.insert(key.into(), Value::from(v.as_str()));
-        }
-    }
-    if let Some(seq) = meta.sequence {
-        target.insert("sequence".into(), Value::from(seq));
-    }
-    if with_badge && let Some(b) = meta.badge {
-        target.insert("badge".into(), Value::from(b));
-    }
+    texts
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, MetaValue::Text(value.as_deref()?))))
+        .chain(
+            meta.sequence
+                .map(|seq| ("sequence", MetaValue::Number(seq))),
+        )
 }
 
 /// Builds with the full alert, or with the alert shortened just enough to fit. The common case

@@ -263,3 +263,31 @@ async fn a_refused_secret_fails_without_hammering_the_token_endpoint_and_is_neve
         assert!(!logs.contains(secret), "the log holds {secret:?}:\n{logs}");
     }
 }
+
+#[tokio::test]
+async fn collapse_key_is_sent_as_configured_and_checked_against_huaweis_range() {
+    let w = world("", "collapse_key = -1").await;
+    let answer = w.push(&huawei_push(TOKEN, "Hello", "conv-1", 1)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let got = w.fake.delivered_to(TOKEN);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].message["android"],
+        json!({"urgency": "HIGH", "ttl": "86400s", "collapse_key": -1})
+    );
+
+    // Beyond Huawei's groups: refused by name before the daemon would start.
+    let env = TestEnv::new();
+    let app = env.huawei_app(APP, &w.fake, "", &env.basic_auth(), "collapse_key = 101");
+    let path = env.path().join("brandgate.toml");
+    std::fs::write(&path, env.config(&app)).unwrap();
+    let (code, _, err) =
+        crate::support::daemon::run(&["check-config", "--config", path.to_str().unwrap()], &[])
+            .await;
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("huawei.collapse_key:") && l.contains("a group from 1 to 100")),
+        "{err}"
+    );
+}

@@ -50,11 +50,40 @@ impl Daemon {
         config_path: &Path,
         env: &[(&str, &str)],
     ) -> Daemon {
+        Self::start_under(dir, config_path, env, &[]).await
+    }
+
+    /// Starts as [`Daemon::start_with_env`] does, run by `wrapper` (a profiler such as
+    /// `valgrind --tool=callgrind`, which runs the binary in its own process).
+    pub async fn start_wrapped(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
+        let config_path = dir.join("brandgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::start_under(dir, &config_path, env, wrapper).await
+    }
+
+    async fn start_under(
+        dir: &Path,
+        config_path: &Path,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
         let config_path = config_path.to_path_buf();
         let socket_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket_path);
         let notify = UnixDatagram::bind(&socket_path).unwrap();
-        let mut command = Command::new(binary());
+        let mut command = match wrapper.split_first() {
+            None => Command::new(binary()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+        };
         command
             .arg("serve")
             .arg("--config")
