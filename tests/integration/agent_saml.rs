@@ -650,3 +650,32 @@ async fn answers_nobody_asked_for_are_taken_only_when_allowed_and_only_once() {
     assert_eq!(again.status, 400, "{}", again.body);
     assert!(reason(&again).contains("replay"), "{}", again.body);
 }
+
+/// With `[relay.egress]` naming a proxy (a real tinyproxy), the provider's metadata is fetched
+/// through it (its only tunnels are to the provider), and agents sign in as they do directly.
+#[tokio::test]
+async fn the_providers_metadata_is_fetched_through_the_relay_roles_proxy() {
+    use crate::support::proxy::{Proxy, ProxyRules};
+    let env = TestEnv::new();
+    let idp = provider(&env).await;
+    let mut proxy = Proxy::start(env.path(), ProxyRules::default()).await;
+    let egress = format!("[relay.egress]\nproxy = \"{}\"\n", proxy.url());
+    let mut relay = relay(env, &idp, "", &egress).await;
+    relay.add_sso_only_agent("ann").await;
+    let a = sign_in(&relay, &idp, "ann", "assertion").await;
+    session(&a);
+
+    let provider_at = idp
+        .metadata_url()
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let tunnels = proxy.stop_and_tunnels().await;
+    assert!(!tunnels.is_empty(), "nothing went through the proxy");
+    assert!(
+        tunnels.iter().all(|t| *t == provider_at),
+        "{tunnels:?} (provider at {provider_at})"
+    );
+}

@@ -844,3 +844,37 @@ async fn logins_are_limited_per_source() {
     assert_eq!(answer.status, 429, "{}", answer.body);
     assert!(answer.headers.contains_key("retry-after"));
 }
+
+/// With `[identity.egress]` naming a proxy (a real tinyproxy), every call to the brand's
+/// provider (discovery, its keys, the code exchange) goes through it: its only tunnels are to
+/// the provider, and the login ends in a token as it does directly.
+#[tokio::test]
+async fn the_brands_provider_is_reached_through_the_identity_roles_proxy() {
+    use crate::support::TestEnv;
+    use crate::support::proxy::{Proxy, ProxyRules};
+    let env = TestEnv::new();
+    let mut proxy = Proxy::start(env.path(), ProxyRules::default()).await;
+    let egress = format!("[identity.egress]\nproxy = \"{}\"\n", proxy.url());
+    let w = World::start_in(env, "", "", "", &egress).await;
+    let mut browser = w.browser();
+    let code = w.login_for_code(&mut browser, "alice").await;
+    let answer = w.exchange(&code, APP_CALLBACK, Some(VERIFIER)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = w.idp.requests().await;
+    assert_eq!(seen["token"].as_array().map(Vec::len), Some(1), "{seen}");
+
+    let provider_at = w
+        .idp
+        .issuer
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let tunnels = proxy.stop_and_tunnels().await;
+    assert!(!tunnels.is_empty(), "nothing went through the proxy");
+    assert!(
+        tunnels.iter().all(|t| *t == provider_at),
+        "{tunnels:?} (provider at {provider_at})"
+    );
+}
