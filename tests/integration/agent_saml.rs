@@ -660,7 +660,7 @@ async fn the_providers_metadata_is_fetched_through_the_relay_roles_proxy() {
     let idp = provider(&env).await;
     let mut proxy = Proxy::start(env.path(), ProxyRules::default()).await;
     let egress = format!("[relay.egress]\nproxy = \"{}\"\n", proxy.url());
-    let mut relay = relay(env, &idp, "", &egress).await;
+    let relay = relay(env, &idp, "", &egress).await;
     relay.add_sso_only_agent("ann").await;
     let a = sign_in(&relay, &idp, "ann", "assertion").await;
     session(&a);
