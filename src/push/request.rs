@@ -177,15 +177,54 @@ const MAX_ID_LEN: usize = 256;
 /// Longest device token accepted (FCM tokens are around 160 characters, APNs 64 hex digits).
 const MAX_TOKEN_LEN: usize = 4096;
 
+/// The members of a request body (or of Android's `data.payload`) that brandgate reads; the
+/// others are skipped unread (the platform may add some) and never copied. Each stays a JSON
+/// value until it is checked, so a wrong type is refused with the field's name.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct Members {
+    #[serde(rename = "push-service")]
+    push_service: Option<Value>,
+    #[serde(rename = "notificationType")]
+    notification_type: Option<Value>,
+    #[serde(rename = "device-token")]
+    device_token: Option<Value>,
+    data: Option<Value>,
+    aps: Option<Value>,
+    #[serde(rename = "backendService")]
+    backend_service: Option<Value>,
+    #[serde(rename = "conversationId")]
+    conversation_id: Option<Value>,
+    #[serde(rename = "dialogId")]
+    dialog_id: Option<Value>,
+    #[serde(rename = "originatorId")]
+    originator_id: Option<Value>,
+    #[serde(rename = "brandId")]
+    brand_id: Option<Value>,
+    badge: Option<Value>,
+    sequence: Option<Value>,
+}
+
+/// Reads the members of a JSON object; anything else (an array, a number) is `Err(None)`, and
+/// JSON that does not parse is `Err(Some(reason))`.
+fn members(json: &[u8]) -> Result<Members, Option<String>> {
+    // A struct would also take an array (its members by position): only an object may pass.
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(serde_json::from_slice::<serde::de::IgnoredAny>(json)
+            .err()
+            .map(|e| e.to_string()));
+    }
+    serde_json::from_slice(json).map_err(|e| Some(e.to_string()))
+}
+
 /// Parses a request body.
 pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(mut top) = value else {
-        return Err(bad("body must be a JSON object"));
-    };
+    let mut top = members(body).map_err(|e| match e {
+        Some(reason) => bad(format!("body is not valid JSON: {reason}")),
+        None => bad("body must be a JSON object"),
+    })?;
     let provider = provider_of(&top)?;
-    let device_token = match top.remove("device-token") {
+    let device_token = match top.device_token.take() {
         Some(Value::String(s)) if !s.is_empty() => {
             if s.len() > MAX_TOKEN_LEN {
                 return Err(bad(format!(
@@ -203,7 +242,7 @@ pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
         Some(_) => return Err(bad("device-token must be a string")),
     };
 
-    if let Some(data) = top.remove("data") {
+    if let Some(data) = top.data.take() {
         // Android/Huawei shape.
         let Value::Object(mut data) = data else {
             return Err(bad("data must be an object"));
@@ -213,15 +252,13 @@ pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
             Some(Value::String(s)) => Alert::Text(s),
             Some(_) => return Err(bad("data.message must be a string")),
         };
+        let not_object = || bad("data.payload must be an object");
         let payload = match data.remove("payload") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m,
+            None | Some(Value::Null) => Members::default(),
+            Some(m @ Value::Object(_)) => serde_json::from_value(m).map_err(|_| not_object())?,
             // Some senders put the payload object in a JSON string.
-            Some(Value::String(s)) => match serde_json::from_str(&s) {
-                Ok(Value::Object(m)) => m,
-                _ => return Err(bad("data.payload must be an object")),
-            },
-            Some(_) => return Err(bad("data.payload must be an object")),
+            Some(Value::String(s)) => members(s.as_bytes()).map_err(|_| not_object())?,
+            Some(_) => return Err(not_object()),
         };
         Ok(PushRequest {
             provider,
@@ -232,7 +269,7 @@ pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
         })
     } else {
         // iOS shape.
-        let mut aps = match top.remove("aps") {
+        let mut aps = match top.aps.take() {
             None => Map::new(),
             Some(Value::Object(m)) => m,
             Some(_) => return Err(bad("aps must be an object")),
@@ -259,8 +296,8 @@ pub fn parse(body: &[u8]) -> Result<PushRequest, Malformed> {
 }
 
 /// `push-service` decides; `notificationType` must agree with it when both are present.
-fn provider_of(top: &Map<String, Value>) -> Result<Provider, Malformed> {
-    let by_service = match top.get("push-service") {
+fn provider_of(top: &Members) -> Result<Provider, Malformed> {
+    let by_service = match &top.push_service {
         None | Some(Value::Null) => None,
         Some(v) => Some(match integer(v) {
             Some(1) => Provider::Apns,
@@ -269,7 +306,7 @@ fn provider_of(top: &Map<String, Value>) -> Result<Provider, Malformed> {
             _ => return Err(bad("push-service must be 1 (APNs), 2 (FCM) or 3 (Huawei)")),
         }),
     };
-    let by_type = match top.get("notificationType") {
+    let by_type = match &top.notification_type {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(match s.as_str() {
             "apn" | "apns" => Provider::Apns,
@@ -301,22 +338,22 @@ fn integer(v: &Value) -> Option<i64> {
     }
 }
 
-fn meta_from(mut m: Map<String, Value>, prefix: &str) -> Result<PushMeta, Malformed> {
-    let badge = match m.get("badge") {
+fn meta_from(m: Members, prefix: &str) -> Result<PushMeta, Malformed> {
+    let badge = match &m.badge {
         None | Some(Value::Null) => None,
         Some(v) => match integer(v) {
             Some(b) if (0..=u32::MAX as i64).contains(&b) => Some(b as u32),
             _ => return Err(bad(format!("{prefix}badge must be a non-negative integer"))),
         },
     };
-    let sequence = match m.get("sequence") {
+    let sequence = match &m.sequence {
         None | Some(Value::Null) => None,
         Some(v) => {
             Some(integer(v).ok_or_else(|| bad(format!("{prefix}sequence must be an integer")))?)
         }
     };
-    let mut id = |key: &str| -> Result<Option<String>, Malformed> {
-        match m.remove(key) {
+    let id = |key: &str, value: Option<Value>| -> Result<Option<String>, Malformed> {
+        match value {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Ok(Some(s)),
             Some(Value::String(_)) => Err(bad(format!(
@@ -327,11 +364,11 @@ fn meta_from(mut m: Map<String, Value>, prefix: &str) -> Result<PushMeta, Malfor
         }
     };
     Ok(PushMeta {
-        backend_service: id("backendService")?,
-        conversation_id: id("conversationId")?,
-        dialog_id: id("dialogId")?,
-        originator_id: id("originatorId")?,
-        brand_id: id("brandId")?,
+        backend_service: id("backendService", m.backend_service)?,
+        conversation_id: id("conversationId", m.conversation_id)?,
+        dialog_id: id("dialogId", m.dialog_id)?,
+        originator_id: id("originatorId", m.originator_id)?,
+        brand_id: id("brandId", m.brand_id)?,
         badge,
         sequence,
     })
@@ -374,6 +411,16 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_sent_as_a_json_string_is_read_as_its_object() {
+        let body = r#"{"push-service":2,"device-token":"ab","data":{"message":"Hi",
+            "payload":"{\"conversationId\":\"c9\",\"sequence\":\"12\",\"badge\":2}"}}"#;
+        let r = parse(body.as_bytes()).unwrap();
+        assert_eq!(r.meta.conversation_id.as_deref(), Some("c9"));
+        assert_eq!(r.meta.sequence, Some(12));
+        assert_eq!(r.meta.badge, Some(2));
+    }
+
+    #[test]
     fn malformed_requests_name_the_field() {
         let cases = [
             ("[]", "JSON object"),
@@ -413,6 +460,19 @@ mod tests {
                 "notificationType says fcm",
             ),
             (r#"{"push-service":1,"device-token":"a b"}"#, "whitespace"),
+            // A member given twice is ambiguous (parsers differ on which one counts).
+            (
+                r#"{"push-service":1,"device-token":"ab","device-token":"cd"}"#,
+                "duplicate field `device-token`",
+            ),
+            (
+                r#"{"push-service":2,"device-token":"ab","data":{"payload":"[1]"}}"#,
+                "data.payload must be an object",
+            ),
+            (
+                r#"{"push-service":2,"device-token":"ab","data":[]}"#,
+                "data must be an object",
+            ),
         ];
         for (body, expected) in cases {
             let e = parse(body.as_bytes()).unwrap_err();
