@@ -595,7 +595,7 @@ async fn profile_daemon(
             None => by_kind.push((kind, c.instructions)),
         }
     }
-    by_kind.sort_by(|a, b| b.1.cmp(&a.1));
+    by_kind.sort_by_key(|k| std::cmp::Reverse(k.1));
     println!("  where they go (self cost):");
     for (kind, ir) in &by_kind {
         println!("  {:>6.1}%  {:>7} /push  {kind}", share(*ir), per_push(*ir));
@@ -660,7 +660,7 @@ fn self_costs(dump: &std::path::Path) -> Vec<SelfCost> {
             instructions,
         })
         .collect();
-    costs.sort_by(|a, b| b.instructions.cmp(&a.instructions));
+    costs.sort_by_key(|c| std::cmp::Reverse(c.instructions));
     costs
 }
 
