@@ -163,7 +163,9 @@ async fn a_resend_while_another_node_delivers_waits_for_its_outcome() {
         let a = a.clone();
         async move { a.push(1).await }
     });
-    a.daemon.wait_in_flight(1).await;
+    // Node a's request is at APNs, held there: its claim is in the store (a node claims in
+    // the store before it sends; being in flight is not enough, the claim comes after).
+    fake.wait_arrivals(1).await;
     assert_eq!(b.push(1).await, "duplicate", "waited for node a's delivery");
     assert_eq!(first.await.unwrap(), "delivered");
     assert_eq!(fake.delivered_to(TOKEN).len(), 1);

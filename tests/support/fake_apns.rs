@@ -49,6 +49,9 @@ struct State {
     /// Off for benchmarks: only count.
     recording: std::sync::atomic::AtomicBool,
     delivered: std::sync::atomic::AtomicU64,
+    /// Requests that got as far as their answer (counted before it is given, so a test can
+    /// wait for a request that is being held).
+    arrived: std::sync::atomic::AtomicU64,
     /// Provider tokens already verified. APNs too checks a token once per connection, not per
     /// request; re-verifying ES256 on every request would make the fake the bottleneck.
     verified: Mutex<std::collections::HashMap<String, u64>>,
@@ -75,6 +78,7 @@ impl FakeApns {
             received: Mutex::new(Vec::new()),
             recording: std::sync::atomic::AtomicBool::new(true),
             delivered: std::sync::atomic::AtomicU64::new(0),
+            arrived: std::sync::atomic::AtomicU64::new(0),
             verified: Mutex::new(std::collections::HashMap::new()),
         });
         let s = state.clone();
@@ -118,6 +122,18 @@ impl FakeApns {
 
     pub fn received(&self) -> Vec<ApnsRequest> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 10 s) until `n` requests have reached their answer, held ones included.
+    pub async fn wait_arrivals(&self, n: u64) {
+        let arrived = || self.state.arrived.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2000 {
+            if arrived() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("{} requests reached the fake, not {n}", arrived());
     }
 
     /// Requests for `token` that were answered 200.
@@ -222,6 +238,9 @@ async fn handle(state: &State, req: Request<Bytes>, ctl: &ConnControl) -> Respon
     } else {
         Behaviour::Ok
     };
+    state
+        .arrived
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let answer = fake::act(behaviour, ctl).await;
     let (response, answered) = match answer {
         None | Some(Behaviour::Ok) => {
