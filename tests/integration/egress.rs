@@ -7,7 +7,7 @@
 use crate::support::daemon::Daemon;
 use crate::support::fake_apns::FakeApns;
 use crate::support::fake_fcm::FakeFcm;
-use crate::support::proxy::{Proxy, ProxyRules};
+use crate::support::proxy::{Proxy, ProxyRules, authority};
 use crate::support::{TestEnv, android_push, apns, ios_push, platform_auth};
 
 const IOS: &str = "com.brand.app";
@@ -63,12 +63,7 @@ impl World {
 
     /// `host:port` of the fake providers, as a CONNECT names them.
     fn providers(&self) -> (String, String) {
-        let authority = |url: String| {
-            url.trim_start_matches("https://")
-                .trim_end_matches('/')
-                .to_string()
-        };
-        (authority(self.apns.url()), authority(self.fcm.url()))
+        (authority(&self.apns.url()), authority(&self.fcm.url()))
     }
 }
 

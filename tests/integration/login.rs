@@ -851,7 +851,7 @@ async fn logins_are_limited_per_source() {
 #[tokio::test]
 async fn the_brands_provider_is_reached_through_the_identity_roles_proxy() {
     use crate::support::TestEnv;
-    use crate::support::proxy::{Proxy, ProxyRules};
+    use crate::support::proxy::{Proxy, ProxyRules, authority};
     let env = TestEnv::new();
     let mut proxy = Proxy::start(env.path(), ProxyRules::default()).await;
     let egress = format!("[identity.egress]\nproxy = \"{}\"\n", proxy.url());
@@ -863,18 +863,7 @@ async fn the_brands_provider_is_reached_through_the_identity_roles_proxy() {
     let seen = w.idp.requests().await;
     assert_eq!(seen["token"].as_array().map(Vec::len), Some(1), "{seen}");
 
-    let provider_at = w
-        .idp
-        .issuer
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let tunnels = proxy.stop_and_tunnels().await;
-    assert!(!tunnels.is_empty(), "nothing went through the proxy");
-    assert!(
-        tunnels.iter().all(|t| *t == provider_at),
-        "{tunnels:?} (provider at {provider_at})"
-    );
+    proxy
+        .stop_expecting_tunnels_only_to(&authority(&w.idp.issuer))
+        .await;
 }

@@ -344,7 +344,7 @@ async fn an_unreachable_jwks_is_503_until_it_can_be_read() {
 /// tinyproxy): its only tunnel is to the provider, and the token is accepted.
 #[tokio::test]
 async fn the_jwks_is_fetched_through_the_identity_roles_proxy() {
-    use crate::support::proxy::{Proxy, ProxyRules};
+    use crate::support::proxy::{Proxy, ProxyRules, authority};
     let env = TestEnv::new();
     let idp = Idp::start(&env, vec![], json!({})).await;
     let mut proxy = Proxy::start(env.path(), ProxyRules::default()).await;
@@ -353,13 +353,7 @@ async fn the_jwks_is_fetched_through_the_identity_roles_proxy() {
     let relay = Relay::start_on(env, &config).await;
     let token = idp.sign(claims("bob"), "provider").await;
     upgrade(&relay, &token).await.expect("accepted");
-    let provider_at = idp
-        .issuer
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let provider_at = authority(&idp.issuer);
     let mut tunnels = proxy.stop_and_tunnels().await;
     tunnels.dedup();
     assert_eq!(tunnels, [provider_at]);

@@ -728,7 +728,7 @@ events = ["message.deleted"]
 /// it opened is exactly to the receiver, and the webhooks arrive signed as ever.
 #[tokio::test]
 async fn webhooks_leave_through_the_relays_own_proxy() {
-    use crate::support::proxy::{Proxy, ProxyRules};
+    use crate::support::proxy::{Proxy, ProxyRules, authority};
     let env = TestEnv::new();
     let receiver = WebhookReceiver::start(&env, SECRET, json!([])).await;
     let mut proxy = Proxy::start(env.path(), ProxyRules::default()).await;
@@ -743,13 +743,7 @@ async fn webhooks_leave_through_the_relays_own_proxy() {
     close(&mut c, &conversation).await;
     let got = receiver.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 2);
-    let receiver_at = receiver
-        .url()
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let receiver_at = authority(&receiver.url());
     let mut tunnels = proxy.stop_and_tunnels().await;
     tunnels.dedup();
     assert_eq!(tunnels, [receiver_at]);

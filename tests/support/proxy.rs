@@ -115,6 +115,23 @@ impl Proxy {
             .map(str::to_string)
             .collect()
     }
+
+    /// Stops the proxy and asserts that something went through it, and only to `authority`
+    /// (`host:port`, see [`authority`]).
+    pub async fn stop_expecting_tunnels_only_to(&mut self, authority: &str) {
+        let tunnels = self.stop_and_tunnels().await;
+        assert!(!tunnels.is_empty(), "nothing went through the proxy");
+        assert!(
+            tunnels.iter().all(|t| t == authority),
+            "{tunnels:?} (expected only {authority})"
+        );
+    }
+}
+
+/// The `host:port` of an https URL: what a `CONNECT` to it names.
+pub fn authority(url: &str) -> String {
+    let rest = url.strip_prefix("https://").expect("an https URL");
+    rest.split('/').next().unwrap_or(rest).to_string()
 }
 
 impl Drop for Proxy {
