@@ -85,6 +85,18 @@ impl Policy {
         }
     }
 
+    /// [`Policy::build`] for the commands that stop at the first bad config: the policy, or
+    /// every egress problem.
+    pub fn checked(config: &Config) -> Result<Policy, Problems> {
+        let mut problems = Problems::default();
+        let policy = Policy::build(config, &mut problems);
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Makes this the policy every connection opened from now on follows.
     pub fn install(self) {
         *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(self));

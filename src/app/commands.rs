@@ -141,12 +141,7 @@ pub async fn push_test(
             .into());
         }
     };
-    let mut egress_problems = Problems::default();
-    let egress = crate::egress::Policy::build(&config, &mut egress_problems);
-    if !egress_problems.is_empty() {
-        return Err(egress_problems.into());
-    }
-    egress.install();
+    crate::egress::Policy::checked(&config)?.install();
     let service = PushService::build(
         &config.push,
         None,

@@ -33,11 +33,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     tls::install_crypto_provider();
     let mut config = Config::load(path)?;
     ops::log::init(&config.log.level, config.log.format);
-    let mut egress_problems = Problems::default();
-    let egress = crate::egress::Policy::build(&config, &mut egress_problems);
-    if !egress_problems.is_empty() {
-        return Err(egress_problems.into());
-    }
+    let egress = crate::egress::Policy::checked(&config)?;
     for way in egress.describe() {
         tracing::info!("egress {way}");
     }
@@ -363,11 +359,7 @@ fn reload(
         reloads: _,
     } = roles;
     let new = Config::load(path)?;
-    let mut egress_problems = Problems::default();
-    let egress = crate::egress::Policy::build(&new, &mut egress_problems);
-    if !egress_problems.is_empty() {
-        return Err(egress_problems);
-    }
+    let egress = crate::egress::Policy::checked(&new)?;
     let server_tls = tls::server_config(&new.server.tls, state_dir)?;
     // Everything is read and checked before anything is swapped: a reload happens whole or not
     // at all.
