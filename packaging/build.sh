@@ -14,57 +14,76 @@ fi
 bash packaging/tools.sh
 bash packaging/build-deps.sh
 
+# The oldest glibc the released binary runs on, and where cargo puts it.
+GLIBC_TARGET=2.28
+TARGET=x86_64-unknown-linux-gnu
+bin=target/$TARGET/release/brandgate
+
 out=target/package
 mkdir -p "$out"
 
-echo "== release build (cargo auditable: the dependency list goes into the binary)"
+# The C libraries the SAML sign-in links, built static for glibc 2.28 from Debian's sources.
+static_libs=$(bash packaging/static-libs.sh)
+echo "== static C libraries: $(tr '\n' ' ' <"$static_libs/VERSIONS")"
+
+echo "== release build for glibc $GLIBC_TARGET (cargo-zigbuild; cargo auditable: the dependency list goes into the binary)"
+# Zig's C compiler and linker build against glibc 2.28's symbols, so the binary runs on
+# Debian 11+, Ubuntu 20.04+ and RHEL 8+. samael's build finds the static xmlsec1 through its
+# xmlsec1-config and pkg-config files; openssl-sys the static OpenSSL through OPENSSL_DIR.
 # Scanners (cargo audit bin, syft, trivy, grype) read the crates and versions from the
 # binary's .dep-v0 section, so an installed brandgate can be checked without its source.
-cargo auditable build --release --locked
+PATH=$static_libs/bin:$PATH \
+    PKG_CONFIG_LIBDIR=$static_libs/lib/pkgconfig PKG_CONFIG_PATH= PKG_CONFIG_ALL_STATIC=1 \
+    OPENSSL_DIR=$static_libs OPENSSL_STATIC=1 \
+    cargo auditable zigbuild --release --locked --target "$TARGET.$GLIBC_TARGET"
 # Debug line tables are for crash reports during development; the packages ship a stripped
 # binary (lintian: unstripped-binary-or-object).
-strip --strip-unneeded target/release/brandgate
-objdump -h target/release/brandgate | grep -q '\.dep-v0' || {
+strip --strip-unneeded "$bin"
+objdump -h "$bin" | grep -q '\.dep-v0' || {
     echo "the binary carries no dependency list (.dep-v0): was it built with cargo auditable?" >&2
     exit 1
 }
 # The newest glibc symbol version the binary needs decides the oldest system it runs on.
-# GLIBC_CEILING is the newest allowed: Debian 12's 2.36, where the packages are installed and
-# tested. (Older systems lack more than glibc: the SAML sign-in links libxmlsec1 and libssl3,
-# which Debian 11 and RHEL 8 do not have; see the README's install section.)
-GLIBC_CEILING=${GLIBC_CEILING:-2.36}
-glibc_needed=$(objdump -T target/release/brandgate | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
-echo "the binary needs glibc $glibc_needed (allowed: up to $GLIBC_CEILING)"
-if [ "$(printf '%s\n%s\n' "$glibc_needed" "$GLIBC_CEILING" | sort -V | tail -1)" != "$GLIBC_CEILING" ]; then
-    echo "the binary needs glibc $glibc_needed, newer than $GLIBC_CEILING" >&2
+glibc_needed=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+echo "the binary needs glibc $glibc_needed (allowed: up to $GLIBC_TARGET)"
+if [ "$(printf '%s\n%s\n' "$glibc_needed" "$GLIBC_TARGET" | sort -V | tail -1)" != "$GLIBC_TARGET" ]; then
+    echo "the binary needs glibc $glibc_needed, newer than $GLIBC_TARGET" >&2
+    exit 1
+fi
+# It links nothing but glibc's own libraries (and libgcc's unwinder): the SAML libraries are
+# inside, so no distribution's libxml2, xmlsec1 or OpenSSL version matters.
+needed=$(objdump -p "$bin" | awk '/NEEDED/ { print $2 }' | sort)
+unexpected=$(grep -Ev '^(libc|libm|libdl|libpthread|librt|libgcc_s|ld-linux-x86-64)\.so\.[0-9]+$' <<<"$needed" || true)
+if [ -n "$unexpected" ]; then
+    echo "the binary links libraries besides glibc's: $unexpected" >&2
     exit 1
 fi
 # Debian wants the upstream changelog as changelog.gz (compressed reproducibly: -n, no name or
 # time stamp); the rpm ships CHANGELOG.md as it is.
 gzip -9nc CHANGELOG.md > "$out/changelog.gz"
-target/release/brandgate --help > "$out/brandgate-help.txt"
+"$bin" --help > "$out/brandgate-help.txt"
 # Man pages and shell completions, made by the binary from its own command definition.
 rm -rf "$out/man" "$out/completions"
-target/release/brandgate man-pages --dir "$out/man"
+"$bin" man-pages --dir "$out/man"
 gzip -9n "$out"/man/*.1
 mkdir -p "$out/completions"
-target/release/brandgate completions bash > "$out/completions/brandgate"
-target/release/brandgate completions zsh > "$out/completions/_brandgate"
-target/release/brandgate completions fish > "$out/completions/brandgate.fish"
+"$bin" completions bash > "$out/completions/brandgate"
+"$bin" completions zsh > "$out/completions/_brandgate"
+"$bin" completions fish > "$out/completions/brandgate.fish"
 # The licence notices of every crate linked into the binary.
-python3 packaging/third-party-licenses.py > "$out/THIRD-PARTY-LICENSES.md"
+python3 packaging/third-party-licenses.py --c-libraries "$static_libs" > "$out/THIRD-PARTY-LICENSES.md"
 for cmd in serve check-config push-test; do
     printf '\n\n$ brandgate %s --help\n' "$cmd" >> "$out/brandgate-help.txt"
-    target/release/brandgate "$cmd" --help >> "$out/brandgate-help.txt"
+    "$bin" "$cmd" --help >> "$out/brandgate-help.txt"
 done
 
 echo "== .deb"
-deb_args=(--no-build --no-strip --output "$out")
+deb_args=(--no-build --no-strip --target "$TARGET" --output "$out")
 [ -n "$version" ] && deb_args+=(--deb-version "$version-1")
 cargo deb "${deb_args[@]}"
 
 echo "== .rpm"
-rpm_args=(--output "$out/")
+rpm_args=(--target "$TARGET" --output "$out/")
 [ -n "$version" ] && rpm_args+=(--set-metadata "version = \"$version\"")
 cargo generate-rpm "${rpm_args[@]}"
 

@@ -7,7 +7,11 @@ crate carries (LICENSE*, LICENCE*, COPYING*, NOTICE*, or its `license-file`). A 
 word for word by several crates is printed once at the end and named from each. Reads only the
 lock file's crates as cargo has them unpacked (run after a build, offline).
 
-    python3 packaging/third-party-licenses.py > target/package/THIRD-PARTY-LICENSES.md
+With `--c-libraries PREFIX` (what packaging/static-libs.sh printed), also the C libraries
+built into the binary, each with the Debian source package version it was built from and the
+licence text its source carries.
+
+    python3 packaging/third-party-licenses.py [--c-libraries PREFIX] > THIRD-PARTY-LICENSES.md
 """
 import hashlib
 import json
@@ -35,7 +39,34 @@ def linked_crates():
     return crates
 
 
+# What each static C library is, for the notices (the names are Debian's source packages).
+C_LIBRARIES = {
+    "openssl": ("Apache-2.0", "https://www.openssl.org/", "libcrypto"),
+    "libxml2": ("MIT", "https://gitlab.gnome.org/GNOME/libxml2", "libxml2"),
+    "xmlsec1": ("MIT", "https://www.aleksey.com/xmlsec/", "libxmlsec1, libxmlsec1-openssl"),
+}
+
+
+def c_libraries(prefix):
+    """(name, Debian version, licence, source, libraries, licence text) per static C library."""
+    found = []
+    with open(os.path.join(prefix, "VERSIONS"), encoding="utf-8") as f:
+        for line in f:
+            name, version = line.split()
+            licence, source, libraries = C_LIBRARIES[name]
+            with open(os.path.join(prefix, "licenses", name), encoding="utf-8", errors="replace") as t:
+                text = t.read().strip()
+            found.append((name, version, licence, source, libraries, text))
+    return found
+
+
 def main():
+    args = sys.argv[1:]
+    c_prefix = None
+    if args[:1] == ["--c-libraries"] and len(args) == 2:
+        c_prefix = args[1]
+    elif args:
+        sys.exit("usage: third-party-licenses.py [--c-libraries PREFIX]")
     metadata = json.loads(run("cargo", "metadata", "--locked", "--format-version", "1"))
     root = {p["id"] for p in metadata["packages"] if p["source"] is None}
     by_key = {(p["name"], p["version"]): p for p in metadata["packages"] if p["id"] not in root}
@@ -67,16 +98,34 @@ def main():
             missing.append(f"{key[0]} {key[1]}")
         entries.append((package, refs))
 
+    clibs = c_libraries(c_prefix) if c_prefix else []
+    for name, version, licence, source, libraries, text in clibs:
+        digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:12]
+        if digest not in texts:
+            texts[digest] = (f"text-{digest}", text)
+
     out = sys.stdout
     out.write("# Third-party software in brandgate\n\n")
     out.write(
         "brandgate is licensed under Apache-2.0 (/usr/share/doc/brandgate/copyright, or\n"
         "/usr/share/licenses/brandgate/LICENSE). The program links the Rust crates below into\n"
         "/usr/bin/brandgate; each is listed with its licence and the licence texts its\n"
-        "published crate carries. At run time it also loads the system's libxmlsec1, libxml2 and\n"
-        "OpenSSL libraries, which come with their own packages and licences.\n\n"
+        "published crate carries.\n\n"
         f"Made from Cargo.lock: {len(entries)} crates.\n\n"
     )
+    if clibs:
+        out.write(
+            "# C libraries\n\n"
+            "Built from Debian 12's source packages, with Debian's patches, and linked statically\n"
+            "into /usr/bin/brandgate (the agents' SAML sign-in checks XML signatures with them).\n\n"
+        )
+        for name, version, licence, source, libraries, text in clibs:
+            digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:12]
+            label = texts[digest][0]
+            out.write(f"## {name} {version} ({libraries})\n\n")
+            out.write(f"- Licence: {licence}\n- Source: {source}, Debian source package "
+                      f"{name} {version}\n- Licence text: [{label}](#{label})\n\n")
+        out.write("# Rust crates\n\n")
     for package, refs in entries:
         out.write(f"## {package['name']} {package['version']}\n\n")
         out.write(f"- Licence: {package.get('license') or 'not stated'}\n")
