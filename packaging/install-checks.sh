@@ -45,6 +45,9 @@ service_running_checks() {
     local kind=$1
     equals "$kind: active (running) through READY=1" "$(prop brandgate ActiveState)/$(prop brandgate SubState)" "active/running"
     equals "$kind: Type=notify" "$(prop brandgate Type)" "notify"
+    local maps
+    maps=$(grep -oE '[^/ ]*(libxml2|libxmlsec1|libssl|libcrypto)[^ ]*' "/proc/$(prop brandgate MainPID)/maps" | sort -u)
+    if [ -z "$maps" ]; then ok "$kind: the daemon maps no system XML or TLS library"; else fail "$kind: the daemon maps $maps"; fi
     if wait_until 10 port_open 8443; then ok "$kind: HTTPS listener on 8443"; else fail "$kind: HTTPS listener on 8443"; fi
     local ready
     local keys
@@ -86,12 +89,19 @@ system_checks() {
     local verify
     verify=$(systemd-analyze verify brandgate.service 2>&1)
     if [ -z "$verify" ]; then ok "$kind: systemd-analyze verify is silent"; else fail "$kind: systemd-analyze verify: $verify"; fi
-    local security
-    security=$(systemd-analyze security --threshold=20 brandgate.service 2>&1)
-    local rc=$?
     local level
-    level=$(echo "$security" | grep -o 'Overall exposure level for brandgate.service: .*')
-    if [ $rc -eq 0 ] && [ -n "$level" ]; then ok "$kind: $level (threshold 2.0)"; else fail "$kind: security: $level (rc $rc)"; fi
+    level=$(exposure)
+    if exposure_at_most_2 "$level"; then ok "$kind: $level (threshold 2.0)"; else fail "$kind: security: $level"; fi
+}
+
+# The unit's rating by `systemd-analyze security` ("Overall exposure level for
+# brandgate.service: 1.1 OK"), and whether it is at most 2.0. (Compared here: `--threshold`
+# needs systemd 250, Debian 11 has 247.)
+exposure() {
+    systemd-analyze security brandgate.service 2>&1 | grep -o 'Overall exposure level for brandgate.service: .*'
+}
+exposure_at_most_2() {
+    [ -n "$1" ] && awk '{ exit !($6 + 0 <= 2.0) }' <<<"$1"
 }
 
 lifecycle_checks() {
@@ -164,8 +174,8 @@ DROPIN
     check "port 443: restart with the README's drop-in" systemctl restart brandgate
     if wait_until 10 port_open 443; then ok "port 443: listening"; else fail "port 443: not listening ($(journalctl -u brandgate --no-pager | tail -3))"; fi
     local level
-    level=$(systemd-analyze security --threshold=20 brandgate.service 2>&1 | grep -o 'Overall exposure level for brandgate.service: .*')
-    if [ -n "$level" ] && systemd-analyze security --threshold=20 brandgate.service >/dev/null 2>&1; then
+    level=$(exposure)
+    if exposure_at_most_2 "$level"; then
         ok "port 443: still $level"
     else
         fail "port 443: security $level"
@@ -256,7 +266,11 @@ check "deb: every library the binary links is there" sh -c '! ldd /usr/bin/brand
 check "deb: ships the Prometheus alert rules" test -s /usr/share/doc/brandgate/examples/brandgate-alerts.yml
 check "deb: ships the Grafana dashboard" test -s /usr/share/doc/brandgate/examples/brandgate-dashboard.json
 docs_checks deb /usr/share/zsh/vendor-completions /usr/share/doc/brandgate
-check "deb: it depends on xmlsec1's OpenSSL back end" sh -c 'dpkg-query -W -f="\${Depends}" brandgate | grep -q libxmlsec1-openssl'
+check "deb: it depends on no XML library (the binary carries its own)" sh -c '! dpkg-query -W -f="\${Depends}" brandgate | grep -E "libxml|xmlsec"'
+# The root has no xmlsec1 at all (libxml2 comes with rpm's libarchive), so everything below
+# runs the binary without it; the running daemon is checked to map no system XML or TLS library.
+check "the test root has no xmlsec1" sh -c '! ldconfig -p | grep libxmlsec1'
+check "deb: the licence notices name the C libraries built in" sh -c 'grep -q "^## xmlsec1 " /usr/share/doc/brandgate/THIRD-PARTY-LICENSES.md && grep -q "^## libxml2 " /usr/share/doc/brandgate/THIRD-PARTY-LICENSES.md && grep -q "^## openssl " /usr/share/doc/brandgate/THIRD-PARTY-LICENSES.md'
 system_checks deb
 lifecycle_checks deb
 watchdog_checks
@@ -298,7 +312,7 @@ mkdir -p /var/lib/rpm
 check "rpm: initialise the rpm database" rpmi --initdb
 # The dependencies (systemd, ca-certificates, the libraries) are Debian packages rpm does not know.
 check "rpm: rpm -i installs" rpmi -i --nodeps /root/pkgs/old.rpm
-check "rpm: it requires the SAML libraries by soname" sh -c 'rpm --dbpath /var/lib/rpm -q --requires brandgate | grep -q "libxmlsec1-openssl.so.1()(64bit)"'
+check "rpm: it requires no XML or TLS library (the binary carries them)" sh -c '! rpm --dbpath /var/lib/rpm -q --requires brandgate | grep -E "libxml|libxmlsec|libssl|libcrypto"'
 docs_checks rpm /usr/share/zsh/site-functions /usr/share/licenses/brandgate
 system_checks rpm
 lifecycle_checks rpm

@@ -14,8 +14,13 @@ use tokio::net::UnixDatagram;
 /// Longest wait for the daemon to become ready (a debug build starting on a loaded machine).
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
+/// The binary under test: this build's, or the one `TESTS_BRANDGATE_BINARY` names (the
+/// packages' release binary, whose SAML libraries are built in: `.ci/run` runs the SAML tests
+/// against it). Not `BRANDGATE_…`: the daemon reads those as configuration.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_brandgate"))
+    std::env::var_os("TESTS_BRANDGATE_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_brandgate")))
 }
 
 pub struct Daemon {
