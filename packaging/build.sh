@@ -25,6 +25,10 @@ mkdir -p "$out"
 # The C libraries the SAML sign-in links, built static for glibc 2.28 from Debian's sources.
 static_libs=$(bash packaging/static-libs.sh)
 echo "== static C libraries: $(tr '\n' ' ' <"$static_libs/VERSIONS")"
+if [ -s "$static_libs/SKIPPED" ]; then
+    echo "   newer versions listed but not served whole by the mirror (skipped):" >&2
+    sed 's/^/     /' "$static_libs/SKIPPED" >&2
+fi
 
 echo "== release build for glibc $GLIBC_TARGET (cargo-zigbuild; cargo auditable: the dependency list goes into the binary)"
 # Zig's C compiler and linker build against glibc 2.28's symbols, so the binary runs on

@@ -45,9 +45,14 @@ service_running_checks() {
     local kind=$1
     equals "$kind: active (running) through READY=1" "$(prop brandgate ActiveState)/$(prop brandgate SubState)" "active/running"
     equals "$kind: Type=notify" "$(prop brandgate Type)" "notify"
-    local maps
-    maps=$(grep -oE '[^/ ]*(libxml2|libxmlsec1|libssl|libcrypto)[^ ]*' "/proc/$(prop brandgate MainPID)/maps" | sort -u)
-    if [ -z "$maps" ]; then ok "$kind: the daemon maps no system XML or TLS library"; else fail "$kind: the daemon maps $maps"; fi
+    local pid maps
+    pid=$(prop brandgate MainPID)
+    if [ "$pid" -gt 0 ] && [ -r "/proc/$pid/maps" ] && grep -q /usr/bin/brandgate "/proc/$pid/maps"; then
+        maps=$(grep -oE '[^/ ]*(libxml2|libxmlsec1|libssl|libcrypto)[^ ]*' "/proc/$pid/maps" | sort -u)
+        if [ -z "$maps" ]; then ok "$kind: the daemon maps no system XML or TLS library"; else fail "$kind: the daemon maps $maps"; fi
+    else
+        fail "$kind: no brandgate process to read the libraries of (MainPID $pid)"
+    fi
     if wait_until 10 port_open 8443; then ok "$kind: HTTPS listener on 8443"; else fail "$kind: HTTPS listener on 8443"; fi
     local ready
     local keys

@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # Builds the C libraries the agents' SAML sign-in links (OpenSSL's libcrypto, libxml2, xmlsec1
 # with its OpenSSL back end) as static libraries for glibc 2.28, so that the released binary
-# carries them and runs on Debian 11+, Ubuntu 20.04+ and RHEL/Rocky/Alma 8+, none of which ship
-# the libxmlsec1/libssl3 pair Debian 12 has.
+# carries them and runs on Debian 11+, Ubuntu 20.04+ and RHEL/Rocky/Alma 8+, whatever XML and
+# TLS libraries (if any) the system has.
 #
 # The sources are Debian 12's source packages (bookworm and bookworm-security), fetched with
 # apt, which checks them against the signed archive index, and built with Debian's own patch
 # series applied: the security fixes Debian carries are in what we ship. The newest version
-# the mirror serves whole is taken, so a rebuild picks up Debian's security updates; the
-# versions built are written to $prefix/VERSIONS (the packages' licence notices quote it).
+# the mirror serves whole is taken, so a rebuild picks up Debian's security updates; an
+# index that cannot be fetched fails the build, and a newer version is skipped only when the
+# mirror answers 404 for one of its files (said loudly, and kept in $prefix/SKIPPED). The
+# versions built are in $prefix/VERSIONS (the packages' licence notices quote it).
 # Compiled with Zig's C compiler against glibc 2.28's symbols (the same `zig cc` that
-# cargo-zigbuild uses for the Rust side), only what the sign-in needs: no shared libraries,
-# no ICU, iconv, zlib, network or XSLT support, no programs.
+# cargo-zigbuild uses for the Rust side), with the hardening Debian builds them with (stack
+# protector, _FORTIFY_SOURCE), and only what the sign-in needs: no shared libraries, no ICU,
+# iconv, zlib, catalogs, network or XSLT support, no MD5/RIPEMD-160 in xmlsec, no programs.
 #
 #   bash packaging/static-libs.sh      prints the prefix (lib/, include/, bin/xmlsec1-config)
 #
 # The result is cached under $PKG_BUILD_CACHE (default /var/cache/brandgate-build, or
-# target/static-libs when that is not writable), keyed by this script and the versions.
+# target/static-libs when that is not writable), keyed by this script, Zig's version and the
+# source versions; runs sharing the cache take turns (flock).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(realpath "${BASH_SOURCE[0]}")
+cd "$(dirname "$self")/.."
 root=$PWD
+# Only this script's flags reach the C builds.
+unset CFLAGS CPPFLAGS CXXFLAGS LDFLAGS LIBS PKG_CONFIG_PATH
 
 GLIBC_TARGET=2.28
 mirror=${PKG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -29,6 +36,9 @@ if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
     cache=$root/target/static-libs
     mkdir -p "$cache"
 fi
+
+exec 9>"$cache/.lock"
+flock 9
 
 zig=$(python3 -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')
 
@@ -41,7 +51,8 @@ deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $security boo
 EOF
 apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir" -o Debug::NoLocking=1
-    -o APT::Sandbox::User=root)
+    -o APT::Sandbox::User=root -o APT::Update::Error-Mode=any
+    -o Acquire::AllowInsecureRepositories=false -o Acquire::AllowDowngradeToInsecureRepositories=false)
 apt-get "${apt_opts[@]}" update -qq >"$cache/apt-update.log" 2>&1 || {
     cat "$cache/apt-update.log" >&2
     exit 1
@@ -51,10 +62,25 @@ packages=(openssl libxml2 xmlsec1)
 sources=$cache/sources
 mkdir -p "$sources"
 declare -A version
-# The newest version of each source package the mirror serves whole (a security mirror may
-# list a version whose files are not there yet).
+skipped=()
+# Debian versions, newest first (dpkg's order: 1.0~rc1 before 1.0).
+newest_first() {
+    local sorted=() v i
+    while read -r v; do
+        i=${#sorted[@]}
+        while [ "$i" -gt 0 ] && dpkg --compare-versions "$v" gt "${sorted[$((i - 1))]}"; do
+            sorted[i]=${sorted[$((i - 1))]}
+            i=$((i - 1))
+        done
+        sorted[i]=$v
+    done
+    printf '%s\n' "${sorted[@]}" | awk '!seen[$0]++'
+}
+# The newest version of each source package the mirror serves whole. A security mirror may list
+# a version whose files are not there yet (404): that one is skipped, loudly; any other
+# failure (network, a hash that does not match the signed index) stops the build.
 for pkg in "${packages[@]}"; do
-    for v in $(apt-cache "${apt_opts[@]}" showsrc "$pkg" | sed -n 's/^Version: //p' | sort -urV); do
+    for v in $(apt-cache "${apt_opts[@]}" showsrc "$pkg" | sed -n 's/^Version: //p' | newest_first); do
         dir=$sources/${pkg}_$v
         if [ -e "$dir/.complete" ]; then
             version[$pkg]=$v
@@ -66,7 +92,13 @@ for pkg in "${packages[@]}"; do
             version[$pkg]=$v
             break
         fi
-        echo "   $pkg $v: not served whole by the mirror, trying an older version" >&2
+        if ! grep -q '404 *Not Found' "$dir/fetch.log"; then
+            cat "$dir/fetch.log" >&2
+            echo "fetching Debian's $pkg $v source package failed (above)" >&2
+            exit 1
+        fi
+        echo "WARNING: $pkg $v is listed but the mirror does not serve all its files (404); building an older version" >&2
+        skipped+=("$pkg $v: listed, not served whole (404)")
         rm -rf "$dir"
     done
     [ -n "${version[$pkg]:-}" ] || {
@@ -75,12 +107,17 @@ for pkg in "${packages[@]}"; do
     }
 done
 
-key=$( (cat "$0"; "$zig" version; for p in "${packages[@]}"; do echo "$p ${version[$p]}"; done) |
+key=$( (cat "$self"; "$zig" version; for p in "${packages[@]}"; do echo "$p ${version[$p]}"; done) |
     sha256sum | cut -c1-16)
 prefix=$cache/c-$key
 # Builds for other versions or an older script are not used again.
 for old in "$cache"/c-* "$cache"/build-*; do
     case $old in "$prefix" | "$cache/build-$key") ;; *) rm -rf "$old" ;; esac
+done
+for old in "$sources"/*_*; do
+    [ -e "$old" ] || continue
+    name=${old##*/}
+    [ "${version[${name%%_*}]:-}" = "${name#*_}" ] || rm -rf "$old"
 done
 if [ -e "$prefix/.complete" ]; then
     echo "$prefix"
@@ -95,19 +132,30 @@ for tool in cc ar ranlib; do
     cc) cmd="cc -target x86_64-linux-gnu.$GLIBC_TARGET" ;;
     *) cmd=$tool ;;
     esac
-    printf '#!/bin/sh\nexec "%s" %s "$@"\n' "$zig" "$cmd" >"$work/tools/$tool"
+    printf '#!/bin/bash\nexec %q %s "$@"\n' "$zig" "$cmd" >"$work/tools/$tool"
     chmod +x "$work/tools/$tool"
 done
 export CC=$work/tools/cc AR=$work/tools/ar RANLIB=$work/tools/ranlib
 jobs=$(nproc)
+# What Debian compiles these libraries with (dpkg-buildflags), so the static copies keep the
+# stack protector and the fortified string and printf functions. (Zig leaves both off unless
+# asked.) The archives are checked for their traces after the build.
+hardening=(-fstack-protector-strong -D_FORTIFY_SOURCE=2 -Wformat -Werror=format-security)
 
 # Unpacks a fetched source package and applies Debian's patch series.
 unpack() {
     local pkg=$1 dir
     dir=$sources/${pkg}_${version[$pkg]}
     mkdir -p "$work/$pkg"
-    tar -xf "$(ls "$dir"/*.orig.tar.* | grep -v '\.asc$' | head -1)" -C "$work/$pkg" --strip-components=1
-    tar -xf "$(ls "$dir"/*.debian.tar.*)" -C "$work/$pkg"
+    local orig debian
+    for orig in "$dir"/*.orig.tar.gz "$dir"/*.orig.tar.xz "$dir"/*.orig.tar.bz2; do
+        [ -f "$orig" ] && break
+    done
+    for debian in "$dir"/*.debian.tar.xz "$dir"/*.debian.tar.gz; do
+        [ -f "$debian" ] && break
+    done
+    tar -xf "$orig" -C "$work/$pkg" --strip-components=1
+    tar -xf "$debian" -C "$work/$pkg"
     if [ -f "$work/$pkg/debian/patches/series" ]; then
         grep -v '^\s*#' "$work/$pkg/debian/patches/series" | awk 'NF { print $1 }' | while read -r patch; do
             patch -s -p1 -d "$work/$pkg" <"$work/$pkg/debian/patches/$patch"
@@ -122,32 +170,37 @@ unpack() {
 }
 
 log=$work/build.log
-# Every step must succeed; on a failure the end of the log is shown.
+# Every step must succeed; on a failure the end of the log is shown (on the script's own
+# stderr, fd 3: inside the block, stderr goes to the log).
+exec 3>&2
 set -o errtrace
-trap 'tail -40 "$log" >&2; echo "building the static C libraries failed; the whole log is $log" >&2' ERR
+trap 'tail -40 "$log" >&3; echo "building the static C libraries failed; the whole log is $log" >&3' ERR
 {
     unpack openssl
     cd "$work/openssl"
-    # No OpenSSL configuration file or modules are ever read from disk: the directories
-    # point where nothing is installed.
-    ./Configure linux-x86_64 no-shared no-tests no-dso no-engine \
+    # No provider modules are loaded from disk (no-dso), and the default configuration file
+    # would be under a directory that does not exist; xmlsec still reads OPENSSL_CONF if the
+    # environment names one (the unit unsets it).
+    ./Configure linux-x86_64 no-shared no-tests no-dso no-engine "${hardening[@]}" \
         --prefix="$prefix" --libdir=lib --openssldir=/nonexistent/brandgate-openssl
     make -j"$jobs" build_libs
     make install_dev
 
     unpack libxml2
     cd "$work/libxml2"
-    ./configure --prefix="$prefix" --disable-shared --enable-static --with-pic \
-        --disable-maintainer-mode --without-python --without-icu --without-lzma --without-zlib --without-http \
-        --without-ftp --without-iconv --without-readline --without-debug --without-modules
+    CFLAGS="-O2 ${hardening[*]}" ./configure --prefix="$prefix" --disable-shared --enable-static \
+        --with-pic --disable-maintainer-mode --without-python --without-icu --without-lzma \
+        --without-zlib --without-http --without-ftp --without-iconv --without-readline \
+        --without-debug --without-modules --without-catalog
     make -j"$jobs" libxml2.la
     make install-libLTLIBRARIES install-pkgconfigDATA install-binSCRIPTS
     make -C include install
 
     unpack xmlsec1
     cd "$work/xmlsec1"
-    PKG_CONFIG_LIBDIR=$prefix/lib/pkgconfig ./configure --prefix="$prefix" \
-        --disable-shared --enable-static --with-pic --disable-crypto-dl \
+    CFLAGS="-O2 ${hardening[*]}" PKG_CONFIG_LIBDIR=$prefix/lib/pkgconfig ./configure \
+        --prefix="$prefix" --disable-shared --enable-static --with-pic --disable-crypto-dl \
+        --disable-md5 --disable-ripemd160 \
         --disable-apps-crypto-dl --disable-apps --disable-docs --disable-mans \
         --without-libxslt --without-gnutls --without-gcrypt --without-nss --without-nspr \
         --with-openssl="$prefix" --with-libxml="$prefix"
@@ -157,6 +210,17 @@ trap 'tail -40 "$log" >&2; echo "building the static C libraries failed; the who
     make install-pkgconfigDATA install-binSCRIPTS
 } >"$log" 2>&1
 trap - ERR
+cd "$root"
+
+# The hardening took: every archive calls the stack protector's and the fortified functions'
+# failure paths.
+for lib in crypto xml2 xmlsec1 xmlsec1-openssl; do
+    symbols=$(nm -A "$prefix/lib/lib$lib.a" 2>/dev/null)
+    grep -q ' U __stack_chk_fail$' <<<"$symbols" && grep -qE ' U __[a-z]+_chk$' <<<"$symbols" || {
+        echo "lib$lib.a was built without the stack protector or _FORTIFY_SOURCE" >&2
+        exit 1
+    }
+done
 
 # samael's build script asks for xmlsec1, xml2, ssl and crypto as shared libraries, and Zig's
 # linker does not fall back from a missing shared library to a static one: a linker script
@@ -167,6 +231,7 @@ done
 
 # What was built and the licences that come with it (for THIRD-PARTY-LICENSES).
 for pkg in "${packages[@]}"; do echo "$pkg ${version[$pkg]}"; done >"$prefix/VERSIONS"
+printf '%s\n' "${skipped[@]}" | sed '/^$/d' >"$prefix/SKIPPED"
 mkdir -p "$prefix/licenses"
 cp "$work/openssl/LICENSE.txt" "$prefix/licenses/openssl"
 cp "$work/libxml2/Copyright" "$prefix/licenses/libxml2"

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 missing=()
-for pkg in debootstrap systemd-container rpm rpmlint lintian binutils patch; do
+for pkg in debootstrap systemd-container rpm rpmlint lintian binutils patch make xz-utils debian-archive-keyring; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
