@@ -110,9 +110,13 @@ done
 key=$( (cat "$self"; "$zig" version; for p in "${packages[@]}"; do echo "$p ${version[$p]}"; done) |
     sha256sum | cut -c1-16)
 prefix=$cache/c-$key
-# Builds for other versions or an older script are not used again.
-for old in "$cache"/c-* "$cache"/build-*; do
-    case $old in "$prefix" | "$cache/build-$key") ;; *) rm -rf "$old" ;; esac
+# Unfinished builds of other keys are left-overs of failed runs; of the finished ones the three
+# used last are kept (other branches, or the previous versions), the rest removed.
+for old in "$cache"/build-*; do
+    [ "$old" = "$cache/build-$key" ] || rm -rf "$old"
+done
+for old in $(ls -dt "$cache"/c-*/.complete 2>/dev/null | tail -n +4); do
+    rm -rf "$(dirname "$old")"
 done
 for old in "$sources"/*_*; do
     [ -e "$old" ] || continue
@@ -120,6 +124,7 @@ for old in "$sources"/*_*; do
     [ "${version[${name%%_*}]:-}" = "${name#*_}" ] || rm -rf "$old"
 done
 if [ -e "$prefix/.complete" ]; then
+    touch "$prefix/.complete"
     echo "$prefix"
     exit 0
 fi
