@@ -60,6 +60,15 @@ def c_libraries(prefix):
     return found
 
 
+def label_of(texts, text):
+    """The label of a licence text, kept once in `texts` (digest -> (label, text)) however many
+    crates or libraries carry it word for word."""
+    digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:12]
+    if digest not in texts:
+        texts[digest] = (f"text-{digest}", text)
+    return texts[digest][0]
+
+
 def main():
     args = sys.argv[1:]
     c_prefix = None
@@ -90,19 +99,12 @@ def main():
                 continue
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read().strip()
-            digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:12]
-            if digest not in texts:
-                texts[digest] = (f"text-{digest}", text)
-            refs.append((os.path.basename(name), texts[digest][0]))
+            refs.append((os.path.basename(name), label_of(texts, text)))
         if not refs:
             missing.append(f"{key[0]} {key[1]}")
         entries.append((package, refs))
 
     clibs = c_libraries(c_prefix) if c_prefix else []
-    for name, version, licence, source, libraries, text in clibs:
-        digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:12]
-        if digest not in texts:
-            texts[digest] = (f"text-{digest}", text)
 
     out = sys.stdout
     out.write("# Third-party software in brandgate\n\n")
@@ -120,8 +122,7 @@ def main():
             "into /usr/bin/brandgate (the agents' SAML sign-in checks XML signatures with them).\n\n"
         )
         for name, version, licence, source, libraries, text in clibs:
-            digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:12]
-            label = texts[digest][0]
+            label = label_of(texts, text)
             out.write(f"## {name} {version} ({libraries})\n\n")
             out.write(f"- Licence: {licence}\n- Source: {source}, Debian source package "
                       f"{name} {version}\n- Licence text: [{label}](#{label})\n\n")
