@@ -13,6 +13,9 @@
 //!   ... -- --store sqlite | --store postgres        de-duplication shared through the store
 //!                                                   (PostgreSQL: a fresh database on
 //!                                                   127.0.0.1:5432), not only in memory
+//!   ... -- --latency-requests N --latency-rate R    a longer or faster latency run (default
+//!                                                   10,000 at 1,000/s; "worst second" is then
+//!                                                   the worst slice of R requests)
 //!
 //! Everything runs on this machine's loopback: generator and fake in this process, brandgate
 //! in its own. The fake skips recording and verifies each provider token once. Both paths are
@@ -43,6 +46,8 @@ const APP: &str = "com.brand.app";
 struct Settings {
     throughput_secs: u64,
     latency_requests: usize,
+    /// Requests per second in the latency run (open loop).
+    latency_rate: usize,
     connections: usize,
     concurrency: usize,
     /// Pushes counted under callgrind (`--callgrind`).
@@ -80,10 +85,17 @@ fn main() {
         .position(|a| a == "--callgrind")
         .and_then(|i| args.get(i + 1))
         .map(std::path::PathBuf::from);
-    let settings = if quick {
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.parse::<usize>().expect("a number"))
+    };
+    let mut settings = if quick {
         Settings {
             throughput_secs: 2,
             latency_requests: 1000,
+            latency_rate: 1000,
             connections: 4,
             concurrency: 128,
             profiled_pushes: 2_000,
@@ -92,11 +104,20 @@ fn main() {
         Settings {
             throughput_secs: 10,
             latency_requests: 10_000,
+            latency_rate: 1000,
             connections: 4,
             concurrency: 256,
             profiled_pushes: 20_000,
         }
     };
+    // `--latency-requests N --latency-rate R`: a longer or faster latency run, e.g. one that
+    // grows brandgate's de-duplication table past a size where a single hash map doubled.
+    if let Some(n) = value_of("--latency-requests") {
+        settings.latency_requests = n;
+    }
+    if let Some(r) = value_of("--latency-rate") {
+        settings.latency_rate = r;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -214,7 +235,7 @@ async fn run(s: Settings, quick: bool, store: DedupeStore, profile: Option<std::
     let via_cpu = meter.per_push(via_rate.count);
     let delivered = fake.delivered_count() - delivered_before;
 
-    let rate = 1000.0;
+    let rate = s.latency_rate as f64;
     let direct_lat_in_order = direct_pool
         .open_loop(&direct, rate, s.latency_requests, 5 << 40)
         .await;
@@ -272,13 +293,13 @@ async fn run(s: Settings, quick: bool, store: DedupeStore, profile: Option<std::
         added(0.5),
         added(0.99)
     );
-    let (direct_worst_second, direct_worst_p99) = worst_slice(&direct_lat_in_order, 1000);
+    let (direct_worst_second, direct_worst_p99) = worst_slice(&direct_lat_in_order, s.latency_rate);
     println!(
         "  direct tail:           p99.9 {:.3} ms  max {:.3} ms  worst second (#{direct_worst_second}) p99 {direct_worst_p99:.3} ms",
         percentile(&direct_lat, 0.999),
         direct_lat.last().copied().unwrap_or_default(),
     );
-    let (worst_second, worst_p99) = worst_slice(&via_lat_in_order, 1000);
+    let (worst_second, worst_p99) = worst_slice(&via_lat_in_order, s.latency_rate);
     println!(
         "  via tail:              p99.9 {:.3} ms  max {:.3} ms  worst second (#{worst_second}) p99 {worst_p99:.3} ms",
         percentile(&via_lat, 0.999),
