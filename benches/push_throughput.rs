@@ -2,7 +2,8 @@
 //! against the same generator → fake APNs directly.
 //!
 //! Reports pushes per second both ways and their ratio (closed loop, fixed concurrency), and
-//! the p50/p99 latency brandgate adds at a fixed 1,000 pushes/s (open loop).
+//! the p50/p99 latency brandgate adds at a fixed 1,000 pushes/s (open loop), and brandgate's
+//! resident memory idle and after the throughput run.
 //!
 //!   cargo bench --bench push_throughput            full run (about a minute)
 //!   cargo bench --bench push_throughput -- --quick  CI smoke run (a few seconds)
@@ -207,9 +208,10 @@ async fn run(s: Settings, quick: bool, store: DedupeStore, profile: Option<std::
     let via_pool = Generator::connect(daemon.public.port(), &daemon_ca, s.connections).await;
     let direct_pool = Generator::connect(fake.listening.addr.port(), &fake_ca, s.connections).await;
 
+    let idle_memory = Memory::of(daemon.pid());
     // Warm up both paths (connections, provider token, caches).
     let warm_up = Until::Window(Duration::from_millis(500));
-    via_pool
+    let via_warm_up = via_pool
         .closed_loop(&via, s.concurrency, warm_up, 1 << 40)
         .await;
     direct_pool
@@ -233,6 +235,7 @@ async fn run(s: Settings, quick: bool, store: DedupeStore, profile: Option<std::
         .closed_loop(&via, s.concurrency, window, 4 << 40)
         .await;
     let via_cpu = meter.per_push(via_rate.count);
+    let loaded_memory = Memory::of(daemon.pid());
     let delivered = fake.delivered_count() - delivered_before;
 
     let rate = s.latency_rate as f64;
@@ -292,6 +295,13 @@ async fn run(s: Settings, quick: bool, store: DedupeStore, profile: Option<std::
         "  added by brandgate:    p50 {:.3} ms  p99 {:.3} ms   (target p99 <= 2 ms)",
         added(0.5),
         added(0.99)
+    );
+    println!(
+        "  brandgate memory:      idle {} ; after the throughput run {} (de-duplication table: {} pushes), peak {:.1} MiB",
+        idle_memory,
+        loaded_memory,
+        via_warm_up.count + via_rate.count,
+        loaded_memory.peak_mib
     );
     let (direct_worst_second, direct_worst_p99) = worst_slice(&direct_lat_in_order, s.latency_rate);
     println!(
@@ -540,6 +550,42 @@ impl CpuMeter {
             here_us: per(cpu_time("self") - self.here),
             daemon_us: per(cpu_time(&self.daemon.to_string()) - self.there),
         }
+    }
+}
+
+/// Resident memory of a process (`/proc/PID/status`), in MiB.
+struct Memory {
+    rss_mib: f64,
+    anon_mib: f64,
+    peak_mib: f64,
+}
+
+impl Memory {
+    fn of(pid: i32) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or_default()
+                / 1024.0
+        };
+        Memory {
+            rss_mib: field("VmRSS:"),
+            anon_mib: field("RssAnon:"),
+            peak_mib: field("VmHWM:"),
+        }
+    }
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB ({:.1} anonymous)",
+            self.rss_mib, self.anon_mib
+        )
     }
 }
 
